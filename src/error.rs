@@ -1,0 +1,223 @@
+//! The crate's error type.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::os::FileKind;
+
+/// The operation that failed, carried by [`LockError::Io`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Opening (or creating) the lock file.
+    Open,
+    /// Creating the lock file's missing parent directories.
+    CreateDir,
+    /// Reading the lock file's metadata.
+    Stat,
+    /// Taking the lock.
+    Lock,
+    /// Dropping the lock.
+    Unlock,
+    /// Closing the lock file.
+    Close,
+}
+
+impl Operation {
+    fn verb(self) -> &'static str {
+        match self {
+            Operation::Open => "open",
+            Operation::CreateDir => "create the parent directory of",
+            Operation::Stat => "stat",
+            Operation::Lock => "lock",
+            Operation::Unlock => "unlock",
+            Operation::Close => "close",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.verb())
+    }
+}
+
+/// Everything that can go wrong while taking or releasing a lock.
+///
+/// Every variant names the lock file's path; [`LockError::path`] returns it.
+/// The `Display` form is one line, meant for a log:
+///
+/// ```
+/// # use lockmgr::LockError;
+/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into() };
+/// assert_eq!(e.to_string(), "lock /run/app/jobs.lock is held by another owner");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock is held elsewhere and the caller asked not to wait
+    /// (`wait == false`, a zero timeout, or [`LockMgr::try_acquire`]).
+    ///
+    /// [`LockMgr::try_acquire`]: crate::LockMgr::try_acquire
+    WouldBlock {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Every attempt ran out of time while the lock stayed held.
+    TimedOut {
+        /// The lock file.
+        path: PathBuf,
+        /// How many attempts were made (the builder's `max_attempts`).
+        attempts: u32,
+        /// How long the call waited in all.
+        waited: Duration,
+    },
+    /// The path exists but is not a regular file. Nothing was changed.
+    NotAFile {
+        /// The lock file's path.
+        path: PathBuf,
+        /// What the path is instead.
+        kind: FileKind,
+    },
+    /// A directory on the way to the lock file does not exist and the
+    /// builder's `create_dirs` is off. Nothing was created.
+    MissingParent {
+        /// The lock file's path.
+        path: PathBuf,
+    },
+    /// The path cannot name a lock file at all (for example, it is empty).
+    InvalidPath {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A system call failed.
+    Io {
+        /// The lock file's path.
+        path: PathBuf,
+        /// What the crate was doing.
+        op: Operation,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl LockError {
+    /// The lock file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            LockError::WouldBlock { path }
+            | LockError::TimedOut { path, .. }
+            | LockError::NotAFile { path, .. }
+            | LockError::MissingParent { path }
+            | LockError::InvalidPath { path, .. }
+            | LockError::Io { path, .. } => path,
+        }
+    }
+
+    /// True when the lock exists and someone else holds it
+    /// ([`WouldBlock`](LockError::WouldBlock) or
+    /// [`TimedOut`](LockError::TimedOut)), as opposed to a failure to use the
+    /// lock file at all.
+    pub fn is_contended(&self) -> bool {
+        matches!(
+            self,
+            LockError::WouldBlock { .. } | LockError::TimedOut { .. }
+        )
+    }
+
+    pub(crate) fn io(path: &Path, op: Operation, source: io::Error) -> Self {
+        LockError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::WouldBlock { path } => {
+                write!(f, "lock {} is held by another owner", path.display())
+            }
+            LockError::TimedOut {
+                path,
+                attempts,
+                waited,
+            } => write!(
+                f,
+                "timed out waiting for lock {} after {} attempt{} ({:.3}s)",
+                path.display(),
+                attempts,
+                if *attempts == 1 { "" } else { "s" },
+                waited.as_secs_f64()
+            ),
+            LockError::NotAFile { path, kind } => write!(
+                f,
+                "cannot use {} as a lock file: it is {}",
+                path.display(),
+                kind
+            ),
+            LockError::MissingParent { path } => write!(
+                f,
+                "cannot create lock file {}: its directory does not exist \
+                 (the builder's create_dirs(true) creates it)",
+                path.display()
+            ),
+            LockError::InvalidPath { path, reason } => {
+                write!(f, "invalid lock file path {:?}: {}", path, reason)
+            }
+            LockError::Io { path, op, source } => {
+                write!(f, "cannot {} lock file {}: {}", op, path.display(), source)
+            }
+        }
+    }
+}
+
+impl Error for LockError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            LockError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_error_bounds<T: Error + Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_send_sync_static() {
+        assert_error_bounds::<LockError>();
+    }
+
+    #[test]
+    fn display_names_path_and_operation() {
+        let e = LockError::io(
+            Path::new("/x/y.lock"),
+            Operation::Open,
+            io::Error::from_raw_os_error(13),
+        );
+        let s = e.to_string();
+        assert!(s.starts_with("cannot open lock file /x/y.lock: "), "{s}");
+        assert!(e.source().is_some());
+        let t = LockError::TimedOut {
+            path: "/a".into(),
+            attempts: 3,
+            waited: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            t.to_string(),
+            "timed out waiting for lock /a after 3 attempts (1.500s)"
+        );
+        assert!(t.is_contended());
+    }
+}

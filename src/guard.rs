@@ -1,0 +1,114 @@
+//! The guard that holds a lock until it is dropped.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{LockError, Operation};
+use crate::os::{self, RecordLock};
+
+/// Proof that the lock is held. Dropping it releases the lock.
+///
+/// Release closes the lock file's descriptor: the kernel drops the lock, and
+/// the close is what wakes waiters in other processes (a bare `F_UNLCK`
+/// without a close sends no inotify event). In the process that took the
+/// lock the guard first unlocks explicitly, so that a waiter woken by the
+/// close finds the lock already free. A guard dropped in a forked child only
+/// closes its copy and leaves the parent's lock alone.
+///
+/// The guard gives access to the locked file ([`LockGuard::file`],
+/// [`AsFd`]), so a data file can serve as its own lock. Do not keep a
+/// duplicate of the descriptor (`try_clone`, `dup`) beyond the guard: the
+/// lock belongs to the open file description and lives as long as any copy.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    file: Option<File>,
+    path: Arc<Path>,
+    owner_pid: u32,
+}
+
+impl LockGuard {
+    pub(crate) fn new(file: File, path: Arc<Path>) -> Self {
+        LockGuard {
+            file: Some(file),
+            path,
+            owner_pid: os::current_pid(),
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The locked file, open for reading and writing (never truncated by the
+    /// crate). Writes go through `&File`: `(&*guard.file()).write_all(..)`
+    /// or `let mut f = guard.file(); f.write_all(..)`.
+    pub fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the file is only taken by release")
+    }
+
+    /// Releases the lock now and reports what went wrong, if anything.
+    /// Dropping the guard does the same and logs errors instead.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Io`] with [`Operation::Unlock`] or [`Operation::Close`].
+    /// Even then the descriptor is closed, and with it the lock.
+    pub fn release(mut self) -> Result<(), LockError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), LockError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let unlocked = if os::current_pid() == self.owner_pid {
+            os::ofd_setlk(&file, RecordLock::Unlock)
+                .map(|_| ())
+                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e))
+        } else {
+            // A forked child shares the open file description: unlocking here
+            // would release the parent's lock. Closing our copy does not.
+            Ok(())
+        };
+        let closed = nix::unistd::close(file)
+            .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
+        tracing::debug!(path = %self.path.display(), "released lock");
+        unlocked.and(closed)
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            tracing::warn!(error = %e, "lockmgr: error while releasing a lock");
+        }
+    }
+}
+
+impl AsFd for LockGuard {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
+    }
+}
+
+impl AsRawFd for LockGuard {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file().as_raw_fd()
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("path", &self.path)
+            .field("fd", &self.file.as_ref().map(|f| f.as_raw_fd()))
+            .field("owner_pid", &self.owner_pid)
+            .finish()
+    }
+}

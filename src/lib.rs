@@ -1,0 +1,87 @@
+//! An async inter-process lock manager for Tokio applications on Linux.
+//!
+//! A [`LockMgr`] guards a lock file. [`acquire`](LockMgr::acquire) takes a
+//! non-blocking OFD lock (`fcntl(F_OFD_SETLK)`) on it; if another owner holds
+//! it and the caller chose to wait, the task sleeps on inotify close events
+//! for that file (one inotify instance per process, shared by every waiter;
+//! never a busy poll) in a bounded number of timed attempts, and returns a
+//! [`LockGuard`]. Dropping the guard releases the lock. So does the death of
+//! the process holding it, even by `kill -9`: the kernel closes its files,
+//! which drops the lock and wakes the waiters at once.
+//!
+//! # Semantics
+//!
+//! - **Exclusion** is between open file descriptions: two processes, or two
+//!   tasks of one process, or two `acquire` calls on one [`LockMgr`], all
+//!   exclude each other. Locks are not re-entrant.
+//! - **Waiting**: `acquire(wait, timeout)` with `wait == false` (or a zero
+//!   `timeout`) tries once and fails with [`LockError::WouldBlock`]. With
+//!   `wait == true` it makes up to [`Builder::max_attempts`] attempts
+//!   (default 10) of up to `timeout` each; an attempt ends early when the
+//!   lock is released, and wake-ups that do not lead to the lock do not
+//!   count. When all attempts have expired: [`LockError::TimedOut`].
+//! - **Release** closes the file descriptor, after an explicit unlock in the
+//!   process that took the lock. A guard dropped in a forked child does not
+//!   release the parent's lock.
+//! - **Lock families**: OFD locks conflict with POSIX record locks (`lockf`,
+//!   `fcntl(F_SETLK)`, Python `fasteners`) but *not* with `flock(2)` locks
+//!   (Python `filelock`, util-linux `flock(1)`). Do not mix those on one file.
+//! - **The lock file** is created if missing (permissions from
+//!   [`Builder::mode`]), never truncated, never followed if it is a symlink,
+//!   and left in place on release. Paths that are not regular files are
+//!   refused with [`LockError::NotAFile`] and left untouched.
+//! - **Network file systems** (NFS, CIFS): inotify does not see releases made
+//!   on other machines there; waiters then only notice at the end of each
+//!   attempt. Keep lock files on local file systems.
+//! - **Without inotify** (per-user instance limit reached, for example),
+//!   waiting falls back to polling on a capped backoff and logs one warning.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use lockmgr::LockMgr;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), lockmgr::LockError> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("app.lock");
+//! let lock = LockMgr::builder(&path).max_attempts(3).build();
+//!
+//! let guard = lock.acquire(true, Duration::from_secs(10)).await?;
+//!
+//! // Another task waits until the guard is dropped.
+//! let other = lock.clone();
+//! let waiter = tokio::spawn(async move {
+//!     other.acquire(true, Duration::from_secs(10)).await.map(drop)
+//! });
+//! drop(guard);
+//! waiter.await.unwrap()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Tracing
+//!
+//! The crate emits `tracing` events: `debug` for every try and release,
+//! `info` (`waiting for lock on <path>`) the first time a call has to wait,
+//! and `warn` when it has to fall back to polling.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "lockmgr supports Linux only: it relies on OFD locks (F_OFD_SETLK) and inotify, \
+     which other systems do not have."
+);
+
+mod error;
+mod guard;
+mod lock;
+mod os;
+mod wait;
+mod watcher;
+
+pub use error::{FileKind, LockError, Operation};
+pub use guard::LockGuard;
+pub use lock::{Builder, LockMgr};

@@ -1,0 +1,239 @@
+//! The waiting loop shared by every lock kind: try, sleep until something may
+//! have changed, try again, within a bounded number of timed attempts.
+//!
+//! It knows nothing of files or of [`LockMgr`](crate::LockMgr): a
+//! [`Contender`] says how to try once, a [`Signal`] says when to try again.
+
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::watcher::{Watch, Watcher};
+
+/// One party trying to take a lock.
+pub(crate) trait Contender {
+    /// The error a try can fail with.
+    type Error;
+    /// One non-blocking try: `Ok(true)` when the lock is now held.
+    /// `attempt` is the 1-based attempt it belongs to (for logging).
+    fn try_once(&mut self, attempt: u32) -> Result<bool, Self::Error>;
+}
+
+/// The waiting budget: up to `max_attempts` periods of `timeout` each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) timeout: Duration,
+    pub(crate) max_attempts: u32,
+}
+
+/// How a wait ended without the lock.
+#[derive(Debug)]
+pub(crate) enum Failed<E> {
+    /// The contender's try failed outright.
+    Error(E),
+    /// Every attempt expired.
+    TimedOut { attempts: u32, waited: Duration },
+}
+
+/// After a wake-up whose try still failed, retry on these delays as well as on
+/// the next event: the kernel sends the close event *before* it drops the
+/// lock (`__fput` runs `fsnotify_close` before `locks_remove_file`), so the
+/// try right after the event can lose by microseconds. The series is short:
+/// once it is spent the waiter sleeps on events only, so a lock held for an
+/// hour costs no polling.
+const RETRY_AFTER_WAKE: [Duration; 5] = [
+    Duration::from_millis(1),
+    Duration::from_millis(4),
+    Duration::from_millis(16),
+    Duration::from_millis(64),
+    Duration::from_millis(256),
+];
+
+/// Polling when no event source is available: start fast, back off to a cap
+/// (the interval Python `filelock` uses by default).
+const POLL_FIRST: Duration = Duration::from_millis(1);
+const POLL_CAP: Duration = Duration::from_millis(50);
+
+/// Where a waiter learns that the lock may have been released.
+pub(crate) enum Signal {
+    /// inotify events on the lock file's inode.
+    Watch(Watch),
+    /// No events: poll on a capped backoff.
+    Poll { next: Duration },
+}
+
+static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Signal {
+    /// Watches the file open at `fd`; falls back to polling (with a warning,
+    /// once per process) when inotify cannot be had.
+    ///
+    /// Must be called before the try that follows it, so that a release
+    /// between that try and the sleep is not missed.
+    pub(crate) fn watch(fd: BorrowedFd<'_>) -> Signal {
+        match Watcher::global().and_then(|w| w.watch(fd)) {
+            Ok(watch) => Signal::Watch(watch),
+            Err(e) => {
+                if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "lockmgr: inotify unavailable, waiting for locks by polling (up to every {:?})",
+                        POLL_CAP
+                    );
+                }
+                Signal::poll()
+            }
+        }
+    }
+
+    /// The polling signal.
+    pub(crate) fn poll() -> Signal {
+        Signal::Poll { next: POLL_FIRST }
+    }
+
+    /// Resolves when the lock may have changed hands. Returns true for a
+    /// real event (which earns the post-wake retries), false for a poll tick.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Signal::Watch(w) if w.is_live() => {
+                w.changed().await;
+                true
+            }
+            Signal::Watch(_) => {
+                *self = Signal::poll();
+                false
+            }
+            Signal::Poll { next } => {
+                sleep(*next).await;
+                *next = (*next * 2).min(POLL_CAP);
+                false
+            }
+        }
+    }
+}
+
+/// What woke the waiter.
+enum Woke {
+    Event,
+    Tick,
+    Retry,
+    AttemptOver,
+}
+
+/// Tries, and while the lock is held sleeps on `signal`, the post-wake retry
+/// timer and the attempt deadline, until the contender wins or every attempt
+/// has expired. `started` is when the caller began (its first try counts).
+///
+/// A wake-up that does not win does not end the attempt: only its deadline
+/// does. So the total wait is at most `timeout * max_attempts`, saturating:
+/// an overflowing deadline means "no deadline".
+///
+/// Cancel safety: this future owns nothing but timers; dropping it at any
+/// await point leaves the contender and the signal to their owner.
+pub(crate) async fn wait<C: Contender>(
+    contender: &mut C,
+    signal: &mut Signal,
+    policy: Policy,
+    started: Instant,
+) -> Result<(), Failed<C::Error>> {
+    let attempts = policy.max_attempts.max(1);
+    let mut attempt = 1;
+    let mut deadline = started.checked_add(policy.timeout);
+    let mut retries = RETRY_AFTER_WAKE.iter();
+    let mut retry: Option<Duration> = None;
+    loop {
+        if contender.try_once(attempt).map_err(Failed::Error)? {
+            return Ok(());
+        }
+        let woke = tokio::select! {
+            biased;
+            event = signal.changed() => if event { Woke::Event } else { Woke::Tick },
+            _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::AttemptOver,
+        };
+        match woke {
+            Woke::Event => {
+                retries = RETRY_AFTER_WAKE.iter();
+                retry = retries.next().copied();
+            }
+            Woke::Tick => {}
+            Woke::Retry => retry = retries.next().copied(),
+            Woke::AttemptOver => {
+                if attempt >= attempts {
+                    return Err(Failed::TimedOut {
+                        attempts,
+                        waited: started.elapsed(),
+                    });
+                }
+                attempt += 1;
+                deadline = deadline.and_then(|d| d.checked_add(policy.timeout));
+                retry = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Held for a fixed number of tries, then free.
+    struct FreeAfter {
+        tries: u32,
+        free_at: u32,
+        last_attempt: u32,
+    }
+
+    impl Contender for FreeAfter {
+        type Error = ();
+        fn try_once(&mut self, attempt: u32) -> Result<bool, ()> {
+            self.tries += 1;
+            self.last_attempt = attempt;
+            Ok(self.tries >= self.free_at)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn times_out_after_all_attempts() {
+        let mut c = FreeAfter {
+            tries: 0,
+            free_at: u32::MAX,
+            last_attempt: 0,
+        };
+        let started = Instant::now();
+        let policy = Policy {
+            timeout: Duration::from_secs(2),
+            max_attempts: 3,
+        };
+        // Polling in paused time: virtual time advances only when idle.
+        let r = wait(&mut c, &mut Signal::poll(), policy, started).await;
+        match r {
+            Err(Failed::TimedOut { attempts, waited }) => {
+                assert_eq!(attempts, 3);
+                assert_eq!(waited, Duration::from_secs(6));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(c.last_attempt, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_timeout_saturates_and_still_wins() {
+        let mut c = FreeAfter {
+            tries: 0,
+            free_at: 50,
+            last_attempt: 0,
+        };
+        let policy = Policy {
+            timeout: Duration::MAX,
+            max_attempts: 10,
+        };
+        wait(&mut c, &mut Signal::poll(), policy, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(c.tries, 50);
+        assert_eq!(c.last_attempt, 1);
+    }
+}
