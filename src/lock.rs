@@ -126,7 +126,9 @@ impl<'a> FileContender<'a> {
             });
         }
         let fd = match os::open_lock_file(path, config.mode) {
-            Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            Err(OpenError::Io(e))
+                if e.kind() == io::ErrorKind::NotFound && !parent_exists(path) =>
+            {
                 if !config.create_dirs {
                     return Err(LockError::MissingParent {
                         path: path.to_path_buf(),
@@ -152,6 +154,15 @@ impl<'a> FileContender<'a> {
 
     fn into_guard(self) -> LockGuard {
         LockGuard::new(File::from(self.fd), self.config.path.clone())
+    }
+}
+
+/// Whether the directory that would hold `path` exists (so that `ENOENT`
+/// from an `O_CREAT` open means something else, e.g. a pseudo file system).
+fn parent_exists(path: &Path) -> bool {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.is_dir(),
+        _ => true,
     }
 }
 

@@ -1,0 +1,206 @@
+//! Paths that cannot be lock files: a typed error naming the path, no panic,
+//! and nothing created, followed or changed.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
+
+use lockmgr::{FileKind, LockError, LockMgr};
+
+/// Both entry points give the same error, and the error names the path.
+async fn both_refuse(lock: &LockMgr) -> LockError {
+    let sync_err = lock.try_acquire().unwrap_err();
+    let async_err = lock
+        .acquire(true, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(sync_err.to_string(), async_err.to_string());
+    assert_eq!(async_err.path(), lock.path());
+    assert!(
+        async_err
+            .to_string()
+            .contains(&*lock.path().to_string_lossy()),
+        "{async_err}"
+    );
+    assert!(!async_err.is_contended());
+    async_err
+}
+
+#[tokio::test]
+async fn directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = both_refuse(&LockMgr::new(dir.path())).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Directory,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(dir.path().is_dir());
+}
+
+#[tokio::test]
+async fn missing_parent_without_create_dirs_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/l.lock");
+    let err = both_refuse(&LockMgr::new(&path)).await;
+    assert!(matches!(err, LockError::MissingParent { .. }), "{err:?}");
+    assert!(err.to_string().contains("create_dirs"), "{err}");
+    assert!(!dir.path().join("a").exists());
+}
+
+#[tokio::test]
+async fn missing_parent_with_create_dirs_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/l.lock");
+    let lock = LockMgr::builder(&path).create_dirs(true).build();
+    let g = lock.acquire(true, Duration::from_secs(5)).await.unwrap();
+    assert!(path.is_file());
+    drop(g);
+}
+
+#[tokio::test]
+async fn symlink_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "do not touch\n").unwrap();
+    let before = std::fs::metadata(&target).unwrap();
+    let link = dir.path().join("l.lock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    let err = both_refuse(&LockMgr::new(&link)).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Symlink,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not touch\n");
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[tokio::test]
+async fn dangling_symlink_is_refused_and_nothing_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("not-there");
+    let link = dir.path().join("l.lock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = both_refuse(&LockMgr::new(&link)).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Symlink,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!target.exists(), "followed the link and created its target");
+}
+
+#[tokio::test]
+async fn fifo_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("l.lock");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let err = both_refuse(&LockMgr::new(&fifo)).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+#[tokio::test]
+async fn character_device_is_refused() {
+    let err = both_refuse(&LockMgr::new("/dev/null")).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::CharDevice,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn empty_path_is_refused() {
+    let err = both_refuse(&LockMgr::new("")).await;
+    assert!(matches!(err, LockError::InvalidPath { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn existing_content_is_never_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    std::fs::write(&path, "someone's data\n").unwrap();
+    drop(
+        LockMgr::new(&path)
+            .acquire(false, Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone's data\n");
+}
+
+#[tokio::test]
+async fn unwritable_location_gives_an_io_error_naming_open() {
+    // sysfs refuses to create files, even for root (who passes every
+    // permission check elsewhere).
+    let path = Path::new("/sys/lockmgr-test.lock");
+    let err = both_refuse(&LockMgr::new(path)).await;
+    assert!(
+        matches!(
+            err,
+            LockError::Io {
+                op: lockmgr::Operation::Open,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("cannot open lock file /sys/lockmgr-test.lock: "),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn enoent_from_an_existing_directory_is_not_called_a_missing_parent() {
+    // /proc/self exists, but refuses new files with ENOENT.
+    let err = both_refuse(&LockMgr::new("/proc/self/lockmgr-test.lock")).await;
+    assert!(
+        matches!(
+            err,
+            LockError::Io {
+                op: lockmgr::Operation::Open,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

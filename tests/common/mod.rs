@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+/// Generous bound for "promptly": a liveness check, not a speed assertion.
+pub const LIVENESS: Duration = Duration::from_secs(30);
+
+/// Number of open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// What each open file descriptor points at (for failure messages).
+pub fn fd_targets() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let t = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{} -> {}", e.file_name().to_string_lossy(), t.display())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Number of inotify watches held by this process, over all its instances.
+pub fn inotify_watches() -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            n += text
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
+}
+
+/// Number of inotify instances this process has open.
+pub fn inotify_instances() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().contains("inotify"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// A helper process holding the lock at `path`.
+pub struct Holder {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Holder {
+    /// Starts the helper and returns once it reports that it holds the lock.
+    pub fn start(path: &Path) -> Holder {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+            .arg("hold")
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn helper");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("locked "), "helper said {line:?}");
+        let stdin = child.stdin.take();
+        Holder { child, stdin }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `sig` and reaps the helper; asserts the signal killed it.
+    pub fn kill(mut self, sig: nix::sys::signal::Signal) {
+        use std::os::unix::process::ExitStatusExt;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig as i32), "{status:?}");
+    }
+
+    /// Asks the helper to release and exit normally.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

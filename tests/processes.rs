@@ -1,0 +1,151 @@
+//! Cross-process behaviour, with real helper processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Holder, LIVENESS};
+use lockmgr::{LockError, LockMgr};
+use nix::sys::signal::Signal;
+
+/// A holder in another process turns away non-waiting callers; when it dies
+/// by `sig`, a waiter with a single 60 s attempt gets the lock long before
+/// that attempt would end: the kernel's close on death is the wake-up.
+async fn waiter_wins_when_holder_dies(sig: Signal) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+
+    let err = lock
+        .acquire(false, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::WouldBlock { .. }), "{err}");
+    assert!(lock.try_acquire().unwrap_err().is_contended());
+
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::from_secs(60)).await }
+    });
+    holder.kill(sig);
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("waiter still waiting long after the holder died")
+        .unwrap()
+        .expect("acquire");
+    assert_eq!(guard.path(), path);
+}
+
+#[tokio::test]
+async fn sigkill_of_holder_frees_lock() {
+    waiter_wins_when_holder_dies(Signal::SIGKILL).await;
+}
+
+#[tokio::test]
+async fn sigint_of_holder_frees_lock() {
+    waiter_wins_when_holder_dies(Signal::SIGINT).await;
+}
+
+#[tokio::test]
+async fn sigterm_of_holder_frees_lock() {
+    waiter_wins_when_holder_dies(Signal::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn orderly_release_in_other_process_wakes_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    let lock = LockMgr::new(&path);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::from_secs(60)).await }
+    });
+    // Runs on a blocking thread so the current-thread runtime keeps polling
+    // the waiter meanwhile.
+    tokio::task::spawn_blocking(move || holder.finish())
+        .await
+        .unwrap();
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("waiter missed the release")
+        .unwrap()
+        .unwrap();
+    drop(guard);
+}
+
+#[test]
+fn waiter_in_other_process_gets_lock_after_ours_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let guard = LockMgr::new(&path).try_acquire().unwrap();
+    // The helper's `hold` waits for the lock: it can only say "locked" after
+    // our guard is gone.
+    let child = std::thread::spawn({
+        let path = path.clone();
+        move || Holder::start(&path)
+    });
+    drop(guard);
+    let holder = child.join().unwrap();
+    assert!(LockMgr::new(&path)
+        .try_acquire()
+        .unwrap_err()
+        .is_contended());
+    holder.finish();
+    drop(LockMgr::new(&path).try_acquire().unwrap());
+}
+
+/// 4 processes x 4 tasks x 60 increments of a counter under the lock: the
+/// count is exact and the overlap marker never collides.
+#[test]
+fn mutual_exclusion_across_processes_and_tasks() {
+    const PROCS: u64 = 4;
+    const TASKS: u64 = 4;
+    const ITERS: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l.lock");
+    let counter = dir.path().join("counter");
+    let marker = dir.path().join("inside");
+    let children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+                .arg("count")
+                .args([&lock, &counter, &marker])
+                .args([ITERS.to_string(), TASKS.to_string()])
+                .output_spawn()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("OVERLAP"), "two owners at once");
+        assert!(
+            out.status.success(),
+            "{:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let n: u64 = std::fs::read_to_string(&counter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, PROCS * TASKS * ITERS);
+    assert!(!marker.exists());
+}
+
+trait OutputSpawn {
+    fn output_spawn(&mut self) -> std::process::Child;
+}
+
+impl OutputSpawn for Command {
+    fn output_spawn(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
