@@ -25,7 +25,8 @@ fn public_types_have_the_promised_traits() {
 
 async fn two_tasks_exclude_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = LockMgr::new(dir.path().join("l"));
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
     let guard = lock.acquire(true, Duration::from_secs(60)).await.unwrap();
     let inside = Arc::new(AtomicBool::new(true));
     let waiter = tokio::spawn({
@@ -36,8 +37,7 @@ async fn two_tasks_exclude_each_other() {
             g
         }
     });
-    // Let the waiter reach its sleep (or not: the outcome must not depend on it).
-    tokio::task::yield_now().await;
+    common::until_waiting(&path).await;
     assert!(!waiter.is_finished());
     inside.store(false, Ordering::SeqCst);
     drop(guard);
@@ -75,7 +75,7 @@ async fn not_reentrant_through_the_same_or_a_cloned_lockmgr() {
     drop(lock.try_acquire().unwrap());
 }
 
-#[tokio::test(start_paused = false)]
+#[tokio::test]
 async fn times_out_after_max_attempts_with_the_time_waited() {
     let dir = tempfile::tempdir().unwrap();
     let lock = LockMgr::builder(dir.path().join("l"))
@@ -116,15 +116,14 @@ async fn zero_timeout_is_one_try() {
 #[tokio::test]
 async fn huge_timeout_saturates() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = LockMgr::builder(dir.path().join("l"))
-        .max_attempts(u32::MAX)
-        .build();
+    let path = dir.path().join("l");
+    let lock = LockMgr::builder(&path).max_attempts(u32::MAX).build();
     let held = lock.try_acquire().unwrap();
     let waiter = tokio::spawn({
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::MAX).await }
     });
-    tokio::task::yield_now().await;
+    common::until_waiting(&path).await;
     drop(held);
     let guard = tokio::time::timeout(LIVENESS, waiter)
         .await
@@ -147,6 +146,7 @@ async fn spurious_wakeups_do_not_use_up_attempts() {
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }
     });
+    common::until_waiting(&path).await;
     for _ in 0..200 {
         drop(std::fs::File::open(&path).unwrap());
         tokio::task::yield_now().await;

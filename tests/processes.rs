@@ -29,6 +29,7 @@ async fn waiter_wins_when_holder_dies(sig: Signal) {
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }
     });
+    common::until_waiting(&path).await;
     holder.kill(sig);
     let guard = tokio::time::timeout(LIVENESS, waiter)
         .await
@@ -38,17 +39,17 @@ async fn waiter_wins_when_holder_dies(sig: Signal) {
     assert_eq!(guard.path(), path);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn sigkill_of_holder_frees_lock() {
     waiter_wins_when_holder_dies(Signal::SIGKILL).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn sigint_of_holder_frees_lock() {
     waiter_wins_when_holder_dies(Signal::SIGINT).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn sigterm_of_holder_frees_lock() {
     waiter_wins_when_holder_dies(Signal::SIGTERM).await;
 }
@@ -63,11 +64,8 @@ async fn orderly_release_in_other_process_wakes_waiter() {
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }
     });
-    // Runs on a blocking thread so the current-thread runtime keeps polling
-    // the waiter meanwhile.
-    tokio::task::spawn_blocking(move || holder.finish())
-        .await
-        .unwrap();
+    common::until_waiting(&path).await;
+    holder.finish();
     let guard = tokio::time::timeout(LIVENESS, waiter)
         .await
         .expect("waiter missed the release")

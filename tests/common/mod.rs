@@ -55,6 +55,36 @@ pub fn inotify_instances() -> usize {
         .count()
 }
 
+/// Number of inotify watches this process has on the inode at `path`.
+pub fn watches_on(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(" ino:{:x} ", std::fs::metadata(path).unwrap().ino());
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            n += text
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:") && l.contains(&ino))
+                .count();
+        }
+    }
+    n
+}
+
+/// Returns once some waiter of this process watches the file at `path`,
+/// i.e. has found the lock held and gone to sleep on its events. On a
+/// current-thread runtime the waiter is then parked for certain: it ran
+/// from its watch to its sleep without yielding.
+pub async fn until_waiting(path: &Path) {
+    tokio::time::timeout(LIVENESS, async {
+        while watches_on(path) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("no waiter went to sleep on the lock file");
+}
+
 /// A helper process holding the lock at `path`.
 pub struct Holder {
     pub child: Child,
