@@ -143,9 +143,16 @@ pub(crate) async fn wait<C: Contender>(
     let mut deadline = started.checked_add(policy.timeout);
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
+    let mut expired = false;
     loop {
         if contender.try_once(attempt).map_err(Failed::Error)? {
             return Ok(());
+        }
+        if expired {
+            return Err(Failed::TimedOut {
+                attempts,
+                waited: started.elapsed(),
+            });
         }
         let woke = tokio::select! {
             biased;
@@ -162,10 +169,9 @@ pub(crate) async fn wait<C: Contender>(
             Woke::Retry => retry = retries.next().copied(),
             Woke::AttemptOver => {
                 if attempt >= attempts {
-                    return Err(Failed::TimedOut {
-                        attempts,
-                        waited: started.elapsed(),
-                    });
+                    // One last try: an attempt ends with a look, not a guess.
+                    expired = true;
+                    continue;
                 }
                 attempt += 1;
                 deadline = deadline.and_then(|d| d.checked_add(policy.timeout));

@@ -1,0 +1,87 @@
+//! The tracing events an operator relies on: one info event when a call
+//! first has to wait, naming the lock; a debug event per try; a debug event
+//! on release.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockmgr::LockMgr;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+/// Records (level, message) of every event on the thread it is set on.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(Level, String)>>>);
+
+struct Message(String);
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), m.0));
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+#[test]
+fn waiting_is_announced_once_and_tries_are_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.lock");
+    let recorder = Recorder::default();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let lock = LockMgr::builder(&path).max_attempts(3).build();
+            let held = lock.try_acquire().unwrap();
+            let err = lock
+                .acquire(true, Duration::from_millis(20))
+                .await
+                .unwrap_err();
+            assert!(err.is_contended());
+            drop(held);
+        });
+    });
+    let events = recorder.0.lock().unwrap().clone();
+    let waiting = format!("waiting for lock on {}", path.display());
+    let infos: Vec<_> = events.iter().filter(|(l, _)| *l == Level::INFO).collect();
+    assert_eq!(infos.len(), 1, "{events:?}");
+    assert_eq!(infos[0].1, waiting);
+    let tries = events
+        .iter()
+        .filter(|(l, m)| *l == Level::DEBUG && m == "lock try")
+        .count();
+    // Nobody touches the file while the waiter waits, so the tries are
+    // exactly: the holder's; the waiter's first; its try right after
+    // setting the watch; and one as each of its 3 attempts runs out.
+    assert_eq!(tries, 6, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|(l, m)| *l == Level::DEBUG && m == "released lock"),
+        "{events:?}"
+    );
+}
