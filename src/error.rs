@@ -9,6 +9,14 @@ use std::time::Duration;
 pub use crate::os::FileKind;
 
 /// The operation that failed, carried by [`LockError::Io`].
+///
+/// ```
+/// use lockmgr::{LockError, LockMgr, Operation};
+/// // sysfs refuses new files, even to root.
+/// let err = LockMgr::new("/sys/app.lock").try_acquire().unwrap_err();
+/// assert!(matches!(err, LockError::Io { op: Operation::Open, .. }));
+/// assert!(err.to_string().starts_with("cannot open lock file /sys/app.lock: "));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Operation {

@@ -22,6 +22,21 @@ use crate::os::{self, RecordLock};
 /// [`AsFd`]), so a data file can serve as its own lock. Do not keep a
 /// duplicate of the descriptor (`try_clone`, `dup`) beyond the guard: the
 /// lock belongs to the open file description and lives as long as any copy.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let lock = lockmgr::LockMgr::new(dir.path().join("app.lock"));
+/// {
+///     let guard = lock.try_acquire()?;
+///     assert!(lock.try_acquire().is_err());
+/// } // dropped: released
+/// let guard = lock.try_acquire()?;
+/// guard.release()?; // released, with errors reported
+/// # Ok(()) }
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     file: Option<File>,
@@ -39,13 +54,40 @@ impl LockGuard {
     }
 
     /// The lock file's path.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.lock");
+    /// let guard = lockmgr::LockMgr::new(&path).try_acquire()?;
+    /// assert_eq!(guard.path(), path);
+    /// # Ok(()) }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The locked file, open for reading and writing (never truncated by the
-    /// crate). Writes go through `&File`: `(&*guard.file()).write_all(..)`
-    /// or `let mut f = guard.file(); f.write_all(..)`.
+    /// crate). Writes go through `&File`.
+    ///
+    /// # Examples
+    ///
+    /// A data file that is its own lock:
+    ///
+    /// ```
+    /// use std::io::{Seek, SeekFrom, Write};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("state.txt");
+    /// let guard = lockmgr::LockMgr::new(&path).try_acquire()?;
+    /// let mut f = guard.file();
+    /// f.set_len(0)?;
+    /// f.seek(SeekFrom::Start(0))?;
+    /// f.write_all(b"generation 2\n")?;
+    /// drop(guard);
+    /// assert_eq!(std::fs::read_to_string(&path)?, "generation 2\n");
+    /// # Ok(()) }
+    /// ```
     pub fn file(&self) -> &File {
         self.file
             .as_ref()

@@ -170,11 +170,28 @@ impl LockMgr {
     /// A lock on the file at `path`, with default options.
     ///
     /// Same as `LockMgr::builder(path).build()`. Touches no file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = lockmgr::LockMgr::new("/run/myapp/jobs.lock");
+    /// assert_eq!(lock.path(), std::path::Path::new("/run/myapp/jobs.lock"));
+    /// assert_eq!(lock.max_attempts(), 10);
+    /// ```
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self::builder(path).build()
     }
 
     /// A [`Builder`] for a lock on the file at `path`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let lock = lockmgr::LockMgr::builder("/run/myapp/jobs.lock")
+    ///     .max_attempts(3)
+    ///     .build();
+    /// assert_eq!(lock.max_attempts(), 3);
+    /// ```
     pub fn builder(path: impl Into<PathBuf>) -> Builder {
         Builder {
             path: path.into(),

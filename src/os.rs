@@ -16,7 +16,14 @@ use nix::libc;
 use nix::sys::stat::{fstat, lstat, FileStat, Mode, SFlag};
 
 /// What a path turned out to be, when it is not a regular file a lock can
-/// live in.
+/// live in. Carried by [`LockError::NotAFile`](crate::LockError::NotAFile).
+///
+/// ```
+/// use lockmgr::{FileKind, LockError, LockMgr};
+/// let err = LockMgr::new("/dev/null").try_acquire().unwrap_err();
+/// assert!(matches!(err, LockError::NotAFile { kind: FileKind::CharDevice, .. }));
+/// assert_eq!(err.to_string(), "cannot use /dev/null as a lock file: it is a character device");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FileKind {
