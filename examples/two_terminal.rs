@@ -12,8 +12,8 @@
 //! Ctrl-C, `kill` or `kill -9` while it holds the lock: it writes nothing, and
 //! the second proceeds at once.
 //!
-//! The lock is an OFD lock on `journal` itself, so nothing but journal lines
-//! ever goes into it. The line is written through a second descriptor opened
+//! The lock is an OFD lock on `journal` itself, with holder records off, so
+//! nothing but journal lines ever goes into it. The line is written through a second descriptor opened
 //! with `O_APPEND` (one `write(2)`, at the end of the file whatever others
 //! did); closing that descriptor does not drop the lock, which belongs to the
 //! guard's own open file description.
@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let line = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let lock = LockMgr::new("journal");
+    let lock = LockMgr::builder("journal").record_holder(false).build();
 
     prompt("opened and ready to lock > ")?;
     stdin.next_line().await?;

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::holder::Holder;
 pub use crate::os::FileKind;
 
 /// The operation that failed, carried by [`LockError::Io`].
@@ -30,6 +31,10 @@ pub enum Operation {
     Lock,
     /// Dropping the lock.
     Unlock,
+    /// Reading the lock file (its holder record, its lock state).
+    Read,
+    /// Removing the lock file on release.
+    Remove,
     /// Closing the lock file.
     Close,
 }
@@ -42,6 +47,8 @@ impl Operation {
             Operation::Stat => "stat",
             Operation::Lock => "lock",
             Operation::Unlock => "unlock",
+            Operation::Read => "read",
+            Operation::Remove => "remove",
             Operation::Close => "close",
         }
     }
@@ -60,8 +67,15 @@ impl fmt::Display for Operation {
 ///
 /// ```
 /// # use lockmgr::LockError;
-/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into() };
+/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into(), holder: None };
 /// assert_eq!(e.to_string(), "lock /run/app/jobs.lock is held by another owner");
+///
+/// let holder = "lockmgr-holder/1 pid=4242 host=web-3 since=1763917331\n".parse().ok();
+/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into(), holder };
+/// assert_eq!(
+///     e.to_string(),
+///     "lock /run/app/jobs.lock is held by pid 4242 on host web-3 since 2025-11-23T17:02:11Z"
+/// );
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
@@ -73,6 +87,8 @@ pub enum LockError {
     WouldBlock {
         /// The lock file.
         path: PathBuf,
+        /// Who holds it, when an exclusive holder left a readable record.
+        holder: Option<Holder>,
     },
     /// Every attempt ran out of time while the lock stayed held.
     TimedOut {
@@ -82,6 +98,21 @@ pub enum LockError {
         attempts: u32,
         /// How long the call waited in all.
         waited: Duration,
+        /// Who held it at the end, when an exclusive holder left a readable
+        /// record.
+        holder: Option<Holder>,
+    },
+    /// The file system does not support this kind of lock (`ENOLCK`,
+    /// `ENOTSUP`/`EOPNOTSUPP`, `ENOSYS` from the lock call): an NFS mount
+    /// without a lock manager, for example.
+    Unsupported {
+        /// The lock file.
+        path: PathBuf,
+        /// The file system's name, from its `statfs` magic (`"unknown"` when
+        /// not recognised).
+        fs: &'static str,
+        /// The error the lock call returned.
+        source: io::Error,
     },
     /// The path exists but is not a regular file. Nothing was changed.
     NotAFile {
@@ -118,8 +149,9 @@ impl LockError {
     /// The lock file this error is about.
     pub fn path(&self) -> &Path {
         match self {
-            LockError::WouldBlock { path }
+            LockError::WouldBlock { path, .. }
             | LockError::TimedOut { path, .. }
+            | LockError::Unsupported { path, .. }
             | LockError::NotAFile { path, .. }
             | LockError::MissingParent { path }
             | LockError::InvalidPath { path, .. }
@@ -138,6 +170,16 @@ impl LockError {
         )
     }
 
+    /// The recorded holder of a contended lock, when known.
+    pub fn holder(&self) -> Option<&Holder> {
+        match self {
+            LockError::WouldBlock { holder, .. } | LockError::TimedOut { holder, .. } => {
+                holder.as_ref()
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: &Path, op: Operation, source: io::Error) -> Self {
         LockError::Io {
             path: path.to_path_buf(),
@@ -150,20 +192,32 @@ impl LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::WouldBlock { path } => {
-                write!(f, "lock {} is held by another owner", path.display())
+            LockError::WouldBlock { path, holder } => {
+                write!(f, "lock {} is held by ", path.display())?;
+                by(f, holder)
             }
             LockError::TimedOut {
                 path,
                 attempts,
                 waited,
-            } => write!(
+                holder,
+            } => {
+                write!(
+                    f,
+                    "timed out waiting for lock {} after {} attempt{} ({:.3}s); held by ",
+                    path.display(),
+                    attempts,
+                    if *attempts == 1 { "" } else { "s" },
+                    waited.as_secs_f64()
+                )?;
+                by(f, holder)
+            }
+            LockError::Unsupported { path, fs, source } => write!(
                 f,
-                "timed out waiting for lock {} after {} attempt{} ({:.3}s)",
+                "cannot lock {}: the {} file system does not support this lock kind ({})",
                 path.display(),
-                attempts,
-                if *attempts == 1 { "" } else { "s" },
-                waited.as_secs_f64()
+                fs,
+                source
             ),
             LockError::NotAFile { path, kind } => write!(
                 f,
@@ -187,10 +241,17 @@ impl fmt::Display for LockError {
     }
 }
 
+fn by(f: &mut fmt::Formatter<'_>, holder: &Option<Holder>) -> fmt::Result {
+    match holder {
+        Some(h) => write!(f, "{h}"),
+        None => f.write_str("another owner"),
+    }
+}
+
 impl Error for LockError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            LockError::Io { source, .. } => Some(source),
+            LockError::Io { source, .. } | LockError::Unsupported { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -221,10 +282,11 @@ mod tests {
             path: "/a".into(),
             attempts: 3,
             waited: Duration::from_millis(1500),
+            holder: None,
         };
         assert_eq!(
             t.to_string(),
-            "timed out waiting for lock /a after 3 attempts (1.500s)"
+            "timed out waiting for lock /a after 3 attempts (1.500s); held by another owner"
         );
         assert!(t.is_contended());
     }

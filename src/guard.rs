@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{LockError, Operation};
-use crate::os::{self, RecordLock};
+use crate::os::{self, LockKind, LockMode};
 
 /// Proof that the lock is held. Dropping it releases the lock.
 ///
@@ -42,15 +42,38 @@ pub struct LockGuard {
     file: Option<File>,
     path: Arc<Path>,
     owner_pid: u32,
+    kind: LockKind,
+    mode: LockMode,
+    remove: bool,
 }
 
 impl LockGuard {
-    pub(crate) fn new(file: File, path: Arc<Path>) -> Self {
+    /// `remove`: unlink the path on release (exclusive holders only).
+    pub(crate) fn new(
+        file: File,
+        path: Arc<Path>,
+        kind: LockKind,
+        mode: LockMode,
+        remove: bool,
+    ) -> Self {
         LockGuard {
             file: Some(file),
             path,
             owner_pid: os::current_pid(),
+            kind,
+            mode,
+            remove: remove && mode == LockMode::Exclusive,
         }
+    }
+
+    /// Whether this guard holds the lock exclusively or shared.
+    pub fn lock_mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// The lock family held.
+    pub fn kind(&self) -> LockKind {
+        self.kind
     }
 
     /// The lock file's path.
@@ -72,14 +95,15 @@ impl LockGuard {
     ///
     /// # Examples
     ///
-    /// A data file that is its own lock:
+    /// A data file that is its own lock (so no holder record goes into it):
     ///
     /// ```
     /// use std::io::{Seek, SeekFrom, Write};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
     /// # let path = dir.path().join("state.txt");
-    /// let guard = lockmgr::LockMgr::new(&path).try_acquire()?;
+    /// let lock = lockmgr::LockMgr::builder(&path).record_holder(false).build();
+    /// let guard = lock.try_acquire()?;
     /// let mut f = guard.file();
     /// f.set_len(0)?;
     /// f.seek(SeekFrom::Start(0))?;
@@ -109,19 +133,25 @@ impl LockGuard {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
-        let unlocked = if os::current_pid() == self.owner_pid {
-            os::ofd_setlk(&file, RecordLock::Unlock)
-                .map(|_| ())
-                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e))
-        } else {
-            // A forked child shares the open file description: unlocking here
-            // would release the parent's lock. Closing our copy does not.
-            Ok(())
-        };
+        let mut result = Ok(());
+        // A forked child shares the open file description: unlocking (or
+        // removing the file) there would pull the lock from under the parent.
+        // Closing the child's copy does neither.
+        if os::current_pid() == self.owner_pid {
+            if self.remove {
+                // Unlinked while still held, so nobody can lock the old file
+                // and believe it is the current one (see Builder::remove_on_release).
+                result = os::unlink_if_same(&file, &self.path)
+                    .map_err(|e| LockError::io(&self.path, Operation::Remove, e));
+            }
+            let unlocked = os::unlock(&file, self.kind)
+                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e));
+            result = result.and(unlocked);
+        }
         let closed = nix::unistd::close(file)
             .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
-        tracing::debug!(path = %self.path.display(), "released lock");
-        unlocked.and(closed)
+        tracing::debug!(path = %self.path.display(), mode = %self.mode, "released lock");
+        result.and(closed)
     }
 }
 
@@ -150,6 +180,8 @@ impl fmt::Debug for LockGuard {
         f.debug_struct("LockGuard")
             .field("path", &self.path)
             .field("fd", &self.file.as_ref().map(|f| f.as_raw_fd()))
+            .field("kind", &self.kind)
+            .field("mode", &self.mode)
             .field("owner_pid", &self.owner_pid)
             .finish()
     }

@@ -77,6 +77,7 @@ compile_error!(
 
 mod error;
 mod guard;
+mod holder;
 mod lock;
 mod os;
 mod wait;
@@ -84,4 +85,6 @@ mod watcher;
 
 pub use error::{FileKind, LockError, Operation};
 pub use guard::LockGuard;
+pub use holder::{Holder, InvalidRecord};
 pub use lock::{Builder, LockMgr};
+pub use os::{LockKind, LockMode};

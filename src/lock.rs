@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use tokio::time::Instant;
 
 use crate::error::{LockError, Operation};
 use crate::guard::LockGuard;
-use crate::os::{self, OpenError, RecordLock};
-use crate::wait::{self, Contender, Failed, Policy, Signal};
+use crate::holder::{Holder, MAX_RECORD, TAG};
+use crate::os::{self, LockKind, LockMode, OpenError, Probe};
+use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
 
 /// An inter-process lock guarded by a lock file.
 ///
@@ -35,6 +37,12 @@ struct Config {
     max_attempts: u32,
     create_dirs: bool,
     mode: u32,
+    kind: LockKind,
+    label: Option<String>,
+    record_holder: bool,
+    remove_on_release: bool,
+    /// Set once this lock has warned that its file system needs polling.
+    network_warned: AtomicBool,
 }
 
 /// Options for a [`LockMgr`], from [`LockMgr::builder`].
@@ -42,10 +50,13 @@ struct Config {
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
-/// let lock = lockmgr::LockMgr::builder(dir.path().join("locks/app.lock"))
+/// use lockmgr::{LockKind, LockMgr};
+/// let lock = LockMgr::builder(dir.path().join("locks/app.lock"))
 ///     .max_attempts(3)
 ///     .create_dirs(true)
 ///     .mode(0o600)
+///     .kind(LockKind::Ofd)
+///     .label("nightly backup")
 ///     .build();
 /// let guard = lock.try_acquire()?;
 /// # drop(guard);
@@ -58,6 +69,10 @@ pub struct Builder {
     max_attempts: u32,
     create_dirs: bool,
     mode: u32,
+    kind: LockKind,
+    label: Option<String>,
+    record_holder: bool,
+    remove_on_release: bool,
 }
 
 impl Builder {
@@ -83,6 +98,48 @@ impl Builder {
         self
     }
 
+    /// The lock family: [`LockKind::Ofd`] (default) or [`LockKind::Flock`]
+    /// to exclude (and be excluded by) `flock(1)`, Python `filelock` and
+    /// other `flock(2)` users. See the README's interop table.
+    pub fn kind(mut self, kind: LockKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// A label for the holder record (e.g. the job's name), shown in
+    /// contention messages. Default none.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Whether an exclusive holder writes its [holder record](crate::Holder)
+    /// into the lock file. Default true.
+    ///
+    /// The record is written only after the lock is won, and only into a
+    /// file that is empty or already holds a record: a file with other
+    /// content is never overwritten. Turn it off when the lock file is a
+    /// data file of yours.
+    pub fn record_holder(mut self, record: bool) -> Self {
+        self.record_holder = record;
+        self
+    }
+
+    /// Whether an exclusive holder removes the lock file when it releases
+    /// the lock. Default false: keeping the file is the safe choice.
+    ///
+    /// Removal is done without breaking mutual exclusion: the holder unlinks
+    /// the path *while still holding* the lock, and every acquirer, after
+    /// winning, checks that its file is still the one at the path (same
+    /// device and inode); if not, it lets go, opens the path anew and tries
+    /// again. This only works if **every** process using the lock file
+    /// follows it: set it on every `LockMgr` of that path, and let no other
+    /// tool delete the file.
+    pub fn remove_on_release(mut self, remove: bool) -> Self {
+        self.remove_on_release = remove;
+        self
+    }
+
     /// Builds the [`LockMgr`]. Touches no file: problems with the path show
     /// up on the first acquire.
     pub fn build(self) -> LockMgr {
@@ -92,6 +149,11 @@ impl Builder {
                 max_attempts: self.max_attempts,
                 create_dirs: self.create_dirs,
                 mode: self.mode,
+                kind: self.kind,
+                label: self.label,
+                record_holder: self.record_holder,
+                remove_on_release: self.remove_on_release,
+                network_warned: AtomicBool::new(false),
             }),
         }
     }
@@ -102,58 +164,174 @@ impl Builder {
 /// waiters (every close of the file is an event to them).
 struct FileContender<'a> {
     config: &'a Config,
+    mode: LockMode,
     fd: OwnedFd,
 }
 
 impl Contender for FileContender<'_> {
     type Error = LockError;
 
-    fn try_once(&mut self, attempt: u32) -> Result<bool, LockError> {
-        let won = os::ofd_setlk(&self.fd, RecordLock::Write)
-            .map_err(|e| LockError::io(&self.config.path, Operation::Lock, e))?;
-        tracing::debug!(path = %self.config.path.display(), attempt, won, "lock try");
-        Ok(won)
+    fn try_once(&mut self, attempt: u32) -> Result<Try, LockError> {
+        let path = &self.config.path;
+        let mut moved = false;
+        loop {
+            let won = os::try_lock(&self.fd, self.config.kind, self.mode)
+                .map_err(|e| self.lock_error(e))?;
+            tracing::debug!(path = %path.display(), attempt, won, mode = %self.mode, "lock try");
+            if !won {
+                return Ok(if moved { Try::Moved } else { Try::Held });
+            }
+            if self.config.remove_on_release
+                && !os::is_file_at(&self.fd, path)
+                    .map_err(|e| LockError::io(path, Operation::Stat, e))?
+            {
+                // Won a file its last holder removed: it no longer guards
+                // anything. Let it go (the close drops the lock) and contend
+                // for the file now at the path.
+                tracing::debug!(path = %path.display(), "lock file was replaced; reopening");
+                self.fd = open_fd(self.config, self.mode)?;
+                moved = true;
+                continue;
+            }
+            if self.mode == LockMode::Exclusive && self.config.record_holder {
+                self.write_record();
+            }
+            return Ok(Try::Won);
+        }
+    }
+
+    fn signal(&mut self) -> Signal {
+        match os::file_system(&self.fd) {
+            Ok((fs, true)) => {
+                if !self.config.network_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %self.config.path.display(),
+                        fs,
+                        "lock file is on a network file system ({fs}): inotify cannot see \
+                         releases made on other machines, waiting by polling"
+                    );
+                }
+                Signal::poll()
+            }
+            _ => Signal::watch(self.fd.as_fd()),
+        }
     }
 }
 
-impl<'a> FileContender<'a> {
-    fn open(config: &'a Config) -> Result<Self, LockError> {
-        let path = &config.path;
-        if path.as_os_str().is_empty() {
-            return Err(LockError::InvalidPath {
-                path: path.to_path_buf(),
-                reason: "the path is empty",
-            });
-        }
-        let fd = match os::open_lock_file(path, config.mode) {
-            Err(OpenError::Io(e))
-                if e.kind() == io::ErrorKind::NotFound && !parent_exists(path) =>
-            {
-                if !config.create_dirs {
-                    return Err(LockError::MissingParent {
-                        path: path.to_path_buf(),
-                    });
-                }
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| LockError::io(path, Operation::CreateDir, e))?;
-                }
-                os::open_lock_file(path, config.mode)
+/// Opens (creating it if allowed) the lock file for a contender.
+fn open_fd(config: &Config, mode: LockMode) -> Result<OwnedFd, LockError> {
+    let path = &config.path;
+    if path.as_os_str().is_empty() {
+        return Err(LockError::InvalidPath {
+            path: path.to_path_buf(),
+            reason: "the path is empty",
+        });
+    }
+    // Shared holders write nothing: a file they may only read will do.
+    let read_only_ok = mode == LockMode::Shared;
+    let fd = match os::open_lock_file(path, config.mode, read_only_ok) {
+        Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound && !parent_exists(path) => {
+            if !config.create_dirs {
+                return Err(LockError::MissingParent {
+                    path: path.to_path_buf(),
+                });
             }
-            other => other,
-        };
-        let fd = fd.map_err(|e| match e {
-            OpenError::NotRegular(kind) => LockError::NotAFile {
-                path: path.to_path_buf(),
-                kind,
-            },
-            OpenError::Io(e) => LockError::io(path, Operation::Open, e),
-        })?;
-        Ok(FileContender { config, fd })
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| LockError::io(path, Operation::CreateDir, e))?;
+            }
+            os::open_lock_file(path, config.mode, read_only_ok)
+        }
+        other => other,
+    };
+    fd.map_err(|e| open_error(path, e, Operation::Open))
+}
+
+fn open_error(path: &Path, e: OpenError, op: Operation) -> LockError {
+    match e {
+        OpenError::NotRegular(kind) => LockError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        },
+        OpenError::Io(e) => LockError::io(path, op, e),
+    }
+}
+
+/// The recorded exclusive holder of the file open at `fd`, if readable.
+fn read_record(fd: impl AsFd) -> Option<Holder> {
+    let mut buf = [0u8; MAX_RECORD];
+    let n = os::read_head(fd, &mut buf).ok()?;
+    Holder::parse(&buf[..n]).map(Holder::checked)
+}
+
+impl<'a> FileContender<'a> {
+    fn open(config: &'a Config, mode: LockMode) -> Result<Self, LockError> {
+        Ok(FileContender {
+            config,
+            mode,
+            fd: open_fd(config, mode)?,
+        })
     }
 
     fn into_guard(self) -> LockGuard {
-        LockGuard::new(File::from(self.fd), self.config.path.clone())
+        LockGuard::new(
+            File::from(self.fd),
+            self.config.path.clone(),
+            self.config.kind,
+            self.mode,
+            self.config.remove_on_release,
+        )
+    }
+
+    fn lock_error(&self, e: io::Error) -> LockError {
+        let path = self.config.path.to_path_buf();
+        match e.raw_os_error() {
+            Some(nix::libc::ENOLCK | nix::libc::EOPNOTSUPP | nix::libc::ENOSYS) => {
+                let fs = os::file_system(&self.fd).map_or("unknown", |(name, _)| name);
+                LockError::Unsupported {
+                    path,
+                    fs,
+                    source: e,
+                }
+            }
+            _ => LockError::Io {
+                path,
+                op: Operation::Lock,
+                source: e,
+            },
+        }
+    }
+
+    /// Writes this process's holder record, after winning. Never fatal: a
+    /// record is for reporting only.
+    fn write_record(&self) {
+        let mut head = [0u8; 16];
+        let writable = match os::read_head(&self.fd, &mut head) {
+            Ok(n) => n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]),
+            Err(_) => false,
+        };
+        if !writable {
+            tracing::debug!(path = %self.config.path.display(), "lock file holds other data; no holder record written");
+            return;
+        }
+        let record = Holder::me(self.config.label.as_deref()).to_record();
+        if let Err(e) = os::replace_content(&self.fd, record.as_bytes()) {
+            tracing::warn!(path = %self.config.path.display(), error = %e, "could not write the holder record");
+        }
+    }
+
+    /// Who is in the way, for a contention message: the record of an
+    /// exclusive holder, when there is one and it reads well.
+    fn holder(&self) -> Option<Holder> {
+        let exclusive_holder = match self.mode {
+            // A shared try only fails against an exclusive holder.
+            LockMode::Shared => true,
+            LockMode::Exclusive => matches!(
+                os::probe(&self.fd, self.config.kind),
+                Ok(Probe::Held(LockMode::Exclusive))
+            ),
+        };
+        exclusive_holder.then(|| read_record(&self.fd)).flatten()
     }
 }
 
@@ -198,6 +376,10 @@ impl LockMgr {
             max_attempts: 10,
             create_dirs: false,
             mode: 0o644,
+            kind: LockKind::Ofd,
+            label: None,
+            record_holder: true,
+            remove_on_release: false,
         }
     }
 
@@ -211,21 +393,28 @@ impl LockMgr {
         self.inner.max_attempts
     }
 
-    /// Takes the lock, waiting for it if `wait` is true.
+    /// The lock family this lock uses.
+    pub fn kind(&self) -> LockKind {
+        self.inner.kind
+    }
+
+    /// Takes the lock exclusively, waiting for it if `wait` is true.
     ///
     /// The lock file is opened (created if missing, never truncated) and
-    /// locked with a non-blocking `F_OFD_SETLK` write lock on the whole
-    /// file. If another owner (another process, or another task of this
-    /// process) holds it:
+    /// locked with a non-blocking whole-file write lock (`F_OFD_SETLK`, or
+    /// `flock(LOCK_EX | LOCK_NB)` for [`LockKind::Flock`]). Once won, the
+    /// holder record is written (see [`Builder::record_holder`]). If another
+    /// owner (another process, or another task of this process) holds it:
     ///
     /// - `wait == false`, or `timeout` is zero: fails at once with
     ///   [`LockError::WouldBlock`].
     /// - `wait == true`: waits in up to [`max_attempts`](Builder::max_attempts)
     ///   attempts of up to `timeout` each. The task sleeps on inotify events
     ///   for the lock file (closes, removal) shared with every other waiter
-    ///   of the process; it does not poll, and it never blocks a runtime
-    ///   thread. An event that does not lead to the lock (another waiter
-    ///   won, someone opened and closed the file) does not use up an
+    ///   of the process; it does not poll (except on network file systems,
+    ///   where inotify is blind to other machines), and it never blocks a
+    ///   runtime thread. An event that does not lead to the lock (another
+    ///   waiter won, someone opened and closed the file) does not use up an
     ///   attempt; only the attempt's deadline does. The total wait is
     ///   bounded by `timeout * max_attempts`; a product past what
     ///   [`Instant`](std::time::Instant) can hold (e.g. `Duration::MAX`)
@@ -236,11 +425,13 @@ impl LockMgr {
     ///
     /// # Errors
     ///
-    /// - [`LockError::WouldBlock`]: held elsewhere and not waiting.
+    /// - [`LockError::WouldBlock`]: held elsewhere and not waiting; names
+    ///   the holder when its record is readable.
     /// - [`LockError::TimedOut`]: still held when every attempt expired.
     /// - [`LockError::NotAFile`], [`LockError::MissingParent`],
     ///   [`LockError::InvalidPath`]: the path cannot be a lock file;
     ///   nothing was touched.
+    /// - [`LockError::Unsupported`]: the file system refuses this lock kind.
     /// - [`LockError::Io`]: a system call failed; the error names it.
     ///
     /// # Cancel safety
@@ -264,9 +455,11 @@ impl LockMgr {
     /// let lock = LockMgr::new(dir.path().join("jobs.lock"));
     /// let guard = lock.acquire(true, Duration::from_secs(30)).await?;
     ///
-    /// // Held: a second caller that does not wait is turned away.
+    /// // Held: a second caller that does not wait is turned away, and told
+    /// // who holds the lock.
     /// let err = lock.acquire(false, Duration::ZERO).await.unwrap_err();
     /// assert!(matches!(err, LockError::WouldBlock { .. }));
+    /// assert_eq!(err.holder().unwrap().pid, std::process::id());
     ///
     /// drop(guard);
     /// let again = lock.acquire(false, Duration::ZERO).await?;
@@ -274,35 +467,57 @@ impl LockMgr {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, wait: bool, timeout: Duration) -> Result<LockGuard, LockError> {
-        let started = Instant::now();
-        let mut contender = FileContender::open(&self.inner)?;
-        if contender.try_once(1)? {
-            return Ok(contender.into_guard());
-        }
-        if !wait || timeout.is_zero() {
-            return Err(self.would_block());
-        }
-        tracing::info!(path = %self.inner.path.display(), "waiting for lock on {}", self.inner.path.display());
-        // The watch goes in before the next try: a release between that try
-        // and the sleep is then an event, not a lost wake-up.
-        let mut signal = Signal::watch(contender.fd.as_fd());
-        let policy = Policy {
-            timeout,
-            max_attempts: self.inner.max_attempts,
-        };
-        match wait::wait(&mut contender, &mut signal, policy, started).await {
-            Ok(()) => Ok(contender.into_guard()),
-            Err(Failed::Error(e)) => Err(e),
-            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
-                path: self.inner.path.to_path_buf(),
-                attempts,
-                waited,
-            }),
-        }
+        self.lock(LockMode::Exclusive, wait, timeout).await
     }
 
-    /// Takes the lock if it is free, without waiting and without needing a
-    /// runtime.
+    /// Takes the lock shared, waiting for it if `wait` is true.
+    ///
+    /// Any number of shared holders, in any processes and tasks, hold the
+    /// lock together; an exclusive holder excludes them all, and they
+    /// exclude it. A shared waiter wakes when the exclusive holder leaves;
+    /// an exclusive waiter wakes when the last shared holder leaves. Shared
+    /// holders write no holder record, and may use a lock file they can
+    /// only read.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockMgr::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](LockMgr::acquire): dropping the future leaves nothing
+    /// behind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockmgr::{LockMgr, LockMode};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = LockMgr::new(dir.path().join("catalog.lock"));
+    /// let r1 = lock.acquire_shared(true, Duration::from_secs(5)).await?;
+    /// let r2 = lock.acquire_shared(true, Duration::from_secs(5)).await?;
+    /// assert_eq!(r2.lock_mode(), LockMode::Shared);
+    /// // A writer has to wait for both readers.
+    /// assert!(lock.try_acquire().unwrap_err().is_contended());
+    /// drop((r1, r2));
+    /// let writer = lock.try_acquire()?;
+    /// # drop(writer);
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_shared(
+        &self,
+        wait: bool,
+        timeout: Duration,
+    ) -> Result<LockGuard, LockError> {
+        self.lock(LockMode::Shared, wait, timeout).await
+    }
+
+    /// Takes the lock exclusively if it is free, without waiting and without
+    /// needing a runtime.
     ///
     /// # Errors
     ///
@@ -321,17 +536,135 @@ impl LockMgr {
     /// # Ok(()) }
     /// ```
     pub fn try_acquire(&self) -> Result<LockGuard, LockError> {
-        let mut contender = FileContender::open(&self.inner)?;
-        if contender.try_once(1)? {
-            Ok(contender.into_guard())
-        } else {
-            Err(self.would_block())
+        self.try_lock(LockMode::Exclusive)
+    }
+
+    /// Takes the lock shared if no exclusive holder has it, without waiting
+    /// and without needing a runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](LockMgr::try_acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = lockmgr::LockMgr::new(dir.path().join("catalog.lock"));
+    /// let reader = lock.try_acquire_shared()?;
+    /// let another = lock.try_acquire_shared()?;
+    /// # drop((reader, another));
+    /// # Ok(()) }
+    /// ```
+    pub fn try_acquire_shared(&self) -> Result<LockGuard, LockError> {
+        self.try_lock(LockMode::Shared)
+    }
+
+    /// Who holds the lock exclusively, as recorded in the lock file.
+    ///
+    /// `Ok(None)` when the lock is free, held shared, or held by someone who
+    /// wrote no readable record (another tool, `record_holder(false)`, a
+    /// garbled record). The record is for reporting only; whether the lock
+    /// is held is asked of the kernel. When the recorded process is of this
+    /// host and no longer running, the holder is marked
+    /// [`stale`](Holder::stale). The lock file is not created if missing.
+    ///
+    /// For [`LockKind::Ofd`] this takes no lock (`F_OFD_GETLK`). For
+    /// [`LockKind::Flock`], which has no query, it takes the lock
+    /// non-blockingly and drops it at once, so a try elsewhere at that very
+    /// instant may fail.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotAFile`] for a path that is not a regular file, and
+    /// [`LockError::Io`] (with [`Operation::Read`]) when the file cannot be
+    /// opened or probed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = lockmgr::LockMgr::builder(dir.path().join("jobs.lock"))
+    ///     .label("reindex")
+    ///     .build();
+    /// assert!(lock.holder()?.is_none());
+    /// let guard = lock.try_acquire()?;
+    /// let holder = lock.holder()?.expect("held and recorded");
+    /// assert_eq!(holder.pid, std::process::id());
+    /// assert_eq!(holder.label.as_deref(), Some("reindex"));
+    /// drop(guard);
+    /// assert!(lock.holder()?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn holder(&self) -> Result<Option<Holder>, LockError> {
+        let path = &self.inner.path;
+        let fd = match os::open_existing(path) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(open_error(path, e, Operation::Read)),
+        };
+        let state =
+            os::probe(&fd, self.inner.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
+        Ok(match state {
+            Probe::Held(LockMode::Exclusive) => read_record(&fd),
+            Probe::Held(LockMode::Shared) | Probe::Free => None,
+        })
+    }
+
+    fn try_lock(&self, mode: LockMode) -> Result<LockGuard, LockError> {
+        let mut contender = FileContender::open(&self.inner, mode)?;
+        match contender.try_once(1)? {
+            Try::Won => Ok(contender.into_guard()),
+            Try::Held | Try::Moved => Err(self.would_block(&contender)),
         }
     }
 
-    fn would_block(&self) -> LockError {
+    async fn lock(
+        &self,
+        mode: LockMode,
+        wait: bool,
+        timeout: Duration,
+    ) -> Result<LockGuard, LockError> {
+        let started = Instant::now();
+        let mut contender = FileContender::open(&self.inner, mode)?;
+        if contender.try_once(1)? == Try::Won {
+            return Ok(contender.into_guard());
+        }
+        if !wait || timeout.is_zero() {
+            return Err(self.would_block(&contender));
+        }
+        let path = self.inner.path.display();
+        match contender.holder() {
+            Some(h) => {
+                tracing::info!(path = %path, holder = %h, "waiting for lock on {path}, held by {h}")
+            }
+            None => tracing::info!(path = %path, "waiting for lock on {path}"),
+        }
+        // The watch goes in before the next try: a release between that try
+        // and the sleep is then an event, not a lost wake-up.
+        let mut signal = contender.signal();
+        let policy = Policy {
+            timeout,
+            max_attempts: self.inner.max_attempts,
+        };
+        match wait::wait(&mut contender, &mut signal, policy, started).await {
+            Ok(()) => Ok(contender.into_guard()),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+                path: self.inner.path.to_path_buf(),
+                attempts,
+                waited,
+                holder: contender.holder(),
+            }),
+        }
+    }
+
+    fn would_block(&self, contender: &FileContender<'_>) -> LockError {
         LockError::WouldBlock {
             path: self.inner.path.to_path_buf(),
+            holder: contender.holder(),
         }
     }
 }
@@ -343,6 +676,10 @@ impl fmt::Debug for LockMgr {
             .field("max_attempts", &self.inner.max_attempts)
             .field("create_dirs", &self.inner.create_dirs)
             .field("mode", &format_args!("{:#o}", self.inner.mode))
+            .field("kind", &self.inner.kind)
+            .field("label", &self.inner.label)
+            .field("record_holder", &self.inner.record_holder)
+            .field("remove_on_release", &self.inner.remove_on_release)
             .finish()
     }
 }

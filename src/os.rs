@@ -1,5 +1,6 @@
-//! The Linux calls under the lock: open the lock file safely, take and drop an
-//! OFD record lock, and tell what kind of file a path is.
+//! The Linux calls under the lock: open the lock file safely, take, drop and
+//! probe OFD and `flock(2)` locks, read and write the file's head, compare
+//! identities, and tell what kind of file and file system a path is on.
 //!
 //! This module knows nothing of [`LockMgr`](crate::LockMgr) or its errors: it
 //! speaks `io::Error`, so that other lock kinds can reuse it. It is the only
@@ -7,13 +8,18 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::libc;
+use nix::sys::signal::kill;
 use nix::sys::stat::{fstat, lstat, FileStat, Mode, SFlag};
+use nix::sys::statfs::fstatfs;
+use nix::sys::uio::{pread, pwrite};
+use nix::unistd::{ftruncate, gethostname, unlink, Pid};
 
 /// What a path turned out to be, when it is not a regular file a lock can
 /// live in. Carried by [`LockError::NotAFile`](crate::LockError::NotAFile).
@@ -83,13 +89,33 @@ fn kind_of(st: &FileStat) -> Option<FileKind> {
 /// ours, so that refusing such a path leaves it as it was. The file kind is
 /// checked on the opened fd, not the path, so there is no window between the
 /// check and the use.
-pub(crate) fn open_lock_file(path: &Path, mode: u32) -> Result<OwnedFd, OpenError> {
+///
+/// With `read_only_ok`, a file that exists but may not be written to is
+/// opened read-only instead (enough for shared OFD locks and for `flock`).
+pub(crate) fn open_lock_file(
+    path: &Path,
+    mode: u32,
+    read_only_ok: bool,
+) -> Result<OwnedFd, OpenError> {
     let flags = OFlag::O_RDWR
         | OFlag::O_CREAT
         | OFlag::O_CLOEXEC
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
         | OFlag::O_NOCTTY;
+    match open_checked(path, flags, mode) {
+        Err(OpenError::Io(e))
+            if read_only_ok
+                && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
+        {
+            let ro = (flags - OFlag::O_RDWR - OFlag::O_CREAT) | OFlag::O_RDONLY;
+            open_checked(path, ro, mode).map_err(|_| OpenError::Io(e))
+        }
+        other => other,
+    }
+}
+
+fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenError> {
     let fd = loop {
         match open(path, flags, Mode::from_bits_truncate(mode & 0o7777)) {
             Ok(fd) => break fd,
@@ -116,40 +142,84 @@ pub(crate) fn open_lock_file(path: &Path, mode: u32) -> Result<OwnedFd, OpenErro
     }
 }
 
-/// The two OFD lock types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecordLock {
-    /// `F_WRLCK`: excludes everyone.
-    Write,
-    /// `F_UNLCK`: drop what this open file description holds.
-    Unlock,
+/// Which kernel lock family a lock uses.
+///
+/// The two families do not see each other on Linux: an OFD lock does not
+/// exclude a `flock(2)` holder of the same file, nor the other way round.
+/// Pick the one the other programs on that lock file use.
+///
+/// ```
+/// use lockmgr::{LockKind, LockMgr};
+/// // Interoperate with util-linux flock(1) and Python filelock:
+/// let lock = LockMgr::builder("/run/myapp/deploy.lock").kind(LockKind::Flock).build();
+/// assert_eq!(lock.kind(), LockKind::Flock);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// Open file description record locks, `fcntl(F_OFD_SETLK)` on the whole
+    /// file (the default). Also conflict with POSIX record locks (`lockf`,
+    /// `fcntl(F_SETLK)`, Python `fasteners`, SQLite).
+    #[default]
+    Ofd,
+    /// `flock(2)` locks, as used by util-linux `flock(1)`, Python `filelock`,
+    /// `zc.lockfile` and `lockmgr`, Rust's `File::lock`, `fs4` and cargo.
+    Flock,
 }
 
-fn whole_file(kind: RecordLock) -> libc::flock {
+/// Exclusive (writer) or shared (reader) ownership.
+///
+/// ```
+/// # fn main() -> Result<(), lockmgr::LockError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let lock = lockmgr::LockMgr::new(dir.path().join("data.lock"));
+/// let reader = lock.try_acquire_shared()?;
+/// assert_eq!(reader.lock_mode(), lockmgr::LockMode::Shared);
+/// # drop(reader);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// One holder, excluding all others.
+    Exclusive,
+    /// Any number of shared holders together, excluding exclusive ones.
+    Shared,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        })
+    }
+}
+
+/// What a probe found on a lock file, without taking its lock for longer
+/// than the probe itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    Free,
+    Held(LockMode),
+}
+
+fn record(kind: libc::c_int) -> libc::flock {
     // SAFETY: `libc::flock` is a plain C struct of integers, for which all
     // zero bytes is a valid value. Zeroing (rather than a struct literal)
     // also clears padding and any platform-specific extra fields, which the
     // kernel copies in whole.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = match kind {
-        RecordLock::Write => libc::F_WRLCK,
-        RecordLock::Unlock => libc::F_UNLCK,
-    } as libc::c_short;
+    fl.l_type = kind as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // l_start = 0, l_len = 0: the whole file, however it grows.
     // l_pid = 0: required for OFD locks (EINVAL otherwise).
     fl
 }
 
-/// One non-blocking `F_OFD_SETLK` on the whole file.
-///
-/// Returns `Ok(true)` when the lock was taken (or, for
-/// [`RecordLock::Unlock`], dropped), `Ok(false)` when someone else holds a
-/// conflicting lock. `EINTR` is retried.
-pub(crate) fn ofd_setlk(fd: impl AsFd, kind: RecordLock) -> io::Result<bool> {
-    let fl = whole_file(kind);
+fn ofd(fd: BorrowedFd<'_>, kind: libc::c_int) -> io::Result<bool> {
+    let fl = record(kind);
     loop {
-        match fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)) {
+        match fcntl(fd, FcntlArg::F_OFD_SETLK(&fl)) {
             Ok(_) => return Ok(true),
             Err(Errno::EINTR) => continue,
             // POSIX allows either for "held by someone else".
@@ -157,6 +227,200 @@ pub(crate) fn ofd_setlk(fd: impl AsFd, kind: RecordLock) -> io::Result<bool> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn bsd(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: `fd` is a live descriptor borrowed for this call; flock(2)
+        // reads nothing from memory.
+        let r = unsafe { libc::flock(fd.as_raw_fd(), op) };
+        if r == 0 {
+            return Ok(true);
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EWOULDBLOCK => return Ok(false),
+            e => return Err(e.into()),
+        }
+    }
+}
+
+/// One non-blocking try for the whole-file lock: `Ok(true)` when taken,
+/// `Ok(false)` when someone else holds a conflicting lock. `EINTR` is
+/// retried; any other failure is an error.
+pub(crate) fn try_lock(fd: impl AsFd, kind: LockKind, mode: LockMode) -> io::Result<bool> {
+    match (kind, mode) {
+        (LockKind::Ofd, LockMode::Exclusive) => ofd(fd.as_fd(), libc::F_WRLCK),
+        (LockKind::Ofd, LockMode::Shared) => ofd(fd.as_fd(), libc::F_RDLCK),
+        (LockKind::Flock, LockMode::Exclusive) => bsd(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB),
+        (LockKind::Flock, LockMode::Shared) => bsd(fd.as_fd(), libc::LOCK_SH | libc::LOCK_NB),
+    }
+}
+
+/// Drops what this open file description holds. Only for the process that
+/// took the lock: in a forked child it would drop the parent's lock too.
+pub(crate) fn unlock(fd: impl AsFd, kind: LockKind) -> io::Result<()> {
+    match kind {
+        LockKind::Ofd => ofd(fd.as_fd(), libc::F_UNLCK).map(drop),
+        LockKind::Flock => bsd(fd.as_fd(), libc::LOCK_UN).map(drop),
+    }
+}
+
+/// Finds out whether others hold the lock, and how.
+///
+/// For OFD locks this asks the kernel (`F_OFD_GETLK`) and takes nothing.
+/// `flock(2)` has no such query: the probe takes the lock non-blockingly and
+/// drops it again at once, so for that instant another try may fail.
+pub(crate) fn probe(fd: impl AsFd, kind: LockKind) -> io::Result<Probe> {
+    let fd = fd.as_fd();
+    match kind {
+        LockKind::Ofd => {
+            let mut fl = record(libc::F_WRLCK);
+            loop {
+                match fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl)) {
+                    Ok(_) => break,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(match fl.l_type as libc::c_int {
+                libc::F_UNLCK => Probe::Free,
+                libc::F_RDLCK => Probe::Held(LockMode::Shared),
+                _ => Probe::Held(LockMode::Exclusive),
+            })
+        }
+        LockKind::Flock => {
+            if bsd(fd, libc::LOCK_EX | libc::LOCK_NB)? {
+                bsd(fd, libc::LOCK_UN)?;
+                Ok(Probe::Free)
+            } else if bsd(fd, libc::LOCK_SH | libc::LOCK_NB)? {
+                bsd(fd, libc::LOCK_UN)?;
+                Ok(Probe::Held(LockMode::Shared))
+            } else {
+                Ok(Probe::Held(LockMode::Exclusive))
+            }
+        }
+    }
+}
+
+/// True when `fd` is still the file at `path` (same device and inode).
+/// `Ok(false)` when the path is gone or names another file.
+pub(crate) fn is_file_at(fd: impl AsFd, path: &Path) -> io::Result<bool> {
+    let ours = fstat(fd.as_fd())?;
+    match lstat(path) {
+        Ok(st) => Ok(st.st_dev == ours.st_dev && st.st_ino == ours.st_ino),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes `path` if it still names the file open at `fd`.
+pub(crate) fn unlink_if_same(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    if is_file_at(fd, path)? {
+        match unlink(path) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes from the start of the file.
+pub(crate) fn read_head(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match pread(fd.as_fd(), buf, 0) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Makes `bytes` the whole content of the file. Writes first and truncates
+/// after, so that a reader never sees an empty file between two records.
+pub(crate) fn replace_content(fd: impl AsFd, bytes: &[u8]) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let mut done = 0;
+    while done < bytes.len() {
+        match pwrite(fd, &bytes[done..], done as libc::off_t) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ftruncate(fd, bytes.len() as libc::off_t).map_err(Into::into)
+}
+
+/// Opens an existing lock file read-only to look at it, never creating it.
+/// `Ok(None)` when there is nothing at the path.
+pub(crate) fn open_existing(path: &Path) -> Result<Option<OwnedFd>, OpenError> {
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY;
+    match open_checked(path, flags, 0) {
+        Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+/// The file system a descriptor lives on, by `statfs` magic: its name, and
+/// whether it is a network file system, where inotify does not see what
+/// other machines do.
+pub(crate) fn file_system(fd: impl AsFd) -> io::Result<(&'static str, bool)> {
+    let magic = fstatfs(fd.as_fd())?.filesystem_type().0 as i64;
+    Ok(classify_fs(magic))
+}
+
+fn classify_fs(magic: i64) -> (&'static str, bool) {
+    // Magic numbers from linux/magic.h and the file systems' sources.
+    match magic as u32 {
+        0x6969 => ("nfs", true),
+        0xFF53_4D42 => ("cifs", true),
+        0xFE53_4D42 => ("smb2", true),
+        0x517B => ("smb", true),
+        0x6573_5546 => ("fuse", true),
+        0x00C3_6400 => ("ceph", true),
+        0x5346_414F => ("afs", true),
+        0x0102_1997 => ("9p", true),
+        0x0BD0_0BD0 => ("lustre", true),
+        0x0116_1970 => ("gfs2", true),
+        0x7461_636F => ("ocfs2", true),
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x0102_1994 => ("tmpfs", false),
+        0x794C_7630 => ("overlayfs", false),
+        0xF2F5_2010 => ("f2fs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0x4D44 => ("vfat", false),
+        0x9FA0 => ("proc", false),
+        0x6265_6572 => ("sysfs", false),
+        _ => ("unknown", false),
+    }
+}
+
+/// Whether a process with this id exists on this host (`kill(pid, 0)`).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
+}
+
+/// This machine's host name, read once.
+pub(crate) fn hostname() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    })
 }
 
 /// The id of the calling process, to tell a guard's owner from a forked child.
@@ -170,20 +434,83 @@ mod tests {
 
     #[test]
     fn whole_file_lock_is_zeroed_apart_from_type() {
-        let fl = whole_file(RecordLock::Write);
+        let fl = record(libc::F_WRLCK);
         assert_eq!(fl.l_type, libc::F_WRLCK as libc::c_short);
         assert_eq!((fl.l_start, fl.l_len, fl.l_pid), (0, 0, 0));
     }
 
+    fn open(path: &Path) -> OwnedFd {
+        open_lock_file(path, 0o644, false).unwrap()
+    }
+
     #[test]
-    fn two_open_file_descriptions_conflict() {
+    fn two_open_file_descriptions_conflict_in_both_families() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l");
-        let a = open_lock_file(&path, 0o644).unwrap();
-        let b = open_lock_file(&path, 0o644).unwrap();
-        assert!(ofd_setlk(&a, RecordLock::Write).unwrap());
-        assert!(!ofd_setlk(&b, RecordLock::Write).unwrap());
-        assert!(ofd_setlk(&a, RecordLock::Unlock).unwrap());
-        assert!(ofd_setlk(&b, RecordLock::Write).unwrap());
+        for kind in [LockKind::Ofd, LockKind::Flock] {
+            let (a, b) = (open(&path), open(&path));
+            assert!(try_lock(&a, kind, LockMode::Exclusive).unwrap());
+            assert!(!try_lock(&b, kind, LockMode::Shared).unwrap());
+            assert_eq!(probe(&b, kind).unwrap(), Probe::Held(LockMode::Exclusive));
+            unlock(&a, kind).unwrap();
+            assert_eq!(probe(&b, kind).unwrap(), Probe::Free);
+            assert!(try_lock(&a, kind, LockMode::Shared).unwrap());
+            assert!(try_lock(&b, kind, LockMode::Shared).unwrap());
+            let c = open(&path);
+            assert!(!try_lock(&c, kind, LockMode::Exclusive).unwrap());
+            assert_eq!(probe(&c, kind).unwrap(), Probe::Held(LockMode::Shared));
+        }
+    }
+
+    #[test]
+    fn ofd_and_flock_do_not_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let (a, b) = (open(&path), open(&path));
+        assert!(try_lock(&a, LockKind::Flock, LockMode::Exclusive).unwrap());
+        assert!(try_lock(&b, LockKind::Ofd, LockMode::Exclusive).unwrap());
+    }
+
+    #[test]
+    fn content_is_replaced_and_identity_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let fd = open(&path);
+        replace_content(&fd, b"a longer first record\n").unwrap();
+        replace_content(&fd, b"short\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = read_head(&fd, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"short\n");
+        assert!(is_file_at(&fd, &path).unwrap());
+        unlink_if_same(&fd, &path).unwrap();
+        assert!(!path.exists());
+        assert!(!is_file_at(&fd, &path).unwrap());
+        let other = open(&path);
+        // Not ours any more: left alone.
+        unlink_if_same(&fd, &path).unwrap();
+        assert!(path.exists());
+        drop(other);
+    }
+
+    #[test]
+    fn network_file_systems_are_recognised() {
+        assert_eq!(classify_fs(0x6969), ("nfs", true));
+        assert_eq!(classify_fs(0xFF53_4D42), ("cifs", true));
+        assert_eq!(classify_fs(0x6573_5546), ("fuse", true));
+        assert_eq!(classify_fs(0x0102_1994), ("tmpfs", false));
+        let dir = tempfile::tempdir().unwrap();
+        let (_, network) = file_system(open(&dir.path().join("l"))).unwrap();
+        assert!(!network, "the test's temp dir is local");
+    }
+
+    #[test]
+    fn liveness_of_pids() {
+        assert!(pid_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
     }
 }

@@ -12,13 +12,29 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::watcher::{Watch, Watcher};
 
+/// The outcome of one try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Try {
+    /// The lock is now held.
+    Won,
+    /// Someone else holds it.
+    Held,
+    /// Someone else holds it, and the contender now contends for a different
+    /// object than before (the lock file was removed and recreated): the
+    /// signal must be set up anew before the next try.
+    Moved,
+}
+
 /// One party trying to take a lock.
 pub(crate) trait Contender {
     /// The error a try can fail with.
     type Error;
-    /// One non-blocking try: `Ok(true)` when the lock is now held.
-    /// `attempt` is the 1-based attempt it belongs to (for logging).
-    fn try_once(&mut self, attempt: u32) -> Result<bool, Self::Error>;
+    /// One non-blocking try. `attempt` is the 1-based attempt it belongs to
+    /// (for logging).
+    fn try_once(&mut self, attempt: u32) -> Result<Try, Self::Error>;
+    /// Where to learn that the object now contended for may be free. Called
+    /// before the try it is meant to cover.
+    fn signal(&mut self) -> Signal;
 }
 
 /// The waiting budget: up to `max_attempts` periods of `timeout` each.
@@ -145,8 +161,14 @@ pub(crate) async fn wait<C: Contender>(
     let mut retry: Option<Duration> = None;
     let mut expired = false;
     loop {
-        if contender.try_once(attempt).map_err(Failed::Error)? {
-            return Ok(());
+        match contender.try_once(attempt).map_err(Failed::Error)? {
+            Try::Won => return Ok(()),
+            Try::Held => {}
+            Try::Moved => {
+                // Watch the new file, then try it before sleeping on it.
+                *signal = contender.signal();
+                continue;
+            }
         }
         if expired {
             return Err(Failed::TimedOut {
@@ -194,10 +216,17 @@ mod tests {
 
     impl Contender for FreeAfter {
         type Error = ();
-        fn try_once(&mut self, attempt: u32) -> Result<bool, ()> {
+        fn try_once(&mut self, attempt: u32) -> Result<Try, ()> {
             self.tries += 1;
             self.last_attempt = attempt;
-            Ok(self.tries >= self.free_at)
+            Ok(if self.tries >= self.free_at {
+                Try::Won
+            } else {
+                Try::Held
+            })
+        }
+        fn signal(&mut self) -> Signal {
+            Signal::poll()
         }
     }
 

@@ -92,8 +92,11 @@ async fn times_out_after_max_attempts_with_the_time_waited() {
             path,
             attempts,
             waited,
+            holder,
         } => {
             assert_eq!(path, lock.path());
+            // The holder is this very process, recorded when it won.
+            assert_eq!(holder.as_ref().unwrap().pid, std::process::id());
             assert_eq!(*attempts, 3);
             // All three attempts ran to their end.
             assert!(*waited >= Duration::from_millis(120), "{waited:?}");
