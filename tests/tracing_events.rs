@@ -71,7 +71,9 @@ fn waiting_is_announced_once_and_tries_are_logged() {
     assert_eq!(infos.len(), 1, "{events:?}");
     assert!(infos[0].1.starts_with(&waiting), "{events:?}");
     assert!(
-        infos[0].1.contains(&format!("held by pid {}", std::process::id())),
+        infos[0]
+            .1
+            .contains(&format!("held by pid {}", std::process::id())),
         "the info event names the holder: {events:?}"
     );
     let tries = events

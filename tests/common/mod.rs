@@ -94,18 +94,30 @@ pub struct Holder {
 impl Holder {
     /// Starts the helper and returns once it reports that it holds the lock.
     pub fn start(path: &Path) -> Holder {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-            .arg("hold")
+        Holder::start_with(path, "hold", &[])
+    }
+
+    /// Starts the helper's `command` (`hold`, `posix-hold`) with options.
+    pub fn start_with(path: &Path, command: &str, opts: &[&str]) -> Holder {
+        let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+            .arg(command)
             .arg(path)
+            .args(opts)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn helper");
+        Holder::started(child)
+    }
+
+    /// Any command that prints a line starting with "locked" once it holds
+    /// the lock and releases it when its stdin closes.
+    pub fn started(mut child: Child) -> Holder {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.starts_with("locked "), "helper said {line:?}");
+        assert!(line.starts_with("locked"), "holder said {line:?}");
         let stdin = child.stdin.take();
         Holder { child, stdin }
     }

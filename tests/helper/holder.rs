@@ -1,22 +1,94 @@
 //! A helper process for the cross-process tests (built with the
 //! `test-helpers` feature). It uses only the public API.
 //!
-//! - `hold PATH`: take the lock (waiting as long as needed), print
+//! - `hold PATH [OPTIONS]`: take the lock (waiting as long as needed), print
 //!   `locked <pid>`, hold it until stdin closes, then release it.
-//! - `count PATH COUNTER MARKER ITERS TASKS`: TASKS tasks each increment the
-//!   number in COUNTER ITERS times under the lock. Inside the critical section
-//!   the marker file is created with O_EXCL and removed before leaving: if it
-//!   already exists, two owners overlapped, and the helper exits with 3.
+//! - `posix-hold PATH`: the same with a POSIX record lock (`F_SETLKW`), as
+//!   `lockf` and Python `fasteners` take it.
+//! - `count PATH COUNTER MARKER ITERS TASKS [OPTIONS]`: TASKS tasks each
+//!   increment the number in COUNTER ITERS times under the lock. Inside the
+//!   critical section the marker file is created with O_EXCL and removed
+//!   before leaving: if it already exists, two owners overlapped, and the
+//!   helper exits with 3.
+//!
+//! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
+//! `--label=TEXT`, `--no-record`.
 
 use std::io::{BufRead, ErrorKind, Write};
 use std::path::PathBuf;
+
 use std::time::Duration;
 
-use lockmgr::LockMgr;
+use lockmgr::{LockKind, LockMgr};
 
 fn usage() -> ! {
-    eprintln!("usage: lockmgr-test-helper hold PATH | count PATH COUNTER MARKER ITERS TASKS");
+    eprintln!(
+        "usage: lockmgr-test-helper hold PATH [OPTIONS] | posix-hold PATH \
+         | count PATH COUNTER MARKER ITERS TASKS [OPTIONS]"
+    );
     std::process::exit(2)
+}
+
+struct Options {
+    shared: bool,
+    lock: LockMgr,
+}
+
+fn options(path: &str, opts: &[&str]) -> Options {
+    let mut b = LockMgr::builder(path);
+    let mut shared = false;
+    for opt in opts {
+        match *opt {
+            "--shared" => shared = true,
+            "--flock" => b = b.kind(LockKind::Flock),
+            "--remove" => b = b.remove_on_release(true),
+            "--no-record" => b = b.record_holder(false),
+            o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+            _ => usage(),
+        }
+    }
+    Options {
+        shared,
+        lock: b.build(),
+    }
+}
+
+fn wait_for_stdin_eof() {
+    let mut line = String::new();
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .is_ok_and(|n| n > 0)
+    {
+        line.clear();
+    }
+}
+
+fn say_locked() {
+    println!("locked {}", std::process::id());
+    std::io::stdout().flush().expect("flush");
+}
+
+fn posix_hold(path: &str) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::libc;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open");
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_SETLKW(&fl)).expect("F_SETLKW");
+    say_locked();
+    wait_for_stdin_eof();
 }
 
 fn main() {
@@ -32,9 +104,10 @@ fn main() {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["hold", path] => rt.block_on(hold(PathBuf::from(path))),
-        ["count", path, counter, marker, iters, tasks] => rt.block_on(count(
-            PathBuf::from(path),
+        ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
+        ["posix-hold", path] => posix_hold(path),
+        ["count", path, counter, marker, iters, tasks, opts @ ..] => rt.block_on(count(
+            options(path, opts),
             PathBuf::from(counter),
             PathBuf::from(marker),
             iters.parse().unwrap_or_else(|_| usage()),
@@ -44,29 +117,23 @@ fn main() {
     }
 }
 
-async fn hold(path: PathBuf) {
-    let lock = LockMgr::new(path);
-    let guard = lock.acquire(true, Duration::MAX).await.expect("acquire");
-    println!("locked {}", std::process::id());
-    std::io::stdout().flush().expect("flush");
+async fn hold(o: Options) {
+    let guard = if o.shared {
+        o.lock.acquire_shared(true, Duration::MAX).await
+    } else {
+        o.lock.acquire(true, Duration::MAX).await
+    }
+    .expect("acquire");
+    say_locked();
     // Block (on a blocking thread) until the test closes our stdin.
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        while std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .is_ok_and(|n| n > 0)
-        {
-            line.clear();
-        }
-    })
-    .await
-    .expect("stdin reader");
+    tokio::task::spawn_blocking(wait_for_stdin_eof)
+        .await
+        .expect("stdin reader");
     guard.release().expect("release");
 }
 
-async fn count(path: PathBuf, counter: PathBuf, marker: PathBuf, iters: u32, tasks: u32) {
-    let lock = LockMgr::new(path);
+async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks: u32) {
+    let lock = o.lock;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
         let (lock, counter, marker) = (lock.clone(), counter.clone(), marker.clone());
