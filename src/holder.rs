@@ -1,25 +1,7 @@
 //! Holder records: who holds a lock, written into the lock file by the
 //! exclusive holder so that contention errors can say who is in the way.
 //!
-//! # Format (version 1)
-//!
-//! One line of ASCII, space-separated `key=value` fields after a version tag,
-//! ended by a newline:
-//!
-//! ```text
-//! lockmgr-holder/1 pid=4242 host=web-3 since=1763917331 label=nightly%20backup
-//! ```
-//!
-//! - `pid`: the holder's process id, decimal.
-//! - `host`: the holder's host name (`gethostname`).
-//! - `since`: when the lock was won, in Unix seconds (UTC).
-//! - `label`: optional, the builder's [`label`](crate::Builder::label).
-//!
-//! Values are percent-encoded: every byte outside `!`..`~` (space, control
-//! bytes, non-ASCII), and `%` and `=`, is written as `%XX`. Readers ignore
-//! fields they do not know, so later versions may add some; a different tag
-//! means a format this version cannot read. A record is only ever used for
-//! reporting, never to decide who holds the lock: that is the kernel's job.
+//! The record format is documented on [`Holder`].
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +25,26 @@ pub(crate) const MAX_RECORD: usize = 1024;
 /// let h: Holder = "lockmgr-holder/1 pid=4242 host=web-3 since=1763917331\n".parse().unwrap();
 /// assert_eq!(h.to_string(), "pid 4242 on host web-3 since 2025-11-23T17:02:11Z");
 /// ```
+///
+/// # Format (version 1)
+///
+/// One line of ASCII, space-separated `key=value` fields after a version tag,
+/// ended by a newline:
+///
+/// ```text
+/// lockmgr-holder/1 pid=4242 host=web-3 since=1763917331 label=nightly%20backup
+/// ```
+///
+/// - `pid`: the holder's process id, decimal.
+/// - `host`: the holder's host name (`gethostname`).
+/// - `since`: when the lock was won, in Unix seconds (UTC).
+/// - `label`: optional, the builder's [`label`](crate::Builder::label).
+///
+/// Values are percent-encoded: every byte outside `!`..`~` (space, control
+/// bytes, non-ASCII), and `%` and `=`, is written as `%XX`. Readers ignore
+/// fields they do not know, so later versions may add some; a different tag
+/// means a format this version cannot read. A record is only ever used for
+/// reporting, never to decide who holds the lock: that is the kernel's job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holder {
@@ -133,8 +135,8 @@ impl Holder {
 impl std::str::FromStr for Holder {
     type Err = InvalidRecord;
 
-    /// Parses a holder record (see the [module format](self)); `stale` is
-    /// left false.
+    /// Parses a version-1 holder record (see [`Holder`]); `stale` is left
+    /// false.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Holder::parse(s.as_bytes()).ok_or(InvalidRecord)
     }
