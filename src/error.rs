@@ -43,7 +43,7 @@ impl Operation {
     fn verb(self) -> &'static str {
         match self {
             Operation::Open => "open",
-            Operation::CreateDir => "create the parent directory of",
+            Operation::CreateDir => "create the directory of",
             Operation::Stat => "stat",
             Operation::Lock => "lock",
             Operation::Unlock => "unlock",

@@ -683,3 +683,43 @@ impl fmt::Debug for LockMgr {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No file system on a test machine refuses locks, so the mapping of
+    /// the refusals is checked on its own.
+    #[test]
+    fn lock_refusals_become_unsupported_naming_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = LockMgr::new(dir.path().join("l"));
+        let c = FileContender::open(&lock.inner, LockMode::Exclusive).unwrap();
+        let (fs, _) = os::file_system(&c.fd).unwrap();
+        for errno in [
+            nix::libc::ENOLCK,
+            nix::libc::EOPNOTSUPP,
+            nix::libc::ENOTSUP,
+            nix::libc::ENOSYS,
+        ] {
+            match c.lock_error(io::Error::from_raw_os_error(errno)) {
+                LockError::Unsupported {
+                    path, fs: named, ..
+                } => {
+                    assert_eq!(path, lock.path());
+                    assert_eq!(named, fs);
+                }
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        let other = c.lock_error(io::Error::from_raw_os_error(nix::libc::EBADF));
+        assert!(matches!(
+            other,
+            LockError::Io {
+                op: Operation::Lock,
+                ..
+            }
+        ));
+        assert!(other.to_string().starts_with("cannot lock /"), "{other}");
+    }
+}
