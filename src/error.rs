@@ -235,7 +235,12 @@ impl fmt::Display for LockError {
                 write!(f, "invalid lock file path {:?}: {}", path, reason)
             }
             LockError::Io { path, op, source } => {
-                write!(f, "cannot {} lock file {}: {}", op, path.display(), source)
+                // "cannot lock lock file" would stutter.
+                let noun = match op {
+                    Operation::Lock | Operation::Unlock => "",
+                    _ => "lock file ",
+                };
+                write!(f, "cannot {} {}{}: {}", op, noun, path.display(), source)
             }
         }
     }
