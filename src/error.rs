@@ -35,6 +35,10 @@ pub enum Operation {
     Read,
     /// Removing the lock file on release.
     Remove,
+    /// Writing (a journal record).
+    Write,
+    /// Syncing data to disk.
+    Sync,
     /// Closing the lock file.
     Close,
 }
@@ -49,6 +53,8 @@ impl Operation {
             Operation::Unlock => "unlock",
             Operation::Read => "read",
             Operation::Remove => "remove",
+            Operation::Write => "write",
+            Operation::Sync => "sync",
             Operation::Close => "close",
         }
     }

@@ -78,6 +78,7 @@ compile_error!(
 mod error;
 mod guard;
 mod holder;
+mod journal;
 mod lock;
 mod os;
 mod wait;
@@ -86,5 +87,6 @@ mod watcher;
 pub use error::{FileKind, LockError, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
+pub use journal::{Journal, JournalBuilder, JournalError, Records, SyncPolicy, DEFAULT_MAX_RECORD};
 pub use lock::{Builder, LockMgr};
 pub use os::{LockKind, LockMode};

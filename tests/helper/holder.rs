@@ -11,6 +11,11 @@
 //!   before leaving: if it already exists, two owners overlapped, and the
 //!   helper exits with 3.
 //!
+//! - `journal-writer JOURNAL ID TASKS N`: TASKS tasks each append N
+//!   records to the journal, printing `ack <record id>` after each append
+//!   that returned `Ok`. Records carry their length and a checksum, and some
+//!   are larger than a page, so that a kill can tear one.
+//!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
 //! `--label=TEXT`, `--no-record`.
 
@@ -106,6 +111,12 @@ fn main() {
     {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
         ["posix-hold", path] => posix_hold(path),
+        ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
+            PathBuf::from(path),
+            id.parse().unwrap_or_else(|_| usage()),
+            tasks.parse().unwrap_or_else(|_| usage()),
+            n.parse().unwrap_or_else(|_| usage()),
+        )),
         ["count", path, counter, marker, iters, tasks, opts @ ..] => rt.block_on(count(
             options(path, opts),
             PathBuf::from(counter),
@@ -164,6 +175,48 @@ async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks:
                 std::fs::write(&counter, format!("{}\n", n + 1)).expect("write counter");
                 std::fs::remove_file(&marker).expect("remove marker");
                 drop(guard);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
+}
+
+/// The record `id` with a payload of `len` bytes: `<id> len=<len> sum=<sum> <payload>`.
+/// The test recomputes both from the line.
+fn journal_record(id: &str, len: usize) -> String {
+    let payload: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let sum: u64 = payload.bytes().map(u64::from).sum();
+    format!("{id} len={len} sum={sum} {payload}")
+}
+
+async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32) {
+    let journal = lockmgr::Journal::builder(path)
+        .timeout(Duration::from_secs(60))
+        .open()
+        .await
+        .expect("open journal");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (journal, out) = (journal.clone(), out.clone());
+        set.spawn(async move {
+            for i in 0..n {
+                let rid = format!("w{id}-t{t}-n{i}");
+                // Mostly small records, every 7th larger than a page.
+                let len = if i % 7 == 3 {
+                    9000 + (i as usize * 37) % 5000
+                } else {
+                    20 + (i as usize * 13) % 200
+                };
+                journal
+                    .append(journal_record(&rid, len))
+                    .await
+                    .expect("append");
+                let mut out = out.lock().unwrap();
+                writeln!(out, "ack {rid}").unwrap();
+                out.flush().unwrap();
             }
         });
     }

@@ -1,0 +1,676 @@
+//! A journal: one file that many processes and tasks append records to,
+//! safely under a lock, even when writers are killed at any moment.
+//!
+//! Each [`append`](Journal::append) takes the exclusive lock, writes the
+//! record and its newline with **one** `write(2)` on a descriptor opened
+//! with `O_APPEND` (so the kernel puts it at the end of the file, whatever
+//! other writers did), optionally `fdatasync`s, and releases the lock.
+//!
+//! What a killed writer can leave behind: nothing, or its whole record, or
+//! (only if it died inside a large write) the first part of its record
+//! without the newline, a *torn tail*. A torn tail was never acknowledged:
+//! [`records`](Journal::records) reports it apart from the records, and the
+//! next append cuts it off (under the lock) before writing, so it never
+//! merges with another record.
+//!
+//! The journal file holds nothing but records. By default the lock is an
+//! OFD lock on the journal file itself (with no holder record); a separate
+//! lock file may be named instead with
+//! [`JournalBuilder::lock_file`].
+//!
+//! ```
+//! use lockmgr::{Journal, SyncPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let journal = Journal::builder(dir.path().join("jobs.journal"))
+//!     .sync(SyncPolicy::Data)
+//!     .open()
+//!     .await?;
+//! journal.append("job 1 started").await?;
+//! journal.append_batch(["job 2 started", "job 3 started"]).await?;
+//!
+//! let read = journal.records().await?;
+//! assert_eq!(read.records.len(), 3);
+//! assert_eq!(read.records[0], b"job 1 started");
+//! assert!(read.torn_tail.is_none());
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{FileKind, LockError, LockKind, LockMgr, Operation};
+
+/// The default largest record, in bytes (newline not counted).
+pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
+
+/// Batches are written in pieces of at most this many bytes (whole records
+/// each), one `write(2)` per piece.
+const MAX_WRITE: usize = 1024 * 1024;
+
+/// Whether an append waits for its record to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SyncPolicy {
+    /// No sync: the record is in the file (the page cache) when `append`
+    /// returns, and survives the death of any process, not a power cut.
+    #[default]
+    None,
+    /// `fdatasync` after each append (or batch), before the lock is
+    /// released: the record is on disk when `append` returns.
+    Data,
+}
+
+/// Everything that can go wrong with a journal.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// Taking or releasing the lock failed (timed out, for example).
+    Lock(LockError),
+    /// A record contains a newline; nothing was written.
+    NewlineInRecord {
+        /// The journal file.
+        path: PathBuf,
+        /// The record's position in the batch (0 for a single append).
+        index: usize,
+    },
+    /// A record is longer than the journal's maximum; nothing was written.
+    RecordTooLong {
+        /// The journal file.
+        path: PathBuf,
+        /// The record's position in the batch (0 for a single append).
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum ([`JournalBuilder::max_record_len`]).
+        max: usize,
+    },
+    /// A system call on the journal file failed.
+    Io {
+        /// The journal file.
+        path: PathBuf,
+        /// What the journal was doing.
+        op: Operation,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Lock(e) => write!(f, "journal lock: {e}"),
+            JournalError::NewlineInRecord { path, index } => write!(
+                f,
+                "record {index} for journal {} contains a newline; nothing was written",
+                path.display()
+            ),
+            JournalError::RecordTooLong {
+                path,
+                index,
+                len,
+                max,
+            } => write!(
+                f,
+                "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
+                 nothing was written",
+                path.display()
+            ),
+            JournalError::Io { path, op, source } => {
+                write!(f, "cannot {op} journal {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Lock(e) => Some(e),
+            JournalError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<LockError> for JournalError {
+    fn from(e: LockError) -> Self {
+        JournalError::Lock(e)
+    }
+}
+
+/// What [`Journal::records`] read back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Records {
+    /// The complete records, in file order, without their newlines.
+    pub records: Vec<Vec<u8>>,
+    /// The bytes after the last newline, if any: the start of a record whose
+    /// writer died inside its write. Never part of `records`.
+    pub torn_tail: Option<Vec<u8>>,
+}
+
+/// Options for a [`Journal`], from [`Journal::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until open() is called"]
+pub struct JournalBuilder {
+    path: PathBuf,
+    lock_path: Option<PathBuf>,
+    sync: SyncPolicy,
+    max_attempts: u32,
+    kind: LockKind,
+    timeout: Duration,
+    max_record: usize,
+}
+
+impl JournalBuilder {
+    /// Lock this file instead of the journal itself (it gets the usual
+    /// holder record; the journal never does).
+    pub fn lock_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lock_path = Some(path.into());
+        self
+    }
+
+    /// When records reach the disk. Default [`SyncPolicy::None`].
+    pub fn sync(mut self, sync: SyncPolicy) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Attempts per append, as [`Builder::max_attempts`](crate::Builder::max_attempts).
+    /// Default 10.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The lock family, as [`Builder::kind`](crate::Builder::kind). Default
+    /// [`LockKind::Ofd`]; [`LockKind::Flock`] interoperates with the seed's
+    /// Python writers (`fcntl.flock`).
+    pub fn kind(mut self, kind: LockKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// How long each lock attempt of an append waits. Default 10 s (so an
+    /// append gives up after `10 s * max_attempts`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The largest record accepted, in bytes without the newline. Default
+    /// [`DEFAULT_MAX_RECORD`] (64 KiB); at most 1 MiB.
+    pub fn max_record_len(mut self, max: usize) -> Self {
+        self.max_record = max.min(MAX_WRITE - 1);
+        self
+    }
+
+    /// Opens (creating if missing) the journal file.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotAFile`] when the path is a directory, symlink, FIFO
+    /// or device; [`LockError::MissingParent`] when its directory is
+    /// missing; [`LockError::Io`] for other failures. Nothing is created or
+    /// changed then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it holds no lock, and an abandoned open leaves only
+    /// (possibly) the created, empty journal file.
+    pub async fn open(self) -> Result<Journal, LockError> {
+        let file = open_journal(&self.path)?;
+        let lock_path = self.lock_path.clone().unwrap_or_else(|| self.path.clone());
+        let lock = LockMgr::builder(lock_path)
+            .kind(self.kind)
+            .max_attempts(self.max_attempts)
+            // Nothing but records goes into the journal file.
+            .record_holder(self.lock_path.is_some())
+            .build();
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                path: self.path,
+                file,
+                lock,
+                sync: self.sync,
+                timeout: self.timeout,
+                max_record: self.max_record,
+            }),
+        })
+    }
+}
+
+/// A journal file shared by many writers. Cheap to clone; clones share one
+/// open descriptor. See the [module documentation](self).
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `O_RDWR | O_APPEND`: every write lands at the end; reads (of the tail,
+    /// to cut a torn one) use `pread`.
+    file: File,
+    lock: LockMgr,
+    sync: SyncPolicy,
+    timeout: Duration,
+    max_record: usize,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .field("lock", &self.inner.lock)
+            .field("sync", &self.inner.sync)
+            .field("timeout", &self.inner.timeout)
+            .field("max_record", &self.inner.max_record)
+            .finish()
+    }
+}
+
+fn open_journal(path: &Path) -> Result<File, LockError> {
+    if path.as_os_str().is_empty() {
+        return Err(LockError::InvalidPath {
+            path: path.to_path_buf(),
+            reason: "the path is empty",
+        });
+    }
+    let opened = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path);
+    // Whatever the open said, a path that is not a regular file is named as
+    // such (a FIFO without a reader gives ENXIO, a symlink ELOOP, ...).
+    let kind = |path: &Path| {
+        std::fs::symlink_metadata(path).ok().and_then(|m| {
+            let t = m.file_type();
+            if t.is_symlink() {
+                Some(FileKind::Symlink)
+            } else if t.is_dir() {
+                Some(FileKind::Directory)
+            } else if t.is_fifo() {
+                Some(FileKind::Fifo)
+            } else if t.is_char_device() {
+                Some(FileKind::CharDevice)
+            } else if t.is_block_device() {
+                Some(FileKind::BlockDevice)
+            } else if t.is_socket() {
+                Some(FileKind::Socket)
+            } else {
+                None
+            }
+        })
+    };
+    let not_a_file = |kind| LockError::NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    };
+    match opened {
+        Ok(file) => match file.metadata() {
+            Ok(m) if m.is_file() => Ok(file),
+            Ok(_) => Err(kind(path).map_or_else(
+                || LockError::io(path, Operation::Open, io::ErrorKind::InvalidInput.into()),
+                not_a_file,
+            )),
+            Err(e) => Err(LockError::io(path, Operation::Stat, e)),
+        },
+        Err(e) => {
+            if let Some(k) = kind(path) {
+                return Err(not_a_file(k));
+            }
+            let parent_missing = path
+                .parent()
+                .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir());
+            if e.kind() == io::ErrorKind::NotFound && parent_missing {
+                Err(LockError::MissingParent {
+                    path: path.to_path_buf(),
+                })
+            } else {
+                Err(LockError::io(path, Operation::Open, e))
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// Opens (creating if missing) the journal at `path` with default
+    /// options: the lock is an OFD lock on the journal file itself, no sync.
+    ///
+    /// # Errors
+    ///
+    /// As [`JournalBuilder::open`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`JournalBuilder::open`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// journal.append("line one").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Journal, LockError> {
+        Journal::builder(path).open().await
+    }
+
+    /// A [`JournalBuilder`] for the journal at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> JournalBuilder {
+        JournalBuilder {
+            path: path.into(),
+            lock_path: None,
+            sync: SyncPolicy::None,
+            max_attempts: 10,
+            kind: LockKind::Ofd,
+            timeout: Duration::from_secs(10),
+            max_record: DEFAULT_MAX_RECORD,
+        }
+    }
+
+    /// The journal file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Appends one record (a newline is added).
+    ///
+    /// Takes the exclusive lock (waiting per the journal's timeout and
+    /// attempts), cuts off a torn tail a killed writer may have left, writes
+    /// the record and its newline with one `write(2)`, syncs per the
+    /// [`SyncPolicy`], and releases the lock. When it returns `Ok`, the
+    /// record is in the file (on disk with [`SyncPolicy::Data`]).
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NewlineInRecord`] and
+    /// [`JournalError::RecordTooLong`] before anything is locked or written;
+    /// [`JournalError::Lock`] when the lock cannot be had;
+    /// [`JournalError::Io`] when the write or sync fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the write leaves the file unchanged;
+    /// the write itself is never interrupted (it is not an await point), so
+    /// a record is either wholly in the file or not at all. Dropped during
+    /// a [`SyncPolicy::Data`] sync, the record is in the file but its sync
+    /// is not awaited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// journal.append("worker 3: done").await?;
+    /// assert!(journal.append("two\nlines").await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn append(&self, record: impl AsRef<[u8]>) -> Result<(), JournalError> {
+        self.append_batch([record]).await
+    }
+
+    /// Appends many records under one hold of the lock, in one `write(2)`
+    /// where they fit (pieces of up to 1 MiB of whole records otherwise),
+    /// and one sync.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Journal::append); if any record is invalid, none is
+    /// written.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`append`](Journal::append), per piece: every piece is whole.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// journal.append_batch((0..100).map(|i| format!("entry {i}"))).await?;
+    /// assert_eq!(journal.records().await?.records.len(), 100);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append_batch<I>(&self, records: I) -> Result<(), JournalError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let pieces = self.encode(records)?;
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let guard = inner.lock.acquire(true, inner.timeout).await?;
+        self.cut_torn_tail()?;
+        for piece in &pieces {
+            write_once(&inner.file, piece).map_err(|e| self.io(Operation::Write, e))?;
+        }
+        if inner.sync == SyncPolicy::Data {
+            let me = self.inner.clone();
+            // fdatasync takes milliseconds: off the runtime's threads.
+            tokio::task::spawn_blocking(move || me.file.sync_data())
+                .await
+                .map_err(|e| self.io(Operation::Sync, io::Error::other(e)))?
+                .map_err(|e| self.io(Operation::Sync, e))?;
+        }
+        guard.release()?;
+        Ok(())
+    }
+
+    /// Reads the journal back: its complete records, and apart from them
+    /// a torn tail if a writer died inside its write. Takes the lock shared,
+    /// so that no append is seen half-done.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Lock`] when the shared lock cannot be had;
+    /// [`JournalError::Io`] when the file cannot be read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// journal.append("a").await?;
+    /// let read = journal.records().await?;
+    /// assert_eq!(read.records, vec![b"a".to_vec()]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn records(&self) -> Result<Records, JournalError> {
+        let inner = &self.inner;
+        let guard = inner.lock.acquire_shared(true, inner.timeout).await?;
+        let len = inner
+            .file
+            .metadata()
+            .map_err(|e| self.io(Operation::Stat, e))?
+            .len();
+        let mut bytes = vec![0u8; len as usize];
+        inner
+            .file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| self.io(Operation::Read, e))?;
+        guard.release()?;
+        Ok(split_records(&bytes))
+    }
+
+    /// Checks and frames the records: newline-terminated pieces of at most
+    /// `MAX_WRITE` bytes, each of whole records.
+    fn encode<I>(&self, records: I) -> Result<Vec<Vec<u8>>, JournalError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let path = || self.inner.path.clone();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let mut piece = Vec::new();
+        for (index, record) in records.into_iter().enumerate() {
+            let record = record.as_ref();
+            if record.contains(&b'\n') {
+                return Err(JournalError::NewlineInRecord {
+                    path: path(),
+                    index,
+                });
+            }
+            if record.len() > self.inner.max_record {
+                return Err(JournalError::RecordTooLong {
+                    path: path(),
+                    index,
+                    len: record.len(),
+                    max: self.inner.max_record,
+                });
+            }
+            if !piece.is_empty() && piece.len() + record.len() + 1 > MAX_WRITE {
+                pieces.push(std::mem::take(&mut piece));
+            }
+            piece.extend_from_slice(record);
+            piece.push(b'\n');
+        }
+        if !piece.is_empty() {
+            pieces.push(piece);
+        }
+        Ok(pieces)
+    }
+
+    /// Under the lock: if the file does not end with a newline, a writer
+    /// died inside its write; cut its partial record off so that it cannot
+    /// merge with the next one. It was never acknowledged.
+    fn cut_torn_tail(&self) -> Result<(), JournalError> {
+        let file = &self.inner.file;
+        let len = file
+            .metadata()
+            .map_err(|e| self.io(Operation::Stat, e))?
+            .len();
+        if len == 0 {
+            return Ok(());
+        }
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, len - 1)
+            .map_err(|e| self.io(Operation::Read, e))?;
+        if last[0] == b'\n' {
+            return Ok(());
+        }
+        let keep = last_newline_end(file, len).map_err(|e| self.io(Operation::Read, e))?;
+        tracing::warn!(
+            path = %self.inner.path.display(),
+            torn_bytes = len - keep,
+            "journal ends with a torn record (a writer died inside its write); cutting it off"
+        );
+        file.set_len(keep).map_err(|e| self.io(Operation::Write, e))
+    }
+
+    fn io(&self, op: Operation, source: io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.inner.path.clone(),
+            op,
+            source,
+        }
+    }
+}
+
+/// The offset just past the last newline before `len` (0 if none).
+fn last_newline_end(file: &File, len: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// One `write(2)` for the whole buffer; a short write (a full disk, a
+/// signal) continues with the rest, still under the lock.
+fn write_once(mut file: &File, buf: &[u8]) -> io::Result<()> {
+    file.write_all(buf)
+}
+
+fn split_records(bytes: &[u8]) -> Records {
+    let mut parts: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // `split` yields an empty last part after a final newline; anything else
+    // there is a record without its newline.
+    let tail = parts.pop().filter(|t| !t.is_empty()).map(<[u8]>::to_vec);
+    Records {
+        records: parts.into_iter().map(<[u8]>::to_vec).collect(),
+        torn_tail: tail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_reported_apart() {
+        let r = split_records(b"a\nbb\nccc");
+        assert_eq!(r.records, vec![b"a".to_vec(), b"bb".to_vec()]);
+        assert_eq!(r.torn_tail.as_deref(), Some(&b"ccc"[..]));
+        let r = split_records(b"a\n\nb\n");
+        assert_eq!(r.records, vec![b"a".to_vec(), Vec::new(), b"b".to_vec()]);
+        assert_eq!(r.torn_tail, None);
+        assert_eq!(split_records(b""), Records::default());
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        std::fs::write(&path, "whole\nhalf a rec").unwrap();
+        let j = Journal::open(&path).await.unwrap();
+        let before = j.records().await.unwrap();
+        assert_eq!(before.torn_tail.as_deref(), Some(&b"half a rec"[..]));
+        j.append("next").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "whole\nnext\n");
+    }
+
+    #[tokio::test]
+    async fn big_batches_are_split_at_record_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::builder(dir.path().join("j"))
+            .max_record_len(MAX_WRITE)
+            .open()
+            .await
+            .unwrap();
+        let rec = vec![b'x'; 300 * 1024];
+        let pieces = j.encode([&rec, &rec, &rec, &rec]).unwrap();
+        assert_eq!(pieces.len(), 2, "three records fit in 1 MiB, four do not");
+        assert!(pieces
+            .iter()
+            .all(|p| p.len() <= MAX_WRITE && p.ends_with(b"\n")));
+        j.append_batch([&rec, &rec, &rec, &rec]).await.unwrap();
+        let read = j.records().await.unwrap();
+        assert_eq!(read.records.len(), 4);
+        assert!(read.records.iter().all(|r| r == &rec));
+    }
+}

@@ -1,0 +1,264 @@
+//! The journal across real processes, with writers killed mid-flight.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lockmgr::{Journal, JournalError, LockError};
+
+/// Checks one journal line: `<id> len=<len> sum=<sum> <payload>` with the
+/// payload's length and byte sum as stated. Returns the id.
+fn check_line(line: &[u8]) -> String {
+    let text = std::str::from_utf8(line).expect("utf-8 line");
+    let mut parts = text.splitn(4, ' ');
+    let (id, len, sum, payload) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap_or(""),
+    );
+    let len: usize = len.strip_prefix("len=").expect(text).parse().unwrap();
+    let sum: u64 = sum.strip_prefix("sum=").expect(text).parse().unwrap();
+    assert_eq!(payload.len(), len, "torn or interleaved line: {id}");
+    assert_eq!(
+        payload.bytes().map(u64::from).sum::<u64>(),
+        sum,
+        "garbled line: {id}"
+    );
+    assert!(id.starts_with('w'), "unknown writer: {id}");
+    id.to_owned()
+}
+
+/// 8 processes x 4 tasks x 200 appends while 3 of the writers are killed
+/// with SIGKILL at different moments: every line is a whole record of a
+/// known writer, nothing is duplicated, and every acknowledged append is
+/// there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_survive_writers_killed_at_random_moments() {
+    const PROCS: u32 = 8;
+    const TASKS: u32 = 4;
+    const N: u32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    // Three writers die by SIGKILL, each after a random number of its acks
+    // (the seed is printed, and LOCKMGR_TEST_SEED replays it).
+    let seed: u64 = std::env::var("LOCKMGR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill plan seed: LOCKMGR_TEST_SEED={seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut kill_after = [None; PROCS as usize];
+    while kill_after.iter().filter(|k| k.is_some()).count() < 3 {
+        let victim = (next() % u64::from(PROCS)) as usize;
+        kill_after[victim] = Some(1 + (next() % u64::from(TASKS * N - 1)) as usize);
+    }
+    eprintln!("kill after (acks): {kill_after:?}");
+
+    let readers: Vec<_> = (0..PROCS)
+        .map(|id| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+                .arg("journal-writer")
+                .arg(&path)
+                .args([id.to_string(), TASKS.to_string(), N.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let kill_at = kill_after[id as usize];
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for line in BufReader::new(stdout).lines() {
+                    let line = line.unwrap();
+                    acked.push(line.strip_prefix("ack ").unwrap().to_owned());
+                    if Some(acked.len()) == kill_at {
+                        child.kill().unwrap(); // SIGKILL
+                    }
+                }
+                let status = child.wait().unwrap();
+                (acked, status, kill_at.is_some())
+            })
+        })
+        .collect();
+
+    let mut acked = Vec::new();
+    for r in readers {
+        let (ids, status, killed) = r.join().unwrap();
+        if killed {
+            use std::os::unix::process::ExitStatusExt;
+            // Killed, or it had already finished when the signal came.
+            let finished_first = status.success() && ids.len() == (TASKS * N) as usize;
+            assert!(status.signal() == Some(9) || finished_first, "{status:?}");
+        } else {
+            assert!(status.success(), "{status:?}");
+            assert_eq!(ids.len(), (TASKS * N) as usize);
+        }
+        acked.extend(ids);
+    }
+
+    let read = Journal::open(&path).await.unwrap().records().await.unwrap();
+    let mut seen = HashSet::new();
+    for line in &read.records {
+        let id = check_line(line);
+        assert!(seen.insert(id.clone()), "record {id} appears twice");
+    }
+    for id in &acked {
+        assert!(seen.contains(id), "acknowledged record {id} is missing");
+    }
+    // A torn tail can only be the unacknowledged start of a killed
+    // writer's last record (appends after it would have cut it off).
+    if let Some(tail) = &read.torn_tail {
+        let text = String::from_utf8_lossy(tail);
+        let id = text.split(' ').next().unwrap();
+        assert!(
+            id.starts_with('w') && !acked.iter().any(|a| a == id),
+            "{text}"
+        );
+    }
+    assert!(read.records.len() >= acked.len());
+    assert!(read.records.len() <= (PROCS * TASKS * N) as usize);
+}
+
+#[tokio::test]
+async fn rejected_records_change_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let journal = Journal::builder(&path)
+        .max_record_len(10)
+        .open()
+        .await
+        .unwrap();
+    journal.append("fine").await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let err = journal.append("two\nlines").await.unwrap_err();
+    assert!(
+        matches!(err, JournalError::NewlineInRecord { index: 0, .. }),
+        "{err}"
+    );
+    let err = journal.append("eleven byte").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JournalError::RecordTooLong {
+                len: 11,
+                max: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was written"), "{err}");
+    // One bad record spoils the whole batch, before anything is written.
+    let err = journal
+        .append_batch(["ok", "also ok", "bad\n"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JournalError::NewlineInRecord { index: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn journal_file_holds_nothing_but_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let journal = Journal::open(&path).await.unwrap();
+    journal.append("one").await.unwrap();
+    journal.append_batch(["two", "three"]).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\nthree\n");
+
+    // With a separate lock file, that file gets the holder record instead.
+    let lock = dir.path().join("journal.lock");
+    let j2 = Journal::builder(&path)
+        .lock_file(&lock)
+        .open()
+        .await
+        .unwrap();
+    j2.append("four").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "one\ntwo\nthree\nfour\n"
+    );
+    assert!(std::fs::read_to_string(&lock)
+        .unwrap()
+        .starts_with("lockmgr-holder/1 "));
+}
+
+#[tokio::test]
+async fn a_held_lock_times_out_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let journal = Journal::builder(&path)
+        .timeout(Duration::from_millis(10))
+        .max_attempts(2)
+        .open()
+        .await
+        .unwrap();
+    let held = lockmgr::LockMgr::new(&path).try_acquire().unwrap();
+    let err = journal.append("x").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JournalError::Lock(LockError::TimedOut { attempts: 2, .. })
+        ),
+        "{err}"
+    );
+    drop(held);
+    journal.append("x").await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_journal_paths_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Journal::open(dir.path()).await.unwrap_err();
+    assert!(matches!(err, LockError::NotAFile { .. }), "{err}");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let err = Journal::open(&fifo).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: lockmgr::FileKind::Fifo,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let target = dir.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = Journal::open(&link).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: lockmgr::FileKind::Symlink,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    let err = Journal::open(dir.path().join("no/such/dir/j"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::MissingParent { .. }), "{err}");
+}
