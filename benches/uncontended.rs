@@ -71,34 +71,19 @@ fn uncontended(c: &mut Criterion) {
 
 criterion_group!(benches, uncontended);
 
-/// criterion's point estimate of the mean, in ns, from the run just made.
-fn mean_ns(id: &str) -> Option<f64> {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    // criterion's own file-name mangling of benchmark ids.
-    let dir = id.replace(['?', '"', '/', '\\', '*', '<', '>', ':', '|', '^'], "_");
-    let json = std::fs::read_to_string(format!(
-        "{target}/criterion/{GROUP}/{dir}/new/estimates.json"
-    ))
-    .ok()?;
-    let mean = &json[json.find("\"mean\"")?..];
-    let est = &mean[mean.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    est[..est.find([',', '}'])?].trim().parse().ok()
-}
+#[path = "support/mod.rs"]
+mod support;
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let Some(floor) = mean_ns(FLOOR) else {
-        return; // not a measuring run (e.g. `--test` or a filter)
-    };
-    println!("\nratio to the floor ({FLOOR} = {floor:.0} ns):");
-    for id in [
-        "try_acquire+drop",
-        "acquire(true)+drop",
-        "acquire(true)+release",
-    ] {
-        if let Some(ns) = mean_ns(id) {
-            println!("  {id:<24} {ns:>8.0} ns  {:.2}x", ns / floor);
-        }
-    }
+    support::print_ratios(
+        GROUP,
+        (FLOOR, 1.0),
+        &[
+            ("try_acquire+drop", 1.0),
+            ("acquire(true)+drop", 1.0),
+            ("acquire(true)+release", 1.0),
+        ],
+    );
 }

@@ -1,42 +1,5 @@
-//! A journal: one file that many processes and tasks append records to,
-//! safely under a lock, even when writers are killed at any moment.
-//!
-//! Each [`append`](Journal::append) takes the exclusive lock, writes the
-//! record and its newline with **one** `write(2)` on a descriptor opened
-//! with `O_APPEND` (so the kernel puts it at the end of the file, whatever
-//! other writers did), optionally `fdatasync`s, and releases the lock.
-//!
-//! What a killed writer can leave behind: nothing, or its whole record, or
-//! (only if it died inside a large write) the first part of its record
-//! without the newline, a *torn tail*. A torn tail was never acknowledged:
-//! [`records`](Journal::records) reports it apart from the records, and the
-//! next append cuts it off (under the lock) before writing, so it never
-//! merges with another record.
-//!
-//! The journal file holds nothing but records. By default the lock is an
-//! OFD lock on the journal file itself (with no holder record); a separate
-//! lock file may be named instead with
-//! [`JournalBuilder::lock_file`].
-//!
-//! ```
-//! use lockmgr::{Journal, SyncPolicy};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = tempfile::tempdir()?;
-//! let journal = Journal::builder(dir.path().join("jobs.journal"))
-//!     .sync(SyncPolicy::Data)
-//!     .open()
-//!     .await?;
-//! journal.append("job 1 started").await?;
-//! journal.append_batch(["job 2 started", "job 3 started"]).await?;
-//!
-//! let read = journal.records().await?;
-//! assert_eq!(read.records.len(), 3);
-//! assert_eq!(read.records[0], b"job 1 started");
-//! assert!(read.torn_tail.is_none());
-//! # Ok(()) }
-//! ```
+//! The journal: crash-safe record appends from many processes and tasks.
+//! See [`Journal`].
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -248,8 +211,47 @@ impl JournalBuilder {
     }
 }
 
-/// A journal file shared by many writers. Cheap to clone; clones share one
-/// open descriptor. See the [module documentation](self).
+/// A journal: one file that many processes and tasks append records to,
+/// safely under a lock, even when writers are killed at any moment.
+///
+/// Each [`append`](Journal::append) takes the exclusive lock, writes the
+/// record and its newline with **one** `write(2)` on a descriptor opened
+/// with `O_APPEND` (so the kernel puts it at the end of the file, whatever
+/// other writers did), optionally `fdatasync`s, and releases the lock.
+///
+/// What a killed writer can leave behind: nothing, or its whole record, or
+/// (only if it died inside a large write) the first part of its record
+/// without the newline, a *torn tail*. A torn tail was never acknowledged:
+/// [`records`](Journal::records) reports it apart from the records, and the
+/// next append cuts it off (under the lock) before writing, so it never
+/// merges with another record.
+///
+/// The journal file holds nothing but records. By default the lock is an
+/// OFD lock on the journal file itself (with no holder record); a separate
+/// lock file may be named instead with
+/// [`JournalBuilder::lock_file`].
+///
+/// ```
+/// use lockmgr::{Journal, SyncPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let journal = Journal::builder(dir.path().join("jobs.journal"))
+///     .sync(SyncPolicy::Data)
+///     .open()
+///     .await?;
+/// journal.append("job 1 started").await?;
+/// journal.append_batch(["job 2 started", "job 3 started"]).await?;
+///
+/// let read = journal.records().await?;
+/// assert_eq!(read.records.len(), 3);
+/// assert_eq!(read.records[0], b"job 1 started");
+/// assert!(read.torn_tail.is_none());
+/// # Ok(()) }
+/// ```
+///
+/// A `Journal` is cheap to clone: clones share one open descriptor.
 #[derive(Clone)]
 pub struct Journal {
     inner: Arc<Inner>,

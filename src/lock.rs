@@ -305,17 +305,26 @@ impl<'a> FileContender<'a> {
     /// Writes this process's holder record, after winning. Never fatal: a
     /// record is for reporting only.
     fn write_record(&self) {
-        let mut head = [0u8; 16];
-        let writable = match os::read_head(&self.fd, &mut head) {
-            Ok(n) => n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]),
-            Err(_) => false,
+        // One read tells both whether the content is ours to replace (empty,
+        // or a record) and how long the old record is: the file is only
+        // truncated when the new record is shorter, since truncating costs a
+        // file-system transaction on every acquire otherwise.
+        let mut head = [0u8; MAX_RECORD];
+        let old_len = match os::read_head(&self.fd, &mut head) {
+            Ok(n) if n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]) => n,
+            Ok(_) => {
+                tracing::debug!(path = %self.config.path.display(), "lock file holds other data; no holder record written");
+                return;
+            }
+            Err(_) => return,
         };
-        if !writable {
-            tracing::debug!(path = %self.config.path.display(), "lock file holds other data; no holder record written");
+        let record = Holder::me(self.config.label.as_deref()).to_record();
+        if head[..old_len] == *record.as_bytes() {
+            // This process won the lock before within the same second: the
+            // record already says exactly this.
             return;
         }
-        let record = Holder::me(self.config.label.as_deref()).to_record();
-        if let Err(e) = os::replace_content(&self.fd, record.as_bytes()) {
+        if let Err(e) = os::write_head(&self.fd, record.as_bytes(), old_len > record.len()) {
             tracing::warn!(path = %self.config.path.display(), error = %e, "could not write the holder record");
         }
     }

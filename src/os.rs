@@ -336,9 +336,10 @@ pub(crate) fn read_head(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Makes `bytes` the whole content of the file. Writes first and truncates
-/// after, so that a reader never sees an empty file between two records.
-pub(crate) fn replace_content(fd: impl AsFd, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` at the start of the file, then, with `truncate`, cuts the
+/// file to their length. Writing first means a reader never sees an empty
+/// file between two records.
+pub(crate) fn write_head(fd: impl AsFd, bytes: &[u8], truncate: bool) -> io::Result<()> {
     let fd = fd.as_fd();
     let mut done = 0;
     while done < bytes.len() {
@@ -349,7 +350,10 @@ pub(crate) fn replace_content(fd: impl AsFd, bytes: &[u8]) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    ftruncate(fd, bytes.len() as libc::off_t).map_err(Into::into)
+    if truncate {
+        ftruncate(fd, bytes.len() as libc::off_t)?;
+    }
+    Ok(())
 }
 
 /// Opens an existing lock file read-only to look at it, never creating it.
@@ -476,8 +480,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l");
         let fd = open(&path);
-        replace_content(&fd, b"a longer first record\n").unwrap();
-        replace_content(&fd, b"short\n").unwrap();
+        write_head(&fd, b"a longer first record\n", false).unwrap();
+        write_head(&fd, b"short\n", true).unwrap();
         let mut buf = [0u8; 64];
         let n = read_head(&fd, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"short\n");

@@ -1,0 +1,39 @@
+//! Reading back what criterion measured in this run, to report ratios
+//! against a baseline measured in the same run.
+#![allow(dead_code)]
+
+/// criterion's point estimate of the mean time per iteration, in ns, for
+/// `group/id` from the run just made; `None` when it did not run (e.g. a
+/// filter excluded it, or `--test`).
+pub fn mean_ns(group: &str, id: &str) -> Option<f64> {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    // criterion's own file-name mangling of benchmark ids.
+    let mangle = |s: &str| s.replace(['?', '"', '/', '\\', '*', '<', '>', ':', '|', '^'], "_");
+    let json = std::fs::read_to_string(format!(
+        "{target}/criterion/{}/{}/new/estimates.json",
+        mangle(group),
+        mangle(id)
+    ))
+    .ok()?;
+    let mean = &json[json.find("\"mean\"")?..];
+    let key = "\"point_estimate\":";
+    let est = &mean[mean.find(key)? + key.len()..];
+    est[..est.find([',', '}'])?].trim().parse().ok()
+}
+
+/// Prints each id's mean per `per` items and its ratio to `baseline`'s.
+pub fn print_ratios(group: &str, baseline: (&str, f64), ids: &[(&str, f64)]) {
+    let Some(base) = mean_ns(group, baseline.0).map(|ns| ns / baseline.1) else {
+        return;
+    };
+    println!("\n{group}: ratio to {} ({base:.0} ns each)", baseline.0);
+    for (id, per) in ids {
+        if let Some(ns) = mean_ns(group, id).map(|ns| ns / per) {
+            println!(
+                "  {id:<40} {ns:>10.0} ns each  {:>10.0}/s  {:.2}x",
+                1e9 / ns,
+                ns / base
+            );
+        }
+    }
+}
