@@ -63,6 +63,17 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// [`since`](Holder::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    ///
+    /// ```
+    /// # use lockmgr::Holder;
+    /// let h: Holder = "lockmgr-holder/1 pid=1 host=a since=0\n".parse().unwrap();
+    /// assert_eq!(h.since_utc(), "1970-01-01T00:00:00Z");
+    /// ```
+    pub fn since_utc(&self) -> String {
+        Rfc3339(self.since).to_string()
+    }
+
     /// The record for the calling process, won now.
     pub(crate) fn me(label: Option<&str>) -> Holder {
         Holder {

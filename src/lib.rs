@@ -88,5 +88,5 @@ pub use error::{FileKind, LockError, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
 pub use journal::{Journal, JournalBuilder, JournalError, Records, SyncPolicy, DEFAULT_MAX_RECORD};
-pub use lock::{Builder, LockMgr};
+pub use lock::{Builder, LockMgr, Status};
 pub use os::{LockKind, LockMode};

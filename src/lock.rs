@@ -159,6 +159,23 @@ impl Builder {
     }
 }
 
+/// What [`LockMgr::status`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// There is no lock file (so the lock is free).
+    Missing,
+    /// Nobody holds the lock.
+    Free,
+    /// Someone holds it exclusively; `holder` is their record, if readable.
+    Exclusive {
+        /// The recorded holder.
+        holder: Option<Holder>,
+    },
+    /// One or more shared holders have it.
+    Shared,
+}
+
 /// One caller's contention for the lock: its own open file description,
 /// kept open across tries so that a waiter's retries do not wake the other
 /// waiters (every close of the file is an event to them).
@@ -608,17 +625,51 @@ impl LockMgr {
     /// # Ok(()) }
     /// ```
     pub fn holder(&self) -> Result<Option<Holder>, LockError> {
+        Ok(match self.status()? {
+            Status::Exclusive { holder } => holder,
+            Status::Free | Status::Missing | Status::Shared => None,
+        })
+    }
+
+    /// Whether the lock is free, held exclusively (and by whom, if
+    /// recorded) or held shared, found out without holding it: as for
+    /// [`holder`](LockMgr::holder), OFD locks are queried (`F_OFD_GETLK`)
+    /// and `flock` locks probed for an instant. A missing lock file is
+    /// [`Status::Missing`] and is not created.
+    ///
+    /// # Errors
+    ///
+    /// As [`holder`](LockMgr::holder).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lockmgr::{LockMgr, Status};
+    /// # fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let lock = LockMgr::new(dir.path().join("jobs.lock"));
+    /// assert_eq!(lock.status()?, Status::Missing);
+    /// let reader = lock.try_acquire_shared()?;
+    /// assert_eq!(lock.status()?, Status::Shared);
+    /// drop(reader);
+    /// assert_eq!(lock.status()?, Status::Free);
+    /// # Ok(()) }
+    /// ```
+    pub fn status(&self) -> Result<Status, LockError> {
         let path = &self.inner.path;
         let fd = match os::open_existing(path) {
             Ok(Some(fd)) => fd,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Status::Missing),
             Err(e) => return Err(open_error(path, e, Operation::Read)),
         };
         let state =
             os::probe(&fd, self.inner.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
         Ok(match state {
-            Probe::Held(LockMode::Exclusive) => read_record(&fd),
-            Probe::Held(LockMode::Shared) | Probe::Free => None,
+            Probe::Held(LockMode::Exclusive) => Status::Exclusive {
+                holder: read_record(&fd),
+            },
+            Probe::Held(LockMode::Shared) => Status::Shared,
+            Probe::Free => Status::Free,
         })
     }
 

@@ -1,0 +1,413 @@
+//! `lockmgr`: run a command under a lock, or show who holds one.
+//!
+//! ```text
+//! lockmgr run [--shared] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
+//!             [--label TEXT] [--conflict-exit-code N] [--quiet] LOCKFILE -- COMMAND [ARGS...]
+//! lockmgr status [--kind ofd|flock] [--json] LOCKFILE
+//! ```
+//!
+//! Exit status of `run`: the command's (128 + N if a signal N ended it); the
+//! conflict exit code (default 1) when the lock was not obtained; 2 for
+//! errors (bad arguments, a lock file that cannot be used); 126/127 when the
+//! command cannot be started / is not found.
+//!
+//! Exit status of `status`: 0 free, 1 held, 2 error.
+//!
+//! The tool is a user of the library's public API only.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lockmgr::{Holder, LockError, LockGuard, LockKind, LockMgr, Status};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "lockmgr",
+    version,
+    about = "Run commands under inter-process locks, and see who holds them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take the lock, run COMMAND while holding it, release when it exits.
+    Run(RunArgs),
+    /// Tell whether the lock is free, held exclusive or held shared, and by whom.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    /// OFD record locks (fcntl F_OFD_SETLK); also excludes lockf/POSIX users.
+    Ofd,
+    /// flock(2) locks, as flock(1), Python filelock and cargo use.
+    Flock,
+}
+
+impl From<Kind> for LockKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Ofd => LockKind::Ofd,
+            Kind::Flock => LockKind::Flock,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Take a shared lock instead of an exclusive one.
+    #[arg(long)]
+    shared: bool,
+    /// The lock family: must match the other users of LOCKFILE.
+    #[arg(long, value_enum, default_value = "ofd")]
+    kind: Kind,
+    /// Fail at once if the lock is held.
+    #[arg(long, short = 'n', conflicts_with = "wait")]
+    nonblock: bool,
+    /// Wait at most SECS seconds in all (default: as long as it takes).
+    #[arg(long, short = 'w', value_name = "SECS")]
+    wait: Option<f64>,
+    /// Split the wait into N attempts (the library's max_attempts).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    attempts: u32,
+    /// A label for the holder record (default: the command's name).
+    #[arg(long)]
+    label: Option<String>,
+    /// Exit status when the lock is not obtained.
+    #[arg(long, short = 'E', value_name = "N", default_value_t = 1)]
+    conflict_exit_code: u8,
+    /// No waiting message.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The lock file (created if missing).
+    lockfile: PathBuf,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The lock family to ask about.
+    #[arg(long, value_enum, default_value = "ofd")]
+    kind: Kind,
+    /// Print a JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+    /// The lock file (must exist).
+    lockfile: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Run(args) => rt.block_on(run(args)),
+        Command::Status(args) => status(args),
+    }
+}
+
+/// One clear line on stderr, exit status 2.
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("lockmgr: {msg}");
+    ExitCode::from(2)
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let label = args.label.clone().unwrap_or_else(|| {
+        Path::new(&args.command[0])
+            .file_name()
+            .unwrap_or(args.command[0].as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    });
+    let lock = LockMgr::builder(&args.lockfile)
+        .kind(args.kind.into())
+        .max_attempts(args.attempts.max(1))
+        .label(label)
+        .build();
+
+    let guard = match take(&lock, &args).await {
+        Ok(guard) => guard,
+        Err(e) if e.is_contended() => {
+            eprintln!("lockmgr: {e}");
+            return ExitCode::from(args.conflict_exit_code);
+        }
+        Err(e) => return fail(&e.to_string()),
+    };
+    let code = supervise(&args.command).await;
+    if let Err(e) = guard.release() {
+        eprintln!("lockmgr: {e}");
+    }
+    code
+}
+
+/// Takes the lock with the library's waiting, showing the wait on stderr.
+async fn take(lock: &LockMgr, args: &RunArgs) -> Result<LockGuard, LockError> {
+    let acquire = |wait: bool, timeout: Duration| {
+        let lock = lock.clone();
+        async move {
+            if args.shared {
+                lock.acquire_shared(wait, timeout).await
+            } else {
+                lock.acquire(wait, timeout).await
+            }
+        }
+    };
+    let first = acquire(false, Duration::ZERO).await;
+    let holder = match &first {
+        Err(LockError::WouldBlock { holder, .. }) if !args.nonblock => holder.clone(),
+        _ => return first,
+    };
+    // The wait in all, split into attempts; no --wait: as long as it takes.
+    let per_attempt = match args.wait {
+        None => Duration::MAX,
+        Some(secs) if secs.is_finite() && secs > 0.0 => {
+            Duration::from_secs_f64(secs) / args.attempts.max(1)
+        }
+        Some(_) => Duration::ZERO,
+    };
+    let mut progress = Progress::new(lock.path(), holder, args, per_attempt);
+    let acquired = acquire(true, per_attempt);
+    tokio::pin!(acquired);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            r = &mut acquired => break r,
+            _ = tick.tick() => progress.show(lock),
+        }
+    };
+    progress.done();
+    result
+}
+
+/// The waiting message: one updating line on a terminal, one line otherwise.
+struct Progress {
+    path: PathBuf,
+    holder: Option<Holder>,
+    tty: bool,
+    quiet: bool,
+    started: Instant,
+    per_attempt: Duration,
+    attempts: u32,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(path: &Path, holder: Option<Holder>, args: &RunArgs, per_attempt: Duration) -> Self {
+        Progress {
+            path: path.to_path_buf(),
+            holder,
+            tty: std::io::stderr().is_terminal(),
+            quiet: args.quiet,
+            started: Instant::now(),
+            per_attempt,
+            attempts: args.attempts.max(1),
+            shown: false,
+        }
+    }
+
+    fn held_by(&self) -> String {
+        match &self.holder {
+            Some(h) => format!("held by {h}"),
+            None => "held by another owner".into(),
+        }
+    }
+
+    fn show(&mut self, lock: &LockMgr) {
+        if self.quiet || (self.shown && !self.tty) {
+            return;
+        }
+        if self.shown {
+            // The holder may have changed hands meanwhile.
+            if let Ok(h) = lock.holder() {
+                self.holder = h.or(self.holder.take());
+            }
+        }
+        let waited = self.started.elapsed();
+        let attempt = if self.per_attempt.is_zero() || self.per_attempt == Duration::MAX {
+            1
+        } else {
+            (waited.as_secs_f64() / self.per_attempt.as_secs_f64()) as u32 + 1
+        }
+        .min(self.attempts);
+        let line = format!(
+            "lockmgr: waiting for lock {} ({}): {:.0}s, attempt {}/{}",
+            self.path.display(),
+            self.held_by(),
+            waited.as_secs_f64(),
+            attempt,
+            self.attempts
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    fn done(&self) {
+        if self.shown && self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// Runs the command, forwarding SIGINT, SIGTERM and SIGHUP to it, and
+/// returns its exit status the way a shell reports it.
+async fn supervise(command: &[OsString]) -> ExitCode {
+    // Handlers first: a signal that comes the moment the command starts
+    // must be forwarded, not kill us and orphan the command.
+    let streams = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
+        return fail("cannot set up signal forwarding");
+    };
+    let mut child = match tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return ExitCode::from(code);
+        }
+    };
+    let Some(pid) = child.id() else {
+        return fail("the command vanished before it could be supervised");
+    };
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let forward = |sig| {
+        let _ = nix::sys::signal::kill(pid, sig);
+    };
+    use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            Some(()) = int.recv() => forward(SIGINT),
+            Some(()) = term.recv() => forward(SIGTERM),
+            Some(()) = hup.recv() => forward(SIGHUP),
+        }
+    };
+    match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = s
+                .code()
+                .or_else(|| s.signal().map(|sig| 128 + sig))
+                .unwrap_or(1);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Err(e) => fail(&format!("cannot wait for the command: {e}")),
+    }
+}
+
+fn status(args: StatusArgs) -> ExitCode {
+    let path = &args.lockfile;
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        return fail(&format!("cannot read lock file {}: {e}", path.display()));
+    }
+    let lock = LockMgr::builder(path).kind(args.kind.into()).build();
+    let status = match lock.status() {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let kind = match args.kind {
+        Kind::Ofd => "ofd",
+        Kind::Flock => "flock",
+    };
+    if args.json {
+        println!("{}", status_json(path, kind, &status));
+    } else {
+        let what = match &status {
+            Status::Missing | Status::Free => "free".to_owned(),
+            Status::Shared => "held shared".to_owned(),
+            Status::Exclusive { holder: Some(h) } => format!("held exclusive by {h}"),
+            Status::Exclusive { holder: None } => "held exclusive (holder unknown)".to_owned(),
+            _ => "in an unknown state".to_owned(),
+        };
+        println!("{}: {what}", path.display());
+    }
+    match status {
+        Status::Missing | Status::Free => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+/// The `status --json` object (stable; documented in the README):
+/// `{"lock": str, "kind": "ofd"|"flock", "state": "free"|"exclusive"|"shared",
+///   "holder": null | {"pid": int, "host": str, "since": int, "since_utc": str,
+///                     "label": str|null, "stale": bool}}`
+fn status_json(path: &Path, kind: &str, status: &Status) -> String {
+    let state = match status {
+        Status::Missing | Status::Free => "free",
+        Status::Shared => "shared",
+        _ => "exclusive",
+    };
+    let holder = match status {
+        Status::Exclusive { holder: Some(h) } => {
+            let since = h
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{{\"pid\":{},\"host\":{},\"since\":{},\"since_utc\":{},\"label\":{},\"stale\":{}}}",
+                h.pid,
+                json_str(&h.host),
+                since,
+                json_str(&h.since_utc()),
+                h.label.as_deref().map_or("null".into(), json_str),
+                h.stale
+            )
+        }
+        _ => "null".into(),
+    };
+    format!(
+        "{{\"lock\":{},\"kind\":\"{kind}\",\"state\":\"{state}\",\"holder\":{holder}}}",
+        json_str(&path.to_string_lossy())
+    )
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
