@@ -324,44 +324,9 @@ async fn remove_on_release_removes_while_held_and_waiters_follow_the_new_file() 
 /// the lock file on every release, never overlap and lose no increment.
 #[test]
 fn removal_keeps_mutual_exclusion_across_processes() {
-    const PROCS: u64 = 4;
-    const TASKS: u64 = 2;
-    const ITERS: u64 = 60;
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("l.lock");
-    let counter = dir.path().join("counter");
-    let marker = dir.path().join("inside");
-    let children: Vec<_> = (0..PROCS)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-                .arg("count")
-                .args([&lock, &counter, &marker])
-                .args([ITERS.to_string(), TASKS.to_string()])
-                .arg("--remove")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("OVERLAP"),
-            "two owners at once"
-        );
-        assert!(
-            out.status.success(),
-            "{:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let n: u64 = std::fs::read_to_string(&counter)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(n, PROCS * TASKS * ITERS);
+    let n = common::count_in_processes(&lock, 4, 2, 60, &["--remove"]);
+    assert_eq!(n, 4 * 2 * 60);
     assert!(!lock.exists(), "the last holder removed the lock file");
 }

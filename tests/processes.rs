@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Holder, LIVENESS};
@@ -99,51 +98,7 @@ fn waiter_in_other_process_gets_lock_after_ours_is_dropped() {
 /// count is exact and the overlap marker never collides.
 #[test]
 fn mutual_exclusion_across_processes_and_tasks() {
-    const PROCS: u64 = 4;
-    const TASKS: u64 = 4;
-    const ITERS: u64 = 60;
     let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("l.lock");
-    let counter = dir.path().join("counter");
-    let marker = dir.path().join("inside");
-    let children: Vec<_> = (0..PROCS)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-                .arg("count")
-                .args([&lock, &counter, &marker])
-                .args([ITERS.to_string(), TASKS.to_string()])
-                .output_spawn()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(!stdout.contains("OVERLAP"), "two owners at once");
-        assert!(
-            out.status.success(),
-            "{:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let n: u64 = std::fs::read_to_string(&counter)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(n, PROCS * TASKS * ITERS);
-    assert!(!marker.exists());
-}
-
-trait OutputSpawn {
-    fn output_spawn(&mut self) -> std::process::Child;
-}
-
-impl OutputSpawn for Command {
-    fn output_spawn(&mut self) -> std::process::Child {
-        self.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
+    let n = common::count_in_processes(&dir.path().join("l.lock"), 4, 4, 60, &[]);
+    assert_eq!(n, 4 * 4 * 60);
 }

@@ -147,3 +147,45 @@ impl Drop for Holder {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `procs` helper processes that each let `tasks` tasks increment a
+/// counter `iters` times under the lock at `lock` (helper options `opts`),
+/// asserts that none saw an overlap and all succeeded, and returns the
+/// final count.
+pub fn count_in_processes(lock: &Path, procs: u64, tasks: u64, iters: u64, opts: &[&str]) -> u64 {
+    let dir = lock.parent().unwrap();
+    let counter = dir.join("counter");
+    let marker = dir.join("inside");
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+                .arg("count")
+                .args([lock, &counter, &marker])
+                .args([iters.to_string(), tasks.to_string()])
+                .args(opts)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("OVERLAP"),
+            "two owners at once"
+        );
+        assert!(
+            out.status.success(),
+            "{:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!marker.exists());
+    std::fs::read_to_string(&counter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
