@@ -230,7 +230,7 @@ impl Contender for FileContender<'_> {
                 }
                 Signal::poll()
             }
-            _ => Signal::watch(self.fd.as_fd()),
+            _ => Signal::watch(self.fd.as_fd(), &self.config.path),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`Contender`] says how to try once, a [`Signal`] says when to try again.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -88,8 +89,8 @@ impl Signal {
     ///
     /// Must be called before the try that follows it, so that a release
     /// between that try and the sleep is not missed.
-    pub(crate) fn watch(fd: BorrowedFd<'_>) -> Signal {
-        match Watcher::global().and_then(|w| w.watch(fd)) {
+    pub(crate) fn watch(fd: BorrowedFd<'_>, path: &Path) -> Signal {
+        match Watcher::global().and_then(|w| w.watch(fd, path)) {
             Ok(watch) => Signal::Watch(watch),
             Err(e) => {
                 if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -30,6 +31,9 @@ use tokio::sync::Notify;
 pub(crate) struct Watcher {
     registry: Mutex<Registry>,
     next_waiter: AtomicU64,
+    /// True while the reader thread runs: without it no event is delivered,
+    /// and waiters must poll instead.
+    reading: AtomicBool,
 }
 
 struct Registry {
@@ -108,11 +112,16 @@ impl Watcher {
                 by_wd: HashMap::new(),
             }),
             next_waiter: AtomicU64::new(0),
+            reading: AtomicBool::new(true),
         };
         let w: &'static Watcher = WATCHER.get_or_init(|| watcher);
-        std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("lockmgr-inotify".into())
-            .spawn(move || w.run(inotify))?;
+            .spawn(move || w.run(inotify))
+        {
+            w.reading.store(false, Ordering::Release);
+            return Err(e);
+        }
         Ok(w)
     }
 
@@ -120,12 +129,21 @@ impl Watcher {
     ///
     /// The watch goes through `/proc/self/fd/N`, which names the very inode
     /// the waiter has open even if the path was since replaced or removed.
-    pub(crate) fn watch(&'static self, fd: BorrowedFd<'_>) -> io::Result<Watch> {
+    /// Without `/proc`, `path` is watched instead (the inode now at that
+    /// path, which is the one opened unless the file was just replaced).
+    pub(crate) fn watch(&'static self, fd: BorrowedFd<'_>, path: &Path) -> io::Result<Watch> {
+        if !self.reading.load(Ordering::Acquire) {
+            return Err(io::Error::other("the inotify reader thread is not running"));
+        }
         let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let notify = Arc::new(Notify::new());
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let mut reg = lock(&self.registry);
-        let wd = reg.api.add(&proc_path, mask())?;
+        let wd = match reg.api.add(&proc_path, mask()) {
+            Ok(wd) => wd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => reg.api.add(path, mask())?,
+            Err(e) => return Err(e),
+        };
         let key = wd.get_watch_descriptor_id();
         let entry = reg
             .by_wd
@@ -157,6 +175,7 @@ impl Watcher {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "lockmgr: inotify reader failed; waiters fall back to polling");
+                    self.reading.store(false, Ordering::Release);
                     self.kill_all();
                     return;
                 }
@@ -278,8 +297,8 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let wa = w.watch(a.as_fd()).unwrap();
-                let wb = w.watch(b.as_fd()).unwrap();
+                let wa = w.watch(a.as_fd(), &path).unwrap();
+                let wb = w.watch(b.as_fd(), &path).unwrap();
                 assert!(Arc::ptr_eq(&wa.entry, &wb.entry), "one inode, one entry");
                 drop(File::open(&path).unwrap());
                 assert!(fires(&wa).await && fires(&wb).await);
