@@ -1,0 +1,382 @@
+//! Cross-process measurements, each beside a baseline from the same run:
+//!
+//! 1. Handoff latency: a holder in this process releases, a waiter in another
+//!    process acquires; `lockmgr`'s `acquire` versus a waiter blocked in
+//!    `F_OFD_SETLKW` on a plain thread (the kernel's own wake-up: the floor).
+//!    Criterion reports the mean; the median and p99 of individual handoffs
+//!    are printed after it.
+//! 2. CPU used by a task that waits 10 s for a held lock (`getrusage`), versus
+//!    try-then-sleep polling at 1 ms and 50 ms.
+//! 3. SIGKILL to acquisition: a holder process is killed, a waiter here
+//!    acquires; median over repeated runs.
+//!
+//! `cargo bench --bench handoff`. The bench binary runs itself as the other
+//! process (`LOCKMGR_BENCH_ROLE`). Before each release the holder gives the
+//! waiter 2 ms to go to sleep: a bench-only pause, so that what is timed is
+//! the wake-up and not the waiter's start.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use criterion::{criterion_group, Criterion};
+use lockmgr::LockMgr;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+use nix::time::{clock_gettime, ClockId};
+
+const ROLE: &str = "LOCKMGR_BENCH_ROLE";
+const PARK: Duration = Duration::from_millis(2);
+
+/// CLOCK_MONOTONIC in ns: comparable between processes of one machine.
+fn now_ns() -> i64 {
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() * 1_000_000_000 + t.tv_nsec()
+}
+
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// The other process. Waiter roles: on each "go" line, wait for the lock,
+/// print the time it was won, and on the next line release it and print
+/// "released". Holder role: take the lock, print "locked", hold until killed.
+fn peer(role: &str, path: &Path) {
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut out = std::io::stdout().lock();
+    match role {
+        "lockmgr" => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let lock = LockMgr::builder(path).record_holder(false).build();
+            while let Some(Ok(_go)) = lines.next() {
+                let guard = rt.block_on(lock.acquire(true, Duration::MAX)).unwrap();
+                writeln!(out, "{}", now_ns()).unwrap();
+                out.flush().unwrap();
+                lines.next();
+                drop(guard);
+                writeln!(out, "released").unwrap();
+                out.flush().unwrap();
+            }
+        }
+        "setlkw" => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            while let Some(Ok(_go)) = lines.next() {
+                fcntl(&file, FcntlArg::F_OFD_SETLKW(&whole_file(libc::F_WRLCK))).unwrap();
+                writeln!(out, "{}", now_ns()).unwrap();
+                out.flush().unwrap();
+                lines.next();
+                fcntl(&file, FcntlArg::F_OFD_SETLK(&whole_file(libc::F_UNLCK))).unwrap();
+                writeln!(out, "released").unwrap();
+                out.flush().unwrap();
+            }
+        }
+        "holder" => {
+            let _guard = LockMgr::new(path).try_acquire().unwrap();
+            writeln!(out, "locked").unwrap();
+            out.flush().unwrap();
+            loop {
+                std::thread::park();
+            }
+        }
+        _ => panic!("unknown role {role}"),
+    }
+}
+
+fn spawn_peer(role: &str, path: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .arg(path)
+        .env(ROLE, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A waiter process and the holder side here.
+struct Pair {
+    child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+    lock: LockMgr,
+}
+
+impl Pair {
+    fn new(role: &str, path: &Path) -> Pair {
+        let mut child = spawn_peer(role, path);
+        let to = child.stdin.take().unwrap();
+        let from = BufReader::new(child.stdout.take().unwrap());
+        Pair {
+            child,
+            to,
+            from,
+            lock: LockMgr::builder(path).record_holder(false).build(),
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.from.read_line(&mut s).unwrap();
+        s
+    }
+
+    /// One handoff: hold, let the peer wait, release; returns ns from the
+    /// release to the peer holding the lock.
+    fn handoff(&mut self) -> i64 {
+        let guard = self.lock.try_acquire().expect("the peer released");
+        writeln!(self.to, "go").unwrap();
+        std::thread::sleep(PARK);
+        let t0 = now_ns();
+        drop(guard);
+        let t1: i64 = self.line().trim().parse().unwrap();
+        writeln!(self.to, "release").unwrap();
+        assert_eq!(self.line(), "released\n");
+        t1 - t0
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+fn lock_path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.lock");
+    std::fs::write(&path, "").unwrap();
+    (dir, path)
+}
+
+fn handoff(c: &mut Criterion) {
+    let (_dir, path) = lock_path();
+    let mut g = c.benchmark_group("handoff");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    let mut summary = Vec::new();
+    for role in ["setlkw", "lockmgr"] {
+        let mut pair = Pair::new(role, &path);
+        let mut samples = Vec::new();
+        g.bench_function(format!("cross-process {role}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = 0i64;
+                for _ in 0..iters {
+                    let ns = pair.handoff();
+                    samples.push(ns);
+                    total += ns;
+                }
+                Duration::from_nanos(total as u64)
+            })
+        });
+        samples.sort_unstable();
+        summary.push((role, samples));
+    }
+    g.finish();
+    let floor = percentile(&summary[0].1, 0.5);
+    println!(
+        "\ncross-process handoff (us), {} and {} handoffs:",
+        summary[0].1.len(),
+        summary[1].1.len()
+    );
+    for (role, s) in &summary {
+        let median = percentile(s, 0.5);
+        println!(
+            "  {role:<8} median {median:>7.1}  p99 {:>7.1}  median ratio to setlkw {:.2}x",
+            percentile(s, 0.99),
+            median / floor
+        );
+    }
+    // The raw samples, for a plot of the distribution.
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let csv: String = summary
+        .iter()
+        .flat_map(|(role, s)| s.iter().map(move |ns| format!("{role},{ns}\n")))
+        .collect();
+    let out = format!("{target}/criterion/handoff-samples.csv");
+    if std::fs::write(&out, format!("waiter,ns\n{csv}")).is_ok() {
+        println!("  samples: {out}");
+    }
+    let svg = format!("{target}/criterion/handoff.svg");
+    if std::fs::write(&svg, histogram_svg(&summary)).is_ok() {
+        println!("  plot: {svg}");
+    }
+}
+
+/// Histograms of the handoff latencies on a log time axis, as an SVG.
+fn histogram_svg(series: &[(&str, Vec<i64>)]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 300.0;
+    const BINS: usize = 60;
+    let (lo, hi) = (1.0f64.ln(), 10_000.0f64.ln()); // 1 us .. 10 ms
+    let bin = |ns: i64| {
+        let x = ((ns as f64 / 1000.0).max(1.0).ln() - lo) / (hi - lo);
+        ((x * BINS as f64) as usize).min(BINS - 1)
+    };
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"16\">cross-process handoff latency (share of handoffs per bin; log time axis)</text>\n",
+        H + 60.0
+    );
+    for (k, (name, samples)) in series.iter().enumerate() {
+        let mut counts = [0usize; BINS];
+        for &ns in samples {
+            counts[bin(ns)] += 1;
+        }
+        let color = ["#1f77b4", "#d62728"][k % 2];
+        let mut points = String::new();
+        for (i, c) in counts.iter().enumerate() {
+            let x = 40.0 + (i as f64 + 0.5) / BINS as f64 * (W - 60.0);
+            let y = 30.0 + H - (*c as f64 / samples.len().max(1) as f64) * H * 2.0;
+            points.push_str(&format!("{x:.1},{:.1} ", y.max(30.0)));
+        }
+        out.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{points}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
+            W - 160.0,
+            50.0 + 16.0 * k as f64
+        ));
+    }
+    for us in [1, 10, 100, 1000] {
+        let x = 40.0 + ((us as f64).ln() - lo) / (hi - lo) * (W - 60.0);
+        out.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#999\"/>\n\
+             <text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{us} us</text>\n",
+            30.0 + H,
+            36.0 + H,
+            52.0 + H
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Process CPU time (user + system) so far, in microseconds.
+fn cpu_us() -> i64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+    let us = |t: nix::sys::time::TimeVal| t.tv_sec() * 1_000_000 + t.tv_usec();
+    us(u.user_time()) + us(u.system_time())
+}
+
+fn cpu_while_waiting() {
+    let (_dir, path) = lock_path();
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let _held = lock.try_acquire().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const WAIT: Duration = Duration::from_secs(10);
+    let measure = |f: &dyn Fn()| {
+        let before = cpu_us();
+        f();
+        cpu_us() - before
+    };
+    let ours = measure(&|| {
+        let r = rt.block_on(lock.acquire(true, WAIT));
+        assert!(r.is_err());
+    });
+    let poll = |every: Duration| {
+        measure(&|| {
+            rt.block_on(async {
+                let end = tokio::time::Instant::now() + WAIT;
+                while tokio::time::Instant::now() < end {
+                    assert!(lock.try_acquire().is_err());
+                    tokio::time::sleep(every).await;
+                }
+            })
+        })
+    };
+    let (p1, p50) = (
+        poll(Duration::from_millis(1)),
+        poll(Duration::from_millis(50)),
+    );
+    println!("\nCPU used while waiting 10 s for a held lock (us):");
+    println!("  lockmgr acquire        {ours:>8}");
+    println!(
+        "  poll every 1 ms        {p1:>8}  ({:.0}x lockmgr)",
+        p1 as f64 / ours.max(1) as f64
+    );
+    println!(
+        "  poll every 50 ms       {p50:>8}  ({:.0}x lockmgr)",
+        p50 as f64 / ours.max(1) as f64
+    );
+}
+
+fn sigkill_to_acquisition() {
+    let (_dir, path) = lock_path();
+    let lock = LockMgr::new(&path);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let mut holder = spawn_peer("holder", &path);
+        let mut line = String::new();
+        BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "locked\n");
+        let pid = nix::unistd::Pid::from_raw(holder.id() as i32);
+        let ns = rt.block_on(async {
+            let waiter = tokio::spawn({
+                let lock = lock.clone();
+                async move {
+                    lock.acquire(true, Duration::from_secs(30))
+                        .await
+                        .map(|_| now_ns())
+                }
+            });
+            tokio::time::sleep(PARK).await;
+            let t0 = now_ns();
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+            waiter.await.unwrap().unwrap() - t0
+        });
+        holder.wait().unwrap();
+        samples.push(ns);
+    }
+    samples.sort_unstable();
+    println!(
+        "\nSIGKILL of the holder to acquisition in another process, {} runs (us): median {:.1}, p99 {:.1}",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    );
+}
+
+criterion_group!(benches, handoff);
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        let path = std::env::args().nth(1).expect("lock path");
+        peer(&role, Path::new(&path));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Only in a measuring run (criterion's --bench), not under `cargo test`.
+    if std::env::args().any(|a| a == "--bench") {
+        sigkill_to_acquisition();
+        cpu_while_waiting();
+    }
+}
