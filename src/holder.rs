@@ -74,36 +74,25 @@ impl Holder {
         Rfc3339(self.since).to_string()
     }
 
-    /// The record for the calling process, won now.
-    pub(crate) fn me(label: Option<&str>) -> Holder {
-        Holder {
-            pid: std::process::id(),
-            host: crate::os::hostname().to_owned(),
-            since: SystemTime::now(),
-            label: label.map(str::to_owned),
-            stale: false,
-        }
+    /// The record for the calling process, won now, built straight into
+    /// one string (this runs on every exclusive acquire).
+    pub(crate) fn my_record(label: Option<&str>) -> String {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        record_line(std::process::id(), crate::os::hostname(), secs, label)
     }
 
     /// The one-line record, newline included.
+    #[cfg(test)]
     pub(crate) fn to_record(&self) -> String {
         let secs = self
             .since
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let mut s = format!(
-            "{V1} pid={} host={} since={}",
-            self.pid,
-            encode(&self.host),
-            secs
-        );
-        if let Some(label) = &self.label {
-            s.push_str(" label=");
-            s.push_str(&encode(label));
-        }
-        s.push('\n');
-        s
+        record_line(self.pid, &self.host, secs, self.label.as_deref())
     }
 
     /// Parses the head of a lock file. `None` for anything that is not a
@@ -184,16 +173,34 @@ impl fmt::Display for Holder {
     }
 }
 
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) -> String {
+    let mut s = String::with_capacity(64 + host.len() + label.map_or(0, str::len));
+    s.push_str(V1);
+    s.push_str(" pid=");
+    s.push_str(&pid.to_string());
+    s.push_str(" host=");
+    encode_into(&mut s, host);
+    s.push_str(" since=");
+    s.push_str(&secs.to_string());
+    if let Some(label) = label {
+        s.push_str(" label=");
+        encode_into(&mut s, label);
+    }
+    s.push('\n');
+    s
+}
+
+fn encode_into(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {
         if (b'!'..=b'~').contains(&b) && b != b'%' && b != b'=' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
         }
     }
-    out
 }
 
 fn decode(value: &str) -> Option<String> {

@@ -335,7 +335,7 @@ impl<'a> FileContender<'a> {
             }
             Err(_) => return,
         };
-        let record = Holder::me(self.config.label.as_deref()).to_record();
+        let record = Holder::my_record(self.config.label.as_deref());
         if head[..old_len] == *record.as_bytes() {
             // This process won the lock before within the same second: the
             // record already says exactly this.
