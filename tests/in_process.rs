@@ -128,11 +128,7 @@ async fn huge_timeout_saturates() {
     });
     common::until_waiting(&path).await;
     drop(held);
-    let guard = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("waiter not woken by the release")
-        .unwrap()
-        .unwrap();
+    let guard = common::won(waiter, "waiter not woken by the release").await;
     drop(guard);
 }
 
@@ -159,11 +155,7 @@ async fn spurious_wakeups_do_not_use_up_attempts() {
         "a close that frees nothing ended the wait"
     );
     drop(held);
-    let guard = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("waiter not woken by the release")
-        .unwrap()
-        .unwrap();
+    let guard = common::won(waiter, "waiter not woken by the release").await;
     drop(guard);
 }
 

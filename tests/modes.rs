@@ -92,13 +92,7 @@ async fn shared_waiters_all_win_when_the_exclusive_holder_dies() {
     holder.kill(Signal::SIGKILL);
     let mut guards = Vec::new();
     for r in readers {
-        guards.push(
-            tokio::time::timeout(LIVENESS, r)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
+        guards.push(common::won(r, "waiter not woken").await);
     }
     assert!(guards.iter().all(|g| g.lock_mode() == LockMode::Shared));
 }
@@ -149,11 +143,7 @@ async fn flock_kind_and_flock_command_exclude_each_other() {
     tokio::task::spawn_blocking(move || cmd.finish())
         .await
         .unwrap();
-    let g = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let g = common::won(waiter, "waiter not woken").await;
     assert_eq!(g.kind(), LockKind::Flock);
 
     // And the other way round.
@@ -191,11 +181,7 @@ async fn posix_record_lock_blocks_the_ofd_kind() {
     });
     common::until_waiting(&path).await;
     posix.finish();
-    let g = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let g = common::won(waiter, "waiter not woken").await;
     drop(g);
 }
 

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::LIVENESS;
 use lockmgr::LockMgr;
 
 struct Mount(PathBuf);
@@ -55,10 +54,6 @@ async fn waiting_on_a_network_class_file_system_polls() {
     assert!(!waiter.is_finished());
     assert_eq!(common::watches_on(&path), 0, "watched instead of polling");
     drop(held);
-    let g = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("the polling waiter missed the release")
-        .unwrap()
-        .unwrap();
+    let g = common::won(waiter, "the polling waiter missed the release").await;
     drop(g);
 }

@@ -10,7 +10,6 @@ mod common;
 use std::fs::File;
 use std::time::Duration;
 
-use common::LIVENESS;
 use lockmgr::LockMgr;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
@@ -40,11 +39,7 @@ async fn waiting_without_inotify_polls_and_wins() {
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
     drop(held);
-    let guard = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("polling waiter never noticed the release")
-        .unwrap()
-        .expect("acquire");
+    let guard = common::won(waiter, "polling waiter never noticed the release").await;
     assert_eq!(
         common::inotify_instances(),
         0,

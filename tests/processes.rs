@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Holder, LIVENESS};
+use common::Holder;
 use lockmgr::{LockError, LockMgr};
 use nix::sys::signal::Signal;
 
@@ -30,11 +30,7 @@ async fn waiter_wins_when_holder_dies(sig: Signal) {
     });
     common::until_waiting(&path).await;
     holder.kill(sig);
-    let guard = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("waiter still waiting long after the holder died")
-        .unwrap()
-        .expect("acquire");
+    let guard = common::won(waiter, "waiter still waiting long after the holder died").await;
     assert_eq!(guard.path(), path);
 }
 
@@ -65,11 +61,7 @@ async fn orderly_release_in_other_process_wakes_waiter() {
     });
     common::until_waiting(&path).await;
     holder.finish();
-    let guard = tokio::time::timeout(LIVENESS, waiter)
-        .await
-        .expect("waiter missed the release")
-        .unwrap()
-        .unwrap();
+    let guard = common::won(waiter, "waiter missed the release").await;
     drop(guard);
 }
 

@@ -85,6 +85,19 @@ pub async fn until_waiting(path: &Path) {
     .expect("no waiter went to sleep on the lock file");
 }
 
+/// Awaits a spawned `acquire` within the liveness bound and returns its
+/// guard; `what` says what a timeout would mean.
+pub async fn won(
+    waiter: tokio::task::JoinHandle<Result<lockmgr::LockGuard, lockmgr::LockError>>,
+    what: &str,
+) -> lockmgr::LockGuard {
+    tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect(what)
+        .unwrap()
+        .expect("acquire")
+}
+
 /// A helper process holding the lock at `path`.
 pub struct Holder {
     pub child: Child,
