@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{LockError, Operation};
-use crate::os::{self, LockKind, LockMode};
+use crate::os::{self, FileId, LockKind, LockMode};
+use crate::queue;
 
 /// Proof that the lock is held. Dropping it releases the lock.
 ///
@@ -40,6 +41,8 @@ use crate::os::{self, LockKind, LockMode};
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     file: Option<File>,
+    /// The identity of `file`, which names its in-process line.
+    file_id: FileId,
     path: Arc<Path>,
     owner_pid: u32,
     kind: LockKind,
@@ -51,6 +54,7 @@ impl LockGuard {
     /// `remove`: unlink the path on release (exclusive holders only).
     pub(crate) fn new(
         file: File,
+        file_id: FileId,
         path: Arc<Path>,
         kind: LockKind,
         mode: LockMode,
@@ -58,6 +62,7 @@ impl LockGuard {
     ) -> Self {
         LockGuard {
             file: Some(file),
+            file_id,
             path,
             owner_pid: os::current_pid(),
             kind,
@@ -134,10 +139,11 @@ impl LockGuard {
             return Ok(());
         };
         let mut result = Ok(());
+        let owner = os::current_pid() == self.owner_pid;
         // A forked child shares the open file description: unlocking (or
         // removing the file) there would pull the lock from under the parent.
         // Closing the child's copy does neither.
-        if os::current_pid() == self.owner_pid {
+        if owner {
             if self.remove {
                 // Unlinked while still held, so nobody can lock the old file
                 // and believe it is the current one (see Builder::remove_on_release).
@@ -151,6 +157,10 @@ impl LockGuard {
         let closed = nix::unistd::close(file)
             .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
         tracing::debug!(path = %self.path.display(), mode = %self.mode, "released lock");
+        if owner {
+            // Only now is the lock free for the next task of this process.
+            queue::released(self.file_id);
+        }
         result.and(closed)
     }
 }

@@ -81,6 +81,7 @@ mod holder;
 mod journal;
 mod lock;
 mod os;
+mod queue;
 mod wait;
 mod watcher;
 

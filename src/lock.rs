@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use crate::error::{LockError, Operation};
 use crate::guard::LockGuard;
 use crate::holder::{Holder, MAX_RECORD, TAG};
-use crate::os::{self, LockKind, LockMode, OpenError, Probe};
+use crate::os::{self, FileId, LockKind, LockMode, OpenError, Probe};
+use crate::queue::{self, Ticket};
 use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
 
 /// An inter-process lock guarded by a lock file.
@@ -183,6 +184,8 @@ struct FileContender<'a> {
     config: &'a Config,
     mode: LockMode,
     fd: OwnedFd,
+    /// The identity of the file open at `fd`.
+    file: FileId,
 }
 
 impl Contender for FileContender<'_> {
@@ -206,7 +209,7 @@ impl Contender for FileContender<'_> {
                 // anything. Let it go (the close drops the lock) and contend
                 // for the file now at the path.
                 tracing::debug!(path = %path.display(), "lock file was replaced; reopening");
-                self.fd = open_fd(self.config, self.mode)?;
+                (self.fd, self.file) = open_fd(self.config, self.mode)?;
                 moved = true;
                 continue;
             }
@@ -236,7 +239,7 @@ impl Contender for FileContender<'_> {
 }
 
 /// Opens (creating it if allowed) the lock file for a contender.
-fn open_fd(config: &Config, mode: LockMode) -> Result<OwnedFd, LockError> {
+fn open_fd(config: &Config, mode: LockMode) -> Result<(OwnedFd, FileId), LockError> {
     let path = &config.path;
     if path.as_os_str().is_empty() {
         return Err(LockError::InvalidPath {
@@ -283,16 +286,19 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 
 impl<'a> FileContender<'a> {
     fn open(config: &'a Config, mode: LockMode) -> Result<Self, LockError> {
+        let (fd, file) = open_fd(config, mode)?;
         Ok(FileContender {
             config,
             mode,
-            fd: open_fd(config, mode)?,
+            fd,
+            file,
         })
     }
 
     fn into_guard(self) -> LockGuard {
         LockGuard::new(
             File::from(self.fd),
+            self.file,
             self.config.path.clone(),
             self.config.kind,
             self.mode,
@@ -446,6 +452,15 @@ impl LockMgr {
     ///   [`Instant`](std::time::Instant) can hold (e.g. `Duration::MAX`)
     ///   means "as long as it takes".
     ///
+    /// Waiters of one process line up first come, first served (per file,
+    /// whatever path names it). Only the first in line opens the file and
+    /// contends with other processes; the others hold no descriptor and
+    /// no watch, so thousands of waiting tasks cost no more than one. When a
+    /// holder of this process releases, the first in line tries at once
+    /// without waiting for inotify; the lock is still dropped in between,
+    /// so waiters in other processes get their chance (see the README's
+    /// "Fairness" section).
+    ///
     /// The runtime must have its time driver enabled (`enable_all` or
     /// `enable_time`).
     ///
@@ -466,8 +481,8 @@ impl LockMgr {
     /// dropping the future at any await point leaves no lock held, no file
     /// descriptor open and no inotify watch behind. A lock that was won is
     /// only ever won together with the guard that is returned. The caller's
-    /// place among the waiters is not kept (there is no queue to keep it
-    /// in: the kernel decides who wins each release).
+    /// place in this process's line of waiters is given up, and the next
+    /// task in line moves up; a new call joins at the back.
     ///
     /// # Examples
     ///
@@ -688,35 +703,102 @@ impl LockMgr {
         timeout: Duration,
     ) -> Result<LockGuard, LockError> {
         let started = Instant::now();
-        let mut contender = FileContender::open(&self.inner, mode)?;
-        if contender.try_once(1)? == Try::Won {
-            return Ok(contender.into_guard());
-        }
-        if !wait || timeout.is_zero() {
-            return Err(self.would_block(&contender));
-        }
-        let path = self.inner.path.display();
-        match contender.holder() {
-            Some(h) => {
-                tracing::info!(path = %path, holder = %h, "waiting for lock on {path}, held by {h}")
-            }
-            None => tracing::info!(path = %path, "waiting for lock on {path}"),
-        }
-        // The watch goes in before the next try: a release between that try
-        // and the sleep is then an event, not a lost wake-up.
-        let mut signal = contender.signal();
+        let waits = wait && !timeout.is_zero();
         let policy = Policy {
             timeout,
             max_attempts: self.inner.max_attempts,
         };
-        match wait::wait(&mut contender, &mut signal, policy, started).await {
-            Ok(()) => Ok(contender.into_guard()),
-            Err(Failed::Error(e)) => Err(e),
-            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+        let path = self.inner.path.display();
+        // Tasks of this process already waiting for this file: get in line
+        // behind them without opening it, so that a queued task holds no
+        // descriptor and no watch, and the head is not woken by our close.
+        let mut ticket = None;
+        if waits && queue::anyone_waiting() {
+            if let Some(file) = os::file_id_at(&self.inner.path) {
+                if queue::is_waiting(file) {
+                    tracing::info!(path = %path, "waiting for lock on {path}, behind other tasks of this process");
+                    ticket = Some(Ticket::join(file));
+                }
+            }
+        }
+        let mut announced = ticket.is_some();
+        loop {
+            if let Some(t) = &ticket {
+                self.wait_turn(t, policy, started).await?;
+            }
+            let mut contender = FileContender::open(&self.inner, mode)?;
+            if contender.try_once(1)? == Try::Won {
+                // Dropping the ticket after this makes the next in line the head.
+                return Ok(contender.into_guard());
+            }
+            if !waits {
+                return Err(self.would_block(&contender));
+            }
+            if !announced {
+                announced = true;
+                match contender.holder() {
+                    Some(h) => {
+                        tracing::info!(path = %path, holder = %h, "waiting for lock on {path}, held by {h}")
+                    }
+                    None => tracing::info!(path = %path, "waiting for lock on {path}"),
+                }
+            }
+            if ticket.as_ref().map(Ticket::file) != Some(contender.file) {
+                // First wait, or the file was replaced while queued: line up
+                // for the file now at the path. Someone else of this process
+                // may have got to the front first; then wait behind them
+                // (the contender's descriptor is closed meanwhile).
+                let t = Ticket::join(contender.file);
+                let head = t.is_head();
+                ticket = Some(t);
+                if !head {
+                    continue;
+                }
+            }
+            // The watch goes in before the next try: a release between that
+            // try and the sleep is then an event, not a lost wake-up.
+            let mut signal = contender.signal();
+            return match wait::wait(
+                &mut contender,
+                &mut signal,
+                ticket.as_ref(),
+                policy,
+                started,
+            )
+            .await
+            {
+                Ok(()) => Ok(contender.into_guard()),
+                Err(Failed::Error(e)) => Err(e),
+                Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+                    path: self.inner.path.to_path_buf(),
+                    attempts,
+                    waited,
+                    holder: contender.holder(),
+                }),
+            };
+        }
+    }
+
+    /// Waits until `ticket` is at the front of its line, within the whole
+    /// waiting budget (a queued task has no descriptor to try with, so its
+    /// attempts simply run out).
+    async fn wait_turn(
+        &self,
+        ticket: &Ticket,
+        policy: Policy,
+        started: Instant,
+    ) -> Result<(), LockError> {
+        let Some(deadline) = policy.deadline(started) else {
+            ticket.until_head().await;
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, ticket.until_head()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(LockError::TimedOut {
                 path: self.inner.path.to_path_buf(),
-                attempts,
-                waited,
-                holder: contender.holder(),
+                attempts: policy.max_attempts,
+                waited: started.elapsed(),
+                holder: self.holder().ok().flatten(),
             }),
         }
     }

@@ -96,7 +96,7 @@ pub(crate) fn open_lock_file(
     path: &Path,
     mode: u32,
     read_only_ok: bool,
-) -> Result<OwnedFd, OpenError> {
+) -> Result<(OwnedFd, FileId), OpenError> {
     let flags = OFlag::O_RDWR
         | OFlag::O_CREAT
         | OFlag::O_CLOEXEC
@@ -115,7 +115,7 @@ pub(crate) fn open_lock_file(
     }
 }
 
-fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenError> {
+fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
     let fd = loop {
         match open(path, flags, Mode::from_bits_truncate(mode & 0o7777)) {
             Ok(fd) => break fd,
@@ -137,9 +137,35 @@ fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenErr
     };
     let st = fstat(&fd).map_err(|e| OpenError::Io(e.into()))?;
     match kind_of(&st) {
-        None => Ok(fd),
+        None => Ok((fd, FileId::of(&st))),
         Some(kind) => Err(OpenError::NotRegular(kind)),
     }
+}
+
+/// A file's identity: two paths (or descriptors) name the same file exactly
+/// when their device and inode numbers agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(st: &FileStat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// The identity of the regular file at `path`, without opening it (and so
+/// without an open or close event for anyone watching it). `None` when there
+/// is no regular file there, including a symlink: the caller's open then
+/// tells what is wrong.
+pub(crate) fn file_id_at(path: &Path) -> Option<FileId> {
+    let st = lstat(path).ok()?;
+    kind_of(&st).is_none().then(|| FileId::of(&st))
 }
 
 /// Which kernel lock family a lock uses.
@@ -366,7 +392,7 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<OwnedFd>, OpenError> {
         | OFlag::O_NOCTTY;
     match open_checked(path, flags, 0) {
         Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        other => other.map(Some),
+        other => other.map(|(fd, _)| Some(fd)),
     }
 }
 
@@ -444,7 +470,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> OwnedFd {
-        open_lock_file(path, 0o644, false).unwrap()
+        open_lock_file(path, 0o644, false).unwrap().0
     }
 
     #[test]

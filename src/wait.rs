@@ -2,7 +2,9 @@
 //! have changed, try again, within a bounded number of timed attempts.
 //!
 //! It knows nothing of files or of [`LockMgr`](crate::LockMgr): a
-//! [`Contender`] says how to try once, a [`Signal`] says when to try again.
+//! [`Contender`] says how to try once, a [`Signal`] says when to try again,
+//! and the contender's place in the in-process line ([`Ticket`]) brings
+//! direct handoffs from holders of this process.
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, Instant};
 
+use crate::queue::Ticket;
 use crate::watcher::{Watch, Watcher};
 
 /// The outcome of one try.
@@ -43,6 +46,15 @@ pub(crate) trait Contender {
 pub(crate) struct Policy {
     pub(crate) timeout: Duration,
     pub(crate) max_attempts: u32,
+}
+
+impl Policy {
+    /// When the whole budget of a wait begun at `started` runs out; `None`
+    /// when that lies beyond what an [`Instant`] can hold (no deadline).
+    pub(crate) fn deadline(&self, started: Instant) -> Option<Instant> {
+        let total = self.timeout.checked_mul(self.max_attempts.max(1))?;
+        started.checked_add(total)
+    }
 }
 
 /// How a wait ended without the lock.
@@ -134,14 +146,17 @@ impl Signal {
 /// What woke the waiter.
 enum Woke {
     Event,
+    Handoff,
     Tick,
     Retry,
     AttemptOver,
 }
 
-/// Tries, and while the lock is held sleeps on `signal`, the post-wake retry
-/// timer and the attempt deadline, until the contender wins or every attempt
-/// has expired. `started` is when the caller began (its first try counts).
+/// Tries, and while the lock is held sleeps on `signal`, a direct handoff to
+/// `ticket`, the post-wake retry timer and the attempt deadline, until the
+/// contender wins or every attempt has expired. `started` is when the caller
+/// began (its first try counts; attempts that ran out while it was queued
+/// count too).
 ///
 /// A wake-up that does not win does not end the attempt: only its deadline
 /// does. So the total wait is at most `timeout * max_attempts`, saturating:
@@ -152,6 +167,7 @@ enum Woke {
 pub(crate) async fn wait<C: Contender>(
     contender: &mut C,
     signal: &mut Signal,
+    ticket: Option<&Ticket>,
     policy: Policy,
     started: Instant,
 ) -> Result<(), Failed<C::Error>> {
@@ -179,12 +195,15 @@ pub(crate) async fn wait<C: Contender>(
         }
         let woke = tokio::select! {
             biased;
+            _ = handed_over(ticket) => Woke::Handoff,
             event = signal.changed() => if event { Woke::Event } else { Woke::Tick },
             _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::AttemptOver,
         };
         match woke {
-            Woke::Event => {
+            // A handoff is a release seen first hand, but another process
+            // may still win the race for it: retry as after an event.
+            Woke::Event | Woke::Handoff => {
                 retries = RETRY_AFTER_WAKE.iter();
                 retry = retries.next().copied();
             }
@@ -201,6 +220,14 @@ pub(crate) async fn wait<C: Contender>(
                 retry = None;
             }
         }
+    }
+}
+
+/// A direct handoff to `ticket`; never, without one.
+async fn handed_over(ticket: Option<&Ticket>) {
+    match ticket {
+        Some(t) => t.handed_over().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -244,7 +271,7 @@ mod tests {
             max_attempts: 3,
         };
         // Polling in paused time: virtual time advances only when idle.
-        let r = wait(&mut c, &mut Signal::poll(), policy, started).await;
+        let r = wait(&mut c, &mut Signal::poll(), None, policy, started).await;
         match r {
             Err(Failed::TimedOut { attempts, waited }) => {
                 assert_eq!(attempts, 3);
@@ -266,7 +293,7 @@ mod tests {
             timeout: Duration::MAX,
             max_attempts: 10,
         };
-        wait(&mut c, &mut Signal::poll(), policy, Instant::now())
+        wait(&mut c, &mut Signal::poll(), None, policy, Instant::now())
             .await
             .unwrap();
         assert_eq!(c.tries, 50);

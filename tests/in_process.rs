@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,46 +157,6 @@ async fn spurious_wakeups_do_not_use_up_attempts() {
     drop(held);
     let guard = common::won(waiter, "waiter not woken by the release").await;
     drop(guard);
-}
-
-/// 500 waiters on one held lock all get it, one at a time. One inotify
-/// instance per waiter would fail at the per-user limit of 128.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_waiters_all_get_the_lock_in_turn() {
-    const WAITERS: usize = 500;
-    let dir = tempfile::tempdir().unwrap();
-    let lock = LockMgr::new(dir.path().join("l"));
-    let held = lock.try_acquire().unwrap();
-    let fds = common::open_fds();
-    let inside = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..WAITERS {
-        let (lock, inside, done) = (lock.clone(), inside.clone(), done.clone());
-        tasks.spawn(async move {
-            let g = lock.acquire(true, Duration::from_secs(120)).await.unwrap();
-            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
-            tokio::task::yield_now().await;
-            inside.fetch_sub(1, Ordering::SeqCst);
-            done.fetch_add(1, Ordering::SeqCst);
-            drop(g);
-        });
-    }
-    // Every waiter holds its own fd while it waits: once all 500 are open,
-    // all 500 are waiting together, and they share one inotify instance.
-    tokio::time::timeout(LIVENESS, async {
-        while common::open_fds() < fds + WAITERS {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("waiters did not all start");
-    assert_eq!(common::inotify_instances(), 1);
-    drop(held);
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-    assert_eq!(done.load(Ordering::SeqCst), WAITERS);
 }
 
 #[tokio::test]

@@ -202,3 +202,17 @@ pub fn count_in_processes(lock: &Path, procs: u64, tasks: u64, iters: u64, opts:
         .parse()
         .unwrap()
 }
+
+/// Number of this process's descriptors open on the file at `path`.
+pub fn fds_on(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(path).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        })
+        .count()
+}

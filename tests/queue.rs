@@ -1,0 +1,294 @@
+//! The in-process line of waiters: first come first served, one descriptor
+//! and one watch for the whole line, shared waiters woken together, timeouts
+//! and cancellation that leave the others alone, and no starvation of other
+//! processes. This binary lowers its own soft descriptor limit to 1024.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Holder, LIVENESS};
+use lockmgr::{LockError, LockMgr};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::Signal;
+use tokio::sync::Barrier;
+
+/// The tests below count this process's descriptors and watches, so they
+/// run one at a time.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
+/// 10,000 tasks wait for one lock with a soft limit of 1,024 descriptors:
+/// the whole line costs one descriptor and one watch, and they get the lock
+/// in the order they asked for it, one at a time.
+#[tokio::test(flavor = "current_thread")]
+async fn ten_thousand_waiters_fit_in_a_thousand_descriptors_and_go_in_order() {
+    let _serial = serial().await;
+    const WAITERS: usize = 10_000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+
+    let queued = Arc::new(AtomicUsize::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::with_capacity(WAITERS)));
+    let mut tasks = Vec::with_capacity(WAITERS);
+    for i in 0..WAITERS {
+        let (lock, queued, inside, order) =
+            (lock.clone(), queued.clone(), inside.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            // Counted in the same poll that puts the task in line: the
+            // acquire below does not yield before it has joined.
+            queued.fetch_add(1, Ordering::SeqCst);
+            let g = lock.acquire(true, Duration::from_secs(300)).await?;
+            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+            order.lock().unwrap().push(i);
+            tokio::task::yield_now().await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            drop(g);
+            Ok::<_, LockError>(())
+        }));
+    }
+    tokio::time::timeout(LIVENESS, async {
+        while queued.load(Ordering::SeqCst) < WAITERS {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("waiters did not all start");
+    // The holder's descriptor and the head's; one watch, by the head.
+    assert_eq!(common::fds_on(&path), 2, "{:?}", common::fd_targets());
+    assert_eq!(common::watches_on(&path), 1);
+    assert_eq!(common::inotify_instances(), 1);
+
+    drop(held);
+    for t in tasks {
+        tokio::time::timeout(LIVENESS, t)
+            .await
+            .expect("a waiter never got the lock")
+            .unwrap()
+            .expect("acquire");
+    }
+    let order = order.lock().unwrap();
+    assert_eq!(order.len(), WAITERS);
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "not first come first served"
+    );
+    assert_eq!(common::fds_on(&path), 0, "{:?}", common::fd_targets());
+    assert_eq!(common::watches_on(&path), 0);
+}
+
+/// A queued task that times out, and one that is dropped, leave the line;
+/// the others keep their places and still get the lock in order.
+#[tokio::test(flavor = "current_thread")]
+async fn queued_tasks_time_out_and_cancel_without_disturbing_the_line() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::builder(&path).max_attempts(2).build();
+    let held = lock.try_acquire().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+
+    let waiter = |name: &'static str, timeout: Duration| {
+        let (lock, order) = (lock.clone(), order.clone());
+        tokio::spawn(async move {
+            let g = lock.acquire(true, timeout).await?;
+            order.lock().unwrap().push(name);
+            drop(g);
+            Ok::<_, LockError>(())
+        })
+    };
+    let first = waiter("first", LIVENESS);
+    common::until_waiting(&path).await;
+    let impatient = waiter("impatient", Duration::from_millis(20));
+    let cancelled = waiter("cancelled", LIVENESS);
+    let last = waiter("last", LIVENESS);
+    // Let every waiter take its place in line.
+    tokio::task::yield_now().await;
+
+    match impatient.await.unwrap() {
+        Err(LockError::TimedOut {
+            attempts, holder, ..
+        }) => {
+            assert_eq!(attempts, 2);
+            assert_eq!(holder.expect("holder named").pid, std::process::id());
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+
+    drop(held);
+    for t in [first, last] {
+        tokio::time::timeout(LIVENESS, t)
+            .await
+            .expect("a waiter was stranded")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["first", "last"]);
+    assert_eq!(common::fds_on(&path), 0);
+    assert_eq!(common::watches_on(&path), 0);
+}
+
+/// Dropping the head of the line hands headship on: the next waiter opens
+/// the file and gets the lock when it is released.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_head_passes_its_place_on() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let spawn_waiter = || {
+        let lock = lock.clone();
+        tokio::spawn(async move { lock.acquire(true, LIVENESS).await })
+    };
+    let head = spawn_waiter();
+    common::until_waiting(&path).await;
+    let next = spawn_waiter();
+    tokio::task::yield_now().await;
+    head.abort();
+    assert!(head.await.unwrap_err().is_cancelled());
+    // The next one is now the head: it opens the file and watches it.
+    common::until_waiting(&path).await;
+    drop(held);
+    drop(common::won(next, "the next waiter never moved up").await);
+}
+
+/// Two paths to one file (here, hard links) share one line.
+#[tokio::test(flavor = "current_thread")]
+async fn two_paths_to_one_file_share_a_line() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::write(&a, b"").unwrap();
+    std::fs::hard_link(&a, &b).unwrap();
+    let (la, lb) = (LockMgr::new(&a), LockMgr::new(&b));
+    let held = la.try_acquire().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let lock = if i % 2 == 0 { la.clone() } else { lb.clone() };
+        tasks.push(tokio::spawn(
+            async move { lock.acquire(true, LIVENESS).await },
+        ));
+    }
+    common::until_waiting(&a).await;
+    tokio::task::yield_now().await;
+    // The holder's descriptor and the head's, whichever path each used.
+    assert_eq!(common::fds_on(&a), 2, "{:?}", common::fd_targets());
+    assert_eq!(common::watches_on(&a), 1);
+    drop(held);
+    for t in tasks {
+        drop(common::won(t, "a waiter was stranded").await);
+    }
+}
+
+/// Shared waiters queued behind an exclusive holder in another process all
+/// hold the lock together once it is killed: none waits for another to
+/// release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_waiters_behind_an_exclusive_holder_wake_together() {
+    let _serial = serial().await;
+    const READERS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let writer = Holder::start(&path);
+    let lock = LockMgr::new(&path);
+    let all_in = Arc::new(Barrier::new(READERS + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..READERS {
+        let (lock, all_in) = (lock.clone(), all_in.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = lock.acquire_shared(true, LIVENESS).await?;
+            // Held until every reader holds it too.
+            all_in.wait().await;
+            drop(g);
+            Ok::<_, LockError>(())
+        }));
+    }
+    common::until_waiting(&path).await;
+    writer.kill(Signal::SIGKILL);
+    tokio::time::timeout(LIVENESS, all_in.wait())
+        .await
+        .expect("the shared waiters did not all hold the lock at once");
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
+
+/// Tasks of this process that keep the lock busy, handing it to each other
+/// directly, do not starve a waiter in another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_process_does_not_starve_another() {
+    let _serial = serial().await;
+    const TASKS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::builder(&path).record_holder(false).build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handoffs = Arc::new(AtomicUsize::new(0));
+    let mut busy = Vec::new();
+    for _ in 0..TASKS {
+        let (lock, stop, handoffs) = (lock.clone(), stop.clone(), handoffs.clone());
+        busy.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let g = lock.acquire(true, LIVENESS).await?;
+                // Work under the lock; the next task is already in line.
+                tokio::task::yield_now().await;
+                handoffs.fetch_add(1, Ordering::SeqCst);
+                drop(g);
+            }
+            Ok::<_, LockError>(())
+        }));
+    }
+    // The line is busy before the other process arrives.
+    tokio::time::timeout(LIVENESS, async {
+        while handoffs.load(Ordering::SeqCst) < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the busy tasks did not get going");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+        .arg("hold")
+        .arg(&path)
+        .arg("--no-record")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let other = tokio::task::spawn_blocking(move || Holder::started(child));
+    let got_in = tokio::time::timeout(LIVENESS, other).await;
+    let before = handoffs.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    let Ok(other) = got_in else {
+        // Unblock the reader thread before failing.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        panic!("the other process was starved for {LIVENESS:?} ({before} handoffs here)");
+    };
+    let other = other.unwrap();
+    // While the other process holds the lock, nobody here does.
+    assert!(lock.try_acquire().unwrap_err().is_contended());
+    other.finish();
+    for t in busy {
+        tokio::time::timeout(LIVENESS, t)
+            .await
+            .expect("a busy task hung")
+            .unwrap()
+            .unwrap();
+    }
+}
