@@ -135,7 +135,12 @@ impl Drop for Ticket {
             .slots
             .front()
             .is_some_and(|front| front.id == self.slot.id);
-        line.slots.retain(|s| s.id != self.slot.id);
+        if was_head {
+            // The common case, a winner leaving: no walk along the line.
+            line.slots.pop_front();
+        } else if let Some(at) = line.slots.iter().rposition(|s| s.id == self.slot.id) {
+            line.slots.remove(at);
+        }
         match line.slots.front() {
             Some(next) if was_head => next.wake.notify_one(),
             Some(_) => {}

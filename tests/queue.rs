@@ -78,7 +78,7 @@ async fn ten_thousand_waiters_fit_in_a_thousand_descriptors_and_go_in_order() {
             .unwrap()
             .expect("acquire");
     }
-    let order = order.lock().unwrap();
+    let order = std::mem::take(&mut *order.lock().unwrap());
     assert_eq!(order.len(), WAITERS);
     assert!(
         order.windows(2).all(|w| w[0] < w[1]),
