@@ -68,7 +68,8 @@ impl fmt::Display for Operation {
 
 /// Everything that can go wrong while taking or releasing a lock.
 ///
-/// Every variant names the lock file's path; [`LockError::path`] returns it.
+/// Every variant names the lock file's path (for [`crate::pg`] locks, the
+/// lock's URL); [`LockError::path`] returns it.
 /// The `Display` form is one line, meant for a log:
 ///
 /// ```
@@ -149,6 +150,29 @@ pub enum LockError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The lock server could not be reached, refused the login, did not
+    /// answer in time, or the session ended under a request (the
+    /// PostgreSQL backend, [`crate::pg`]). Also: its connection string
+    /// does not parse.
+    Connect {
+        /// The lock, as `postgres://HOST:PORT/DATABASE/NAME`.
+        path: PathBuf,
+        /// The server, as `HOST:PORT`.
+        server: String,
+        /// What went wrong.
+        source: Box<dyn Error + Send + Sync>,
+    },
+    /// The lock server failed a request ([`crate::pg`]).
+    Server {
+        /// The lock, as `postgres://HOST:PORT/DATABASE/NAME`.
+        path: PathBuf,
+        /// The server, as `HOST:PORT`.
+        server: String,
+        /// What the crate was doing.
+        op: Operation,
+        /// The server's error.
+        source: Box<dyn Error + Send + Sync>,
+    },
 }
 
 impl LockError {
@@ -161,7 +185,9 @@ impl LockError {
             | LockError::NotAFile { path, .. }
             | LockError::MissingParent { path }
             | LockError::InvalidPath { path, .. }
-            | LockError::Io { path, .. } => path,
+            | LockError::Io { path, .. }
+            | LockError::Connect { path, .. }
+            | LockError::Server { path, .. } => path,
         }
     }
 
@@ -248,6 +274,30 @@ impl fmt::Display for LockError {
                 };
                 write!(f, "cannot {} {}{}: {}", op, noun, path.display(), source)
             }
+            LockError::Connect {
+                path,
+                server,
+                source,
+            } => write!(
+                f,
+                "cannot reach lock server {} for lock {}: {}",
+                server,
+                path.display(),
+                source
+            ),
+            LockError::Server {
+                path,
+                server,
+                op,
+                source,
+            } => write!(
+                f,
+                "lock server {} failed to {} {}: {}",
+                server,
+                op,
+                path.display(),
+                source
+            ),
         }
     }
 }
@@ -263,6 +313,9 @@ impl Error for LockError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             LockError::Io { source, .. } | LockError::Unsupported { source, .. } => Some(source),
+            LockError::Connect { source, .. } | LockError::Server { source, .. } => {
+                Some(source.as_ref())
+            }
             _ => None,
         }
     }

@@ -81,6 +81,8 @@ mod holder;
 mod journal;
 mod lock;
 mod os;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod queue;
 mod wait;
 mod watcher;
