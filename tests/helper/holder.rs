@@ -18,6 +18,13 @@
 //!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
 //! `--label=TEXT`, `--no-record`.
+//!
+//! With the `postgres` feature, for `lockmgr::pg`:
+//!
+//! - `pg-hold URL NAME [--shared] [--label=TEXT]`: take the lock, print
+//!   `locked <fencing token>`, hold it until stdin closes, then release it.
+//! - `pg-fence URL NAME ITERS FILE`: ITERS times, take the lock, append the
+//!   guard's fencing token as a line to FILE, release.
 
 use std::io::{BufRead, ErrorKind, Write};
 use std::path::PathBuf;
@@ -124,7 +131,69 @@ fn main() {
             iters.parse().unwrap_or_else(|_| usage()),
             tasks.parse().unwrap_or_else(|_| usage()),
         )),
+        #[cfg(feature = "postgres")]
+        ["pg-hold", url, name, opts @ ..] => rt.block_on(pg::hold(url, name, opts)),
+        #[cfg(feature = "postgres")]
+        ["pg-fence", url, name, iters, file] => rt.block_on(pg::fence(
+            url,
+            name,
+            iters.parse().unwrap_or_else(|_| usage()),
+            file,
+        )),
         _ => usage(),
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use lockmgr::pg::PgLockMgr;
+
+    pub async fn hold(url: &str, name: &str, opts: &[&str]) {
+        let mut b = PgLockMgr::builder(url, name);
+        let mut shared = false;
+        for opt in opts {
+            match *opt {
+                "--shared" => shared = true,
+                o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+                _ => super::usage(),
+            }
+        }
+        let lock = b.build().expect("lock");
+        let guard = if shared {
+            lock.acquire_shared(true, Duration::MAX).await
+        } else {
+            lock.acquire(true, Duration::MAX).await
+        }
+        .expect("acquire");
+        println!("locked {}", guard.fencing_token());
+        std::io::stdout().flush().expect("flush");
+        tokio::task::spawn_blocking(super::wait_for_stdin_eof)
+            .await
+            .expect("stdin reader");
+        guard.release().await.expect("release");
+    }
+
+    pub async fn fence(url: &str, name: &str, iters: u32, file: &str) {
+        let lock = PgLockMgr::new(url, name).expect("lock");
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .expect("open");
+        for _ in 0..iters {
+            let guard = lock
+                .acquire(true, Duration::from_secs(60))
+                .await
+                .expect("acquire");
+            // One write(2) per line, under the lock: the file's order is
+            // the order of the holdings.
+            out.write_all(format!("{}\n", guard.fencing_token()).as_bytes())
+                .expect("write");
+            guard.release().await.expect("release");
+        }
     }
 }
 

@@ -1,0 +1,385 @@
+//! `lockmgr::pg` against a real PostgreSQL server, with helper processes.
+//!
+//! The server's URL comes from `LOCKMGR_PG_URL`, which `scripts/with-postgres`
+//! (and so `scripts/test` and CI) provides. When it is set, every test here
+//! must reach the server: an unreachable server fails them. Without it (a
+//! bare `cargo test --all-features`), they say so and pass nothing off as
+//! tested: each returns at once after printing that it did not run.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Holder, LIVENESS};
+use lockmgr::pg::PgLockMgr;
+use lockmgr::LockError;
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+fn url() -> Option<String> {
+    match std::env::var("LOCKMGR_PG_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run these tests through scripts/with-postgres"
+            );
+            eprintln!("LOCKMGR_PG_URL is not set: not run (use scripts/test)");
+            None
+        }
+    }
+}
+
+/// A lock name of its own for each test, so tests do not meet.
+fn name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// A plain session for looking at the server's lock table.
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("the test server is reachable");
+    tokio::spawn(connection);
+    client
+}
+
+/// Rows in `pg_locks` (granted or waiting) for the lock's key.
+async fn lock_rows(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i64 {
+    let key = lock.key() as u64;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND classid::int8 = $1 AND objid::int8 = $2",
+            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn pg_holder(url: &str, name: &str, opts: &[&str]) -> Holder {
+    let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+        .args(["pg-hold", url, name])
+        .args(opts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn helper");
+    Holder::started(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusion_across_processes_names_the_holding_session() {
+    let Some(url) = url() else { return };
+    let name = name("exclusion");
+    let holder = pg_holder(&url, &name, &["--label=nightly-report"]);
+    let lock = PgLockMgr::builder(&url, &name)
+        .max_attempts(2)
+        .build()
+        .unwrap();
+
+    let err = lock.try_acquire().await.unwrap_err();
+    let LockError::WouldBlock { path, holder: who } = &err else {
+        panic!("expected WouldBlock, got {err}");
+    };
+    assert!(
+        path.to_string_lossy()
+            .ends_with(&format!("/postgres/{name}")),
+        "{err}"
+    );
+    let who = who.as_ref().expect("the holding session is named");
+    assert_eq!(who.label.as_deref(), Some("nightly-report"));
+    assert_eq!(who.host, "127.0.0.1");
+    assert!(who.pid > 0);
+    let age = std::time::SystemTime::now()
+        .duration_since(who.since)
+        .unwrap_or_default();
+    assert!(age < LIVENESS, "since {:?}", who.since_utc());
+    assert_eq!(lock.holder().await.unwrap().unwrap().pid, who.pid);
+
+    // A zero timeout is one try; a short wait times out after its attempts.
+    assert!(matches!(
+        lock.acquire(true, Duration::ZERO).await,
+        Err(LockError::WouldBlock { .. })
+    ));
+    let started = Instant::now();
+    match lock.acquire(true, Duration::from_millis(150)).await {
+        Err(LockError::TimedOut {
+            attempts,
+            waited,
+            holder: Some(h),
+            ..
+        }) => {
+            assert_eq!(attempts, 2);
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            assert_eq!(h.pid, who.pid);
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(started.elapsed() < LIVENESS);
+
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    holder.finish();
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    assert!(lock.holder().await.unwrap().is_some());
+    guard.release().await.unwrap();
+    assert!(lock.holder().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_holding_process_lets_a_waiter_in() {
+    let Some(url) = url() else { return };
+    let name = name("sigkill");
+    let holder = pg_holder(&url, &name, &[]);
+    let lock = PgLockMgr::builder(&url, &name)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::from_secs(120)).await }
+    });
+    // The waiter is queued on the server once its lock request shows up
+    // as not granted.
+    let admin = admin(&url).await;
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiter never queued on the server");
+    holder.kill(Signal::SIGKILL);
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in after the holder was killed")
+        .unwrap()
+        .unwrap();
+    assert!(!guard.is_lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
+    let Some(url) = url() else { return };
+    let name = name("terminate");
+    let lock = PgLockMgr::new(&url, &name).unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let backend = lock.holder().await.unwrap().expect("held").pid as i32;
+    let waiter = tokio::spawn({
+        let lock = PgLockMgr::new(&url, &name).unwrap();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    let admin = admin(&url).await;
+    let terminated: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    tokio::time::timeout(LIVENESS, guard.lost())
+        .await
+        .expect("lost() did not resolve");
+    assert!(guard.is_lost());
+    let next = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    assert!(next.fencing_token() > guard.fencing_token());
+    // Releasing a lost guard says so.
+    assert!(matches!(
+        guard.release().await,
+        Err(LockError::Connect { .. } | LockError::Server { .. })
+    ));
+    next.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_strictly_increase_across_processes() {
+    const PROCS: usize = 4;
+    const ITERS: usize = 50;
+    let Some(url) = url() else { return };
+    let name = name("fence");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let children: Vec<_> = (0..PROCS)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
+                .args(["pg-fence", &url, &name, &ITERS.to_string()])
+                .arg(&file)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tokens: Vec<u64> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), PROCS * ITERS);
+    // Written under the lock, so the file is in the order of the holdings.
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens out of order: {tokens:?}"
+    );
+}
+
+/// 1,000 acquires dropped while the lock is held: 800 once their requests
+/// are queued on the server, 200 at random moments (mostly while they
+/// connect or make their first try). Afterwards the server holds no request
+/// of theirs, queued or granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cancelled_acquires_leave_nothing_on_the_server() {
+    const BATCH: usize = 50;
+    let Some(url) = url() else { return };
+    let name = name("cancel");
+    let lock = PgLockMgr::new(&url, &name).unwrap();
+    let held = lock.acquire(true, LIVENESS).await.unwrap();
+    let admin = admin(&url).await;
+
+    for _ in 0..800 / BATCH {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..BATCH {
+            let lock = lock.clone();
+            batch.spawn(async move { lock.acquire(true, Duration::MAX).await });
+        }
+        tokio::time::timeout(LIVENESS, async {
+            while lock_rows(&admin, &lock).await < 1 + BATCH as i64 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiters never all queued on the server");
+        batch.abort_all();
+        while let Some(r) = batch.join_next().await {
+            assert!(r.unwrap_err().is_cancelled());
+        }
+    }
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut batch = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let budget = Duration::from_micros(seed % 20_000);
+        let lock = lock.clone();
+        batch.spawn(async move {
+            let r = tokio::time::timeout(budget, lock.acquire(true, LIVENESS)).await;
+            assert!(r.is_err(), "won a lock that is held");
+        });
+    }
+    while let Some(r) = batch.join_next().await {
+        r.unwrap();
+    }
+
+    // Only the holder's row remains once the cancels have landed.
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await > 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("cancelled acquires left lock requests on the server");
+    held.release().await.unwrap();
+    assert_eq!(lock_rows(&admin, &lock).await, 0);
+    drop(lock.try_acquire().await.expect("the lock is free"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_holders_exclude_an_exclusive_one() {
+    let Some(url) = url() else { return };
+    let name = name("shared");
+    let lock = PgLockMgr::new(&url, &name).unwrap();
+    let other = pg_holder(&url, &name, &["--shared"]);
+    let mine = lock.acquire_shared(true, LIVENESS).await.unwrap();
+    assert_eq!(mine.lock_mode(), lockmgr::LockMode::Shared);
+    assert!(lock.try_acquire().await.unwrap_err().is_contended());
+    assert!(lock.holder().await.unwrap().is_none(), "held shared");
+    let writer = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    mine.release().await.unwrap();
+    other.finish();
+    let writer = tokio::time::timeout(LIVENESS, writer)
+        .await
+        .expect("the writer was not let in after both readers left")
+        .unwrap()
+        .unwrap();
+    assert!(lock.try_acquire_shared().await.unwrap_err().is_contended());
+    writer.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_or_refuses_the_login_is_a_typed_error() {
+    let Some(url) = url() else { return };
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = PgLockMgr::new(
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        "x",
+    )
+    .unwrap();
+    match down.acquire(true, Duration::from_secs(5)).await {
+        Err(e @ LockError::Connect { .. }) => {
+            assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+
+    // The same URL with another password.
+    let at = url.find('@').unwrap();
+    let colon = url[..at].rfind(':').unwrap();
+    let wrong = format!("{}wrong{}", &url[..=colon], &url[colon + 1..]);
+    let wrong = PgLockMgr::new(&wrong, "x").unwrap();
+    let err = wrong.try_acquire().await.unwrap_err();
+    assert!(matches!(err, LockError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:"), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password leaked: {err}"
+    );
+
+    // An address that never answers: bounded by the wait, not by TCP.
+    let silent = PgLockMgr::builder(
+        "host=10.255.255.1 port=5432 user=postgres connect_timeout=600",
+        "x",
+    )
+    .max_attempts(1)
+    .build()
+    .unwrap();
+    let started = Instant::now();
+    let err = silent
+        .acquire(true, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Connect { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
