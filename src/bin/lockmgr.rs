@@ -6,6 +6,12 @@
 //! lockmgr status [--kind ofd|flock] [--json] LOCKFILE
 //! ```
 //!
+//! Built with the `postgres` feature, both take `--postgres URL`, and then a
+//! lock name in place of LOCKFILE: the lock is a PostgreSQL advisory lock
+//! (`lockmgr::pg`). `run` then passes the fencing token to the command as
+//! `LOCKMGR_FENCING_TOKEN`, and sends it SIGTERM if the lock's session is
+//! lost while it runs.
+//!
 //! Exit status of `run`: the command's (128 + N if a signal N ended it); the
 //! conflict exit code (default 1) when the lock was not obtained; 2 for
 //! errors (bad arguments, a lock file that cannot be used); 126/127 when the
@@ -22,7 +28,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lockmgr::{Holder, LockError, LockGuard, LockKind, LockMgr, Status};
+use lockmgr::{Holder, LockError, LockGuard, LockKind, LockMgr, LockMode, Status};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -87,6 +93,11 @@ struct RunArgs {
     /// No waiting message.
     #[arg(long, short)]
     quiet: bool,
+    /// Lock on this PostgreSQL server (a URL or libpq connection string)
+    /// instead of a file: LOCKFILE is then the lock's name.
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// The lock file (created if missing).
     lockfile: PathBuf,
     /// The command to run, after `--`.
@@ -102,6 +113,11 @@ struct StatusArgs {
     /// Print a JSON object instead of a sentence.
     #[arg(long)]
     json: bool,
+    /// Ask this PostgreSQL server (a URL or libpq connection string)
+    /// instead of a file: LOCKFILE is then the lock's name.
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// The lock file (must exist).
     lockfile: PathBuf,
 }
@@ -117,6 +133,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match cli.command {
+        #[cfg(feature = "postgres")]
+        Command::Run(args) if args.postgres.is_some() => rt.block_on(remote::run(args)),
+        #[cfg(feature = "postgres")]
+        Command::Status(args) if args.postgres.is_some() => rt.block_on(remote::status(args)),
         Command::Run(args) => rt.block_on(run(args)),
         Command::Status(args) => status(args),
     }
@@ -128,50 +148,79 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    let label = args.label.clone().unwrap_or_else(|| {
+/// The holder label: `--label`, or the command's name.
+fn label(args: &RunArgs) -> String {
+    args.label.clone().unwrap_or_else(|| {
         Path::new(&args.command[0])
             .file_name()
             .unwrap_or(args.command[0].as_os_str())
             .to_string_lossy()
             .into_owned()
-    });
+    })
+}
+
+fn mode(args: &RunArgs) -> LockMode {
+    if args.shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    }
+}
+
+/// The exit status for a lock that was not obtained.
+fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
+    if e.is_contended() {
+        eprintln!("lockmgr: {e}");
+        ExitCode::from(args.conflict_exit_code)
+    } else {
+        fail(&e.to_string())
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
     let lock = LockMgr::builder(&args.lockfile)
         .kind(args.kind.into())
         .max_attempts(args.attempts.max(1))
-        .label(label)
+        .label(label(&args))
         .build();
-
-    let guard = match take(&lock, &args).await {
-        Ok(guard) => guard,
-        Err(e) if e.is_contended() => {
-            eprintln!("lockmgr: {e}");
-            return ExitCode::from(args.conflict_exit_code);
+    let lock_mode = mode(&args);
+    let acquire = |wait: bool, timeout: Duration| {
+        let lock = lock.clone();
+        async move {
+            match lock_mode {
+                LockMode::Shared => lock.acquire_shared(wait, timeout).await,
+                LockMode::Exclusive => lock.acquire(wait, timeout).await,
+            }
         }
-        Err(e) => return fail(&e.to_string()),
     };
-    let code = supervise(&args.command).await;
+    let refresh = || lock.holder().ok().flatten();
+    let guard: LockGuard = match take(acquire, refresh, &args).await {
+        Ok(guard) => guard,
+        Err(e) => return not_obtained(e, &args),
+    };
+    let code = supervise(&args.command, None, std::future::pending()).await;
     if let Err(e) = guard.release() {
         eprintln!("lockmgr: {e}");
     }
     code
 }
 
-/// Takes the lock with the library's waiting, showing the wait on stderr.
-async fn take(lock: &LockMgr, args: &RunArgs) -> Result<LockGuard, LockError> {
-    let acquire = |wait: bool, timeout: Duration| {
-        let lock = lock.clone();
-        async move {
-            if args.shared {
-                lock.acquire_shared(wait, timeout).await
-            } else {
-                lock.acquire(wait, timeout).await
-            }
-        }
-    };
+/// Takes the lock with the library's waiting, showing the wait on stderr:
+/// one try, then, unless `--nonblock`, a wait split into attempts, with
+/// `refresh` asked now and then who holds the lock.
+async fn take<G, F>(
+    acquire: impl Fn(bool, Duration) -> F,
+    refresh: impl Fn() -> Option<Holder>,
+    args: &RunArgs,
+) -> Result<G, LockError>
+where
+    F: std::future::Future<Output = Result<G, LockError>>,
+{
     let first = acquire(false, Duration::ZERO).await;
-    let holder = match &first {
-        Err(LockError::WouldBlock { holder, .. }) if !args.nonblock => holder.clone(),
+    let (lock, holder) = match &first {
+        Err(LockError::WouldBlock { path, holder }) if !args.nonblock => {
+            (path.clone(), holder.clone())
+        }
         _ => return first,
     };
     // The wait in all, split into attempts; no --wait: as long as it takes.
@@ -182,14 +231,14 @@ async fn take(lock: &LockMgr, args: &RunArgs) -> Result<LockGuard, LockError> {
         }
         Some(_) => Duration::ZERO,
     };
-    let mut progress = Progress::new(lock.path(), holder, args, per_attempt);
+    let mut progress = Progress::new(&lock, holder, args, per_attempt);
     let acquired = acquire(true, per_attempt);
     tokio::pin!(acquired);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
             r = &mut acquired => break r,
-            _ = tick.tick() => progress.show(lock),
+            _ = tick.tick() => progress.show(&refresh),
         }
     };
     progress.done();
@@ -229,15 +278,13 @@ impl Progress {
         }
     }
 
-    fn show(&mut self, lock: &LockMgr) {
+    fn show(&mut self, refresh: &impl Fn() -> Option<Holder>) {
         if self.quiet || (self.shown && !self.tty) {
             return;
         }
         if self.shown {
             // The holder may have changed hands meanwhile.
-            if let Ok(h) = lock.holder() {
-                self.holder = h.or(self.holder.take());
-            }
+            self.holder = refresh().or(self.holder.take());
         }
         let waited = self.started.elapsed();
         let attempt = if self.per_attempt.is_zero() || self.per_attempt == Duration::MAX {
@@ -272,8 +319,14 @@ impl Progress {
 }
 
 /// Runs the command, forwarding SIGINT, SIGTERM and SIGHUP to it, and
-/// returns its exit status the way a shell reports it.
-async fn supervise(command: &[OsString]) -> ExitCode {
+/// returns its exit status the way a shell reports it. `env` is set in its
+/// environment. If `lost` resolves (the lock is gone while the command
+/// runs), the command gets SIGTERM.
+async fn supervise(
+    command: &[OsString],
+    env: Option<(&str, String)>,
+    lost: impl std::future::Future<Output = ()>,
+) -> ExitCode {
     // Handlers first: a signal that comes the moment the command starts
     // must be forwarded, not kill us and orphan the command.
     let streams = (
@@ -284,10 +337,12 @@ async fn supervise(command: &[OsString]) -> ExitCode {
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
         return fail("cannot set up signal forwarding");
     };
-    let mut child = match tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .spawn()
-    {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    if let Some((key, value)) = env {
+        cmd.env(key, value);
+    }
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
@@ -307,12 +362,19 @@ async fn supervise(command: &[OsString]) -> ExitCode {
         let _ = nix::sys::signal::kill(pid, sig);
     };
     use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+    tokio::pin!(lost);
+    let mut was_lost = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             Some(()) = int.recv() => forward(SIGINT),
             Some(()) = term.recv() => forward(SIGTERM),
             Some(()) = hup.recv() => forward(SIGHUP),
+            () = &mut lost, if !was_lost => {
+                was_lost = true;
+                eprintln!("lockmgr: the lock was lost (its session ended); stopping the command");
+                forward(SIGTERM);
+            }
         }
     };
     match status {
@@ -342,7 +404,12 @@ fn status(args: StatusArgs) -> ExitCode {
         Kind::Ofd => "ofd",
         Kind::Flock => "flock",
     };
-    if args.json {
+    report(path, kind, status, args.json)
+}
+
+/// Prints a status and returns its exit code: 0 free, 1 held.
+fn report(path: &Path, kind: &str, status: Status, json: bool) -> ExitCode {
+    if json {
         println!("{}", status_json(path, kind, &status));
     } else {
         let what = match &status {
@@ -361,7 +428,7 @@ fn status(args: StatusArgs) -> ExitCode {
 }
 
 /// The `status --json` object (stable; documented in the README):
-/// `{"lock": str, "kind": "ofd"|"flock", "state": "free"|"exclusive"|"shared",
+/// `{"lock": str, "kind": "ofd"|"flock"|"postgres", "state": "free"|"exclusive"|"shared",
 ///   "holder": null | {"pid": int, "host": str, "since": int, "since_utc": str,
 ///                     "label": str|null, "stale": bool}}`
 fn status_json(path: &Path, kind: &str, status: &Status) -> String {
@@ -410,4 +477,58 @@ fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `--postgres`: the same commands on a `lockmgr::pg` lock.
+#[cfg(feature = "postgres")]
+mod remote {
+    use super::*;
+    use lockmgr::pg::{PgLockGuard, PgLockMgr};
+
+    pub(super) async fn run(args: RunArgs) -> ExitCode {
+        let url = args.postgres.as_deref().unwrap_or_default();
+        let name = args.lockfile.to_string_lossy();
+        let lock = match PgLockMgr::builder(url, name)
+            .max_attempts(args.attempts.max(1))
+            .label(label(&args))
+            .build()
+        {
+            Ok(lock) => lock,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let lock_mode = mode(&args);
+        let acquire = |wait: bool, timeout: Duration| {
+            let lock = lock.clone();
+            async move {
+                match lock_mode {
+                    LockMode::Shared => lock.acquire_shared(wait, timeout).await,
+                    LockMode::Exclusive => lock.acquire(wait, timeout).await,
+                }
+            }
+        };
+        // Asking the server means a connection each time: keep the holder
+        // named by the first try.
+        let guard: PgLockGuard = match take(acquire, || None, &args).await {
+            Ok(guard) => guard,
+            Err(e) => return not_obtained(e, &args),
+        };
+        let token = ("LOCKMGR_FENCING_TOKEN", guard.fencing_token().to_string());
+        let code = supervise(&args.command, Some(token), guard.lost()).await;
+        if let Err(e) = guard.release().await {
+            eprintln!("lockmgr: {e}");
+        }
+        code
+    }
+
+    pub(super) async fn status(args: StatusArgs) -> ExitCode {
+        let url = args.postgres.as_deref().unwrap_or_default();
+        let lock = match PgLockMgr::new(url, args.lockfile.to_string_lossy()) {
+            Ok(lock) => lock,
+            Err(e) => return fail(&e.to_string()),
+        };
+        match lock.status().await {
+            Ok(status) => report(&args.lockfile, "postgres", status, args.json),
+            Err(e) => fail(&e.to_string()),
+        }
+    }
 }
