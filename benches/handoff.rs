@@ -6,7 +6,9 @@
 //!    Criterion reports the mean; the median and p99 of individual handoffs
 //!    are printed after it. Beside them, on the same workload, what users
 //!    would otherwise pick: std `File::lock` (a blocking `flock`) inside
-//!    `spawn_blocking`, and try-then-sleep polling at 1 ms and at 50 ms.
+//!    `spawn_blocking`, and try-then-sleep polling at 1 ms and at 50 ms; and,
+//!    with the `postgres` feature and `LOCKMGR_PG_URL` set (run it under
+//!    `scripts/with-postgres`), the same handoff through `lockmgr::pg`.
 //! 2. CPU used by a task that waits 10 s for a held lock (`getrusage`), versus
 //!    try-then-sleep polling at 1 ms and 50 ms.
 //! 3. SIGKILL to acquisition: a holder process is killed, a waiter here
@@ -103,6 +105,15 @@ fn peer(role: &str, path: &Path) {
                 OfdUnlock(&file)
             });
         }
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let rt = runtime();
+            let lock = pg_lock(path);
+            serve(&mut lines, &mut out, || {
+                let guard = rt.block_on(lock.acquire(true, Duration::MAX)).unwrap();
+                PgRelease(Some(guard), &rt)
+            });
+        }
         "holder" => {
             let _guard = LockMgr::new(path).try_acquire().unwrap();
             writeln!(out, "locked").unwrap();
@@ -177,16 +188,46 @@ fn spawn_peer(role: &str, path: &Path) -> Child {
         .unwrap()
 }
 
+/// The PostgreSQL lock of the bench (`LOCKMGR_PG_URL`), named after the
+/// lock file so that the two processes agree on it.
+#[cfg(feature = "postgres")]
+fn pg_lock(path: &Path) -> lockmgr::pg::PgLockMgr {
+    let url = std::env::var("LOCKMGR_PG_URL").expect("LOCKMGR_PG_URL");
+    lockmgr::pg::PgLockMgr::new(&url, path.to_string_lossy()).unwrap()
+}
+
+/// Releases a `lockmgr::pg` guard explicitly when dropped, so that the lock
+/// is free on the server before "released" is reported.
+#[cfg(feature = "postgres")]
+struct PgRelease<'a>(Option<lockmgr::pg::PgLockGuard>, &'a tokio::runtime::Runtime);
+
+#[cfg(feature = "postgres")]
+impl Drop for PgRelease<'_> {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.take() {
+            self.1.block_on(guard.release()).unwrap();
+        }
+    }
+}
+
+/// The holder side of a pair.
+enum Side {
+    File(LockMgr),
+    #[cfg(feature = "postgres")]
+    Postgres(lockmgr::pg::PgLockMgr, tokio::runtime::Runtime),
+}
+
 /// A waiter process and the holder side here.
 struct Pair {
     /// The release comes after the waiter's start by `PARK` plus a random
     /// part of up to `jitter` (a polling waiter's interval).
     jitter: Duration,
+    park: Duration,
     rng: u64,
     child: Child,
     to: ChildStdin,
     from: BufReader<ChildStdout>,
-    lock: LockMgr,
+    lock: Side,
 }
 
 impl Pair {
@@ -204,16 +245,38 @@ impl Pair {
             "poll-50ms" => 50,
             _ => 1,
         });
+        // A PostgreSQL waiter connects for each acquire: give it time to be
+        // queued on the server before the release.
+        let park = if role == "postgres" {
+            Duration::from_millis(50)
+        } else {
+            PARK
+        };
+        #[cfg(feature = "postgres")]
+        if role == "postgres" {
+            return Pair {
+                jitter,
+                park,
+                rng: 0x853c_49e6_748f_ea9b,
+                child,
+                to,
+                from,
+                lock: Side::Postgres(pg_lock(path), runtime()),
+            };
+        }
         Pair {
             jitter,
+            park,
             rng: 0x853c_49e6_748f_ea9b,
             child,
             to,
             from,
-            lock: LockMgr::builder(path)
-                .record_holder(false)
-                .kind(kind)
-                .build(),
+            lock: Side::File(
+                LockMgr::builder(path)
+                    .record_holder(false)
+                    .kind(kind)
+                    .build(),
+            ),
         }
     }
 
@@ -226,7 +289,18 @@ impl Pair {
     /// One handoff: hold, let the peer wait, release; returns ns from the
     /// release to the peer holding the lock.
     fn handoff(&mut self) -> i64 {
-        let guard = self.lock.try_acquire().expect("the peer released");
+        let guard: Box<dyn FnOnce()> = match &self.lock {
+            Side::File(lock) => {
+                let g = lock.try_acquire().expect("the peer released");
+                Box::new(move || drop(g))
+            }
+            #[cfg(feature = "postgres")]
+            Side::Postgres(lock, rt) => {
+                let g = rt.block_on(lock.try_acquire()).expect("the peer released");
+                let rt = rt.handle().clone();
+                Box::new(move || rt.block_on(g.release()).unwrap())
+            }
+        };
         writeln!(self.to, "go").unwrap();
         // A pollers' tries would otherwise fall in step with the release.
         self.rng = self
@@ -234,9 +308,9 @@ impl Pair {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let jitter = (self.rng >> 33) % self.jitter.as_nanos() as u64;
-        std::thread::sleep(PARK + Duration::from_nanos(jitter));
+        std::thread::sleep(self.park + Duration::from_nanos(jitter));
         let t0 = now_ns();
-        drop(guard);
+        guard();
         let t1: i64 = self.line().trim().parse().unwrap();
         writeln!(self.to, "release").unwrap();
         assert_eq!(self.line(), "released\n");
@@ -267,13 +341,11 @@ fn handoff(c: &mut Criterion) {
     let mut g = c.benchmark_group("handoff");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     let mut summary = Vec::new();
-    for role in [
-        "setlkw",
-        "lockmgr",
-        "std-file-lock",
-        "poll-1ms",
-        "poll-50ms",
-    ] {
+    let mut roles = vec!["setlkw", "lockmgr", "std-file-lock", "poll-1ms", "poll-50ms"];
+    if cfg!(feature = "postgres") && std::env::var_os("LOCKMGR_PG_URL").is_some() {
+        roles.push("postgres");
+    }
+    for role in roles {
         let mut pair = Pair::new(role, &path);
         let mut samples = Vec::new();
         g.bench_function(format!("cross-process {role}"), |b| {
@@ -345,7 +417,7 @@ fn histogram_svg(series: &[(&str, Vec<i64>)]) -> String {
         for &ns in samples {
             counts[bin(ns)] += 1;
         }
-        let color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"][k % 5];
+        let color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][k % 6];
         let mut points = String::new();
         for (i, c) in counts.iter().enumerate() {
             let x = 40.0 + (i as f64 + 0.5) / BINS as f64 * (W - 60.0);
