@@ -199,7 +199,10 @@ fn pg_lock(path: &Path) -> lockmgr::pg::PgLockMgr {
 /// Releases a `lockmgr::pg` guard explicitly when dropped, so that the lock
 /// is free on the server before "released" is reported.
 #[cfg(feature = "postgres")]
-struct PgRelease<'a>(Option<lockmgr::pg::PgLockGuard>, &'a tokio::runtime::Runtime);
+struct PgRelease<'a>(
+    Option<lockmgr::pg::PgLockGuard>,
+    &'a tokio::runtime::Runtime,
+);
 
 #[cfg(feature = "postgres")]
 impl Drop for PgRelease<'_> {
@@ -261,7 +264,16 @@ impl Pair {
                 child,
                 to,
                 from,
-                lock: Side::Postgres(pg_lock(path), runtime()),
+                // Multi-thread: the release runs through a Handle, which
+                // drives no I/O on a current-thread runtime.
+                lock: Side::Postgres(
+                    pg_lock(path),
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .unwrap(),
+                ),
             };
         }
         Pair {
@@ -341,7 +353,13 @@ fn handoff(c: &mut Criterion) {
     let mut g = c.benchmark_group("handoff");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     let mut summary = Vec::new();
-    let mut roles = vec!["setlkw", "lockmgr", "std-file-lock", "poll-1ms", "poll-50ms"];
+    let mut roles = vec![
+        "setlkw",
+        "lockmgr",
+        "std-file-lock",
+        "poll-1ms",
+        "poll-50ms",
+    ];
     if cfg!(feature = "postgres") && std::env::var_os("LOCKMGR_PG_URL").is_some() {
         roles.push("postgres");
     }
@@ -417,7 +435,9 @@ fn histogram_svg(series: &[(&str, Vec<i64>)]) -> String {
         for &ns in samples {
             counts[bin(ns)] += 1;
         }
-        let color = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][k % 6];
+        let color = [
+            "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+        ][k % 6];
         let mut points = String::new();
         for (i, c) in counts.iter().enumerate() {
             let x = 40.0 + (i as f64 + 0.5) / BINS as f64 * (W - 60.0);

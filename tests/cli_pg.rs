@@ -2,6 +2,8 @@
 //! the server of `scripts/with-postgres` (see `tests/pg.rs` for how the
 //! server is found).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -9,20 +11,6 @@ use std::time::Duration;
 use lockmgr::pg::PgLockMgr;
 
 const LOCKMGR: &str = env!("CARGO_BIN_EXE_lockmgr");
-
-fn url() -> Option<String> {
-    match std::env::var("LOCKMGR_PG_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run these tests through scripts/with-postgres"
-            );
-            eprintln!("LOCKMGR_PG_URL is not set: not run (use scripts/test)");
-            None
-        }
-    }
-}
 
 fn lockmgr(args: &[&str]) -> Output {
     Command::new(LOCKMGR).args(args).output().unwrap()
@@ -34,7 +22,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn run_and_status_on_a_postgres_lock() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = format!("cli-{}", std::process::id());
 
     let out = lockmgr(&["status", "--postgres", &url, "--json", &name]);
@@ -101,7 +89,7 @@ fn run_and_status_on_a_postgres_lock() {
 
 #[test]
 fn a_lost_session_stops_the_command() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = format!("cli-lost-{}", std::process::id());
     let child = Command::new(LOCKMGR)
         .args(["run", "--postgres", &url, &name, "--"])

@@ -17,20 +17,6 @@ use lockmgr::LockError;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-fn url() -> Option<String> {
-    match std::env::var("LOCKMGR_PG_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run these tests through scripts/with-postgres"
-            );
-            eprintln!("LOCKMGR_PG_URL is not set: not run (use scripts/test)");
-            None
-        }
-    }
-}
-
 /// A lock name of its own for each test, so tests do not meet.
 fn name(test: &str) -> String {
     format!("{test}-{}", std::process::id())
@@ -72,7 +58,7 @@ fn pg_holder(url: &str, name: &str, opts: &[&str]) -> Holder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusion_across_processes_names_the_holding_session() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("exclusion");
     let holder = pg_holder(&url, &name, &["--label=nightly-report"]);
     let lock = PgLockMgr::builder(&url, &name)
@@ -137,7 +123,7 @@ async fn exclusion_across_processes_names_the_holding_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_holding_process_lets_a_waiter_in() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("sigkill");
     let holder = pg_holder(&url, &name, &[]);
     let lock = PgLockMgr::builder(&url, &name)
@@ -169,7 +155,7 @@ async fn sigkill_of_the_holding_process_lets_a_waiter_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("terminate");
     let lock = PgLockMgr::new(&url, &name).unwrap();
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
@@ -207,7 +193,7 @@ async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
 async fn fencing_tokens_strictly_increase_across_processes() {
     const PROCS: usize = 4;
     const ITERS: usize = 50;
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("fence");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
@@ -249,7 +235,7 @@ async fn fencing_tokens_strictly_increase_across_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cancelled_acquires_leave_nothing_on_the_server() {
     const BATCH: usize = 50;
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("cancel");
     let lock = PgLockMgr::new(&url, &name).unwrap();
     let held = lock.acquire(true, LIVENESS).await.unwrap();
@@ -306,7 +292,7 @@ async fn a_thousand_cancelled_acquires_leave_nothing_on_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_holders_exclude_an_exclusive_one() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     let name = name("shared");
     let lock = PgLockMgr::new(&url, &name).unwrap();
     let other = pg_holder(&url, &name, &["--shared"]);
@@ -331,7 +317,7 @@ async fn shared_holders_exclude_an_exclusive_one() {
 
 #[tokio::test]
 async fn a_server_that_is_down_or_refuses_the_login_is_a_typed_error() {
-    let Some(url) = url() else { return };
+    let Some(url) = common::pg_url() else { return };
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
