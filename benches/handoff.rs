@@ -255,27 +255,25 @@ impl Pair {
         } else {
             PARK
         };
-        #[cfg(feature = "postgres")]
-        if role == "postgres" {
-            return Pair {
-                jitter,
-                park,
-                rng: 0x853c_49e6_748f_ea9b,
-                child,
-                to,
-                from,
-                // Multi-thread: the release runs through a Handle, which
-                // drives no I/O on a current-thread runtime.
-                lock: Side::Postgres(
-                    pg_lock(path),
-                    tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .unwrap(),
-                ),
-            };
-        }
+        let lock = match role {
+            #[cfg(feature = "postgres")]
+            // Multi-thread: the release runs through a Handle, which drives
+            // no I/O on a current-thread runtime.
+            "postgres" => Side::Postgres(
+                pg_lock(path),
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap(),
+            ),
+            _ => Side::File(
+                LockMgr::builder(path)
+                    .record_holder(false)
+                    .kind(kind)
+                    .build(),
+            ),
+        };
         Pair {
             jitter,
             park,
@@ -283,12 +281,7 @@ impl Pair {
             child,
             to,
             from,
-            lock: Side::File(
-                LockMgr::builder(path)
-                    .record_holder(false)
-                    .kind(kind)
-                    .build(),
-            ),
+            lock,
         }
     }
 
@@ -425,9 +418,10 @@ fn histogram_svg(series: &[(&str, Vec<i64>)]) -> String {
         ((x * BINS as f64) as usize).min(BINS - 1)
     };
     let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"10\" y=\"16\">cross-process handoff latency (share of handoffs per bin; log time axis)</text>\n",
+        W + 40.0,
         H + 60.0
     );
     for (k, (name, samples)) in series.iter().enumerate() {
