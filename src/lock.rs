@@ -714,11 +714,9 @@ impl LockMgr {
         // descriptor and no watch, and the head is not woken by our close.
         let mut ticket = None;
         if waits && queue::anyone_waiting() {
-            if let Some(file) = os::file_id_at(&self.inner.path) {
-                if queue::is_waiting(file) {
-                    tracing::info!(path = %path, "waiting for lock on {path}, behind other tasks of this process");
-                    ticket = Some(Ticket::join(file));
-                }
+            ticket = os::file_id_at(&self.inner.path).and_then(Ticket::join_if_waiting);
+            if ticket.is_some() {
+                tracing::info!(path = %path, "waiting for lock on {path}, behind other tasks of this process");
             }
         }
         let mut announced = ticket.is_some();

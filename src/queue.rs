@@ -13,7 +13,6 @@
 //!
 //! This module knows nothing of files, errors or guards: it orders waiters.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -63,11 +62,6 @@ pub(crate) fn anyone_waiting() -> bool {
     LINES_IN_USE.load(Ordering::Acquire) > 0
 }
 
-/// Whether tasks are waiting in the line for `file`.
-pub(crate) fn is_waiting(file: FileId) -> bool {
-    anyone_waiting() && lines().contains_key(&file)
-}
-
 /// A place in the line for one file. Dropping it leaves the line; if it was
 /// the head, the next waiter becomes the head and is woken.
 pub(crate) struct Ticket {
@@ -78,18 +72,28 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Takes a place at the back of the line for `file`.
     pub(crate) fn join(file: FileId) -> Ticket {
+        let mut lines = lines();
+        let line = lines.entry(file).or_insert_with(|| {
+            LINES_IN_USE.fetch_add(1, Ordering::AcqRel);
+            Line::default()
+        });
+        Ticket::push(line, file)
+    }
+
+    /// Takes a place at the back of the line for `file` only if tasks are
+    /// already waiting in it.
+    pub(crate) fn join_if_waiting(file: FileId) -> Option<Ticket> {
+        if !anyone_waiting() {
+            return None;
+        }
+        lines().get_mut(&file).map(|line| Ticket::push(line, file))
+    }
+
+    fn push(line: &mut Line, file: FileId) -> Ticket {
         let slot = Arc::new(Slot {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wake: Notify::new(),
         });
-        let mut lines = lines();
-        let line = match lines.entry(file) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => {
-                LINES_IN_USE.fetch_add(1, Ordering::AcqRel);
-                v.insert(Line::default())
-            }
-        };
         line.slots.push_back(slot.clone());
         Ticket { file, slot }
     }
@@ -192,12 +196,12 @@ mod tests {
     async fn first_come_first_served_and_leaving_wakes_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let file = some_file(dir.path(), "a");
+        assert!(Ticket::join_if_waiting(file).is_none(), "no line yet");
         let first = Ticket::join(file);
         let second = Ticket::join(file);
-        let third = Ticket::join(file);
+        let third = Ticket::join_if_waiting(file).expect("a line exists");
         assert!(first.is_head());
         assert!(!second.is_head() && !third.is_head());
-        assert!(is_waiting(file));
 
         // A waiter behind the head leaves: nobody moves up.
         drop(second);
@@ -211,7 +215,7 @@ mod tests {
         let third = waiter.await.unwrap();
         assert!(third.is_head());
         drop(third);
-        assert!(!is_waiting(file));
+        assert!(Ticket::join_if_waiting(file).is_none(), "the line is gone");
     }
 
     #[tokio::test]
