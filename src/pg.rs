@@ -105,6 +105,11 @@ pub fn advisory_key(name: &str) -> i64 {
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The least time a waiting acquire gives its connection, however little
+/// of its wait is left: a short wait on a loaded machine must end in
+/// `TimedOut` (the lock was held), not in a connection error.
+const CONNECT_FLOOR: Duration = Duration::from_secs(2);
+
 /// A lock shared by every process that can reach one PostgreSQL database.
 ///
 /// Cheap to clone; clones share one configuration. Holds no connection by
@@ -165,7 +170,8 @@ impl PgBuilder {
 
     /// The longest a connection may take to be made when the caller does
     /// not wait (or waits without a bound). Default 10 s. A waiting acquire
-    /// with a bounded wait connects within what is left of its wait.
+    /// with a bounded wait connects within what is left of its wait, but
+    /// within no less than 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -351,7 +357,7 @@ impl PgLockMgr {
     /// - [`LockError::TimedOut`]: still held after every attempt.
     /// - [`LockError::Connect`]: the server cannot be reached, refuses the
     ///   login, or does not answer within the connect bound (the rest of the
-    ///   wait, or [`PgBuilder::connect_timeout`]).
+    ///   wait but at least 2 s, or [`PgBuilder::connect_timeout`]).
     /// - [`LockError::Server`]: the server failed a request.
     ///
     /// # Cancel safety
@@ -631,7 +637,9 @@ impl PgLockMgr {
 
     async fn connect(&self, deadline: Option<Instant>) -> Result<Session, LockError> {
         let bound = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .max(CONNECT_FLOOR),
             None => self.inner.connect_timeout,
         };
         let connecting = self.inner.config.connect(NoTls);
