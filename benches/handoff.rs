@@ -21,10 +21,6 @@
 //! 1 ms (50 ms against the 50 ms poller) so that a poller's tries do not
 //! fall in step with the releases.
 
-// std's `File::lock` needs Rust 1.89; the library itself keeps its older
-// minimum, only this bench needs the newer toolchain.
-#![allow(clippy::incompatible_msrv)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};

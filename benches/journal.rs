@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, Throughput};
-use lockmgr::{Journal, SyncPolicy};
+use lockmgr::journal::{Journal, SyncPolicy};
 
 #[path = "support/mod.rs"]
 mod support;

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use lockmgr::Journal;
+use lockmgr::journal::Journal;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -89,7 +89,7 @@ async fn worker(
                     .await?;
                 tokio::task::yield_now().await; // next_work.run()
             }
-            Ok::<(), lockmgr::JournalError>(())
+            Ok::<(), lockmgr::journal::JournalError>(())
         });
     }
     while let Some(r) = set.join_next().await {

@@ -1,15 +1,123 @@
-//! The crate's error type.
+//! The crate's error type, and [`LockId`], which names the lock an error
+//! is about.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::holder::Holder;
-pub use crate::os::FileKind;
+use crate::holder::Holder;
+use crate::vocab::FileKind;
 
-/// The operation that failed, carried by [`LockError::Io`].
+/// Which lock an error is about: a lock file, or a lock on a PostgreSQL
+/// server. Never carries a password. Cheap to clone.
+///
+/// ```
+/// use lockmgr::{LockId, LockMgr};
+/// let err = LockMgr::new("/sys/app.lock").try_acquire().unwrap_err();
+/// assert_eq!(err.lock(), &LockId::file("/sys/app.lock"));
+/// assert_eq!(err.lock().path(), Some(std::path::Path::new("/sys/app.lock")));
+/// assert_eq!(err.lock().to_string(), "/sys/app.lock");
+///
+/// let pg = LockId::postgres("db:5432", "app", "nightly-report");
+/// assert_eq!(pg.to_string(), "postgres://db:5432/app/nightly-report");
+/// assert_eq!(pg.server(), Some("db:5432"));
+/// assert_eq!(pg.name(), Some("nightly-report"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LockId(Arc<Target>);
+
+#[derive(PartialEq, Eq, Hash)]
+enum Target {
+    File(PathBuf),
+    Postgres {
+        server: String,
+        database: String,
+        name: String,
+    },
+}
+
+impl LockId {
+    /// The lock file at `path`, by the path it was asked for.
+    pub fn file(path: impl Into<PathBuf>) -> LockId {
+        LockId(Arc::new(Target::File(path.into())))
+    }
+
+    /// The lock `name` in `database` on `server` (`HOST:PORT`).
+    pub fn postgres(
+        server: impl Into<String>,
+        database: impl Into<String>,
+        name: impl Into<String>,
+    ) -> LockId {
+        LockId(Arc::new(Target::Postgres {
+            server: server.into(),
+            database: database.into(),
+            name: name.into(),
+        }))
+    }
+
+    /// The lock file's path, for a file lock.
+    pub fn path(&self) -> Option<&Path> {
+        match &*self.0 {
+            Target::File(path) => Some(path),
+            Target::Postgres { .. } => None,
+        }
+    }
+
+    /// The server (`HOST:PORT`), for a PostgreSQL lock.
+    pub fn server(&self) -> Option<&str> {
+        match &*self.0 {
+            Target::File(_) => None,
+            Target::Postgres { server, .. } => Some(server),
+        }
+    }
+
+    /// The database, for a PostgreSQL lock.
+    pub fn database(&self) -> Option<&str> {
+        match &*self.0 {
+            Target::File(_) => None,
+            Target::Postgres { database, .. } => Some(database),
+        }
+    }
+
+    /// The lock's name, for a PostgreSQL lock.
+    pub fn name(&self) -> Option<&str> {
+        match &*self.0 {
+            Target::File(_) => None,
+            Target::Postgres { name, .. } => Some(name),
+        }
+    }
+}
+
+impl fmt::Display for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Target::File(path) => write!(f, "{}", path.display()),
+            Target::Postgres {
+                server,
+                database,
+                name,
+            } => write!(f, "postgres://{server}/{database}/{name}"),
+        }
+    }
+}
+
+impl fmt::Debug for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockId({self})")
+    }
+}
+
+impl From<&Path> for LockId {
+    fn from(path: &Path) -> Self {
+        LockId::file(path)
+    }
+}
+
+/// The operation that failed, carried by [`LockError::Io`] and
+/// [`LockError::Server`].
 ///
 /// ```
 /// use lockmgr::{LockError, LockMgr, Operation};
@@ -31,16 +139,14 @@ pub enum Operation {
     Lock,
     /// Dropping the lock.
     Unlock,
-    /// Reading the lock file (its holder record, its lock state).
+    /// Reading the lock's state or its holder.
     Read,
     /// Removing the lock file on release.
     Remove,
-    /// Writing (a journal record).
-    Write,
-    /// Syncing data to disk.
-    Sync,
     /// Closing the lock file.
     Close,
+    /// Drawing a fencing token.
+    Fence,
 }
 
 impl Operation {
@@ -53,9 +159,8 @@ impl Operation {
             Operation::Unlock => "unlock",
             Operation::Read => "read",
             Operation::Remove => "remove",
-            Operation::Write => "write",
-            Operation::Sync => "sync",
             Operation::Close => "close",
+            Operation::Fence => "draw a fencing token for",
         }
     }
 }
@@ -68,17 +173,17 @@ impl fmt::Display for Operation {
 
 /// Everything that can go wrong while taking or releasing a lock.
 ///
-/// Every variant names the lock file's path (for [`crate::pg`] locks, the
-/// lock's URL); [`LockError::path`] returns it.
-/// The `Display` form is one line, meant for a log:
+/// Every variant names the lock with a [`LockId`]; [`LockError::lock`]
+/// returns it. The `Display` form is one line, meant for a log:
 ///
 /// ```
-/// # use lockmgr::LockError;
-/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into(), holder: None };
+/// # use lockmgr::{LockError, LockId};
+/// let lock = LockId::file("/run/app/jobs.lock");
+/// let e = LockError::WouldBlock { lock: lock.clone(), holder: None };
 /// assert_eq!(e.to_string(), "lock /run/app/jobs.lock is held by another owner");
 ///
 /// let holder = "lockmgr-holder/1 pid=4242 host=web-3 since=1763917331\n".parse().ok();
-/// let e = LockError::WouldBlock { path: "/run/app/jobs.lock".into(), holder };
+/// let e = LockError::WouldBlock { lock, holder };
 /// assert_eq!(
 ///     e.to_string(),
 ///     "lock /run/app/jobs.lock is held by pid 4242 on host web-3 since 2025-11-23T17:02:11Z"
@@ -88,19 +193,17 @@ impl fmt::Display for Operation {
 #[non_exhaustive]
 pub enum LockError {
     /// The lock is held elsewhere and the caller asked not to wait
-    /// (`wait == false`, a zero timeout, or [`LockMgr::try_acquire`]).
-    ///
-    /// [`LockMgr::try_acquire`]: crate::LockMgr::try_acquire
+    /// (`wait == false`, a zero timeout, or a `try_acquire`).
     WouldBlock {
-        /// The lock file.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
         /// Who holds it, when an exclusive holder left a readable record.
         holder: Option<Holder>,
     },
     /// Every attempt ran out of time while the lock stayed held.
     TimedOut {
-        /// The lock file.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
         /// How many attempts were made (the builder's `max_attempts`).
         attempts: u32,
         /// How long the call waited in all.
@@ -113,8 +216,8 @@ pub enum LockError {
     /// `ENOTSUP`/`EOPNOTSUPP`, `ENOSYS` from the lock call): an NFS mount
     /// without a lock manager, for example.
     Unsupported {
-        /// The lock file.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
         /// The file system's name, from its `statfs` magic (`"unknown"` when
         /// not recognised).
         fs: &'static str,
@@ -123,28 +226,29 @@ pub enum LockError {
     },
     /// The path exists but is not a regular file. Nothing was changed.
     NotAFile {
-        /// The lock file's path.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
         /// What the path is instead.
         kind: FileKind,
     },
     /// A directory on the way to the lock file does not exist and the
     /// builder's `create_dirs` is off. Nothing was created.
     MissingParent {
-        /// The lock file's path.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
     },
-    /// The path cannot name a lock file at all (for example, it is empty).
-    InvalidPath {
-        /// The path as given.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: &'static str,
+    /// The lock cannot be named as given: an empty path, or a PostgreSQL
+    /// connection string that does not parse.
+    Invalid {
+        /// The lock, as far as it could be named.
+        lock: LockId,
+        /// What is wrong.
+        reason: String,
     },
     /// A system call failed.
     Io {
-        /// The lock file's path.
-        path: PathBuf,
+        /// The lock.
+        lock: LockId,
         /// What the crate was doing.
         op: Operation,
         /// The underlying error.
@@ -152,22 +256,17 @@ pub enum LockError {
     },
     /// The lock server could not be reached, refused the login, did not
     /// answer in time, or the session ended under a request (the
-    /// PostgreSQL backend, [`crate::pg`]). Also: its connection string
-    /// does not parse.
+    /// PostgreSQL backend, `lockmgr::pg`).
     Connect {
-        /// The lock, as `postgres://HOST:PORT/DATABASE/NAME`.
-        path: PathBuf,
-        /// The server, as `HOST:PORT`.
-        server: String,
+        /// The lock; [`LockId::server`] names the server.
+        lock: LockId,
         /// What went wrong.
         source: Box<dyn Error + Send + Sync>,
     },
-    /// The lock server failed a request ([`crate::pg`]).
+    /// The lock server failed a request (`lockmgr::pg`).
     Server {
-        /// The lock, as `postgres://HOST:PORT/DATABASE/NAME`.
-        path: PathBuf,
-        /// The server, as `HOST:PORT`.
-        server: String,
+        /// The lock; [`LockId::server`] names the server.
+        lock: LockId,
         /// What the crate was doing.
         op: Operation,
         /// The server's error.
@@ -176,25 +275,25 @@ pub enum LockError {
 }
 
 impl LockError {
-    /// The lock file this error is about.
-    pub fn path(&self) -> &Path {
+    /// The lock this error is about.
+    pub fn lock(&self) -> &LockId {
         match self {
-            LockError::WouldBlock { path, .. }
-            | LockError::TimedOut { path, .. }
-            | LockError::Unsupported { path, .. }
-            | LockError::NotAFile { path, .. }
-            | LockError::MissingParent { path }
-            | LockError::InvalidPath { path, .. }
-            | LockError::Io { path, .. }
-            | LockError::Connect { path, .. }
-            | LockError::Server { path, .. } => path,
+            LockError::WouldBlock { lock, .. }
+            | LockError::TimedOut { lock, .. }
+            | LockError::Unsupported { lock, .. }
+            | LockError::NotAFile { lock, .. }
+            | LockError::MissingParent { lock }
+            | LockError::Invalid { lock, .. }
+            | LockError::Io { lock, .. }
+            | LockError::Connect { lock, .. }
+            | LockError::Server { lock, .. } => lock,
         }
     }
 
     /// True when the lock exists and someone else holds it
     /// ([`WouldBlock`](LockError::WouldBlock) or
     /// [`TimedOut`](LockError::TimedOut)), as opposed to a failure to use the
-    /// lock file at all.
+    /// lock at all.
     pub fn is_contended(&self) -> bool {
         matches!(
             self,
@@ -212,9 +311,9 @@ impl LockError {
         }
     }
 
-    pub(crate) fn io(path: &Path, op: Operation, source: io::Error) -> Self {
+    pub(crate) fn io(lock: &Path, op: Operation, source: io::Error) -> Self {
         LockError::Io {
-            path: path.to_path_buf(),
+            lock: lock.into(),
             op,
             source,
         }
@@ -224,80 +323,52 @@ impl LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::WouldBlock { path, holder } => {
-                write!(f, "lock {} is held by ", path.display())?;
+            LockError::WouldBlock { lock, holder } => {
+                write!(f, "lock {lock} is held by ")?;
                 by(f, holder)
             }
             LockError::TimedOut {
-                path,
+                lock,
                 attempts,
                 waited,
                 holder,
             } => {
                 write!(
                     f,
-                    "timed out waiting for lock {} after {} attempt{} ({:.3}s); held by ",
-                    path.display(),
-                    attempts,
+                    "timed out waiting for lock {lock} after {attempts} attempt{} ({:.3}s); held by ",
                     if *attempts == 1 { "" } else { "s" },
                     waited.as_secs_f64()
                 )?;
                 by(f, holder)
             }
-            LockError::Unsupported { path, fs, source } => write!(
+            LockError::Unsupported { lock, fs, source } => write!(
                 f,
-                "cannot lock {}: the {} file system does not support this lock kind ({})",
-                path.display(),
-                fs,
-                source
+                "cannot lock {lock}: the {fs} file system does not support this lock kind ({source})"
             ),
-            LockError::NotAFile { path, kind } => write!(
-                f,
-                "cannot use {} as a lock file: it is {}",
-                path.display(),
-                kind
-            ),
-            LockError::MissingParent { path } => write!(
-                f,
-                "cannot create lock file {}: its directory does not exist \
-                 (the builder's create_dirs(true) creates it)",
-                path.display()
-            ),
-            LockError::InvalidPath { path, reason } => {
-                write!(f, "invalid lock file path {:?}: {}", path, reason)
+            LockError::NotAFile { lock, kind } => {
+                write!(f, "cannot use {lock} as a lock file: it is {kind}")
             }
-            LockError::Io { path, op, source } => {
+            LockError::MissingParent { lock } => write!(
+                f,
+                "cannot create lock file {lock}: its directory does not exist \
+                 (the builder's create_dirs(true) creates it)"
+            ),
+            LockError::Invalid { lock, reason } => write!(f, "invalid lock {lock}: {reason}"),
+            LockError::Io { lock, op, source } => {
                 // "cannot lock lock file" would stutter.
                 let noun = match op {
                     Operation::Lock | Operation::Unlock => "",
+                    _ if lock.path().is_none() => "",
                     _ => "lock file ",
                 };
-                write!(f, "cannot {} {}{}: {}", op, noun, path.display(), source)
+                write!(f, "cannot {op} {noun}{lock}: {source}")
             }
-            LockError::Connect {
-                path,
-                server,
-                source,
-            } => write!(
-                f,
-                "cannot reach lock server {} for lock {}: {}",
-                server,
-                path.display(),
-                source
-            ),
-            LockError::Server {
-                path,
-                server,
-                op,
-                source,
-            } => write!(
-                f,
-                "lock server {} failed to {} {}: {}",
-                server,
-                op,
-                path.display(),
-                source
-            ),
+            LockError::Connect { lock, source } => {
+                write!(f, "cannot reach lock server for {lock}: {source}")
+            }
+            LockError::Server { lock, op, source } => {
+                write!(f, "lock server failed to {op} {lock}: {source}")
+            }
         }
     }
 }
@@ -333,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn display_names_path_and_operation() {
+    fn display_names_lock_and_operation() {
         let e = LockError::io(
             Path::new("/x/y.lock"),
             Operation::Open,
@@ -343,7 +414,7 @@ mod tests {
         assert!(s.starts_with("cannot open lock file /x/y.lock: "), "{s}");
         assert!(e.source().is_some());
         let t = LockError::TimedOut {
-            path: "/a".into(),
+            lock: LockId::file("/a"),
             attempts: 3,
             waited: Duration::from_millis(1500),
             holder: None,
@@ -353,5 +424,9 @@ mod tests {
             "timed out waiting for lock /a after 3 attempts (1.500s); held by another owner"
         );
         assert!(t.is_contended());
+        let pg = LockId::postgres("db:5432", "app", "jobs");
+        assert_eq!(pg.to_string(), "postgres://db:5432/app/jobs");
+        assert_eq!(pg.server(), Some("db:5432"));
+        assert_eq!(pg.path(), None);
     }
 }

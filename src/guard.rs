@@ -1,14 +1,13 @@
-//! The guard that holds a lock until it is dropped.
+//! [`LockGuard`]: the guard that holds a file lock until it is dropped.
 
 use std::fmt;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::error::{LockError, Operation};
-use crate::os::{self, FileId, LockKind, LockMode};
-use crate::queue;
+use crate::contender::Held;
+use crate::error::LockError;
+use crate::vocab::{LockKind, LockMode};
 
 /// Proof that the lock is held. Dropping it releases the lock.
 ///
@@ -40,45 +39,22 @@ use crate::queue;
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    file: Option<File>,
-    /// The identity of `file`, which names its in-process line.
-    file_id: FileId,
-    path: Arc<Path>,
-    owner_pid: u32,
-    kind: LockKind,
-    mode: LockMode,
-    remove: bool,
+    held: Held,
 }
 
 impl LockGuard {
-    /// `remove`: unlink the path on release (exclusive holders only).
-    pub(crate) fn new(
-        file: File,
-        file_id: FileId,
-        path: Arc<Path>,
-        kind: LockKind,
-        mode: LockMode,
-        remove: bool,
-    ) -> Self {
-        LockGuard {
-            file: Some(file),
-            file_id,
-            path,
-            owner_pid: os::current_pid(),
-            kind,
-            mode,
-            remove: remove && mode == LockMode::Exclusive,
-        }
+    pub(crate) fn new(held: Held) -> Self {
+        LockGuard { held }
     }
 
     /// Whether this guard holds the lock exclusively or shared.
     pub fn lock_mode(&self) -> LockMode {
-        self.mode
+        self.held.mode()
     }
 
     /// The lock family held.
     pub fn kind(&self) -> LockKind {
-        self.kind
+        self.held.kind()
     }
 
     /// The lock file's path.
@@ -92,7 +68,7 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub fn path(&self) -> &Path {
-        &self.path
+        self.held.path()
     }
 
     /// The locked file, open for reading and writing (never truncated by the
@@ -118,9 +94,7 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub fn file(&self) -> &File {
-        self.file
-            .as_ref()
-            .expect("the file is only taken by release")
+        self.held.file()
     }
 
     /// Releases the lock now and reports what went wrong, if anything.
@@ -128,48 +102,13 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// [`LockError::Io`] with [`Operation::Unlock`] or [`Operation::Close`].
-    /// Even then the descriptor is closed, and with it the lock.
+    /// [`LockError::Io`] with [`Operation::Unlock`](crate::Operation::Unlock)
+    /// or [`Operation::Close`](crate::Operation::Close) (or
+    /// [`Operation::Remove`](crate::Operation::Remove) with
+    /// `remove_on_release`). Even then the descriptor is closed, and with it
+    /// the lock.
     pub fn release(mut self) -> Result<(), LockError> {
-        self.release_inner()
-    }
-
-    fn release_inner(&mut self) -> Result<(), LockError> {
-        let Some(file) = self.file.take() else {
-            return Ok(());
-        };
-        let mut result = Ok(());
-        let owner = os::current_pid() == self.owner_pid;
-        // A forked child shares the open file description: unlocking (or
-        // removing the file) there would pull the lock from under the parent.
-        // Closing the child's copy does neither.
-        if owner {
-            if self.remove {
-                // Unlinked while still held, so nobody can lock the old file
-                // and believe it is the current one (see Builder::remove_on_release).
-                result = os::unlink_if_same(&file, &self.path)
-                    .map_err(|e| LockError::io(&self.path, Operation::Remove, e));
-            }
-            let unlocked = os::unlock(&file, self.kind)
-                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e));
-            result = result.and(unlocked);
-        }
-        let closed = nix::unistd::close(file)
-            .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
-        tracing::debug!(path = %self.path.display(), mode = %self.mode, "released lock");
-        if owner {
-            // Only now is the lock free for the next task of this process.
-            queue::released(self.file_id);
-        }
-        result.and(closed)
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.release_inner() {
-            tracing::warn!(error = %e, "lockmgr: error while releasing a lock");
-        }
+        self.held.release()
     }
 }
 
@@ -188,11 +127,11 @@ impl AsRawFd for LockGuard {
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
-            .field("path", &self.path)
-            .field("fd", &self.file.as_ref().map(|f| f.as_raw_fd()))
-            .field("kind", &self.kind)
-            .field("mode", &self.mode)
-            .field("owner_pid", &self.owner_pid)
+            .field("path", &self.path())
+            .field("fd", &self.file().as_raw_fd())
+            .field("kind", &self.kind())
+            .field("mode", &self.lock_mode())
+            .field("owner_pid", &self.held.owner_pid())
             .finish()
     }
 }

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
 /// The tag every version-1 record starts with.
 pub(crate) const TAG: &[u8] = b"lockmgr-holder/";
 const V1: &str = "lockmgr-holder/1";
@@ -38,7 +40,7 @@ pub(crate) const MAX_RECORD: usize = 1024;
 /// - `pid`: the holder's process id, decimal.
 /// - `host`: the holder's host name (`gethostname`).
 /// - `since`: when the lock was won, in Unix seconds (UTC).
-/// - `label`: optional, the builder's [`label`](crate::Builder::label).
+/// - `label`: optional, the builder's [`label`](crate::LockMgrBuilder::label).
 ///
 /// Values are percent-encoded: every byte outside `!`..`~` (space, control
 /// bytes, non-ASCII), and `%` and `=`, is written as `%XX`. Readers ignore
@@ -54,7 +56,7 @@ pub struct Holder {
     pub host: String,
     /// When the holder won the lock.
     pub since: SystemTime,
-    /// The holder's [`label`](crate::Builder::label), if it set one.
+    /// The holder's [`label`](crate::LockMgrBuilder::label), if it set one.
     pub label: Option<String>,
     /// True when the record names a process of this host that is no longer
     /// running: the lock is held, but not by the recorded process (it died
@@ -71,17 +73,7 @@ impl Holder {
     /// assert_eq!(h.since_utc(), "1970-01-01T00:00:00Z");
     /// ```
     pub fn since_utc(&self) -> String {
-        Rfc3339(self.since).to_string()
-    }
-
-    /// The record for the calling process, won now, built straight into
-    /// one string (this runs on every exclusive acquire).
-    pub(crate) fn my_record(label: Option<&str>) -> String {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        record_line(std::process::id(), crate::os::hostname(), secs, label)
+        humantime::format_rfc3339_seconds(self.since).to_string()
     }
 
     /// The one-line record, newline included.
@@ -125,9 +117,10 @@ impl Holder {
         })
     }
 
-    /// Marks the record stale if it names a dead process of this host.
-    pub(crate) fn checked(mut self) -> Holder {
-        self.stale = self.host == crate::os::hostname() && !crate::os::pid_alive(self.pid);
+    /// Whether the record names a process of `this_host` (per
+    /// `running`) that no longer runs.
+    pub(crate) fn checked(mut self, this_host: &str, running: impl Fn(u32) -> bool) -> Holder {
+        self.stale = self.host == this_host && !running(self.pid);
         self
     }
 }
@@ -161,7 +154,7 @@ impl fmt::Display for Holder {
             "pid {} on host {} since {}",
             self.pid,
             self.host,
-            Rfc3339(self.since)
+            humantime::format_rfc3339_seconds(self.since)
         )?;
         if let Some(label) = &self.label {
             write!(f, " ({label})")?;
@@ -173,7 +166,10 @@ impl fmt::Display for Holder {
     }
 }
 
-fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) -> String {
+/// The version-1 record line (newline included) of process `pid` on `host`,
+/// holding since `secs` (Unix seconds), built straight into one string:
+/// this runs on every exclusive acquire.
+pub(crate) fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) -> String {
     let mut s = String::with_capacity(64 + host.len() + label.map_or(0, str::len));
     s.push_str(V1);
     s.push_str(" pid=");
@@ -190,71 +186,30 @@ fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) -> String {
     s
 }
 
+/// What a record value may not contain as such: controls, space, `%` and
+/// `=` (non-ASCII bytes are always encoded), so that a value is one
+/// printable token of the `key=value` line.
+const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'=');
+
 fn encode_into(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value.as_bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'%' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xF)] as char);
-        }
-    }
+    out.extend(utf8_percent_encode(value, ENCODED));
 }
 
+/// Decodes a record value; `None` for a malformed escape (which
+/// `percent_decode_str` would pass through as text) or bytes that are not
+/// UTF-8.
 fn decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = value
+        .split('%')
+        .skip(1)
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
-}
-
-/// A UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
-struct Rfc3339(SystemTime);
-
-impl fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self
-            .0
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(days as i64);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
-    }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    percent_decode_str(value)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 #[cfg(test)]
@@ -316,13 +271,16 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
-        assert_eq!(
-            Rfc3339(UNIX_EPOCH + Duration::from_secs(1_798_761_599)).to_string(),
-            "2026-12-31T23:59:59Z"
-        );
+    fn dates_are_rfc3339_utc() {
+        let at = |secs| Holder {
+            pid: 1,
+            host: "a".into(),
+            since: UNIX_EPOCH + Duration::from_secs(secs),
+            label: None,
+            stale: false,
+        };
+        assert_eq!(at(0).since_utc(), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400).since_utc(), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_798_761_599).since_utc(), "2026-12-31T23:59:59Z");
     }
 }

@@ -16,7 +16,7 @@
 //!   exclude each other. Locks are not re-entrant.
 //! - **Waiting**: `acquire(wait, timeout)` with `wait == false` (or a zero
 //!   `timeout`) tries once and fails with [`LockError::WouldBlock`]. With
-//!   `wait == true` it makes up to [`Builder::max_attempts`] attempts
+//!   `wait == true` it makes up to [`LockMgrBuilder::max_attempts`] attempts
 //!   (default 10) of up to `timeout` each; an attempt ends early when the
 //!   lock is released, and wake-ups that do not lead to the lock do not
 //!   count. When all attempts have expired: [`LockError::TimedOut`].
@@ -27,7 +27,7 @@
 //!   `fcntl(F_SETLK)`, Python `fasteners`) but *not* with `flock(2)` locks
 //!   (Python `filelock`, util-linux `flock(1)`). Do not mix those on one file.
 //! - **The lock file** is created if missing (permissions from
-//!   [`Builder::mode`]), never truncated, never followed if it is a symlink,
+//!   [`LockMgrBuilder::mode`]), never truncated, never followed if it is a symlink,
 //!   and left in place on release. Paths that are not regular files are
 //!   refused with [`LockError::NotAFile`] and left untouched.
 //! - **Network file systems** (NFS, CIFS): inotify does not see releases made
@@ -63,11 +63,37 @@
 //! # Tracing
 //!
 //! The crate emits `tracing` events: `debug` for every try and release,
-//! `info` (`waiting for lock on <path>`) the first time a call has to wait,
-//! and `warn` when it has to fall back to polling.
+//! `info` (`waiting for lock on <lock>`, with a `lock` field and, when
+//! known, a `holder` field) the first time a call has to wait, and `warn`
+//! when it has to fall back to polling.
+//!
+//! # Module map
+//!
+//! Each module has one job; calls go down this list, never up:
+//!
+//! | layer | module | its one job |
+//! | --- | --- | --- |
+//! | face | `lock` | [`LockMgr`] and [`LockMgrBuilder`]: what a file lock is, and its documented calls |
+//! | face | `guard` | [`LockGuard`]: a held file lock |
+//! | face | [`pg`] | the same contract on PostgreSQL advisory locks (feature `postgres`) |
+//! | user of the face | [`journal`] | crash-safe appends, on [`LockMgr`] |
+//! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
+//! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
+//! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
+//! | OS | `watcher` | the process-wide inotify instance and its reader thread |
+//! | OS | `os` | the Linux calls; the only module allowed `unsafe` |
+//! | words | `vocab`, `error`, `holder` | [`LockKind`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format |
+//!
+//! The words are used by every layer and use none. The face drives the
+//! engine; the engine uses the OS layer; neither the engine nor the OS
+//! layer knows the face, and the journal and the `lockmgr` command
+//! (package `lockmgr-cli`) use only the public face. `tests/architecture.rs`
+//! checks these directions on every test run.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -75,21 +101,23 @@ compile_error!(
      which other systems do not have."
 );
 
+mod contender;
 mod error;
 mod guard;
 mod holder;
-mod journal;
+pub mod journal;
 mod lock;
+#[allow(unsafe_code)]
 mod os;
 #[cfg(feature = "postgres")]
 pub mod pg;
 mod queue;
+mod vocab;
 mod wait;
 mod watcher;
 
-pub use error::{FileKind, LockError, Operation};
+pub use error::{LockError, LockId, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
-pub use journal::{Journal, JournalBuilder, JournalError, Records, SyncPolicy, DEFAULT_MAX_RECORD};
-pub use lock::{Builder, LockMgr, Status};
-pub use os::{LockKind, LockMode};
+pub use lock::{LockMgr, LockMgrBuilder};
+pub use vocab::{FileKind, LockKind, LockMode, Status};

@@ -1,22 +1,18 @@
-//! The lock itself: [`LockMgr`] and its [`Builder`].
+//! The public face of file locks: [`LockMgr`] and its [`LockMgrBuilder`].
+//! The work is done by the engine in [`crate::contender`].
 
 use std::fmt;
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::error::{LockError, Operation};
+use crate::contender::{self, LockConfig};
+use crate::error::{LockError, LockId};
 use crate::guard::LockGuard;
-use crate::holder::{Holder, MAX_RECORD, TAG};
-use crate::os::{self, FileId, LockKind, LockMode, OpenError, Probe};
-use crate::queue::{self, Ticket};
-use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
+use crate::holder::Holder;
+use crate::vocab::{LockKind, LockMode, Status};
+use crate::wait::Policy;
 
 /// An inter-process lock guarded by a lock file.
 ///
@@ -30,20 +26,7 @@ use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
 /// See the [crate documentation](crate) for the semantics and an example.
 #[derive(Clone)]
 pub struct LockMgr {
-    inner: Arc<Config>,
-}
-
-struct Config {
-    path: Arc<Path>,
-    max_attempts: u32,
-    create_dirs: bool,
-    mode: u32,
-    kind: LockKind,
-    label: Option<String>,
-    record_holder: bool,
-    remove_on_release: bool,
-    /// Set once this lock has warned that its file system needs polling.
-    network_warned: AtomicBool,
+    inner: Arc<LockConfig>,
 }
 
 /// Options for a [`LockMgr`], from [`LockMgr::builder`].
@@ -65,7 +48,7 @@ struct Config {
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
-pub struct Builder {
+pub struct LockMgrBuilder {
     path: PathBuf,
     max_attempts: u32,
     create_dirs: bool,
@@ -76,7 +59,7 @@ pub struct Builder {
     remove_on_release: bool,
 }
 
-impl Builder {
+impl LockMgrBuilder {
     /// How many timed attempts [`LockMgr::acquire`] makes before it gives up
     /// with [`LockError::TimedOut`]. Default 10; 0 is taken as 1.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -145,7 +128,8 @@ impl Builder {
     /// up on the first acquire.
     pub fn build(self) -> LockMgr {
         LockMgr {
-            inner: Arc::new(Config {
+            inner: Arc::new(LockConfig {
+                id: LockId::file(&self.path),
                 path: self.path.into(),
                 max_attempts: self.max_attempts,
                 create_dirs: self.create_dirs,
@@ -157,222 +141,6 @@ impl Builder {
                 network_warned: AtomicBool::new(false),
             }),
         }
-    }
-}
-
-/// What [`LockMgr::status`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Status {
-    /// There is no lock file (so the lock is free).
-    Missing,
-    /// Nobody holds the lock.
-    Free,
-    /// Someone holds it exclusively; `holder` is their record, if readable.
-    Exclusive {
-        /// The recorded holder.
-        holder: Option<Holder>,
-    },
-    /// One or more shared holders have it.
-    Shared,
-}
-
-/// One caller's contention for the lock: its own open file description,
-/// kept open across tries so that a waiter's retries do not wake the other
-/// waiters (every close of the file is an event to them).
-struct FileContender<'a> {
-    config: &'a Config,
-    mode: LockMode,
-    fd: OwnedFd,
-    /// The identity of the file open at `fd`.
-    file: FileId,
-}
-
-impl Contender for FileContender<'_> {
-    type Error = LockError;
-
-    fn try_once(&mut self, attempt: u32) -> Result<Try, LockError> {
-        let path = &self.config.path;
-        let mut moved = false;
-        loop {
-            let won = os::try_lock(&self.fd, self.config.kind, self.mode)
-                .map_err(|e| self.lock_error(e))?;
-            tracing::debug!(path = %path.display(), attempt, won, mode = %self.mode, "lock try");
-            if !won {
-                return Ok(if moved { Try::Moved } else { Try::Held });
-            }
-            if self.config.remove_on_release
-                && !os::is_file_at(&self.fd, path)
-                    .map_err(|e| LockError::io(path, Operation::Stat, e))?
-            {
-                // Won a file its last holder removed: it no longer guards
-                // anything. Let it go (the close drops the lock) and contend
-                // for the file now at the path.
-                tracing::debug!(path = %path.display(), "lock file was replaced; reopening");
-                (self.fd, self.file) = open_fd(self.config, self.mode)?;
-                moved = true;
-                continue;
-            }
-            if self.mode == LockMode::Exclusive && self.config.record_holder {
-                self.write_record();
-            }
-            return Ok(Try::Won);
-        }
-    }
-
-    fn signal(&mut self) -> Signal {
-        match os::file_system(&self.fd) {
-            Ok((fs, true)) => {
-                if !self.config.network_warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        path = %self.config.path.display(),
-                        fs,
-                        "lock file is on a network file system ({fs}): inotify cannot see \
-                         releases made on other machines, waiting by polling"
-                    );
-                }
-                Signal::poll()
-            }
-            _ => Signal::watch(self.fd.as_fd(), &self.config.path),
-        }
-    }
-}
-
-/// Opens (creating it if allowed) the lock file for a contender.
-fn open_fd(config: &Config, mode: LockMode) -> Result<(OwnedFd, FileId), LockError> {
-    let path = &config.path;
-    if path.as_os_str().is_empty() {
-        return Err(LockError::InvalidPath {
-            path: path.to_path_buf(),
-            reason: "the path is empty",
-        });
-    }
-    // Shared holders write nothing: a file they may only read will do.
-    let read_only_ok = mode == LockMode::Shared;
-    let fd = match os::open_lock_file(path, config.mode, read_only_ok) {
-        Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound && !parent_exists(path) => {
-            if !config.create_dirs {
-                return Err(LockError::MissingParent {
-                    path: path.to_path_buf(),
-                });
-            }
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| LockError::io(path, Operation::CreateDir, e))?;
-            }
-            os::open_lock_file(path, config.mode, read_only_ok)
-        }
-        other => other,
-    };
-    fd.map_err(|e| open_error(path, e, Operation::Open))
-}
-
-fn open_error(path: &Path, e: OpenError, op: Operation) -> LockError {
-    match e {
-        OpenError::NotRegular(kind) => LockError::NotAFile {
-            path: path.to_path_buf(),
-            kind,
-        },
-        OpenError::Io(e) => LockError::io(path, op, e),
-    }
-}
-
-/// The recorded exclusive holder of the file open at `fd`, if readable.
-fn read_record(fd: impl AsFd) -> Option<Holder> {
-    let mut buf = [0u8; MAX_RECORD];
-    let n = os::read_head(fd, &mut buf).ok()?;
-    Holder::parse(&buf[..n]).map(Holder::checked)
-}
-
-impl<'a> FileContender<'a> {
-    fn open(config: &'a Config, mode: LockMode) -> Result<Self, LockError> {
-        let (fd, file) = open_fd(config, mode)?;
-        Ok(FileContender {
-            config,
-            mode,
-            fd,
-            file,
-        })
-    }
-
-    fn into_guard(self) -> LockGuard {
-        LockGuard::new(
-            File::from(self.fd),
-            self.file,
-            self.config.path.clone(),
-            self.config.kind,
-            self.mode,
-            self.config.remove_on_release,
-        )
-    }
-
-    fn lock_error(&self, e: io::Error) -> LockError {
-        let path = self.config.path.to_path_buf();
-        match e.raw_os_error() {
-            Some(nix::libc::ENOLCK | nix::libc::EOPNOTSUPP | nix::libc::ENOSYS) => {
-                let fs = os::file_system(&self.fd).map_or("unknown", |(name, _)| name);
-                LockError::Unsupported {
-                    path,
-                    fs,
-                    source: e,
-                }
-            }
-            _ => LockError::Io {
-                path,
-                op: Operation::Lock,
-                source: e,
-            },
-        }
-    }
-
-    /// Writes this process's holder record, after winning. Never fatal: a
-    /// record is for reporting only.
-    fn write_record(&self) {
-        // One read tells both whether the content is ours to replace (empty,
-        // or a record) and how long the old record is: the file is only
-        // truncated when the new record is shorter, since truncating costs a
-        // file-system transaction on every acquire otherwise.
-        let mut head = [0u8; MAX_RECORD];
-        let old_len = match os::read_head(&self.fd, &mut head) {
-            Ok(n) if n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]) => n,
-            Ok(_) => {
-                tracing::debug!(path = %self.config.path.display(), "lock file holds other data; no holder record written");
-                return;
-            }
-            Err(_) => return,
-        };
-        let record = Holder::my_record(self.config.label.as_deref());
-        if head[..old_len] == *record.as_bytes() {
-            // This process won the lock before within the same second: the
-            // record already says exactly this.
-            return;
-        }
-        if let Err(e) = os::write_head(&self.fd, record.as_bytes(), old_len > record.len()) {
-            tracing::warn!(path = %self.config.path.display(), error = %e, "could not write the holder record");
-        }
-    }
-
-    /// Who is in the way, for a contention message: the record of an
-    /// exclusive holder, when there is one and it reads well.
-    fn holder(&self) -> Option<Holder> {
-        let exclusive_holder = match self.mode {
-            // A shared try only fails against an exclusive holder.
-            LockMode::Shared => true,
-            LockMode::Exclusive => matches!(
-                os::probe(&self.fd, self.config.kind),
-                Ok(Probe::Held(LockMode::Exclusive))
-            ),
-        };
-        exclusive_holder.then(|| read_record(&self.fd)).flatten()
-    }
-}
-
-/// Whether the directory that would hold `path` exists (so that `ENOENT`
-/// from an `O_CREAT` open means something else, e.g. a pseudo file system).
-fn parent_exists(path: &Path) -> bool {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.is_dir(),
-        _ => true,
     }
 }
 
@@ -392,7 +160,7 @@ impl LockMgr {
         Self::builder(path).build()
     }
 
-    /// A [`Builder`] for a lock on the file at `path`.
+    /// A [`LockMgrBuilder`] for a lock on the file at `path`.
     ///
     /// # Examples
     ///
@@ -402,8 +170,8 @@ impl LockMgr {
     ///     .build();
     /// assert_eq!(lock.max_attempts(), 3);
     /// ```
-    pub fn builder(path: impl Into<PathBuf>) -> Builder {
-        Builder {
+    pub fn builder(path: impl Into<PathBuf>) -> LockMgrBuilder {
+        LockMgrBuilder {
             path: path.into(),
             max_attempts: 10,
             create_dirs: false,
@@ -435,12 +203,12 @@ impl LockMgr {
     /// The lock file is opened (created if missing, never truncated) and
     /// locked with a non-blocking whole-file write lock (`F_OFD_SETLK`, or
     /// `flock(LOCK_EX | LOCK_NB)` for [`LockKind::Flock`]). Once won, the
-    /// holder record is written (see [`Builder::record_holder`]). If another
+    /// holder record is written (see [`LockMgrBuilder::record_holder`]). If another
     /// owner (another process, or another task of this process) holds it:
     ///
     /// - `wait == false`, or `timeout` is zero: fails at once with
     ///   [`LockError::WouldBlock`].
-    /// - `wait == true`: waits in up to [`max_attempts`](Builder::max_attempts)
+    /// - `wait == true`: waits in up to [`max_attempts`](LockMgrBuilder::max_attempts)
     ///   attempts of up to `timeout` each. The task sleeps on inotify events
     ///   for the lock file (closes, removal) shared with every other waiter
     ///   of the process; it does not poll (except on network file systems,
@@ -470,7 +238,7 @@ impl LockMgr {
     ///   the holder when its record is readable.
     /// - [`LockError::TimedOut`]: still held when every attempt expired.
     /// - [`LockError::NotAFile`], [`LockError::MissingParent`],
-    ///   [`LockError::InvalidPath`]: the path cannot be a lock file;
+    ///   [`LockError::Invalid`]: the path cannot be a lock file;
     ///   nothing was touched.
     /// - [`LockError::Unsupported`]: the file system refuses this lock kind.
     /// - [`LockError::Io`]: a system call failed; the error names it.
@@ -619,7 +387,7 @@ impl LockMgr {
     /// # Errors
     ///
     /// [`LockError::NotAFile`] for a path that is not a regular file, and
-    /// [`LockError::Io`] (with [`Operation::Read`]) when the file cannot be
+    /// [`LockError::Io`] (with [`Operation::Read`](crate::Operation::Read)) when the file cannot be
     /// opened or probed.
     ///
     /// # Examples
@@ -671,29 +439,11 @@ impl LockMgr {
     /// # Ok(()) }
     /// ```
     pub fn status(&self) -> Result<Status, LockError> {
-        let path = &self.inner.path;
-        let fd = match os::open_existing(path) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => return Ok(Status::Missing),
-            Err(e) => return Err(open_error(path, e, Operation::Read)),
-        };
-        let state =
-            os::probe(&fd, self.inner.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
-        Ok(match state {
-            Probe::Held(LockMode::Exclusive) => Status::Exclusive {
-                holder: read_record(&fd),
-            },
-            Probe::Held(LockMode::Shared) => Status::Shared,
-            Probe::Free => Status::Free,
-        })
+        contender::status(&self.inner)
     }
 
     fn try_lock(&self, mode: LockMode) -> Result<LockGuard, LockError> {
-        let mut contender = FileContender::open(&self.inner, mode)?;
-        match contender.try_once(1)? {
-            Try::Won => Ok(contender.into_guard()),
-            Try::Held | Try::Moved => Err(self.would_block(&contender)),
-        }
+        contender::try_lock(&self.inner, mode).map(LockGuard::new)
     }
 
     async fn lock(
@@ -702,110 +452,10 @@ impl LockMgr {
         wait: bool,
         timeout: Duration,
     ) -> Result<LockGuard, LockError> {
-        let started = Instant::now();
-        let waits = wait && !timeout.is_zero();
-        let policy = Policy {
-            timeout,
-            max_attempts: self.inner.max_attempts,
-        };
-        let path = self.inner.path.display();
-        // Tasks of this process already waiting for this file: get in line
-        // behind them without opening it, so that a queued task holds no
-        // descriptor and no watch, and the head is not woken by our close.
-        let mut ticket = None;
-        if waits && queue::anyone_waiting() {
-            ticket = os::file_id_at(&self.inner.path).and_then(Ticket::join_if_waiting);
-            if ticket.is_some() {
-                tracing::info!(path = %path, "waiting for lock on {path}, behind other tasks of this process");
-            }
-        }
-        let mut announced = ticket.is_some();
-        loop {
-            if let Some(t) = &ticket {
-                self.wait_turn(t, policy, started).await?;
-            }
-            let mut contender = FileContender::open(&self.inner, mode)?;
-            if contender.try_once(1)? == Try::Won {
-                // Dropping the ticket after this makes the next in line the head.
-                return Ok(contender.into_guard());
-            }
-            if !waits {
-                return Err(self.would_block(&contender));
-            }
-            if !announced {
-                announced = true;
-                match contender.holder() {
-                    Some(h) => {
-                        tracing::info!(path = %path, holder = %h, "waiting for lock on {path}, held by {h}")
-                    }
-                    None => tracing::info!(path = %path, "waiting for lock on {path}"),
-                }
-            }
-            if ticket.as_ref().map(Ticket::file) != Some(contender.file) {
-                // First wait, or the file was replaced while queued: line up
-                // for the file now at the path. Someone else of this process
-                // may have got to the front first; then wait behind them
-                // (the contender's descriptor is closed meanwhile).
-                let t = Ticket::join(contender.file);
-                let head = t.is_head();
-                ticket = Some(t);
-                if !head {
-                    continue;
-                }
-            }
-            // The watch goes in before the next try: a release between that
-            // try and the sleep is then an event, not a lost wake-up.
-            let mut signal = contender.signal();
-            return match wait::wait(
-                &mut contender,
-                &mut signal,
-                ticket.as_ref(),
-                policy,
-                started,
-            )
+        let policy = Policy::new(wait, timeout, self.inner.max_attempts);
+        contender::lock(&self.inner, mode, policy)
             .await
-            {
-                Ok(()) => Ok(contender.into_guard()),
-                Err(Failed::Error(e)) => Err(e),
-                Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
-                    path: self.inner.path.to_path_buf(),
-                    attempts,
-                    waited,
-                    holder: contender.holder(),
-                }),
-            };
-        }
-    }
-
-    /// Waits until `ticket` is at the front of its line, within the whole
-    /// waiting budget (a queued task has no descriptor to try with, so its
-    /// attempts simply run out).
-    async fn wait_turn(
-        &self,
-        ticket: &Ticket,
-        policy: Policy,
-        started: Instant,
-    ) -> Result<(), LockError> {
-        let Some(deadline) = policy.deadline(started) else {
-            ticket.until_head().await;
-            return Ok(());
-        };
-        match tokio::time::timeout_at(deadline, ticket.until_head()).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(LockError::TimedOut {
-                path: self.inner.path.to_path_buf(),
-                attempts: policy.max_attempts,
-                waited: started.elapsed(),
-                holder: self.holder().ok().flatten(),
-            }),
-        }
-    }
-
-    fn would_block(&self, contender: &FileContender<'_>) -> LockError {
-        LockError::WouldBlock {
-            path: self.inner.path.to_path_buf(),
-            holder: contender.holder(),
-        }
+            .map(LockGuard::new)
     }
 }
 
@@ -824,42 +474,9 @@ impl fmt::Debug for LockMgr {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// No file system on a test machine refuses locks, so the mapping of
-    /// the refusals is checked on its own.
-    #[test]
-    fn lock_refusals_become_unsupported_naming_the_file_system() {
-        let dir = tempfile::tempdir().unwrap();
-        let lock = LockMgr::new(dir.path().join("l"));
-        let c = FileContender::open(&lock.inner, LockMode::Exclusive).unwrap();
-        let (fs, _) = os::file_system(&c.fd).unwrap();
-        for errno in [
-            nix::libc::ENOLCK,
-            nix::libc::EOPNOTSUPP,
-            nix::libc::ENOTSUP,
-            nix::libc::ENOSYS,
-        ] {
-            match c.lock_error(io::Error::from_raw_os_error(errno)) {
-                LockError::Unsupported {
-                    path, fs: named, ..
-                } => {
-                    assert_eq!(path, lock.path());
-                    assert_eq!(named, fs);
-                }
-                other => panic!("errno {errno}: {other:?}"),
-            }
-        }
-        let other = c.lock_error(io::Error::from_raw_os_error(nix::libc::EBADF));
-        assert!(matches!(
-            other,
-            LockError::Io {
-                op: Operation::Lock,
-                ..
-            }
-        ));
-        assert!(other.to_string().starts_with("cannot lock /"), "{other}");
-    }
+/// Opens (creating it if missing, never truncating) a data file for
+/// appending, with the lock file's refusals and errors: how the journal
+/// opens its file, so that it needs nothing below this face.
+pub(crate) fn open_data_file(path: &Path, mode: u32) -> Result<std::fs::File, LockError> {
+    contender::open_for_append(path, mode)
 }

@@ -3,10 +3,11 @@
 //! identities, and tell what kind of file and file system a path is on.
 //!
 //! This module knows nothing of [`LockMgr`](crate::LockMgr) or its errors: it
-//! speaks `io::Error`, so that other lock kinds can reuse it. It is the only
-//! module of the crate with `unsafe` code.
+//! speaks `io::Error` and the crate's vocabulary ([`LockKind`],
+//! [`LockMode`], [`FileKind`]). It is the only module of the crate allowed
+//! `unsafe` code (the crate root denies it everywhere else), and every
+//! `unsafe` block here says why it is sound.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -21,44 +22,7 @@ use nix::sys::statfs::fstatfs;
 use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{ftruncate, gethostname, unlink, Pid};
 
-/// What a path turned out to be, when it is not a regular file a lock can
-/// live in. Carried by [`LockError::NotAFile`](crate::LockError::NotAFile).
-///
-/// ```
-/// use lockmgr::{FileKind, LockError, LockMgr};
-/// let err = LockMgr::new("/dev/null").try_acquire().unwrap_err();
-/// assert!(matches!(err, LockError::NotAFile { kind: FileKind::CharDevice, .. }));
-/// assert_eq!(err.to_string(), "cannot use /dev/null as a lock file: it is a character device");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FileKind {
-    /// A directory.
-    Directory,
-    /// A symbolic link (never followed for lock files).
-    Symlink,
-    /// A named pipe.
-    Fifo,
-    /// A character device.
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A Unix domain socket.
-    Socket,
-}
-
-impl fmt::Display for FileKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FileKind::Directory => "a directory",
-            FileKind::Symlink => "a symbolic link",
-            FileKind::Fifo => "a FIFO",
-            FileKind::CharDevice => "a character device",
-            FileKind::BlockDevice => "a block device",
-            FileKind::Socket => "a socket",
-        })
-    }
-}
+use crate::vocab::{FileKind, LockKind, LockMode};
 
 /// Why [`open_lock_file`] failed.
 #[derive(Debug)]
@@ -115,6 +79,19 @@ pub(crate) fn open_lock_file(
     }
 }
 
+/// Opens (creating if needed, never truncating) a data file for appending
+/// (`O_RDWR | O_APPEND`), with the same refusals as [`open_lock_file`].
+pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
+    let flags = OFlag::O_RDWR
+        | OFlag::O_APPEND
+        | OFlag::O_CREAT
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY;
+    open_checked(path, flags, mode)
+}
+
 fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
     let fd = loop {
         match open(path, flags, Mode::from_bits_truncate(mode & 0o7777)) {
@@ -166,59 +143,6 @@ impl FileId {
 pub(crate) fn file_id_at(path: &Path) -> Option<FileId> {
     let st = lstat(path).ok()?;
     kind_of(&st).is_none().then(|| FileId::of(&st))
-}
-
-/// Which kernel lock family a lock uses.
-///
-/// The two families do not see each other on Linux: an OFD lock does not
-/// exclude a `flock(2)` holder of the same file, nor the other way round.
-/// Pick the one the other programs on that lock file use.
-///
-/// ```
-/// use lockmgr::{LockKind, LockMgr};
-/// // Interoperate with util-linux flock(1) and Python filelock:
-/// let lock = LockMgr::builder("/run/myapp/deploy.lock").kind(LockKind::Flock).build();
-/// assert_eq!(lock.kind(), LockKind::Flock);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum LockKind {
-    /// Open file description record locks, `fcntl(F_OFD_SETLK)` on the whole
-    /// file (the default). Also conflict with POSIX record locks (`lockf`,
-    /// `fcntl(F_SETLK)`, Python `fasteners`, SQLite).
-    #[default]
-    Ofd,
-    /// `flock(2)` locks, as used by util-linux `flock(1)`, Python `filelock`,
-    /// `zc.lockfile` and `lockmgr`, Rust's `File::lock`, `fs4` and cargo.
-    Flock,
-}
-
-/// Exclusive (writer) or shared (reader) ownership.
-///
-/// ```
-/// # fn main() -> Result<(), lockmgr::LockError> {
-/// # let dir = tempfile::tempdir().unwrap();
-/// let lock = lockmgr::LockMgr::new(dir.path().join("data.lock"));
-/// let reader = lock.try_acquire_shared()?;
-/// assert_eq!(reader.lock_mode(), lockmgr::LockMode::Shared);
-/// # drop(reader);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// One holder, excluding all others.
-    Exclusive,
-    /// Any number of shared holders together, excluding exclusive ones.
-    Shared,
-}
-
-impl fmt::Display for LockMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockMode::Exclusive => "exclusive",
-            LockMode::Shared => "shared",
-        })
-    }
 }
 
 /// What a probe found on a lock file, without taking its lock for longer

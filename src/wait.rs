@@ -1,10 +1,20 @@
-//! The waiting loop shared by every lock kind: try, sleep until something may
-//! have changed, try again, within a bounded number of timed attempts.
+//! The waiting policy shared by every backend, and the waiting loop of the
+//! local ones.
 //!
-//! It knows nothing of files or of [`LockMgr`](crate::LockMgr): a
-//! [`Contender`] says how to try once, a [`Signal`] says when to try again,
-//! and the contender's place in the in-process line ([`Ticket`]) brings
-//! direct handoffs from holders of this process.
+//! [`Policy`] is the one place that turns a caller's `(wait, timeout)` and a
+//! builder's `max_attempts` into a budget (whether to wait at all, the
+//! attempts, the overall deadline) and says, once, that a call waits: the
+//! file locks and `lockmgr::pg` both use it, so they agree on what a zero
+//! timeout, an overflowing one and zero attempts mean, and operators see one
+//! `waiting for lock` event with the same fields whichever backend waits.
+//!
+//! [`wait`] is the loop of the file locks: try, sleep until something may
+//! have changed, try again. It knows nothing of files or of
+//! [`LockMgr`](crate::LockMgr): a [`Contender`] says how to try once, a
+//! [`Signal`] says when to try again, and the contender's place in the
+//! in-process line ([`Ticket`]) brings direct handoffs from holders of this
+//! process. (PostgreSQL waits on the server, one query per attempt, so it
+//! shares the policy but not this loop.)
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -13,6 +23,8 @@ use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, Instant};
 
+use crate::error::LockId;
+use crate::holder::Holder;
 use crate::queue::Ticket;
 use crate::watcher::{Watch, Watcher};
 
@@ -41,19 +53,46 @@ pub(crate) trait Contender {
     fn signal(&mut self) -> Signal;
 }
 
-/// The waiting budget: up to `max_attempts` periods of `timeout` each.
+/// The waiting budget of one call: whether it waits at all, and if so up to
+/// `max_attempts` periods of `timeout` each.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
+    /// False for `wait == false` and for a zero timeout: one try, then
+    /// `WouldBlock`.
+    pub(crate) waits: bool,
     pub(crate) timeout: Duration,
+    /// At least 1.
     pub(crate) max_attempts: u32,
 }
 
 impl Policy {
+    /// The policy of a call `acquire(wait, timeout)` on a lock built with
+    /// `max_attempts` (0 is taken as 1).
+    pub(crate) fn new(wait: bool, timeout: Duration, max_attempts: u32) -> Policy {
+        Policy {
+            waits: wait && !timeout.is_zero(),
+            timeout,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
     /// When the whole budget of a wait begun at `started` runs out; `None`
     /// when that lies beyond what an [`Instant`] can hold (no deadline).
     pub(crate) fn deadline(&self, started: Instant) -> Option<Instant> {
-        let total = self.timeout.checked_mul(self.max_attempts.max(1))?;
+        let total = self.timeout.checked_mul(self.max_attempts)?;
         started.checked_add(total)
+    }
+
+    /// Says, once per call, that it waits for `lock` and who is in the way.
+    pub(crate) fn announce(&self, lock: &LockId, holder: Option<&Holder>, note: &str) {
+        match holder {
+            Some(h) => tracing::info!(
+                lock = %lock,
+                holder = %h,
+                "waiting for lock on {lock}{note}, held by {h}"
+            ),
+            None => tracing::info!(lock = %lock, "waiting for lock on {lock}{note}"),
+        }
     }
 }
 
@@ -171,7 +210,7 @@ pub(crate) async fn wait<C: Contender>(
     policy: Policy,
     started: Instant,
 ) -> Result<(), Failed<C::Error>> {
-    let attempts = policy.max_attempts.max(1);
+    let attempts = policy.max_attempts;
     let mut attempt = 1;
     let mut deadline = started.checked_add(policy.timeout);
     let mut retries = RETRY_AFTER_WAKE.iter();
@@ -266,10 +305,7 @@ mod tests {
             last_attempt: 0,
         };
         let started = Instant::now();
-        let policy = Policy {
-            timeout: Duration::from_secs(2),
-            max_attempts: 3,
-        };
+        let policy = Policy::new(true, Duration::from_secs(2), 3);
         // Polling in paused time: virtual time advances only when idle.
         let r = wait(&mut c, &mut Signal::poll(), None, policy, started).await;
         match r {
@@ -289,10 +325,7 @@ mod tests {
             free_at: 50,
             last_attempt: 0,
         };
-        let policy = Policy {
-            timeout: Duration::MAX,
-            max_attempts: 10,
-        };
+        let policy = Policy::new(true, Duration::MAX, 10);
         wait(&mut c, &mut Signal::poll(), None, policy, Instant::now())
             .await
             .unwrap();

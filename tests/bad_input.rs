@@ -15,7 +15,7 @@ async fn both_refuse(lock: &LockMgr) -> LockError {
         .await
         .unwrap_err();
     assert_eq!(sync_err.to_string(), async_err.to_string());
-    assert_eq!(async_err.path(), lock.path());
+    assert_eq!(async_err.lock().path(), Some(lock.path()));
     assert!(
         async_err
             .to_string()
@@ -149,7 +149,7 @@ async fn character_device_is_refused() {
 #[tokio::test]
 async fn empty_path_is_refused() {
     let err = both_refuse(&LockMgr::new("")).await;
-    assert!(matches!(err, LockError::InvalidPath { .. }), "{err:?}");
+    assert!(matches!(err, LockError::Invalid { .. }), "{err:?}");
 }
 
 #[tokio::test]

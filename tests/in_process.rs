@@ -89,12 +89,12 @@ async fn times_out_after_max_attempts_with_the_time_waited() {
         .unwrap_err();
     match &err {
         LockError::TimedOut {
-            path,
+            lock: id,
             attempts,
             waited,
             holder,
         } => {
-            assert_eq!(path, lock.path());
+            assert_eq!(id.path(), Some(lock.path()));
             // The holder is this very process, recorded when it won.
             assert_eq!(holder.as_ref().unwrap().pid, std::process::id());
             assert_eq!(*attempts, 3);

@@ -1,11 +1,14 @@
 //! The journal across real processes, with writers killed mid-flight.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufReader;
+use std::process::Stdio;
 use std::time::Duration;
 
-use lockmgr::{Journal, JournalError, LockError};
+use lockmgr::journal::{Journal, JournalError};
+use lockmgr::LockError;
 
 /// Checks one journal line: `<id> len=<len> sum=<sum> <payload>` with the
 /// payload's length and byte sum as stated. Returns the id.
@@ -70,10 +73,13 @@ async fn appends_survive_writers_killed_at_random_moments() {
 
     let readers: Vec<_> = (0..PROCS)
         .map(|id| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-                .arg("journal-writer")
-                .arg(&path)
-                .args([id.to_string(), TASKS.to_string(), N.to_string()])
+            let args = [
+                path.to_str().unwrap().to_owned(),
+                id.to_string(),
+                TASKS.to_string(),
+                N.to_string(),
+            ];
+            let mut child = common::helper_command("journal-writer", args)
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -81,8 +87,7 @@ async fn appends_survive_writers_killed_at_random_moments() {
             let kill_at = kill_after[id as usize];
             std::thread::spawn(move || {
                 let mut acked = Vec::new();
-                for line in BufReader::new(stdout).lines() {
-                    let line = line.unwrap();
+                for line in common::role_lines(BufReader::new(stdout)) {
                     acked.push(line.strip_prefix("ack ").unwrap().to_owned());
                     if Some(acked.len()) == kill_at {
                         child.kill().unwrap(); // SIGKILL
@@ -227,17 +232,20 @@ async fn a_held_lock_times_out_an_append() {
 async fn bad_journal_paths_are_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let err = Journal::open(dir.path()).await.unwrap_err();
-    assert!(matches!(err, LockError::NotAFile { .. }), "{err}");
+    assert!(
+        matches!(err, JournalError::Open(LockError::NotAFile { .. })),
+        "{err}"
+    );
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let err = Journal::open(&fifo).await.unwrap_err();
     assert!(
         matches!(
             err,
-            LockError::NotAFile {
+            JournalError::Open(LockError::NotAFile {
                 kind: lockmgr::FileKind::Fifo,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -249,10 +257,10 @@ async fn bad_journal_paths_are_refused_untouched() {
     assert!(
         matches!(
             err,
-            LockError::NotAFile {
+            JournalError::Open(LockError::NotAFile {
                 kind: lockmgr::FileKind::Symlink,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -260,5 +268,8 @@ async fn bad_journal_paths_are_refused_untouched() {
     let err = Journal::open(dir.path().join("no/such/dir/j"))
         .await
         .unwrap_err();
-    assert!(matches!(err, LockError::MissingParent { .. }), "{err}");
+    assert!(
+        matches!(err, JournalError::Open(LockError::MissingParent { .. })),
+        "{err}"
+    );
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Holder, LIVENESS};
@@ -46,9 +46,9 @@ async fn lock_rows(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i64 {
 }
 
 fn pg_holder(url: &str, name: &str, opts: &[&str]) -> Holder {
-    let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-        .args(["pg-hold", url, name])
-        .args(opts)
+    let mut args = vec![url, name];
+    args.extend_from_slice(opts);
+    let child = common::helper_command("pg-hold", args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -67,12 +67,15 @@ async fn exclusion_across_processes_names_the_holding_session() {
         .unwrap();
 
     let err = lock.try_acquire().await.unwrap_err();
-    let LockError::WouldBlock { path, holder: who } = &err else {
+    let LockError::WouldBlock {
+        lock: id,
+        holder: who,
+    } = &err
+    else {
         panic!("expected WouldBlock, got {err}");
     };
     assert!(
-        path.to_string_lossy()
-            .ends_with(&format!("/postgres/{name}")),
+        id.to_string().ends_with(&format!("/postgres/{name}")),
         "{err}"
     );
     let who = who.as_ref().expect("the holding session is named");
@@ -199,9 +202,13 @@ async fn fencing_tokens_strictly_increase_across_processes() {
     let file = dir.path().join("tokens");
     let children: Vec<_> = (0..PROCS)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-                .args(["pg-fence", &url, &name, &ITERS.to_string()])
-                .arg(&file)
+            let args = [
+                url.clone(),
+                name.clone(),
+                ITERS.to_string(),
+                file.to_str().unwrap().to_owned(),
+            ];
+            common::helper_command("pg-fence", args)
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()

@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -262,10 +263,7 @@ async fn a_busy_process_does_not_starve_another() {
     .await
     .expect("the busy tasks did not get going");
 
-    let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-        .arg("hold")
-        .arg(&path)
-        .arg("--no-record")
+    let child = common::helper_command("hold", [path.as_path(), Path::new("--no-record")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -1,10 +1,63 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests, and the helper process they
+//! start: the test binary itself, re-executed in a role (`helper`), so that
+//! a plain `cargo test` builds and runs everything with no test-only
+//! feature or binary.
 #![allow(dead_code)]
 
+pub mod helper;
+
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
+
+/// The environment variable that puts a re-executed test binary in a role:
+/// its value is the role's arguments, separated by U+001F.
+const ROLE: &str = "LOCKMGR_TEST_ROLE";
+
+/// The entry point of the helper process. Not a test: the harness runs it
+/// only when a test re-executes this binary (`helper_command`) with the
+/// role in the environment; it then never returns.
+#[test]
+#[ignore = "the helper process's entry point, run by the cross-process tests"]
+fn helper_process() {
+    let Ok(role) = std::env::var(ROLE) else {
+        eprintln!("not a test: the entry point of the helper process");
+        return;
+    };
+    helper::run(role.split('\u{1f}').map(str::to_owned).collect());
+}
+
+/// A command that runs this test binary as the helper process in `role`
+/// with `args` (see `helper.rs` for the roles). The harness prints a line
+/// or two of its own before the role speaks: readers skip to the role's
+/// lines.
+pub fn helper_command<S: AsRef<OsStr>>(role: &str, args: impl IntoIterator<Item = S>) -> Command {
+    let mut joined = role.to_owned();
+    for a in args {
+        joined.push('\u{1f}');
+        joined.push_str(a.as_ref().to_str().expect("helper arguments are UTF-8"));
+    }
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([
+        "--exact",
+        "common::helper_process",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env(ROLE, joined);
+    cmd
+}
+
+/// The role's lines of a helper's output: without the harness's own.
+pub fn role_lines(out: impl BufRead) -> impl Iterator<Item = String> {
+    out.lines()
+        .map_while(Result::ok)
+        .filter(|l| !l.is_empty() && l != "running 1 test")
+}
 
 /// Generous bound for "promptly": a liveness check, not a speed assertion.
 pub const LIVENESS: Duration = Duration::from_secs(30);
@@ -112,10 +165,9 @@ impl Holder {
 
     /// Starts the helper's `command` (`hold`, `posix-hold`) with options.
     pub fn start_with(path: &Path, command: &str, opts: &[&str]) -> Holder {
-        let child = Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-            .arg(command)
-            .arg(path)
-            .args(opts)
+        let mut args = vec![path.to_str().expect("UTF-8 path")];
+        args.extend_from_slice(opts);
+        let child = helper_command(command, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -124,13 +176,14 @@ impl Holder {
     }
 
     /// Any command that prints a line starting with "locked" once it holds
-    /// the lock and releases it when its stdin closes.
+    /// the lock and releases it when its stdin closes (lines before it,
+    /// such as a test harness's, are skipped).
     pub fn started(mut child: Child) -> Holder {
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("locked"), "holder said {line:?}");
+        let line = role_lines(BufReader::new(child.stdout.take().unwrap())).next();
+        assert!(
+            line.as_deref().is_some_and(|l| l.starts_with("locked")),
+            "holder said {line:?}"
+        );
         let stdin = child.stdin.take();
         Holder { child, stdin }
     }
@@ -171,11 +224,13 @@ pub fn count_in_processes(lock: &Path, procs: u64, tasks: u64, iters: u64, opts:
     let marker = dir.join("inside");
     let children: Vec<_> = (0..procs)
         .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_lockmgr-test-helper"))
-                .arg("count")
-                .args([lock, &counter, &marker])
-                .args([iters.to_string(), tasks.to_string()])
-                .args(opts)
+            let mut args: Vec<String> = [lock, &counter, &marker]
+                .iter()
+                .map(|p| p.to_str().expect("UTF-8 path").to_owned())
+                .collect();
+            args.extend([iters.to_string(), tasks.to_string()]);
+            args.extend(opts.iter().map(|o| o.to_string()));
+            helper_command("count", args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()

@@ -1,15 +1,26 @@
-//! The journal: crash-safe record appends from many processes and tasks.
-//! See [`Journal`].
+//! The journal: crash-safe record appends from many processes and tasks,
+//! on the crate's locks. See [`Journal`].
+//!
+//! The journal is a user of the public face ([`LockMgr`]); it opens its file
+//! through the face's safe open, with the lock file's refusals.
+
+mod error;
+mod records;
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{FileKind, LockError, LockKind, LockMgr, Operation};
+use crate::lock::open_data_file;
+use crate::{LockKind, LockMgr};
+
+pub use error::{JournalError, JournalOp};
+use records::split_records;
+pub use records::Records;
 
 /// The default largest record, in bytes (newline not counted).
 pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
@@ -29,95 +40,6 @@ pub enum SyncPolicy {
     /// `fdatasync` after each append (or batch), before the lock is
     /// released: the record is on disk when `append` returns.
     Data,
-}
-
-/// Everything that can go wrong with a journal.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum JournalError {
-    /// Taking or releasing the lock failed (timed out, for example).
-    Lock(LockError),
-    /// A record contains a newline; nothing was written.
-    NewlineInRecord {
-        /// The journal file.
-        path: PathBuf,
-        /// The record's position in the batch (0 for a single append).
-        index: usize,
-    },
-    /// A record is longer than the journal's maximum; nothing was written.
-    RecordTooLong {
-        /// The journal file.
-        path: PathBuf,
-        /// The record's position in the batch (0 for a single append).
-        index: usize,
-        /// Its length in bytes.
-        len: usize,
-        /// The maximum ([`JournalBuilder::max_record_len`]).
-        max: usize,
-    },
-    /// A system call on the journal file failed.
-    Io {
-        /// The journal file.
-        path: PathBuf,
-        /// What the journal was doing.
-        op: Operation,
-        /// The underlying error.
-        source: io::Error,
-    },
-}
-
-impl fmt::Display for JournalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JournalError::Lock(e) => write!(f, "journal lock: {e}"),
-            JournalError::NewlineInRecord { path, index } => write!(
-                f,
-                "record {index} for journal {} contains a newline; nothing was written",
-                path.display()
-            ),
-            JournalError::RecordTooLong {
-                path,
-                index,
-                len,
-                max,
-            } => write!(
-                f,
-                "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
-                 nothing was written",
-                path.display()
-            ),
-            JournalError::Io { path, op, source } => {
-                write!(f, "cannot {op} journal {}: {source}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for JournalError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            JournalError::Lock(e) => Some(e),
-            JournalError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-impl From<LockError> for JournalError {
-    fn from(e: LockError) -> Self {
-        JournalError::Lock(e)
-    }
-}
-
-/// What [`Journal::records`] read back.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Records {
-    /// The complete records, in file order, without their newlines.
-    pub records: Vec<Vec<u8>>,
-    /// The bytes after the last newline, if any: the start of a record whose
-    /// writer died inside its write. Never part of `records`.
-    pub torn_tail: Option<Vec<u8>>,
 }
 
 /// Options for a [`Journal`], from [`Journal::builder`].
@@ -147,14 +69,14 @@ impl JournalBuilder {
         self
     }
 
-    /// Attempts per append, as [`Builder::max_attempts`](crate::Builder::max_attempts).
+    /// Attempts per append, as [`LockMgrBuilder::max_attempts`](crate::LockMgrBuilder::max_attempts).
     /// Default 10.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
-    /// The lock family, as [`Builder::kind`](crate::Builder::kind). Default
+    /// The lock family, as [`LockMgrBuilder::kind`](crate::LockMgrBuilder::kind). Default
     /// [`LockKind::Ofd`]; [`LockKind::Flock`] interoperates with the seed's
     /// Python writers (`fcntl.flock`).
     pub fn kind(mut self, kind: LockKind) -> Self {
@@ -180,17 +102,22 @@ impl JournalBuilder {
     ///
     /// # Errors
     ///
-    /// [`LockError::NotAFile`] when the path is a directory, symlink, FIFO
-    /// or device; [`LockError::MissingParent`] when its directory is
-    /// missing; [`LockError::Io`] for other failures. Nothing is created or
-    /// changed then.
+    /// [`JournalError::Open`] carrying [`LockError::NotAFile`] when the
+    /// path is a directory, symlink, FIFO or device,
+    /// [`LockError::MissingParent`] when its directory is missing, and
+    /// [`LockError::Io`] for other failures. Nothing is created or changed
+    /// then.
+    ///
+    /// [`LockError::NotAFile`]: crate::LockError::NotAFile
+    /// [`LockError::MissingParent`]: crate::LockError::MissingParent
+    /// [`LockError::Io`]: crate::LockError::Io
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it holds no lock, and an abandoned open leaves only
     /// (possibly) the created, empty journal file.
-    pub async fn open(self) -> Result<Journal, LockError> {
-        let file = open_journal(&self.path)?;
+    pub async fn open(self) -> Result<Journal, JournalError> {
+        let file = open_data_file(&self.path, 0o644).map_err(JournalError::Open)?;
         let lock_path = self.lock_path.clone().unwrap_or_else(|| self.path.clone());
         let lock = LockMgr::builder(lock_path)
             .kind(self.kind)
@@ -232,7 +159,7 @@ impl JournalBuilder {
 /// [`JournalBuilder::lock_file`].
 ///
 /// ```
-/// use lockmgr::{Journal, SyncPolicy};
+/// use lockmgr::journal::{Journal, SyncPolicy};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -280,73 +207,6 @@ impl fmt::Debug for Journal {
     }
 }
 
-fn open_journal(path: &Path) -> Result<File, LockError> {
-    if path.as_os_str().is_empty() {
-        return Err(LockError::InvalidPath {
-            path: path.to_path_buf(),
-            reason: "the path is empty",
-        });
-    }
-    let opened = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path);
-    // Whatever the open said, a path that is not a regular file is named as
-    // such (a FIFO without a reader gives ENXIO, a symlink ELOOP, ...).
-    let kind = |path: &Path| {
-        std::fs::symlink_metadata(path).ok().and_then(|m| {
-            let t = m.file_type();
-            if t.is_symlink() {
-                Some(FileKind::Symlink)
-            } else if t.is_dir() {
-                Some(FileKind::Directory)
-            } else if t.is_fifo() {
-                Some(FileKind::Fifo)
-            } else if t.is_char_device() {
-                Some(FileKind::CharDevice)
-            } else if t.is_block_device() {
-                Some(FileKind::BlockDevice)
-            } else if t.is_socket() {
-                Some(FileKind::Socket)
-            } else {
-                None
-            }
-        })
-    };
-    let not_a_file = |kind| LockError::NotAFile {
-        path: path.to_path_buf(),
-        kind,
-    };
-    match opened {
-        Ok(file) => match file.metadata() {
-            Ok(m) if m.is_file() => Ok(file),
-            Ok(_) => Err(kind(path).map_or_else(
-                || LockError::io(path, Operation::Open, io::ErrorKind::InvalidInput.into()),
-                not_a_file,
-            )),
-            Err(e) => Err(LockError::io(path, Operation::Stat, e)),
-        },
-        Err(e) => {
-            if let Some(k) = kind(path) {
-                return Err(not_a_file(k));
-            }
-            let parent_missing = path
-                .parent()
-                .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir());
-            if e.kind() == io::ErrorKind::NotFound && parent_missing {
-                Err(LockError::MissingParent {
-                    path: path.to_path_buf(),
-                })
-            } else {
-                Err(LockError::io(path, Operation::Open, e))
-            }
-        }
-    }
-}
-
 impl Journal {
     /// Opens (creating if missing) the journal at `path` with default
     /// options: the lock is an OFD lock on the journal file itself, no sync.
@@ -365,11 +225,11 @@ impl Journal {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
-    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append("line one").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn open(path: impl Into<PathBuf>) -> Result<Journal, LockError> {
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Journal, JournalError> {
         Journal::builder(path).open().await
     }
 
@@ -420,7 +280,7 @@ impl Journal {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
-    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append("worker 3: done").await?;
     /// assert!(journal.append("two\nlines").await.is_err());
     /// # Ok(()) }
@@ -448,7 +308,7 @@ impl Journal {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
-    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append_batch((0..100).map(|i| format!("entry {i}"))).await?;
     /// assert_eq!(journal.records().await?.records.len(), 100);
     /// # Ok(()) }
@@ -466,15 +326,15 @@ impl Journal {
         let guard = inner.lock.acquire(true, inner.timeout).await?;
         self.cut_torn_tail()?;
         for piece in &pieces {
-            write_once(&inner.file, piece).map_err(|e| self.io(Operation::Write, e))?;
+            write_once(&inner.file, piece).map_err(|e| self.io(JournalOp::Write, e))?;
         }
         if inner.sync == SyncPolicy::Data {
             let me = self.inner.clone();
             // fdatasync takes milliseconds: off the runtime's threads.
             tokio::task::spawn_blocking(move || me.file.sync_data())
                 .await
-                .map_err(|e| self.io(Operation::Sync, io::Error::other(e)))?
-                .map_err(|e| self.io(Operation::Sync, e))?;
+                .map_err(|e| self.io(JournalOp::Sync, io::Error::other(e)))?
+                .map_err(|e| self.io(JournalOp::Sync, e))?;
         }
         guard.release()?;
         Ok(())
@@ -499,7 +359,7 @@ impl Journal {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
-    /// let journal = lockmgr::Journal::open(dir.path().join("journal")).await?;
+    /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append("a").await?;
     /// let read = journal.records().await?;
     /// assert_eq!(read.records, vec![b"a".to_vec()]);
@@ -511,13 +371,13 @@ impl Journal {
         let len = inner
             .file
             .metadata()
-            .map_err(|e| self.io(Operation::Stat, e))?
+            .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
         let mut bytes = vec![0u8; len as usize];
         inner
             .file
             .read_exact_at(&mut bytes, 0)
-            .map_err(|e| self.io(Operation::Read, e))?;
+            .map_err(|e| self.io(JournalOp::Read, e))?;
         guard.release()?;
         Ok(split_records(&bytes))
     }
@@ -567,27 +427,28 @@ impl Journal {
         let file = &self.inner.file;
         let len = file
             .metadata()
-            .map_err(|e| self.io(Operation::Stat, e))?
+            .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
         if len == 0 {
             return Ok(());
         }
         let mut last = [0u8; 1];
         file.read_exact_at(&mut last, len - 1)
-            .map_err(|e| self.io(Operation::Read, e))?;
+            .map_err(|e| self.io(JournalOp::Read, e))?;
         if last[0] == b'\n' {
             return Ok(());
         }
-        let keep = last_newline_end(file, len).map_err(|e| self.io(Operation::Read, e))?;
+        let keep = last_newline_end(file, len).map_err(|e| self.io(JournalOp::Read, e))?;
         tracing::warn!(
             path = %self.inner.path.display(),
             torn_bytes = len - keep,
             "journal ends with a torn record (a writer died inside its write); cutting it off"
         );
-        file.set_len(keep).map_err(|e| self.io(Operation::Write, e))
+        file.set_len(keep)
+            .map_err(|e| self.io(JournalOp::Truncate, e))
     }
 
-    fn io(&self, op: Operation, source: io::Error) -> JournalError {
+    fn io(&self, op: JournalOp, source: io::Error) -> JournalError {
         JournalError::Io {
             path: self.inner.path.clone(),
             op,
@@ -618,31 +479,9 @@ fn write_once(mut file: &File, buf: &[u8]) -> io::Result<()> {
     file.write_all(buf)
 }
 
-fn split_records(bytes: &[u8]) -> Records {
-    let mut parts: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    // `split` yields an empty last part after a final newline; anything else
-    // there is a record without its newline.
-    let tail = parts.pop().filter(|t| !t.is_empty()).map(<[u8]>::to_vec);
-    Records {
-        records: parts.into_iter().map(<[u8]>::to_vec).collect(),
-        torn_tail: tail,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn torn_tail_is_reported_apart() {
-        let r = split_records(b"a\nbb\nccc");
-        assert_eq!(r.records, vec![b"a".to_vec(), b"bb".to_vec()]);
-        assert_eq!(r.torn_tail.as_deref(), Some(&b"ccc"[..]));
-        let r = split_records(b"a\n\nb\n");
-        assert_eq!(r.records, vec![b"a".to_vec(), Vec::new(), b"b".to_vec()]);
-        assert_eq!(r.torn_tail, None);
-        assert_eq!(split_records(b""), Records::default());
-    }
 
     #[tokio::test]
     async fn a_torn_tail_is_cut_before_the_next_append() {

@@ -1,0 +1,552 @@
+//! The file lock engine under [`LockMgr`](crate::LockMgr) and
+//! [`LockGuard`](crate::LockGuard): one caller's contention for a lock file
+//! (open, try, wait in line and on events, write the holder record), the
+//! held lock and its release, and the status query.
+//!
+//! It uses the OS layer ([`crate::os`]), the in-process line
+//! ([`crate::queue`]) and the waiting loop ([`crate::wait`]); it knows
+//! nothing of the public types built on it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::error::{LockError, LockId, Operation};
+use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
+use crate::os::{self, FileId, OpenError, Probe};
+use crate::queue::{self, Ticket};
+use crate::vocab::{LockKind, LockMode, Status};
+use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
+
+/// What a file lock is: its path and options, shared by the clones of one
+/// `LockMgr`.
+#[derive(Debug)]
+pub(crate) struct LockConfig {
+    pub(crate) path: Arc<Path>,
+    /// `path`, as errors name it.
+    pub(crate) id: LockId,
+    pub(crate) max_attempts: u32,
+    pub(crate) create_dirs: bool,
+    pub(crate) mode: u32,
+    pub(crate) kind: LockKind,
+    pub(crate) label: Option<String>,
+    pub(crate) record_holder: bool,
+    pub(crate) remove_on_release: bool,
+    /// Set once this lock has warned that its file system needs polling.
+    pub(crate) network_warned: AtomicBool,
+}
+
+/// One caller's contention for the lock: its own open file description,
+/// kept open across tries so that a waiter's retries do not wake the other
+/// waiters (every close of the file is an event to them).
+struct FileContender<'a> {
+    config: &'a LockConfig,
+    mode: LockMode,
+    fd: OwnedFd,
+    /// The identity of the file open at `fd`.
+    file: FileId,
+}
+
+impl Contender for FileContender<'_> {
+    type Error = LockError;
+
+    fn try_once(&mut self, attempt: u32) -> Result<Try, LockError> {
+        let path = &self.config.path;
+        let mut moved = false;
+        loop {
+            let won = os::try_lock(&self.fd, self.config.kind, self.mode)
+                .map_err(|e| self.lock_error(e))?;
+            tracing::debug!(lock = %path.display(), attempt, won, mode = %self.mode, "lock try");
+            if !won {
+                return Ok(if moved { Try::Moved } else { Try::Held });
+            }
+            if self.config.remove_on_release
+                && !os::is_file_at(&self.fd, path)
+                    .map_err(|e| LockError::io(path, Operation::Stat, e))?
+            {
+                // Won a file its last holder removed: it no longer guards
+                // anything. Let it go (the close drops the lock) and contend
+                // for the file now at the path.
+                tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
+                (self.fd, self.file) = open_fd(self.config, self.mode)?;
+                moved = true;
+                continue;
+            }
+            if self.mode == LockMode::Exclusive && self.config.record_holder {
+                self.write_record();
+            }
+            return Ok(Try::Won);
+        }
+    }
+
+    fn signal(&mut self) -> Signal {
+        match os::file_system(&self.fd) {
+            Ok((fs, true)) => {
+                if !self.config.network_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        lock = %self.config.path.display(),
+                        fs,
+                        "lock file is on a network file system ({fs}): inotify cannot see \
+                         releases made on other machines, waiting by polling"
+                    );
+                }
+                Signal::poll()
+            }
+            _ => Signal::watch(self.fd.as_fd(), &self.config.path),
+        }
+    }
+}
+
+/// Opens (creating it if allowed) the lock file for a contender.
+fn open_fd(config: &LockConfig, mode: LockMode) -> Result<(OwnedFd, FileId), LockError> {
+    let path = &config.path;
+    check_path(path)?;
+    // Shared holders write nothing: a file they may only read will do.
+    let read_only_ok = mode == LockMode::Shared;
+    let opened = with_parent(path, config.create_dirs, || {
+        os::open_lock_file(path, config.mode, read_only_ok)
+    })?;
+    opened.map_err(|e| open_error(path, e, Operation::Open))
+}
+
+/// Refuses a path that cannot name a file at all.
+fn check_path(path: &Path) -> Result<(), LockError> {
+    if path.as_os_str().is_empty() {
+        return Err(LockError::Invalid {
+            lock: path.into(),
+            reason: "the path is empty".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `open`; if it fails because a directory on the way is missing,
+/// creates the directories (with `create_dirs`) and runs it again, or says
+/// what is missing.
+fn with_parent<T>(
+    path: &Path,
+    create_dirs: bool,
+    open: impl Fn() -> Result<T, OpenError>,
+) -> Result<Result<T, OpenError>, LockError> {
+    match open() {
+        Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound && !parent_exists(path) => {
+            if !create_dirs {
+                return Err(LockError::MissingParent { lock: path.into() });
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| LockError::io(path, Operation::CreateDir, e))?;
+            }
+            Ok(open())
+        }
+        other => Ok(other),
+    }
+}
+
+fn open_error(path: &Path, e: OpenError, op: Operation) -> LockError {
+    match e {
+        OpenError::NotRegular(kind) => LockError::NotAFile {
+            lock: path.into(),
+            kind,
+        },
+        OpenError::Io(e) => LockError::io(path, op, e),
+    }
+}
+
+/// Opens (creating it if missing, never truncating) a data file for
+/// appending, with the lock file's refusals: no symlink, FIFO, device or
+/// directory, and a typed error naming the path.
+pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<File, LockError> {
+    check_path(path)?;
+    with_parent(path, false, || os::open_for_append(path, mode))?
+        .map(|(fd, _)| File::from(fd))
+        .map_err(|e| open_error(path, e, Operation::Open))
+}
+
+/// The recorded exclusive holder of the file open at `fd`, if readable.
+fn read_record(fd: impl AsFd) -> Option<Holder> {
+    let mut buf = [0u8; MAX_RECORD];
+    let n = os::read_head(fd, &mut buf).ok()?;
+    Holder::parse(&buf[..n]).map(|h| h.checked(os::hostname(), os::pid_alive))
+}
+
+impl<'a> FileContender<'a> {
+    fn open(config: &'a LockConfig, mode: LockMode) -> Result<Self, LockError> {
+        let (fd, file) = open_fd(config, mode)?;
+        Ok(FileContender {
+            config,
+            mode,
+            fd,
+            file,
+        })
+    }
+
+    fn into_held(self) -> Held {
+        Held {
+            file: Some(File::from(self.fd)),
+            file_id: self.file,
+            path: self.config.path.clone(),
+            owner_pid: os::current_pid(),
+            kind: self.config.kind,
+            mode: self.mode,
+            remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
+        }
+    }
+
+    fn lock_error(&self, e: io::Error) -> LockError {
+        let lock = self.config.id.clone();
+        match e.raw_os_error() {
+            Some(nix::libc::ENOLCK | nix::libc::EOPNOTSUPP | nix::libc::ENOSYS) => {
+                let fs = os::file_system(&self.fd).map_or("unknown", |(name, _)| name);
+                LockError::Unsupported {
+                    lock,
+                    fs,
+                    source: e,
+                }
+            }
+            _ => LockError::Io {
+                lock,
+                op: Operation::Lock,
+                source: e,
+            },
+        }
+    }
+
+    /// Writes this process's holder record, after winning. Never fatal: a
+    /// record is for reporting only.
+    fn write_record(&self) {
+        // One read tells both whether the content is ours to replace (empty,
+        // or a record) and how long the old record is: the file is only
+        // truncated when the new record is shorter, since truncating costs a
+        // file-system transaction on every acquire otherwise.
+        let mut head = [0u8; MAX_RECORD];
+        let old_len = match os::read_head(&self.fd, &mut head) {
+            Ok(n) if n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]) => n,
+            Ok(_) => {
+                tracing::debug!(lock = %self.config.path.display(), "lock file holds other data; no holder record written");
+                return;
+            }
+            Err(_) => return,
+        };
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let record = record_line(
+            os::current_pid(),
+            os::hostname(),
+            since,
+            self.config.label.as_deref(),
+        );
+        if head[..old_len] == *record.as_bytes() {
+            // This process won the lock before within the same second: the
+            // record already says exactly this.
+            return;
+        }
+        if let Err(e) = os::write_head(&self.fd, record.as_bytes(), old_len > record.len()) {
+            tracing::warn!(lock = %self.config.path.display(), error = %e, "could not write the holder record");
+        }
+    }
+
+    /// Who is in the way, for a contention message: the record of an
+    /// exclusive holder, when there is one and it reads well.
+    fn holder(&self) -> Option<Holder> {
+        let exclusive_holder = match self.mode {
+            // A shared try only fails against an exclusive holder.
+            LockMode::Shared => true,
+            LockMode::Exclusive => matches!(
+                os::probe(&self.fd, self.config.kind),
+                Ok(Probe::Held(LockMode::Exclusive))
+            ),
+        };
+        exclusive_holder.then(|| read_record(&self.fd)).flatten()
+    }
+
+    fn would_block(&self) -> LockError {
+        LockError::WouldBlock {
+            lock: self.config.id.clone(),
+            holder: self.holder(),
+        }
+    }
+}
+
+/// Whether the directory that would hold `path` exists (so that `ENOENT`
+/// from an `O_CREAT` open means something else, e.g. a pseudo file system).
+fn parent_exists(path: &Path) -> bool {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.is_dir(),
+        _ => true,
+    }
+}
+
+/// One non-blocking try, outside the line: the lock, or `WouldBlock`.
+pub(crate) fn try_lock(config: &LockConfig, mode: LockMode) -> Result<Held, LockError> {
+    let mut contender = FileContender::open(config, mode)?;
+    match contender.try_once(1)? {
+        Try::Won => Ok(contender.into_held()),
+        Try::Held | Try::Moved => Err(contender.would_block()),
+    }
+}
+
+/// Takes the lock per `policy`: one try, then (if the policy waits) a place
+/// in this process's line for the file and a wait on events until the lock
+/// is won or the budget is spent.
+pub(crate) async fn lock(
+    config: &LockConfig,
+    mode: LockMode,
+    policy: Policy,
+) -> Result<Held, LockError> {
+    let started = Instant::now();
+    let lock_id = &config.id;
+    // Tasks of this process already waiting for this file: get in line
+    // behind them without opening it, so that a queued task holds no
+    // descriptor and no watch, and the head is not woken by our close.
+    let mut ticket = None;
+    if policy.waits && queue::anyone_waiting() {
+        ticket = os::file_id_at(&config.path).and_then(Ticket::join_if_waiting);
+        if ticket.is_some() {
+            policy.announce(lock_id, None, ", behind other tasks of this process");
+        }
+    }
+    let mut announced = ticket.is_some();
+    loop {
+        if let Some(t) = &ticket {
+            wait_turn(config, t, policy, started).await?;
+        }
+        let mut contender = FileContender::open(config, mode)?;
+        if contender.try_once(1)? == Try::Won {
+            // Dropping the ticket after this makes the next in line the head.
+            return Ok(contender.into_held());
+        }
+        if !policy.waits {
+            return Err(contender.would_block());
+        }
+        if !announced {
+            announced = true;
+            policy.announce(lock_id, contender.holder().as_ref(), "");
+        }
+        if ticket.as_ref().map(Ticket::file) != Some(contender.file) {
+            // First wait, or the file was replaced while queued: line up
+            // for the file now at the path. Someone else of this process
+            // may have got to the front first; then wait behind them (the
+            // contender's descriptor is closed meanwhile).
+            let t = Ticket::join(contender.file);
+            let head = t.is_head();
+            ticket = Some(t);
+            if !head {
+                continue;
+            }
+        }
+        // The watch goes in before the next try: a release between that try
+        // and the sleep is then an event, not a lost wake-up.
+        let mut signal = contender.signal();
+        return match wait::wait(
+            &mut contender,
+            &mut signal,
+            ticket.as_ref(),
+            policy,
+            started,
+        )
+        .await
+        {
+            Ok(()) => Ok(contender.into_held()),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+                lock: lock_id.clone(),
+                attempts,
+                waited,
+                holder: contender.holder(),
+            }),
+        };
+    }
+}
+
+/// Waits until `ticket` is at the front of its line, within the whole
+/// waiting budget (a queued task has no descriptor to try with, so its
+/// attempts simply run out).
+async fn wait_turn(
+    config: &LockConfig,
+    ticket: &Ticket,
+    policy: Policy,
+    started: Instant,
+) -> Result<(), LockError> {
+    let Some(deadline) = policy.deadline(started) else {
+        ticket.until_head().await;
+        return Ok(());
+    };
+    match tokio::time::timeout_at(deadline, ticket.until_head()).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(LockError::TimedOut {
+            lock: config.id.clone(),
+            attempts: policy.max_attempts,
+            waited: started.elapsed(),
+            holder: match status(config) {
+                Ok(Status::Exclusive { holder }) => holder,
+                _ => None,
+            },
+        }),
+    }
+}
+
+/// Whether the lock is free, held exclusively (and by whom, if recorded) or
+/// held shared, found out without holding it: OFD locks are queried
+/// (`F_OFD_GETLK`), `flock` locks probed for an instant. A missing lock file
+/// is [`Status::Missing`] and is not created.
+pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
+    let path = &config.path;
+    let fd = match os::open_existing(path) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(Status::Missing),
+        Err(e) => return Err(open_error(path, e, Operation::Read)),
+    };
+    let state = os::probe(&fd, config.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
+    Ok(match state {
+        Probe::Held(LockMode::Exclusive) => Status::Exclusive {
+            holder: read_record(&fd),
+        },
+        Probe::Held(LockMode::Shared) => Status::Shared,
+        Probe::Free => Status::Free,
+    })
+}
+
+/// A held file lock: the open file description that holds it, and what
+/// releasing it takes.
+#[derive(Debug)]
+pub(crate) struct Held {
+    file: Option<File>,
+    /// The identity of `file`, which names its in-process line.
+    file_id: FileId,
+    path: Arc<Path>,
+    owner_pid: u32,
+    kind: LockKind,
+    mode: LockMode,
+    /// Unlink the path on release (exclusive holders only).
+    remove: bool,
+}
+
+impl Held {
+    pub(crate) fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the file is only taken by release")
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn kind(&self) -> LockKind {
+        self.kind
+    }
+
+    pub(crate) fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    pub(crate) fn owner_pid(&self) -> u32 {
+        self.owner_pid
+    }
+
+    /// Releases the lock (once; later calls do nothing). Release closes the
+    /// descriptor; in the process that took the lock it first unlocks
+    /// explicitly, so that a waiter woken by the close finds the lock free.
+    pub(crate) fn release(&mut self) -> Result<(), LockError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        let owner = os::current_pid() == self.owner_pid;
+        // A forked child shares the open file description: unlocking (or
+        // removing the file) there would pull the lock from under the parent.
+        // Closing the child's copy does neither.
+        if owner {
+            if self.remove {
+                // Unlinked while still held, so nobody can lock the old file
+                // and believe it is the current one (see remove_on_release).
+                result = os::unlink_if_same(&file, &self.path)
+                    .map_err(|e| LockError::io(&self.path, Operation::Remove, e));
+            }
+            let unlocked = os::unlock(&file, self.kind)
+                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e));
+            result = result.and(unlocked);
+        }
+        let closed = nix::unistd::close(file)
+            .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
+        tracing::debug!(lock = %self.path.display(), mode = %self.mode, "released lock");
+        if owner {
+            // Only now is the lock free for the next task of this process.
+            queue::released(self.file_id);
+        }
+        result.and(closed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "lockmgr: error while releasing a lock");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: &Path) -> LockConfig {
+        LockConfig {
+            path: path.into(),
+            id: LockId::file(path),
+            max_attempts: 10,
+            create_dirs: false,
+            mode: 0o644,
+            kind: LockKind::Ofd,
+            label: None,
+            record_holder: true,
+            remove_on_release: false,
+            network_warned: AtomicBool::new(false),
+        }
+    }
+
+    /// No file system on a test machine refuses locks, so the mapping of
+    /// the refusals is checked on its own.
+    #[test]
+    fn lock_refusals_become_unsupported_naming_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let config = config(&path);
+        let c = FileContender::open(&config, LockMode::Exclusive).unwrap();
+        let (fs, _) = os::file_system(&c.fd).unwrap();
+        for errno in [
+            nix::libc::ENOLCK,
+            nix::libc::EOPNOTSUPP,
+            nix::libc::ENOTSUP,
+            nix::libc::ENOSYS,
+        ] {
+            match c.lock_error(io::Error::from_raw_os_error(errno)) {
+                LockError::Unsupported {
+                    lock, fs: named, ..
+                } => {
+                    assert_eq!(lock.path(), Some(path.as_path()));
+                    assert_eq!(named, fs);
+                }
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        let other = c.lock_error(io::Error::from_raw_os_error(nix::libc::EBADF));
+        assert!(matches!(
+            other,
+            LockError::Io {
+                op: Operation::Lock,
+                ..
+            }
+        ));
+        assert!(other.to_string().starts_with("cannot lock /"), "{other}");
+    }
+}

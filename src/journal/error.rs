@@ -1,0 +1,118 @@
+//! [`JournalError`] and the operations it names.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::error::LockError;
+
+/// What a journal was doing when a system call failed, carried by
+/// [`JournalError::Io`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JournalOp {
+    /// Reading the journal file's metadata.
+    Stat,
+    /// Reading records.
+    Read,
+    /// Writing records.
+    Write,
+    /// Cutting off a torn tail.
+    Truncate,
+    /// Syncing records to disk.
+    Sync,
+}
+
+impl fmt::Display for JournalOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JournalOp::Stat => "stat",
+            JournalOp::Read => "read",
+            JournalOp::Write => "write",
+            JournalOp::Truncate => "truncate",
+            JournalOp::Sync => "sync",
+        })
+    }
+}
+
+/// Everything that can go wrong with a journal.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The journal file cannot be opened: not a regular file, a missing
+    /// directory, no permission. Nothing was created or changed.
+    Open(LockError),
+    /// Taking or releasing the lock failed (timed out, for example).
+    Lock(LockError),
+    /// A record contains a newline; nothing was written.
+    NewlineInRecord {
+        /// The journal file.
+        path: PathBuf,
+        /// The record's position in the batch (0 for a single append).
+        index: usize,
+    },
+    /// A record is longer than the journal's maximum; nothing was written.
+    RecordTooLong {
+        /// The journal file.
+        path: PathBuf,
+        /// The record's position in the batch (0 for a single append).
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum ([`JournalBuilder::max_record_len`](super::JournalBuilder::max_record_len)).
+        max: usize,
+    },
+    /// A system call on the journal file failed.
+    Io {
+        /// The journal file.
+        path: PathBuf,
+        /// What the journal was doing.
+        op: JournalOp,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Open(e) => write!(f, "journal: {e}"),
+            JournalError::Lock(e) => write!(f, "journal lock: {e}"),
+            JournalError::NewlineInRecord { path, index } => write!(
+                f,
+                "record {index} for journal {} contains a newline; nothing was written",
+                path.display()
+            ),
+            JournalError::RecordTooLong {
+                path,
+                index,
+                len,
+                max,
+            } => write!(
+                f,
+                "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
+                 nothing was written",
+                path.display()
+            ),
+            JournalError::Io { path, op, source } => {
+                write!(f, "cannot {op} journal {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Open(e) | JournalError::Lock(e) => Some(e),
+            JournalError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<LockError> for JournalError {
+    fn from(e: LockError) -> Self {
+        JournalError::Lock(e)
+    }
+}

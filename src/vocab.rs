@@ -1,0 +1,126 @@
+//! The words the public API speaks, shared by every backend: which lock
+//! family, which mode, what a path turned out to be, and what a status
+//! query found.
+
+use std::fmt;
+
+use crate::holder::Holder;
+
+/// Which kernel lock family a file lock uses.
+///
+/// The two families do not see each other on Linux: an OFD lock does not
+/// exclude a `flock(2)` holder of the same file, nor the other way round.
+/// Pick the one the other programs on that lock file use.
+///
+/// ```
+/// use lockmgr::{LockKind, LockMgr};
+/// // Interoperate with util-linux flock(1) and Python filelock:
+/// let lock = LockMgr::builder("/run/myapp/deploy.lock").kind(LockKind::Flock).build();
+/// assert_eq!(lock.kind(), LockKind::Flock);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// Open file description record locks, `fcntl(F_OFD_SETLK)` on the whole
+    /// file (the default). Also conflict with POSIX record locks (`lockf`,
+    /// `fcntl(F_SETLK)`, Python `fasteners`, SQLite).
+    #[default]
+    Ofd,
+    /// `flock(2)` locks, as used by util-linux `flock(1)`, Python `filelock`,
+    /// `zc.lockfile` and `lockmgr`, Rust's `File::lock`, `fs4` and cargo.
+    Flock,
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockKind::Ofd => "ofd",
+            LockKind::Flock => "flock",
+        })
+    }
+}
+
+/// Exclusive (writer) or shared (reader) ownership.
+///
+/// ```
+/// # fn main() -> Result<(), lockmgr::LockError> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let lock = lockmgr::LockMgr::new(dir.path().join("data.lock"));
+/// let reader = lock.try_acquire_shared()?;
+/// assert_eq!(reader.lock_mode(), lockmgr::LockMode::Shared);
+/// # drop(reader);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// One holder, excluding all others.
+    Exclusive,
+    /// Any number of shared holders together, excluding exclusive ones.
+    Shared,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        })
+    }
+}
+
+/// What a path turned out to be, when it is not a regular file a lock can
+/// live in. Carried by [`LockError::NotAFile`](crate::LockError::NotAFile).
+///
+/// ```
+/// use lockmgr::{FileKind, LockError, LockMgr};
+/// let err = LockMgr::new("/dev/null").try_acquire().unwrap_err();
+/// assert!(matches!(err, LockError::NotAFile { kind: FileKind::CharDevice, .. }));
+/// assert_eq!(err.to_string(), "cannot use /dev/null as a lock file: it is a character device");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A symbolic link (never followed for lock files).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix domain socket.
+    Socket,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Directory => "a directory",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Fifo => "a FIFO",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Socket => "a socket",
+        })
+    }
+}
+
+/// What a status query ([`LockMgr::status`](crate::LockMgr::status), and
+/// `PgLockMgr::status` with the `postgres` feature) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// There is no lock file (so the lock is free). Files only.
+    Missing,
+    /// Nobody holds the lock.
+    Free,
+    /// Someone holds it exclusively; `holder` is their record, if readable.
+    Exclusive {
+        /// The recorded holder.
+        holder: Option<Holder>,
+    },
+    /// One or more shared holders have it.
+    Shared,
+}

@@ -1,0 +1,300 @@
+//! The helper process of the cross-process tests: the test binary itself,
+//! re-executed in this role (see [`super::helper_command`]). It uses only
+//! the public API. Roles:
+//!
+//! - `hold PATH [OPTIONS]`: take the lock (waiting as long as needed), print
+//!   `locked <pid>`, hold it until stdin closes, then release it.
+//! - `posix-hold PATH`: the same with a POSIX record lock (`F_SETLKW`), as
+//!   `lockf` and Python `fasteners` take it.
+//! - `count PATH COUNTER MARKER ITERS TASKS [OPTIONS]`: TASKS tasks each
+//!   increment the number in COUNTER ITERS times under the lock. Inside the
+//!   critical section the marker file is created with O_EXCL and removed
+//!   before leaving: if it already exists, two owners overlapped, and the
+//!   helper exits with 3.
+//!
+//! - `journal-writer JOURNAL ID TASKS N`: TASKS tasks each append N
+//!   records to the journal, printing `ack <record id>` after each append
+//!   that returned `Ok`. Records carry their length and a checksum, and some
+//!   are larger than a page, so that a kill can tear one.
+//!
+//! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
+//! `--label=TEXT`, `--no-record`.
+//!
+//! With the `postgres` feature, for `lockmgr::pg`:
+//!
+//! - `pg-hold URL NAME [--shared] [--label=TEXT]`: take the lock, print
+//!   `locked <fencing token>`, hold it until stdin closes, then release it.
+//! - `pg-fence URL NAME ITERS FILE`: ITERS times, take the lock, append the
+//!   guard's fencing token as a line to FILE, release.
+
+use std::io::{BufRead, ErrorKind, Write};
+use std::path::PathBuf;
+
+use std::time::Duration;
+
+use lockmgr::{LockKind, LockMgr};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: hold PATH [OPTIONS] | posix-hold PATH \
+         | count PATH COUNTER MARKER ITERS TASKS [OPTIONS] | journal-writer ... | pg-hold ... | pg-fence ..."
+    );
+    std::process::exit(2)
+}
+
+struct Options {
+    shared: bool,
+    lock: LockMgr,
+}
+
+fn options(path: &str, opts: &[&str]) -> Options {
+    let mut b = LockMgr::builder(path);
+    let mut shared = false;
+    for opt in opts {
+        match *opt {
+            "--shared" => shared = true,
+            "--flock" => b = b.kind(LockKind::Flock),
+            "--remove" => b = b.remove_on_release(true),
+            "--no-record" => b = b.record_holder(false),
+            o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+            _ => usage(),
+        }
+    }
+    Options {
+        shared,
+        lock: b.build(),
+    }
+}
+
+fn wait_for_stdin_eof() {
+    let mut line = String::new();
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .is_ok_and(|n| n > 0)
+    {
+        line.clear();
+    }
+}
+
+fn say_locked() {
+    println!("locked {}", std::process::id());
+    std::io::stdout().flush().expect("flush");
+}
+
+fn posix_hold(path: &str) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::libc;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open");
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_SETLKW(&fl)).expect("F_SETLKW");
+    say_locked();
+    wait_for_stdin_eof();
+}
+
+/// Runs the role `args` names, then ends the process (so that the test
+/// harness around it prints nothing more).
+pub fn run(args: Vec<String>) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
+        ["posix-hold", path] => posix_hold(path),
+        ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
+            PathBuf::from(path),
+            id.parse().unwrap_or_else(|_| usage()),
+            tasks.parse().unwrap_or_else(|_| usage()),
+            n.parse().unwrap_or_else(|_| usage()),
+        )),
+        ["count", path, counter, marker, iters, tasks, opts @ ..] => rt.block_on(count(
+            options(path, opts),
+            PathBuf::from(counter),
+            PathBuf::from(marker),
+            iters.parse().unwrap_or_else(|_| usage()),
+            tasks.parse().unwrap_or_else(|_| usage()),
+        )),
+        #[cfg(feature = "postgres")]
+        ["pg-hold", url, name, opts @ ..] => rt.block_on(pg::hold(url, name, opts)),
+        #[cfg(feature = "postgres")]
+        ["pg-fence", url, name, iters, file] => rt.block_on(pg::fence(
+            url,
+            name,
+            iters.parse().unwrap_or_else(|_| usage()),
+            file,
+        )),
+        _ => usage(),
+    }
+    // Flush what the role printed before leaving without unwinding.
+    let _ = std::io::stdout().flush();
+    std::process::exit(0)
+}
+
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use lockmgr::pg::PgLockMgr;
+
+    pub async fn hold(url: &str, name: &str, opts: &[&str]) {
+        let mut b = PgLockMgr::builder(url, name);
+        let mut shared = false;
+        for opt in opts {
+            match *opt {
+                "--shared" => shared = true,
+                o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+                _ => super::usage(),
+            }
+        }
+        let lock = b.build().expect("lock");
+        let guard = if shared {
+            lock.acquire_shared(true, Duration::MAX).await
+        } else {
+            lock.acquire(true, Duration::MAX).await
+        }
+        .expect("acquire");
+        println!("locked {}", guard.fencing_token());
+        std::io::stdout().flush().expect("flush");
+        tokio::task::spawn_blocking(super::wait_for_stdin_eof)
+            .await
+            .expect("stdin reader");
+        guard.release().await.expect("release");
+    }
+
+    pub async fn fence(url: &str, name: &str, iters: u32, file: &str) {
+        let lock = PgLockMgr::new(url, name).expect("lock");
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .expect("open");
+        for _ in 0..iters {
+            let guard = lock
+                .acquire(true, Duration::from_secs(60))
+                .await
+                .expect("acquire");
+            // One write(2) per line, under the lock: the file's order is
+            // the order of the holdings.
+            out.write_all(format!("{}\n", guard.fencing_token()).as_bytes())
+                .expect("write");
+            guard.release().await.expect("release");
+        }
+    }
+}
+
+async fn hold(o: Options) {
+    let guard = if o.shared {
+        o.lock.acquire_shared(true, Duration::MAX).await
+    } else {
+        o.lock.acquire(true, Duration::MAX).await
+    }
+    .expect("acquire");
+    say_locked();
+    // Block (on a blocking thread) until the test closes our stdin.
+    tokio::task::spawn_blocking(wait_for_stdin_eof)
+        .await
+        .expect("stdin reader");
+    guard.release().expect("release");
+}
+
+async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks: u32) {
+    let lock = o.lock;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (lock, counter, marker) = (lock.clone(), counter.clone(), marker.clone());
+        set.spawn(async move {
+            for _ in 0..iters {
+                let guard = lock
+                    .acquire(true, Duration::from_secs(60))
+                    .await
+                    .expect("acquire");
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&marker)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        println!("OVERLAP");
+                        std::process::exit(3);
+                    }
+                    Err(e) => panic!("marker: {e}"),
+                }
+                let n: u64 = std::fs::read_to_string(&counter)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                // Give every other task and process the chance to break in.
+                tokio::task::yield_now().await;
+                std::fs::write(&counter, format!("{}\n", n + 1)).expect("write counter");
+                std::fs::remove_file(&marker).expect("remove marker");
+                drop(guard);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
+}
+
+/// The record `id` with a payload of `len` bytes: `<id> len=<len> sum=<sum> <payload>`.
+/// The test recomputes both from the line.
+fn journal_record(id: &str, len: usize) -> String {
+    let payload: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let sum: u64 = payload.bytes().map(u64::from).sum();
+    format!("{id} len={len} sum={sum} {payload}")
+}
+
+async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32) {
+    let journal = lockmgr::journal::Journal::builder(path)
+        .timeout(Duration::from_secs(60))
+        .open()
+        .await
+        .expect("open journal");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (journal, out) = (journal.clone(), out.clone());
+        set.spawn(async move {
+            for i in 0..n {
+                let rid = format!("w{id}-t{t}-n{i}");
+                // Mostly small records, every 7th larger than a page.
+                let len = if i % 7 == 3 {
+                    9000 + (i as usize * 37) % 5000
+                } else {
+                    20 + (i as usize * 13) % 200
+                };
+                journal
+                    .append(journal_record(&rid, len))
+                    .await
+                    .expect("append");
+                let mut out = out.lock().unwrap();
+                writeln!(out, "ack {rid}").unwrap();
+                out.flush().unwrap();
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
+}
