@@ -1,0 +1,155 @@
+//! The module map in the crate docs, kept true: every module of `src/` may
+//! name only the modules its layer may use, so calls go one way (face →
+//! engine → OS layer, and everyone → the words), and the journal uses only
+//! the public face.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Each module and the crate modules it may name (`crate::x`). A module may
+/// always name itself, its own submodules (`super::`, `self::`) and the
+/// items the crate root exports (`crate::LockMgr`), which are the public
+/// face.
+const ALLOWED: &[(&str, &[&str])] = &[
+    // The words: used by all, using (almost) none.
+    ("vocab", &["holder"]),
+    ("error", &["holder", "vocab"]),
+    ("holder", &[]),
+    // The OS layer: knows the words and nothing else.
+    ("os", &["vocab"]),
+    ("watcher", &[]),
+    // The engine: the OS layer and the words, never the face.
+    ("queue", &["os"]),
+    ("wait", &["error", "holder", "queue", "watcher"]),
+    (
+        "contender",
+        &["error", "holder", "os", "queue", "vocab", "wait"],
+    ),
+    // The face: the engine and the words, never the OS layer directly.
+    (
+        "lock",
+        &["contender", "error", "guard", "holder", "vocab", "wait"],
+    ),
+    ("guard", &["contender", "error", "vocab"]),
+    ("pg", &["error", "holder", "vocab", "wait"]),
+    // A user of the face: the public items and the face's safe open.
+    ("journal", &["error", "lock"]),
+];
+
+/// The crate modules a file names, as `crate::x` paths or in a
+/// `use crate::{x, y::z}` list (lower-case names only: capitalised ones are
+/// the root's public re-exports).
+fn named_modules(source: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(list) = rest.strip_prefix('{') {
+            let end = list.find('}').expect("closed use list");
+            for item in list[..end].split(',') {
+                push_module(&mut found, item.trim());
+            }
+        } else {
+            push_module(&mut found, rest);
+        }
+    }
+    found
+}
+
+fn push_module(found: &mut BTreeSet<String>, path: &str) {
+    let name: String = path
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        found.insert(name);
+    }
+}
+
+/// Every `.rs` file under `src/`, by the top-level module it belongs to.
+fn modules(src: &Path) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            out.entry(top)
+                .or_default()
+                .push((rel.display().to_string(), text));
+        }
+    }
+    out
+}
+
+#[test]
+fn calls_go_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let mut wrong = Vec::new();
+    for (module, files) in modules(&src) {
+        if module == "lib" {
+            continue;
+        }
+        let Some(may) = allowed.get(module.as_str()) else {
+            wrong.push(format!(
+                "src/{module}: not in the module map (tests/architecture.rs, crate docs)"
+            ));
+            continue;
+        };
+        for (file, text) in files {
+            // Unit tests may reach anywhere.
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for named in named_modules(code) {
+                if named != module && !may.contains(&named.as_str()) {
+                    wrong.push(format!("src/{file} uses crate::{named}"));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "calls against the module map:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn only_the_os_layer_may_hold_unsafe_code() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    assert!(lib.contains("#![deny(unsafe_code)]"));
+    let allowances: Vec<_> = lib
+        .lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0].contains("allow(unsafe_code)"))
+        .map(|w| w[1].trim().to_owned())
+        .collect();
+    assert_eq!(allowances, ["mod os;"]);
+}
+
+#[test]
+fn the_checker_sees_uses() {
+    let named = named_modules(
+        "use crate::error::{LockError, Operation};\nuse crate::{LockKind, os::FileId, queue};\n\
+         let x = crate::os::hostname();",
+    );
+    assert_eq!(
+        named.into_iter().collect::<Vec<_>>(),
+        ["error", "os", "queue"]
+    );
+}
