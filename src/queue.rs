@@ -11,6 +11,15 @@
 //! [`FAIR_TURN`] of them in a row: the next head then learns of the release
 //! from inotify, exactly as waiters elsewhere do, and the fastest wins.
 //!
+//! A head whose future is kept but no longer polled (its runtime stalled, a
+//! `select!` that stopped polling it) would keep everyone behind it from a
+//! free lock. So the head promises, each time its waiting loop runs, when it
+//! will run again at the latest ([`Ticket::alive_until`]); the second in
+//! line watches that promise and, once it is broken by more than
+//! [`GRACE`], takes the head's place. The passed-over task stays in line
+//! and keeps contending if it ever runs again, so nothing is lost, and the
+//! lock itself still decides who holds it.
+//!
 //! This module knows nothing of files, errors or guards: it orders waiters.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio::time::Instant as TokioInstant;
 
 use crate::os::FileId;
 
@@ -28,11 +38,34 @@ use crate::os::FileId;
 /// process is alone, a few percent of the turn.
 pub(crate) const FAIR_TURN: Duration = Duration::from_millis(10);
 
+/// How late past its promise a head may be before the next in line takes
+/// its place: room for a busy runtime to get round to it.
+pub(crate) const GRACE: Duration = Duration::from_millis(250);
+
+/// The promise a head makes when it joins, before its waiting loop runs:
+/// opening the file and trying take no longer than this on a healthy
+/// runtime.
+const FIRST_PROMISE: Duration = Duration::from_secs(1);
+
 struct Slot {
     id: u64,
-    /// Wakes this waiter: when it has become the head, and, once it is the
-    /// head, when a holder of this process has released.
+    /// Wakes this waiter: when it has become the head or the second in
+    /// line, and, once it is the head, when a holder of this process has
+    /// released.
     wake: Notify,
+    /// While this waiter is the head: when it will next run at the latest,
+    /// in nanoseconds after [`epoch`].
+    alive_until: AtomicU64,
+}
+
+/// The zero of `alive_until`.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Default)]
@@ -60,6 +93,14 @@ fn lines() -> MutexGuard<'static, HashMap<FileId, Line>> {
 /// Whether any task of this process is waiting in any line.
 pub(crate) fn anyone_waiting() -> bool {
     LINES_IN_USE.load(Ordering::Acquire) > 0
+}
+
+/// Where a ticket stands in its line.
+enum Place {
+    Head,
+    /// Second, behind a head that promised to run by this time.
+    Second(Instant),
+    Further,
 }
 
 /// A place in the line for one file. Dropping it leaves the line; if it was
@@ -93,6 +134,7 @@ impl Ticket {
         let slot = Arc::new(Slot {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wake: Notify::new(),
+            alive_until: AtomicU64::new(nanos_since_epoch(Instant::now() + FIRST_PROMISE)),
         });
         line.slots.push_back(slot.clone());
         Ticket { file, slot }
@@ -111,14 +153,84 @@ impl Ticket {
             .is_some_and(|front| front.id == self.slot.id)
     }
 
-    /// Resolves once this ticket is at the front of its line.
+    /// Resolves once this ticket is at the front of its line, or has taken
+    /// the place of a head that broke its promise to run.
     ///
     /// Cancel safe: a wake-up that arrives while no one awaits is kept as a
     /// permit by the [`Notify`], so checking and then sleeping loses nothing.
     pub(crate) async fn until_head(&self) {
-        while !self.is_head() {
-            self.slot.wake.notified().await;
+        loop {
+            let head_due = match self.place() {
+                Place::Head => return,
+                Place::Second(due) => Some(due),
+                Place::Further => None,
+            };
+            match head_due {
+                None => self.slot.wake.notified().await,
+                Some(due) => {
+                    tokio::select! {
+                        _ = self.slot.wake.notified() => {}
+                        _ = tokio::time::sleep_until(TokioInstant::from_std(due + GRACE)) => {
+                            if self.take_over_stalled_head() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Where this ticket stands, and, when second, when the head promised
+    /// to run again at the latest.
+    fn place(&self) -> Place {
+        let lines = lines();
+        let Some(line) = lines.get(&self.file) else {
+            return Place::Further;
+        };
+        match (line.slots.front(), line.slots.get(1)) {
+            (Some(front), _) if front.id == self.slot.id => Place::Head,
+            (Some(front), Some(second)) if second.id == self.slot.id => Place::Second(
+                epoch() + Duration::from_nanos(front.alive_until.load(Ordering::Acquire)),
+            ),
+            _ => Place::Further,
+        }
+    }
+
+    /// If this ticket is second and the head is past its promise (and the
+    /// grace), swaps places with it. Returns whether this ticket is now the
+    /// head.
+    fn take_over_stalled_head(&self) -> bool {
+        let mut lines = lines();
+        let Some(line) = lines.get_mut(&self.file) else {
+            return false;
+        };
+        let (Some(front), Some(second)) = (line.slots.front(), line.slots.get(1)) else {
+            return false;
+        };
+        if second.id != self.slot.id {
+            return front.id == self.slot.id;
+        }
+        let due = epoch() + Duration::from_nanos(front.alive_until.load(Ordering::Acquire));
+        if Instant::now() < due + GRACE {
+            return false;
+        }
+        tracing::warn!(
+            late = ?Instant::now().saturating_duration_since(due),
+            "lockmgr: the first task waiting in line for a lock has not run when it \
+             promised to (its future is no longer polled, or its runtime is stalled); \
+             the next task takes its place"
+        );
+        line.slots.swap(0, 1);
+        true
+    }
+
+    /// The head's promise: it will run again by `at` (its waiting loop's
+    /// next timer). Only heads are watched; others' promises are ignored.
+    pub(crate) fn alive_until(&self, at: TokioInstant) {
+        self.slot
+            .alive_until
+            .store(nanos_since_epoch(at.into_std()), Ordering::Release);
     }
 
     /// Resolves when a holder of this process hands the lock over (the
@@ -135,23 +247,30 @@ impl Drop for Ticket {
         let Some(line) = lines.get_mut(&self.file) else {
             return;
         };
-        let was_head = line
+        let at = if line
             .slots
             .front()
-            .is_some_and(|front| front.id == self.slot.id);
-        if was_head {
+            .is_some_and(|front| front.id == self.slot.id)
+        {
             // The common case, a winner leaving: no walk along the line.
             line.slots.pop_front();
+            0
         } else if let Some(at) = line.slots.iter().rposition(|s| s.id == self.slot.id) {
             line.slots.remove(at);
+            at
+        } else {
+            return;
+        };
+        if line.slots.is_empty() {
+            lines.remove(&self.file);
+            LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);
+            return;
         }
-        match line.slots.front() {
-            Some(next) if was_head => next.wake.notify_one(),
-            Some(_) => {}
-            None => {
-                lines.remove(&self.file);
-                LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);
-            }
+        // Those who moved into the first two places learn of it: a new head
+        // starts contending, a new second starts watching the head's
+        // promise.
+        for slot in line.slots.range(at.min(2)..2.min(line.slots.len())) {
+            slot.wake.notify_one();
         }
     }
 }

@@ -83,6 +83,13 @@ impl Policy {
         started.checked_add(total)
     }
 
+    /// The 1-based attempt that `elapsed` (since the call began) falls in,
+    /// for logs.
+    pub(crate) fn attempt_at(&self, elapsed: Duration) -> u32 {
+        let n = elapsed.as_nanos() / self.timeout.as_nanos().max(1) + 1;
+        u32::try_from(n).map_or(self.max_attempts, |n| n.min(self.max_attempts))
+    }
+
     /// Says, once per call, that it waits for `lock` and who is in the way.
     pub(crate) fn announce(&self, lock: &LockId, holder: Option<&Holder>, note: &str) {
         match holder {
@@ -109,8 +116,7 @@ pub(crate) enum Failed<E> {
 /// the next event: the kernel sends the close event *before* it drops the
 /// lock (`__fput` runs `fsnotify_close` before `locks_remove_file`), so the
 /// try right after the event can lose by microseconds. The series is short:
-/// once it is spent the waiter sleeps on events only, so a lock held for an
-/// hour costs no polling.
+/// once it is spent the waiter is back to events and [`RECHECK`].
 const RETRY_AFTER_WAKE: [Duration; 5] = [
     Duration::from_millis(1),
     Duration::from_millis(4),
@@ -118,6 +124,18 @@ const RETRY_AFTER_WAKE: [Duration; 5] = [
     Duration::from_millis(64),
     Duration::from_millis(256),
 ];
+
+/// While waiting, a try at least this often, whatever the events say.
+///
+/// Events only come with a close, and many releases close nothing: a holder
+/// that unlocks and keeps its descriptor (SQLite, `portalocker.unlock`,
+/// Python's `fcntl.flock(fd, LOCK_UN)`, std's `File::unlock`), an owner
+/// whose forked child still has the descriptor, a network file system this
+/// crate does not recognise. Such a release is noticed within this time.
+/// Two tries a second cost a few microseconds of CPU each; the head of a
+/// line that runs this loop also proves with each pass that it is alive
+/// (see `queue`).
+pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 
 /// Polling when no event source is available: start fast, back off to a cap
 /// (the interval Python `filelock` uses by default).
@@ -188,18 +206,21 @@ enum Woke {
     Handoff,
     Tick,
     Retry,
-    AttemptOver,
+    Recheck,
+    Expired,
 }
 
 /// Tries, and while the lock is held sleeps on `signal`, a direct handoff to
-/// `ticket`, the post-wake retry timer and the attempt deadline, until the
-/// contender wins or every attempt has expired. `started` is when the caller
-/// began (its first try counts; attempts that ran out while it was queued
-/// count too).
+/// `ticket`, the post-wake retry timer, the [`RECHECK`] timer and the
+/// deadline of the whole budget, until the contender wins or the budget is
+/// spent. `started` is when the caller began (its first try counts; time it
+/// spent queued counts too).
 ///
-/// A wake-up that does not win does not end the attempt: only its deadline
-/// does. So the total wait is at most `timeout * max_attempts`, saturating:
-/// an overflowing deadline means "no deadline".
+/// Attempts are a way to state the budget (`timeout * max_attempts`,
+/// saturating: an overflowing deadline means "no deadline"), not a schedule
+/// of tries: tries follow events, handoffs, retries and rechecks, and one
+/// last try is made when the budget runs out. So a budget of millions of
+/// 1 ns attempts costs a handful of lock calls, not millions.
 ///
 /// Cancel safety: this future owns nothing but timers; dropping it at any
 /// await point leaves the contender and the signal to their owner.
@@ -210,13 +231,12 @@ pub(crate) async fn wait<C: Contender>(
     policy: Policy,
     started: Instant,
 ) -> Result<(), Failed<C::Error>> {
-    let attempts = policy.max_attempts;
-    let mut attempt = 1;
-    let mut deadline = started.checked_add(policy.timeout);
+    let deadline = policy.deadline(started);
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
     let mut expired = false;
     loop {
+        let attempt = policy.attempt_at(started.elapsed());
         match contender.try_once(attempt).map_err(Failed::Error)? {
             Try::Won => return Ok(()),
             Try::Held => {}
@@ -228,16 +248,22 @@ pub(crate) async fn wait<C: Contender>(
         }
         if expired {
             return Err(Failed::TimedOut {
-                attempts,
+                attempts: policy.max_attempts,
                 waited: started.elapsed(),
             });
+        }
+        let recheck = Instant::now() + RECHECK;
+        if let Some(t) = ticket {
+            // This loop wakes at least every RECHECK while it is polled.
+            t.alive_until(recheck);
         }
         let woke = tokio::select! {
             biased;
             _ = handed_over(ticket) => Woke::Handoff,
             event = signal.changed() => if event { Woke::Event } else { Woke::Tick },
             _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::AttemptOver,
+            _ = sleep_until(recheck) => Woke::Recheck,
+            _ = sleep_until(deadline.unwrap_or(recheck)), if deadline.is_some() => Woke::Expired,
         };
         match woke {
             // A handoff is a release seen first hand, but another process
@@ -246,18 +272,10 @@ pub(crate) async fn wait<C: Contender>(
                 retries = RETRY_AFTER_WAKE.iter();
                 retry = retries.next().copied();
             }
-            Woke::Tick => {}
             Woke::Retry => retry = retries.next().copied(),
-            Woke::AttemptOver => {
-                if attempt >= attempts {
-                    // One last try: an attempt ends with a look, not a guess.
-                    expired = true;
-                    continue;
-                }
-                attempt += 1;
-                deadline = deadline.and_then(|d| d.checked_add(policy.timeout));
-                retry = None;
-            }
+            Woke::Tick | Woke::Recheck => {}
+            // One last try: a wait ends with a look, not a guess.
+            Woke::Expired => expired = true,
         }
     }
 }

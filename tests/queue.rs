@@ -290,3 +290,32 @@ async fn a_busy_process_does_not_starve_another() {
             .unwrap();
     }
 }
+
+/// The head of the line whose future is kept but no longer polled (a
+/// `select!` that stopped polling it, a stalled runtime) does not keep the
+/// rest of the line from a free lock: the next in line passes it over.
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_that_is_no_longer_polled_is_passed_over() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let mut head = Box::pin(lock.acquire(true, Duration::MAX));
+    // Polled until it sleeps on the lock file, as the head of the line;
+    // never polled again after this.
+    tokio::select! {
+        biased;
+        r = &mut head => panic!("the head won a held lock: {r:?}"),
+        _ = common::until_waiting(&path) => {}
+    }
+    let next = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::MAX).await }
+    });
+    tokio::task::yield_now().await;
+    // The release is handed to the head, which nobody polls.
+    drop(held);
+    drop(common::won(next, "the next in line waited behind a head nobody polls").await);
+    drop(head);
+}

@@ -110,10 +110,19 @@ pub fn inotify_instances() -> usize {
 
 /// Number of inotify watches this process has on the inode at `path`.
 pub fn watches_on(path: &Path) -> usize {
+    watches_of("self", path)
+}
+
+/// Number of inotify watches process `pid` (or "self") has on the inode at
+/// `path`.
+pub fn watches_of(pid: &str, path: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let ino = format!(" ino:{:x} ", std::fs::metadata(path).unwrap().ino());
     let mut n = 0;
-    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
         if let Ok(text) = std::fs::read_to_string(entry.path()) {
             n += text
                 .lines()
@@ -136,6 +145,19 @@ pub async fn until_waiting(path: &Path) {
     })
     .await
     .expect("no waiter went to sleep on the lock file");
+}
+
+/// Returns once process `pid` watches the file at `path`: a `lockmgr`
+/// waiter there found the lock held and went to sleep on its events.
+pub fn until_watched_by(pid: u32, path: &Path) {
+    let deadline = std::time::Instant::now() + LIVENESS;
+    while watches_of(&pid.to_string(), path) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} never went to sleep on the lock file"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Awaits a spawned `acquire` within the liveness bound and returns its
@@ -287,5 +309,88 @@ pub fn pg_url() -> Option<String> {
             eprintln!("LOCKMGR_PG_URL is not set: not run (use scripts/test)");
             None
         }
+    }
+}
+
+/// The foreign holder (`tests/foreign/holder.c`), compiled once per test
+/// run with the system's C compiler into cargo's temporary directory.
+pub fn foreign_holder_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/foreign/holder.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("foreign-holder");
+        // Built under a name of its own, then renamed: test binaries that
+        // run at once never see a half-written program.
+        let tmp = out.with_extension(format!("{}", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("a C compiler (cc) is needed for the foreign-holder tests");
+        assert!(status.success(), "cc failed on {}", src.display());
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
+    .clone()
+}
+
+/// A foreign program holding a lock (`tests/foreign/holder.c`): a plain C
+/// process using `fcntl`/`flock` directly, as other tools do.
+pub struct Foreign {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Foreign {
+    /// Starts a holder of `family` (`ofd`, `posix`, `flock`) in `mode`
+    /// (`ex`, `sh`) and returns once it holds the lock at `path`.
+    pub fn start(family: &str, mode: &str, path: &Path) -> Foreign {
+        let mut child = Command::new(foreign_holder_bin())
+            .args([family, mode])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the foreign holder");
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().map(Result::unwrap);
+        assert!(
+            first.as_deref().is_some_and(|l| l.starts_with("locked")),
+            "foreign holder said {first:?}"
+        );
+        Foreign {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends one command (`unlock`, `lock`, `fork`) and returns its answer.
+    pub fn command(&mut self, command: &str) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        self.lines.next().expect("an answer").unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes its stdin: it exits, closing its descriptor.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
