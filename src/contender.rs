@@ -51,6 +51,8 @@ struct FileContender<'a> {
     fd: OwnedFd,
     /// The identity of the file open at `fd`.
     file: FileId,
+    /// Whether `fd` may be written (a holder record needs it).
+    writable: bool,
 }
 
 impl Contender for FileContender<'_> {
@@ -74,11 +76,12 @@ impl Contender for FileContender<'_> {
                 // anything. Let it go (the close drops the lock) and contend
                 // for the file now at the path.
                 tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
-                (self.fd, self.file) = open_fd(self.config, self.mode)?;
+                let opened = open_fd(self.config, self.mode)?;
+                (self.fd, self.file, self.writable) = (opened.fd, opened.file, opened.writable);
                 moved = true;
                 continue;
             }
-            if self.mode == LockMode::Exclusive && self.config.record_holder {
+            if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
                 self.write_record();
             }
             return Ok(Try::Won);
@@ -104,11 +107,13 @@ impl Contender for FileContender<'_> {
 }
 
 /// Opens (creating it if allowed) the lock file for a contender.
-fn open_fd(config: &LockConfig, mode: LockMode) -> Result<(OwnedFd, FileId), LockError> {
+fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
     let path = &config.path;
     check_path(path)?;
-    // Shared holders write nothing: a file they may only read will do.
-    let read_only_ok = mode == LockMode::Shared;
+    // A flock(2) lock of either mode, and a shared OFD lock, need only read
+    // access: a file that may only be read will do, as for flock(1). An OFD
+    // write lock needs a descriptor open for writing.
+    let read_only_ok = mode == LockMode::Shared || config.kind == LockKind::Flock;
     let opened = with_parent(path, config.create_dirs, || {
         os::open_lock_file(path, config.mode, read_only_ok)
     })?;
@@ -155,6 +160,10 @@ fn open_error(path: &Path, e: OpenError, op: Operation) -> LockError {
             lock: path.into(),
             kind,
         },
+        OpenError::ReadOnly(source) => LockError::ReadOnly {
+            lock: path.into(),
+            source,
+        },
         OpenError::Io(e) => LockError::io(path, op, e),
     }
 }
@@ -178,12 +187,13 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 
 impl<'a> FileContender<'a> {
     fn open(config: &'a LockConfig, mode: LockMode) -> Result<Self, LockError> {
-        let (fd, file) = open_fd(config, mode)?;
+        let opened = open_fd(config, mode)?;
         Ok(FileContender {
             config,
             mode,
-            fd,
-            file,
+            fd: opened.fd,
+            file: opened.file,
+            writable: opened.writable,
         })
     }
 
@@ -227,7 +237,10 @@ impl<'a> FileContender<'a> {
         // file-system transaction on every acquire otherwise.
         let mut head = [0u8; MAX_RECORD];
         let old_len = match os::read_head(&self.fd, &mut head) {
-            Ok(n) if n == 0 || head[..n].starts_with(&TAG[..n.min(TAG.len())]) => n,
+            // Only an empty file or a record line (the tag, then a line end)
+            // is ours to replace: content that merely starts like one ("l",
+            // "lockmgr-holder/") is somebody's data.
+            Ok(n) if n == 0 || (head[..n].starts_with(TAG) && head[..n].contains(&b'\n')) => n,
             Ok(_) => {
                 tracing::debug!(lock = %self.config.path.display(), "lock file holds other data; no holder record written");
                 return;

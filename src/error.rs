@@ -231,6 +231,16 @@ pub enum LockError {
         /// What the path is instead.
         kind: FileKind,
     },
+    /// The lock file may be read but not written by this process, and an
+    /// exclusive OFD lock needs a descriptor open for writing. (A
+    /// [`LockKind::Flock`](crate::LockKind::Flock) lock, of either mode, and
+    /// a shared OFD lock need only read access.) Nothing was changed.
+    ReadOnly {
+        /// The lock.
+        lock: LockId,
+        /// The error the writable open gave (`EACCES`, `EROFS`).
+        source: io::Error,
+    },
     /// A directory on the way to the lock file does not exist and the
     /// builder's `create_dirs` is off. Nothing was created.
     MissingParent {
@@ -283,6 +293,7 @@ impl LockError {
             | LockError::Unsupported { lock, .. }
             | LockError::NotAFile { lock, .. }
             | LockError::MissingParent { lock }
+            | LockError::ReadOnly { lock, .. }
             | LockError::Invalid { lock, .. }
             | LockError::Io { lock, .. }
             | LockError::Connect { lock, .. }
@@ -348,6 +359,12 @@ impl fmt::Display for LockError {
             LockError::NotAFile { lock, kind } => {
                 write!(f, "cannot use {lock} as a lock file: it is {kind}")
             }
+            LockError::ReadOnly { lock, source } => write!(
+                f,
+                "cannot lock {lock} exclusively with an OFD lock: the file may only be read \
+                 here ({source}), and an OFD write lock needs it open for writing \
+                 (LockKind::Flock needs only read access, as flock(1) does)"
+            ),
             LockError::MissingParent { lock } => write!(
                 f,
                 "cannot create lock file {lock}: its directory does not exist \
@@ -383,7 +400,9 @@ fn by(f: &mut fmt::Formatter<'_>, holder: &Option<Holder>) -> fmt::Result {
 impl Error for LockError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            LockError::Io { source, .. } | LockError::Unsupported { source, .. } => Some(source),
+            LockError::Io { source, .. }
+            | LockError::Unsupported { source, .. }
+            | LockError::ReadOnly { source, .. } => Some(source),
             LockError::Connect { source, .. } | LockError::Server { source, .. } => {
                 Some(source.as_ref())
             }

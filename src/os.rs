@@ -29,6 +29,9 @@ use crate::vocab::{FileKind, LockKind, LockMode};
 pub(crate) enum OpenError {
     /// The path names something that is not a regular file.
     NotRegular(FileKind),
+    /// The file exists and may be read, but not written, and a read-only
+    /// descriptor will not do: the error the writable open gave.
+    ReadOnly(io::Error),
     /// The `open(2)` or `fstat(2)` call failed.
     Io(io::Error),
 }
@@ -46,50 +49,90 @@ fn kind_of(st: &FileStat) -> Option<FileKind> {
     }
 }
 
-/// Opens (creating if needed, never truncating) the lock file at `path`.
+/// A descriptor opened by [`open_lock_file`].
+pub(crate) struct Opened {
+    pub(crate) fd: OwnedFd,
+    pub(crate) file: FileId,
+    /// False when only a read-only descriptor could be had.
+    pub(crate) writable: bool,
+}
+
+/// The flags every open of a lock or data file carries. `O_NOFOLLOW`
+/// refuses a symlink planted at the path; `O_NONBLOCK` keeps a FIFO from
+/// blocking the open and `O_NOCTTY` keeps a terminal from becoming ours, so
+/// that refusing such a path leaves it as it was.
+fn safe_flags() -> OFlag {
+    OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+}
+
+/// How often an open that finds no file, and then a file when it creates
+/// one, starts over (someone else created and removed it in between)
+/// before giving up.
+const OPEN_RACES: u32 = 64;
+
+/// Opens the file at `path` with `flags`, creating it (`mode`) if there is
+/// none. An existing file is opened without `O_CREAT`, as util-linux
+/// `flock(1)` does: with `fs.protected_regular` (1 or 2 on systemd
+/// distributions) `O_CREAT` on another user's file in a sticky
+/// world-writable directory such as `/tmp` fails with `EACCES`, even for
+/// root. A missing one is created with `O_CREAT | O_EXCL` (which never
+/// follows a symlink either); if that finds a file after all, the open
+/// starts over. The file kind is checked on the opened descriptor, not the
+/// path, so there is no window between the check and the use.
+fn open_or_create(path: &Path, flags: OFlag, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
+    let mut last = Errno::EEXIST;
+    for _ in 0..OPEN_RACES {
+        match open_checked(path, flags, 0) {
+            Err(OpenError::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            other => return other,
+        }
+        match open_checked(path, flags | OFlag::O_CREAT | OFlag::O_EXCL, mode) {
+            Err(OpenError::Io(e)) if e.raw_os_error() == Some(libc::EEXIST) => last = Errno::EEXIST,
+            other => return other,
+        }
+    }
+    Err(OpenError::Io(last.into()))
+}
+
+/// Opens (creating if needed, never truncating) the lock file at `path`,
+/// for reading and writing.
 ///
-/// `O_NOFOLLOW` refuses a symlink planted at the path; `O_NONBLOCK` keeps a
-/// FIFO from blocking the open and `O_NOCTTY` keeps a terminal from becoming
-/// ours, so that refusing such a path leaves it as it was. The file kind is
-/// checked on the opened fd, not the path, so there is no window between the
-/// check and the use.
-///
-/// With `read_only_ok`, a file that exists but may not be written to is
-/// opened read-only instead (enough for shared OFD locks and for `flock`).
+/// A file that exists but may not be written to (`EACCES`, `EROFS`) is
+/// opened read-only, as `flock(1)` does: enough for `flock(2)` locks and
+/// shared OFD locks (`read_only_ok`); otherwise that is
+/// [`OpenError::ReadOnly`].
 pub(crate) fn open_lock_file(
     path: &Path,
     mode: u32,
     read_only_ok: bool,
-) -> Result<(OwnedFd, FileId), OpenError> {
-    let flags = OFlag::O_RDWR
-        | OFlag::O_CREAT
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_NOCTTY;
-    match open_checked(path, flags, mode) {
+) -> Result<Opened, OpenError> {
+    match open_or_create(path, safe_flags() | OFlag::O_RDWR, mode) {
+        Ok((fd, file)) => Ok(Opened {
+            fd,
+            file,
+            writable: true,
+        }),
         Err(OpenError::Io(e))
-            if read_only_ok
-                && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
+            if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
         {
-            let ro = (flags - OFlag::O_RDWR - OFlag::O_CREAT) | OFlag::O_RDONLY;
-            open_checked(path, ro, mode).map_err(|_| OpenError::Io(e))
+            match open_checked(path, safe_flags() | OFlag::O_RDONLY, 0) {
+                Ok((fd, file)) if read_only_ok => Ok(Opened {
+                    fd,
+                    file,
+                    writable: false,
+                }),
+                Ok(_) => Err(OpenError::ReadOnly(e)),
+                Err(_) => Err(OpenError::Io(e)),
+            }
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
 /// Opens (creating if needed, never truncating) a data file for appending
 /// (`O_RDWR | O_APPEND`), with the same refusals as [`open_lock_file`].
 pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
-    let flags = OFlag::O_RDWR
-        | OFlag::O_APPEND
-        | OFlag::O_CREAT
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_NOCTTY;
-    open_checked(path, flags, mode)
+    open_or_create(path, safe_flags() | OFlag::O_RDWR | OFlag::O_APPEND, mode)
 }
 
 fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<(OwnedFd, FileId), OpenError> {
@@ -309,12 +352,7 @@ pub(crate) fn write_head(fd: impl AsFd, bytes: &[u8], truncate: bool) -> io::Res
 /// Opens an existing lock file read-only to look at it, never creating it.
 /// `Ok(None)` when there is nothing at the path.
 pub(crate) fn open_existing(path: &Path) -> Result<Option<OwnedFd>, OpenError> {
-    let flags = OFlag::O_RDONLY
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_NOCTTY;
-    match open_checked(path, flags, 0) {
+    match open_checked(path, safe_flags() | OFlag::O_RDONLY, 0) {
         Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         other => other.map(|(fd, _)| Some(fd)),
     }
@@ -394,7 +432,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> OwnedFd {
-        open_lock_file(path, 0o644, false).unwrap().0
+        open_lock_file(path, 0o644, false).unwrap().fd
     }
 
     #[test]

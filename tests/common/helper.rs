@@ -17,6 +17,9 @@
 //!   that returned `Ok`. Records carry their length and a checksum, and some
 //!   are larger than a page, so that a kill can tear one.
 //!
+//! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
+//!   closes, or `error: <the error's message>`.
+//!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
 //! `--label=TEXT`, `--no-record`.
 //!
@@ -119,6 +122,7 @@ pub fn run(args: Vec<String>) -> ! {
         .as_slice()
     {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
+        ["try", path, opts @ ..] => try_hold(options(path, opts)),
         ["posix-hold", path] => posix_hold(path),
         ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
             PathBuf::from(path),
@@ -198,6 +202,27 @@ mod pg {
             out.write_all(format!("{}\n", guard.fencing_token()).as_bytes())
                 .expect("write");
             guard.release().await.expect("release");
+        }
+    }
+}
+
+/// One try: prints `locked <pid>` and holds until stdin closes, or prints
+/// `error: <the error>`.
+fn try_hold(o: Options) {
+    let got = if o.shared {
+        o.lock.try_acquire_shared()
+    } else {
+        o.lock.try_acquire()
+    };
+    match got {
+        Ok(guard) => {
+            say_locked();
+            wait_for_stdin_eof();
+            guard.release().expect("release");
+        }
+        Err(e) => {
+            println!("error: {e}");
+            std::io::stdout().flush().expect("flush");
         }
     }
 }
