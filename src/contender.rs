@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,7 @@ use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
 use crate::os::{self, FileId, OpenError, Probe};
 use crate::queue::{self, Ticket};
 use crate::vocab::{LockKind, LockMode, Status};
-use crate::wait::{self, Contender, Failed, Policy, Signal, Try};
+use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
 /// What a file lock is: its path and options, shared by the clones of one
 /// `LockMgr`.
@@ -40,6 +40,48 @@ pub(crate) struct LockConfig {
     pub(crate) remove_on_release: bool,
     /// Set once this lock has warned that its file system needs polling.
     pub(crate) network_warned: AtomicBool,
+    /// What file system the lock file is on, learnt at its first open:
+    /// [`FS_UNKNOWN`], [`FS_LOCAL`] or [`FS_NETWORK`].
+    pub(crate) fs: AtomicU8,
+    /// On a network file system, the tasks of this lock poll one at a time,
+    /// first come first served (the in-process line needs the file's
+    /// identity, which would take a call into the file system).
+    pub(crate) network_turn: tokio::sync::Mutex<()>,
+}
+
+pub(crate) const FS_UNKNOWN: u8 = 0;
+const FS_LOCAL: u8 = 1;
+const FS_NETWORK: u8 = 2;
+
+impl LockConfig {
+    /// Whether the lock file is known to be on a network (or FUSE) file
+    /// system, where any call into it may stall for seconds.
+    fn on_network(&self) -> bool {
+        self.fs.load(Ordering::Relaxed) == FS_NETWORK
+    }
+
+    /// Learns, once, what file system the file open at `fd` is on.
+    fn learn_fs(&self, fd: impl AsFd) {
+        if self.fs.load(Ordering::Relaxed) == FS_UNKNOWN {
+            let class = match os::file_system(fd) {
+                Ok((_, true)) => FS_NETWORK,
+                _ => FS_LOCAL,
+            };
+            self.fs.store(class, Ordering::Relaxed);
+        }
+    }
+
+    /// Warns, once per lock, that waiting polls here.
+    fn warn_network(&self, fs: &str) {
+        if !self.network_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lock = %self.path.display(),
+                fs,
+                "lock file is on a network file system ({fs}): inotify cannot see \
+                 releases made on other machines, waiting by polling"
+            );
+        }
+    }
 }
 
 /// One caller's contention for the lock: its own open file description,
@@ -58,13 +100,20 @@ struct FileContender<'a> {
 impl Contender for FileContender<'_> {
     type Error = LockError;
 
-    fn try_once(&mut self, attempt: u32) -> Result<Try, LockError> {
+    fn try_once(&mut self, attempt: u32, cause: Cause) -> Result<Try, LockError> {
         let path = &self.config.path;
         let mut moved = false;
         loop {
             let won = os::try_lock(&self.fd, self.config.kind, self.mode)
                 .map_err(|e| self.lock_error(e))?;
-            tracing::debug!(lock = %path.display(), attempt, won, mode = %self.mode, "lock try");
+            tracing::debug!(
+                lock = %path.display(),
+                attempt,
+                won,
+                mode = %self.mode,
+                woke = cause.as_str(),
+                "lock try"
+            );
             if !won {
                 return Ok(if moved { Try::Moved } else { Try::Held });
             }
@@ -91,14 +140,7 @@ impl Contender for FileContender<'_> {
     fn signal(&mut self) -> Signal {
         match os::file_system(&self.fd) {
             Ok((fs, true)) => {
-                if !self.config.network_warned.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        lock = %self.config.path.display(),
-                        fs,
-                        "lock file is on a network file system ({fs}): inotify cannot see \
-                         releases made on other machines, waiting by polling"
-                    );
-                }
+                self.config.warn_network(fs);
                 Signal::poll()
             }
             _ => Signal::watch(self.fd.as_fd(), &self.config.path),
@@ -188,6 +230,7 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 impl<'a> FileContender<'a> {
     fn open(config: &'a LockConfig, mode: LockMode) -> Result<Self, LockError> {
         let opened = open_fd(config, mode)?;
+        config.learn_fs(&opened.fd);
         Ok(FileContender {
             config,
             mode,
@@ -199,6 +242,7 @@ impl<'a> FileContender<'a> {
 
     fn into_held(self) -> Held {
         Held {
+            off_runtime: self.config.on_network(),
             file: Some(File::from(self.fd)),
             file_id: self.file,
             path: self.config.path.clone(),
@@ -300,8 +344,12 @@ fn parent_exists(path: &Path) -> bool {
 
 /// One non-blocking try, outside the line: the lock, or `WouldBlock`.
 pub(crate) fn try_lock(config: &LockConfig, mode: LockMode) -> Result<Held, LockError> {
+    try_lock_for(config, mode, Cause::First)
+}
+
+fn try_lock_for(config: &LockConfig, mode: LockMode, cause: Cause) -> Result<Held, LockError> {
     let mut contender = FileContender::open(config, mode)?;
-    match contender.try_once(1)? {
+    match contender.try_once(1, cause)? {
         Try::Won => Ok(contender.into_held()),
         Try::Held | Try::Moved => Err(contender.would_block()),
     }
@@ -311,10 +359,13 @@ pub(crate) fn try_lock(config: &LockConfig, mode: LockMode) -> Result<Held, Lock
 /// in this process's line for the file and a wait on events until the lock
 /// is won or the budget is spent.
 pub(crate) async fn lock(
-    config: &LockConfig,
+    config: &Arc<LockConfig>,
     mode: LockMode,
     policy: Policy,
 ) -> Result<Held, LockError> {
+    if config.on_network() {
+        return lock_off_runtime(config, mode, policy).await;
+    }
     let started = Instant::now();
     let lock_id = &config.id;
     // Tasks of this process already waiting for this file: get in line
@@ -333,7 +384,7 @@ pub(crate) async fn lock(
             wait_turn(config, t, policy, started).await?;
         }
         let mut contender = FileContender::open(config, mode)?;
-        if contender.try_once(1)? == Try::Won {
+        if contender.try_once(1, Cause::First)? == Try::Won {
             // Dropping the ticket after this makes the next in line the head.
             return Ok(contender.into_held());
         }
@@ -377,6 +428,97 @@ pub(crate) async fn lock(
                 holder: contender.holder(),
             }),
         };
+    }
+}
+
+/// Takes the lock on a file system known to stall (network, FUSE) without
+/// ever calling into it on the runtime's threads: each try (open, lock,
+/// record, and the close of a loser) runs on a blocking thread, polled on a
+/// capped backoff, and the budget bounds the whole call even while a try is
+/// stuck. A stuck try that wins after its caller gave up releases at once,
+/// on its own thread.
+async fn lock_off_runtime(
+    config: &Arc<LockConfig>,
+    mode: LockMode,
+    policy: Policy,
+) -> Result<Held, LockError> {
+    let started = Instant::now();
+    let deadline = policy.deadline(started);
+    let stalled = || {
+        LockError::io(
+            &config.path,
+            Operation::Open,
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the file system did not answer within the wait",
+            ),
+        )
+    };
+    // One task of this lock polls at a time; the others wait their turn.
+    let _turn = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, config.network_turn.lock()).await {
+            Ok(turn) => turn,
+            Err(_) => return Err(timed_out(config, policy, started, None)),
+        },
+        None => config.network_turn.lock().await,
+    };
+    let mut poll = wait::POLL_FIRST;
+    let mut announced = false;
+    let mut cause = Cause::First;
+    loop {
+        let try_config = config.clone();
+        let attempt = tokio::task::spawn_blocking(move || try_lock_for(&try_config, mode, cause));
+        cause = Cause::Poll;
+        let tried = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, attempt).await {
+                Ok(tried) => tried,
+                Err(_) => return Err(stalled()),
+            },
+            None => attempt.await,
+        };
+        let err = match tried {
+            Ok(Ok(held)) => return Ok(held),
+            Ok(Err(e)) => e,
+            Err(join) => {
+                return Err(LockError::io(
+                    &config.path,
+                    Operation::Lock,
+                    io::Error::other(join),
+                ))
+            }
+        };
+        if !policy.waits || !err.is_contended() {
+            return Err(err);
+        }
+        if !announced {
+            announced = true;
+            config.warn_network("network");
+            policy.announce(&config.id, err.holder(), "");
+        }
+        let next = Instant::now() + poll;
+        if deadline.is_some_and(|d| next >= d) {
+            let holder = match err {
+                LockError::WouldBlock { holder, .. } => holder,
+                _ => None,
+            };
+            return Err(timed_out(config, policy, started, holder));
+        }
+        tokio::time::sleep_until(next).await;
+        poll = (poll * 2).min(wait::POLL_CAP);
+    }
+}
+
+fn timed_out(
+    config: &LockConfig,
+    policy: Policy,
+    started: Instant,
+    holder: Option<Holder>,
+) -> LockError {
+    LockError::TimedOut {
+        lock: config.id.clone(),
+        attempts: policy.max_attempts,
+        waited: started.elapsed(),
+        holder,
     }
 }
 
@@ -432,6 +574,9 @@ pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
 /// releasing it takes.
 #[derive(Debug)]
 pub(crate) struct Held {
+    /// On a file system known to stall: release on a blocking thread when
+    /// dropped in a runtime.
+    off_runtime: bool,
     file: Option<File>,
     /// The identity of `file`, which names its in-process line.
     file_id: FileId,
@@ -502,6 +647,26 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if self.off_runtime && self.file.is_some() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut moved = Held {
+                    off_runtime: false,
+                    file: self.file.take(),
+                    file_id: self.file_id,
+                    path: self.path.clone(),
+                    owner_pid: self.owner_pid,
+                    kind: self.kind,
+                    mode: self.mode,
+                    remove: self.remove,
+                };
+                rt.spawn_blocking(move || {
+                    if let Err(e) = moved.release() {
+                        tracing::warn!(error = %e, "lockmgr: error while releasing a lock");
+                    }
+                });
+                return;
+            }
+        }
         if let Err(e) = self.release() {
             tracing::warn!(error = %e, "lockmgr: error while releasing a lock");
         }
@@ -524,6 +689,8 @@ mod tests {
             record_holder: true,
             remove_on_release: false,
             network_warned: AtomicBool::new(false),
+            fs: AtomicU8::new(FS_UNKNOWN),
+            network_turn: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +139,8 @@ impl LockMgrBuilder {
                 record_holder: self.record_holder,
                 remove_on_release: self.remove_on_release,
                 network_warned: AtomicBool::new(false),
+                fs: AtomicU8::new(contender::FS_UNKNOWN),
+                network_turn: tokio::sync::Mutex::new(()),
             }),
         }
     }

@@ -41,13 +41,47 @@ pub(crate) enum Try {
     Moved,
 }
 
+/// Why a try is made, for its log event: operators (and the tests) can see
+/// what woke a waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The call's first try, or the try right after setting up the signal.
+    First,
+    /// An inotify event on the lock file.
+    Event,
+    /// A holder of this process released and handed over.
+    Handoff,
+    /// A polling tick (no events to be had).
+    Poll,
+    /// The short retry series after a wake-up whose try lost.
+    Retry,
+    /// The periodic try that notices releases without a close.
+    Recheck,
+    /// The last try, when the budget ran out.
+    Deadline,
+}
+
+impl Cause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Cause::First => "first",
+            Cause::Event => "event",
+            Cause::Handoff => "handoff",
+            Cause::Poll => "poll",
+            Cause::Retry => "retry",
+            Cause::Recheck => "recheck",
+            Cause::Deadline => "deadline",
+        }
+    }
+}
+
 /// One party trying to take a lock.
 pub(crate) trait Contender {
     /// The error a try can fail with.
     type Error;
     /// One non-blocking try. `attempt` is the 1-based attempt it belongs to
-    /// (for logging).
-    fn try_once(&mut self, attempt: u32) -> Result<Try, Self::Error>;
+    /// and `cause` what prompted it (both for logging).
+    fn try_once(&mut self, attempt: u32, cause: Cause) -> Result<Try, Self::Error>;
     /// Where to learn that the object now contended for may be free. Called
     /// before the try it is meant to cover.
     fn signal(&mut self) -> Signal;
@@ -139,8 +173,8 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 
 /// Polling when no event source is available: start fast, back off to a cap
 /// (the interval Python `filelock` uses by default).
-const POLL_FIRST: Duration = Duration::from_millis(1);
-const POLL_CAP: Duration = Duration::from_millis(50);
+pub(crate) const POLL_FIRST: Duration = Duration::from_millis(1);
+pub(crate) const POLL_CAP: Duration = Duration::from_millis(50);
 
 /// Where a waiter learns that the lock may have been released.
 pub(crate) enum Signal {
@@ -235,14 +269,16 @@ pub(crate) async fn wait<C: Contender>(
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
     let mut expired = false;
+    let mut cause = Cause::First;
     loop {
         let attempt = policy.attempt_at(started.elapsed());
-        match contender.try_once(attempt).map_err(Failed::Error)? {
+        match contender.try_once(attempt, cause).map_err(Failed::Error)? {
             Try::Won => return Ok(()),
             Try::Held => {}
             Try::Moved => {
                 // Watch the new file, then try it before sleeping on it.
                 *signal = contender.signal();
+                cause = Cause::First;
                 continue;
             }
         }
@@ -265,18 +301,30 @@ pub(crate) async fn wait<C: Contender>(
             _ = sleep_until(recheck) => Woke::Recheck,
             _ = sleep_until(deadline.unwrap_or(recheck)), if deadline.is_some() => Woke::Expired,
         };
-        match woke {
+        cause = match woke {
             // A handoff is a release seen first hand, but another process
             // may still win the race for it: retry as after an event.
             Woke::Event | Woke::Handoff => {
                 retries = RETRY_AFTER_WAKE.iter();
                 retry = retries.next().copied();
+                if matches!(woke, Woke::Event) {
+                    Cause::Event
+                } else {
+                    Cause::Handoff
+                }
             }
-            Woke::Retry => retry = retries.next().copied(),
-            Woke::Tick | Woke::Recheck => {}
+            Woke::Retry => {
+                retry = retries.next().copied();
+                Cause::Retry
+            }
+            Woke::Tick => Cause::Poll,
+            Woke::Recheck => Cause::Recheck,
             // One last try: a wait ends with a look, not a guess.
-            Woke::Expired => expired = true,
-        }
+            Woke::Expired => {
+                expired = true;
+                Cause::Deadline
+            }
+        };
     }
 }
 
@@ -301,7 +349,7 @@ mod tests {
 
     impl Contender for FreeAfter {
         type Error = ();
-        fn try_once(&mut self, attempt: u32) -> Result<Try, ()> {
+        fn try_once(&mut self, attempt: u32, _: Cause) -> Result<Try, ()> {
             self.tries += 1;
             self.last_attempt = attempt;
             Ok(if self.tries >= self.free_at {

@@ -1,50 +1,113 @@
 //! On a file system where inotify cannot see other machines (detected by
-//! `statfs` magic), waiting polls instead of watching, and still wins.
+//! `statfs` magic), waiting polls instead of watching and still wins; and
+//! once the crate knows a lock is on such a file system, a stalled mount
+//! does not freeze the runtime: its open, lock and close calls run off it.
 //!
-//! The test mounts a FUSE file system (`bindfs`, which `.ci/run` installs)
-//! over a temporary directory: FUSE is in the same class as NFS and CIFS,
-//! since a network FUSE mount (sshfs, s3fs) gets no events for remote
-//! changes. Needs root (or FUSE rights) and /dev/fuse.
+//! The tests mount a FUSE file system (`bindfs`, which `scripts/test`
+//! installs) over a temporary directory: FUSE is in the same class as NFS
+//! and CIFS, since a network FUSE mount (sshfs, s3fs) gets no events for
+//! remote changes. A stall is made for real by stopping the `bindfs`
+//! process (SIGSTOP): every call into the mount then blocks in the kernel
+//! until it is continued. Needs root (or FUSE rights) and /dev/fuse.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lockmgr::LockMgr;
+use common::{Holder, LIVENESS};
+use lockmgr::{LockError, LockMgr};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-struct Mount(PathBuf);
+/// A `bindfs` mount, run in the foreground so that the test owns its
+/// process (to stop it) and unmounts it when dropped.
+struct Mount {
+    dir: PathBuf,
+    daemon: Child,
+}
 
 impl Mount {
     fn bindfs(src: &Path, dst: &Path) -> Mount {
-        let status = Command::new("bindfs")
+        let daemon = Command::new("bindfs")
+            .arg("-f")
             .arg(src)
             .arg(dst)
-            .status()
+            .stdout(Stdio::null())
+            .spawn()
             .expect("bindfs is needed for this test (apt-get install bindfs)");
-        assert!(status.success(), "bindfs failed: {status:?}");
-        Mount(dst.to_path_buf())
+        let mount = Mount {
+            dir: dst.to_path_buf(),
+            daemon,
+        };
+        // Mounted once the directory is on a file system of its own.
+        let deadline = std::time::Instant::now() + LIVENESS;
+        while !is_mount_point(dst) {
+            assert!(std::time::Instant::now() < deadline, "bindfs did not mount");
+            std::thread::yield_now();
+        }
+        mount
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.daemon.id() as i32)
+    }
+
+    /// Every call into the mount blocks until [`Stall::drop`].
+    fn stall(&self) -> Stall {
+        kill(self.pid(), Signal::SIGSTOP).unwrap();
+        Stall(self.pid())
+    }
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    let target = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*target))
+}
+
+/// A stopped mount, continued when dropped.
+struct Stall(Pid);
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = kill(self.pid(), Signal::SIGCONT);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn waiting_on_a_network_class_file_system_polls() {
+fn mounted() -> (tempfile::TempDir, Mount, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let _mount = Mount::bindfs(&src, &mnt);
+    let mount = Mount::bindfs(&src, &mnt);
     let path = mnt.join("l.lock");
+    (dir, mount, path)
+}
 
+/// The holder is another process, so that only polling can wake the
+/// waiter: no in-process handoff, and no inotify.
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_on_a_network_class_file_system_polls() {
+    let (_dir, _mount, path) = mounted();
+    let holder = Holder::start(&path);
     let lock = LockMgr::builder(&path).max_attempts(1).build();
-    let held = lock.try_acquire().unwrap();
+    let tries = common::TryLog::default();
+    let _log = tracing::subscriber::set_default(tries.clone());
     let waiter = tokio::spawn({
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }
@@ -53,7 +116,76 @@ async fn waiting_on_a_network_class_file_system_polls() {
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
     assert_eq!(common::watches_on(&path), 0, "watched instead of polling");
-    drop(held);
+    holder.finish();
     let g = common::won(waiter, "the polling waiter missed the release").await;
+    assert_eq!(tries.winner_woken_by(), "poll", "{:?}", tries.tries());
     drop(g);
+}
+
+/// Counts the ticks of a 10 ms interval on the test's runtime, which only
+/// tick while nothing blocks that runtime's one thread.
+fn ticker() -> Arc<AtomicUsize> {
+    let ticks = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                every.tick().await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    ticks
+}
+
+/// Continues a stalled mount after `after`, whatever the test does: without
+/// it, a runtime blocked in the mount would stay blocked for ever.
+fn watchdog(pid: Pid, after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let _ = kill(pid, Signal::SIGCONT);
+    });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_mount_does_not_block_the_runtime() {
+    let (_dir, mount, path) = mounted();
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    // A first use, on a healthy mount, tells the crate what file system
+    // the lock is on.
+    drop(lock.try_acquire().unwrap());
+    let guard = lock.acquire(true, Duration::from_secs(5)).await.unwrap();
+
+    let ticks = ticker();
+    let stall = mount.stall();
+    watchdog(mount.pid(), Duration::from_secs(10));
+    // Releasing on the stalled mount: the close must not block the runtime.
+    drop(guard);
+    // Acquiring on it: the open blocks off the runtime, and the caller's own
+    // bound still ends the call.
+    let started = tokio::time::Instant::now();
+    let before = ticks.load(Ordering::SeqCst);
+    let err = lock
+        .acquire(true, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let ticked = ticks.load(Ordering::SeqCst) - before;
+    drop(stall);
+    assert!(
+        matches!(&err, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the acquire ran {took:?}: its bound did not end it while the mount was stalled"
+    );
+    assert!(
+        ticked >= 10,
+        "the runtime stood still while the mount was stalled ({ticked} ticks in {took:?})"
+    );
+    // Once the mount is back, the lock works as before.
+    drop(lock.acquire(true, LIVENESS).await.unwrap());
 }

@@ -1,4 +1,8 @@
-//! Without inotify, waiting falls back to polling and stays correct.
+//! Without inotify, waiting falls back to polling and stays correct. The
+//! holder is another process, so that no in-process handoff can wake the
+//! waiter, and the try that wins must have been woken by a polling tick: the
+//! periodic recheck would also find the lock free, later, but a working poll
+//! never lets it come due.
 //!
 //! inotify is made unavailable the way it fails in the field: `inotify_init1`
 //! returns `EMFILE` (here because the process has no descriptor left, in the
@@ -20,7 +24,10 @@ async fn waiting_without_inotify_polls_and_wins() {
     // One attempt of 60 s: an event-less waiter that did not poll would
     // still be asleep when the liveness bound runs out.
     let lock = LockMgr::builder(&path).max_attempts(1).build();
-    let held = lock.try_acquire().unwrap();
+    let tries = common::TryLog::default();
+    let _log = tracing::subscriber::set_default(tries.clone());
+    // Started while descriptors are still to be had (it needs pipes).
+    let held = common::Holder::start(&path);
 
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, 256.min(soft), hard).unwrap();
@@ -38,8 +45,9 @@ async fn waiting_without_inotify_polls_and_wins() {
     });
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
-    drop(held);
+    held.finish();
     let guard = common::won(waiter, "polling waiter never noticed the release").await;
+    assert_eq!(tries.winner_woken_by(), "poll", "{:?}", tries.tries());
     assert_eq!(
         common::inotify_instances(),
         0,

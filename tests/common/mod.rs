@@ -394,3 +394,70 @@ impl Drop for Foreign {
         let _ = self.child.wait();
     }
 }
+
+/// The `lock try` debug events of the crate, as (won, what woke the try),
+/// recorded on the threads it is the default subscriber of.
+#[derive(Clone, Default)]
+pub struct TryLog(std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>);
+
+impl TryLog {
+    /// The tries so far.
+    pub fn tries(&self) -> Vec<(bool, String)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// What woke the try that won the lock.
+    pub fn winner_woken_by(&self) -> String {
+        self.tries()
+            .into_iter()
+            .rev()
+            .find(|(won, _)| *won)
+            .map(|(_, woke)| woke)
+            .expect("no try won")
+    }
+}
+
+#[derive(Default)]
+struct TryFields {
+    is_try: bool,
+    won: bool,
+    woke: String,
+}
+
+impl tracing::field::Visit for TryFields {
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if field.name() == "won" {
+            self.won = value;
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "woke" {
+            self.woke = value.to_owned();
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.is_try = format!("{value:?}") == "lock try";
+        }
+    }
+}
+
+impl tracing::Subscriber for TryLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = TryFields::default();
+        event.record(&mut fields);
+        if fields.is_try {
+            self.0.lock().unwrap().push((fields.won, fields.woke));
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
