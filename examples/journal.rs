@@ -54,18 +54,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let read = Journal::open(&path).await?.records().await?;
+    let torn = read.torn_tail().map(<[u8]>::len);
     let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
-    for record in &read.records {
-        let line = String::from_utf8_lossy(record);
+    let mut entries = 0;
+    for record in read {
+        let record = record?;
+        let line = String::from_utf8_lossy(&record);
         let worker = line.split(' ').next().unwrap_or("?").to_owned();
         *per_worker.entry(worker).or_default() += 1;
+        entries += 1;
     }
-    println!("{}: {} entries", path.display(), read.records.len());
+    println!("{}: {entries} entries", path.display());
     for (worker, n) in per_worker {
         println!("  {worker}: {n}");
     }
-    if let Some(tail) = read.torn_tail {
-        println!("  torn tail of {} bytes", tail.len());
+    if let Some(torn) = torn {
+        println!("  torn tail of {torn} bytes");
     }
     Ok(())
 }

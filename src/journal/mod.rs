@@ -10,16 +10,15 @@ mod records;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::lock::open_data_file;
-use crate::{LockKind, LockMgr};
+use crate::{LockGuard, LockKind, LockMgr, LockMode};
 
 pub use error::{JournalError, JournalOp};
-use records::split_records;
 pub use records::Records;
 
 /// The default largest record, in bytes (newline not counted).
@@ -125,11 +124,23 @@ impl JournalBuilder {
             // Nothing but records goes into the journal file.
             .record_holder(self.lock_path.is_some())
             .build();
+        // Writers configured with another lock (family or file) must still
+        // exclude the default ones, and each other: every writer also takes
+        // the default lock, an OFD lock on the journal file itself, last (so
+        // no two writers can wait for each other in a cycle).
+        let is_default_lock = self.lock_path.is_none() && self.kind == LockKind::Ofd;
+        let file_lock = (!is_default_lock).then(|| {
+            LockMgr::builder(&self.path)
+                .max_attempts(self.max_attempts)
+                .record_holder(false)
+                .build()
+        });
         Ok(Journal {
             inner: Arc::new(Inner {
                 path: self.path,
-                file,
+                file: Mutex::new(Arc::new(file)),
                 lock,
+                file_lock,
                 sync: self.sync,
                 timeout: self.timeout,
                 max_record: self.max_record,
@@ -154,9 +165,35 @@ impl JournalBuilder {
 /// merges with another record.
 ///
 /// The journal file holds nothing but records. By default the lock is an
-/// OFD lock on the journal file itself (with no holder record); a separate
-/// lock file may be named instead with
-/// [`JournalBuilder::lock_file`].
+/// OFD lock on the journal file itself (with no holder record); another
+/// family ([`JournalBuilder::kind`]) or a separate lock file
+/// ([`JournalBuilder::lock_file`]) may be named, for other programs that
+/// lock the journal their way. Such a writer takes the default lock too, so
+/// writers that disagree on the lock still never write at the same time.
+///
+/// # What an append's result means
+///
+/// - `Ok(())`: the records are in the journal file (on disk, with
+///   [`SyncPolicy::Data`]).
+/// - `Err(`[`JournalError::Lock`]`)`, `Err(`[`JournalError::NewlineInRecord`]`)`,
+///   `Err(`[`JournalError::RecordTooLong`]`)`: nothing was written.
+/// - `Err(`[`JournalError::Io`]`)` with [`JournalOp::Write`] (a full disk,
+///   a file too large, an I/O error part-way): none of the records is in
+///   the journal. What was written was cut off again under the lock, before
+///   the error was returned. Retrying is safe.
+/// - `Err(`[`JournalError::Io`]`)` with [`JournalOp::Sync`]: the records
+///   are in the file, but whether they reached the disk is unknown. A retry
+///   would write them twice.
+/// - Other `Err(`[`JournalError::Io`]`)`s (stat, read, truncate of a torn
+///   tail before writing): nothing was written.
+///
+/// # Rotation
+///
+/// Each append (and [`records`](Journal::records)) checks, under the lock,
+/// that its descriptor is still the file at the journal's path, and opens
+/// the path anew when it is not: after `logrotate` renames the journal away
+/// (or something replaces it), records go to the file now at the path, and
+/// the renamed file keeps what it had.
 ///
 /// ```
 /// use lockmgr::journal::{Journal, SyncPolicy};
@@ -172,9 +209,10 @@ impl JournalBuilder {
 /// journal.append_batch(["job 2 started", "job 3 started"]).await?;
 ///
 /// let read = journal.records().await?;
-/// assert_eq!(read.records.len(), 3);
-/// assert_eq!(read.records[0], b"job 1 started");
-/// assert!(read.torn_tail.is_none());
+/// assert!(read.torn_tail().is_none());
+/// let records: Vec<Vec<u8>> = read.collect::<Result<_, _>>()?;
+/// assert_eq!(records.len(), 3);
+/// assert_eq!(records[0], b"job 1 started");
 /// # Ok(()) }
 /// ```
 ///
@@ -187,9 +225,13 @@ pub struct Journal {
 struct Inner {
     path: PathBuf,
     /// `O_RDWR | O_APPEND`: every write lands at the end; reads (of the tail,
-    /// to cut a torn one) use `pread`.
-    file: File,
+    /// to cut a torn one, and of records) use `pread`. Replaced when the
+    /// journal was rotated; readers keep the one they started with.
+    file: Mutex<Arc<File>>,
     lock: LockMgr,
+    /// The default lock (an OFD lock on the journal file), taken after
+    /// `lock` when `lock` is another one.
+    file_lock: Option<LockMgr>,
     sync: SyncPolicy,
     timeout: Duration,
     max_record: usize,
@@ -205,6 +247,12 @@ impl fmt::Debug for Journal {
             .field("max_record", &self.inner.max_record)
             .finish()
     }
+}
+
+/// The locks an append or a read holds, released in reverse order.
+struct Held {
+    _file_lock: Option<LockGuard>,
+    lock: LockGuard,
 }
 
 impl Journal {
@@ -310,7 +358,7 @@ impl Journal {
     /// # let dir = tempfile::tempdir()?;
     /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append_batch((0..100).map(|i| format!("entry {i}"))).await?;
-    /// assert_eq!(journal.records().await?.records.len(), 100);
+    /// assert_eq!(journal.records().await?.count(), 100);
     /// # Ok(()) }
     /// ```
     pub async fn append_batch<I>(&self, records: I) -> Result<(), JournalError>
@@ -322,27 +370,40 @@ impl Journal {
         if pieces.is_empty() {
             return Ok(());
         }
-        let inner = &self.inner;
-        let guard = inner.lock.acquire(true, inner.timeout).await?;
-        self.cut_torn_tail()?;
+        let held = self.lock(LockMode::Exclusive).await?;
+        let file = self.current_file(&held)?;
+        let start = self.cut_torn_tail(&file)?;
         for piece in &pieces {
-            write_once(&inner.file, piece).map_err(|e| self.io(JournalOp::Write, e))?;
+            if let Err(e) = write_once(&file, piece) {
+                // None of this append may stay: cut the file back to where
+                // it began, still under the lock.
+                if let Err(undo) = file.set_len(start) {
+                    tracing::error!(
+                        path = %self.inner.path.display(),
+                        error = %undo,
+                        "journal: cannot cut a failed append back off; its start stays as a torn tail"
+                    );
+                }
+                return Err(self.io(JournalOp::Write, e));
+            }
         }
-        if inner.sync == SyncPolicy::Data {
-            let me = self.inner.clone();
+        if self.inner.sync == SyncPolicy::Data {
+            let syncing = file.clone();
             // fdatasync takes milliseconds: off the runtime's threads.
-            tokio::task::spawn_blocking(move || me.file.sync_data())
+            tokio::task::spawn_blocking(move || syncing.sync_data())
                 .await
                 .map_err(|e| self.io(JournalOp::Sync, io::Error::other(e)))?
                 .map_err(|e| self.io(JournalOp::Sync, e))?;
         }
-        guard.release()?;
-        Ok(())
+        self.release(held)
     }
 
-    /// Reads the journal back: its complete records, and apart from them
-    /// a torn tail if a writer died inside its write. Takes the lock shared,
-    /// so that no append is seen half-done.
+    /// Reads the journal back: its complete records, one by one (see
+    /// [`Records`]), and apart from them a torn tail if a writer died inside
+    /// its write. The lock is taken shared only to find where the finished
+    /// appends end, so that no append is seen half-done and a long read
+    /// does not hold writers up; the records are then read as the iterator
+    /// advances.
     ///
     /// # Errors
     ///
@@ -361,25 +422,86 @@ impl Journal {
     /// # let dir = tempfile::tempdir()?;
     /// let journal = lockmgr::journal::Journal::open(dir.path().join("journal")).await?;
     /// journal.append("a").await?;
-    /// let read = journal.records().await?;
-    /// assert_eq!(read.records, vec![b"a".to_vec()]);
+    /// let read: Vec<Vec<u8>> = journal.records().await?.collect::<Result<_, _>>()?;
+    /// assert_eq!(read, vec![b"a".to_vec()]);
     /// # Ok(()) }
     /// ```
     pub async fn records(&self) -> Result<Records, JournalError> {
-        let inner = &self.inner;
-        let guard = inner.lock.acquire_shared(true, inner.timeout).await?;
-        let len = inner
-            .file
+        let held = self.lock(LockMode::Shared).await?;
+        let file = self.current_file(&held)?;
+        let len = file
             .metadata()
             .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
-        let mut bytes = vec![0u8; len as usize];
-        inner
-            .file
-            .read_exact_at(&mut bytes, 0)
+        let end = last_newline_end(&file, len).map_err(|e| self.io(JournalOp::Read, e))?;
+        let mut tail = vec![0u8; (len - end) as usize];
+        file.read_exact_at(&mut tail, end)
             .map_err(|e| self.io(JournalOp::Read, e))?;
-        guard.release()?;
-        Ok(split_records(&bytes))
+        self.release(held)?;
+        // Everything before `end` was written by appends that finished
+        // before the shared lock was had; later appends only add after it
+        // (or cut back to at most `len`), so it is read without the lock.
+        Ok(Records::new(
+            file,
+            self.inner.path.clone(),
+            end,
+            (!tail.is_empty()).then_some(tail),
+        ))
+    }
+
+    /// Takes the journal's lock, and the default lock after it when the
+    /// journal's is another one.
+    async fn lock(&self, mode: LockMode) -> Result<Held, JournalError> {
+        let inner = &self.inner;
+        let take = |lock: &LockMgr| {
+            let lock = lock.clone();
+            async move {
+                match mode {
+                    LockMode::Exclusive => lock.acquire(true, inner.timeout).await,
+                    LockMode::Shared => lock.acquire_shared(true, inner.timeout).await,
+                }
+            }
+        };
+        let lock = take(&inner.lock).await?;
+        let file_lock = match &inner.file_lock {
+            Some(l) => Some(take(l).await?),
+            None => None,
+        };
+        Ok(Held {
+            _file_lock: file_lock,
+            lock,
+        })
+    }
+
+    fn release(&self, held: Held) -> Result<(), JournalError> {
+        let Held { _file_lock, lock } = held;
+        drop(_file_lock);
+        lock.release()?;
+        Ok(())
+    }
+
+    /// Under the lock: the journal's descriptor, opened anew if the file at
+    /// the path is no longer the one it has open (rotated away, replaced).
+    fn current_file(&self, held: &Held) -> Result<Arc<File>, JournalError> {
+        let inner = &self.inner;
+        let mut file = inner.file.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = file.metadata().map_err(|e| self.io(JournalOp::Stat, e))?;
+        // With the default lock the guard's descriptor is the file at the
+        // path when the lock was won; otherwise, look at the path.
+        let at_path = if inner.file_lock.is_none() {
+            held.lock.file().metadata().ok()
+        } else {
+            std::fs::symlink_metadata(&inner.path).ok()
+        };
+        let same = at_path.is_some_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
+        if !same {
+            tracing::info!(
+                path = %inner.path.display(),
+                "journal file was rotated or replaced; appending to the file now at its path"
+            );
+            *file = Arc::new(open_data_file(&inner.path, 0o644).map_err(JournalError::Open)?);
+        }
+        Ok(file.clone())
     }
 
     /// Checks and frames the records: newline-terminated pieces of at most
@@ -422,30 +544,25 @@ impl Journal {
 
     /// Under the lock: if the file does not end with a newline, a writer
     /// died inside its write; cut its partial record off so that it cannot
-    /// merge with the next one. It was never acknowledged.
-    fn cut_torn_tail(&self) -> Result<(), JournalError> {
-        let file = &self.inner.file;
+    /// merge with the next one. It was never acknowledged. Returns the
+    /// file's length after that: where this append starts.
+    fn cut_torn_tail(&self, file: &File) -> Result<u64, JournalError> {
         let len = file
             .metadata()
             .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
-        if len == 0 {
-            return Ok(());
-        }
-        let mut last = [0u8; 1];
-        file.read_exact_at(&mut last, len - 1)
-            .map_err(|e| self.io(JournalOp::Read, e))?;
-        if last[0] == b'\n' {
-            return Ok(());
-        }
         let keep = last_newline_end(file, len).map_err(|e| self.io(JournalOp::Read, e))?;
+        if keep == len {
+            return Ok(len);
+        }
         tracing::warn!(
             path = %self.inner.path.display(),
             torn_bytes = len - keep,
             "journal ends with a torn record (a writer died inside its write); cutting it off"
         );
         file.set_len(keep)
-            .map_err(|e| self.io(JournalOp::Truncate, e))
+            .map_err(|e| self.io(JournalOp::Truncate, e))?;
+        Ok(keep)
     }
 
     fn io(&self, op: JournalOp, source: io::Error) -> JournalError {
@@ -457,8 +574,17 @@ impl Journal {
     }
 }
 
-/// The offset just past the last newline before `len` (0 if none).
+/// The offset just past the last newline before `len` (0 if none): `len`
+/// itself when the file ends with one, which one byte tells.
 fn last_newline_end(file: &File, len: u64) -> io::Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut end = len;
     while end > 0 {
@@ -490,7 +616,7 @@ mod tests {
         std::fs::write(&path, "whole\nhalf a rec").unwrap();
         let j = Journal::open(&path).await.unwrap();
         let before = j.records().await.unwrap();
-        assert_eq!(before.torn_tail.as_deref(), Some(&b"half a rec"[..]));
+        assert_eq!(before.torn_tail(), Some(&b"half a rec"[..]));
         j.append("next").await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "whole\nnext\n");
     }
@@ -511,7 +637,8 @@ mod tests {
             .all(|p| p.len() <= MAX_WRITE && p.ends_with(b"\n")));
         j.append_batch([&rec, &rec, &rec, &rec]).await.unwrap();
         let read = j.records().await.unwrap();
-        assert_eq!(read.records.len(), 4);
-        assert!(read.records.iter().all(|r| r == &rec));
+        let read: Vec<Vec<u8>> = read.map(Result::unwrap).collect();
+        assert_eq!(read.len(), 4);
+        assert!(read.iter().all(|r| r == &rec));
     }
 }

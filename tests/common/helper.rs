@@ -12,6 +12,8 @@
 //!   before leaving: if it already exists, two owners overlapped, and the
 //!   helper exits with 3.
 //!
+//! - `journal-read JOURNAL`: read every record, report `records N bytes B
+//!   peak_kib P` (P: peak resident memory).
 //! - `journal-writer JOURNAL ID TASKS N`: TASKS tasks each append N
 //!   records to the journal, printing `ack <record id>` after each append
 //!   that returned `Ok`. Records carry their length and a checksum, and some
@@ -124,6 +126,7 @@ pub fn run(args: Vec<String>) -> ! {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
         ["try", path, opts @ ..] => try_hold(options(path, opts)),
         ["posix-hold", path] => posix_hold(path),
+        ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
         ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
             PathBuf::from(path),
             id.parse().unwrap_or_else(|_| usage()),
@@ -280,6 +283,27 @@ async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks:
     while let Some(r) = set.join_next().await {
         r.expect("task");
     }
+}
+
+/// Reads the whole journal and reports `records N bytes B peak_kib P`, P
+/// being this process's peak resident memory (`VmHWM`).
+async fn journal_read(path: PathBuf) {
+    let journal = lockmgr::journal::Journal::open(path)
+        .await
+        .expect("open journal");
+    let read = journal.records().await.expect("records");
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for record in read {
+        n += 1;
+        bytes += record.expect("a record").len();
+    }
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("VmHWM");
+    println!("records {n} bytes {bytes} peak_kib {peak}");
 }
 
 /// The record `id` with a payload of `len` bytes: `<id> len=<len> sum=<sum> <payload>`.

@@ -1,0 +1,199 @@
+//! The journal loses nothing and leaves nothing half-done under faults: a
+//! journal renamed away (logrotate) or replaced, a full disk, writers that
+//! disagree on the lock, and a journal too large to hold in memory.
+
+mod common;
+
+use std::io::BufReader;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lockmgr::journal::{Journal, JournalError, JournalOp};
+use lockmgr::{LockError, LockKind, LockMgr};
+
+/// Every record in the journal at `path`, read with a fresh journal.
+async fn read_all(path: &Path) -> Vec<String> {
+    let records = Journal::open(path).await.unwrap().records().await.unwrap();
+    records
+        .map(|r| String::from_utf8(r.unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_follow_the_file_at_the_path_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.journal");
+    let rotated = dir.path().join("app.journal.1");
+    let journal = Journal::open(&path).await.unwrap();
+    journal.append("before").await.unwrap();
+
+    // logrotate's default: rename, and let the writer create a new file.
+    std::fs::rename(&path, &rotated).unwrap();
+    journal.append("after rename").await.unwrap();
+    assert_eq!(read_all(&rotated).await, ["before"]);
+    assert_eq!(read_all(&path).await, ["after rename"]);
+
+    // Another tool puts a new file in place.
+    let fresh = dir.path().join("fresh");
+    std::fs::write(&fresh, "from elsewhere\n").unwrap();
+    std::fs::rename(&fresh, &path).unwrap();
+    journal.append("after replace").await.unwrap();
+    assert_eq!(read_all(&path).await, ["from elsewhere", "after replace"]);
+    // And reading through the old journal sees the file now at the path.
+    let read: Vec<_> = journal
+        .records()
+        .await
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        read,
+        [b"from elsewhere".to_vec(), b"after replace".to_vec()]
+    );
+}
+
+/// A tmpfs of a few hundred KiB, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_leaves_none_of_a_failed_append_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&dir.path().join("small"), "256k");
+    let path = fs.0.join("app.journal");
+    let journal = Journal::builder(&path)
+        .max_record_len(100_000)
+        .open()
+        .await
+        .unwrap();
+    journal.append("kept").await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    // Fill the file system but for a little room: the batch below starts
+    // to be written, then the disk is full.
+    let filler = fs.0.join("filler");
+    let mut left = 200 * 1024;
+    let mut chunk = vec![b'x'; 4096];
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while left > 0 {
+            chunk.truncate(left.min(4096));
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+            left -= chunk.len();
+        }
+    }
+    let record = vec![b'r'; 90_000];
+    let err = journal
+        .append_batch([&record, &record, &record])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Io { op: JournalOp::Write, source, .. }
+            if source.raw_os_error() == Some(nix::libc::ENOSPC)),
+        "{err}"
+    );
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after == before,
+        "part of the batch was left: {} bytes instead of {}",
+        after.len(),
+        before.len()
+    );
+    // With room again, appends work, and nothing failed is in between.
+    std::fs::remove_file(&filler).unwrap();
+    journal.append("next").await.unwrap();
+    assert_eq!(read_all(&path).await, ["kept", "next"]);
+}
+
+/// A writer whose journal uses another lock family, or another lock file,
+/// still excludes the others: it cannot append while they do.
+#[tokio::test]
+async fn writers_that_disagree_on_the_lock_still_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.journal");
+    // The default journal's lock: an OFD lock on the journal file, held
+    // here as a default writer would hold it while appending.
+    let default_writer = LockMgr::builder(&path).record_holder(false).build();
+    let held = default_writer.try_acquire().unwrap();
+    for journal in [
+        Journal::builder(&path).kind(LockKind::Flock),
+        Journal::builder(&path).lock_file(dir.path().join("app.lock")),
+    ] {
+        let journal = journal
+            .timeout(Duration::from_millis(50))
+            .max_attempts(1)
+            .open()
+            .await
+            .unwrap();
+        let err = journal.append("cut in").await.unwrap_err();
+        assert!(
+            matches!(err, JournalError::Lock(LockError::TimedOut { .. })),
+            "{err}"
+        );
+    }
+    drop(held);
+    assert!(read_all(&path).await.is_empty());
+}
+
+/// A journal far larger than the memory the reader may use is read record
+/// by record: a helper process reads 256 MiB of records and reports its
+/// peak resident memory.
+#[test]
+fn a_large_journal_is_read_record_by_record() {
+    const RECORD: &str = "an entry of a few dozen bytes, the usual size of a record";
+    const SIZE: usize = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.journal");
+    let line = format!("{RECORD}\n");
+    let records = SIZE / line.len();
+    {
+        use std::io::Write;
+        let mut f =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+        for _ in 0..records {
+            f.write_all(line.as_bytes()).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let out = common::helper_command("journal-read", [&path])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = common::role_lines(BufReader::new(&out.stdout[..]))
+        .next()
+        .expect("the reader's report");
+    // "records N bytes B peak_kib P"
+    let fields: Vec<&str> = said.split(' ').collect();
+    assert_eq!(fields[0], "records", "{said}");
+    assert_eq!(fields[1].parse::<usize>().unwrap(), records, "{said}");
+    let peak_kib: usize = fields[5].parse().unwrap();
+    assert!(
+        peak_kib < 64 * 1024,
+        "reading a {} MiB journal peaked at {} MiB of memory",
+        SIZE >> 20,
+        peak_kib >> 10
+    );
+}
