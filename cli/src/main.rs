@@ -12,28 +12,40 @@
 //! `LOCKMGR_FENCING_TOKEN`, and sends it SIGTERM if the lock's session is
 //! lost while it runs.
 //!
-//! Exit status of `run`: the command's (128 + N if a signal N ended it); the
-//! conflict exit code (default 1) when the lock was not obtained; 2 for
-//! errors (bad arguments, a lock file that cannot be used); 126/127 when the
-//! command cannot be started / is not found.
+//! `run` ends as its command ended: with its exit status, or by the signal
+//! that ended it (after releasing the lock). Otherwise: the conflict exit
+//! code (default 1) when the lock was not obtained; 2 for errors (bad
+//! arguments, a lock file that cannot be used); 126/127 when the command
+//! cannot be started / is not found. The command inherits a file lock (so
+//! it keeps the lock if `lockmgr` dies); with `--postgres` it is killed if
+//! `lockmgr` dies.
 //!
 //! Exit status of `status`: 0 free, 1 held, 2 error.
 //!
 //! The tool is a user of the library's public API only.
 //!
-//! Modules: `run` takes the lock and supervises the command, `progress`
-//! shows a wait, `status` answers who holds a lock (text or JSON), `remote`
-//! does both on a `lockmgr::pg` lock.
+//! Modules: `run` takes the lock and supervises the command, `signals`
+//! reads the signals it passes on (and tells the terminal's apart),
+//! `progress` shows a wait, `status` answers who holds a lock (text or
+//! JSON), `remote` does both on a `lockmgr::pg` lock, and `sys` holds the
+//! tool's only `unsafe` (the child's set-up between fork and exec).
+
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod progress;
 #[cfg(feature = "postgres")]
 mod remote;
 mod run;
+mod signals;
 mod status;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockmgr::LockKind;
@@ -85,10 +97,12 @@ pub(crate) struct RunArgs {
     /// Fail at once if the lock is held.
     #[arg(long, short = 'n', conflicts_with = "wait")]
     pub(crate) nonblock: bool,
-    /// Wait at most SECS seconds in all (default: as long as it takes).
-    #[arg(long, short = 'w', value_name = "SECS")]
-    pub(crate) wait: Option<f64>,
-    /// Split the wait into N attempts (the library's max_attempts).
+    /// Wait at most SECS seconds in all (a decimal number, 0 or more; `inf`
+    /// and anything too large to count: as long as it takes, the default).
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_wait)]
+    pub(crate) wait: Option<Duration>,
+    /// Split the wait into N attempts (the library's max_attempts; 0 is
+    /// taken as 1).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) attempts: u32,
     /// A label for the holder record (default: the command's name).
@@ -129,8 +143,36 @@ pub(crate) struct StatusArgs {
     pub(crate) lockfile: PathBuf,
 }
 
+/// `--wait SECS`: a number of seconds, 0 or more. Anything too large for
+/// a `Duration` (`inf`, `1e20`) means as long as it takes.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_owned())?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err("the wait must be 0 or more seconds (inf: as long as it takes)".into());
+    }
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line, as for every other error: clap's first, without its
+            // own prefix and usage hint.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(first.trim_start_matches("error: "));
+        }
+    };
+    // Before any thread exists, so that every thread blocks them: they
+    // queue for `signals::Signals` instead of ending lockmgr.
+    if let Err(e) = signals::block() {
+        return fail(&format!("cannot set up signal handling: {e}"));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -139,12 +181,16 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    let signals = match rt.block_on(async { signals::Signals::new() }) {
+        Ok(signals) => signals,
+        Err(e) => return fail(&format!("cannot set up signal handling: {e}")),
+    };
     match cli.command {
         #[cfg(feature = "postgres")]
-        Command::Run(args) if args.postgres.is_some() => rt.block_on(remote::run(args)),
+        Command::Run(args) if args.postgres.is_some() => rt.block_on(remote::run(args, signals)),
         #[cfg(feature = "postgres")]
         Command::Status(args) if args.postgres.is_some() => rt.block_on(remote::status(args)),
-        Command::Run(args) => rt.block_on(run::run(args)),
+        Command::Run(args) => rt.block_on(run::run(args, signals)),
         Command::Status(args) => status::status(args),
     }
 }

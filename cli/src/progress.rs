@@ -1,11 +1,13 @@
 //! The waiting message of `lockmgr run`.
+//!
+//! It names the holder the first try found and never looks again: finding
+//! out would mean opening and closing the lock file, and every close wakes
+//! every waiter on the host.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use lockmgr::{Holder, LockId};
-
-use crate::RunArgs;
 
 /// The waiting message: one updating line on a terminal, one line otherwise.
 pub(crate) struct Progress {
@@ -23,17 +25,18 @@ impl Progress {
     pub(crate) fn new(
         lock: &LockId,
         holder: Option<Holder>,
-        args: &RunArgs,
+        quiet: bool,
         per_attempt: Duration,
+        attempts: u32,
     ) -> Self {
         Progress {
             lock: lock.clone(),
             holder,
             tty: std::io::stderr().is_terminal(),
-            quiet: args.quiet,
+            quiet,
             started: Instant::now(),
             per_attempt,
-            attempts: args.attempts.max(1),
+            attempts,
             shown: false,
         }
     }
@@ -45,18 +48,15 @@ impl Progress {
         }
     }
 
-    pub(crate) fn show(&mut self, refresh: &impl Fn() -> Option<Holder>) {
+    pub(crate) fn show(&mut self) {
         if self.quiet || (self.shown && !self.tty) {
             return;
         }
-        if self.shown {
-            // The holder may have changed hands meanwhile.
-            self.holder = refresh().or(self.holder.take());
-        }
         let waited = self.started.elapsed();
-        let attempt = if self.per_attempt.is_zero() || self.per_attempt == Duration::MAX {
+        let attempt = if self.per_attempt.is_zero() {
             1
         } else {
+            // Saturates: an attempt as long as it takes is attempt 1.
             (waited.as_secs_f64() / self.per_attempt.as_secs_f64()) as u32 + 1
         }
         .min(self.attempts);

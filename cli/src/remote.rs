@@ -6,15 +6,17 @@ use std::time::Duration;
 use lockmgr::pg::{PgLockGuard, PgLockMgr};
 use lockmgr::LockMode;
 
-use crate::run::{label, mode, not_obtained, supervise, take};
+use crate::run::{budget, label, mode, not_obtained, supervise, take, Tie};
+use crate::signals::Signals;
 use crate::status::report;
 use crate::{fail, RunArgs, StatusArgs};
 
-pub(crate) async fn run(args: RunArgs) -> ExitCode {
+pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let url = args.postgres.as_deref().unwrap_or_default();
     let name = args.lockfile.to_string_lossy();
+    let (per_attempt, attempts) = budget(args.wait, args.attempts);
     let lock = match PgLockMgr::builder(url, name)
-        .max_attempts(args.attempts.max(1))
+        .max_attempts(attempts)
         .label(label(&args))
         .build()
     {
@@ -31,18 +33,23 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             }
         }
     };
-    // Asking the server means a connection each time: keep the holder
-    // named by the first try.
-    let guard: PgLockGuard = match take(acquire, || None, &args).await {
+    let guard: PgLockGuard = match take(acquire, &args, (per_attempt, attempts), &signals).await {
         Ok(guard) => guard,
         Err(e) => return not_obtained(e, &args),
     };
     let token = ("LOCKMGR_FENCING_TOKEN", guard.fencing_token().to_string());
-    let code = supervise(&args.command, Some(token), guard.lost()).await;
+    let outcome = supervise(
+        &args.command,
+        Some(token),
+        Tie::EndWithParent,
+        guard.lost(),
+        &signals,
+    )
+    .await;
     if let Err(e) = guard.release().await {
         eprintln!("lockmgr: {e}");
     }
-    code
+    outcome.finish()
 }
 
 pub(crate) async fn status(args: StatusArgs) -> ExitCode {

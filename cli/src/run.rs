@@ -1,15 +1,26 @@
 //! `lockmgr run`: take the lock (showing the wait), run the command under
 //! it, pass its exit status on.
+//!
+//! The command never runs without the lock. A file lock is inherited by the
+//! command (a copy of the lock's descriptor, as `flock(1)` gives its
+//! command): if `lockmgr` dies, by SIGKILL or the OOM killer, the command
+//! and whatever it started still hold the lock until they end. When the
+//! command ends normally, `lockmgr` unlocks explicitly, which frees the
+//! lock even if a process the command left behind still has the copy. A
+//! PostgreSQL lock lives in `lockmgr`'s own session and dies with it, so
+//! there the kernel kills the command if `lockmgr` dies.
 
 use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockmgr::{Holder, LockError, LockGuard, LockMgr, LockMode};
-use tokio::signal::unix::{signal, SignalKind};
+use lockmgr::{LockError, LockGuard, LockMgr, LockMode};
+use nix::sys::signal::Signal;
 
 use crate::progress::Progress;
+use crate::signals::{die_by, Signals};
 use crate::{fail, RunArgs};
 
 /// The holder label: `--label`, or the command's name.
@@ -41,10 +52,39 @@ pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
     }
 }
 
-pub(crate) async fn run(args: RunArgs) -> ExitCode {
+/// What becomes of the command: how `lockmgr` should end once the lock is
+/// released.
+pub(crate) enum Outcome {
+    /// It exited with this status, or could not be started (126, 127) or
+    /// supervised (2).
+    Code(ExitCode),
+    /// A signal ended it: `lockmgr` ends the same way.
+    Signaled(Signal),
+}
+
+impl Outcome {
+    pub(crate) fn finish(self) -> ExitCode {
+        match self {
+            Outcome::Code(code) => code,
+            Outcome::Signaled(signal) => ExitCode::from(die_by(signal)),
+        }
+    }
+}
+
+/// How the command is tied to the lock.
+pub(crate) enum Tie<'a> {
+    /// It inherits this descriptor of a file lock.
+    Inherit(&'a LockGuard),
+    /// It is killed if `lockmgr` dies (a lock held by `lockmgr`'s session).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    EndWithParent,
+}
+
+pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
+    let (per_attempt, attempts) = budget(args.wait, args.attempts);
     let lock = LockMgr::builder(&args.lockfile)
         .kind(args.kind.into())
-        .max_attempts(args.attempts.max(1))
+        .max_attempts(attempts)
         .label(label(&args))
         .build();
     let lock_mode = mode(&args);
@@ -57,25 +97,50 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             }
         }
     };
-    let refresh = || lock.holder().ok().flatten();
-    let guard: LockGuard = match take(acquire, refresh, &args).await {
+    let guard: LockGuard = match take(acquire, &args, (per_attempt, attempts), &signals).await {
         Ok(guard) => guard,
         Err(e) => return not_obtained(e, &args),
     };
-    let code = supervise(&args.command, None, std::future::pending()).await;
+    let outcome = supervise(
+        &args.command,
+        None,
+        Tie::Inherit(&guard),
+        std::future::pending(),
+        &signals,
+    )
+    .await;
     if let Err(e) = guard.release() {
         eprintln!("lockmgr: {e}");
     }
-    code
+    outcome.finish()
+}
+
+/// The library's budget for `--wait` and `--attempts`: the attempt's length
+/// and the number of attempts. No `--wait`: as long as it takes. A wait
+/// shorter than its attempts have nanoseconds is cut into 1 ns attempts
+/// (the library makes no more tries for that).
+pub(crate) fn budget(wait: Option<Duration>, attempts: u32) -> (Duration, u32) {
+    let attempts = attempts.max(1);
+    let Some(total) = wait else {
+        return (Duration::MAX, attempts);
+    };
+    let per = total / attempts;
+    if per.is_zero() && !total.is_zero() {
+        let nanos = u32::try_from(total.as_nanos()).unwrap_or(u32::MAX);
+        return (Duration::from_nanos(1), nanos);
+    }
+    (per, attempts)
 }
 
 /// Takes the lock with the library's waiting, showing the wait on stderr:
-/// one try, then, unless `--nonblock`, a wait split into attempts, with
-/// `refresh` asked now and then who holds the lock.
+/// one try, then, unless `--nonblock`, a wait split into attempts. A
+/// SIGINT, SIGTERM, SIGHUP or SIGQUIT while it waits ends `lockmgr` by that
+/// signal, as it would end `flock(1)`.
 pub(crate) async fn take<G, F>(
     acquire: impl Fn(bool, Duration) -> F,
-    refresh: impl Fn() -> Option<Holder>,
     args: &RunArgs,
+    (per_attempt, attempts): (Duration, u32),
+    signals: &Signals,
 ) -> Result<G, LockError>
 where
     F: std::future::Future<Output = Result<G, LockError>>,
@@ -87,53 +152,62 @@ where
         }
         _ => return first,
     };
-    // The wait in all, split into attempts; no --wait: as long as it takes.
-    let per_attempt = match args.wait {
-        None => Duration::MAX,
-        Some(secs) if secs.is_finite() && secs > 0.0 => {
-            Duration::from_secs_f64(secs) / args.attempts.max(1)
-        }
-        Some(_) => Duration::ZERO,
-    };
-    let mut progress = Progress::new(&lock, holder, args, per_attempt);
+    let mut progress = Progress::new(&lock, holder, args.quiet, per_attempt, attempts);
     let acquired = acquire(true, per_attempt);
     tokio::pin!(acquired);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
             r = &mut acquired => break r,
-            _ = tick.tick() => progress.show(&refresh),
+            _ = tick.tick() => progress.show(),
+            sig = signals.recv() => {
+                progress.done();
+                match sig {
+                    Ok(received) => std::process::exit(die_by(received.signal).into()),
+                    Err(e) => {
+                        eprintln!("lockmgr: cannot read signals: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
         }
     };
     progress.done();
     result
 }
 
-/// Runs the command, forwarding SIGINT, SIGTERM and SIGHUP to it, and
-/// returns its exit status the way a shell reports it. `env` is set in its
-/// environment. If `lost` resolves (the lock is gone while the command
-/// runs), the command gets SIGTERM.
+/// Runs the command and waits for it, passing on the signals meant for it,
+/// and returns what became of it. `env` is set in its environment. If
+/// `lost` resolves (the lock is gone while the command runs), the command
+/// gets SIGTERM.
 pub(crate) async fn supervise(
     command: &[OsString],
     env: Option<(&str, String)>,
+    tie: Tie<'_>,
     lost: impl std::future::Future<Output = ()>,
-) -> ExitCode {
-    // Handlers first: a signal that comes the moment the command starts
-    // must be forwarded, not kill us and orphan the command.
-    let streams = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    );
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
-        return fail("cannot set up signal forwarding");
-    };
+    signals: &Signals,
+) -> Outcome {
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     if let Some((key, value)) = env {
         cmd.env(key, value);
     }
-    let mut child = match cmd.spawn() {
+    // The inherited copy of the lock: a duplicate has no close-on-exec
+    // flag, so the command gets it; this process closes its own copy once
+    // the command runs.
+    let inherited: Option<OwnedFd> = match tie {
+        Tie::Inherit(guard) => match guard.as_fd().try_clone_to_owned() {
+            Ok(dup) => Some(without_cloexec(dup)),
+            Err(e) => {
+                return Outcome::Code(fail(&format!("cannot hand the lock to the command: {e}")))
+            }
+        },
+        Tie::EndWithParent => None,
+    };
+    crate::sys::prepare_child(&mut cmd, matches!(tie, Tie::EndWithParent));
+    let spawned = cmd.spawn();
+    drop(inherited);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             eprintln!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
@@ -142,41 +216,52 @@ pub(crate) async fn supervise(
             } else {
                 126
             };
-            return ExitCode::from(code);
+            return Outcome::Code(ExitCode::from(code));
         }
     };
     let Some(pid) = child.id() else {
-        return fail("the command vanished before it could be supervised");
+        return Outcome::Code(fail("the command vanished before it could be supervised"));
     };
     let pid = nix::unistd::Pid::from_raw(pid as i32);
-    let forward = |sig| {
-        let _ = nix::sys::signal::kill(pid, sig);
-    };
-    use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
     tokio::pin!(lost);
     let mut was_lost = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            Some(()) = int.recv() => forward(SIGINT),
-            Some(()) = term.recv() => forward(SIGTERM),
-            Some(()) = hup.recv() => forward(SIGHUP),
+            sig = signals.recv() => match sig {
+                // The terminal's own signal reached the command too.
+                Ok(received) if received.from_terminal => {}
+                Ok(received) => {
+                    let _ = nix::sys::signal::kill(pid, received.signal);
+                }
+                Err(e) => eprintln!("lockmgr: cannot read signals: {e}"),
+            },
             () = &mut lost, if !was_lost => {
                 was_lost = true;
                 eprintln!("lockmgr: the lock was lost (its session ended); stopping the command");
-                forward(SIGTERM);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             }
         }
     };
     match status {
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;
-            let code = s
-                .code()
-                .or_else(|| s.signal().map(|sig| 128 + sig))
-                .unwrap_or(1);
-            ExitCode::from(code.clamp(0, 255) as u8)
+            if let Some(code) = s.code() {
+                Outcome::Code(ExitCode::from(code.clamp(0, 255) as u8))
+            } else if let Some(signal) = s.signal().and_then(|n| Signal::try_from(n).ok()) {
+                Outcome::Signaled(signal)
+            } else {
+                Outcome::Code(ExitCode::from(1))
+            }
         }
-        Err(e) => fail(&format!("cannot wait for the command: {e}")),
+        Err(e) => Outcome::Code(fail(&format!("cannot wait for the command: {e}"))),
     }
+}
+
+/// `try_clone_to_owned` sets close-on-exec on the copy; the command must
+/// inherit it, so clear it.
+fn without_cloexec(fd: OwnedFd) -> OwnedFd {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()));
+    fd
 }

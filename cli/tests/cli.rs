@@ -1,6 +1,9 @@
 //! The `lockmgr` command, driven as a real binary.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -140,8 +143,22 @@ fn exit_status_is_the_commands() {
     let lock = dir.path().join("l");
     let out = lockmgr(&["run", s(&lock), "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
-    let out = lockmgr(&["run", s(&lock), "--", "sh", "-c", "kill -9 $$"]);
-    assert_eq!(out.status.code(), Some(128 + 9));
+    // A command ended by a signal ends lockmgr by the same signal, as a
+    // shell expects of the plain command.
+    for sig in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGINT] {
+        let script = format!("kill -{} $$", sig as i32);
+        let out = lockmgr(&["run", s(&lock), "--", "sh", "-c", &script]);
+        assert_eq!(
+            out.status.signal(),
+            Some(sig as i32),
+            "{sig}: {:?}",
+            out.status
+        );
+        // And it released the lock first.
+        assert!(lockmgr(&["run", "-n", s(&lock), "--", "true"])
+            .status
+            .success());
+    }
     let out = lockmgr(&["run", s(&lock), "--", "/nonexistent/command"]);
     assert_eq!(out.status.code(), Some(127));
 }
@@ -300,4 +317,227 @@ fn status_while_held_and_after_the_holder_is_killed() {
         (Some(1), format!("{}: held shared\n", lock.display()))
     );
     finish(reader);
+}
+
+/// When `lockmgr run` itself is killed (SIGKILL, the OOM killer), its
+/// command keeps the lock, as `flock(1)`'s command does: nobody else gets
+/// it until the command (and whatever inherited the lock from it) ends.
+#[test]
+fn a_killed_lockmgr_leaves_the_lock_with_its_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("job.lock");
+    let mut first = holder(&lock, &[]);
+    // Kept: `wait` would close it, and the command ends at its end.
+    let command_input = first.stdin.take();
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(first.wait().unwrap().signal(), Some(9));
+    // The command (`cat`, reading the stdin we still hold) runs on.
+    let out = lockmgr(&["run", "--nonblock", s(&lock), "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a second run got the lock while the first one's command runs: {}",
+        text(&out.stderr)
+    );
+    // The command ends: the lock is free.
+    drop(command_input);
+    let out = lockmgr(&["run", "--wait", "30", s(&lock), "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Runs `command` (a shell command line) on a terminal of its own, with
+/// util-linux `script`; its output (the terminal's) is read as it comes.
+fn on_a_terminal(command: &str) -> (Child, common::Output) {
+    let mut child = Command::new("script")
+        .args(["-q", "-f", "-e", "-c", command, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux script(1) runs commands on a terminal for these tests");
+    let out = common::Output::of(child.stdout.take().unwrap());
+    (child, out)
+}
+
+/// One Ctrl-C on a terminal reaches the command once: the terminal sends it
+/// to the whole foreground group, so lockmgr must not pass it on as well.
+/// A signal sent to lockmgr alone (here SIGTERM) is passed on.
+#[test]
+fn one_ctrl_c_reaches_the_command_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let counter = common::c_program("signals");
+    let (mut term, mut out) = on_a_terminal(&format!(
+        "exec {LOCKMGR} run {} -- {}",
+        lock.display(),
+        counter.display()
+    ));
+    out.until("ready", 1);
+    let lockmgr_pid = term.id(); // script's child is exec'd lockmgr
+    term.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    term.stdin.as_mut().unwrap().flush().unwrap();
+    out.until("INT", 1);
+    // Signals reach the command in order: any SIGINT lockmgr passed on
+    // arrives before the SIGTERM it passes on now.
+    let pid = pid_of_child_of(lockmgr_pid);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    out.until("TERM", 1);
+    assert!(term.wait().unwrap().success());
+    let all = out.rest();
+    assert_eq!(all.matches("INT").count(), 1, "{all:?}");
+}
+
+/// The pid of the (only) child of `parent`, from /proc.
+fn pid_of_child_of(parent: u32) -> i32 {
+    let deadline = std::time::Instant::now() + common::LIVENESS;
+    loop {
+        let path = format!("/proc/{parent}/task/{parent}/children");
+        let kids = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(pid) = kids.split_whitespace().next() {
+            return pid.parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no child of {parent}");
+        std::thread::yield_now();
+    }
+}
+
+/// The waiting display on a terminal refreshes every half second without
+/// opening the lock file: every close of it wakes every waiter on the host.
+#[test]
+fn the_waiting_display_does_not_touch_the_lock_file() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let held = lockmgr::LockMgr::new(&lock).try_acquire().unwrap();
+    let (mut term, mut out) =
+        on_a_terminal(&format!("exec {LOCKMGR} run {} -- true", lock.display()));
+    // The display is up: lockmgr's own opens are behind it.
+    out.until("waiting for lock", 1);
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    watch
+        .add_watch(&lock, AddWatchFlags::IN_OPEN | AddWatchFlags::IN_CLOSE)
+        .unwrap();
+    let shown = out.count("waiting for lock");
+    out.until("waiting for lock", shown + 3);
+    let touched = watch.read_events().map(|e| e.len()).unwrap_or(0);
+    drop(held);
+    assert!(term.wait().unwrap().success());
+    assert_eq!(
+        touched, 0,
+        "the display opened the lock file while it waited"
+    );
+}
+
+/// Arguments that are out of range give one clear line and status 2, or
+/// have a documented meaning; none panics.
+#[test]
+fn no_argument_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let run = |opts: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend([s(&lock), "--", "true"]);
+        lockmgr(&args)
+    };
+    // As long as it takes (the lock is free: the command runs).
+    for wait in ["1e20", "inf", "1e308", "18446744073709551616"] {
+        let out = run(&["--wait", wait]);
+        assert!(out.status.success(), "--wait {wait}: {}", text(&out.stderr));
+    }
+    // Shorter than a nanosecond: one try.
+    assert!(run(&["--wait", "1e-12"]).status.success());
+    assert!(run(&["--attempts", "4294967295", "--wait", "0.01"])
+        .status
+        .success());
+    assert!(run(&["--attempts", "0"]).status.success());
+    for bad in [
+        &["--wait", "nan"][..],
+        &["--wait", "-1"],
+        &["--wait", "-inf"],
+        &["--wait", "soon"],
+        &["--attempts", "99999999999"],
+        &["--attempts", "-3"],
+    ] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+        assert!(err.starts_with("lockmgr: "), "{bad:?}: {err}");
+    }
+    // Held: the tiny wait and the many tiny attempts give up, and soon.
+    let held = lockmgr::LockMgr::new(&lock).try_acquire().unwrap();
+    assert_eq!(run(&["--wait", "1e-12"]).status.code(), Some(1));
+    let out = run(&["--attempts", "4294967295", "--wait", "0.2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    drop(held);
+}
+
+/// `--kind flock` locks a file it may only read, as `flock(1)` does.
+#[test]
+fn flock_kind_locks_a_read_only_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = dir.path().join("shared.lock");
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |opts: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend([s(&lock), "--", "true"]);
+        Command::new(LOCKMGR)
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["--kind", "flock"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = as_nobody(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("write"), "{}", text(&out.stderr));
+}
+
+/// A holder that unlocks without closing (here a C program with
+/// `flock(fd, LOCK_UN)`): `lockmgr run` without `--wait` still gets in.
+#[test]
+fn a_run_gets_in_when_a_foreign_holder_unlocks_without_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let mut foreign = Command::new(common::c_program("holder"))
+        .args(["flock", "ex"])
+        .arg(&lock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(foreign.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("locked"), "{line}");
+    let mut run = Command::new(LOCKMGR)
+        .args(["run", "--kind", "flock", s(&lock), "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(run.stderr.take().unwrap());
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for lock"), "{line}");
+    writeln!(foreign.stdin.as_mut().unwrap(), "unlock").unwrap();
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line, "unlocked\n");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = run.id();
+    std::thread::spawn(move || tx.send(run.wait().unwrap()));
+    let status = rx.recv_timeout(common::LIVENESS);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let _ = foreign.kill();
+    let _ = foreign.wait();
+    let status = status.expect("lockmgr run still waits on a free lock");
+    assert!(status.success());
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -128,13 +129,51 @@ fn a_lost_session_stops_the_command() {
         })
         .await
         .expect("the command was not stopped");
-        assert_eq!(
-            status.status.code(),
-            Some(128 + 15),
-            "{}",
-            text(&status.stderr)
-        );
+        // The command died of the SIGTERM, and lockmgr with it.
+        assert_eq!(status.status.signal(), Some(15), "{}", text(&status.stderr));
         assert!(text(&status.stderr).contains("lock was lost"));
         drop(lock.try_acquire().await.unwrap());
     });
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim().to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// The lock lives in `lockmgr`'s own session, which dies with it: when
+/// `lockmgr run` is killed, its command is ended at once, so it never runs
+/// without the lock.
+#[test]
+fn a_killed_lockmgr_ends_its_command() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-killed-{}", std::process::id());
+    let mut child = Command::new(LOCKMGR)
+        .args(["run", "--postgres", &url, &name, "--"])
+        .args(["sh", "-c", "echo $$; exec sleep 600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let command: i32 = line.trim().parse().unwrap();
+    assert!(running(command));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + common::LIVENESS;
+    while running(command) {
+        if std::time::Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(command), Signal::SIGKILL);
+            panic!("the command runs on after lockmgr died, without the lock");
+        }
+        std::thread::yield_now();
+    }
 }

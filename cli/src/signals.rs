@@ -1,0 +1,102 @@
+//! The signals `lockmgr run` handles, read from a `signalfd` so that each
+//! comes with who sent it.
+//!
+//! A Ctrl-C on a terminal goes from the kernel to the whole foreground
+//! process group: to `lockmgr` and to its command alike. Forwarding it as
+//! well would make the command see it twice. A `kill` aimed at `lockmgr`
+//! alone reaches only `lockmgr`, and must be passed on. The `signalfd`
+//! tells the two apart (`ssi_code` is `SI_KERNEL` for the terminal's).
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{raise, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tokio::io::unix::AsyncFd;
+
+/// The signals `lockmgr` passes on to its command, or dies of while it
+/// waits for the lock.
+const HANDLED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// `si_code` of a signal the kernel sent itself (a terminal's Ctrl-C,
+/// Ctrl-\ or hang-up).
+const SI_KERNEL: i32 = 0x80;
+
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in HANDLED {
+        set.add(sig);
+    }
+    set
+}
+
+/// Blocks the handled signals in the calling thread, and so in every thread
+/// started after it (call it first thing in `main`), so that they queue for
+/// [`Signals`] instead of acting. The command starts with an empty mask:
+/// the standard library resets it in the child.
+pub(crate) fn block() -> nix::Result<()> {
+    handled().thread_block()
+}
+
+/// A signal that came in, and whether it came from the terminal (and so
+/// reached the command too).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub(crate) signal: Signal,
+    pub(crate) from_terminal: bool,
+}
+
+/// The queue of handled signals.
+pub(crate) struct Signals(AsyncFd<SignalFd>);
+
+impl Signals {
+    /// Must be made inside the runtime, after [`block`].
+    pub(crate) fn new() -> std::io::Result<Signals> {
+        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals(crate::sys::async_signalfd(fd)?))
+    }
+
+    /// The next signal.
+    pub(crate) async fn recv(&self) -> std::io::Result<Received> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.get_inner().read_signal() {
+                Ok(Some(info)) => {
+                    let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                        continue;
+                    };
+                    return Ok(Received {
+                        signal,
+                        from_terminal: info.ssi_code == SI_KERNEL,
+                    });
+                }
+                Ok(None) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Ends this process by `signal`, as the command it ran was ended, so that
+/// a shell (or a loop in a script) reacts to `lockmgr` as to the plain
+/// command: a Ctrl-C stops the loop. Falls back to the shell's convention,
+/// status 128 + N, when the signal does not end the process (it is ignored
+/// here, as in a background job).
+pub(crate) fn die_by(signal: Signal) -> u8 {
+    use std::io::Write;
+    let _ = std::io::stderr().flush();
+    let _ = std::io::stdout().flush();
+    // A signal that dumps core would leave a core of lockmgr's, not of the
+    // command's: none.
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    if raise(signal).is_ok() {
+        let mut one = SigSet::empty();
+        one.add(signal);
+        // Pending now; delivered (with its default action) once unblocked.
+        let _ = one.thread_unblock();
+    }
+    (128 + signal as i32).clamp(0, 255) as u8
+}
