@@ -105,6 +105,11 @@ impl Watcher {
         if let Some(w) = WATCHER.get() {
             return Ok(w);
         }
+        Watcher::start_in(&WATCHER)
+    }
+
+    /// Makes a watcher in `slot` (empty) and starts its reader thread.
+    fn start_in(slot: &'static OnceLock<Watcher>) -> io::Result<&'static Watcher> {
         let inotify = Inotify::init()?;
         let watcher = Watcher {
             registry: Mutex::new(Registry {
@@ -114,7 +119,7 @@ impl Watcher {
             next_waiter: AtomicU64::new(0),
             reading: AtomicBool::new(true),
         };
-        let w: &'static Watcher = WATCHER.get_or_init(|| watcher);
+        let w: &'static Watcher = slot.get_or_init(|| watcher);
         if let Err(e) = std::thread::Builder::new()
             .name("lockmgr-inotify".into())
             .spawn(move || w.run(inotify))
@@ -328,6 +333,47 @@ mod tests {
                     .is_some_and(|e| Arc::ptr_eq(e, &entry)),
                 "last waiter removes the watch"
             );
+        });
+    }
+
+    /// Events dropped by a full inotify queue (`IN_Q_OVERFLOW`) wake every
+    /// waiter, whose own event may be among the dropped. The watcher here
+    /// has a queue of one event (`fs.inotify.max_queued_events` is read when
+    /// an instance is made), and its reader is held up (by the test holding
+    /// its registry) while the events come, so the waiter's own close event
+    /// is certainly dropped.
+    #[test]
+    fn a_queue_overflow_wakes_every_waiter() {
+        const KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
+        static SMALL: OnceLock<Watcher> = OnceLock::new();
+        let old = std::fs::read_to_string(KNOB).unwrap();
+        std::fs::write(KNOB, "1").expect("setting fs.inotify.max_queued_events needs root");
+        let started = Watcher::start_in(&SMALL);
+        std::fs::write(KNOB, old.trim()).unwrap();
+        let w = started.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (a, c) = (dir.path().join("a"), dir.path().join("c"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&c, b"").unwrap();
+        let (fa, fc) = (File::open(&a).unwrap(), File::open(&c).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let wa = w.watch(fa.as_fd(), &a).unwrap();
+            let wc = w.watch(fc.as_fd(), &c).unwrap();
+            {
+                let _stalled = lock(&w.registry);
+                for _ in 0..10 {
+                    drop(File::open(&c).unwrap());
+                }
+                // The waiter's own event: dropped, the queue is full.
+                drop(File::open(&a).unwrap());
+            }
+            assert!(fires(&wa).await, "the overflow did not wake the waiter");
+            drop((wa, wc));
         });
     }
 }
