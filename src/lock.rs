@@ -213,14 +213,21 @@ impl LockMgr {
     /// - `wait == true`: waits in up to [`max_attempts`](LockMgrBuilder::max_attempts)
     ///   attempts of up to `timeout` each. The task sleeps on inotify events
     ///   for the lock file (closes, removal) shared with every other waiter
-    ///   of the process; it does not poll (except on network file systems,
-    ///   where inotify is blind to other machines), and it never blocks a
-    ///   runtime thread. An event that does not lead to the lock (another
-    ///   waiter won, someone opened and closed the file) does not use up an
-    ///   attempt; only the attempt's deadline does. The total wait is
-    ///   bounded by `timeout * max_attempts`; a product past what
-    ///   [`Instant`](std::time::Instant) can hold (e.g. `Duration::MAX`)
-    ///   means "as long as it takes".
+    ///   of the process, and tries again every 500 ms whatever the events
+    ///   say (a release that closes nothing sends no event); it polls only
+    ///   on network file systems, where inotify is blind to other machines.
+    ///   The attempts state the budget, not a schedule of tries: the total
+    ///   wait is bounded by `timeout * max_attempts`, and a product past
+    ///   what [`Instant`](std::time::Instant) can hold (e.g.
+    ///   `Duration::MAX`) means "as long as it takes".
+    ///
+    /// The calls into the file system (open, lock, stat, record, close) are
+    /// system calls made on the calling thread, which on a local file system
+    /// take microseconds. Once a lock is known to be on a network or FUSE
+    /// file system (from its first open), where any call may stall for
+    /// seconds, they run on blocking threads instead, so a stalled mount
+    /// never blocks a runtime thread and the wait's budget still bounds the
+    /// call (the error is then [`LockError::Io`] with `TimedOut`).
     ///
     /// Waiters of one process line up first come, first served (per file,
     /// whatever path names it). Only the first in line opens the file and
