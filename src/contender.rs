@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use tokio::time::Instant;
 
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
+use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
-use crate::queue::{self, Ticket};
+use crate::queue::{self, Promise, Ticket};
 use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
@@ -90,11 +91,56 @@ impl LockConfig {
 struct FileContender<'a> {
     config: &'a LockConfig,
     mode: LockMode,
-    fd: OwnedFd,
+    /// The descriptor; `None` only once handed on (to a guard, or parked).
+    fd: Option<OwnedFd>,
     /// The identity of the file open at `fd`.
     file: FileId,
     /// Whether `fd` may be written (a holder record needs it).
     writable: bool,
+    /// The kernel's wait for the lock on `fd`, when one was started. Shared
+    /// with the waiting loop's [`Signal`]; the wait is abandoned when the
+    /// last of them goes, unless it was parked for the next in line.
+    kernel: Option<Arc<KernelWait>>,
+}
+
+/// Says, once per process, that waits fall back to inotify because no
+/// helper thread could be started (a thread limit, no memory).
+fn warn_no_helper(e: &io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %e,
+            "lockmgr: cannot start a helper thread to wait in the kernel; \
+             waiting on inotify events and a try every 500 ms instead"
+        );
+    }
+}
+
+/// A head's wait, parked in its line when the head gave up (see
+/// `kernel_wait`): the descriptor the kernel's wait is for, and the wait.
+struct Parked {
+    fd: OwnedFd,
+    writable: bool,
+    kernel: Arc<KernelWait>,
+}
+
+impl Drop for FileContender<'_> {
+    fn drop(&mut self) {
+        // A kernel wait still under way goes to the next in line, with the
+        // descriptor it waits for; without one, it is abandoned (when the
+        // last share of it goes).
+        let (Some(kernel), Some(fd)) = (self.kernel.take(), self.fd.take()) else {
+            return;
+        };
+        if kernel.is_pending() {
+            let parked = Box::new(Parked {
+                fd,
+                writable: self.writable,
+                kernel,
+            });
+            let _ = queue::park(self.file, parked);
+        }
+    }
 }
 
 impl Contender for FileContender<'_> {
@@ -104,7 +150,7 @@ impl Contender for FileContender<'_> {
         let path = &self.config.path;
         let mut moved = false;
         loop {
-            let won = os::try_lock(&self.fd, self.config.kind, self.mode)
+            let won = os::try_lock(self.fd(), self.config.kind, self.mode)
                 .map_err(|e| self.lock_error(e))?;
             tracing::debug!(
                 lock = %path.display(),
@@ -118,7 +164,7 @@ impl Contender for FileContender<'_> {
                 return Ok(if moved { Try::Moved } else { Try::Held });
             }
             if self.config.remove_on_release
-                && !os::is_file_at(&self.fd, path)
+                && !os::is_file_at(self.fd(), path)
                     .map_err(|e| LockError::io(path, Operation::Stat, e))?
             {
                 // Won a file its last holder removed: it no longer guards
@@ -126,7 +172,11 @@ impl Contender for FileContender<'_> {
                 // for the file now at the path.
                 tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
                 let opened = open_fd(self.config, self.mode)?;
-                (self.fd, self.file, self.writable) = (opened.fd, opened.file, opened.writable);
+                // The old file's kernel wait, if any, was claimed: its end
+                // is the end of its descriptor.
+                self.kernel = None;
+                (self.fd, self.file, self.writable) =
+                    (Some(opened.fd), opened.file, opened.writable);
                 moved = true;
                 continue;
             }
@@ -137,14 +187,28 @@ impl Contender for FileContender<'_> {
         }
     }
 
-    fn signal(&mut self) -> Signal {
-        match os::file_system(&self.fd) {
+    fn signal(&mut self, promise: Option<Promise>) -> Signal {
+        match os::file_system(self.fd()) {
             Ok((fs, true)) => {
                 self.config.warn_network(fs);
                 Signal::poll()
             }
-            _ => Signal::watch(self.fd.as_fd(), &self.config.path),
+            _ => match KernelWait::start(self.fd(), self.config.kind, self.mode, promise) {
+                Ok(kernel) => {
+                    let kernel = Arc::new(kernel);
+                    self.kernel = Some(kernel.clone());
+                    Signal::Kernel(kernel)
+                }
+                Err(e) => {
+                    warn_no_helper(&e);
+                    Signal::watch(self.fd(), &self.config.path)
+                }
+            },
         }
+    }
+
+    fn fail(&self, e: io::Error) -> LockError {
+        self.lock_error(e)
     }
 }
 
@@ -234,30 +298,66 @@ impl<'a> FileContender<'a> {
         Ok(FileContender {
             config,
             mode,
-            fd: opened.fd,
+            fd: Some(opened.fd),
             file: opened.file,
             writable: opened.writable,
+            kernel: None,
         })
     }
 
-    fn into_held(self) -> Held {
-        Held {
+    /// Takes over the wait a head of this file's line parked, if it is for
+    /// the same mode (another mode is left to be abandoned).
+    fn adopt(config: &'a LockConfig, mode: LockMode, file: FileId) -> Option<Self> {
+        let parked = queue::take_parked(file)?.downcast::<Parked>().ok()?;
+        if parked.kernel.mode() != mode {
+            return None;
+        }
+        let Parked {
+            fd,
+            writable,
+            kernel,
+        } = *parked;
+        Some(FileContender {
+            config,
+            mode,
+            fd: Some(fd),
+            file,
+            writable,
+            kernel: Some(kernel),
+        })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd
+            .as_ref()
+            .expect("a contender has its descriptor until it is handed on")
+            .as_fd()
+    }
+
+    fn into_held(mut self) -> Result<Held, LockError> {
+        // Won (through a claimed kernel wait, or a try): the lock is held
+        // through this descriptor; a helper's duplicate closes at once.
+        self.kernel = None;
+        let fd = self
+            .fd
+            .take()
+            .expect("a contender has its descriptor until it is handed on");
+        Ok(Held {
             off_runtime: self.config.on_network(),
-            file: Some(File::from(self.fd)),
-            file_id: self.file,
+            file: Some(File::from(fd)),
             path: self.config.path.clone(),
             owner_pid: os::current_pid(),
             kind: self.config.kind,
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
-        }
+        })
     }
 
     fn lock_error(&self, e: io::Error) -> LockError {
         let lock = self.config.id.clone();
         match e.raw_os_error() {
             Some(nix::libc::ENOLCK | nix::libc::EOPNOTSUPP | nix::libc::ENOSYS) => {
-                let fs = os::file_system(&self.fd).map_or("unknown", |(name, _)| name);
+                let fs = os::file_system(self.fd()).map_or("unknown", |(name, _)| name);
                 LockError::Unsupported {
                     lock,
                     fs,
@@ -280,7 +380,7 @@ impl<'a> FileContender<'a> {
         // truncated when the new record is shorter, since truncating costs a
         // file-system transaction on every acquire otherwise.
         let mut head = [0u8; MAX_RECORD];
-        let old_len = match os::read_head(&self.fd, &mut head) {
+        let old_len = match os::read_head(self.fd(), &mut head) {
             // Only an empty file or a record line (the tag, then a line end)
             // is ours to replace: content that merely starts like one ("l",
             // "lockmgr-holder/") is somebody's data.
@@ -306,7 +406,7 @@ impl<'a> FileContender<'a> {
             // record already says exactly this.
             return;
         }
-        if let Err(e) = os::write_head(&self.fd, record.as_bytes(), old_len > record.len()) {
+        if let Err(e) = os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
             tracing::warn!(lock = %self.config.path.display(), error = %e, "could not write the holder record");
         }
     }
@@ -318,11 +418,11 @@ impl<'a> FileContender<'a> {
             // A shared try only fails against an exclusive holder.
             LockMode::Shared => true,
             LockMode::Exclusive => matches!(
-                os::probe(&self.fd, self.config.kind),
+                os::probe(self.fd(), self.config.kind),
                 Ok(Probe::Held(LockMode::Exclusive))
             ),
         };
-        exclusive_holder.then(|| read_record(&self.fd)).flatten()
+        exclusive_holder.then(|| read_record(self.fd())).flatten()
     }
 
     fn would_block(&self) -> LockError {
@@ -350,7 +450,7 @@ pub(crate) fn try_lock(config: &LockConfig, mode: LockMode) -> Result<Held, Lock
 fn try_lock_for(config: &LockConfig, mode: LockMode, cause: Cause) -> Result<Held, LockError> {
     let mut contender = FileContender::open(config, mode)?;
     match contender.try_once(1, cause)? {
-        Try::Won => Ok(contender.into_held()),
+        Try::Won => contender.into_held(),
         Try::Held | Try::Moved => Err(contender.would_block()),
     }
 }
@@ -382,11 +482,19 @@ pub(crate) async fn lock(
     loop {
         if let Some(t) = &ticket {
             wait_turn(config, t, policy, started).await?;
+            // The head before us may have given up and left its kernel wait
+            // in the line: take it over rather than start another.
+            if let Some(mut contender) = FileContender::adopt(config, mode, t.file()) {
+                let kernel = contender.kernel.clone().expect("an adopted wait");
+                kernel.keep(Some(t.promise()));
+                let mut signal = Signal::Kernel(kernel);
+                return wait_for(&mut contender, &mut signal, t, policy, started).await;
+            }
         }
         let mut contender = FileContender::open(config, mode)?;
         if contender.try_once(1, Cause::First)? == Try::Won {
             // Dropping the ticket after this makes the next in line the head.
-            return Ok(contender.into_held());
+            return contender.into_held();
         }
         if !policy.waits {
             return Err(contender.would_block());
@@ -395,39 +503,63 @@ pub(crate) async fn lock(
             announced = true;
             policy.announce(lock_id, contender.holder().as_ref(), "");
         }
-        if ticket.as_ref().map(Ticket::file) != Some(contender.file) {
-            // First wait, or the file was replaced while queued: line up
-            // for the file now at the path. Someone else of this process
-            // may have got to the front first; then wait behind them (the
+        let t = match ticket.take() {
+            Some(t) if t.file() == contender.file => t,
+            // First wait, or the file was replaced while queued: line up for
+            // the file now at the path. Someone else of this process may
+            // have got to the front first; then wait behind them (the
             // contender's descriptor is closed meanwhile).
-            let t = Ticket::join(contender.file);
-            let head = t.is_head();
-            ticket = Some(t);
-            if !head {
-                continue;
+            _ => {
+                let t = Ticket::join(contender.file);
+                if !t.is_head() {
+                    ticket = Some(t);
+                    continue;
+                }
+                t
             }
-        }
-        // The watch goes in before the next try: a release between that try
-        // and the sleep is then an event, not a lost wake-up.
-        let mut signal = contender.signal();
-        return match wait::wait(
-            &mut contender,
-            &mut signal,
-            ticket.as_ref(),
-            policy,
-            started,
-        )
-        .await
-        {
-            Ok(()) => Ok(contender.into_held()),
-            Err(Failed::Error(e)) => Err(e),
-            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
-                lock: lock_id.clone(),
-                attempts,
-                waited,
-                holder: contender.holder(),
-            }),
         };
+        // The wait is set up before the next try: a release between that
+        // try and the sleep is then seen, not lost.
+        let mut signal = contender.signal(Some(t.promise()));
+        return wait_for(&mut contender, &mut signal, &t, policy, started).await;
+    }
+}
+
+/// Waits as the head of its line (`ticket`) until `contender` wins or the
+/// budget is spent.
+async fn wait_for(
+    contender: &mut FileContender<'_>,
+    signal: &mut Signal,
+    ticket: &Ticket,
+    policy: Policy,
+    started: Instant,
+) -> Result<Held, LockError> {
+    match wait::wait(contender, signal, Some(ticket), policy, started).await {
+        Ok(()) => {
+            // Any kernel wait is over: the signal's share of it goes first.
+            *signal = Signal::poll();
+            take(contender).into_held()
+        }
+        Err(Failed::Error(e)) => Err(e),
+        Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+            lock: contender.config.id.clone(),
+            attempts,
+            waited,
+            holder: contender.holder(),
+        }),
+    }
+}
+
+/// Moves the contender out from behind a `&mut` (which is left empty, with
+/// nothing to park).
+fn take<'a>(contender: &mut FileContender<'a>) -> FileContender<'a> {
+    FileContender {
+        config: contender.config,
+        mode: contender.mode,
+        fd: contender.fd.take(),
+        file: contender.file,
+        writable: contender.writable,
+        kernel: contender.kernel.take(),
     }
 }
 
@@ -578,8 +710,6 @@ pub(crate) struct Held {
     /// dropped in a runtime.
     off_runtime: bool,
     file: Option<File>,
-    /// The identity of `file`, which names its in-process line.
-    file_id: FileId,
     path: Arc<Path>,
     owner_pid: u32,
     kind: LockKind,
@@ -637,10 +767,6 @@ impl Held {
         let closed = nix::unistd::close(file)
             .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
         tracing::debug!(lock = %self.path.display(), mode = %self.mode, "released lock");
-        if owner {
-            // Only now is the lock free for the next task of this process.
-            queue::released(self.file_id);
-        }
         result.and(closed)
     }
 }
@@ -652,7 +778,6 @@ impl Drop for Held {
                 let mut moved = Held {
                     off_runtime: false,
                     file: self.file.take(),
-                    file_id: self.file_id,
                     path: self.path.clone(),
                     owner_pid: self.owner_pid,
                     kind: self.kind,
@@ -702,7 +827,7 @@ mod tests {
         let path = dir.path().join("l");
         let config = config(&path);
         let c = FileContender::open(&config, LockMode::Exclusive).unwrap();
-        let (fs, _) = os::file_system(&c.fd).unwrap();
+        let (fs, _) = os::file_system(c.fd()).unwrap();
         for errno in [
             nix::libc::ENOLCK,
             nix::libc::EOPNOTSUPP,

@@ -2,12 +2,13 @@
 //!
 //! A [`LockMgr`] guards a lock file. [`acquire`](LockMgr::acquire) takes a
 //! non-blocking OFD lock (`fcntl(F_OFD_SETLK)`) on it; if another owner holds
-//! it and the caller chose to wait, the task sleeps on inotify close events
-//! for that file (one inotify instance per process, shared by every waiter;
-//! never a busy poll) in a bounded number of timed attempts, and returns a
-//! [`LockGuard`]. Dropping the guard releases the lock. So does the death of
-//! the process holding it, even by `kill -9`: the kernel closes its files,
-//! which drops the lock and wakes the waiters at once.
+//! it and the caller chose to wait, the task sleeps, within a bounded budget
+//! of timed attempts, while a helper thread waits for it in the kernel's own
+//! lock queue (`F_OFD_SETLKW`), and returns a [`LockGuard`]. The kernel wakes
+//! the waiter the moment the lock can be had, however it was released (a
+//! close, an unlock, a holder killed even by `kill -9`), and grants it in
+//! the same step. Waiting costs no CPU: no timer, no poll. Dropping the
+//! guard releases the lock.
 //!
 //! # Semantics
 //!
@@ -17,9 +18,9 @@
 //! - **Waiting**: `acquire(wait, timeout)` with `wait == false` (or a zero
 //!   `timeout`) tries once and fails with [`LockError::WouldBlock`]. With
 //!   `wait == true` it makes up to [`LockMgrBuilder::max_attempts`] attempts
-//!   (default 10) of up to `timeout` each; an attempt ends early when the
-//!   lock is released, and wake-ups that do not lead to the lock do not
-//!   count. When all attempts have expired: [`LockError::TimedOut`].
+//!   (default 10) of up to `timeout` each: the attempts state the budget,
+//!   and the wait ends early when the lock is won. When the budget is
+//!   spent: [`LockError::TimedOut`].
 //! - **Release** closes the file descriptor, after an explicit unlock in the
 //!   process that took the lock. A guard dropped in a forked child does not
 //!   release the parent's lock.
@@ -30,11 +31,12 @@
 //!   [`LockMgrBuilder::mode`]), never truncated, never followed if it is a symlink,
 //!   and left in place on release. Paths that are not regular files are
 //!   refused with [`LockError::NotAFile`] and left untouched.
-//! - **Network file systems** (NFS, CIFS): inotify does not see releases made
-//!   on other machines there; waiters then only notice at the end of each
-//!   attempt. Keep lock files on local file systems.
-//! - **Without inotify** (per-user instance limit reached, for example),
-//!   waiting falls back to polling on a capped backoff and logs one warning.
+//! - **Network file systems** (NFS, CIFS, FUSE), recognised by their
+//!   `statfs` magic: waiting polls there, off the runtime's threads. Keep
+//!   lock files on local file systems.
+//! - **Without a helper thread** (a thread limit reached), waiting falls
+//!   back to inotify close events with a try every 500 ms, and without
+//!   inotify to polling on a capped backoff; each logs one warning.
 //!
 //! # Example
 //!
@@ -80,7 +82,8 @@
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
 //! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
-//! | OS | `watcher` | the process-wide inotify instance and its reader thread |
+//! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line |
+//! | OS | `watcher` | the process-wide inotify instance and its reader thread (the fallback signal) |
 //! | OS | `os` | the Linux calls; the only module allowed `unsafe` |
 //! | words | `vocab`, `error`, `holder` | [`LockKind`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format |
 //!
@@ -106,6 +109,7 @@ mod error;
 mod guard;
 mod holder;
 pub mod journal;
+mod kernel_wait;
 mod lock;
 #[allow(unsafe_code)]
 mod os;

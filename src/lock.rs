@@ -211,14 +211,15 @@ impl LockMgr {
     /// - `wait == false`, or `timeout` is zero: fails at once with
     ///   [`LockError::WouldBlock`].
     /// - `wait == true`: waits in up to [`max_attempts`](LockMgrBuilder::max_attempts)
-    ///   attempts of up to `timeout` each. The task sleeps on inotify events
-    ///   for the lock file (closes, removal) shared with every other waiter
-    ///   of the process, and tries again every 500 ms whatever the events
-    ///   say (a release that closes nothing sends no event); it polls only
-    ///   on network file systems, where inotify is blind to other machines.
-    ///   The attempts state the budget, not a schedule of tries: the total
-    ///   wait is bounded by `timeout * max_attempts`, and a product past
-    ///   what [`Instant`](std::time::Instant) can hold (e.g.
+    ///   attempts of up to `timeout` each. A helper thread waits for the
+    ///   task in the kernel's own lock queue (`F_OFD_SETLKW`, or a blocking
+    ///   `flock`), which wakes it, with the lock granted, the moment the
+    ///   lock can be had, however it was released; the task itself sleeps
+    ///   on nothing else, so waiting costs no CPU. It polls only on network
+    ///   file systems (and when neither a helper thread nor inotify can be
+    ///   had). The attempts state the budget, not a schedule of tries: the
+    ///   total wait is bounded by `timeout * max_attempts`, and a product
+    ///   past what [`Instant`](std::time::Instant) can hold (e.g.
     ///   `Duration::MAX`) means "as long as it takes".
     ///
     /// The calls into the file system (open, lock, stat, record, close) are
@@ -231,12 +232,9 @@ impl LockMgr {
     ///
     /// Waiters of one process line up first come, first served (per file,
     /// whatever path names it). Only the first in line opens the file and
-    /// contends with other processes; the others hold no descriptor and
-    /// no watch, so thousands of waiting tasks cost no more than one. When a
-    /// holder of this process releases, the first in line tries at once
-    /// without waiting for inotify; the lock is still dropped in between,
-    /// so waiters in other processes get their chance (see the README's
-    /// "Fairness" section).
+    /// waits in the kernel, beside the waiters of other processes (the
+    /// kernel decides who gets a released lock); the others hold no
+    /// descriptor, so thousands of waiting tasks cost no more than one.
     ///
     /// The runtime must have its time driver enabled (`enable_all` or
     /// `enable_time`).
@@ -255,11 +253,15 @@ impl LockMgr {
     /// # Cancel safety
     ///
     /// This method is cancel safe in the sense that matters for a lock:
-    /// dropping the future at any await point leaves no lock held, no file
-    /// descriptor open and no inotify watch behind. A lock that was won is
-    /// only ever won together with the guard that is returned. The caller's
-    /// place in this process's line of waiters is given up, and the next
-    /// task in line moves up; a new call joins at the back.
+    /// dropping the future at any await point leaves no lock held. A lock
+    /// that was won is only ever won together with the guard that is
+    /// returned. The caller's place in this process's line of waiters is
+    /// given up, and the next task in line moves up and takes over the
+    /// caller's wait in the kernel (a blocked system call cannot be called
+    /// off). With no task left to take it over, that wait ends, with its
+    /// helper thread and descriptor, when the lock is next free: the helper
+    /// then holds the lock for an instant and gives it back at once. A new
+    /// call joins at the back.
     ///
     /// # Examples
     ///

@@ -250,6 +250,37 @@ pub(crate) fn try_lock(fd: impl AsFd, kind: LockKind, mode: LockMode) -> io::Res
     }
 }
 
+/// Waits in the kernel until the whole-file lock can be had, then takes it
+/// (`F_OFD_SETLKW`, or `flock` without `LOCK_NB`): the kernel wakes the
+/// caller at the release, whatever the releaser did. Blocks the calling
+/// thread for as long as the lock is held elsewhere; `EINTR` is retried.
+pub(crate) fn lock_blocking(fd: impl AsFd, kind: LockKind, mode: LockMode) -> io::Result<()> {
+    let fd = fd.as_fd();
+    match kind {
+        LockKind::Ofd => {
+            let fl = record(match mode {
+                LockMode::Exclusive => libc::F_WRLCK,
+                LockMode::Shared => libc::F_RDLCK,
+            });
+            loop {
+                match fcntl(fd, FcntlArg::F_OFD_SETLKW(&fl)) {
+                    Ok(_) => return Ok(()),
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        LockKind::Flock => {
+            let op = match mode {
+                LockMode::Exclusive => libc::LOCK_EX,
+                LockMode::Shared => libc::LOCK_SH,
+            };
+            // Blocking: `bsd` retries EINTR and never sees EWOULDBLOCK here.
+            bsd(fd, op).map(drop)
+        }
+    }
+}
+
 /// Drops what this open file description holds. Only for the process that
 /// took the lock: in a forked child it would drop the parent's lock too.
 pub(crate) fn unlock(fd: impl AsFd, kind: LockKind) -> io::Result<()> {

@@ -4,12 +4,12 @@
 //! at the OS level.
 //!
 //! Lines are keyed by the file's identity (device and inode), so two paths to
-//! one file share a line. A holder of this process that releases hands over
-//! to the head directly, without the inotify round trip; the OS lock is still
-//! dropped in between, so waiters in other processes can win it. So that a
-//! busy process cannot keep it for ever, direct handoffs stop after
-//! [`FAIR_TURN`] of them in a row: the next head then learns of the release
-//! from inotify, exactly as waiters elsewhere do, and the fastest wins.
+//! one file share a line. The head waits in the kernel's own lock queue (see
+//! `kernel_wait`), beside the waiters of other processes: the kernel, not
+//! this process, decides who gets a released lock, so a busy process cannot
+//! keep it to itself. A head that gives up leaves its wait *parked* in the
+//! line ([`park`]) for the next head to take over, so the line keeps one
+//! blocked wait however many of its tasks give up in turn.
 //!
 //! A head whose future is kept but no longer polled (its runtime stalled, a
 //! `select!` that stopped polling it) would keep everyone behind it from a
@@ -22,6 +22,7 @@
 //!
 //! This module knows nothing of files, errors or guards: it orders waiters.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -31,12 +32,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
 use crate::os::FileId;
-
-/// How long a run of direct in-process handoffs may last before one release
-/// is left to inotify, where other processes' waiters stand an equal chance.
-/// Costs one inotify round trip (about 0.1 to 0.3 ms) per turn when the
-/// process is alone, a few percent of the turn.
-pub(crate) const FAIR_TURN: Duration = Duration::from_millis(10);
 
 /// How late past its promise a head may be before the next in line takes
 /// its place: room for a busy runtime to get round to it.
@@ -49,9 +44,7 @@ const FIRST_PROMISE: Duration = Duration::from_secs(1);
 
 struct Slot {
     id: u64,
-    /// Wakes this waiter: when it has become the head or the second in
-    /// line, and, once it is the head, when a holder of this process has
-    /// released.
+    /// Wakes this waiter when it has become the head or the second in line.
     wake: Notify,
     /// While this waiter is the head: when it will next run at the latest,
     /// in nanoseconds after [`epoch`].
@@ -71,8 +64,9 @@ fn nanos_since_epoch(at: Instant) -> u64 {
 #[derive(Default)]
 struct Line {
     slots: VecDeque<Arc<Slot>>,
-    /// When the current run of direct handoffs began.
-    run_since: Option<Instant>,
+    /// The wait of a head that gave up, for the next head to take over.
+    /// Opaque here (the engine's own type); dropped with the line.
+    parked: Option<Box<dyn Any + Send>>,
 }
 
 /// The number of non-empty lines, read without the lock so that a process
@@ -98,9 +92,18 @@ pub(crate) fn anyone_waiting() -> bool {
 /// Where a ticket stands in its line.
 enum Place {
     Head,
-    /// Second, behind a head that promised to run by this time.
-    Second(Instant),
+    /// Second, behind a head that promised to run by this time (if it
+    /// promised a time).
+    Second(Option<Instant>),
     Further,
+}
+
+/// A promise read back: when, if the head named a time.
+fn promised(alive_until: &AtomicU64) -> Option<Instant> {
+    match alive_until.load(Ordering::Acquire) {
+        u64::MAX => None,
+        nanos => Some(epoch() + Duration::from_nanos(nanos)),
+    }
 }
 
 /// A place in the line for one file. Dropping it leaves the line; if it was
@@ -161,8 +164,13 @@ impl Ticket {
     pub(crate) async fn until_head(&self) {
         loop {
             let head_due = match self.place() {
-                Place::Head => return,
-                Place::Second(due) => Some(due),
+                Place::Head => {
+                    // A new head needs a moment to open the file and try:
+                    // its promise runs from now, not from when it joined.
+                    self.promise().keep_until(Instant::now() + FIRST_PROMISE);
+                    return;
+                }
+                Place::Second(due) => due,
                 Place::Further => None,
             };
             match head_due {
@@ -172,6 +180,7 @@ impl Ticket {
                         _ = self.slot.wake.notified() => {}
                         _ = tokio::time::sleep_until(TokioInstant::from_std(due + GRACE)) => {
                             if self.take_over_stalled_head() {
+                                self.promise().keep_until(Instant::now() + FIRST_PROMISE);
                                 return;
                             }
                         }
@@ -182,7 +191,8 @@ impl Ticket {
     }
 
     /// Where this ticket stands, and, when second, when the head promised
-    /// to run again at the latest.
+    /// to run again at the latest (`None`: when woken, and whoever wakes it
+    /// will wake the second too when it makes a new promise).
     fn place(&self) -> Place {
         let lines = lines();
         let Some(line) = lines.get(&self.file) else {
@@ -190,9 +200,9 @@ impl Ticket {
         };
         match (line.slots.front(), line.slots.get(1)) {
             (Some(front), _) if front.id == self.slot.id => Place::Head,
-            (Some(front), Some(second)) if second.id == self.slot.id => Place::Second(
-                epoch() + Duration::from_nanos(front.alive_until.load(Ordering::Acquire)),
-            ),
+            (Some(front), Some(second)) if second.id == self.slot.id => {
+                Place::Second(promised(&front.alive_until))
+            }
             _ => Place::Further,
         }
     }
@@ -211,7 +221,9 @@ impl Ticket {
         if second.id != self.slot.id {
             return front.id == self.slot.id;
         }
-        let due = epoch() + Duration::from_nanos(front.alive_until.load(Ordering::Acquire));
+        let Some(due) = promised(&front.alive_until) else {
+            return false;
+        };
         if Instant::now() < due + GRACE {
             return false;
         }
@@ -233,12 +245,65 @@ impl Ticket {
             .store(nanos_since_epoch(at.into_std()), Ordering::Release);
     }
 
-    /// Resolves when a holder of this process hands the lock over (the
-    /// head's direct wake-up), or when this ticket became the head and has
-    /// not yet consumed that wake-up.
-    pub(crate) async fn handed_over(&self) {
-        self.slot.wake.notified().await;
+    /// The promise this ticket makes while it is the head, for others to
+    /// keep on its behalf (the kernel wait of its head keeps it).
+    pub(crate) fn promise(&self) -> Promise {
+        Promise {
+            file: self.file,
+            slot: self.slot.clone(),
+        }
     }
+}
+
+/// A head's promise to run again by some time, kept by whoever knows: the
+/// head's own waiting loop, or the kernel wait that will wake it.
+#[derive(Clone)]
+pub(crate) struct Promise {
+    file: FileId,
+    slot: Arc<Slot>,
+}
+
+impl Promise {
+    /// The head will run by `at`. The second in line, which may be asleep
+    /// until the head names a time, is told.
+    pub(crate) fn keep_until(&self, at: Instant) {
+        self.slot
+            .alive_until
+            .store(nanos_since_epoch(at), Ordering::Release);
+        let lines = lines();
+        if let Some(line) = lines.get(&self.file) {
+            if line.slots.front().is_some_and(|f| f.id == self.slot.id) {
+                if let Some(second) = line.slots.get(1) {
+                    second.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// The head will run when woken, and whoever wakes it will name a time
+    /// (with [`keep_until`](Promise::keep_until)) first.
+    pub(crate) fn keep_forever(&self) {
+        self.slot.alive_until.store(u64::MAX, Ordering::Release);
+    }
+}
+
+/// Leaves `parked` (the wait of a head that gave up) in the line for
+/// `file`, for its next head. Gives it back when there is no line left, or
+/// one is already parked.
+pub(crate) fn park(file: FileId, parked: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
+    let mut lines = lines();
+    match lines.get_mut(&file) {
+        Some(line) if line.parked.is_none() && !line.slots.is_empty() => {
+            line.parked = Some(parked);
+            Ok(())
+        }
+        _ => Err(parked),
+    }
+}
+
+/// Takes the wait a head of the line for `file` parked, if any.
+pub(crate) fn take_parked(file: FileId) -> Option<Box<dyn Any + Send>> {
+    lines().get_mut(&file).and_then(|line| line.parked.take())
 }
 
 impl Drop for Ticket {
@@ -262,8 +327,12 @@ impl Drop for Ticket {
             return;
         };
         if line.slots.is_empty() {
-            lines.remove(&self.file);
+            let gone = lines.remove(&self.file);
             LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);
+            // A parked wait nobody will take over is abandoned, and its
+            // descriptor closed: after the map's lock is given up.
+            drop(lines);
+            drop(gone);
             return;
         }
         // Those who moved into the first two places learn of it: a new head
@@ -272,31 +341,6 @@ impl Drop for Ticket {
         for slot in line.slots.range(at.min(2)..2.min(line.slots.len())) {
             slot.wake.notify_one();
         }
-    }
-}
-
-/// Tells the line for `file` that a holder of this process has released its
-/// lock (after the release, so that the head's try can win). The head is
-/// woken at once, unless the run of direct handoffs has used its turn: then
-/// this release is left to inotify and a new run starts after it.
-pub(crate) fn released(file: FileId) {
-    if !anyone_waiting() {
-        return;
-    }
-    let mut lines = lines();
-    let Some(line) = lines.get_mut(&file) else {
-        return;
-    };
-    let Some(head) = line.slots.front() else {
-        return;
-    };
-    let now = Instant::now();
-    let since = *line.run_since.get_or_insert(now);
-    if now.duration_since(since) < FAIR_TURN {
-        head.wake.notify_one();
-    } else {
-        line.run_since = None;
-        tracing::trace!("in-process handoffs used their turn; leaving this release to inotify");
     }
 }
 
@@ -337,49 +381,25 @@ mod tests {
         assert!(Ticket::join_if_waiting(file).is_none(), "the line is gone");
     }
 
-    #[tokio::test]
-    async fn a_release_wakes_the_head_directly() {
+    #[test]
+    fn a_parked_wait_goes_to_the_next_head_or_with_the_line() {
         let dir = tempfile::tempdir().unwrap();
-        let file = some_file(dir.path(), "b");
-        let head = Ticket::join(file);
-        // Consume the permit of nothing: a fresh head has none.
-        released(file);
-        // The permit is stored even though nobody awaited it yet.
-        tokio::time::timeout(Duration::from_secs(30), head.handed_over())
-            .await
-            .expect("the release must wake the head");
-    }
-
-    /// Whether a handoff is waiting for `ticket` (polled once).
-    async fn kicked(ticket: &Ticket) -> bool {
-        tokio::time::timeout(Duration::ZERO, ticket.handed_over())
-            .await
-            .is_ok()
-    }
-
-    #[tokio::test]
-    async fn direct_handoffs_stop_after_a_turn_then_start_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = some_file(dir.path(), "e");
-        let head = Ticket::join(file);
-        let started = Instant::now();
-        let mut direct = 0;
-        loop {
-            released(file);
-            if !kicked(&head).await {
-                break;
-            }
-            direct += 1;
-        }
-        assert!(direct > 0);
+        let file = some_file(dir.path(), "p");
         assert!(
-            started.elapsed() >= FAIR_TURN,
-            "the turn ended early, after {:?}",
-            started.elapsed()
+            park(file, Box::new(1u8)).is_err(),
+            "no line: nothing to park in"
         );
-        // The release after the left-out one starts a new run.
-        released(file);
-        assert!(kicked(&head).await);
+        let first = Ticket::join(file);
+        let second = Ticket::join(file);
+        park(file, Box::new(2u8)).unwrap();
+        assert!(park(file, Box::new(3u8)).is_err(), "one parked wait a line");
+        drop(first);
+        let taken = take_parked(file).expect("parked for the next head");
+        assert_eq!(taken.downcast_ref::<u8>(), Some(&2));
+        park(file, taken).unwrap();
+        // The last one leaves: the parked wait goes with the line.
+        drop(second);
+        assert!(take_parked(file).is_none());
     }
 
     #[test]

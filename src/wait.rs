@@ -23,9 +23,12 @@ use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, Instant};
 
+use std::sync::Arc;
+
 use crate::error::LockId;
 use crate::holder::Holder;
-use crate::queue::Ticket;
+use crate::kernel_wait::KernelWait;
+use crate::queue::{Promise, Ticket};
 use crate::watcher::{Watch, Watcher};
 
 /// The outcome of one try.
@@ -49,8 +52,8 @@ pub(crate) enum Cause {
     First,
     /// An inotify event on the lock file.
     Event,
-    /// A holder of this process released and handed over.
-    Handoff,
+    /// The kernel granted the lock to the waiter's descriptor.
+    Kernel,
     /// A polling tick (no events to be had).
     Poll,
     /// The short retry series after a wake-up whose try lost.
@@ -66,7 +69,7 @@ impl Cause {
         match self {
             Cause::First => "first",
             Cause::Event => "event",
-            Cause::Handoff => "handoff",
+            Cause::Kernel => "kernel",
             Cause::Poll => "poll",
             Cause::Retry => "retry",
             Cause::Recheck => "recheck",
@@ -83,8 +86,11 @@ pub(crate) trait Contender {
     /// and `cause` what prompted it (both for logging).
     fn try_once(&mut self, attempt: u32, cause: Cause) -> Result<Try, Self::Error>;
     /// Where to learn that the object now contended for may be free. Called
-    /// before the try it is meant to cover.
-    fn signal(&mut self) -> Signal;
+    /// before the try it is meant to cover. `promise` is the head's, to be
+    /// kept while the signal waits (see `queue`).
+    fn signal(&mut self, promise: Option<Promise>) -> Signal;
+    /// The error for a failed wait in the kernel.
+    fn fail(&self, e: std::io::Error) -> Self::Error;
 }
 
 /// The waiting budget of one call: whether it waits at all, and if so up to
@@ -178,7 +184,11 @@ pub(crate) const POLL_CAP: Duration = Duration::from_millis(50);
 
 /// Where a waiter learns that the lock may have been released.
 pub(crate) enum Signal {
-    /// inotify events on the lock file's inode.
+    /// The kernel's own wait, on a helper thread: it resolves with the lock
+    /// already granted (see `kernel_wait`). The usual signal.
+    Kernel(Arc<KernelWait>),
+    /// inotify events on the lock file's inode, with a try every
+    /// [`RECHECK`]: when no helper thread could be had.
     Watch(Watch),
     /// No events: poll on a capped backoff.
     Poll { next: Duration },
@@ -217,6 +227,8 @@ impl Signal {
     /// real event (which earns the post-wake retries), false for a poll tick.
     async fn changed(&mut self) -> bool {
         match self {
+            // Not used for the kernel's wait, which has a loop of its own.
+            Signal::Kernel(_) => std::future::pending().await,
             Signal::Watch(w) if w.is_live() => {
                 w.changed().await;
                 true
@@ -237,24 +249,23 @@ impl Signal {
 /// What woke the waiter.
 enum Woke {
     Event,
-    Handoff,
     Tick,
     Retry,
     Recheck,
     Expired,
 }
 
-/// Tries, and while the lock is held sleeps on `signal`, a direct handoff to
-/// `ticket`, the post-wake retry timer, the [`RECHECK`] timer and the
-/// deadline of the whole budget, until the contender wins or the budget is
-/// spent. `started` is when the caller began (its first try counts; time it
-/// spent queued counts too).
+/// Waits until the contender wins or the budget is spent: in the kernel's
+/// own wait when the signal is [`Signal::Kernel`], and otherwise trying on
+/// events (or poll ticks), the post-wake retries and every [`RECHECK`].
+/// `started` is when the caller began (its first try counts; time it spent
+/// queued counts too).
 ///
 /// Attempts are a way to state the budget (`timeout * max_attempts`,
 /// saturating: an overflowing deadline means "no deadline"), not a schedule
-/// of tries: tries follow events, handoffs, retries and rechecks, and one
-/// last try is made when the budget runs out. So a budget of millions of
-/// 1 ns attempts costs a handful of lock calls, not millions.
+/// of tries: tries follow the signal, and one last look is taken when the
+/// budget runs out. So a budget of millions of 1 ns attempts costs a
+/// handful of lock calls, not millions.
 ///
 /// Cancel safety: this future owns nothing but timers; dropping it at any
 /// await point leaves the contender and the signal to their owner.
@@ -265,6 +276,82 @@ pub(crate) async fn wait<C: Contender>(
     policy: Policy,
     started: Instant,
 ) -> Result<(), Failed<C::Error>> {
+    loop {
+        let done = match signal {
+            Signal::Kernel(kernel) => {
+                let kernel = kernel.clone();
+                in_kernel(contender, &kernel, policy, started).await
+            }
+            _ => on_events(contender, signal, ticket, policy, started).await,
+        };
+        match done {
+            Done::Finished(result) => return result,
+            // The lock file was replaced: wait for the new one, set up
+            // before the try that covers it.
+            Done::Moved => *signal = contender.signal(ticket.map(Ticket::promise)),
+        }
+    }
+}
+
+/// How one wait on one signal ended.
+enum Done<E> {
+    Finished(Result<(), Failed<E>>),
+    /// The contender moved to another file; its signal must be set up anew.
+    Moved,
+}
+
+/// The wait in the kernel: sleeps until the helper thread has the lock
+/// granted (the contender's try then confirms it: the open file description
+/// already holds it) or the budget is spent. No timers but the deadline:
+/// waiting costs no CPU.
+async fn in_kernel<C: Contender>(
+    contender: &mut C,
+    kernel: &KernelWait,
+    policy: Policy,
+    started: Instant,
+) -> Done<C::Error> {
+    let deadline = policy.deadline(started);
+    let granted = match deadline {
+        Some(d) => tokio::time::timeout_at(d, kernel.granted()).await.ok(),
+        None => Some(kernel.granted().await),
+    };
+    let granted = match granted {
+        Some(granted) => granted,
+        // The budget ran out; a grant in the same instant still counts.
+        None => match kernel.try_claim() {
+            Some(granted) => granted,
+            None => {
+                return Done::Finished(Err(Failed::TimedOut {
+                    attempts: policy.max_attempts,
+                    waited: started.elapsed(),
+                }))
+            }
+        },
+    };
+    if let Err(e) = granted {
+        return Done::Finished(Err(Failed::Error(contender.fail(e))));
+    }
+    let attempt = policy.attempt_at(started.elapsed());
+    match contender.try_once(attempt, Cause::Kernel) {
+        Ok(Try::Won) => Done::Finished(Ok(())),
+        Ok(Try::Moved) => Done::Moved,
+        // The descriptor holds the lock, so its own try cannot lose; if it
+        // ever did, waiting again is the safe answer.
+        Ok(Try::Held) => Done::Moved,
+        Err(e) => Done::Finished(Err(Failed::Error(e))),
+    }
+}
+
+/// The wait on events (inotify, or poll ticks): tries, and while the lock
+/// is held sleeps on the signal, the post-wake retry timer, the
+/// [`RECHECK`] timer and the deadline of the whole budget.
+async fn on_events<C: Contender>(
+    contender: &mut C,
+    signal: &mut Signal,
+    ticket: Option<&Ticket>,
+    policy: Policy,
+    started: Instant,
+) -> Done<C::Error> {
     let deadline = policy.deadline(started);
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
@@ -272,21 +359,17 @@ pub(crate) async fn wait<C: Contender>(
     let mut cause = Cause::First;
     loop {
         let attempt = policy.attempt_at(started.elapsed());
-        match contender.try_once(attempt, cause).map_err(Failed::Error)? {
-            Try::Won => return Ok(()),
-            Try::Held => {}
-            Try::Moved => {
-                // Watch the new file, then try it before sleeping on it.
-                *signal = contender.signal();
-                cause = Cause::First;
-                continue;
-            }
+        match contender.try_once(attempt, cause) {
+            Ok(Try::Won) => return Done::Finished(Ok(())),
+            Ok(Try::Held) => {}
+            Ok(Try::Moved) => return Done::Moved,
+            Err(e) => return Done::Finished(Err(Failed::Error(e))),
         }
         if expired {
-            return Err(Failed::TimedOut {
+            return Done::Finished(Err(Failed::TimedOut {
                 attempts: policy.max_attempts,
                 waited: started.elapsed(),
-            });
+            }));
         }
         let recheck = Instant::now() + RECHECK;
         if let Some(t) = ticket {
@@ -295,23 +378,16 @@ pub(crate) async fn wait<C: Contender>(
         }
         let woke = tokio::select! {
             biased;
-            _ = handed_over(ticket) => Woke::Handoff,
             event = signal.changed() => if event { Woke::Event } else { Woke::Tick },
             _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
             _ = sleep_until(recheck) => Woke::Recheck,
             _ = sleep_until(deadline.unwrap_or(recheck)), if deadline.is_some() => Woke::Expired,
         };
         cause = match woke {
-            // A handoff is a release seen first hand, but another process
-            // may still win the race for it: retry as after an event.
-            Woke::Event | Woke::Handoff => {
+            Woke::Event => {
                 retries = RETRY_AFTER_WAKE.iter();
                 retry = retries.next().copied();
-                if matches!(woke, Woke::Event) {
-                    Cause::Event
-                } else {
-                    Cause::Handoff
-                }
+                Cause::Event
             }
             Woke::Retry => {
                 retry = retries.next().copied();
@@ -325,14 +401,6 @@ pub(crate) async fn wait<C: Contender>(
                 Cause::Deadline
             }
         };
-    }
-}
-
-/// A direct handoff to `ticket`; never, without one.
-async fn handed_over(ticket: Option<&Ticket>) {
-    match ticket {
-        Some(t) => t.handed_over().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -358,9 +426,10 @@ mod tests {
                 Try::Held
             })
         }
-        fn signal(&mut self) -> Signal {
+        fn signal(&mut self, _: Option<Promise>) -> Signal {
             Signal::poll()
         }
+        fn fail(&self, _: std::io::Error) {}
     }
 
     #[tokio::test(start_paused = true)]

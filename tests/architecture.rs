@@ -20,10 +20,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watcher", &[]),
     // The engine: the OS layer and the words, never the face.
     ("queue", &["os"]),
-    ("wait", &["error", "holder", "queue", "watcher"]),
+    ("kernel_wait", &["os", "queue", "vocab"]),
+    (
+        "wait",
+        &["error", "holder", "kernel_wait", "queue", "watcher"],
+    ),
     (
         "contender",
-        &["error", "holder", "os", "queue", "vocab", "wait"],
+        &[
+            "error",
+            "holder",
+            "kernel_wait",
+            "os",
+            "queue",
+            "vocab",
+            "wait",
+        ],
     ),
     // The face: the engine and the words, never the OS layer directly.
     (

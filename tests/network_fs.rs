@@ -116,6 +116,11 @@ async fn waiting_on_a_network_class_file_system_polls() {
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
     assert_eq!(common::watches_on(&path), 0, "watched instead of polling");
+    assert_eq!(
+        common::blocked_on(&path),
+        0,
+        "waited in the kernel instead of polling"
+    );
     holder.finish();
     let g = common::won(waiter, "the polling waiter missed the release").await;
     assert_eq!(tries.winner_woken_by(), "poll", "{:?}", tries.tries());

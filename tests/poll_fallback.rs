@@ -1,17 +1,24 @@
-//! Without inotify, waiting falls back to polling and stays correct. The
-//! holder is another process, so that no in-process handoff can wake the
-//! waiter, and the try that wins must have been woken by a polling tick: the
-//! periodic recheck would also find the lock free, later, but a working poll
-//! never lets it come due.
+//! Without its usual means, waiting falls back to polling and stays
+//! correct. The usual means is the kernel's own wait on a helper thread
+//! (which needs a duplicate descriptor and a thread); its fallback is
+//! inotify (which needs an instance, and a reader thread); the last resort
+//! is polling. Each test takes both away, the ways they fail in the field:
+//! no descriptor left (`EMFILE`: also what a user gets at its 128 inotify
+//! instances), and no thread to be had (a user at its process limit).
 //!
-//! inotify is made unavailable the way it fails in the field: `inotify_init1`
-//! returns `EMFILE` (here because the process has no descriptor left, in the
-//! field usually because the user's 128 instances are taken). Alone in its
-//! test binary, because it exhausts the process's file descriptors.
+//! The holder is another process, so that only a poll tick can wake the
+//! waiter, and the try that wins must have been woken by one: the periodic
+//! recheck would also find the lock free, later, but a working poll never
+//! lets it come due. Alone in its test binary, because it exhausts the
+//! process's file descriptors.
 
 mod common;
 
 use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 use std::time::Duration;
 
 use lockmgr::LockMgr;
@@ -35,8 +42,8 @@ async fn waiting_without_inotify_polls_and_wins() {
     while let Ok(f) = File::open("/dev/null") {
         filler.push(f);
     }
-    // One slot free: the waiter's own lock-file fd takes it, so the inotify
-    // instance it then asks for cannot be had.
+    // One slot free: the waiter's own lock-file fd takes it, so neither the
+    // helper's duplicate nor an inotify instance can be had.
     filler.pop();
 
     let waiter = tokio::spawn({
@@ -48,22 +55,50 @@ async fn waiting_without_inotify_polls_and_wins() {
     held.finish();
     let guard = common::won(waiter, "polling waiter never noticed the release").await;
     assert_eq!(tries.winner_woken_by(), "poll", "{:?}", tries.tries());
+    drop(guard);
+    drop(filler);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
     assert_eq!(
         common::inotify_instances(),
         0,
         "inotify was available after all"
     );
-    drop(guard);
 
-    // With descriptors back, a later wait gets the shared watcher.
-    drop(filler);
-    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    // With descriptors back, a later wait waits in the kernel again.
     let held = lock.try_acquire().unwrap();
-    let err = lock
-        .acquire(true, Duration::from_millis(1))
-        .await
-        .unwrap_err();
-    assert!(err.is_contended());
-    assert_eq!(common::inotify_instances(), 1);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::from_secs(60)).await }
+    });
+    common::until_waiting(&path).await;
+    assert_eq!(common::blocked_on(&path), 1);
     drop(held);
+    drop(common::won(waiter, "the waiter in the kernel missed the release").await);
+}
+
+#[test]
+fn waiting_with_no_thread_to_be_had_polls_and_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("l.lock");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The holder: this process (another process, to the waiter).
+    let held = LockMgr::new(&path).try_acquire().unwrap();
+    let mut waiter = common::helper_command("wait-without-threads", [&path])
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = common::role_lines(BufReader::new(waiter.stdout.take().unwrap()));
+    assert_eq!(said.next().as_deref(), Some("waiting"));
+    assert_eq!(
+        common::blocked_on(&path),
+        0,
+        "waited in the kernel after all"
+    );
+    drop(held);
+    assert_eq!(said.next().as_deref(), Some("locked poll"));
+    assert!(waiter.wait().unwrap().success());
 }

@@ -1,5 +1,5 @@
 //! The in-process line of waiters: first come first served, one descriptor
-//! and one watch for the whole line, shared waiters woken together, timeouts
+//! and one kernel wait for the whole line, shared waiters woken together, timeouts
 //! and cancellation that leave the others alone, and no starvation of other
 //! processes. This binary lowers its own soft descriptor limit to 1024.
 
@@ -25,7 +25,8 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// 10,000 tasks wait for one lock with a soft limit of 1,024 descriptors:
-/// the whole line costs one descriptor and one watch, and they get the lock
+/// the whole line costs two descriptors (the head's, and its helper's copy)
+/// and one wait in the kernel, and they get the lock
 /// in the order they asked for it, one at a time.
 #[tokio::test(flavor = "current_thread")]
 async fn ten_thousand_waiters_fit_in_a_thousand_descriptors_and_go_in_order() {
@@ -66,10 +67,10 @@ async fn ten_thousand_waiters_fit_in_a_thousand_descriptors_and_go_in_order() {
     })
     .await
     .expect("waiters did not all start");
-    // The holder's descriptor and the head's; one watch, by the head.
-    assert_eq!(common::fds_on(&path), 2, "{:?}", common::fd_targets());
-    assert_eq!(common::watches_on(&path), 1);
-    assert_eq!(common::inotify_instances(), 1);
+    // The holder's descriptor, the head's and its kernel wait's copy of it;
+    // one wait in the kernel, the head's.
+    assert_eq!(common::fds_on(&path), 3, "{:?}", common::fd_targets());
+    assert_eq!(common::blocked_on(&path), 1);
 
     drop(held);
     for t in tasks {
@@ -85,8 +86,8 @@ async fn ten_thousand_waiters_fit_in_a_thousand_descriptors_and_go_in_order() {
         order.windows(2).all(|w| w[0] < w[1]),
         "not first come first served"
     );
-    assert_eq!(common::fds_on(&path), 0, "{:?}", common::fd_targets());
-    assert_eq!(common::watches_on(&path), 0);
+    common::until_no_fds_on(&path).await;
+    assert_eq!(common::blocked_on(&path), 0);
 }
 
 /// A queued task that times out, and one that is dropped, leave the line;
@@ -138,8 +139,8 @@ async fn queued_tasks_time_out_and_cancel_without_disturbing_the_line() {
             .unwrap();
     }
     assert_eq!(*order.lock().unwrap(), ["first", "last"]);
-    assert_eq!(common::fds_on(&path), 0);
-    assert_eq!(common::watches_on(&path), 0);
+    common::until_no_fds_on(&path).await;
+    assert_eq!(common::blocked_on(&path), 0);
 }
 
 /// Dropping the head of the line hands headship on: the next waiter opens
@@ -161,7 +162,8 @@ async fn a_cancelled_head_passes_its_place_on() {
     tokio::task::yield_now().await;
     head.abort();
     assert!(head.await.unwrap_err().is_cancelled());
-    // The next one is now the head: it opens the file and watches it.
+    // The next one is now the head: it takes over the wait the cancelled
+    // head left in the line.
     common::until_waiting(&path).await;
     drop(held);
     drop(common::won(next, "the next waiter never moved up").await);
@@ -187,9 +189,10 @@ async fn two_paths_to_one_file_share_a_line() {
     }
     common::until_waiting(&a).await;
     tokio::task::yield_now().await;
-    // The holder's descriptor and the head's, whichever path each used.
-    assert_eq!(common::fds_on(&a), 2, "{:?}", common::fd_targets());
-    assert_eq!(common::watches_on(&a), 1);
+    // The holder's descriptor, the head's and its kernel wait's copy,
+    // whichever path each used.
+    assert_eq!(common::fds_on(&a), 3, "{:?}", common::fd_targets());
+    assert_eq!(common::blocked_on(&a), 1);
     drop(held);
     for t in tasks {
         drop(common::won(t, "a waiter was stranded").await);

@@ -19,6 +19,8 @@
 //!   that returned `Ok`. Records carry their length and a checksum, and some
 //!   are larger than a page, so that a kill can tear one.
 //!
+//! - `wait-without-threads PATH`: wait with no thread to be had (run it as
+//!   an unprivileged user); `waiting`, then `locked <what woke the try>`.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
 //!   closes, or `error: <the error's message>`.
 //!
@@ -125,6 +127,7 @@ pub fn run(args: Vec<String>) -> ! {
     {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
         ["try", path, opts @ ..] => try_hold(options(path, opts)),
+        ["wait-without-threads", path] => wait_without_threads(path),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
         ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
@@ -207,6 +210,47 @@ mod pg {
             guard.release().await.expect("release");
         }
     }
+}
+
+/// Waits for the lock with no thread to be had (`RLIMIT_NPROC` reached, as
+/// for a user at its process limit): prints `waiting` once the waiter has
+/// made a few tries, then `locked <what woke the winning try>`.
+fn wait_without_threads(path: &str) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let tries = super::TryLog::default();
+    let _log = tracing::subscriber::set_default(tries.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // From here on, no new thread: not the kernel wait's helper, not the
+    // inotify reader (this must not run as root, which the limit spares).
+    setrlimit(Resource::RLIMIT_NPROC, 0, 0).expect("RLIMIT_NPROC");
+    assert!(
+        std::thread::Builder::new().spawn(|| {}).is_err(),
+        "threads can still be started"
+    );
+    let lock = LockMgr::new(path);
+    rt.block_on(async {
+        let acquire = lock.acquire(true, Duration::MAX);
+        tokio::pin!(acquire);
+        let mut said = false;
+        let guard = loop {
+            tokio::select! {
+                r = &mut acquire => break r.expect("acquire"),
+                _ = tokio::task::yield_now(), if !said => {
+                    if tries.tries().len() >= 3 {
+                        println!("waiting");
+                        std::io::stdout().flush().expect("flush");
+                        said = true;
+                    }
+                }
+            }
+        };
+        println!("locked {}", tries.winner_woken_by());
+        std::io::stdout().flush().expect("flush");
+        drop(guard);
+    });
 }
 
 /// One try: prints `locked <pid>` and holds until stdin closes, or prints

@@ -133,13 +133,31 @@ pub fn watches_of(pid: &str, path: &Path) -> usize {
     n
 }
 
-/// Returns once some waiter of this process watches the file at `path`,
-/// i.e. has found the lock held and gone to sleep on its events. On a
-/// current-thread runtime the waiter is then parked for certain: it ran
-/// from its watch to its sleep without yielding.
+/// Lock requests blocked in the kernel on the file at `path`, by any
+/// process (the `->` lines of `/proc/locks`): waiters asleep in the
+/// kernel's own wait.
+pub fn blocked_on(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino();
+    let want = format!(":{ino} ");
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("->") && l.contains(&want))
+        .count()
+}
+
+/// Whether some waiter sleeps on the file at `path`: blocked in the
+/// kernel's wait (or, without a helper thread, watching it with inotify).
+pub fn someone_waits(path: &Path) -> bool {
+    blocked_on(path) > 0 || watches_on(path) > 0
+}
+
+/// Returns once some waiter sleeps on the file at `path`, i.e. has found
+/// the lock held and gone to sleep on it.
 pub async fn until_waiting(path: &Path) {
     tokio::time::timeout(LIVENESS, async {
-        while watches_on(path) == 0 {
+        while !someone_waits(path) {
             tokio::task::yield_now().await;
         }
     })
@@ -147,11 +165,12 @@ pub async fn until_waiting(path: &Path) {
     .expect("no waiter went to sleep on the lock file");
 }
 
-/// Returns once process `pid` watches the file at `path`: a `lockmgr`
-/// waiter there found the lock held and went to sleep on its events.
+/// Returns once process `pid` waits for the file at `path`: a `lockmgr`
+/// waiter there found the lock held and went to sleep on it (in the
+/// kernel's wait, which `/proc/locks` shows, or on inotify events).
 pub fn until_watched_by(pid: u32, path: &Path) {
     let deadline = std::time::Instant::now() + LIVENESS;
-    while watches_of(&pid.to_string(), path) == 0 {
+    while blocked_on(path) == 0 && watches_of(&pid.to_string(), path) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "process {pid} never went to sleep on the lock file"
@@ -460,4 +479,40 @@ impl tracing::Subscriber for TryLog {
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Waits (within the liveness bound) until this process has `n` open
+/// descriptors again: a kernel wait given up on closes its descriptor only
+/// once the lock is free and its helper has given the grant back.
+pub async fn until_open_fds(n: usize) {
+    let settled = tokio::time::timeout(LIVENESS, async {
+        while open_fds() != n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "{} descriptors open, not {n}: {:#?}",
+        open_fds(),
+        fd_targets()
+    );
+}
+
+/// Waits (within the liveness bound) until this process has no descriptor
+/// open on the file at `path`: the descriptor of a kernel wait that was
+/// claimed closes a moment after the claim, on its helper thread.
+pub async fn until_no_fds_on(path: &Path) {
+    let closed = tokio::time::timeout(LIVENESS, async {
+        while fds_on(path) > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "descriptors stay open on {}: {:?}",
+        path.display(),
+        fd_targets()
+    );
 }
