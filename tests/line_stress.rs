@@ -212,8 +212,8 @@ async fn randomized_line_keeps_every_invariant() {
             shared_too: false,
         },
     ]);
-    // The process-wide watcher is made on the first wait: before the
-    // baseline is taken.
+    // The helper threads start on the first wait: before the baseline is
+    // taken.
     {
         let held = targets[2].lock.try_acquire().unwrap();
         let err = targets[2]
@@ -223,6 +223,9 @@ async fn randomized_line_keeps_every_invariant() {
             .unwrap_err();
         assert!(err.is_contended());
         drop(held);
+        // The wait given up on ends once the lock is free.
+        drop(targets[2].lock.acquire(true, LIVENESS).await.unwrap());
+        common::until_no_fds_on(&c).await;
     }
     let fds_before = common::open_fds();
 
