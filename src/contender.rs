@@ -91,15 +91,15 @@ impl LockConfig {
 struct FileContender<'a> {
     config: &'a LockConfig,
     mode: LockMode,
-    /// The descriptor; `None` only once handed on (to a guard, or parked).
+    /// The descriptor; `None` only once handed on to a guard.
     fd: Option<OwnedFd>,
     /// The identity of the file open at `fd`.
     file: FileId,
     /// Whether `fd` may be written (a holder record needs it).
     writable: bool,
     /// The kernel's wait for the lock on `fd`, when one was started. Shared
-    /// with the waiting loop's [`Signal`]; the wait is abandoned when the
-    /// last of them goes, unless it was parked for the next in line.
+    /// with the waiting loop's [`Signal`]; the wait is abandoned (for a next
+    /// wait to revive) when the last of them goes unclaimed.
     kernel: Option<Arc<KernelWait>>,
 }
 
@@ -113,33 +113,6 @@ fn warn_no_helper(e: &io::Error) {
             "lockmgr: cannot start a helper thread to wait in the kernel; \
              waiting on inotify events and a try every 500 ms instead"
         );
-    }
-}
-
-/// A head's wait, parked in its line when the head gave up (see
-/// `kernel_wait`): the descriptor the kernel's wait is for, and the wait.
-struct Parked {
-    fd: OwnedFd,
-    writable: bool,
-    kernel: Arc<KernelWait>,
-}
-
-impl Drop for FileContender<'_> {
-    fn drop(&mut self) {
-        // A kernel wait still under way goes to the next in line, with the
-        // descriptor it waits for; without one, it is abandoned (when the
-        // last share of it goes).
-        let (Some(kernel), Some(fd)) = (self.kernel.take(), self.fd.take()) else {
-            return;
-        };
-        if kernel.is_pending() {
-            let parked = Box::new(Parked {
-                fd,
-                writable: self.writable,
-                kernel,
-            });
-            let _ = queue::park(self.file, parked);
-        }
     }
 }
 
@@ -193,17 +166,29 @@ impl Contender for FileContender<'_> {
                 self.config.warn_network(fs);
                 Signal::poll()
             }
-            _ => match KernelWait::start(self.fd(), self.config.kind, self.mode, promise) {
-                Ok(kernel) => {
-                    let kernel = Arc::new(kernel);
-                    self.kernel = Some(kernel.clone());
-                    Signal::Kernel(kernel)
+            _ => {
+                let started =
+                    KernelWait::start(self.fd(), self.file, self.config.kind, self.mode, promise)
+                        .and_then(|kernel| {
+                            // A revived wait is for a descriptor of its own:
+                            // the lock will be granted to that one.
+                            if kernel.is_revived() {
+                                self.fd = Some(kernel.fd().try_clone_to_owned()?);
+                            }
+                            Ok(kernel)
+                        });
+                match started {
+                    Ok(kernel) => {
+                        let kernel = Arc::new(kernel);
+                        self.kernel = Some(kernel.clone());
+                        Signal::Kernel(kernel)
+                    }
+                    Err(e) => {
+                        warn_no_helper(&e);
+                        Signal::watch(self.fd(), &self.config.path)
+                    }
                 }
-                Err(e) => {
-                    warn_no_helper(&e);
-                    Signal::watch(self.fd(), &self.config.path)
-                }
-            },
+            }
         }
     }
 
@@ -302,28 +287,6 @@ impl<'a> FileContender<'a> {
             file: opened.file,
             writable: opened.writable,
             kernel: None,
-        })
-    }
-
-    /// Takes over the wait a head of this file's line parked, if it is for
-    /// the same mode (another mode is left to be abandoned).
-    fn adopt(config: &'a LockConfig, mode: LockMode, file: FileId) -> Option<Self> {
-        let parked = queue::take_parked(file)?.downcast::<Parked>().ok()?;
-        if parked.kernel.mode() != mode {
-            return None;
-        }
-        let Parked {
-            fd,
-            writable,
-            kernel,
-        } = *parked;
-        Some(FileContender {
-            config,
-            mode,
-            fd: Some(fd),
-            file,
-            writable,
-            kernel: Some(kernel),
         })
     }
 
@@ -482,14 +445,6 @@ pub(crate) async fn lock(
     loop {
         if let Some(t) = &ticket {
             wait_turn(config, t, policy, started).await?;
-            // The head before us may have given up and left its kernel wait
-            // in the line: take it over rather than start another.
-            if let Some(mut contender) = FileContender::adopt(config, mode, t.file()) {
-                let kernel = contender.kernel.clone().expect("an adopted wait");
-                kernel.keep(Some(t.promise()));
-                let mut signal = Signal::Kernel(kernel);
-                return wait_for(&mut contender, &mut signal, t, policy, started).await;
-            }
         }
         let mut contender = FileContender::open(config, mode)?;
         if contender.try_once(1, Cause::First)? == Try::Won {
@@ -550,8 +505,7 @@ async fn wait_for(
     }
 }
 
-/// Moves the contender out from behind a `&mut` (which is left empty, with
-/// nothing to park).
+/// Moves the contender out from behind a `&mut` (which is left empty).
 fn take<'a>(contender: &mut FileContender<'a>) -> FileContender<'a> {
     FileContender {
         config: contender.config,

@@ -12,13 +12,13 @@
 //! poll; just a thread asleep in the kernel.
 //!
 //! A blocked system call cannot be called off. So:
-//! - a waiter that gives up (its budget spent, its future dropped) leaves
-//!   the wait with its line ([`KernelWait::park`]), for the next task in
-//!   line to take over: one blocked thread per file, however many tasks
-//!   give up in turn;
-//! - when nobody is left to take it, the wait is *abandoned*: when the
-//!   kernel grants it, the thread gives the lock back at once (an unlock and
-//!   a close), having held it for an instant nobody could use;
+//! - a waiter that gives up (its budget spent, its future dropped)
+//!   *abandons* its wait: when the kernel grants it, the helper gives the
+//!   lock back at once (an unlock and a close), having held it for an
+//!   instant nobody could use;
+//! - until then, the next wait for the same file and mode in this process
+//!   *revives* the abandoned one rather than starting another: at most one
+//!   blocked helper per file and mode, however many waits give up in turn;
 //! - a grant that is not claimed within [`CLAIM_WITHIN`] (the waiter's
 //!   future is kept but no longer polled, its runtime stalled) is given
 //!   back, so a stalled waiter never sits on a free lock; its line's next
@@ -28,16 +28,20 @@
 //!
 //! Threads are pooled: a few idle ones are kept for a while, so that a
 //! stream of handoffs does not pay a thread start each.
+//!
+//! After `fork`, the child starts with none of this: no helper runs there,
+//! so the pool and the abandoned waits it inherited are forgotten (see
+//! [`Forkable`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::os;
+use crate::os::{self, FileId};
 use crate::queue::Promise;
 use crate::vocab::{LockKind, LockMode};
 
@@ -49,6 +53,7 @@ pub(crate) const CLAIM_WITHIN: Duration = Duration::from_millis(250);
 /// request (see the module docs), unless the lock was claimed.
 pub(crate) struct KernelWait {
     job: Arc<Job>,
+    revived: bool,
 }
 
 struct Job {
@@ -56,18 +61,24 @@ struct Job {
     /// file description, kept open for as long as the helper may use it
     /// (the waiter's own may be closed meanwhile).
     fd: OwnedFd,
+    file: FileId,
     kind: LockKind,
     mode: LockMode,
     state: Mutex<State>,
-    /// Wakes the helper when a grant is claimed or abandoned.
+    /// Wakes the helper when a grant is claimed or abandoned, or a stalled
+    /// waiter runs again.
     decided: Condvar,
     /// Wakes the waiter when the kernel granted the lock or the wait failed.
     done: Notify,
-    /// The promise of the line's head, kept for it while it waits.
-    promise: Mutex<Option<Promise>>,
 }
 
-enum State {
+struct State {
+    phase: Phase,
+    /// The promise of the line's head, kept for it while it waits.
+    promise: Option<Promise>,
+}
+
+enum Phase {
     /// The helper is (or is about to be) blocked in the kernel's wait.
     Waiting,
     /// The kernel granted the lock, at this instant; not yet claimed.
@@ -79,8 +90,11 @@ enum State {
     Stalled,
     /// The wait failed; the error is the lock call's.
     Failed(Option<io::Error>),
-    /// Nobody wants the lock any more: give it back as soon as it is had.
+    /// Nobody wants the lock any more: give it back as soon as it is had
+    /// (unless a new wait revives this one first).
     Abandoned,
+    /// The helper is gone: nothing can be revived.
+    Finished,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,54 +102,136 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Process-wide state that must not cross a `fork`: in the child, which
+/// has none of the parent's threads, what was inherited is forgotten (never
+/// dropped: its locks and descriptors belong to the parent's threads).
+pub(crate) struct Forkable<T: Default> {
+    pid: u32,
+    value: T,
+}
+
+impl<T: Default> Forkable<T> {
+    /// The value as it is (call [`get`](Forkable::get) first to forget an
+    /// inherited one).
+    pub(crate) fn peek(&self) -> &T {
+        &self.value
+    }
+
+    /// The value, fresh if this process is not the one that made it.
+    pub(crate) fn get(&mut self) -> &mut T {
+        let pid = os::current_pid();
+        if self.pid != pid {
+            std::mem::forget(std::mem::take(&mut self.value));
+            self.pid = pid;
+        }
+        &mut self.value
+    }
+}
+
+impl<T: Default> Default for Forkable<T> {
+    fn default() -> Self {
+        Forkable {
+            pid: os::current_pid(),
+            value: T::default(),
+        }
+    }
+}
+
+/// Waits given up on whose helper is still blocked, by file and mode, for a
+/// new wait to revive.
+fn abandoned() -> MutexGuard<'static, Forkable<HashMap<(FileId, LockMode), Arc<Job>>>> {
+    static ABANDONED: OnceLock<Mutex<Forkable<HashMap<(FileId, LockMode), Arc<Job>>>>> =
+        OnceLock::new();
+    lock(ABANDONED.get_or_init(Default::default))
+}
+
 impl KernelWait {
     /// Starts waiting, on a helper thread, for `mode` of the `kind` lock on
-    /// the open file description of `fd` (a grant is a grant to it).
-    /// `promise` is kept for the line's head while the wait lasts (see
-    /// `queue`). Fails when no descriptor (for the helper's duplicate) or
-    /// no thread can be had.
+    /// the file `file`, open at `fd`. A wait for the same file and mode that
+    /// was given up on and whose helper is still blocked is revived instead:
+    /// its descriptor is then the one the lock will be granted to, and
+    /// [`KernelWait::fd`] lends it (the caller's own is not needed). Fails
+    /// when no descriptor (for the helper's duplicate) or no thread can be
+    /// had. `promise` is kept for the line's head while the wait lasts (see
+    /// `queue`).
     pub(crate) fn start(
         fd: BorrowedFd<'_>,
+        file: FileId,
         kind: LockKind,
         mode: LockMode,
         promise: Option<Promise>,
     ) -> io::Result<KernelWait> {
+        if let Some(wait) = KernelWait::revive(file, kind, mode) {
+            wait.keep(promise);
+            return Ok(wait);
+        }
         let job = Arc::new(Job {
             fd: fd.try_clone_to_owned()?,
+            file,
             kind,
             mode,
-            state: Mutex::new(State::Waiting),
+            state: Mutex::new(State {
+                phase: Phase::Waiting,
+                promise: None,
+            }),
             decided: Condvar::new(),
             done: Notify::new(),
-            promise: Mutex::new(None),
         });
         pool().submit(job.clone())?;
-        let wait = KernelWait { job };
+        let wait = KernelWait {
+            job,
+            revived: false,
+        };
         wait.keep(promise);
         Ok(wait)
     }
 
-    /// The mode this wait is for.
-    pub(crate) fn mode(&self) -> LockMode {
-        self.job.mode
+    /// A wait given up on for this file and mode, taken back while its
+    /// helper is still blocked.
+    fn revive(file: FileId, kind: LockKind, mode: LockMode) -> Option<KernelWait> {
+        let job = abandoned().get().remove(&(file, mode))?;
+        if job.kind != kind {
+            return None;
+        }
+        let mut state = lock(&job.state);
+        if !matches!(state.phase, Phase::Abandoned) {
+            return None;
+        }
+        state.phase = Phase::Waiting;
+        drop(state);
+        tracing::debug!("lockmgr: taking over a wait in the kernel that was given up on");
+        Some(KernelWait { job, revived: true })
+    }
+
+    /// The descriptor the lock is granted to. Once the wait is claimed, the
+    /// lock is held through it, and through any duplicate of it.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.job.fd.as_fd()
+    }
+
+    /// Whether this wait was taken over from one given up on (its
+    /// descriptor is then not the caller's).
+    pub(crate) fn is_revived(&self) -> bool {
+        self.revived
     }
 
     /// Keeps `promise` for its head from now on: a wait is alive for as long
     /// as the kernel has not granted it (its helper will say when), and a
     /// grant is due to be claimed within [`CLAIM_WITHIN`].
-    pub(crate) fn keep(&self, promise: Option<Promise>) {
+    fn keep(&self, promise: Option<Promise>) {
+        let mut state = lock(&self.job.state);
         if let Some(p) = &promise {
-            match *lock(&self.job.state) {
-                State::Granted(at) => p.keep_until(at + CLAIM_WITHIN),
+            match state.phase {
+                Phase::Granted(at) => p.keep_until(at + CLAIM_WITHIN),
                 _ => p.keep_forever(),
             }
         }
-        *lock(&self.job.promise) = promise;
+        state.promise = promise;
     }
 
     /// Resolves once the kernel has granted the lock, which is then claimed
-    /// for the caller (its open file description holds it), or the wait
-    /// failed.
+    /// for the caller (the wait's open file description holds it), or the
+    /// wait failed.
     ///
     /// Cancel safe: a grant is only claimed in the poll that returns it.
     pub(crate) async fn granted(&self) -> io::Result<()> {
@@ -151,49 +247,50 @@ impl KernelWait {
             notified.await;
         }
     }
-}
 
-impl KernelWait {
     /// Claims a grant that is already there, without waiting: `None` while
     /// the kernel has not granted the lock.
     pub(crate) fn try_claim(&self) -> Option<io::Result<()>> {
         let mut state = lock(&self.job.state);
-        match &mut *state {
-            State::Granted(_) => {
-                *state = State::Claimed;
+        match &mut state.phase {
+            Phase::Granted(_) => {
+                state.phase = Phase::Claimed;
                 self.job.decided.notify_all();
                 Some(Ok(()))
             }
-            State::Failed(e) => Some(Err(e
+            Phase::Failed(e) => Some(Err(e
                 .take()
                 .unwrap_or_else(|| io::Error::other("the lock wait failed")))),
-            State::Claimed => Some(Ok(())),
+            Phase::Claimed => Some(Ok(())),
             // The waiter runs again after a grant it missed: wait again.
-            State::Stalled => {
-                *state = State::Waiting;
+            Phase::Stalled => {
+                state.phase = Phase::Waiting;
                 self.job.decided.notify_all();
                 None
             }
-            State::Waiting | State::Abandoned => None,
+            Phase::Waiting | Phase::Abandoned | Phase::Finished => None,
         }
-    }
-
-    /// Whether the wait is still under way (not claimed, failed or
-    /// abandoned): worth handing on to the next in line.
-    pub(crate) fn is_pending(&self) -> bool {
-        matches!(
-            *lock(&self.job.state),
-            State::Waiting | State::Granted(_) | State::Stalled
-        )
     }
 }
 
 impl Drop for KernelWait {
     fn drop(&mut self) {
         let mut state = lock(&self.job.state);
-        if matches!(*state, State::Waiting | State::Granted(_) | State::Stalled) {
-            *state = State::Abandoned;
-            self.job.decided.notify_all();
+        match state.phase {
+            Phase::Waiting => {
+                state.phase = Phase::Abandoned;
+                state.promise = None;
+                drop(state);
+                // Revivable until its helper is done with it.
+                let key = (self.job.file, self.job.mode);
+                abandoned().get().insert(key, self.job.clone());
+            }
+            Phase::Granted(_) | Phase::Stalled => {
+                state.phase = Phase::Abandoned;
+                state.promise = None;
+                self.job.decided.notify_all();
+            }
+            Phase::Claimed | Phase::Failed(_) | Phase::Abandoned | Phase::Finished => {}
         }
     }
 }
@@ -201,34 +298,51 @@ impl Drop for KernelWait {
 impl Job {
     /// The helper's side: wait in the kernel, hand the grant over (or give
     /// it back), until the waiter claims it, gives up, or the wait fails.
-    fn run(&self) {
+    fn run(self: &Arc<Self>) {
+        self.serve();
+        lock(&self.state).phase = Phase::Finished;
+        let mut abandoned = abandoned();
+        let map = abandoned.get();
+        if map
+            .get(&(self.file, self.mode))
+            .is_some_and(|j| Arc::ptr_eq(j, self))
+        {
+            map.remove(&(self.file, self.mode));
+        }
+    }
+
+    fn serve(&self) {
         loop {
             let waited = os::lock_blocking(&self.fd, self.kind, self.mode);
             let mut state = lock(&self.state);
-            if matches!(*state, State::Abandoned) {
+            if matches!(state.phase, Phase::Abandoned) {
                 drop(state);
                 if waited.is_ok() {
                     self.give_back("nobody waits for it any more");
                 }
                 return;
             }
+            let now = Instant::now();
             if let Err(e) = waited {
-                *state = State::Failed(Some(e));
+                state.phase = Phase::Failed(Some(e));
+                if let Some(p) = &state.promise {
+                    // The head will be told now; it runs by then if alive.
+                    p.keep_until(now + CLAIM_WITHIN);
+                }
                 drop(state);
                 self.done.notify_one();
                 return;
             }
-            let at = Instant::now();
-            *state = State::Granted(at);
-            if let Some(p) = &*lock(&self.promise) {
-                p.keep_until(at + CLAIM_WITHIN);
+            state.phase = Phase::Granted(now);
+            if let Some(p) = &state.promise {
+                p.keep_until(now + CLAIM_WITHIN);
             }
             self.done.notify_one();
-            let deadline = at + CLAIM_WITHIN;
+            let deadline = now + CLAIM_WITHIN;
             loop {
-                match *state {
-                    State::Claimed => return,
-                    State::Abandoned => {
+                match state.phase {
+                    Phase::Claimed => return,
+                    Phase::Abandoned => {
                         drop(state);
                         self.give_back("its waiter gave up");
                         return;
@@ -248,19 +362,19 @@ impl Job {
             // Not claimed in time: the waiter is not running. Give the lock
             // back for others (its line's next task takes its place), and
             // wait in the kernel again only once the waiter asks again.
-            *state = State::Stalled;
+            state.phase = Phase::Stalled;
             drop(state);
             self.give_back("its waiter did not claim it in time");
             let mut state = lock(&self.state);
             loop {
-                match *state {
-                    State::Stalled => {}
-                    State::Abandoned => return,
+                match state.phase {
+                    Phase::Stalled => {}
+                    Phase::Abandoned => return,
                     _ => break,
                 }
                 state = self.decided.wait(state).unwrap_or_else(|e| e.into_inner());
             }
-            if let Some(p) = &*lock(&self.promise) {
+            if let Some(p) = &state.promise {
                 p.keep_forever();
             }
         }
@@ -276,10 +390,11 @@ impl Job {
 
 /// The helper threads: a few idle ones are kept for a while.
 struct Pool {
-    state: Mutex<PoolState>,
+    state: Mutex<Forkable<PoolState>>,
     ready: Condvar,
 }
 
+#[derive(Default)]
 struct PoolState {
     jobs: VecDeque<Arc<Job>>,
     /// Threads waiting for a job.
@@ -293,10 +408,7 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| Pool {
-        state: Mutex::new(PoolState {
-            jobs: VecDeque::new(),
-            idle: 0,
-        }),
+        state: Mutex::new(Forkable::default()),
         ready: Condvar::new(),
     })
 }
@@ -306,19 +418,20 @@ impl Pool {
     /// a thread of its own, since a job may block for as long as the lock
     /// is held.
     fn submit(&'static self, job: Arc<Job>) -> io::Result<()> {
-        let mut state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let state = guard.get();
         state.jobs.push_back(job.clone());
         if state.jobs.len() <= state.idle {
             self.ready.notify_one();
             return Ok(());
         }
-        drop(state);
+        // Started under the pool's lock, so that no helper can take the job
+        // meanwhile: on failure it is still there to take back.
         let started = std::thread::Builder::new()
             .name("lockmgr-wait".into())
             .stack_size(256 * 1024)
             .spawn(move || self.serve());
         if let Err(e) = started {
-            let mut state = lock(&self.state);
             state.jobs.retain(|j| !Arc::ptr_eq(j, &job));
             return Err(e);
         }
@@ -328,8 +441,9 @@ impl Pool {
     fn serve(&'static self) {
         loop {
             let job = {
-                let mut state = lock(&self.state);
+                let mut guard = lock(&self.state);
                 loop {
+                    let state = guard.get();
                     if let Some(job) = state.jobs.pop_front() {
                         break job;
                     }
@@ -339,9 +453,10 @@ impl Pool {
                     state.idle += 1;
                     let (next, waited) = self
                         .ready
-                        .wait_timeout(state, IDLE_FOR)
+                        .wait_timeout(guard, IDLE_FOR)
                         .unwrap_or_else(|e| e.into_inner());
-                    state = next;
+                    guard = next;
+                    let state = guard.get();
                     state.idle -= 1;
                     if waited.timed_out() && state.jobs.is_empty() {
                         return;

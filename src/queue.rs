@@ -22,7 +22,6 @@
 //!
 //! This module knows nothing of files, errors or guards: it orders waiters.
 
-use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -31,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
+use crate::kernel_wait::Forkable;
 use crate::os::FileId;
 
 /// How late past its promise a head may be before the next in line takes
@@ -64,9 +64,6 @@ fn nanos_since_epoch(at: Instant) -> u64 {
 #[derive(Default)]
 struct Line {
     slots: VecDeque<Arc<Slot>>,
-    /// The wait of a head that gave up, for the next head to take over.
-    /// Opaque here (the engine's own type); dropped with the line.
-    parked: Option<Box<dyn Any + Send>>,
 }
 
 /// The number of non-empty lines, read without the lock so that a process
@@ -74,14 +71,35 @@ struct Line {
 static LINES_IN_USE: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
-fn lines() -> MutexGuard<'static, HashMap<FileId, Line>> {
-    static LINES: OnceLock<Mutex<HashMap<FileId, Line>>> = OnceLock::new();
+/// The lines of this process. After `fork`, the child starts with none: the
+/// waiters it inherited do not run there.
+struct Lines(MutexGuard<'static, Forkable<HashMap<FileId, Line>>>);
+
+impl std::ops::Deref for Lines {
+    type Target = HashMap<FileId, Line>;
+    fn deref(&self) -> &Self::Target {
+        // `get` needs `&mut`: a child's first look, through `DerefMut` or
+        // here, forgets what it inherited.
+        self.0.peek()
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.get()
+    }
+}
+
+fn lines() -> Lines {
+    static LINES: OnceLock<Mutex<Forkable<HashMap<FileId, Line>>>> = OnceLock::new();
     // A panic while holding this lock can only come from an allocation
     // failure; the map is still consistent then, so keep using it.
-    LINES
+    let mut guard = LINES
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(|e| e.into_inner());
+    guard.get();
+    Lines(guard)
 }
 
 /// Whether any task of this process is waiting in any line.
@@ -233,7 +251,14 @@ impl Ticket {
              promised to (its future is no longer polled, or its runtime is stalled); \
              the next task takes its place"
         );
-        line.slots.swap(0, 1);
+        // The passed-over task goes to the back (it keeps contending if it
+        // ever runs again); the new second starts watching the new head.
+        if let Some(passed_over) = line.slots.pop_front() {
+            line.slots.push_back(passed_over);
+        }
+        if let Some(second) = line.slots.get(1) {
+            second.wake.notify_one();
+        }
         true
     }
 
@@ -287,25 +312,6 @@ impl Promise {
     }
 }
 
-/// Leaves `parked` (the wait of a head that gave up) in the line for
-/// `file`, for its next head. Gives it back when there is no line left, or
-/// one is already parked.
-pub(crate) fn park(file: FileId, parked: Box<dyn Any + Send>) -> Result<(), Box<dyn Any + Send>> {
-    let mut lines = lines();
-    match lines.get_mut(&file) {
-        Some(line) if line.parked.is_none() && !line.slots.is_empty() => {
-            line.parked = Some(parked);
-            Ok(())
-        }
-        _ => Err(parked),
-    }
-}
-
-/// Takes the wait a head of the line for `file` parked, if any.
-pub(crate) fn take_parked(file: FileId) -> Option<Box<dyn Any + Send>> {
-    lines().get_mut(&file).and_then(|line| line.parked.take())
-}
-
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut lines = lines();
@@ -327,17 +333,21 @@ impl Drop for Ticket {
             return;
         };
         if line.slots.is_empty() {
-            let gone = lines.remove(&self.file);
+            lines.remove(&self.file);
             LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);
-            // A parked wait nobody will take over is abandoned, and its
-            // descriptor closed: after the map's lock is given up.
-            drop(lines);
-            drop(gone);
             return;
         }
         // Those who moved into the first two places learn of it: a new head
-        // starts contending, a new second starts watching the head's
-        // promise.
+        // starts contending (its promise runs from now, not from when it
+        // joined), a new second starts watching the head's promise.
+        if at == 0 {
+            if let Some(head) = line.slots.front() {
+                head.alive_until.store(
+                    nanos_since_epoch(Instant::now() + FIRST_PROMISE),
+                    Ordering::Release,
+                );
+            }
+        }
         for slot in line.slots.range(at.min(2)..2.min(line.slots.len())) {
             slot.wake.notify_one();
         }
@@ -379,27 +389,6 @@ mod tests {
         assert!(third.is_head());
         drop(third);
         assert!(Ticket::join_if_waiting(file).is_none(), "the line is gone");
-    }
-
-    #[test]
-    fn a_parked_wait_goes_to_the_next_head_or_with_the_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = some_file(dir.path(), "p");
-        assert!(
-            park(file, Box::new(1u8)).is_err(),
-            "no line: nothing to park in"
-        );
-        let first = Ticket::join(file);
-        let second = Ticket::join(file);
-        park(file, Box::new(2u8)).unwrap();
-        assert!(park(file, Box::new(3u8)).is_err(), "one parked wait a line");
-        drop(first);
-        let taken = take_parked(file).expect("parked for the next head");
-        assert_eq!(taken.downcast_ref::<u8>(), Some(&2));
-        park(file, taken).unwrap();
-        // The last one leaves: the parked wait goes with the line.
-        drop(second);
-        assert!(take_parked(file).is_none());
     }
 
     #[test]

@@ -113,3 +113,88 @@ fn parents_release_frees_the_lock_while_a_forked_child_keeps_the_descriptor() {
     let said = said.expect("the waiter in another process never got the freed lock");
     assert!(said.is_some_and(|l| l.starts_with("locked")));
 }
+
+/// A forked child starts with none of the parent's waiting machinery: not
+/// its line for the file (whose head waits in the kernel, on a thread the
+/// child does not have), not its idle helper threads. It waits for the lock
+/// on its own, and gets it once it is freed.
+#[test]
+fn a_forked_child_waits_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Waits that end leave their helper threads idle in the pool: three of
+    // them at once, so that some are idle when the parent forks.
+    let warm: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("warm{i}")))
+        .collect();
+    let held: Vec<_> = warm
+        .iter()
+        .map(|w| LockMgr::new(w).try_acquire().unwrap())
+        .collect();
+    let waiters: Vec<_> = warm
+        .iter()
+        .map(|w| {
+            let lock = LockMgr::new(w);
+            rt.spawn(async move { lock.acquire(true, common::LIVENESS).await.map(drop) })
+        })
+        .collect();
+    for w in &warm {
+        until(|| common::blocked_on(w) == 1, "a warm-up waiter");
+    }
+    drop(held);
+    for w in waiters {
+        rt.block_on(w).unwrap().unwrap();
+    }
+    // A task of the parent waits for `path` in the kernel when it forks.
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let parent_waiter = rt.spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, common::LIVENESS).await.map(drop) }
+    });
+    until(|| common::blocked_on(&path) == 1, "the parent's waiter");
+
+    // SAFETY: the child makes a runtime and waits for the lock: it takes no
+    // lock another thread of the parent could have held at the fork but the
+    // allocator's, which the C library resets in the child.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let got = rt.block_on(LockMgr::new(&path).acquire(true, common::LIVENESS));
+            // SAFETY: `_exit` ends the child at once, without the parent's
+            // destructors.
+            unsafe { nix::libc::_exit(if got.is_ok() { 0 } else { 1 }) };
+        }
+        ForkResult::Parent { child } => {
+            // The child waits too before the lock is freed.
+            until(|| common::blocked_on(&path) == 2, "the child's waiter");
+            drop(held);
+            rt.block_on(parent_waiter).unwrap().unwrap();
+            assert_eq!(
+                waitpid(child, None).unwrap(),
+                WaitStatus::Exited(child, 0),
+                "the child did not get the freed lock"
+            );
+        }
+    }
+}
+
+/// Spins (yielding) until `done`, within the liveness bound.
+fn until(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + common::LIVENESS;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never went to sleep"
+        );
+        std::thread::yield_now();
+    }
+}

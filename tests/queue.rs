@@ -322,3 +322,42 @@ async fn a_head_that_is_no_longer_polled_is_passed_over() {
     drop(common::won(next, "the next in line waited behind a head nobody polls").await);
     drop(head);
 }
+
+/// Waits given up on in turn (a retry loop behind a lock held for long)
+/// share one blocked helper: each new wait takes over the one given up on,
+/// so 200 timed-out acquires leave one wait in the kernel, one descriptor
+/// and a few threads, not 200 of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_given_up_in_turn_share_one_helper() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let held = lock.try_acquire().unwrap();
+    for _ in 0..200 {
+        let err = lock
+            .acquire(true, Duration::from_millis(2))
+            .await
+            .unwrap_err();
+        assert!(err.is_contended(), "{err}");
+    }
+    assert!(
+        common::blocked_on(&path) <= 1,
+        "{} waits in the kernel",
+        common::blocked_on(&path)
+    );
+    // The holder's descriptor and the one wait's.
+    assert!(common::fds_on(&path) <= 2, "{:?}", common::fd_targets());
+    let helpers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "lockmgr-wait")
+        })
+        .count();
+    assert!(helpers <= 5, "{helpers} helper threads");
+    drop(held);
+    // Given back the instant it is granted.
+    common::until_no_fds_on(&path).await;
+    drop(lock.try_acquire().unwrap());
+}
