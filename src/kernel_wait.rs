@@ -137,11 +137,12 @@ impl<T: Default> Default for Forkable<T> {
     }
 }
 
-/// Waits given up on whose helper is still blocked, by file and mode, for a
-/// new wait to revive.
-fn abandoned() -> MutexGuard<'static, Forkable<HashMap<(FileId, LockMode), Arc<Job>>>> {
-    static ABANDONED: OnceLock<Mutex<Forkable<HashMap<(FileId, LockMode), Arc<Job>>>>> =
-        OnceLock::new();
+/// Waits given up on whose helper is still blocked, by file and mode.
+type Abandoned = Forkable<HashMap<(FileId, LockMode), Arc<Job>>>;
+
+/// The waits given up on, for a new wait to revive.
+fn abandoned() -> MutexGuard<'static, Abandoned> {
+    static ABANDONED: OnceLock<Mutex<Abandoned>> = OnceLock::new();
     lock(ABANDONED.get_or_init(Default::default))
 }
 

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -235,66 +236,184 @@ async fn fencing_tokens_strictly_increase_across_processes() {
     );
 }
 
-/// 1,000 acquires dropped while the lock is held: 800 once their requests
-/// are queued on the server, 200 at random moments (mostly while they
-/// connect or make their first try). Afterwards the server holds no request
-/// of theirs, queued or granted.
+/// Sessions with `application_name` = `label`, and lock requests (granted
+/// or waiting) by them.
+async fn sessions_and_requests(admin: &tokio_postgres::Client, label: &str) -> (i64, i64) {
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1), \
+             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+              WHERE l.locktype = 'advisory' AND a.application_name = $1)",
+            &[&label],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Whether a session labelled `label` waits for a lock.
+async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1",
+            &[&label],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An acquire of a held lock dropped after 1, 2, 3, ... polls: at every
+/// await point (the pooling probe, connecting, logging in, the fence
+/// table, the try, the waiting session, the wait itself) until it waits on
+/// the server. Each time, once dropped (with its `PgLockMgr`), the server
+/// soon holds no session and no lock request of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_cancelled_acquires_leave_nothing_on_the_server() {
-    const BATCH: usize = 50;
+async fn an_acquire_dropped_at_any_poll_leaves_nothing_on_the_server() {
     let Some(url) = common::pg_url() else { return };
     let name = name("cancel");
-    let lock = PgLockMgr::new(&url, &name).unwrap();
-    let held = lock.acquire(true, LIVENESS).await.unwrap();
+    let holder = PgLockMgr::builder(&url, &name)
+        .label("cancel-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
     let admin = admin(&url).await;
-
-    for _ in 0..800 / BATCH {
-        let mut batch = tokio::task::JoinSet::new();
-        for _ in 0..BATCH {
-            let lock = lock.clone();
-            batch.spawn(async move { lock.acquire(true, Duration::MAX).await });
-        }
+    let mut reached_the_wait = false;
+    for polls in 1..=400u32 {
+        let label = format!("cancel-{}-{polls}", std::process::id());
+        let lock = PgLockMgr::builder(&url, &name)
+            .label(&label)
+            .build()
+            .unwrap();
+        let mut acquire = Box::pin(lock.acquire(true, Duration::MAX));
+        let mut made = 0;
+        // Poll it `polls` times, each time after it asked to be woken; stop
+        // early once it waits on the server.
+        let polled = std::future::poll_fn(|cx| {
+            if made == polls {
+                return std::task::Poll::Ready(None);
+            }
+            made += 1;
+            acquire.as_mut().poll(cx).map(Some)
+        });
+        let waited = tokio::select! {
+            result = polled => {
+                assert!(result.is_none(), "won a held lock");
+                false
+            }
+            () = async { while !waits_on_server(&admin, &label).await {} } => true,
+        };
+        drop(acquire);
+        drop(lock);
         tokio::time::timeout(LIVENESS, async {
-            while lock_rows(&admin, &lock).await < 1 + BATCH as i64 {
+            while sessions_and_requests(&admin, &label).await != (0, 0) {
                 tokio::task::yield_now().await;
             }
         })
         .await
-        .expect("the waiters never all queued on the server");
-        batch.abort_all();
-        while let Some(r) = batch.join_next().await {
-            assert!(r.unwrap_err().is_cancelled());
+        .unwrap_or_else(|_| {
+            panic!("dropped after {made} polls, the acquire left sessions or requests behind")
+        });
+        if waited {
+            eprintln!("the acquire waited on the server after {made} polls");
+            reached_the_wait = true;
+            break;
         }
     }
+    assert!(
+        reached_the_wait,
+        "no acquire ever got to wait on the server"
+    );
+    assert_eq!(lock_rows(&admin, &holder).await, 1, "only the holder's row");
+    held.release().await.unwrap();
+    assert_eq!(lock_rows(&admin, &holder).await, 0);
+}
 
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut batch = tokio::task::JoinSet::new();
-    for _ in 0..200 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let budget = Duration::from_micros(seed % 20_000);
-        let lock = lock.clone();
-        batch.spawn(async move {
-            let r = tokio::time::timeout(budget, lock.acquire(true, LIVENESS)).await;
-            assert!(r.is_err(), "won a lock that is held");
+/// A thousand tasks of one process waiting for one lock wait in line in
+/// the process: one session waits on the server, and they all get the lock
+/// in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiting_tasks_cost_one_waiting_session() {
+    const TASKS: usize = 1000;
+    let Some(url) = common::pg_url() else { return };
+    let name = name("line");
+    let holder = PgLockMgr::builder(&url, &name)
+        .label("line-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    let label = format!("line-{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, &name)
+        .label(&label)
+        .build()
+        .unwrap();
+    let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (lock, inside) = (lock.clone(), inside.clone());
+        tasks.spawn(async move {
+            let guard = lock.acquire(true, LIVENESS * 4).await.unwrap();
+            assert_eq!(inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0);
+            tokio::task::yield_now().await;
+            inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            guard.release().await.unwrap();
         });
     }
-    while let Some(r) = batch.join_next().await {
-        r.unwrap();
-    }
-
-    // Only the holder's row remains once the cancels have landed.
+    let admin = admin(&url).await;
     tokio::time::timeout(LIVENESS, async {
-        while lock_rows(&admin, &lock).await > 1 {
-            tokio::task::yield_now().await;
-        }
+        while !waits_on_server(&admin, &label).await {}
     })
     .await
-    .expect("cancelled acquires left lock requests on the server");
+    .expect("nobody waited on the server");
+    let (sessions, requests) = sessions_and_requests(&admin, &label).await;
+    assert!(
+        sessions <= 3,
+        "{sessions} sessions for {TASKS} waiting tasks"
+    );
+    assert_eq!(requests, 1, "one request waits on the server");
     held.release().await.unwrap();
-    assert_eq!(lock_rows(&admin, &lock).await, 0);
-    drop(lock.try_acquire().await.expect("the lock is free"));
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// One process holds 1,000 names at once on a server that allows 100
+/// connections; it costs a few sessions, and the process (and everyone
+/// else) can still ask the server things.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_held_names_cost_a_few_sessions() {
+    const NAMES: usize = 1000;
+    let Some(url) = common::pg_url() else { return };
+    let label = format!("many-{}", std::process::id());
+    let mut guards = Vec::new();
+    for i in 0..NAMES {
+        let lock = PgLockMgr::builder(&url, format!("{}-{i}", name("many")))
+            .label(&label)
+            .build()
+            .unwrap();
+        let guard = lock.try_acquire().await.unwrap();
+        guards.push((lock, guard));
+    }
+    let admin = admin(&url).await;
+    let (sessions, requests) = sessions_and_requests(&admin, &label).await;
+    assert!(sessions <= 2, "{sessions} sessions hold {NAMES} locks");
+    assert_eq!(requests, NAMES as i64);
+    let (lock, guard) = &guards[NAMES / 2];
+    let holder = lock.holder().await.unwrap().expect("held");
+    assert_eq!(holder.label.as_deref(), Some(label.as_str()));
+    assert!(!guard.is_lost());
+    // Distinct names held by one session do not stand in each other's way,
+    // nor in an outsider's.
+    let outsider = PgLockMgr::new(&url, name("many-outsider")).unwrap();
+    assert_eq!(outsider.status().await.unwrap(), lockmgr::Status::Free);
+    assert!(guards[0].0.try_acquire().await.unwrap_err().is_contended());
+    let tokens: Vec<u64> = guards.iter().map(|(_, g)| g.fencing_token()).collect();
+    assert!(tokens.iter().all(|&t| t >= 1));
+    for (_, guard) in guards {
+        guard.release().await.unwrap();
+    }
+    assert_eq!(sessions_and_requests(&admin, &label).await.1, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

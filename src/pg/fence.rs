@@ -1,20 +1,64 @@
-//! The fencing-token table, `lockmgr_fence`: created on first use, one row
-//! per lock name, its token raised by every holding.
+//! The fencing-token table: one row per lock name, its token raised by
+//! every holding. Schema-qualified (`public.lockmgr_fence` unless the
+//! builder names another), created on first use only when it is missing,
+//! so a role without `CREATE` can use one a DBA made with [`create_sql`].
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
-use super::sql;
+use super::session::{code, Session};
+use crate::error::{LockError, LockId};
 
-/// Creates the table if it is missing. Two sessions creating it at once is
-/// success for both.
-pub(super) async fn ensure_table(client: &Client) -> Result<(), tokio_postgres::Error> {
-    match client.batch_execute(sql::FENCE_TABLE).await {
-        Ok(()) => Ok(()),
-        // The loser of a create race sees the winner's type or table.
+/// The default table.
+pub(super) const DEFAULT_TABLE: &str = "public.lockmgr_fence";
+
+/// A table name as written in SQL: each part of `schema.table` quoted as
+/// an identifier.
+pub(super) fn quoted(table: &str) -> String {
+    table
+        .split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The statement that makes the table, for a DBA to run once.
+pub(crate) fn create_sql(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, token bigint NOT NULL, \
+         holder_pid integer, since timestamptz)",
+        quoted(table)
+    )
+}
+
+/// Makes sure the table exists: looked up first, created only if missing
+/// (a create race counts as success).
+pub(super) async fn ensure(
+    session: &Session,
+    table: &str,
+    bound: std::time::Duration,
+    lock: &LockId,
+) -> Result<(), LockError> {
+    let rows = session
+        .typed(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&table, Type::TEXT)],
+            bound,
+            lock,
+        )
+        .await?;
+    let exists = rows
+        .first()
+        .and_then(|r| r.try_get::<_, bool>(0).ok())
+        .unwrap_or(false);
+    if exists {
+        return Ok(());
+    }
+    match session.simple(&create_sql(table), bound, lock).await {
+        Ok(_) => Ok(()),
         Err(e)
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                || e.code() == Some(&SqlState::DUPLICATE_TABLE) =>
+            if code(&e).as_deref() == Some(SqlState::UNIQUE_VIOLATION.code())
+                || code(&e).as_deref() == Some(SqlState::DUPLICATE_TABLE.code()) =>
         {
             Ok(())
         }
@@ -22,9 +66,59 @@ pub(super) async fn ensure_table(client: &Client) -> Result<(), tokio_postgres::
     }
 }
 
-/// Draws the next token for `name` in the session that just won its lock,
-/// and records that session as the holder.
-pub(super) async fn next_token(client: &Client, name: &str) -> Result<u64, tokio_postgres::Error> {
-    let token: i64 = client.query_one(sql::NEXT_TOKEN, &[&name]).await?.get(0);
+/// Draws the next token for `name` in `session` (autocommit), recording
+/// `holder_pid` as its holder.
+pub(super) async fn next_token(
+    session: &Session,
+    table: &str,
+    name: &str,
+    holder_pid: i32,
+    bound: std::time::Duration,
+    lock: &LockId,
+) -> Result<u64, LockError> {
+    let sql = format!(
+        "INSERT INTO {t} AS f (name, token, holder_pid, since) \
+         VALUES ($1, 1, $2, clock_timestamp()) \
+         ON CONFLICT (name) DO UPDATE SET token = f.token + 1, \
+         holder_pid = EXCLUDED.holder_pid, since = EXCLUDED.since \
+         RETURNING token::int8",
+        t = quoted(table)
+    );
+    let rows = session
+        .typed(
+            &sql,
+            &[(&name, Type::TEXT), (&holder_pid, Type::INT4)],
+            bound,
+            lock,
+        )
+        .await?;
+    let token: i64 = rows
+        .first()
+        .ok_or_else(|| protocol(lock, "no token returned"))?
+        .try_get(0)
+        .map_err(|e| protocol(lock, &format!("the token is not a bigint: {e}")))?;
     Ok(token as u64)
+}
+
+fn protocol(lock: &LockId, what: &str) -> LockError {
+    LockError::Server {
+        lock: lock.clone(),
+        op: crate::error::Operation::Fence,
+        source: what.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_quoted_per_part() {
+        assert_eq!(
+            quoted("public.lockmgr_fence"),
+            "\"public\".\"lockmgr_fence\""
+        );
+        assert_eq!(quoted("we\"ird.t"), "\"we\"\"ird\".\"t\"");
+        assert!(create_sql("ops.fence").starts_with("CREATE TABLE IF NOT EXISTS \"ops\".\"fence\""));
+    }
 }

@@ -1,30 +1,129 @@
-//! [`PgLockGuard`]: proof that a PostgreSQL lock is held by the guard's own
-//! session.
+//! [`PgLockGuard`]: proof that a PostgreSQL lock is held, and how it is
+//! let go.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
-use tokio_postgres::Client;
+use tokio::task::AbortHandle;
 
+use super::gate::Pass;
 use super::manager::PgLockMgr;
-use super::session::Session;
+use super::session::{first_row, with_op, Server, Session};
 use super::sql;
 use crate::error::{LockError, Operation};
 use crate::vocab::LockMode;
 
-/// Proof that a [`PgLockMgr`] lock is held, by this guard's own session.
+/// How a lock is held: on which session, in what way, and the pass through
+/// the key's in-process gate, given back once the lock is let go or lost.
+pub(super) struct Hold {
+    how: How,
+    session: Arc<Session>,
+    /// Taken by whoever comes first: the letting go, or the loss watcher.
+    pass: Arc<Mutex<Option<Pass>>>,
+    /// Gives the pass back when the session ends while the lock is held, so
+    /// that the other tasks of this process are not kept from a lock the
+    /// server has already freed.
+    watcher: Option<AbortHandle>,
+}
+
+enum How {
+    /// A session-level lock on one of this process's shared sessions.
+    Shared { mode: LockMode },
+    /// A transaction-level lock, in the open transaction of a session of its
+    /// own (behind a transaction pooler), on backend `pid`.
+    Transaction { pid: i32 },
+}
+
+impl Hold {
+    pub(super) fn shared(session: Arc<Session>, mode: LockMode, pass: Pass) -> Hold {
+        Hold::new(How::Shared { mode }, session, pass)
+    }
+
+    pub(super) fn transaction(session: Arc<Session>, pid: i32, pass: Pass) -> Hold {
+        Hold::new(How::Transaction { pid }, session, pass)
+    }
+
+    fn new(how: How, session: Arc<Session>, pass: Pass) -> Hold {
+        let pass = Arc::new(Mutex::new(Some(pass)));
+        let mut ended = session.ended.clone();
+        let slot = pass.clone();
+        let watcher = session.runtime.spawn(async move {
+            let _ = ended.wait_for(|ended| *ended).await;
+            drop(take(&slot));
+        });
+        Hold {
+            how,
+            session,
+            pass,
+            watcher: Some(watcher.abort_handle()),
+        }
+    }
+
+    /// The backend that holds the lock.
+    pub(super) fn backend_pid(&self) -> i32 {
+        match self.how {
+            How::Shared { .. } => self.session.pid(),
+            How::Transaction { pid } => pid,
+        }
+    }
+
+    /// Stops watching for the session's end; the pass, if still there.
+    fn settle(&mut self) -> Option<Pass> {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        take(&self.pass)
+    }
+
+    /// Lets the lock go without waiting for an answer: an unlock sent on
+    /// the shared session (from a task of the session's runtime), or the
+    /// holding transaction's session ended (the server rolls it back). The
+    /// pass goes back once the unlock has been answered.
+    pub(super) fn give_up(mut self, server: &Arc<Server>, key: i64) {
+        let pass = self.settle();
+        match self.how {
+            How::Shared { mode } => {
+                let server = server.clone();
+                let session = self.session.clone();
+                session.runtime.clone().spawn(async move {
+                    let id = crate::error::LockId::postgres("", "", "");
+                    let bound = server.timeouts.request;
+                    if let Err(e) = session.simple(&sql::unlock(mode, key), bound, &id).await {
+                        tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
+                    }
+                    server.released_one(&session);
+                    drop(pass);
+                });
+            }
+            How::Transaction { .. } => {
+                self.session.end();
+                drop(pass);
+            }
+        }
+    }
+}
+
+fn take(slot: &Mutex<Option<Pass>>) -> Option<Pass> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// Proof that a [`PgLockMgr`] lock is held.
 ///
-/// Dropping the guard closes its connection, and the server releases the
-/// lock as the session ends; [`release`](PgLockGuard::release) unlocks
-/// explicitly first and reports errors. If the session ends while the
-/// guard is alive (the backend terminated, the connection lost), the lock
-/// is gone: [`lost`](PgLockGuard::lost) resolves, and the holder must stop
-/// what it does under the lock. Use the
+/// Dropping the guard lets the lock go at once without waiting for an
+/// answer (an unlock sent on its session; behind a transaction pooler, its
+/// transaction's session closed, which the server rolls back);
+/// [`release`](PgLockGuard::release) waits for the server and reports
+/// errors. If the lock's session ends while the guard is alive (the backend
+/// terminated, the connection lost, a network silent for longer than
+/// [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)), the
+/// lock is gone: [`lost`](PgLockGuard::lost) resolves, and the holder must
+/// stop what it does under the lock. Use the
 /// [fencing token](PgLockGuard::fencing_token) for writes that must not
 /// come from a holder that lost its lock.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct PgLockGuard {
-    client: Option<Client>,
+    hold: Option<Hold>,
     ended: watch::Receiver<bool>,
     token: u64,
     mode: LockMode,
@@ -32,10 +131,10 @@ pub struct PgLockGuard {
 }
 
 impl PgLockGuard {
-    pub(super) fn new(session: Session, token: u64, mode: LockMode, lock: PgLockMgr) -> Self {
+    pub(super) fn new(hold: Hold, token: u64, mode: LockMode, lock: PgLockMgr) -> Self {
         PgLockGuard {
-            client: Some(session.client),
-            ended: session.ended,
+            ended: hold.session.ended.clone(),
+            hold: Some(hold),
             token,
             mode,
             lock,
@@ -64,10 +163,10 @@ impl PgLockGuard {
         *self.ended.borrow()
     }
 
-    /// Resolves when the guard's session ends while the guard is alive: the
-    /// lock is then no longer held. A connection that dies silently (a
-    /// network partition) is only noticed by TCP keepalives
-    /// (`keepalives_idle` in the connection string) or the next request.
+    /// Resolves when the lock's session ends while the guard is alive: the
+    /// lock is then no longer held. A network that falls silent is noticed
+    /// within [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)
+    /// (30 s by default), by TCP keepalives and `tcp_user_timeout`.
     ///
     /// # Cancel safety
     ///
@@ -78,33 +177,74 @@ impl PgLockGuard {
         let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// Unlocks and closes the session, reporting what went wrong.
+    /// Lets the lock go and waits for the server to confirm, reporting what
+    /// went wrong.
     ///
     /// # Errors
     ///
     /// [`LockError::Connect`] when the session had already ended (the lock
-    /// was lost before this call), [`LockError::Server`] when the unlock
-    /// failed or found the lock not held. The session is closed in every
-    /// case, and with it the lock.
+    /// was lost before this call) or does not answer within the request
+    /// timeout, [`LockError::Server`] when the unlock failed or found the
+    /// lock not held. The lock is let go in every case: a session that fails
+    /// here is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future lets the lock go as dropping the guard does.
     pub async fn release(mut self) -> Result<(), LockError> {
-        let Some(client) = self.client.take() else {
+        let Some(hold) = self.hold.as_ref() else {
             return Ok(());
         };
-        let lock = &self.lock;
-        let inner = lock.inner();
-        let result = client
-            .query_one(sql::unlock(self.mode), &[&inner.key])
-            .await;
-        drop(client);
-        tracing::debug!(lock = %inner.id, mode = %self.mode, "released lock");
-        match result {
-            Ok(row) if row.get::<_, bool>(0) => Ok(()),
-            Ok(_) => Err(LockError::Server {
-                lock: inner.id.clone(),
-                op: Operation::Unlock,
-                source: "the session did not hold the lock".into(),
-            }),
-            Err(e) => Err(lock.server_error(Operation::Unlock, e)),
+        let inner = self.lock.inner();
+        let (id, bound) = (&inner.id, inner.server.timeouts.request);
+        let session = hold.session.clone();
+        // The hold stays in the guard until the server has answered: if this
+        // future is dropped first, the guard's drop lets the lock go.
+        let answer = match hold.how {
+            How::Shared { mode } => {
+                session
+                    .simple(&sql::unlock(mode, inner.key), bound, id)
+                    .await
+            }
+            How::Transaction { .. } => session.simple("COMMIT", bound, id).await,
+        };
+        let Some(mut hold) = self.hold.take() else {
+            return Ok(());
+        };
+        let pass = hold.settle();
+        let result = match (&hold.how, answer) {
+            (How::Shared { .. }, Ok(rows)) => {
+                inner.server.released_one(&session);
+                if first_row(&rows).and_then(|r| r.get(0)) == Some("t") {
+                    Ok(())
+                } else {
+                    Err(LockError::Server {
+                        lock: id.clone(),
+                        op: Operation::Unlock,
+                        source: "the session did not hold the lock".into(),
+                    })
+                }
+            }
+            (How::Transaction { .. }, Ok(_)) => {
+                session.end();
+                Ok(())
+            }
+            (_, Err(e)) => {
+                session.end();
+                Err(with_op(e, Operation::Unlock))
+            }
+        };
+        drop(pass);
+        tracing::debug!(lock = %id, mode = %self.mode, "released lock");
+        result
+    }
+}
+
+impl Drop for PgLockGuard {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            let inner = self.lock.inner();
+            hold.give_up(&inner.server, inner.key);
         }
     }
 }

@@ -2,20 +2,19 @@
 //! acquiring one goes.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::time::Instant;
-use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::types::Type;
 
 use super::advisory_key;
 use super::fence;
-use super::guard::PgLockGuard;
-use super::session::{CancelOnDrop, Session};
+use super::gate::{Pass, Shut};
+use super::guard::{Hold, PgLockGuard};
+use super::session::{code, first_row, with_op, Pooling, Server, Session, Timeouts};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::Holder;
@@ -23,11 +22,14 @@ use crate::vocab::{LockMode, Status};
 use crate::wait::Policy;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 
 /// A lock shared by every process that can reach one PostgreSQL database.
 ///
 /// Cheap to clone; clones share one configuration. Holds no connection by
-/// itself: each acquire opens one, and the [`PgLockGuard`] keeps it.
+/// itself: the locks of every `PgLockMgr` of this process for one server
+/// are held through a few shared sessions (see the [module docs](super)).
 ///
 /// The errors are the crate's [`LockError`]. For these locks,
 /// [`LockError::lock`] is a PostgreSQL [`LockId`], shown as
@@ -41,11 +43,12 @@ pub struct PgLockMgr {
 }
 
 pub(super) struct Inner {
-    config: Config,
+    pub(super) server: Arc<Server>,
     pub(super) name: String,
     pub(super) key: i64,
     max_attempts: u32,
-    connect_timeout: Duration,
+    /// The fence table, `schema.table`.
+    pub(super) fence: String,
     /// The lock, for errors and logs (never with a password).
     pub(super) id: LockId,
     /// Set once the fence table is known to exist.
@@ -64,6 +67,11 @@ pub struct PgLockMgrBuilder {
     max_attempts: u32,
     label: Option<String>,
     connect_timeout: Duration,
+    request_timeout: Duration,
+    dead_after: Duration,
+    max_idle: usize,
+    fence: String,
+    transaction_pooling: Option<bool>,
 }
 
 impl PgLockMgrBuilder {
@@ -76,8 +84,8 @@ impl PgLockMgrBuilder {
 
     /// A label for this process's sessions, sent as `application_name`, so
     /// that contention errors (and `pg_stat_activity`) say who holds the
-    /// lock. Default: the connection string's `application_name`, or
-    /// `lockmgr`.
+    /// lock. Default: the connection's `application_name` (or
+    /// `PGAPPNAME`), or `lockmgr`.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
         self
@@ -92,54 +100,125 @@ impl PgLockMgrBuilder {
         self
     }
 
-    /// Builds the lock. Parses the connection string; connects to nothing.
+    /// The longest any one request may take that is not a lock wait (a
+    /// try, a release, a fencing token, a status): a server that does not
+    /// answer within it has its session closed, and the call fails with
+    /// [`LockError::Connect`]. Default 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a silent network (no answer, not even a reset) may last
+    /// before a session is given up, on both sides: TCP keepalives and
+    /// `tcp_user_timeout` on this process's socket, and the same settings
+    /// for the server's end of the session (`SET tcp_keepalives_*`,
+    /// `tcp_user_timeout`). So after a partition, a guard's
+    /// [`lost`](PgLockGuard::lost) resolves, and the server frees the
+    /// lock, within about this time. Default 30 s; at least 3 s.
+    pub fn dead_session_after(mut self, after: Duration) -> Self {
+        self.dead_after = after.max(Duration::from_secs(3));
+        self
+    }
+
+    /// How many shared sessions that hold no lock are kept open for the
+    /// next locks. Default 1. (Sessions holding locks stay open while they
+    /// do; one more is opened for each acquire that has to wait.)
+    pub fn max_idle_sessions(mut self, sessions: usize) -> Self {
+        self.max_idle = sessions;
+        self
+    }
+
+    /// The fencing-token table, `schema.table`. Default
+    /// `public.lockmgr_fence`. It is created on first use when missing
+    /// (the role then needs `CREATE` on the schema); a DBA can create it
+    /// once instead with [`fence_table_sql`](super::fence_table_sql), and the
+    /// role then needs only `SELECT`, `INSERT` and `UPDATE` on it.
+    pub fn fence_table(mut self, table: impl Into<String>) -> Self {
+        self.fence = table.into();
+        self
+    }
+
+    /// Whether the server is reached through a transaction-pooling proxy
+    /// (PgBouncer with `pool_mode = transaction`): `Some(true)` holds each
+    /// lock in an open transaction of a connection of its own,
+    /// `Some(false)` shares session-level locks on a few sessions. Default
+    /// `None`: found out by a probe before the first lock (two sessions of
+    /// this process that land on one server backend can only be pooled per
+    /// transaction).
+    pub fn transaction_pooling(mut self, pooled: Option<bool>) -> Self {
+        self.transaction_pooling = pooled;
+        self
+    }
+
+    /// Builds the lock. Parses the connection string (completing it from
+    /// the `PG*` environment and the password file, as libpq does) and
+    /// reads the TLS files it names; connects to nothing.
     ///
     /// # Errors
     ///
-    /// [`LockError::Invalid`] when the connection string does not parse.
+    /// [`LockError::Invalid`] when the connection string does not parse, or
+    /// names TLS files that cannot be used.
     pub fn build(self) -> Result<PgLockMgr, LockError> {
-        let mut config = Config::from_str(&self.config).map_err(|e| LockError::Invalid {
+        let invalid = |reason: String| LockError::Invalid {
             lock: LockId::postgres("", "", &self.name),
-            reason: format!("the connection string does not parse: {e}"),
-        })?;
-        match self.label {
-            Some(label) => {
-                config.application_name(label);
-            }
-            None if config.get_application_name().is_none() => {
-                config.application_name("lockmgr");
-            }
-            None => {}
-        }
-        let host = match config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
+            reason,
         };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let db = config
-            .get_dbname()
-            .or(config.get_user())
-            .unwrap_or("postgres")
-            .to_string();
+        let mut config = self.config.clone();
+        let app = self.label.clone().or_else(|| {
+            (!config.contains("application_name") && std::env::var_os("PGAPPNAME").is_none())
+                .then(|| "lockmgr".to_string())
+        });
+        if let Some(app) = app {
+            config = with_application_name(&config, &app);
+        }
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            request: self.request_timeout,
+            dead_after: self.dead_after,
+        };
+        let server = Server::get(&config, timeouts, self.max_idle, self.transaction_pooling)
+            .map_err(invalid)?;
+        if self.fence.is_empty() || self.fence.split('.').count() > 2 {
+            return Err(invalid(
+                "the fence table must be `table` or `schema.table`".into(),
+            ));
+        }
+        let (host, db) = server.names();
         Ok(PgLockMgr {
             inner: Arc::new(Inner {
                 key: advisory_key(&self.name),
-                id: LockId::postgres(format!("{host}:{port}"), db, &self.name),
-                config,
+                id: LockId::postgres(host, db, &self.name),
+                server,
                 name: self.name,
                 max_attempts: self.max_attempts,
-                connect_timeout: self.connect_timeout,
+                fence: self.fence,
                 table_ready: AtomicBool::new(false),
             }),
         })
     }
 }
 
+/// `config` with `application_name` set to `app`, in its own syntax.
+fn with_application_name(config: &str, app: &str) -> String {
+    let trimmed = config.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let sep = if trimmed.contains('?') { '&' } else { '?' };
+        let app = percent_encoding::utf8_percent_encode(app, percent_encoding::NON_ALPHANUMERIC);
+        format!("{trimmed}{sep}application_name={app}")
+    } else {
+        let app = app.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("{trimmed} application_name='{app}'")
+    }
+}
+
 impl PgLockMgr {
     /// A lock named `name` in the database that `config` (a libpq-style
     /// connection string, `host=db user=app dbname=app`, or a URL,
-    /// `postgres://app@db/app`) names, with default options.
+    /// `postgres://app@db/app`) names, with default options. What the
+    /// string leaves out is taken from the `PG*` environment and the
+    /// password file, as libpq does; TLS follows `sslmode` (see the
+    /// [module docs](super)).
     ///
     /// # Errors
     ///
@@ -150,7 +229,9 @@ impl PgLockMgr {
     }
 
     /// A [`PgLockMgrBuilder`] for the lock named `name` in the database of
-    /// `config`.
+    /// `config`. An empty `config` takes everything from the environment
+    /// (`PGHOST`, `PGUSER`, `PGPASSWORD` or the password file, `PGSSLMODE`,
+    /// ...).
     pub fn builder(config: &str, name: impl Into<String>) -> PgLockMgrBuilder {
         PgLockMgrBuilder {
             config: config.to_string(),
@@ -158,6 +239,11 @@ impl PgLockMgr {
             max_attempts: 10,
             label: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            dead_after: DEFAULT_DEAD_AFTER,
+            max_idle: 1,
+            fence: fence::DEFAULT_TABLE.to_string(),
+            transaction_pooling: None,
         }
     }
 
@@ -179,12 +265,16 @@ impl PgLockMgr {
     /// Takes the lock exclusively, waiting for it if `wait` is true: the
     /// same contract as [`LockMgr::acquire`](crate::LockMgr::acquire).
     ///
-    /// Opens a connection, tries `pg_try_advisory_lock`, and if the lock is
-    /// held and `wait` is true (and `timeout` is not zero), waits on the
-    /// server in up to `max_attempts` attempts of `pg_advisory_lock` under a
-    /// `lock_timeout` of `timeout` each. A timeout too large for
-    /// `lock_timeout` (about 24 days) means no limit. Once won, a fencing
-    /// token is drawn in the same session.
+    /// Tries `pg_try_advisory_lock` on one of this process's shared
+    /// sessions with the server; if the lock is held and `wait` is true (and
+    /// `timeout` is not zero), waits on the server, on a session of its own,
+    /// in up to `max_attempts` attempts of `pg_advisory_lock` under a
+    /// `lock_timeout` of `timeout` each (a timeout too large for
+    /// `lock_timeout`, about 24 days, means no limit); the session that won
+    /// then joins the shared ones. Behind a transaction-pooling proxy, the
+    /// lock is taken and held in an open transaction of a connection of its
+    /// own instead (see the [module docs](super)). Once won, a fencing token
+    /// is drawn.
     ///
     /// # Errors
     ///
@@ -192,15 +282,19 @@ impl PgLockMgr {
     /// - [`LockError::TimedOut`]: still held after every attempt.
     /// - [`LockError::Connect`]: the server cannot be reached, refuses the
     ///   login, or does not answer within the connect bound (the rest of the
-    ///   wait but at least 2 s, or [`PgLockMgrBuilder::connect_timeout`]).
+    ///   wait but at least 2 s, or [`PgLockMgrBuilder::connect_timeout`]),
+    ///   or a request within [`PgLockMgrBuilder::request_timeout`].
     /// - [`LockError::Server`]: the server failed a request.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future at any await point leaves no lock behind: a
-    /// request waiting on the server is cancelled (a cancel request is sent
-    /// on a connection of its own, from a task spawned on the current
-    /// runtime) and the session is closed, which releases anything it won.
+    /// Dropping the future at any await point leaves no lock and no lock
+    /// request behind: a wait on the server is cancelled (a cancel request,
+    /// on a connection of its own) and its session is closed at once, which
+    /// releases anything it won; a cancel that reached the server before
+    /// the wait did is followed up by the server itself, which checks every
+    /// 250 ms that the client of a running query is still there
+    /// (`client_connection_check_interval`, PostgreSQL 14 and later).
     ///
     /// # Examples
     ///
@@ -350,21 +444,18 @@ impl PgLockMgr {
     /// # Ok(()) }
     /// ```
     pub async fn status(&self) -> Result<Status, LockError> {
-        let session = self.connect(None).await?;
-        self.ensure_table(&session.client).await?;
-        let client = &session.client;
+        let (session, _) = self.utility(None).await?;
         let (hi, lo) = self.key_halves();
-        let row = client
-            .query_one(sql::STATE, &[&hi, &lo])
+        let rows = session
+            .simple(&sql::state(hi, lo), self.request(), self.id())
             .await
-            .map_err(|e| self.server_error(Operation::Read, e))?;
-        let (exclusive, holders): (bool, i64) = (row.get(0), row.get(1));
+            .map_err(|e| with_op(e, Operation::Read))?;
+        let row = first_row(&rows).ok_or_else(|| self.odd(Operation::Read, "no lock state"))?;
+        let exclusive = row.get(0) == Some("t");
+        let holders: i64 = row.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(if exclusive {
             Status::Exclusive {
-                holder: self
-                    .holder_on(client)
-                    .await
-                    .map_err(|e| self.server_error(Operation::Read, e))?,
+                holder: self.holder_on(&session).await?,
             }
         } else if holders > 0 {
             Status::Shared
@@ -377,6 +468,40 @@ impl PgLockMgr {
     fn key_halves(&self) -> (i64, i64) {
         let key = self.inner.key as u64;
         ((key >> 32) as i64, (key & 0xFFFF_FFFF) as i64)
+    }
+
+    fn id(&self) -> &LockId {
+        &self.inner.id
+    }
+
+    fn request(&self) -> Duration {
+        self.inner.server.timeouts.request
+    }
+
+    fn odd(&self, op: Operation, what: &str) -> LockError {
+        LockError::Server {
+            lock: self.id().clone(),
+            op,
+            source: format!("unexpected answer from the server: {what}").into(),
+        }
+    }
+
+    /// A shared session for autocommit requests (status, fencing tokens),
+    /// with the fence table known to exist, and how the server is reached.
+    async fn utility(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Arc<Session>, Pooling), LockError> {
+        let server = &self.inner.server;
+        let pooling = server.pooling(self.id(), deadline).await?;
+        let session = server.shared(self.id(), deadline).await?;
+        if !self.inner.table_ready.load(Ordering::Acquire) {
+            fence::ensure(&session, &self.inner.fence, self.request(), self.id())
+                .await
+                .map_err(|e| with_op(e, Operation::Fence))?;
+            self.inner.table_ready.store(true, Ordering::Release);
+        }
+        Ok((session, pooling))
     }
 
     async fn lock(
@@ -392,21 +517,195 @@ impl PgLockMgr {
         } else {
             None
         };
-        let session = self.connect(deadline).await?;
-        self.ensure_table(&session.client).await?;
-        let key = self.inner.key;
-        let id = &self.inner.id;
-        let client = &session.client;
-        let won: bool = client
-            .query_one(sql::try_lock(mode), &[&key])
+        // Other tasks of this process that hold or take this key go first.
+        let pass = match self
+            .inner
+            .server
+            .gates
+            .enter(self.inner.key, mode, policy.waits, deadline)
             .await
-            .map_err(|e| self.server_error(Operation::Lock, e))?
-            .get(0);
-        tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, "lock try");
-        if won {
-            return self.won(session, mode).await;
+        {
+            Ok(pass) => pass,
+            Err(shut) => {
+                let holder = match self.utility(None).await {
+                    Ok((session, _)) => self.holder_on(&session).await.ok().flatten(),
+                    Err(_) => None,
+                };
+                return Err(match shut {
+                    Shut::Busy => LockError::WouldBlock {
+                        lock: self.id().clone(),
+                        holder,
+                    },
+                    Shut::TimedOut => LockError::TimedOut {
+                        lock: self.id().clone(),
+                        attempts: policy.max_attempts,
+                        waited: started.elapsed(),
+                        holder,
+                    },
+                });
+            }
+        };
+        // A session picked after the gate: the one the last holder used may
+        // have ended.
+        let (shared, pooling) = self.utility(deadline).await?;
+        match pooling {
+            Pooling::Transaction => {
+                self.lock_in_transaction(mode, policy, started, deadline, pass)
+                    .await
+            }
+            _ => {
+                match self
+                    .lock_shared(&shared, mode, policy, started, deadline, pass)
+                    .await
+                {
+                    // Statements hopped between backends: a transaction
+                    // pooler after all, found before any lock was won.
+                    Err(pass) => {
+                        self.inner.server.found_transaction_pooling();
+                        tracing::warn!(
+                            lock = %self.id(),
+                            "lockmgr: statements of one session ran on different backends: the \
+                             server is behind a transaction pooler; holding locks in transactions"
+                        );
+                        self.lock_in_transaction(mode, policy, started, deadline, pass)
+                            .await
+                    }
+                    Ok(result) => result,
+                }
+            }
         }
-        let holder = self.holder_on(client).await.ok().flatten();
+    }
+
+    /// Session-level locks on shared sessions: a try on a shared one, then a
+    /// wait on a session of its own, which joins the shared ones once it
+    /// holds the lock.
+    async fn lock_shared(
+        &self,
+        shared: &Arc<Session>,
+        mode: LockMode,
+        policy: Policy,
+        started: Instant,
+        deadline: Option<Instant>,
+        pass: Pass,
+    ) -> Result<Result<PgLockGuard, LockError>, Pass> {
+        let id = self.id();
+        let key = self.inner.key;
+        let rows = match shared
+            .simple(&sql::try_lock(mode, key, shared.pid()), self.request(), id)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (won, pid) = match lock_answer(&rows) {
+            Some(answer) => answer,
+            None => return Ok(Err(self.odd(Operation::Lock, "no lock result"))),
+        };
+        if pid != shared.pid() {
+            // Nothing was taken: the statement makes sure of that.
+            return Err(pass);
+        }
+        tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
+        if won {
+            shared.held.fetch_add(1, Ordering::AcqRel);
+            return Ok(self
+                .won(Hold::shared(shared.clone(), mode, pass), mode)
+                .await);
+        }
+        let holder = self.holder_on(shared).await.ok().flatten();
+        if !policy.waits {
+            return Ok(Err(LockError::WouldBlock {
+                lock: id.clone(),
+                holder,
+            }));
+        }
+        policy.announce(id, holder.as_ref(), "");
+        let server = &self.inner.server;
+        let waiter = match server.connect(id, deadline).await {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Dropped mid-wait, this cancels the wait and ends its session.
+        let mut armed = Armed::new(server, waiter.clone());
+        if let Err(e) = waiter
+            .simple(&sql::set_lock_timeout(policy.timeout), self.request(), id)
+            .await
+        {
+            return Ok(Err(e));
+        }
+        // The server bounds each attempt; the client allows it a margin.
+        let bound = policy.timeout.saturating_add(self.request());
+        for attempt in 1..=policy.max_attempts {
+            let statement = sql::wait_lock(mode, key, waiter.pid());
+            match waiter.simple(&statement, bound, id).await {
+                Ok(rows) => {
+                    let Some((_, pid)) = lock_answer(&rows) else {
+                        return Ok(Err(self.odd(Operation::Lock, "no lock result")));
+                    };
+                    if pid != waiter.pid() {
+                        return Err(pass);
+                    }
+                    tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
+                    armed.disarm();
+                    if let Err(e) = waiter
+                        .simple(sql::RESET_LOCK_TIMEOUT, self.request(), id)
+                        .await
+                    {
+                        return Ok(Err(e));
+                    }
+                    waiter.held.fetch_add(1, Ordering::AcqRel);
+                    server.share(&waiter);
+                    return Ok(self.won(Hold::shared(waiter, mode, pass), mode).await);
+                }
+                Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
+                    tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
+                }
+                Err(e) => return Ok(Err(with_op(e, Operation::Lock))),
+            }
+        }
+        Ok(Err(LockError::TimedOut {
+            lock: id.clone(),
+            attempts: policy.max_attempts,
+            waited: started.elapsed(),
+            holder: self.holder_on(shared).await.ok().flatten(),
+        }))
+    }
+
+    /// Behind a transaction pooler: the lock is taken and held in an open
+    /// transaction of a connection of its own (a session-level lock would
+    /// stay with a pooled backend that others use).
+    async fn lock_in_transaction(
+        &self,
+        mode: LockMode,
+        policy: Policy,
+        started: Instant,
+        deadline: Option<Instant>,
+        pass: Pass,
+    ) -> Result<PgLockGuard, LockError> {
+        let id = self.id();
+        let key = self.inner.key;
+        let server = &self.inner.server;
+        let own = server.connect(id, deadline).await?;
+        let mut armed = Armed::new(server, own.clone());
+        let begin = format!("{}; SELECT pg_backend_pid()", sql::BEGIN_HOLDING);
+        let backend = |rows: &[tokio_postgres::SimpleQueryMessage]| {
+            first_row(rows)
+                .and_then(|r| r.get(0))
+                .and_then(|v| v.parse::<i32>().ok())
+        };
+        let rows = own.simple(&begin, self.request(), id).await?;
+        let mut pid = backend(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+        let rows = own
+            .simple(&sql::try_xact_lock(mode, key), self.request(), id)
+            .await?;
+        let won = first_row(&rows).and_then(|r| r.get(0)) == Some("t");
+        tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
+        if won {
+            armed.disarm();
+            return self.won(Hold::transaction(own, pid, pass), mode).await;
+        }
+        let (utility, _) = self.utility(deadline).await?;
+        let holder = self.holder_on(&utility).await.ok().flatten();
         if !policy.waits {
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
@@ -414,104 +713,136 @@ impl PgLockMgr {
             });
         }
         policy.announce(id, holder.as_ref(), "");
-        client
-            .batch_execute(&sql::set_lock_timeout(policy.timeout))
-            .await
-            .map_err(|e| self.server_error(Operation::Lock, e))?;
-        let mut cancel = CancelOnDrop(Some(client.cancel_token()));
+        let bound = policy.timeout.saturating_add(self.request());
         for attempt in 1..=policy.max_attempts {
-            match client.execute(sql::wait_lock(mode), &[&key]).await {
+            match own
+                .simple(&sql::wait_xact_lock(mode, key, policy.timeout), bound, id)
+                .await
+            {
                 Ok(_) => {
-                    tracing::debug!(lock = %id, attempt, won = true, mode = %mode, "lock wait");
-                    cancel.disarm();
-                    return self.won(session, mode).await;
+                    tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
+                    armed.disarm();
+                    return self.won(Hold::transaction(own, pid, pass), mode).await;
                 }
-                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
                     tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
+                    // The failed wait aborted the transaction: a new one.
+                    let rows = own
+                        .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
+                        .await?;
+                    pid = backend(&rows)
+                        .ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
                 }
-                Err(e) => {
-                    cancel.disarm();
-                    return Err(self.server_error(Operation::Lock, e));
-                }
+                Err(e) => return Err(with_op(e, Operation::Lock)),
             }
         }
-        cancel.disarm();
         Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: policy.max_attempts,
             waited: started.elapsed(),
-            holder: self.holder_on(client).await.ok().flatten(),
+            holder: self.holder_on(&utility).await.ok().flatten(),
         })
     }
 
-    /// Draws the fencing token in the winning session and makes the guard.
-    /// If that fails, the session (and with it the lock) is dropped.
-    async fn won(&self, session: Session, mode: LockMode) -> Result<PgLockGuard, LockError> {
-        let token = fence::next_token(&session.client, &self.inner.name)
-            .await
-            .map_err(|e| self.server_error(Operation::Fence, e))?;
-        Ok(PgLockGuard::new(session, token, mode, self.clone()))
-    }
-
-    async fn connect(&self, deadline: Option<Instant>) -> Result<Session, LockError> {
-        Session::connect(
-            &self.inner.config,
-            &self.inner.id,
-            deadline,
-            self.inner.connect_timeout,
+    /// Draws the fencing token for a lock just won (in an autocommit
+    /// statement, so that it is kept whatever becomes of the holding) and
+    /// makes the guard. If that fails, the lock is let go.
+    async fn won(&self, hold: Hold, mode: LockMode) -> Result<PgLockGuard, LockError> {
+        let pid = hold.backend_pid();
+        let (utility, _) = match self.utility(None).await {
+            Ok(u) => u,
+            Err(e) => {
+                hold.give_up(&self.inner.server, self.inner.key);
+                return Err(e);
+            }
+        };
+        let token = match fence::next_token(
+            &utility,
+            &self.inner.fence,
+            &self.inner.name,
+            pid,
+            self.request(),
+            self.id(),
         )
         .await
-    }
-
-    async fn ensure_table(&self, client: &Client) -> Result<(), LockError> {
-        if self.inner.table_ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        fence::ensure_table(client)
-            .await
-            .map_err(|e| self.server_error(Operation::Fence, e))?;
-        self.inner.table_ready.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    async fn holder_on(&self, client: &Client) -> Result<Option<Holder>, tokio_postgres::Error> {
-        let (hi, lo) = self.key_halves();
-        let row = client
-            .query_opt(sql::HOLDER, &[&hi, &lo, &self.inner.name])
-            .await?;
-        Ok(row.map(|row| {
-            let pid: i32 = row.get(0);
-            let addr: Option<String> = row.get(1);
-            let app: Option<String> = row.get(2);
-            let since: Option<f64> = row.get(3);
-            Holder {
-                pid: pid as u32,
-                host: addr.unwrap_or_else(|| "local".into()),
-                since: since
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
-                label: app.filter(|a| !a.is_empty()),
-                stale: false,
+        {
+            Ok(t) => t,
+            Err(e) => {
+                hold.give_up(&self.inner.server, self.inner.key);
+                return Err(with_op(e, Operation::Fence));
             }
-        }))
+        };
+        Ok(PgLockGuard::new(hold, token, mode, self.clone()))
     }
 
-    pub(super) fn server_error(&self, op: Operation, e: tokio_postgres::Error) -> LockError {
-        if e.is_closed() {
-            return LockError::Connect {
-                lock: self.inner.id.clone(),
-                source: Box::new(e),
-            };
-        }
-        LockError::Server {
-            lock: self.inner.id.clone(),
-            op,
-            source: Box::new(e),
-        }
+    /// The recorded exclusive holder, from the server's lock table.
+    async fn holder_on(&self, session: &Session) -> Result<Option<Holder>, LockError> {
+        let (hi, lo) = self.key_halves();
+        let rows = session
+            .typed(
+                &sql::holder(&fence::quoted(&self.inner.fence), hi, lo),
+                &[(&self.inner.name, Type::TEXT)],
+                self.request(),
+                self.id(),
+            )
+            .await
+            .map_err(|e| with_op(e, Operation::Read))?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let read = |e: tokio_postgres::Error| self.odd(Operation::Read, &e.to_string());
+        let pid: i32 = row.try_get(0).map_err(read)?;
+        let addr: Option<String> = row.try_get(1).map_err(read)?;
+        let app: Option<String> = row.try_get(2).map_err(read)?;
+        let since: Option<f64> = row.try_get(3).map_err(read)?;
+        Ok(Some(Holder {
+            pid: pid as u32,
+            host: addr.unwrap_or_else(|| "local".into()),
+            since: since
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
+            label: app.filter(|a| !a.is_empty()),
+            stale: false,
+        }))
     }
 
     pub(super) fn inner(&self) -> &Inner {
         &self.inner
+    }
+}
+
+/// `(won, backend pid)` from a lock statement's answer.
+fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32)> {
+    let row = first_row(rows)?;
+    Some((row.get(0) == Some("t"), row.get(1)?.parse().ok()?))
+}
+
+/// A session whose wait must not outlive the future that waits: dropped
+/// while armed, it sends a cancel request and ends the session at once.
+struct Armed<'a> {
+    server: &'a Server,
+    session: Option<Arc<Session>>,
+}
+
+impl<'a> Armed<'a> {
+    fn new(server: &'a Server, session: Arc<Session>) -> Self {
+        Armed {
+            server,
+            session: Some(session),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.server.cancel(&session);
+            session.end();
+        }
     }
 }
 
@@ -534,6 +865,9 @@ impl fmt::Debug for PgLockMgrBuilder {
             .field("max_attempts", &self.max_attempts)
             .field("label", &self.label)
             .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("dead_session_after", &self.dead_after)
+            .field("fence_table", &self.fence)
             .finish_non_exhaustive()
     }
 }
@@ -556,6 +890,22 @@ mod tests {
         assert!(matches!(err, LockError::Invalid { .. }), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
         assert!(!format!("{err:?}").contains("secret"), "{err:?}");
+    }
+
+    #[test]
+    fn the_label_goes_into_either_syntax() {
+        assert_eq!(
+            with_application_name("postgres://db/app", "a b"),
+            "postgres://db/app?application_name=a%20b"
+        );
+        assert_eq!(
+            with_application_name("postgres://db/app?sslmode=require", "x"),
+            "postgres://db/app?sslmode=require&application_name=x"
+        );
+        assert_eq!(
+            with_application_name("host=db", "it's"),
+            "host=db application_name='it\\'s'"
+        );
     }
 
     #[test]

@@ -6,40 +6,90 @@
 //! same contract as [`LockMgr`](crate::LockMgr) with the database server
 //! doing the locking:
 //!
-//! - Each lock is a session-level advisory lock, held by the connection of
-//!   the guard that won it. Every guard owns its own connection (a session
-//!   lock cannot live in a pool). The server releases the lock when the guard
-//!   releases it or when the session ends for any reason: the guard dropped,
-//!   the process killed, the connection lost, the backend terminated.
-//! - Waiting happens on the server: `pg_advisory_lock` with a per-attempt
-//!   `lock_timeout`. The server's own wait queue wakes the next waiter the
-//!   moment the lock is free. Nothing polls.
+//! - **Connections are few and shared.** The locks of every `PgLockMgr` of
+//!   a process for one server are session-level advisory locks held by a
+//!   few shared sessions: 1,000 held names cost one or two server
+//!   connections, not 1,000. A try is made on a shared session; an acquire
+//!   that has to wait does so on a session of its own (a waiting session
+//!   can run nothing else), which joins the shared ones once it holds the
+//!   lock. Sessions that hold no lock are closed beyond
+//!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions).
+//! - **The server releases a lock** when it is released, and when its
+//!   session ends for any reason: the process killed, the connection lost,
+//!   the backend terminated. [`PgLockGuard::lost`] then resolves (for every
+//!   lock of that session).
+//! - **Waiting happens on the server**: `pg_advisory_lock` under a
+//!   per-attempt `lock_timeout`. The server's own wait queue wakes the next
+//!   waiter the moment the lock is free. Nothing polls. A dropped acquire
+//!   leaves no wait behind: its session is cancelled and closed, and the
+//!   server checks every 250 ms that the client of a running query is still
+//!   there (`client_connection_check_interval`, PostgreSQL 14 and later), so
+//!   a cancel that came before the query is followed up.
+//! - **Every step is bounded**: a connection by the wait (or
+//!   [`connect_timeout`](PgLockMgrBuilder::connect_timeout)), a lock wait by
+//!   its attempt, any other request by
+//!   [`request_timeout`](PgLockMgrBuilder::request_timeout) (10 s); a silent
+//!   network is given up by both ends within
+//!   [`dead_session_after`](PgLockMgrBuilder::dead_session_after) (30 s):
+//!   TCP keepalives and `tcp_user_timeout` on this process's sockets, and
+//!   the same settings for the server's end of each session.
+//! - **Poolers.** Behind PgBouncer in session mode, locks work as on a
+//!   direct connection. Behind a transaction-pooling proxy (PgBouncer's
+//!   `pool_mode = transaction`), a session-level lock would stay with a
+//!   pooled backend that other clients use; so each lock is then taken and
+//!   held by `pg_advisory_xact_lock` in an open transaction of a connection
+//!   of its own, which the pooler keeps on one backend until the transaction
+//!   ends (the transaction sets `idle_in_transaction_session_timeout = 0`
+//!   for itself, as it is idle on purpose; each held lock then occupies one
+//!   of the pool's server connections). Which way the server is reached is
+//!   found out before the first lock: two sessions of this process that land
+//!   on one backend can only be pooled per transaction. It can also be set
+//!   with [`transaction_pooling`](PgLockMgrBuilder::transaction_pooling).
+//!   Statement pooling is not supported (it allows no transactions).
+//! - **TLS** with rustls, to libpq's `sslmode` meanings: `disable`; `allow`
+//!   and `prefer` (the default: TLS whenever the server offers it);
+//!   `require`; `verify-ca` and `verify-full` against `sslrootcert` (a PEM
+//!   file, `system` for the system's roots, or `~/.postgresql/root.crt`).
+//!   A client certificate (`sslcert`, `sslkey`) is presented when given.
+//!   Over TLS, SCRAM logins bind the channel when the server offers it.
+//! - **Connection settings** are read as libpq reads them: a `key=value`
+//!   string or a `postgres://` URL, completed from the `PG*` environment
+//!   (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+//!   `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`,
+//!   `PGCONNECT_TIMEOUT`) and the password file (`PGPASSFILE` or
+//!   `~/.pgpass`, ignored when others may read it). An empty string takes
+//!   everything from there.
 //! - A lock's name maps to a 64-bit advisory key by [`advisory_key`], in a
 //!   namespace of its own.
 //! - Each guard carries a [fencing token](PgLockGuard::fencing_token),
-//!   strictly increasing over all holders of one name, issued inside the
-//!   winning session right after the lock was won. Pass it to the systems
-//!   you write to and let them refuse tokens older than the newest they have
-//!   seen: a lock is only as good as its session, and a holder that stalls
-//!   (a long GC pause, a network partition) can lose its session without
-//!   knowing it before its next write.
+//!   strictly increasing over all holders of one name, drawn in an
+//!   autocommit statement right after the lock was won. Pass it to the
+//!   systems you write to and let them refuse tokens older than the newest
+//!   they have seen: a lock is only as good as its session, and a holder
+//!   that stalls (a long GC pause, a network partition) can lose its
+//!   session without knowing it before its next write.
 //!
 //! The tokens and the holders' start times live in a table,
-//! `lockmgr_fence (name text primary key, token bigint, holder_pid integer,
-//! since timestamptz)`, created on first use in the connection's default
-//! schema. The connecting role therefore needs `CREATE` on that schema once,
-//! and `INSERT`/`UPDATE` on the table. Contention errors name the holder from
-//! `pg_locks` and `pg_stat_activity` (a role without `pg_read_all_stats`
-//! sees no client address for other roles' sessions).
+//! `public.lockmgr_fence (name text primary key, token bigint, holder_pid
+//! integer, since timestamptz)` (another with
+//! [`fence_table`](PgLockMgrBuilder::fence_table)). It is looked up first
+//! and created only when missing: a role without `CREATE` can use one a DBA
+//! created once with the SQL of [`fence_table_sql`]; the role then needs
+//! `SELECT`, `INSERT` and `UPDATE` on it. Contention errors name the holder
+//! from `pg_locks` and `pg_stat_activity` (a role without
+//! `pg_read_all_stats` sees no client address for other roles' sessions).
 //!
-//! Connections are made without TLS (`NoTls`): use it on a trusted network,
-//! or through a local TLS tunnel.
+//! Errors say what the server said: its SQLSTATE and message (and detail
+//! and hint) are in the error's `Display`, and a refused login says so.
+//! No error, `Debug` or event shows a password.
 //!
 //! # Layout
 //!
 //! [`PgLockMgr`] and its builder are in `manager`, [`PgLockGuard`] in
-//! `guard`; `session` makes connections and cancels abandoned waits;
-//! `sql` holds every statement, `fence` the fencing-token table.
+//! `guard`; `config` reads connection settings the libpq way, `tls` makes
+//! the TLS connector, `session` the sessions (shared, waiting, bounded)
+//! and the pooler probe; `sql` holds every statement, `fence` the
+//! fencing-token table.
 //!
 //! # Examples
 //!
@@ -62,14 +112,29 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod fence;
+mod gate;
 mod guard;
 mod manager;
 mod session;
 mod sql;
+mod tls;
 
 pub use guard::PgLockGuard;
 pub use manager::{PgLockMgr, PgLockMgrBuilder};
+
+/// The SQL that creates the fencing-token table `table` (`schema.table`):
+/// for a DBA to run once, so that the role the locks use needs no `CREATE`
+/// (only `SELECT`, `INSERT` and `UPDATE` on the table).
+///
+/// ```
+/// let sql = lockmgr::pg::fence_table_sql("public.lockmgr_fence");
+/// assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS \"public\".\"lockmgr_fence\""));
+/// ```
+pub fn fence_table_sql(table: &str) -> String {
+    fence::create_sql(table)
+}
 
 /// The top 16 bits of every key of ours: `"LM"`. Applications that number
 /// their advisory locks with small integers, or with PostgreSQL's 32-bit

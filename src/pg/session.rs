@@ -1,12 +1,25 @@
-//! One connection to the lock server, and the cancelling of a wait its
-//! owner abandoned.
+//! Sessions with the lock server: connecting (TLS, keepalives on both
+//! sides, a bound on every step), the few shared sessions that hold the
+//! locks of every `PgLockMgr` of this process for one server, the sessions
+//! a wait gets of its own, and how a session that is given up ends at once.
 
+use std::collections::HashMap;
+use std::error::Error;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_postgres::{CancelToken, Client, Config, NoTls};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::config::{Connection, Env};
+use super::gate::Gates;
+use super::tls;
 use crate::error::{LockError, LockId};
 
 /// The least time a waiting acquire gives its connection, however little
@@ -14,75 +27,581 @@ use crate::error::{LockError, LockId};
 /// `TimedOut` (the lock was held), not in a connection error.
 pub(super) const CONNECT_FLOOR: Duration = Duration::from_secs(2);
 
-/// One session: a connection whose driver runs on its own task.
-pub(super) struct Session {
-    pub(super) client: Client,
-    /// Turns true when the connection has ended.
-    pub(super) ended: watch::Receiver<bool>,
+/// The bounds of a server's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Timeouts {
+    /// Making a connection, when no wait bounds it.
+    pub(super) connect: Duration,
+    /// Any one request that is not a lock wait.
+    pub(super) request: Duration,
+    /// How long a silent network may last before both ends give a session
+    /// up (TCP keepalives and `tcp_user_timeout`, client and server).
+    pub(super) dead_after: Duration,
 }
 
-impl Session {
-    /// Connects within the rest of a wait ending at `deadline` (but no less
-    /// than [`CONNECT_FLOOR`]), or within `connect_timeout` without one.
-    pub(super) async fn connect(
-        config: &Config,
+/// How the server is reached: straight, or through a pooler that hands a
+/// server session to a client only for a transaction at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pooling {
+    /// Not known yet: found out by a probe before the first lock.
+    Unknown,
+    /// Sessions are the client's own (a direct connection, or a pooler in
+    /// session mode): session-level locks, shared sessions.
+    Session,
+    /// Transaction pooling (PgBouncer's `pool_mode=transaction`): each lock
+    /// held in an open transaction of a connection of its own.
+    Transaction,
+}
+
+/// One lock server, as this process reaches it: shared by every
+/// `PgLockMgr` with the same connection settings.
+pub(super) struct Server {
+    conn: Connection,
+    connector: Option<MakeRustlsConnect>,
+    pub(super) timeouts: Timeouts,
+    max_idle: usize,
+    state: Mutex<State>,
+    /// One probe or shared connect at a time.
+    probing: tokio::sync::Mutex<()>,
+    /// The in-process gate of each key.
+    pub(super) gates: Arc<Gates>,
+}
+
+struct State {
+    pooling: Pooling,
+    /// Sessions shared by this process's locks (and its quick requests).
+    shared: Vec<Arc<Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The settings that make two `PgLockMgr`s share a server.
+#[derive(PartialEq, Eq, Hash)]
+struct Key {
+    config: String,
+    timeouts: Timeouts,
+    max_idle: usize,
+    pooling: Option<bool>,
+}
+
+impl Server {
+    /// The server for these settings: the one this process already has, or
+    /// a new one. Connects to nothing.
+    pub(super) fn get(
+        config: &str,
+        timeouts: Timeouts,
+        max_idle: usize,
+        transaction_pooling: Option<bool>,
+    ) -> Result<Arc<Server>, String> {
+        static SERVERS: OnceLock<Mutex<HashMap<Key, Weak<Server>>>> = OnceLock::new();
+        let key = Key {
+            config: config.to_owned(),
+            timeouts,
+            max_idle,
+            pooling: transaction_pooling,
+        };
+        let mut servers = lock(SERVERS.get_or_init(Default::default));
+        servers.retain(|_, s| s.strong_count() > 0);
+        if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
+            return Ok(server);
+        }
+        let env = Env::process();
+        let conn = Connection::parse(config, &env).map_err(|e| e.0)?;
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let connector = tls::connector(&conn.tls, home.as_deref()).map_err(|e| e.0)?;
+        let server = Arc::new(Server {
+            conn,
+            connector,
+            timeouts,
+            max_idle,
+            state: Mutex::new(State {
+                pooling: match transaction_pooling {
+                    None => Pooling::Unknown,
+                    Some(true) => Pooling::Transaction,
+                    Some(false) => Pooling::Session,
+                },
+                shared: Vec::new(),
+            }),
+            probing: tokio::sync::Mutex::new(()),
+            gates: Arc::default(),
+        });
+        servers.insert(key, Arc::downgrade(&server));
+        Ok(server)
+    }
+
+    /// The server as `HOST:PORT`, and the database.
+    pub(super) fn names(&self) -> (String, String) {
+        (self.conn.server(), self.conn.database())
+    }
+
+    /// How the server is reached, probed once: two sessions of ours that see
+    /// the same backend can only be behind a transaction-pooling proxy.
+    pub(super) async fn pooling(
+        &self,
         lock: &LockId,
         deadline: Option<Instant>,
-        connect_timeout: Duration,
-    ) -> Result<Session, LockError> {
+    ) -> Result<Pooling, LockError> {
+        if let p @ (Pooling::Session | Pooling::Transaction) = lock_state(&self.state).pooling {
+            return Ok(p);
+        }
+        let _probing = self.probing.lock().await;
+        if let p @ (Pooling::Session | Pooling::Transaction) = lock_state(&self.state).pooling {
+            return Ok(p);
+        }
+        let a = self.connect(lock, deadline).await?;
+        let b = self.connect(lock, deadline).await?;
+        // A pooler that reuses its most recent backend (PgBouncer's default)
+        // gives both the same one; one that goes round gives each session
+        // a backend other than the one it logged in on.
+        let mut pooling = Pooling::Session;
+        for _ in 0..3 {
+            let pa = a.backend_pid(self, lock).await?;
+            let pb = b.backend_pid(self, lock).await?;
+            if pa == pb || pa != a.pid() || pb != b.pid() {
+                pooling = Pooling::Transaction;
+                break;
+            }
+        }
+        if pooling == Pooling::Transaction {
+            tracing::info!(
+                lock = %lock,
+                "lockmgr: the lock server is behind a transaction-pooling proxy: each lock is \
+                 held in an open transaction of a connection of its own"
+            );
+            drop((a, b));
+        } else {
+            // Not pooled per transaction: these are real sessions, to share.
+            let mut state = lock_state(&self.state);
+            state.shared.push(a);
+            drop(b);
+        }
+        lock_state(&self.state).pooling = pooling;
+        Ok(pooling)
+    }
+
+    /// Statements hopped between backends on one session of ours: a
+    /// transaction pooler after all. Later locks are taken the
+    /// transaction-pooling way.
+    pub(super) fn found_transaction_pooling(&self) {
+        let mut state = lock_state(&self.state);
+        state.pooling = Pooling::Transaction;
+        state.shared.clear();
+    }
+
+    /// A session shared by this process's locks and quick requests: the
+    /// least busy live one, or a new one.
+    pub(super) async fn shared(
+        &self,
+        lock: &LockId,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, LockError> {
+        if let Some(s) = self.pick_shared() {
+            return Ok(s);
+        }
+        let _connecting = self.probing.lock().await;
+        if let Some(s) = self.pick_shared() {
+            return Ok(s);
+        }
+        let session = self.connect(lock, deadline).await?;
+        lock_state(&self.state).shared.push(session.clone());
+        Ok(session)
+    }
+
+    fn pick_shared(&self) -> Option<Arc<Session>> {
+        let mut state = lock_state(&self.state);
+        state.shared.retain(|s| !s.is_ended());
+        state
+            .shared
+            .iter()
+            .min_by_key(|s| s.held.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// A session that won a lock after waiting joins the shared ones.
+    pub(super) fn share(&self, session: &Arc<Session>) {
+        let mut state = lock_state(&self.state);
+        if state.pooling == Pooling::Session
+            && !state.shared.iter().any(|s| Arc::ptr_eq(s, session))
+        {
+            state.shared.push(session.clone());
+        }
+    }
+
+    /// A shared session holds one lock fewer: one that holds none is closed
+    /// if more than `max_idle` such sessions are open.
+    pub(super) fn released_one(&self, session: &Arc<Session>) {
+        let left = session
+            .held
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        if left > 0 {
+            return;
+        }
+        let mut state = lock_state(&self.state);
+        let idle = state
+            .shared
+            .iter()
+            .filter(|s| s.held.load(Ordering::Relaxed) == 0)
+            .count();
+        if idle > self.max_idle {
+            state.shared.retain(|s| !Arc::ptr_eq(s, session));
+            session.end();
+        }
+    }
+
+    /// A new session, within the rest of the wait ending at `deadline` (but
+    /// no less than [`CONNECT_FLOOR`]), or within the connect timeout.
+    pub(super) async fn connect(
+        &self,
+        lock: &LockId,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, LockError> {
         let bound = match deadline {
             Some(d) => d
                 .saturating_duration_since(Instant::now())
                 .max(CONNECT_FLOOR),
-            None => connect_timeout,
+            None => self.timeouts.connect,
         };
-        let connect_error = |source: Box<dyn std::error::Error + Send + Sync>| LockError::Connect {
-            lock: lock.clone(),
-            source,
+        let mut config = self.conn.config.clone();
+        let dead = self.timeouts.dead_after;
+        config
+            .keepalives(true)
+            .keepalives_idle((dead / 3).max(Duration::from_secs(1)))
+            .keepalives_interval((dead / 9).max(Duration::from_secs(1)))
+            .keepalives_retries(3)
+            .tcp_user_timeout(dead);
+        let connecting = async {
+            match &self.connector {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls.clone()).await?;
+                    Ok::<_, tokio_postgres::Error>((client, tokio::spawn(drive(connection))))
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    Ok((client, tokio::spawn(drive(connection))))
+                }
+            }
         };
-        let (client, connection) = match tokio::time::timeout(bound, config.connect(NoTls)).await {
+        let (client, driver) = match tokio::time::timeout(bound, connecting).await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(connect_error(Box::new(e))),
+            Ok(Err(e)) => return Err(connect_error(lock, Failure::from_pg(&e, true), e)),
             Err(_) => {
-                return Err(connect_error(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {bound:?}"),
-                ))))
+                return Err(LockError::Connect {
+                    lock: lock.clone(),
+                    source: Box::new(Failure::plain(format!("no connection within {bound:?}"))),
+                })
             }
         };
         let (ended_tx, ended) = watch::channel(false);
+        let task = driver.abort_handle();
         let id = lock.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Ok(Err(e)) = driver.await {
                 tracing::debug!(lock = %id, error = %e, "lock session ended");
             }
             let _ = ended_tx.send(true);
         });
-        Ok(Session { client, ended })
+        let session = Arc::new(Session {
+            cancel: client.cancel_token(),
+            client,
+            pid: 0.into(),
+            ended,
+            task,
+            held: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        // Server side: give a silent client up as the client gives a silent
+        // server up, and notice a client gone in the middle of a wait
+        // (PostgreSQL 14 and later). Settings the server lacks are skipped.
+        let ms = |d: Duration| d.as_millis().max(1);
+        let secs = |d: Duration| d.as_secs().max(1);
+        let setup = format!(
+            "SELECT pg_backend_pid(), (SELECT count(*) FROM (SELECT set_config(v.name, v.value, false) \
+             FROM (VALUES ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'), \
+             ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '{}'), \
+             ('client_connection_check_interval', '250')) AS v(name, value) \
+             JOIN pg_settings s ON s.name = v.name) AS applied)",
+            secs(dead / 3),
+            secs(dead / 9),
+            ms(dead),
+        );
+        let rows = session.simple(&setup, self.timeouts.request, lock).await?;
+        let pid = first_value(&rows)
+            .and_then(|v| v.parse::<i32>().ok())
+            .ok_or_else(|| protocol_error(lock, "no backend pid"))?;
+        session.pid.store(pid as usize, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// Cancels what `session` runs, from a connection of its own (the cancel
+    /// request protocol).
+    pub(super) fn cancel(&self, session: &Session) {
+        let token = session.cancel.clone();
+        let tls = self.connector.clone();
+        session.runtime.spawn(async move {
+            let _ = match tls {
+                Some(tls) => token.cancel_query(tls).await,
+                None => token.cancel_query(NoTls).await,
+            };
+        });
     }
 }
 
-/// Cancels the running query of a session if dropped while armed: a dropped
-/// acquire future must not leave its lock request queued on the server.
-pub(super) struct CancelOnDrop(pub(super) Option<CancelToken>);
-
-impl CancelOnDrop {
-    /// The wait ended by itself: nothing to cancel.
-    pub(super) fn disarm(&mut self) {
-        self.0 = None;
-    }
+fn lock_state(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    lock(m)
 }
 
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        let Some(token) = self.0.take() else { return };
-        // The cancel request goes over a connection of its own; without a
-        // runtime, closing the session (which follows) ends the wait when
-        // the server next looks at the socket.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = token.cancel_query(NoTls).await;
-            });
+async fn drive<S, T>(
+    connection: tokio_postgres::Connection<S, T>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    connection.await
+}
+
+/// One session: a connection whose driver runs on a task of its own.
+pub(super) struct Session {
+    client: Client,
+    /// The backend pid when the session was made.
+    pid: AtomicUsize,
+    /// Turns true when the connection has ended.
+    pub(super) ended: watch::Receiver<bool>,
+    /// The connection's driver: aborting it closes the socket at once, which
+    /// dropping the client does not while a request is under way.
+    task: AbortHandle,
+    cancel: CancelToken,
+    /// Locks held through this session.
+    pub(super) held: AtomicUsize,
+    /// The runtime the session lives on (for work a guard's drop leaves).
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+impl Session {
+    pub(super) fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed) as i32
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        *self.ended.borrow() || self.client.is_closed()
+    }
+
+    /// Ends the session now: the socket closes, and the server drops its
+    /// locks (and, with `client_connection_check_interval`, any wait).
+    pub(super) fn end(&self) {
+        self.task.abort();
+    }
+
+    /// A simple query (no prepared statement: fine behind any pooler),
+    /// within `bound`. A session that does not answer in time is ended.
+    pub(super) async fn simple(
+        &self,
+        sql: &str,
+        bound: Duration,
+        lock: &LockId,
+    ) -> Result<Vec<SimpleQueryMessage>, LockError> {
+        match tokio::time::timeout(bound, self.client.simple_query(sql)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(request_error(lock, e)),
+            Err(_) => {
+                self.end();
+                Err(LockError::Connect {
+                    lock: lock.clone(),
+                    source: Box::new(Failure::plain(format!(
+                        "the lock server did not answer within {bound:?}; the session was closed"
+                    ))),
+                })
+            }
         }
+    }
+
+    /// `pg_backend_pid()` now.
+    async fn backend_pid(&self, server: &Server, lock: &LockId) -> Result<i32, LockError> {
+        let rows = self
+            .simple("SELECT pg_backend_pid()", server.timeouts.request, lock)
+            .await?;
+        first_value(&rows)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| protocol_error(lock, "no backend pid"))
+    }
+
+    /// A typed query (the unnamed statement: fine behind any pooler),
+    /// within `bound`.
+    pub(super) async fn typed(
+        &self,
+        sql: &str,
+        params: &[(
+            &(dyn tokio_postgres::types::ToSql + Sync),
+            tokio_postgres::types::Type,
+        )],
+        bound: Duration,
+        lock: &LockId,
+    ) -> Result<Vec<tokio_postgres::Row>, LockError> {
+        match tokio::time::timeout(bound, self.client.query_typed(sql, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(request_error(lock, e)),
+            Err(_) => {
+                self.end();
+                Err(LockError::Connect {
+                    lock: lock.clone(),
+                    source: Box::new(Failure::plain(format!(
+                        "the lock server did not answer within {bound:?}; the session was closed"
+                    ))),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The values of the first row of a simple query's result.
+pub(super) fn first_row(rows: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
+    rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })
+}
+
+fn first_value(rows: &[SimpleQueryMessage]) -> Option<&str> {
+    first_row(rows).and_then(|r| r.get(0))
+}
+
+/// What went wrong with the lock server, in words an operator can act on:
+/// the server's own SQLSTATE and message when it gave one. The underlying
+/// `tokio-postgres` error, if any, is the source.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    text: String,
+    source: Option<tokio_postgres::Error>,
+}
+
+impl Failure {
+    pub(super) fn plain(text: impl Into<String>) -> Failure {
+        Failure {
+            text: text.into(),
+            source: None,
+        }
+    }
+
+    /// Words for `e`; `connecting` marks a failure while logging in.
+    fn from_pg(e: &tokio_postgres::Error, connecting: bool) -> String {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            let mut text = format!("{} {code}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" (hint: {hint})"));
+            }
+            let refused = matches!(
+                db.code(),
+                &SqlState::INVALID_PASSWORD | &SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            ) || (connecting && code.starts_with("28"));
+            if refused {
+                return format!("the server refused the login: {text}");
+            }
+            return text;
+        }
+        if e.is_closed() {
+            return "the session ended".into();
+        }
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Error for Failure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_ref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+fn connect_error(lock: &LockId, text: String, e: tokio_postgres::Error) -> LockError {
+    LockError::Connect {
+        lock: lock.clone(),
+        source: Box::new(Failure {
+            text,
+            source: Some(e),
+        }),
+    }
+}
+
+/// A failed request: the session is gone (`Connect`), or the server said
+/// no (`Server`, with the operation filled in by the caller).
+pub(super) fn request_error(lock: &LockId, e: tokio_postgres::Error) -> LockError {
+    let text = Failure::from_pg(&e, false);
+    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() && is_io(&e) {
+        return connect_error(lock, text, e);
+    }
+    LockError::Server {
+        lock: lock.clone(),
+        op: crate::error::Operation::Lock,
+        source: Box::new(Failure {
+            text,
+            source: Some(e),
+        }),
+    }
+}
+
+fn is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn protocol_error(lock: &LockId, what: &str) -> LockError {
+    LockError::Server {
+        lock: lock.clone(),
+        op: crate::error::Operation::Lock,
+        source: Box::new(Failure::plain(format!(
+            "unexpected answer from the server: {what}"
+        ))),
+    }
+}
+
+/// The SQLSTATE of a request's failure, if the server gave one.
+pub(super) fn code(e: &LockError) -> Option<String> {
+    let source = match e {
+        LockError::Server { source, .. } | LockError::Connect { source, .. } => source,
+        _ => return None,
+    };
+    source
+        .downcast_ref::<Failure>()
+        .and_then(|f| f.source.as_ref())
+        .and_then(|pg| pg.code())
+        .map(|c| c.code().to_owned())
+}
+
+/// Sets the operation of a `Server` error.
+pub(super) fn with_op(e: LockError, op: crate::error::Operation) -> LockError {
+    match e {
+        LockError::Server { lock, source, .. } => LockError::Server { lock, op, source },
+        other => other,
     }
 }

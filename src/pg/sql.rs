@@ -1,64 +1,107 @@
-//! Every statement the PostgreSQL backend sends, in one place.
+//! Every statement the PostgreSQL backend sends, in one place. Keys are
+//! integers written into the text (no prepared statements, so that any
+//! pooler passes them on); names travel as parameters of the unnamed
+//! statement.
 
 use std::time::Duration;
 
 use crate::vocab::LockMode;
 
-/// Creates the fence table if it is missing.
-pub(super) const FENCE_TABLE: &str = "CREATE TABLE IF NOT EXISTS lockmgr_fence (\
-     name text PRIMARY KEY, token bigint NOT NULL, holder_pid integer, since timestamptz)";
-
-/// Draws the next fencing token for `$1` (the lock's name) and records this
-/// session as its holder.
-pub(super) const NEXT_TOKEN: &str =
-    "INSERT INTO lockmgr_fence AS f (name, token, holder_pid, since) \
-     VALUES ($1, 1, pg_backend_pid(), clock_timestamp()) \
-     ON CONFLICT (name) DO UPDATE SET token = f.token + 1, \
-     holder_pid = pg_backend_pid(), since = clock_timestamp() \
-     RETURNING token";
-
-/// The exclusive holder of key (`$1` = classid, `$2` = objid) named `$3`:
-/// backend pid, client address, application name, since (Unix seconds).
-pub(super) const HOLDER: &str = "SELECT a.pid, host(a.client_addr), a.application_name, \
-     extract(epoch FROM coalesce(f.since, a.backend_start))::float8 \
-     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-     LEFT JOIN lockmgr_fence f ON f.name = $3 AND f.holder_pid = l.pid \
-     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' \
-     AND l.objsubid = 1 AND l.classid::int8 = $1 AND l.objid::int8 = $2 \
-     LIMIT 1";
-
-/// Whether key (`$1`, `$2`) is held exclusively, and by how many sessions.
-pub(super) const STATE: &str = "SELECT coalesce(bool_or(mode = 'ExclusiveLock'), false), count(*) \
-     FROM pg_locks WHERE locktype = 'advisory' AND granted \
-     AND objsubid = 1 AND classid::int8 = $1 AND objid::int8 = $2";
-
-/// One non-blocking try.
-pub(super) fn try_lock(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::Exclusive => "SELECT pg_try_advisory_lock($1)",
-        LockMode::Shared => "SELECT pg_try_advisory_lock_shared($1)",
-    }
+/// One non-blocking try of a session-level lock, made only on backend
+/// `pid` (the session's own), and the backend that ran the statement: a
+/// pooler that moves statements between backends is noticed, and no lock is
+/// ever taken on a backend that is not ours.
+pub(super) fn try_lock(mode: LockMode, key: i64, pid: i32) -> String {
+    let f = match mode {
+        LockMode::Exclusive => "pg_try_advisory_lock",
+        LockMode::Shared => "pg_try_advisory_lock_shared",
+    };
+    format!(
+        "SELECT coalesce(CASE WHEN pg_backend_pid() = {pid} THEN {f}({key}) END, false), \
+         pg_backend_pid()"
+    )
 }
 
-/// One wait, bounded by the session's `lock_timeout`.
-pub(super) fn wait_lock(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::Exclusive => "SELECT pg_advisory_lock($1)",
-        LockMode::Shared => "SELECT pg_advisory_lock_shared($1)",
-    }
+/// One wait for a session-level lock, bounded by the session's
+/// `lock_timeout`, made only on backend `pid`, and the backend that ran the
+/// statement. (The wait function returns `void`, which is not null.)
+pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32) -> String {
+    let f = match mode {
+        LockMode::Exclusive => "pg_advisory_lock",
+        LockMode::Shared => "pg_advisory_lock_shared",
+    };
+    format!(
+        "SELECT CASE WHEN pg_backend_pid() = {pid} THEN {f}({key}) END IS NOT NULL, \
+         pg_backend_pid()"
+    )
 }
 
-/// Releases one hold.
-pub(super) fn unlock(mode: LockMode) -> &'static str {
-    match mode {
-        LockMode::Exclusive => "SELECT pg_advisory_unlock($1)",
-        LockMode::Shared => "SELECT pg_advisory_unlock_shared($1)",
-    }
+/// Releases one hold of a session-level lock.
+pub(super) fn unlock(mode: LockMode, key: i64) -> String {
+    let f = match mode {
+        LockMode::Exclusive => "pg_advisory_unlock",
+        LockMode::Shared => "pg_advisory_unlock_shared",
+    };
+    format!("SELECT {f}({key})")
+}
+
+/// Opens the transaction a lock is held in behind a transaction pooler.
+/// The server must not end it for being idle: it is idle on purpose.
+pub(super) const BEGIN_HOLDING: &str = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0";
+
+/// One non-blocking try of a transaction-level lock.
+pub(super) fn try_xact_lock(mode: LockMode, key: i64) -> String {
+    let f = match mode {
+        LockMode::Exclusive => "pg_try_advisory_xact_lock",
+        LockMode::Shared => "pg_try_advisory_xact_lock_shared",
+    };
+    format!("SELECT {f}({key})")
+}
+
+/// One wait for a transaction-level lock, bounded by `attempt`.
+pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration) -> String {
+    let f = match mode {
+        LockMode::Exclusive => "pg_advisory_xact_lock",
+        LockMode::Shared => "pg_advisory_xact_lock_shared",
+    };
+    format!(
+        "SET LOCAL lock_timeout = {}; SELECT {f}({key})",
+        lock_timeout_ms(attempt)
+    )
 }
 
 /// Bounds each later wait of the session to one attempt.
 pub(super) fn set_lock_timeout(attempt: Duration) -> String {
     format!("SET lock_timeout = {}", lock_timeout_ms(attempt))
+}
+
+/// After a wait: later statements of the session (the fencing token's, the
+/// shared session's) are not bounded by it.
+pub(super) const RESET_LOCK_TIMEOUT: &str = "RESET lock_timeout";
+
+/// Whether key (`hi` = classid, `lo` = objid) is held exclusively, and by
+/// how many sessions.
+pub(super) fn state(hi: i64, lo: i64) -> String {
+    format!(
+        "SELECT coalesce(bool_or(mode = 'ExclusiveLock'), false), count(*) \
+         FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}"
+    )
+}
+
+/// The exclusive holder of key (`hi`, `lo`), with its start from the fence
+/// table (`$1`: the lock's name): backend pid, client address, application
+/// name, since (Unix seconds), each cast to the type read back.
+pub(super) fn holder(fence: &str, hi: i64, lo: i64) -> String {
+    format!(
+        "SELECT a.pid::int4, host(a.client_addr)::text, a.application_name::text, \
+         extract(epoch FROM coalesce(f.since, a.backend_start))::float8 \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         LEFT JOIN {fence} f ON f.name = $1 AND f.holder_pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' \
+         AND l.objsubid = 1 AND l.classid::int8 = {hi} AND l.objid::int8 = {lo} \
+         LIMIT 1"
+    )
 }
 
 /// `lock_timeout` for one attempt, in ms; 0 (no limit) when the attempt is

@@ -1,0 +1,597 @@
+//! How to reach the lock server, read the way libpq reads it: a connection
+//! string (`key=value` pairs or a `postgres://` URL) completed from the
+//! `PG*` environment and the password file, with libpq's TLS settings
+//! (`sslmode` up to `verify-full`, `sslrootcert`, `sslcert`, `sslkey`),
+//! which `tokio-postgres` does not take itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio_postgres::config::{Host, SslMode as PgSslMode};
+use tokio_postgres::Config;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    Disable,
+    /// Taken as `prefer`: TLS whenever the server offers it.
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the certificates that may sign the server's come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Roots {
+    /// A PEM file (`sslrootcert=PATH`).
+    File(PathBuf),
+    /// The system's store (`sslrootcert=system`).
+    System,
+}
+
+/// The TLS part of a connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tls {
+    pub(crate) mode: SslMode,
+    pub(crate) roots: Option<Roots>,
+    /// A client certificate chain and its key (PEM files).
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
+}
+
+/// A parsed connection: `tokio-postgres`'s configuration, and the TLS
+/// settings it does not take.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    pub(crate) config: Config,
+    pub(crate) tls: Tls,
+}
+
+/// The libpq keys this module takes over (and `tokio-postgres` refuses or
+/// reads too narrowly).
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Keys libpq has that this crate cannot honour: refused, rather than
+/// silently ignored (a user who sets them expects them to matter).
+const UNSUPPORTED: [&str; 4] = ["sslpassword", "sslcrl", "sslcrldir", "gssencmode"];
+
+/// Why a connection string was refused. Never contains a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid(pub(crate) String);
+
+impl Connection {
+    /// Parses `s` and completes it from `env` (libpq's environment) as libpq
+    /// does: a key the string does not give is taken from the environment;
+    /// a missing password from the password file.
+    pub(crate) fn parse(s: &str, env: &Env) -> Result<Connection, Invalid> {
+        let (mut pairs, url) = split(s)?;
+        for key in UNSUPPORTED {
+            if pairs.contains_key(key) {
+                return Err(Invalid(format!("the `{key}` setting is not supported")));
+            }
+        }
+        let mut tls_values: BTreeMap<&str, String> = BTreeMap::new();
+        for key in TLS_KEYS {
+            if let Some(v) = pairs.remove(key).or_else(|| env.tls_default(key)) {
+                tls_values.insert(key, v);
+            }
+        }
+        let mode = match tls_values.get("sslmode") {
+            Some(m) => SslMode::parse(m)
+                .ok_or_else(|| Invalid("`sslmode` is not one of disable, allow, prefer, require, verify-ca, verify-full".into()))?,
+            None => SslMode::Prefer,
+        };
+        let roots = tls_values.get("sslrootcert").map(|r| {
+            if r == "system" {
+                Roots::System
+            } else {
+                Roots::File(PathBuf::from(r))
+            }
+        });
+        let client = match (tls_values.get("sslcert"), tls_values.get("sslkey")) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => return Err(Invalid("`sslcert` and `sslkey` go together".into())),
+        };
+        // libpq: with a root certificate at hand, `require` checks the
+        // chain as `verify-ca` does.
+        let mode = match (mode, &roots) {
+            (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+            (m, _) => m,
+        };
+        let rest = match url {
+            Some(url) => url.without_query_keys(&TLS_KEYS),
+            None => join(&pairs),
+        };
+        let mut config = Config::from_str(&rest).map_err(|e| Invalid(describe(&e)))?;
+        env.complete(&mut config);
+        config.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        Ok(Connection {
+            config,
+            tls: Tls {
+                mode,
+                roots,
+                client,
+            },
+        })
+    }
+
+    /// The server as `HOST:PORT` (the first one), for lock names and errors.
+    pub(crate) fn server(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+
+    /// The database, for lock names and errors.
+    pub(crate) fn database(&self) -> String {
+        self.config
+            .get_dbname()
+            .or(self.config.get_user())
+            .unwrap_or("postgres")
+            .to_string()
+    }
+}
+
+/// What `tokio-postgres` said about a string it refused, without the
+/// string's contents (its messages can quote a piece of a value, and a
+/// value may be a password).
+fn describe(e: &tokio_postgres::Error) -> String {
+    let text = e.to_string();
+    let mut source = std::error::Error::source(e).map(|s| s.to_string());
+    // "unknown option `x`" and "invalid value for option `x`" name only a
+    // key, which is safe; anything else may quote a value.
+    if let Some(s) = &source {
+        if !(s.starts_with("unknown option") || s.starts_with("invalid value for option")) {
+            source = None;
+        }
+    }
+    match source {
+        Some(s) => format!("the connection string does not parse: {s}"),
+        None => format!("the connection string does not parse ({text})"),
+    }
+}
+
+/// A URL, kept as text, with its query parameters apart.
+struct Url {
+    base: String,
+    query: Vec<(String, String)>,
+}
+
+impl Url {
+    fn without_query_keys(&self, keys: &[&str]) -> String {
+        let kept: Vec<String> = self
+            .query
+            .iter()
+            .filter(|(k, _)| !keys.contains(&k.as_str()))
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        if kept.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}?{}", self.base, kept.join("&"))
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The string's settings as pairs (for a URL: its query parameters, the
+/// rest being kept as the URL itself).
+fn split(s: &str) -> Result<(BTreeMap<String, String>, Option<Url>), Invalid> {
+    let trimmed = s.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let (base, query) = match trimmed.split_once('?') {
+            Some((b, q)) => (b.to_string(), q),
+            None => (trimmed.to_string(), ""),
+        };
+        let mut pairs = BTreeMap::new();
+        let mut list = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let decode = |x: &str| {
+                percent_encoding::percent_decode_str(x)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| Invalid("a URL parameter is not UTF-8".into()))
+            };
+            let (k, v) = (decode(k)?, decode(v)?);
+            pairs.insert(k.clone(), v.clone());
+            list.push((k, v));
+        }
+        Ok((pairs, Some(Url { base, query: list })))
+    } else {
+        Ok((key_values(trimmed)?, None))
+    }
+}
+
+/// libpq's `key = value` syntax: whitespace between pairs, values either
+/// bare or in single quotes, with backslash escapes in both.
+fn key_values(s: &str) -> Result<BTreeMap<String, String>, Invalid> {
+    let mut out = BTreeMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(Invalid(format!("`{key}` has no `=` after it")));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => value.push(chars.next().ok_or_else(|| {
+                        Invalid(format!("the value of `{key}` ends in a backslash"))
+                    })?),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => {
+                        return Err(Invalid(format!(
+                            "the value of `{key}` has no closing quote"
+                        )))
+                    }
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        value.push(n);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.insert(key, value);
+    }
+}
+
+/// Pairs back into libpq syntax, every value quoted.
+fn join(pairs: &BTreeMap<String, String>) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// libpq's environment: the `PG*` variables and the password file, read at
+/// one moment (so tests can give their own).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Env {
+    vars: BTreeMap<String, String>,
+    home: Option<PathBuf>,
+}
+
+impl Env {
+    /// The process's environment.
+    pub(crate) fn process() -> Env {
+        Env {
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("PG"))
+                .collect(),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)], home: Option<&Path>) -> Env {
+        Env {
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            home: home.map(Path::to_path_buf),
+        }
+    }
+
+    fn var(&self, key: &str) -> Option<String> {
+        self.vars.get(key).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn tls_default(&self, key: &str) -> Option<String> {
+        self.var(match key {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            _ => return None,
+        })
+    }
+
+    /// Fills what the string left out, as libpq does.
+    fn complete(&self, config: &mut Config) {
+        if config.get_hosts().is_empty() {
+            match self.var("PGHOST") {
+                Some(hosts) => {
+                    for h in hosts.split(',') {
+                        config.host(h);
+                    }
+                }
+                None => {
+                    // libpq's default: the local socket directory.
+                    let socket = Path::new("/var/run/postgresql");
+                    if socket.is_dir() {
+                        config.host_path(socket);
+                    } else {
+                        config.host("localhost");
+                    }
+                }
+            }
+        }
+        if config.get_hostaddrs().is_empty() {
+            if let Some(addrs) = self.var("PGHOSTADDR") {
+                for a in addrs.split(',') {
+                    if let Ok(ip) = a.trim().parse() {
+                        config.hostaddr(ip);
+                    }
+                }
+            }
+        }
+        if config.get_ports().is_empty() {
+            if let Some(port) = self.var("PGPORT").and_then(|p| p.parse().ok()) {
+                config.port(port);
+            }
+        }
+        if config.get_user().is_none() {
+            let user = self.var("PGUSER").or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            });
+            if let Some(user) = user {
+                config.user(user);
+            }
+        }
+        if config.get_dbname().is_none() {
+            if let Some(db) = self.var("PGDATABASE") {
+                config.dbname(db);
+            }
+        }
+        if config.get_application_name().is_none() {
+            if let Some(app) = self.var("PGAPPNAME") {
+                config.application_name(app);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            if let Some(secs) = self
+                .var("PGCONNECT_TIMEOUT")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                if secs > 0 {
+                    config.connect_timeout(std::time::Duration::from_secs(secs));
+                }
+            }
+        }
+        if config.get_password().is_none() {
+            let password = self
+                .var("PGPASSWORD")
+                .or_else(|| self.password_from_file(config));
+            if let Some(p) = password {
+                config.password(p);
+            }
+        }
+    }
+
+    /// The password file's entry for this connection: `$PGPASSFILE`, or
+    /// `~/.pgpass`; ignored, as by libpq, when others may read it.
+    fn password_from_file(&self, config: &Config) -> Option<String> {
+        let path = self
+            .var("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| self.home.as_ref().map(|h| h.join(".pgpass")))?;
+        let meta = std::fs::metadata(&path).ok()?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    "lockmgr: the password file may be read by others; ignored, as libpq does"
+                );
+                return None;
+            }
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            // libpq matches a socket connection as "localhost".
+            Some(Host::Unix(_)) | None => "localhost".into(),
+        };
+        let port = config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432)
+            .to_string();
+        let user = config.get_user().unwrap_or_default().to_string();
+        let db = config.get_dbname().unwrap_or(&user).to_string();
+        password_entry(&text, &[&host, &port, &db, &user])
+    }
+}
+
+/// The password of the first line of a password file whose first four
+/// fields match `want` (`*` matches anything; `\` escapes `:` and `\`).
+fn password_entry(text: &str, want: &[&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        field.push(n);
+                    }
+                }
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        if fields.len() != 5 {
+            continue;
+        }
+        if fields[..4]
+            .iter()
+            .zip(want)
+            .all(|(f, w)| f == "*" || f == w)
+        {
+            return fields.pop();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Connection {
+        Connection::parse(s, &Env::default()).unwrap()
+    }
+
+    #[test]
+    fn libpq_tls_settings_are_taken_from_urls_and_pairs() {
+        let c = parse("postgres://app:pw@db.internal:6543/app?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x");
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert_eq!(c.tls.roots, Some(Roots::File("/etc/ca.pem".into())));
+        assert_eq!(c.config.get_application_name(), Some("x"));
+        assert_eq!(c.server(), "db.internal:6543");
+        assert_eq!(c.database(), "app");
+        assert_eq!(c.config.get_password(), Some(&b"pw"[..]));
+
+        let c = parse(
+            r"host=db user=app password='it\'s \'quoted\'' sslmode=verify-ca sslrootcert=system dbname=app",
+        );
+        assert_eq!(c.tls.mode, SslMode::VerifyCa);
+        assert_eq!(c.tls.roots, Some(Roots::System));
+        assert_eq!(c.config.get_password(), Some(&b"it's 'quoted'"[..]));
+
+        // libpq: require with a root certificate checks the chain.
+        let c = parse("host=db sslmode=require sslrootcert=/ca.pem");
+        assert_eq!(c.tls.mode, SslMode::VerifyCa);
+        assert_eq!(parse("host=db").tls.mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_without_their_values() {
+        for (s, says) in [
+            ("host=db sslmode=bogus", "sslmode"),
+            ("host=db sslcert=/c.pem", "sslkey"),
+            ("host=db sslpassword=hunter2", "sslpassword"),
+            ("host=db password='unclosed", "closing quote"),
+            ("postgres://u:hunter2@db:notaport/app", "parse"),
+        ] {
+            let e = Connection::parse(s, &Env::default()).err().expect(s);
+            assert!(e.0.contains(says), "{s}: {}", e.0);
+            assert!(
+                !e.0.contains("hunter2") && !e.0.contains("bogus"),
+                "{}",
+                e.0
+            );
+        }
+    }
+
+    #[test]
+    fn missing_settings_come_from_the_environment_and_the_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgpass = dir.path().join(".pgpass");
+        std::fs::write(
+            &pgpass,
+            "# comment\nother:5432:*:app:nope\ndb\\:x:*:*:app:from-file\ndb:5433:*:app:right\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = Env::from_pairs(
+            &[
+                ("PGHOST", "db"),
+                ("PGPORT", "5433"),
+                ("PGUSER", "app"),
+                ("PGSSLMODE", "require"),
+            ],
+            Some(dir.path()),
+        );
+        let c = Connection::parse("dbname=jobs", &env).unwrap();
+        assert_eq!(c.server(), "db:5433");
+        assert_eq!(c.config.get_user(), Some("app"));
+        assert_eq!(c.config.get_password(), Some(&b"right"[..]));
+        assert_eq!(c.tls.mode, SslMode::Require);
+        // What the string says wins.
+        let c =
+            Connection::parse("host=other port=5432 password=given sslmode=disable", &env).unwrap();
+        assert_eq!(c.config.get_password(), Some(&b"given"[..]));
+        assert_eq!(c.tls.mode, SslMode::Disable);
+        // A password file others may read is ignored.
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = Connection::parse("dbname=jobs", &env).unwrap();
+        assert_eq!(c.config.get_password(), None);
+    }
+
+    #[test]
+    fn password_file_escapes_and_wildcards() {
+        let text = "h\\:1:*:d:u:p\\:w\\\\\n*:*:*:*:any\n";
+        assert_eq!(
+            password_entry(text, &["h:1", "5432", "d", "u"]).as_deref(),
+            Some("p:w\\")
+        );
+        assert_eq!(
+            password_entry(text, &["x", "1", "y", "z"]).as_deref(),
+            Some("any")
+        );
+    }
+}
