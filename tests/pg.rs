@@ -330,6 +330,88 @@ async fn an_acquire_dropped_at_any_poll_leaves_nothing_on_the_server() {
     assert_eq!(lock_rows(&admin, &holder).await, 0);
 }
 
+/// Sessions and lock requests of every session whose label starts with
+/// `prefix`.
+async fn left_by(admin: &tokio_postgres::Client, prefix: &str) -> (i64, i64) {
+    let pattern = format!("{prefix}%");
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1), \
+             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+              WHERE l.locktype = 'advisory' AND a.application_name LIKE $1)",
+            &[&pattern],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// 300 acquires of a held lock, each by a `PgLockMgr` of its own (its own
+/// sessions), dropped at random moments up to a little after the time an
+/// acquire takes to wait on the server: most land while the wait statement
+/// is on its way, where a cancel request can overtake it. Afterwards the
+/// server holds no session and no request of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquires_dropped_at_random_moments_leave_nothing_on_the_server() {
+    const DROPS: u64 = 300;
+    const AT_ONCE: usize = 10;
+    let Some(url) = common::pg_url() else { return };
+    let name = name("random-drop");
+    let holder = PgLockMgr::new(&url, &name).unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    let admin = admin(&url).await;
+    let prefix = format!("drop-{}-", std::process::id());
+    let lock = |i: u64| {
+        PgLockMgr::builder(&url, &name)
+            .label(format!("{prefix}{i}"))
+            .transaction_pooling(Some(false))
+            .build()
+            .unwrap()
+    };
+    // How long an acquire takes to be waiting on the server.
+    let probe = lock(DROPS);
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let probe = probe.clone();
+        async move { probe.acquire(true, LIVENESS).await }
+    });
+    while !waits_on_server(&admin, &format!("{prefix}{DROPS}")).await {}
+    let to_wait = started.elapsed();
+    waiting.abort();
+    drop(probe);
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..DROPS {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = to_wait.mul_f64(1.3 * (seed % 1000) as f64 / 1000.0);
+        let lock = lock(i);
+        batch.spawn(async move {
+            let r = tokio::time::timeout(at, lock.acquire(true, LIVENESS)).await;
+            assert!(r.is_err(), "won a lock that is held");
+        });
+        if batch.len() == AT_ONCE {
+            batch.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = batch.join_next().await {
+        r.unwrap();
+    }
+    tokio::time::timeout(LIVENESS, async {
+        while left_by(&admin, &prefix).await != (0, 0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("dropped acquires left sessions or lock requests behind (a wait takes {to_wait:?} to start)")
+    });
+    assert_eq!(lock_rows(&admin, &holder).await, 1, "only the holder's row");
+    held.release().await.unwrap();
+}
+
 /// A thousand tasks of one process waiting for one lock wait in line in
 /// the process: one session waits on the server, and they all get the lock
 /// in turn.
@@ -494,4 +576,237 @@ async fn a_server_that_is_down_or_refuses_the_login_is_a_typed_error() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Runs `sql` as the superuser (DBA work for a test).
+async fn as_dba(admin: &tokio_postgres::Client, sql: &str) {
+    admin
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A role with a schema of its own (first on its `search_path`, as
+/// `"$user"` is by default) shares the tokens of everyone else: the table
+/// is `public.lockmgr_fence`, not the first schema on the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_table_is_the_same_for_every_search_path() {
+    let Some(url) = common::pg_url() else { return };
+    let tls_url = std::env::var("LOCKMGR_PG_TLS_URL").expect("scripts/with-postgres");
+    let admin = admin(&url).await;
+    as_dba(
+        &admin,
+        "CREATE SCHEMA IF NOT EXISTS lockmgr_tls AUTHORIZATION lockmgr_tls",
+    )
+    .await;
+    let name = name("search-path");
+    let mut last = 0;
+    for config in [&url, &tls_url, &url, &tls_url] {
+        let lock = PgLockMgr::new(config, &name).unwrap();
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        assert!(guard.fencing_token() > last, "one sequence for every role");
+        last = guard.fencing_token();
+        guard.release().await.unwrap();
+    }
+    let own: bool = admin
+        .query_one(
+            "SELECT to_regclass('lockmgr_tls.lockmgr_fence') IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(own, "a table in the role's own schema");
+}
+
+/// A role without `CREATE` uses a table a DBA made with
+/// `fence_table_sql`; without one, the error says what the server said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_uses_the_table_a_dba_made() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let role = format!("lockmgr_nocreate_{}", std::process::id());
+    let table = format!("public.fence_by_dba_{}", std::process::id());
+    as_dba(
+        &admin,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'nocreate-pw'; \
+             REVOKE CREATE ON SCHEMA public FROM {role}; {}; \
+             GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
+            lockmgr::pg::fence_table_sql(&table)
+        ),
+    )
+    .await;
+    let can_create: bool = admin
+        .query_one(
+            &format!("SELECT has_schema_privilege('{role}', 'public', 'CREATE')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!can_create);
+    let config = format!(
+        "host={} port={} user={role} password=nocreate-pw dbname=postgres",
+        std::env::var("LOCKMGR_PG_HOST").unwrap(),
+        std::env::var("LOCKMGR_PG_PORT").unwrap(),
+    );
+    let lock = PgLockMgr::builder(&config, name("nocreate"))
+        .fence_table(&table)
+        .build()
+        .unwrap();
+    for want in 1..=2 {
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        assert_eq!(guard.fencing_token(), want);
+        guard.release().await.unwrap();
+    }
+
+    let missing = PgLockMgr::builder(&config, name("nocreate"))
+        .fence_table(format!("public.missing_{}", std::process::id()))
+        .build()
+        .unwrap();
+    let e = missing.acquire(true, LIVENESS).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LockError::Server {
+                op: lockmgr::Operation::Fence,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("42501") && text.contains("permission denied"),
+        "{text}"
+    );
+    assert!(!text.contains("db error"), "{text}");
+}
+
+/// A DBA's table with other column types than ours works where the values
+/// convert, and is a typed error (no panic) where they do not; a lock whose
+/// token cannot be drawn is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_fence_column_types_are_errors_not_panics() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let numeric = format!("public.fence_numeric_{}", std::process::id());
+    let uuid = format!("public.fence_uuid_{}", std::process::id());
+    as_dba(
+        &admin,
+        &format!(
+            "CREATE TABLE {numeric} (name text PRIMARY KEY, token numeric NOT NULL, \
+             holder_pid bigint, since timestamp); \
+             CREATE TABLE {uuid} (name text PRIMARY KEY, token uuid, holder_pid integer, \
+             since timestamptz)"
+        ),
+    )
+    .await;
+    let name = name("odd-columns");
+    let lock = PgLockMgr::builder(&url, &name)
+        .fence_table(&numeric)
+        .build()
+        .unwrap();
+    for want in 1..=2 {
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        assert_eq!(guard.fencing_token(), want);
+        assert!(lock.holder().await.unwrap().is_some());
+        guard.release().await.unwrap();
+    }
+    let odd = PgLockMgr::builder(&url, &name)
+        .fence_table(&uuid)
+        .build()
+        .unwrap();
+    let e = odd.acquire(true, LIVENESS).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LockError::Server {
+                op: lockmgr::Operation::Fence,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("42804"), "{e}");
+    // Let go on the server.
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lock whose token failed is still held");
+    drop(lock.try_acquire().await.unwrap());
+}
+
+/// The fencing token is drawn without the wait's `lock_timeout`: a token
+/// row that another transaction keeps locked for longer than one attempt
+/// delays the acquire instead of failing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fencing_token_is_not_bound_by_the_waits_lock_timeout() {
+    let Some(url) = common::pg_url() else { return };
+    const ATTEMPT: Duration = Duration::from_millis(300);
+    let name = name("token-timeout");
+    let holder = PgLockMgr::builder(&url, &name)
+        .label("token-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    let label = format!("token-waiter-{}", std::process::id());
+    let waiter = PgLockMgr::builder(&url, &name)
+        .label(&label)
+        .max_attempts(100)
+        .build()
+        .unwrap();
+    let mut acquire = tokio::spawn(async move { waiter.acquire(true, ATTEMPT).await });
+
+    // A DBA keeps the token row locked.
+    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute("BEGIN").await.unwrap();
+    dba.execute(
+        "SELECT 1 FROM public.lockmgr_fence WHERE name = $1 FOR UPDATE",
+        &[&name],
+    )
+    .await
+    .unwrap();
+    held.release().await.unwrap();
+
+    // The waiter won, and its token statement has been blocked on the row
+    // for twice an attempt's lock_timeout.
+    let admin = admin(&url).await;
+    let blocked_long = async {
+        loop {
+            let long: bool = admin
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
+                     AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%' \
+                     AND clock_timestamp() - query_start > $2::float8 * interval '1 second'",
+                    &[&label, &(2.0 * ATTEMPT.as_secs_f64())],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if long {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = blocked_long => {}
+        r = &mut acquire => panic!("the acquire ended while the token row was locked: {r:?}"),
+        () = tokio::time::sleep(LIVENESS) => panic!("the token statement never waited"),
+    }
+    dba.batch_execute("COMMIT").await.unwrap();
+    let guard = tokio::time::timeout(LIVENESS, acquire)
+        .await
+        .expect("the acquire did not finish")
+        .unwrap()
+        .unwrap();
+    assert!(guard.fencing_token() >= 2);
+    guard.release().await.unwrap();
 }

@@ -2,13 +2,24 @@
 //!
 //! ```text
 //! lockmgr run [--shared] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
-//!             [--label TEXT] [--conflict-exit-code N] [--quiet] LOCKFILE -- COMMAND [ARGS...]
-//! lockmgr status [--kind ofd|flock] [--json] LOCKFILE
+//!             [--label TEXT] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
+//! lockmgr status [--kind ofd|flock] [--json] [PG] LOCKFILE
+//!
+//! PG: --postgres-env | --postgres-url-var VAR | --postgres URL
 //! ```
 //!
-//! Built with the `postgres` feature, both take `--postgres URL`, and then a
-//! lock name in place of LOCKFILE: the lock is a PostgreSQL advisory lock
-//! (`lockmgr::pg`). `run` then passes the fencing token to the command as
+//! Built with the `postgres` feature, both take one of `--postgres-env`,
+//! `--postgres-url-var VAR` or `--postgres URL`, and then a lock name in
+//! place of LOCKFILE: the lock is a PostgreSQL advisory lock
+//! (`lockmgr::pg`). The connection is completed as libpq does: what the
+//! connection string leaves out comes from `PGHOST`, `PGPORT`, `PGUSER`,
+//! `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`, ... and the password file
+//! (`PGPASSFILE`, or `~/.pgpass`, used only when others cannot read it).
+//! `--postgres-env` takes the connection from that environment alone,
+//! `--postgres-url-var VAR` takes a URL or connection string from the
+//! environment variable VAR, and `--postgres URL` from the command line,
+//! where every local user can read it (`ps`): a password there draws a
+//! warning. `run` then passes the fencing token to the command as
 //! `LOCKMGR_FENCING_TOKEN`, and sends it SIGTERM if the lock's session is
 //! lost while it runs.
 //!
@@ -114,11 +125,10 @@ pub(crate) struct RunArgs {
     /// No waiting message.
     #[arg(long, short)]
     pub(crate) quiet: bool,
-    /// Lock on this PostgreSQL server (a URL or libpq connection string)
-    /// instead of a file: LOCKFILE is then the lock's name.
+    /// Where the PostgreSQL lock is, if it is one.
     #[cfg(feature = "postgres")]
-    #[arg(long, value_name = "URL")]
-    pub(crate) postgres: Option<String>,
+    #[command(flatten)]
+    pub(crate) pg: PgArgs,
     /// The lock file (created if missing).
     pub(crate) lockfile: PathBuf,
     /// The command to run, after `--`.
@@ -134,13 +144,49 @@ pub(crate) struct StatusArgs {
     /// Print a JSON object instead of a sentence.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Ask this PostgreSQL server (a URL or libpq connection string)
-    /// instead of a file: LOCKFILE is then the lock's name.
+    /// Where the PostgreSQL lock is, if it is one.
     #[cfg(feature = "postgres")]
-    #[arg(long, value_name = "URL")]
-    pub(crate) postgres: Option<String>,
+    #[command(flatten)]
+    pub(crate) pg: PgArgs,
     /// The lock file (must exist).
     pub(crate) lockfile: PathBuf,
+}
+
+/// The PostgreSQL server of `run` and `status`: at most one of the three
+/// ways. With any of them the lock is a PostgreSQL advisory lock and
+/// LOCKFILE its name; what the connection string leaves out comes from the
+/// libpq environment (`remote::connection` decides the string).
+#[cfg(feature = "postgres")]
+#[derive(clap::Args)]
+#[group(id = "pg", multiple = false)]
+pub(crate) struct PgArgs {
+    /// Use a PostgreSQL lock, connecting from the libpq environment alone
+    /// (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGPASSFILE, PGSSLMODE, ...).
+    ///
+    /// As libpq with an empty connection string: PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGAPPNAME, ... and
+    /// the password file (PGPASSFILE, or ~/.pgpass; used only when others
+    /// cannot read it). LOCKFILE is then the lock's name.
+    #[arg(long)]
+    pub(crate) postgres_env: bool,
+    /// Use a PostgreSQL lock, with the URL or connection string in the
+    /// environment variable VAR (e.g. DATABASE_URL).
+    ///
+    /// A URL or libpq connection string; what it leaves out comes from the
+    /// PG* variables and the password file, as with --postgres-env.
+    /// LOCKFILE is then the lock's name.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) postgres_url_var: Option<String>,
+    /// Use a PostgreSQL lock on this server (a URL or libpq connection
+    /// string; better without a password: see --help).
+    ///
+    /// What it leaves out comes from the PG* variables and the password
+    /// file, as with --postgres-env. Every local user can read a command
+    /// line (ps): give the password with PGPASSWORD, PGPASSFILE or
+    /// ~/.pgpass, or the whole URL with --postgres-url-var, not here (a
+    /// password here draws a warning). LOCKFILE is then the lock's name.
+    #[arg(long, value_name = "URL")]
+    pub(crate) postgres: Option<String>,
 }
 
 /// `--wait SECS`: a number of seconds, 0 or more. Anything too large for
@@ -187,9 +233,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         #[cfg(feature = "postgres")]
-        Command::Run(args) if args.postgres.is_some() => rt.block_on(remote::run(args, signals)),
+        Command::Run(args) if args.pg.source().is_some() => rt.block_on(remote::run(args, signals)),
         #[cfg(feature = "postgres")]
-        Command::Status(args) if args.postgres.is_some() => rt.block_on(remote::status(args)),
+        Command::Status(args) if args.pg.source().is_some() => rt.block_on(remote::status(args)),
         Command::Run(args) => rt.block_on(run::run(args, signals)),
         Command::Status(args) => status::status(args),
     }

@@ -1,4 +1,5 @@
-//! `--postgres`: `run` and `status` on a `lockmgr::pg` lock.
+//! `--postgres`, `--postgres-env`, `--postgres-url-var`: `run` and
+//! `status` on a `lockmgr::pg` lock.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,13 +10,77 @@ use lockmgr::LockMode;
 use crate::run::{budget, label, mode, not_obtained, supervise, take, Tie};
 use crate::signals::Signals;
 use crate::status::report;
-use crate::{fail, RunArgs, StatusArgs};
+use crate::{fail, PgArgs, RunArgs, StatusArgs};
+
+/// Where the connection string comes from.
+pub(crate) enum PgSource<'a> {
+    /// `--postgres URL`: from the command line.
+    Given(&'a str),
+    /// `--postgres-env`: none; everything from the libpq environment.
+    Env,
+    /// `--postgres-url-var VAR`: from the environment variable VAR.
+    UrlVar(&'a str),
+}
+
+impl PgArgs {
+    /// The way given, if any (clap lets through at most one).
+    pub(crate) fn source(&self) -> Option<PgSource<'_>> {
+        if let Some(url) = &self.postgres {
+            Some(PgSource::Given(url))
+        } else if let Some(var) = &self.postgres_url_var {
+            Some(PgSource::UrlVar(var))
+        } else if self.postgres_env {
+            Some(PgSource::Env)
+        } else {
+            None
+        }
+    }
+}
+
+/// The warning for a password on the command line (never the password).
+const PASSWORD_ON_COMMAND_LINE: &str = "lockmgr: warning: the connection string on the command \
+    line carries a password, which every local user can read (ps); use PGPASSWORD, a password \
+    file (~/.pgpass) or --postgres-url-var";
+
+/// The connection string for `lockmgr::pg`, which completes it from the
+/// libpq environment (an empty one: everything from there). Warns, on
+/// stderr, of a password given on the command line; an error names a
+/// variable, never its value.
+pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
+    match source {
+        PgSource::Env => Ok(String::new()),
+        PgSource::Given(s) => {
+            if lockmgr::pg::carries_password(s) {
+                eprintln!("{PASSWORD_ON_COMMAND_LINE}");
+            }
+            Ok(s.to_owned())
+        }
+        PgSource::UrlVar(var) => match std::env::var(var) {
+            Ok(s) if !s.trim().is_empty() => Ok(s),
+            Ok(_) => Err(format!(
+                "--postgres-url-var: the environment variable {var} is empty"
+            )),
+            Err(std::env::VarError::NotPresent) => Err(format!(
+                "--postgres-url-var: the environment variable {var} is not set"
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "--postgres-url-var: the environment variable {var} is not UTF-8"
+            )),
+        },
+    }
+}
 
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
-    let url = args.postgres.as_deref().unwrap_or_default();
+    let Some(source) = args.pg.source() else {
+        return fail("no PostgreSQL server given");
+    };
+    let url = match connection(source) {
+        Ok(url) => url,
+        Err(e) => return fail(&e),
+    };
     let name = args.lockfile.to_string_lossy();
     let (per_attempt, attempts) = budget(args.wait, args.attempts);
-    let lock = match PgLockMgr::builder(url, name)
+    let lock = match PgLockMgr::builder(&url, name)
         .max_attempts(attempts)
         .label(label(&args))
         .build()
@@ -52,9 +117,16 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     outcome.finish()
 }
 
+/// `status` of a PostgreSQL lock.
 pub(crate) async fn status(args: StatusArgs) -> ExitCode {
-    let url = args.postgres.as_deref().unwrap_or_default();
-    let lock = match PgLockMgr::new(url, args.lockfile.to_string_lossy()) {
+    let Some(source) = args.pg.source() else {
+        return fail("no PostgreSQL server given");
+    };
+    let url = match connection(source) {
+        Ok(url) => url,
+        Err(e) => return fail(&e),
+    };
+    let lock = match PgLockMgr::new(&url, args.lockfile.to_string_lossy()) {
         Ok(lock) => lock,
         Err(e) => return fail(&e.to_string()),
     };

@@ -1,6 +1,6 @@
-//! `lockmgr run|status --postgres URL NAME`, driven as a real binary against
-//! the server of `scripts/with-postgres` (see `tests/pg.rs` for how the
-//! server is found).
+//! `lockmgr run|status --postgres URL | --postgres-env | --postgres-url-var
+//! VAR NAME`, driven as a real binary against the server of
+//! `scripts/with-postgres` (see `tests/pg.rs` for how the server is found).
 
 mod common;
 
@@ -175,5 +175,424 @@ fn a_killed_lockmgr_ends_its_command() {
             panic!("the command runs on after lockmgr died, without the lock");
         }
         std::thread::yield_now();
+    }
+}
+
+/// The test server piece by piece (`LOCKMGR_PG_HOST`, ... of
+/// `scripts/with-postgres`), `None` when there is none.
+struct Server {
+    url: String,
+    host: String,
+    port: String,
+    user: String,
+    password: String,
+    db: String,
+}
+
+fn server() -> Option<Server> {
+    let url = common::pg_url()?;
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    Some(Server {
+        url,
+        host: var("LOCKMGR_PG_HOST"),
+        port: var("LOCKMGR_PG_PORT"),
+        user: var("LOCKMGR_PG_USER"),
+        password: var("LOCKMGR_PG_PASSWORD"),
+        db: var("LOCKMGR_PG_DB"),
+    })
+}
+
+/// `lockmgr` with none of the caller's libpq settings: no `PG*` variables,
+/// and `home` as `HOME` (a directory without a `.pgpass`, unless the test
+/// puts one there).
+fn bare(home: &std::path::Path) -> Command {
+    let mut cmd = Command::new(LOCKMGR);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home);
+    cmd
+}
+
+/// `bare`, with the server's host, port, user and database in `PGHOST`,
+/// `PGPORT`, `PGUSER` and `PGDATABASE`, and no password anywhere.
+fn without_password(pg: &Server, home: &std::path::Path) -> Command {
+    let mut cmd = bare(home);
+    cmd.env("PGHOST", &pg.host)
+        .env("PGPORT", &pg.port)
+        .env("PGUSER", &pg.user)
+        .env("PGDATABASE", &pg.db)
+        .env("PGPASSFILE", home.join("no-such-file"));
+    cmd
+}
+
+fn output(cmd: &mut Command, args: &[&str]) -> Output {
+    cmd.args(args).output().unwrap()
+}
+
+/// Neither output holds `secret`.
+fn assert_unseen(out: &Output, secret: &str) {
+    assert!(
+        !text(&out.stdout).contains(secret),
+        "the password in stdout"
+    );
+    assert!(
+        !text(&out.stderr).contains(secret),
+        "the password in stderr"
+    );
+}
+
+/// Gives `run` (on `cmd`, after its own arguments) a command that asks,
+/// with `lockmgr status ARGS... --json NAME`, about the lock its `lockmgr
+/// run` holds, prints the answer, fails (exit 3) if lockmgr's command line
+/// or its own holds `secret` (given to it in the environment), and else
+/// exits with 40 plus the status's exit status (41: held).
+fn status_from_inside(cmd: &mut Command, args: &[&str], name: &str, secret: &str) {
+    cmd.env("LOCKMGR_TEST_SECRET", secret)
+        .args(["--", "sh", "-c"])
+        .arg(
+            r#"for p in $PPID $$; do
+                 if tr '\0' ' ' </proc/$p/cmdline | grep -qF -- "$LOCKMGR_TEST_SECRET"; then
+                   echo "the password in the command line of $p"; exit 3
+                 fi
+               done
+               "$@"; exit $((40 + $?))"#,
+        )
+        .args(["sh", LOCKMGR, "status"])
+        .args(args)
+        .args(["--json", name]);
+}
+
+#[test]
+fn postgres_env_takes_the_connection_from_the_libpq_environment() {
+    let Some(pg) = server() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let name = format!("cli-env-{}", std::process::id());
+    let env = || {
+        let mut cmd = without_password(&pg, home.path());
+        cmd.env("PGPASSWORD", &pg.password);
+        cmd
+    };
+
+    let out = output(&mut env(), &["status", "--postgres-env", "--json", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"state\":\"free\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "");
+
+    // `run` holds the lock while its command runs, and the command (with
+    // the same environment) sees it held.
+    let mut run = env();
+    run.args(["run", "--postgres-env", "-E", "9", &name]);
+    status_from_inside(&mut run, &["--postgres-env"], &name, &pg.password);
+    let out = run.output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(41),
+        "{stdout} {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("\"state\":\"exclusive\""), "{stdout}");
+    assert!(stdout.contains("\"kind\":\"postgres\""), "{stdout}");
+    assert_unseen(&out, &pg.password);
+
+    // Without the password (none in the environment, no password file):
+    // no login.
+    let out = output(
+        &mut without_password(&pg, home.path()),
+        &["status", "--postgres-env", &name],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_password_file_is_used_only_when_others_cannot_read_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(pg) = server() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let name = format!("cli-pgpass-{}", std::process::id());
+    let file = home.path().join("passwords");
+    std::fs::write(
+        &file,
+        format!(
+            "# lockmgr tests\nother:{}:*:*:wrong\n{}:{}:{}:{}:{}\n",
+            pg.port, pg.host, pg.port, pg.db, pg.user, pg.password
+        ),
+    )
+    .unwrap();
+    let mode =
+        |m: u32| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+    let with_file = || {
+        let mut cmd = without_password(&pg, home.path());
+        cmd.env("PGPASSFILE", &file);
+        cmd
+    };
+
+    mode(0o600);
+    let out = output(
+        &mut with_file(),
+        &["status", "--postgres-env", "--json", &name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"state\":\"free\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut run = with_file();
+    run.args(["run", "--postgres-env", "-E", "9", &name]);
+    status_from_inside(&mut run, &["--postgres-env"], &name, &pg.password);
+    let out = run.output().unwrap();
+    assert_eq!(out.status.code(), Some(41), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"state\":\"exclusive\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_unseen(&out, &pg.password);
+
+    // ~/.pgpass when PGPASSFILE is not set, with a connection string that
+    // names the server and leaves the password out.
+    let dot = home.path().join(".pgpass");
+    std::fs::copy(&file, &dot).unwrap();
+    std::fs::set_permissions(&dot, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conninfo = format!(
+        "host={} port={} user={} dbname={}",
+        pg.host, pg.port, pg.user, pg.db
+    );
+    let out = output(
+        &mut bare(home.path()),
+        &["status", "--postgres", &conninfo, &name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "", "a warning without a password");
+    std::fs::remove_file(&dot).unwrap();
+
+    // Readable by others: ignored, as by libpq, so the login fails.
+    mode(0o644);
+    let out = output(&mut with_file(), &["status", "--postgres-env", &name]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused the login") && err.contains("password"),
+        "{err}"
+    );
+    assert_unseen(&out, &pg.password);
+}
+
+#[test]
+fn postgres_url_var_reads_the_url_from_the_named_variable() {
+    let Some(pg) = server() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let name = format!("cli-url-var-{}", std::process::id());
+    let with_var = || {
+        let mut cmd = bare(home.path());
+        cmd.env("MY_LOCK_DB", &pg.url);
+        cmd
+    };
+
+    let out = output(
+        &mut with_var(),
+        &[
+            "status",
+            "--postgres-url-var",
+            "MY_LOCK_DB",
+            "--json",
+            &name,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"state\":\"free\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "");
+
+    let mut run = with_var();
+    run.args(["run", "--postgres-url-var", "MY_LOCK_DB", "-E", "9", &name]);
+    status_from_inside(
+        &mut run,
+        &["--postgres-url-var", "MY_LOCK_DB"],
+        &name,
+        &pg.password,
+    );
+    let out = run.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(41),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("\"state\":\"exclusive\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_unseen(&out, &pg.password);
+}
+
+/// Needs no server: the variable is read before any connection.
+#[test]
+fn a_missing_url_variable_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["status", "--postgres-url-var", "MY_LOCK_DB", "jobs"][..],
+        &[
+            "run",
+            "--postgres-url-var",
+            "MY_LOCK_DB",
+            "jobs",
+            "--",
+            "true",
+        ][..],
+    ] {
+        let mut cmd = bare(home.path());
+        cmd.env_remove("MY_LOCK_DB");
+        let out = output(&mut cmd, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("MY_LOCK_DB") && err.contains("not set"),
+            "{err}"
+        );
+        assert_eq!(text(&out.stdout), "");
+
+        let mut cmd = bare(home.path());
+        cmd.env("MY_LOCK_DB", "");
+        let out = output(&mut cmd, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("MY_LOCK_DB") && err.contains("empty"), "{err}");
+    }
+    // Not UTF-8: named, not shown.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = bare(home.path());
+        cmd.env(
+            "MY_LOCK_DB",
+            std::ffi::OsStr::from_bytes(b"postgres://u:s\xffcret@h/d"),
+        );
+        let out = output(
+            &mut cmd,
+            &["status", "--postgres-url-var", "MY_LOCK_DB", "jobs"],
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("MY_LOCK_DB") && err.contains("UTF-8"), "{err}");
+        assert!(!err.contains("cret"), "{err}");
+    }
+}
+
+#[test]
+fn a_password_on_the_command_line_draws_one_warning() {
+    let Some(pg) = server() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let name = format!("cli-warn-{}", std::process::id());
+    let warned = |out: &Output| {
+        let err = text(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].starts_with("lockmgr: warning: "), "{err}");
+        assert!(lines[0].contains("command line"), "{err}");
+        assert_unseen(out, &pg.password);
+    };
+
+    let out = output(
+        &mut bare(home.path()),
+        &["status", "--postgres", &pg.url, "--json", &name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"state\":\"free\""));
+    warned(&out);
+
+    let out = output(
+        &mut bare(home.path()),
+        &[
+            "run",
+            "--postgres",
+            &pg.url,
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    warned(&out);
+
+    // libpq's key=value form, the password quoted.
+    let conninfo = format!(
+        "host={} port={} user={} dbname={} password = '{}'",
+        pg.host, pg.port, pg.user, pg.db, pg.password
+    );
+    let out = output(
+        &mut bare(home.path()),
+        &["status", "--postgres", &conninfo, &name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    warned(&out);
+
+    // The same without the password, which comes from PGPASSWORD: no
+    // warning.
+    let url = format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.db);
+    let out = output(
+        bare(home.path()).env("PGPASSWORD", &pg.password),
+        &["status", "--postgres", &url, &name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+/// Needs no server: clap refuses two ways at once.
+#[test]
+fn the_ways_to_connect_exclude_each_other() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["status", "--postgres-env", "--postgres", "host=db", "jobs"][..],
+        &[
+            "status",
+            "--postgres-url-var",
+            "X",
+            "--postgres-env",
+            "jobs",
+        ][..],
+        &[
+            "run",
+            "--postgres",
+            "host=db",
+            "--postgres-url-var",
+            "X",
+            "jobs",
+            "--",
+            "true",
+        ][..],
+        &[
+            "run",
+            "--postgres-env",
+            "--postgres-url-var",
+            "X",
+            "jobs",
+            "--",
+            "true",
+        ][..],
+    ] {
+        let out = output(&mut bare(home.path()), args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+        assert_eq!(text(&out.stdout), "");
     }
 }

@@ -231,6 +231,25 @@ fn split(s: &str) -> Result<(BTreeMap<String, String>, Option<Url>), Invalid> {
     }
 }
 
+/// Whether the string itself gives a non-empty password: in a URL's user
+/// information (`user:password@`, up to the first `@`, as tokio-postgres
+/// reads it) or its `password` parameter, or as a `password` key. A string
+/// that does not parse is suspected when it mentions `password` at all.
+pub(crate) fn carries_password(s: &str) -> bool {
+    match split(s) {
+        Ok((pairs, url)) => {
+            let in_userinfo = url.is_some_and(|u| {
+                let rest = u.base.split_once("://").map_or("", |(_, r)| r);
+                rest.split_once('@')
+                    .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                    .is_some_and(|(_, password)| !password.is_empty())
+            });
+            in_userinfo || pairs.get("password").is_some_and(|p| !p.is_empty())
+        }
+        Err(_) => s.contains("password"),
+    }
+}
+
 /// libpq's `key = value` syntax: whitespace between pairs, values either
 /// bare or in single quotes, with backslash escapes in both.
 fn key_values(s: &str) -> Result<BTreeMap<String, String>, Invalid> {
@@ -593,5 +612,37 @@ mod tests {
             password_entry(text, &["x", "1", "y", "z"]).as_deref(),
             Some("any")
         );
+    }
+
+    #[test]
+    fn passwords_are_found_in_urls_and_key_value_strings() {
+        for s in [
+            "postgres://app:secret@db/app",
+            "postgresql://app:s%40cret@db:5432,db2/app?sslmode=require",
+            " postgres://app:secret@db ",
+            "postgres://app@db/app?sslmode=require&password=secret",
+            "postgres://app@db/app?pass%77ord=secret",
+            "host=db password=secret",
+            "host=db password = secret user=app",
+            "host=db password='it\\'s secret' user=app",
+            "password='a b'",
+            // Does not parse: suspected.
+            "host=db password='unclosed",
+        ] {
+            assert!(carries_password(s), "{s}");
+        }
+        for s in [
+            "",
+            "postgres://app@db/app",
+            "postgres://db:5432/app?application_name=me@home",
+            "postgres://app:@db/app",
+            "postgres://app@db/app?password=",
+            "host=db user=app",
+            "host=db password='' user=app",
+            "host=db application_name='password=secret'",
+            "host=db passwordx=secret",
+        ] {
+            assert!(!carries_password(s), "{s}");
+        }
     }
 }

@@ -136,6 +136,22 @@ pub fn fence_table_sql(table: &str) -> String {
     fence::create_sql(table)
 }
 
+/// Whether the connection string `config` itself carries a password (in a
+/// URL's user information or `password` parameter, or a `password` key),
+/// as opposed to leaving it to `PGPASSWORD` or the password file. For
+/// tools that take a connection string on their command line, where every
+/// local user can read it, to warn.
+///
+/// ```
+/// use lockmgr::pg::carries_password;
+/// assert!(carries_password("postgres://app:secret@db/app"));
+/// assert!(carries_password("host=db password='s e c'"));
+/// assert!(!carries_password("postgres://app@db/app"));
+/// ```
+pub fn carries_password(config: &str) -> bool {
+    config::carries_password(config)
+}
+
 /// The top 16 bits of every key of ours: `"LM"`. Applications that number
 /// their advisory locks with small integers, or with PostgreSQL's 32-bit
 /// `hashtext`, never reach this range.

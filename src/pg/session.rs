@@ -521,6 +521,12 @@ impl Failure {
             text.push_str(&s.to_string());
             source = s.source();
         }
+        if connecting && text.ends_with("password missing") {
+            return "the server refused the login: it asks for a password and none was given \
+                    (not in the connection string, nor in PGPASSWORD, nor in a password file \
+                    that only its owner can read)"
+                .into();
+        }
         text
     }
 }

@@ -203,10 +203,20 @@ mod pg {
                 .acquire(true, Duration::from_secs(60))
                 .await
                 .expect("acquire");
+            // Nobody else may be inside: a second holder finds the marker.
+            let inside = format!("{file}.inside");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&inside)
+                .expect("two holders at once: the marker was there");
             // One write(2) per line, under the lock: the file's order is
             // the order of the holdings.
             out.write_all(format!("{}\n", guard.fencing_token()).as_bytes())
                 .expect("write");
+            // A round trip to the server while inside, for others to overlap.
+            lock.status().await.expect("status");
+            std::fs::remove_file(&inside).expect("remove the marker");
             guard.release().await.expect("release");
         }
     }

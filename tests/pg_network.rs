@@ -1,0 +1,650 @@
+//! `lockmgr::pg` as production runs PostgreSQL: TLS (`sslmode`, a private
+//! CA, a TLS-only role, a client certificate), SCRAM logins, PgBouncer in
+//! session and transaction mode, a silent network partition and a server
+//! that stops answering.
+//!
+//! Everything comes from `scripts/with-postgres` (see its header for the
+//! variables). Without `LOCKMGR_PG_URL` the tests say so and return.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Holder, LIVENESS};
+use lockmgr::pg::PgLockMgr;
+use lockmgr::LockError;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (scripts/with-postgres)"))
+}
+
+fn name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("the test server is reachable");
+    tokio::spawn(connection);
+    client
+}
+
+/// The superuser's settings as `key=value` pairs, with `extra` added.
+fn superuser(extra: &str) -> String {
+    format!(
+        "host={} port={} user={} password={} dbname={} {extra}",
+        var("LOCKMGR_PG_HOST"),
+        var("LOCKMGR_PG_PORT"),
+        var("LOCKMGR_PG_USER"),
+        var("LOCKMGR_PG_PASSWORD"),
+        var("LOCKMGR_PG_DB"),
+    )
+}
+
+/// Whether the backend `pid` talks TLS with its client.
+async fn uses_tls(admin: &tokio_postgres::Client, pid: u32) -> bool {
+    admin
+        .query_one(
+            "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = $1), false)",
+            &[&(pid as i32)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Takes a lock on `config` and says whether its session is encrypted.
+async fn lock_over(admin: &tokio_postgres::Client, config: &str) -> Result<bool, LockError> {
+    let lock = PgLockMgr::new(config, name("tls"))?;
+    let guard = lock.try_acquire().await?;
+    let pid = lock.holder().await?.expect("held").pid;
+    let tls = uses_tls(admin, pid).await;
+    guard.release().await?;
+    Ok(tls)
+}
+
+fn connect_error(r: Result<bool, LockError>) -> String {
+    match r {
+        Err(e @ LockError::Connect { .. }) => e.to_string(),
+        other => panic!("expected a Connect error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_means_what_it_means_to_libpq() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let (ca, other_ca) = (var("LOCKMGR_PG_CA"), var("LOCKMGR_PG_OTHER_CA"));
+
+    // prefer (the default): TLS, since the server offers it.
+    assert!(lock_over(&admin, &superuser("")).await.unwrap());
+    assert!(lock_over(&admin, &url).await.unwrap(), "a URL, no sslmode");
+    assert!(lock_over(&admin, &superuser("sslmode=prefer"))
+        .await
+        .unwrap());
+    assert!(!lock_over(&admin, &superuser("sslmode=disable"))
+        .await
+        .unwrap());
+    // require: encrypted, the certificate not checked.
+    assert!(lock_over(&admin, &superuser("sslmode=require"))
+        .await
+        .unwrap());
+    // verify-ca: the chain, not the name.
+    let verify_ca = format!("sslmode=verify-ca sslrootcert={ca}");
+    assert!(lock_over(&admin, &superuser(&verify_ca)).await.unwrap());
+    let wrong_ca = format!("sslmode=verify-ca sslrootcert={other_ca}");
+    let e = connect_error(lock_over(&admin, &superuser(&wrong_ca)).await);
+    assert!(e.contains("certificate"), "{e}");
+    // verify-full: the chain and the name.
+    let full = format!(
+        "host=localhost port={} user={} password={} dbname={} sslmode=verify-full sslrootcert={ca}",
+        var("LOCKMGR_PG_PORT"),
+        var("LOCKMGR_PG_USER"),
+        var("LOCKMGR_PG_PASSWORD"),
+        var("LOCKMGR_PG_DB"),
+    );
+    assert!(lock_over(&admin, &full).await.unwrap());
+    let by_ip = format!("sslmode=verify-full sslrootcert={ca}");
+    assert!(lock_over(&admin, &superuser(&by_ip)).await.unwrap());
+    let wrong_name = format!("{full} host=wrong.example hostaddr=127.0.0.1");
+    let e = connect_error(lock_over(&admin, &wrong_name).await);
+    assert!(e.contains("wrong.example") || e.contains("name"), "{e}");
+    let e = connect_error(
+        lock_over(
+            &admin,
+            &superuser(&format!("sslmode=verify-full sslrootcert={other_ca}")),
+        )
+        .await,
+    );
+    assert!(e.contains("certificate"), "{e}");
+    // Without the CA: the system's roots do not know it.
+    let system = superuser("sslmode=verify-full sslrootcert=system");
+    let e = connect_error(lock_over(&admin, &system).await);
+    assert!(e.contains("certificate"), "{e}");
+    // A missing root file is named, before anything is sent.
+    let missing = superuser("sslmode=verify-full sslrootcert=/nonexistent/root.crt");
+    match PgLockMgr::new(&missing, "x") {
+        Err(e @ LockError::Invalid { .. }) => {
+            assert!(e.to_string().contains("/nonexistent/root.crt"), "{e}")
+        }
+        Ok(lock) => {
+            let e = lock.try_acquire().await.unwrap_err();
+            assert!(e.to_string().contains("/nonexistent/root.crt"), "{e}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_role_and_a_certificate_role_log_in() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let tls_url = var("LOCKMGR_PG_TLS_URL");
+    // The role's pg_hba line: hostssl with SCRAM; plain TCP is rejected.
+    assert!(lock_over(&admin, &tls_url).await.unwrap());
+    let e = connect_error(lock_over(&admin, &format!("{tls_url}?sslmode=disable")).await);
+    assert!(e.contains("refused the login"), "{e}");
+    assert!(e.contains("28000"), "the SQLSTATE: {e}");
+    assert!(e.contains("pg_hba.conf"), "the server's reason: {e}");
+
+    let cert_url = var("LOCKMGR_PG_CERT_URL");
+    let ca = var("LOCKMGR_PG_CA");
+    let with_cert = format!(
+        "{cert_url}?sslmode=verify-full&sslrootcert={ca}&sslcert={}&sslkey={}",
+        var("LOCKMGR_PG_CLIENT_CERT"),
+        var("LOCKMGR_PG_CLIENT_KEY")
+    );
+    assert!(lock_over(&admin, &with_cert).await.unwrap());
+    let e = connect_error(
+        lock_over(
+            &admin,
+            &format!("{cert_url}?sslmode=verify-full&sslrootcert={ca}"),
+        )
+        .await,
+    );
+    assert!(e.contains("refused the login"), "{e}");
+}
+
+/// The cluster logs in with SCRAM (PostgreSQL's default), not md5: the
+/// passwords are stored as SCRAM secrets and the rules ask for SCRAM, so
+/// every login of these tests is a SCRAM exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_scram() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let row = admin
+        .query_one(
+            "SELECT bool_and(rolpassword LIKE 'SCRAM-SHA-256$%'), count(*) \
+             FROM pg_authid WHERE rolname IN ('postgres', 'lockmgr_tls')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "passwords stored as SCRAM secrets");
+    assert_eq!(row.get::<_, i64>(1), 2);
+    let methods: Vec<String> = admin
+        .query(
+            "SELECT DISTINCT auth_method FROM pg_hba_file_rules WHERE type LIKE 'host%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!methods.iter().any(|m| m == "md5" || m == "password"));
+    assert!(methods.iter().any(|m| m == "scram-sha-256"), "{methods:?}");
+    // And lockmgr logs in through it.
+    assert!(lock_over(&admin, &url).await.is_ok());
+    let wrong = superuser("").replace(&var("LOCKMGR_PG_PASSWORD"), "not-the-password");
+    let e = connect_error(lock_over(&admin, &wrong).await);
+    assert!(
+        e.contains("refused the login") && e.contains("28P01"),
+        "{e}"
+    );
+    assert!(!e.contains("not-the-password"), "{e}");
+}
+
+fn pg_holder(url: &str, name: &str) -> Holder {
+    let child = common::helper_command("pg-hold", [url, name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn helper");
+    Holder::started(child)
+}
+
+/// `pg_stat_activity.state` of the backend holding `lock`.
+async fn holder_state(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> String {
+    let key = lock.key() as u64;
+    admin
+        .query_one(
+            "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+             AND l.classid::int8 = $1 AND l.objid::int8 = $2",
+            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Lock requests on the server for `lock`'s key, held or waiting.
+async fn requests(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i64 {
+    let key = lock.key() as u64;
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND classid::int8 = $1 AND objid::int8 = $2",
+            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Processes that take the lock in turn, each checking that nobody else is
+/// inside while it holds it (a marker file made with `O_EXCL`).
+fn contend(url: &str, name: &str, procs: usize, iters: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            let args = [
+                url.to_owned(),
+                name.to_owned(),
+                iters.to_string(),
+                file.to_str().unwrap().to_owned(),
+            ];
+            common::helper_command("pg-fence", args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tokens: Vec<u64> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), procs * iters);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+/// Both pool modes: one holder at a time across processes, a holder killed
+/// with SIGKILL lets a waiter in, and nothing is left held afterwards.
+async fn behind_pgbouncer(pooled: &str, held_in: &str) {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name(&format!("bouncer-{held_in}"));
+    let holder = pg_holder(pooled, &name);
+    let lock = PgLockMgr::builder(pooled, &name)
+        .label("bouncer-waiter")
+        .build()
+        .unwrap();
+    assert!(lock.try_acquire().await.unwrap_err().is_contended());
+    assert_eq!(requests(&admin, &lock).await, 1, "one holder");
+    assert_eq!(holder_state(&admin, &lock).await, held_in);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    holder.kill(Signal::SIGKILL);
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in after the holder was killed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder_state(&admin, &lock).await, held_in);
+    guard.release().await.unwrap();
+    assert_eq!(requests(&admin, &lock).await, 0, "left held");
+
+    // Two locks of this process (two labels: two sets of sessions) in
+    // turn, with releases and drops.
+    let other = PgLockMgr::builder(pooled, &name)
+        .label("bouncer-other")
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        let first = lock.acquire(true, LIVENESS).await.unwrap();
+        assert!(other.try_acquire().await.unwrap_err().is_contended());
+        if round % 2 == 0 {
+            first.release().await.unwrap();
+        } else {
+            drop(first);
+        }
+        let second = other.acquire(true, LIVENESS).await.unwrap();
+        assert!(lock.try_acquire().await.unwrap_err().is_contended());
+        second.release().await.unwrap();
+    }
+    tokio::time::timeout(LIVENESS, async {
+        while requests(&admin, &lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a lock was left held by nobody");
+
+    contend(pooled, &name, 4, 25);
+    assert_eq!(requests(&admin, &lock).await, 0, "left held");
+    drop(lock.try_acquire().await.expect("free"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_in_session_mode() {
+    if common::pg_url().is_none() {
+        return;
+    }
+    behind_pgbouncer(&var("LOCKMGR_PG_BOUNCER_SESSION_URL"), "idle").await;
+}
+
+/// In transaction mode the lock is held in an open transaction (the
+/// holder's backend is `idle in transaction`), which PgBouncer keeps on one
+/// server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_in_transaction_mode() {
+    if common::pg_url().is_none() {
+        return;
+    }
+    behind_pgbouncer(&var("LOCKMGR_PG_BOUNCER_TXN_URL"), "idle in transaction").await;
+}
+
+/// Packet-drop rules for one TCP connection over loopback, both ways,
+/// removed on drop.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Both ways between the server's port and one client port.
+    fn between(server_port: u16, client_port: u16) -> Partition {
+        Partition::of(&[(server_port, client_port), (client_port, server_port)])
+    }
+
+    /// Everything the clients at `client_ports` send to the server.
+    fn to_server(server_port: u16, client_ports: &[u16]) -> Partition {
+        let ways: Vec<_> = client_ports.iter().map(|&c| (c, server_port)).collect();
+        Partition::of(&ways)
+    }
+
+    fn of(ways: &[(u16, u16)]) -> Partition {
+        let rules: Vec<Vec<String>> = ways
+            .iter()
+            .map(|(from, to)| {
+                ["INPUT", "-i", "lo", "-p", "tcp", "--sport"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([from.to_string(), "--dport".into(), to.to_string()])
+                    .chain(["-j".into(), "DROP".into()])
+                    .collect()
+            })
+            .collect();
+        for rule in &rules {
+            iptables("-I", rule);
+        }
+        Partition { rules }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            iptables("-D", rule);
+        }
+    }
+}
+
+fn iptables(op: &str, rule: &[String]) {
+    let direct = Command::new("iptables").arg(op).args(rule).output();
+    if direct.as_ref().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    // Not root: through sudo, if it asks no password.
+    let out = Command::new("sudo")
+        .args(["-n", "iptables", op])
+        .args(rule)
+        .output()
+        .expect("run sudo iptables");
+    assert!(
+        out.status.success(),
+        "iptables {op} {rule:?}: {direct:?}; with sudo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The client ports of the sessions labelled `label`.
+async fn client_ports(admin: &tokio_postgres::Client, label: &str) -> Vec<u16> {
+    admin
+        .query(
+            "SELECT client_port FROM pg_stat_activity \
+             WHERE application_name = $1 AND client_port IS NOT NULL",
+            &[&label],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i32>(0) as u16)
+        .collect()
+}
+
+/// Sessions labelled `label`, and lock requests by them.
+async fn left_by(admin: &tokio_postgres::Client, label: &str) -> (i64, i64) {
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1), \
+             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+              WHERE l.locktype = 'advisory' AND a.application_name = $1)",
+            &[&label],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Whether a session labelled `label` waits for a lock.
+async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1",
+            &[&label],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An acquire of a held lock dropped right after its N-th poll, for every
+/// N until it waits on the server, while the network holds back what that
+/// poll sent (its packets to the server dropped, so TCP delivers them only
+/// later). At the poll that sends the wait, the cancel request (on a new
+/// connection) reaches the server before the wait does, and the server
+/// ignores a cancel for a session that runs nothing: the wait must still
+/// not stay behind. Each time, the server soon holds no session and no
+/// request of the dropped acquire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_while_its_wait_is_in_flight_leaves_nothing() {
+    use std::future::Future;
+    use std::task::Poll;
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let server_port: u16 = var("LOCKMGR_PG_PORT").parse().unwrap();
+    let name = name("in-flight");
+    let holder = PgLockMgr::builder(&url, &name)
+        .label("in-flight-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    let mut reached_the_wait = false;
+    for polls in 1..=400u32 {
+        let label = format!("in-flight-{}-{polls}", std::process::id());
+        let lock = PgLockMgr::builder(&url, &name)
+            .label(&label)
+            .transaction_pooling(Some(false))
+            .build()
+            .unwrap();
+        let mut acquire = Box::pin(lock.acquire(true, Duration::MAX));
+        let mut made = 1;
+        // The first N - 1 polls, each after a wake; then it has been woken
+        // for the N-th.
+        let woken = std::future::poll_fn(|cx| {
+            if made == polls {
+                return Poll::Ready(None);
+            }
+            made += 1;
+            acquire.as_mut().poll(cx).map(Some)
+        });
+        let waits = tokio::select! {
+            r = woken => {
+                assert!(r.is_none(), "won a held lock");
+                false
+            }
+            () = async { while !waits_on_server(&admin, &label).await {} } => true,
+        };
+        if waits {
+            drop(acquire);
+            drop(lock);
+            reached_the_wait = true;
+        } else {
+            let partition = Partition::to_server(server_port, &client_ports(&admin, &label).await);
+            let last = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+            assert!(last.is_pending(), "won a held lock");
+            drop(acquire);
+            drop(lock);
+            drop(partition);
+        }
+        tokio::time::timeout(LIVENESS, async {
+            while left_by(&admin, &label).await != (0, 0) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("dropped after {polls} polls, the acquire left sessions or requests behind")
+        });
+        if reached_the_wait {
+            eprintln!("dropped after each of {polls} polls");
+            break;
+        }
+    }
+    assert!(
+        reached_the_wait,
+        "no acquire ever got to wait on the server"
+    );
+    held.release().await.unwrap();
+}
+
+/// The client port of backend `pid`'s connection.
+async fn client_port(admin: &tokio_postgres::Client, pid: u32) -> u16 {
+    let port: i32 = admin
+        .query_one(
+            "SELECT client_port FROM pg_stat_activity WHERE pid = $1",
+            &[&(pid as i32)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    port as u16
+}
+
+/// A network that falls silent (every packet of the session dropped, no
+/// reset) is noticed by both ends within `dead_session_after`: the guard's
+/// `lost()` resolves, and the server frees the lock for a waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_loses_the_lock_on_both_sides_in_bounded_time() {
+    let Some(url) = common::pg_url() else { return };
+    const DEAD_AFTER: Duration = Duration::from_secs(3);
+    let admin = admin(&url).await;
+    let name = name("partition");
+    let lock = PgLockMgr::builder(&url, &name)
+        .label("partitioned")
+        .dead_session_after(DEAD_AFTER)
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let pid = lock.holder().await.unwrap().expect("held").pid;
+    let port: u16 = var("LOCKMGR_PG_PORT").parse().unwrap();
+    let _partition = Partition::between(port, client_port(&admin, pid).await);
+    let cut = Instant::now();
+    let waiter = PgLockMgr::builder(&url, &name)
+        .label("across-the-partition")
+        .build()
+        .unwrap();
+    let won = tokio::spawn(async move { waiter.acquire(true, LIVENESS).await });
+    tokio::time::timeout(LIVENESS, guard.lost())
+        .await
+        .expect("lost() did not resolve");
+    let client_saw = cut.elapsed();
+    let next = tokio::time::timeout(LIVENESS, won)
+        .await
+        .expect("the server kept the partitioned holder's lock")
+        .unwrap()
+        .unwrap();
+    let server_freed = cut.elapsed();
+    eprintln!("lost() after {client_saw:?}, the lock free on the server after {server_freed:?}");
+    // Keepalives and tcp_user_timeout give up after about DEAD_AFTER; the
+    // waiter's own connection and the server's check add a little.
+    assert!(client_saw < DEAD_AFTER * 3, "{client_saw:?}");
+    assert!(server_freed < DEAD_AFTER * 4, "{server_freed:?}");
+    assert!(next.fencing_token() > guard.fencing_token());
+    next.release().await.unwrap();
+}
+
+/// A backend that stops answering (SIGSTOP) in the middle of a session: a
+/// request on it fails within `request_timeout`, its session is closed,
+/// and its lock is lost (and freed by the server once the backend runs
+/// again and finds its client gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("stall");
+    let lock = PgLockMgr::builder(&url, &name)
+        .label("stalled")
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let backend = Pid::from_raw(lock.holder().await.unwrap().expect("held").pid as i32);
+    kill(backend, Signal::SIGSTOP).unwrap();
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(backend);
+    let started = Instant::now();
+    let status = lock.status().await;
+    let took = started.elapsed();
+    assert!(
+        matches!(status, Err(LockError::Connect { .. })),
+        "{status:?}"
+    );
+    assert!(status.unwrap_err().to_string().contains("did not answer"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    tokio::time::timeout(LIVENESS, guard.lost())
+        .await
+        .expect("the lock of a closed session is lost");
+    drop(resume);
+    let next = PgLockMgr::new(&url, &name).unwrap();
+    let taken = tokio::time::timeout(LIVENESS, next.acquire(true, LIVENESS))
+        .await
+        .expect("the server kept the stalled session's lock")
+        .unwrap();
+    assert!(requests(&admin, &next).await >= 1);
+    taken.release().await.unwrap();
+}
