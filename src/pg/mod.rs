@@ -13,7 +13,12 @@
 //!   that has to wait does so on a session of its own (a waiting session
 //!   can run nothing else), which joins the shared ones once it holds the
 //!   lock. Sessions that hold no lock are closed beyond
-//!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions).
+//!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions). The tasks
+//!   of one process take a name in turn, in FIFO order, before they ask the
+//!   server (a session that holds a lock is granted it again, so two tasks
+//!   must never ask on one session): a thousand tasks waiting for one name
+//!   cost one waiting session. A lock whose session is lost lets the next
+//!   task of the process in at once.
 //! - **The server releases a lock** when it is released, and when its
 //!   session ends for any reason: the process killed, the connection lost,
 //!   the backend terminated. [`PgLockGuard::lost`] then resolves (for every
@@ -86,10 +91,10 @@
 //! # Layout
 //!
 //! [`PgLockMgr`] and its builder are in `manager`, [`PgLockGuard`] in
-//! `guard`; `config` reads connection settings the libpq way, `tls` makes
-//! the TLS connector, `session` the sessions (shared, waiting, bounded)
-//! and the pooler probe; `sql` holds every statement, `fence` the
-//! fencing-token table.
+//! `guard`; `gate` is the in-process line of each name; `config` reads
+//! connection settings the libpq way, `tls` makes the TLS connector,
+//! `session` the sessions (shared, waiting, bounded) and the pooler probe;
+//! `sql` holds every statement, `fence` the fencing-token table.
 //!
 //! # Examples
 //!
