@@ -31,7 +31,7 @@
 //!
 //! After `fork`, the child starts with none of this: no helper runs there,
 //! so the pool and the abandoned waits it inherited are forgotten (see
-//! [`Forkable`]).
+//! [`Forkable`](crate::forkable::Forkable)).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::forkable::Forkable;
 use crate::os::{self, FileId};
 use crate::queue::Promise;
 use crate::vocab::{LockKind, LockMode};
@@ -100,41 +101,6 @@ enum Phase {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here can leave the state torn by a panic: keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Process-wide state that must not cross a `fork`: in the child, which
-/// has none of the parent's threads, what was inherited is forgotten (never
-/// dropped: its locks and descriptors belong to the parent's threads).
-pub(crate) struct Forkable<T: Default> {
-    pid: u32,
-    value: T,
-}
-
-impl<T: Default> Forkable<T> {
-    /// The value as it is (call [`get`](Forkable::get) first to forget an
-    /// inherited one).
-    pub(crate) fn peek(&self) -> &T {
-        &self.value
-    }
-
-    /// The value, fresh if this process is not the one that made it.
-    pub(crate) fn get(&mut self) -> &mut T {
-        let pid = os::current_pid();
-        if self.pid != pid {
-            std::mem::forget(std::mem::take(&mut self.value));
-            self.pid = pid;
-        }
-        &mut self.value
-    }
-}
-
-impl<T: Default> Default for Forkable<T> {
-    fn default() -> Self {
-        Forkable {
-            pid: os::current_pid(),
-            value: T::default(),
-        }
-    }
 }
 
 /// Waits given up on whose helper is still blocked, by file and mode.

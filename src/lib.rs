@@ -85,6 +85,7 @@
 //! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line |
 //! | OS | `watcher` | the process-wide inotify instance and its reader thread (the fallback signal) |
 //! | OS | `os` | the Linux calls; the only module allowed `unsafe` |
+//! | OS | `forkable` | process-wide state that a forked child starts without |
 //! | words | `vocab`, `error`, `holder` | [`LockKind`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format |
 //!
 //! The words are used by every layer and use none. The face drives the
@@ -106,6 +107,7 @@ compile_error!(
 
 mod contender;
 mod error;
+mod forkable;
 mod guard;
 mod holder;
 pub mod journal;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
-use crate::kernel_wait::Forkable;
+use crate::forkable::Forkable;
 use crate::os::FileId;
 
 /// How late past its promise a head may be before the next in line takes

@@ -17,10 +17,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("holder", &[]),
     // The OS layer: knows the words and nothing else.
     ("os", &["vocab"]),
+    ("forkable", &["os"]),
     ("watcher", &[]),
     // The engine: the OS layer and the words, never the face.
-    ("queue", &["os"]),
-    ("kernel_wait", &["os", "queue", "vocab"]),
+    ("queue", &["forkable", "os"]),
+    ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
         "wait",
         &["error", "holder", "kernel_wait", "queue", "watcher"],
