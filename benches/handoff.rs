@@ -12,7 +12,8 @@
 //! 2. CPU used by a task that waits 10 s for a held lock (`getrusage`), versus
 //!    try-then-sleep polling at 1 ms and 50 ms.
 //! 3. SIGKILL to acquisition: a holder process is killed, a waiter here
-//!    acquires; median over repeated runs.
+//!    acquires; median and p99 over repeated runs, beside a thread blocked
+//!    in `F_OFD_SETLKW` (the floor), run by run in turn.
 //!
 //! `cargo bench --bench handoff`. The bench binary runs itself as the other
 //! process (`LOCKMGR_BENCH_ROLE`). Before each release the holder gives the
@@ -508,6 +509,30 @@ fn cpu_while_waiting() {
     );
 }
 
+/// A holder process is started and killed with SIGKILL; returns ns from the
+/// kill to `waiter` holding the lock, where `waiter` is started (and given
+/// `PARK` to go to sleep) before the kill and returns when it holds it.
+fn kill_and_time(path: &Path, waiter: impl FnOnce(&dyn Fn() -> i64) -> i64) -> i64 {
+    let mut holder = spawn_peer("holder", path);
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n");
+    let pid = nix::unistd::Pid::from_raw(holder.id() as i32);
+    let kill = move || {
+        let t0 = now_ns();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        t0
+    };
+    let ns = waiter(&kill);
+    holder.wait().unwrap();
+    ns
+}
+
+/// SIGKILL of a holder process to acquisition here: `lockmgr`'s `acquire`
+/// in a task, beside the floor, a plain thread blocked in `F_OFD_SETLKW`,
+/// alternating run by run.
 fn sigkill_to_acquisition() {
     let (_dir, path) = lock_path();
     let lock = LockMgr::new(&path);
@@ -515,39 +540,50 @@ fn sigkill_to_acquisition() {
         .enable_all()
         .build()
         .unwrap();
-    let mut samples = Vec::new();
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
     for _ in 0..50 {
-        let mut holder = spawn_peer("holder", &path);
-        let mut line = String::new();
-        BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "locked\n");
-        let pid = nix::unistd::Pid::from_raw(holder.id() as i32);
-        let ns = rt.block_on(async {
-            let waiter = tokio::spawn({
-                let lock = lock.clone();
-                async move {
-                    lock.acquire(true, Duration::from_secs(30))
-                        .await
-                        .map(|_| now_ns())
-                }
+        ours.push(kill_and_time(&path, |kill| {
+            rt.block_on(async {
+                let waiter = tokio::spawn({
+                    let lock = lock.clone();
+                    async move {
+                        lock.acquire(true, Duration::from_secs(30))
+                            .await
+                            .map(|_| now_ns())
+                    }
+                });
+                tokio::time::sleep(PARK).await;
+                let t0 = kill();
+                waiter.await.unwrap().unwrap() - t0
+            })
+        }));
+        floor.push(kill_and_time(&path, |kill| {
+            let file = open_rw(&path);
+            let waiter = std::thread::spawn(move || {
+                fcntl(&file, FcntlArg::F_OFD_SETLKW(&whole_file(libc::F_WRLCK))).unwrap();
+                let won = now_ns();
+                drop(OfdUnlock(&file));
+                won
             });
-            tokio::time::sleep(PARK).await;
-            let t0 = now_ns();
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-            waiter.await.unwrap().unwrap() - t0
-        });
-        holder.wait().unwrap();
-        samples.push(ns);
+            std::thread::sleep(PARK);
+            let t0 = kill();
+            waiter.join().unwrap() - t0
+        }));
     }
-    samples.sort_unstable();
+    ours.sort_unstable();
+    floor.sort_unstable();
     println!(
-        "\nSIGKILL of the holder to acquisition in another process, {} runs (us): median {:.1}, p99 {:.1}",
-        samples.len(),
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
+        "\nSIGKILL of the holder to acquisition in another process, {} runs each (us):",
+        ours.len()
     );
+    for (who, s) in [("setlkw", &floor), ("lockmgr", &ours)] {
+        println!(
+            "  {who:<14} median {:>8.1}  p99 {:>8.1}  median ratio to setlkw {:.2}x",
+            percentile(s, 0.5),
+            percentile(s, 0.99),
+            percentile(s, 0.5) / percentile(&floor, 0.5)
+        );
+    }
 }
 
 criterion_group!(benches, handoff);
