@@ -7,55 +7,18 @@
 //! tested: each returns at once after printing that it did not run.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg_common;
 
 use std::future::Future;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Holder, LIVENESS};
+use common::LIVENESS;
 use lockmgr::pg::PgLockMgr;
 use lockmgr::LockError;
 use nix::sys::signal::Signal;
+use pg_common::{admin, contend, left_by, lock_rows, name, pg_holder, waits_on_server};
 use tokio::time::Instant;
-
-/// A lock name of its own for each test, so tests do not meet.
-fn name(test: &str) -> String {
-    format!("{test}-{}", std::process::id())
-}
-
-/// A plain session for looking at the server's lock table.
-async fn admin(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("the test server is reachable");
-    tokio::spawn(connection);
-    client
-}
-
-/// Rows in `pg_locks` (granted or waiting) for the lock's key.
-async fn lock_rows(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i64 {
-    let key = lock.key() as u64;
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
-             AND classid::int8 = $1 AND objid::int8 = $2",
-            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn pg_holder(url: &str, name: &str, opts: &[&str]) -> Holder {
-    let mut args = vec![url, name];
-    args.extend_from_slice(opts);
-    let child = common::helper_command("pg-hold", args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn helper");
-    Holder::started(child)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusion_across_processes_names_the_holding_session() {
@@ -195,73 +158,9 @@ async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_strictly_increase_across_processes() {
-    const PROCS: usize = 4;
-    const ITERS: usize = 50;
     let Some(url) = common::pg_url() else { return };
-    let name = name("fence");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tokens");
-    let children: Vec<_> = (0..PROCS)
-        .map(|_| {
-            let args = [
-                url.clone(),
-                name.clone(),
-                ITERS.to_string(),
-                file.to_str().unwrap().to_owned(),
-            ];
-            common::helper_command("pg-fence", args)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tokens: Vec<u64> = std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(tokens.len(), PROCS * ITERS);
-    // Written under the lock, so the file is in the order of the holdings.
-    assert!(
-        tokens.windows(2).all(|w| w[0] < w[1]),
-        "tokens out of order: {tokens:?}"
-    );
-}
-
-/// Sessions with `application_name` = `label`, and lock requests (granted
-/// or waiting) by them.
-async fn sessions_and_requests(admin: &tokio_postgres::Client, label: &str) -> (i64, i64) {
-    let row = admin
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1), \
-             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-              WHERE l.locktype = 'advisory' AND a.application_name = $1)",
-            &[&label],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-/// Whether a session labelled `label` waits for a lock.
-async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
-    admin
-        .query_one(
-            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1",
-            &[&label],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    // One holder at a time, and the tokens in the order of the holdings.
+    contend(&url, &name("fence"), 4, 50);
 }
 
 /// An acquire of a held lock dropped after 1, 2, 3, ... polls: at every
@@ -307,7 +206,7 @@ async fn an_acquire_dropped_at_any_poll_leaves_nothing_on_the_server() {
         drop(acquire);
         drop(lock);
         tokio::time::timeout(LIVENESS, async {
-            while sessions_and_requests(&admin, &label).await != (0, 0) {
+            while left_by(&admin, &label).await != (0, 0) {
                 tokio::task::yield_now().await;
             }
         })
@@ -328,22 +227,6 @@ async fn an_acquire_dropped_at_any_poll_leaves_nothing_on_the_server() {
     assert_eq!(lock_rows(&admin, &holder).await, 1, "only the holder's row");
     held.release().await.unwrap();
     assert_eq!(lock_rows(&admin, &holder).await, 0);
-}
-
-/// Sessions and lock requests of every session whose label starts with
-/// `prefix`.
-async fn left_by(admin: &tokio_postgres::Client, prefix: &str) -> (i64, i64) {
-    let pattern = format!("{prefix}%");
-    let row = admin
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1), \
-             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-              WHERE l.locktype = 'advisory' AND a.application_name LIKE $1)",
-            &[&pattern],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
 }
 
 /// 300 acquires of a held lock, each by a `PgLockMgr` of its own (its own
@@ -400,7 +283,7 @@ async fn acquires_dropped_at_random_moments_leave_nothing_on_the_server() {
         r.unwrap();
     }
     tokio::time::timeout(LIVENESS, async {
-        while left_by(&admin, &prefix).await != (0, 0) {
+        while left_by(&admin, &format!("{prefix}%")).await != (0, 0) {
             tokio::task::yield_now().await;
         }
     })
@@ -448,7 +331,7 @@ async fn a_thousand_waiting_tasks_cost_one_waiting_session() {
     })
     .await
     .expect("nobody waited on the server");
-    let (sessions, requests) = sessions_and_requests(&admin, &label).await;
+    let (sessions, requests) = left_by(&admin, &label).await;
     assert!(
         sessions <= 3,
         "{sessions} sessions for {TASKS} waiting tasks"
@@ -478,7 +361,7 @@ async fn a_thousand_held_names_cost_a_few_sessions() {
         guards.push((lock, guard));
     }
     let admin = admin(&url).await;
-    let (sessions, requests) = sessions_and_requests(&admin, &label).await;
+    let (sessions, requests) = left_by(&admin, &label).await;
     assert!(sessions <= 2, "{sessions} sessions hold {NAMES} locks");
     assert_eq!(requests, NAMES as i64);
     let (lock, guard) = &guards[NAMES / 2];
@@ -495,7 +378,7 @@ async fn a_thousand_held_names_cost_a_few_sessions() {
     for (_, guard) in guards {
         guard.release().await.unwrap();
     }
-    assert_eq!(sessions_and_requests(&admin, &label).await.1, 0);
+    assert_eq!(left_by(&admin, &label).await.1, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,31 +7,22 @@
 //! variables). Without `LOCKMGR_PG_URL` the tests say so and return.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg_common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Holder, LIVENESS};
+use common::LIVENESS;
 use lockmgr::pg::PgLockMgr;
 use lockmgr::LockError;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pg_common::{admin, contend, left_by, lock_rows, name, pg_holder, waits_on_server};
 use tokio::time::Instant;
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (scripts/with-postgres)"))
-}
-
-fn name(test: &str) -> String {
-    format!("{test}-{}", std::process::id())
-}
-
-async fn admin(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("the test server is reachable");
-    tokio::spawn(connection);
-    client
 }
 
 /// The superuser's settings as `key=value` pairs, with `extra` added.
@@ -210,15 +201,6 @@ async fn logins_are_scram() {
     assert!(!e.contains("not-the-password"), "{e}");
 }
 
-fn pg_holder(url: &str, name: &str) -> Holder {
-    let child = common::helper_command("pg-hold", [url, name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn helper");
-    Holder::started(child)
-}
-
 /// `pg_stat_activity.state` of the backend holding `lock`.
 async fn holder_state(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> String {
     let key = lock.key() as u64;
@@ -234,69 +216,19 @@ async fn holder_state(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> Strin
         .get(0)
 }
 
-/// Lock requests on the server for `lock`'s key, held or waiting.
-async fn requests(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i64 {
-    let key = lock.key() as u64;
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
-             AND classid::int8 = $1 AND objid::int8 = $2",
-            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Processes that take the lock in turn, each checking that nobody else is
-/// inside while it holds it (a marker file made with `O_EXCL`).
-fn contend(url: &str, name: &str, procs: usize, iters: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tokens");
-    let children: Vec<_> = (0..procs)
-        .map(|_| {
-            let args = [
-                url.to_owned(),
-                name.to_owned(),
-                iters.to_string(),
-                file.to_str().unwrap().to_owned(),
-            ];
-            common::helper_command("pg-fence", args)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tokens: Vec<u64> = std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(tokens.len(), procs * iters);
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
-}
-
 /// Both pool modes: one holder at a time across processes, a holder killed
 /// with SIGKILL lets a waiter in, and nothing is left held afterwards.
 async fn behind_pgbouncer(pooled: &str, held_in: &str) {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
     let name = name(&format!("bouncer-{held_in}"));
-    let holder = pg_holder(pooled, &name);
+    let holder = pg_holder(pooled, &name, &[]);
     let lock = PgLockMgr::builder(pooled, &name)
         .label("bouncer-waiter")
         .build()
         .unwrap();
     assert!(lock.try_acquire().await.unwrap_err().is_contended());
-    assert_eq!(requests(&admin, &lock).await, 1, "one holder");
+    assert_eq!(lock_rows(&admin, &lock).await, 1, "one holder");
     assert_eq!(holder_state(&admin, &lock).await, held_in);
     let waiter = tokio::spawn({
         let lock = lock.clone();
@@ -310,7 +242,7 @@ async fn behind_pgbouncer(pooled: &str, held_in: &str) {
         .unwrap();
     assert_eq!(holder_state(&admin, &lock).await, held_in);
     guard.release().await.unwrap();
-    assert_eq!(requests(&admin, &lock).await, 0, "left held");
+    assert_eq!(lock_rows(&admin, &lock).await, 0, "left held");
 
     // Two locks of this process (two labels: two sets of sessions) in
     // turn, with releases and drops.
@@ -331,7 +263,7 @@ async fn behind_pgbouncer(pooled: &str, held_in: &str) {
         second.release().await.unwrap();
     }
     tokio::time::timeout(LIVENESS, async {
-        while requests(&admin, &lock).await != 0 {
+        while lock_rows(&admin, &lock).await != 0 {
             tokio::task::yield_now().await;
         }
     })
@@ -339,7 +271,7 @@ async fn behind_pgbouncer(pooled: &str, held_in: &str) {
     .expect("a lock was left held by nobody");
 
     contend(pooled, &name, 4, 25);
-    assert_eq!(requests(&admin, &lock).await, 0, "left held");
+    assert_eq!(lock_rows(&admin, &lock).await, 0, "left held");
     drop(lock.try_acquire().await.expect("free"));
 }
 
@@ -438,33 +370,6 @@ async fn client_ports(admin: &tokio_postgres::Client, label: &str) -> Vec<u16> {
         .iter()
         .map(|r| r.get::<_, i32>(0) as u16)
         .collect()
-}
-
-/// Sessions labelled `label`, and lock requests by them.
-async fn left_by(admin: &tokio_postgres::Client, label: &str) -> (i64, i64) {
-    let row = admin
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1), \
-             (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-              WHERE l.locktype = 'advisory' AND a.application_name = $1)",
-            &[&label],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-/// Whether a session labelled `label` waits for a lock.
-async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
-    admin
-        .query_one(
-            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1",
-            &[&label],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// An acquire of a held lock dropped right after its N-th poll, for every
@@ -645,6 +550,6 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
         .await
         .expect("the server kept the stalled session's lock")
         .unwrap();
-    assert!(requests(&admin, &next).await >= 1);
+    assert!(lock_rows(&admin, &next).await >= 1);
     taken.release().await.unwrap();
 }

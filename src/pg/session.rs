@@ -403,19 +403,8 @@ impl Session {
         bound: Duration,
         lock: &LockId,
     ) -> Result<Vec<SimpleQueryMessage>, LockError> {
-        match tokio::time::timeout(bound, self.client.simple_query(sql)).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(request_error(lock, e)),
-            Err(_) => {
-                self.end();
-                Err(LockError::Connect {
-                    lock: lock.clone(),
-                    source: Box::new(Failure::plain(format!(
-                        "the lock server did not answer within {bound:?}; the session was closed"
-                    ))),
-                })
-            }
-        }
+        self.bounded(bound, lock, self.client.simple_query(sql))
+            .await
     }
 
     /// `pg_backend_pid()` now.
@@ -440,8 +429,20 @@ impl Session {
         bound: Duration,
         lock: &LockId,
     ) -> Result<Vec<tokio_postgres::Row>, LockError> {
-        match tokio::time::timeout(bound, self.client.query_typed(sql, params)).await {
-            Ok(Ok(rows)) => Ok(rows),
+        self.bounded(bound, lock, self.client.query_typed(sql, params))
+            .await
+    }
+
+    /// A request's answer within `bound`; a session that does not answer in
+    /// time is ended.
+    async fn bounded<T>(
+        &self,
+        bound: Duration,
+        lock: &LockId,
+        request: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, LockError> {
+        match tokio::time::timeout(bound, request).await {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(request_error(lock, e)),
             Err(_) => {
                 self.end();
