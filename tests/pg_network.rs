@@ -294,6 +294,67 @@ async fn behind_pgbouncer_in_transaction_mode() {
     behind_pgbouncer(&var("LOCKMGR_PG_BOUNCER_TXN_URL"), "idle in transaction").await;
 }
 
+/// Acquires dropped while they wait behind PgBouncer in transaction mode:
+/// each sends a cancel request through it. PgBouncer before 1.20 exits when
+/// a cancel request's client closes before the request has been handled
+/// (its issue 801), and every session behind it goes with it; lockmgr waits
+/// for the server to close, as libpq does. PgBouncer stays up, each wait is
+/// gone from the server, and the lock is free once its holder lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_dropped_behind_pgbouncer_leave_it_running() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_TXN_URL");
+    let name = name("bouncer-cancel");
+    let holder = PgLockMgr::builder(&pooled, &name)
+        .label("bouncer-cancel-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    for round in 0..60 {
+        let label = format!("bouncer-cancel-{}-{round}", std::process::id());
+        let lock = PgLockMgr::builder(&pooled, &name)
+            .label(&label)
+            .build()
+            .unwrap();
+        let waiter = tokio::spawn(async move { lock.acquire(true, Duration::MAX).await });
+        tokio::time::timeout(LIVENESS, async {
+            while !waits_on_server(&admin, &label).await {
+                assert!(!waiter.is_finished(), "round {round}: the acquire ended");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the acquire never waited on the server"));
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        // PgBouncer keeps idle server sessions with the last client's
+        // label: what must be gone is the wait.
+        let gone = tokio::time::timeout(LIVENESS, async {
+            while left_by(&admin, &label).await.1 != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        if gone.is_err() {
+            let left: Vec<String> = admin
+                .query(
+                    "SELECT format('%s %s %s', pid, state, query) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND state <> 'idle'",
+                    &[&label],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!("round {round}: the dropped wait left {left:?} on the server");
+        }
+    }
+    held.release().await.unwrap();
+    let again = holder.acquire(true, LIVENESS).await.unwrap();
+    again.release().await.unwrap();
+}
+
 /// Packet-drop rules for one TCP connection over loopback, both ways,
 /// removed on drop.
 struct Partition {

@@ -818,7 +818,8 @@ fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32
 }
 
 /// A session whose wait must not outlive the future that waits: dropped
-/// while armed, it sends a cancel request and ends the session at once.
+/// while armed, it ends the session at once, after sending a cancel request
+/// if a request of it may still be running.
 struct Armed<'a> {
     server: &'a Server,
     session: Option<Arc<Session>>,

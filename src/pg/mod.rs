@@ -117,6 +117,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod config;
 mod fence;
 mod gate;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::cancel::{self, Target};
 use super::config::{Connection, Env};
 use super::gate::Gates;
 use super::tls;
@@ -58,6 +59,8 @@ pub(super) enum Pooling {
 pub(super) struct Server {
     conn: Connection,
     connector: Option<MakeRustlsConnect>,
+    /// Where cancel requests go.
+    cancel_target: Target,
     pub(super) timeouts: Timeouts,
     max_idle: usize,
     state: Mutex<State>,
@@ -112,6 +115,7 @@ impl Server {
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
         let connector = tls::connector(&conn.tls, home.as_deref()).map_err(|e| e.0)?;
         let server = Arc::new(Server {
+            cancel_target: Target::of(&conn.config),
             conn,
             connector,
             timeouts,
@@ -310,6 +314,7 @@ impl Server {
             ended,
             task,
             held: AtomicUsize::new(0),
+            in_flight: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
         // Server side: give a silent client up as the client gives a silent
@@ -336,15 +341,20 @@ impl Server {
     }
 
     /// Cancels what `session` runs, from a connection of its own (the cancel
-    /// request protocol).
+    /// request protocol), if a request of it may still be running: a session
+    /// that is idle has nothing to cancel, and ending it is enough.
     pub(super) fn cancel(&self, session: &Session) {
+        if !session.in_flight.load(Ordering::Acquire) {
+            return;
+        }
         let token = session.cancel.clone();
         let tls = self.connector.clone();
+        let target = self.cancel_target.clone();
+        let bound = self.timeouts.request;
         session.runtime.spawn(async move {
-            let _ = match tls {
-                Some(tls) => token.cancel_query(tls).await,
-                None => token.cancel_query(NoTls).await,
-            };
+            if let Err(e) = cancel::send(&token, &target, tls, bound).await {
+                tracing::debug!(error = %e, "lockmgr: a cancel request failed");
+            }
         });
     }
 }
@@ -376,6 +386,9 @@ pub(super) struct Session {
     cancel: CancelToken,
     /// Locks held through this session.
     pub(super) held: AtomicUsize,
+    /// A request was sent and its answer has not come: set while one is
+    /// awaited, and left set if it is given up or its future dropped.
+    in_flight: AtomicBool,
     /// The runtime the session lives on (for work a guard's drop leaves).
     pub(super) runtime: tokio::runtime::Handle,
 }
@@ -441,7 +454,12 @@ impl Session {
         lock: &LockId,
         request: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, LockError> {
-        match tokio::time::timeout(bound, request).await {
+        self.in_flight.store(true, Ordering::Release);
+        let answer = tokio::time::timeout(bound, request).await;
+        if answer.is_ok() {
+            self.in_flight.store(false, Ordering::Release);
+        }
+        match answer {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(request_error(lock, e)),
             Err(_) => {
