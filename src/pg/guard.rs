@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use super::gate::Pass;
 use super::manager::PgLockMgr;
@@ -79,14 +79,15 @@ impl Hold {
     /// Lets the lock go without waiting for an answer: an unlock sent on
     /// the shared session (from a task of the session's runtime), or the
     /// holding transaction's session ended (the server rolls it back). The
-    /// pass goes back once the unlock has been answered.
-    pub(super) fn give_up(mut self, server: &Arc<Server>, key: i64) {
+    /// pass goes back once the unlock has been answered, which the returned
+    /// handle tells; the unlock goes out whether or not it is awaited.
+    pub(super) fn give_up(mut self, server: &Arc<Server>, key: i64) -> Option<JoinHandle<()>> {
         let pass = self.settle();
         match self.how {
             How::Shared { mode } => {
                 let server = server.clone();
                 let session = self.session.clone();
-                session.runtime.clone().spawn(async move {
+                Some(session.runtime.clone().spawn(async move {
                     let id = crate::error::LockId::postgres("", "", "");
                     let bound = server.timeouts.request;
                     if let Err(e) = session.simple(&sql::unlock(mode, key), bound, &id).await {
@@ -94,11 +95,12 @@ impl Hold {
                     }
                     server.released_one(&session);
                     drop(pass);
-                });
+                }))
             }
             How::Transaction { .. } => {
                 self.session.end();
                 drop(pass);
+                None
             }
         }
     }
@@ -244,7 +246,8 @@ impl Drop for PgLockGuard {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
             let inner = self.lock.inner();
-            hold.give_up(&inner.server, inner.key);
+            // The unlock goes out from a task of its own.
+            drop(hold.give_up(&inner.server, inner.key));
         }
     }
 }

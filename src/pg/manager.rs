@@ -752,7 +752,7 @@ impl PgLockMgr {
         let (utility, _) = match self.utility(None).await {
             Ok(u) => u,
             Err(e) => {
-                hold.give_up(&self.inner.server, self.inner.key);
+                self.let_go(hold).await;
                 return Err(e);
             }
         };
@@ -768,11 +768,20 @@ impl PgLockMgr {
         {
             Ok(t) => t,
             Err(e) => {
-                hold.give_up(&self.inner.server, self.inner.key);
+                self.let_go(hold).await;
                 return Err(with_op(e, Operation::Fence));
             }
         };
         Ok(PgLockGuard::new(hold, token, mode, self.clone()))
+    }
+
+    /// Lets go of a lock that was won but cannot be handed out, before the
+    /// error is returned: the next try of this process finds it free.
+    /// Dropped midway, the unlock still goes out.
+    async fn let_go(&self, hold: Hold) {
+        if let Some(unlocking) = hold.give_up(&self.inner.server, self.inner.key) {
+            let _ = unlocking.await;
+        }
     }
 
     /// The recorded exclusive holder, from the server's lock table.
