@@ -107,7 +107,7 @@ async fn waiting_on_a_network_class_file_system_polls() {
     let holder = Holder::start(&path);
     let lock = LockMgr::builder(&path).max_attempts(1).build();
     let tries = common::TryLog::default();
-    let _log = tracing::subscriber::set_default(tries.clone());
+    let _log = tries.install();
     let waiter = tokio::spawn({
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }

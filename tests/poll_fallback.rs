@@ -10,7 +10,8 @@
 //! waiter, and the try that wins must have been woken by one: the periodic
 //! recheck would also find the lock free, later, but a working poll never
 //! lets it come due. Alone in its test binary, because it exhausts the
-//! process's file descriptors.
+//! process's file descriptors; its two tests take turns (`SERIAL`), so that
+//! one does not free or take the descriptors the other counts on.
 
 mod common;
 
@@ -24,15 +25,24 @@ use std::time::Duration;
 use lockmgr::LockMgr;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[tokio::test(flavor = "current_thread")]
+// Held across awaits on purpose: the other test only takes it whole.
+#[allow(clippy::await_holding_lock)]
 async fn waiting_without_inotify_polls_and_wins() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
     // One attempt of 60 s: an event-less waiter that did not poll would
     // still be asleep when the liveness bound runs out.
     let lock = LockMgr::builder(&path).max_attempts(1).build();
     let tries = common::TryLog::default();
-    let _log = tracing::subscriber::set_default(tries.clone());
+    let _log = tries.install();
     // Started while descriptors are still to be had (it needs pipes).
     let held = common::Holder::start(&path);
 
@@ -78,6 +88,7 @@ async fn waiting_without_inotify_polls_and_wins() {
 
 #[test]
 fn waiting_with_no_thread_to_be_had_polls_and_wins() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.path().join("l.lock");

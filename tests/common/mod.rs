@@ -420,6 +420,17 @@ impl Drop for Foreign {
 pub struct TryLog(std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>);
 
 impl TryLog {
+    /// Makes this log the default subscriber of the calling thread until
+    /// the guard drops. Tracing caches per call site whether anyone
+    /// listens; a call site first reached on another thread while this one
+    /// was being installed can keep a "nobody" answer, so the cache is
+    /// rebuilt once the log is in place.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let guard = tracing::subscriber::set_default(self.clone());
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
+
     /// The tries so far.
     pub fn tries(&self) -> Vec<(bool, String)> {
         self.0.lock().unwrap().clone()
