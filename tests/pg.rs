@@ -120,6 +120,40 @@ async fn sigkill_of_the_holding_process_lets_a_waiter_in() {
     assert!(!guard.is_lost());
 }
 
+/// A session this process shares between its locks is terminated by an
+/// administrator just before another lock is taken: the try that finds it
+/// gone is made again on another session, and the lock is won. (Before,
+/// the acquire failed with `Connect`, "the session ended", in most rounds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_ended_under_a_try_is_replaced() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    // Settings of their own: sessions no other test of this binary shares.
+    let build = |name: &str| {
+        PgLockMgr::builder(&url, name)
+            .label("replaced-session")
+            .build()
+            .unwrap()
+    };
+    let first = build(&name("replaced-a"));
+    let second = build(&name("replaced-b"));
+    for round in 0..20 {
+        let held = first.acquire(true, LIVENESS).await.unwrap();
+        let backend = first.holder().await.unwrap().expect("held").pid as i32;
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&backend])
+            .await
+            .unwrap();
+        let other = second
+            .try_acquire()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        other.release().await.unwrap();
+        held.lost().await;
+        drop(held);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
     let Some(url) = common::pg_url() else { return };

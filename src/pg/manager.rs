@@ -14,7 +14,7 @@ use super::advisory_key;
 use super::fence;
 use super::gate::{Pass, Shut};
 use super::guard::{Hold, PgLockGuard};
-use super::session::{code, first_row, with_op, Pooling, Server, Session, Timeouts};
+use super::session::{code, first_row, session_gone, with_op, Pooling, Server, Session, Timeouts};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::Holder;
@@ -494,14 +494,24 @@ impl PgLockMgr {
     ) -> Result<(Arc<Session>, Pooling), LockError> {
         let server = &self.inner.server;
         let pooling = server.pooling(self.id(), deadline).await?;
-        let session = server.shared(self.id(), deadline).await?;
-        if !self.inner.table_ready.load(Ordering::Acquire) {
-            fence::ensure(&session, &self.inner.fence, self.request(), self.id())
-                .await
-                .map_err(|e| with_op(e, Operation::Fence))?;
-            self.inner.table_ready.store(true, Ordering::Release);
+        let mut again = true;
+        loop {
+            let session = server.shared(self.id(), deadline).await?;
+            if !self.inner.table_ready.load(Ordering::Acquire) {
+                match fence::ensure(&session, &self.inner.fence, self.request(), self.id()).await {
+                    Ok(()) => self.inner.table_ready.store(true, Ordering::Release),
+                    // The shared session ended under the request: once
+                    // more on another.
+                    Err(e) if again && session_gone(&e) => {
+                        session.end();
+                        again = false;
+                        continue;
+                    }
+                    Err(e) => return Err(with_op(e, Operation::Fence)),
+                }
+            }
+            return Ok((session, pooling));
         }
-        Ok((session, pooling))
     }
 
     async fn lock(
@@ -545,32 +555,47 @@ impl PgLockMgr {
                 });
             }
         };
-        // A session picked after the gate: the one the last holder used may
-        // have ended.
-        let (shared, pooling) = self.utility(deadline).await?;
-        match pooling {
-            Pooling::Transaction => {
-                self.lock_in_transaction(mode, policy, started, deadline, pass)
-                    .await
+        let mut pass = pass;
+        let mut tries_left = 2;
+        loop {
+            // A session picked after the gate: the one the last holder used
+            // may have ended.
+            let (shared, pooling) = self.utility(deadline).await?;
+            if pooling == Pooling::Transaction {
+                return self
+                    .lock_in_transaction(mode, policy, started, deadline, pass)
+                    .await;
             }
-            _ => {
-                match self
-                    .lock_shared(&shared, mode, policy, started, deadline, pass)
-                    .await
-                {
-                    // Statements hopped between backends: a transaction
-                    // pooler after all, found before any lock was won.
-                    Err(pass) => {
-                        self.inner.server.found_transaction_pooling();
-                        tracing::warn!(
-                            lock = %self.id(),
-                            "lockmgr: statements of one session ran on different backends: the \
-                             server is behind a transaction pooler; holding locks in transactions"
-                        );
-                        self.lock_in_transaction(mode, policy, started, deadline, pass)
-                            .await
-                    }
-                    Ok(result) => result,
+            tries_left -= 1;
+            match self
+                .lock_shared(
+                    &shared,
+                    mode,
+                    policy,
+                    started,
+                    deadline,
+                    pass,
+                    tries_left > 0,
+                )
+                .await
+            {
+                Shared::Done(result) => return result,
+                // The shared session ended under the try (terminated,
+                // or its network lost): nothing was taken; once more on
+                // another.
+                Shared::Ended(back) => pass = back,
+                // Statements hopped between backends: a transaction
+                // pooler after all, found before any lock was won.
+                Shared::Pooled(back) => {
+                    self.inner.server.found_transaction_pooling();
+                    tracing::warn!(
+                        lock = %self.id(),
+                        "lockmgr: statements of one session ran on different backends: the \
+                         server is behind a transaction pooler; holding locks in transactions"
+                    );
+                    return self
+                        .lock_in_transaction(mode, policy, started, deadline, back)
+                        .await;
                 }
             }
         }
@@ -579,6 +604,7 @@ impl PgLockMgr {
     /// Session-level locks on shared sessions: a try on a shared one, then a
     /// wait on a session of its own, which joins the shared ones once it
     /// holds the lock.
+    #[allow(clippy::too_many_arguments)]
     async fn lock_shared(
         &self,
         shared: &Arc<Session>,
@@ -587,7 +613,8 @@ impl PgLockMgr {
         started: Instant,
         deadline: Option<Instant>,
         pass: Pass,
-    ) -> Result<Result<PgLockGuard, LockError>, Pass> {
+        may_retry: bool,
+    ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
         let rows = match shared
@@ -595,26 +622,31 @@ impl PgLockMgr {
             .await
         {
             Ok(rows) => rows,
-            Err(e) => return Ok(Err(e)),
+            Err(e) if may_retry && session_gone(&e) => {
+                shared.end();
+                return Shared::Ended(pass);
+            }
+            Err(e) => return Shared::Done(Err(e)),
         };
         let (won, pid) = match lock_answer(&rows) {
             Some(answer) => answer,
-            None => return Ok(Err(self.odd(Operation::Lock, "no lock result"))),
+            None => return Shared::Done(Err(self.odd(Operation::Lock, "no lock result"))),
         };
         if pid != shared.pid() {
             // Nothing was taken: the statement makes sure of that.
-            return Err(pass);
+            return Shared::Pooled(pass);
         }
         tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
         if won {
             shared.held.fetch_add(1, Ordering::AcqRel);
-            return Ok(self
-                .won(Hold::shared(shared.clone(), mode, pass), mode)
-                .await);
+            return Shared::Done(
+                self.won(Hold::shared(shared.clone(), mode, pass), mode)
+                    .await,
+            );
         }
         let holder = self.holder_on(shared).await.ok().flatten();
         if !policy.waits {
-            return Ok(Err(LockError::WouldBlock {
+            return Shared::Done(Err(LockError::WouldBlock {
                 lock: id.clone(),
                 holder,
             }));
@@ -623,7 +655,7 @@ impl PgLockMgr {
         let server = &self.inner.server;
         let waiter = match server.connect(id, deadline).await {
             Ok(w) => w,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Shared::Done(Err(e)),
         };
         // Dropped mid-wait, this cancels the wait and ends its session.
         let mut armed = Armed::new(server, waiter.clone());
@@ -631,7 +663,7 @@ impl PgLockMgr {
             .simple(&sql::set_lock_timeout(policy.timeout), self.request(), id)
             .await
         {
-            return Ok(Err(e));
+            return Shared::Done(Err(e));
         }
         // The server bounds each attempt; the client allows it a margin.
         let bound = policy.timeout.saturating_add(self.request());
@@ -640,10 +672,10 @@ impl PgLockMgr {
             match waiter.simple(&statement, bound, id).await {
                 Ok(rows) => {
                     let Some((_, pid)) = lock_answer(&rows) else {
-                        return Ok(Err(self.odd(Operation::Lock, "no lock result")));
+                        return Shared::Done(Err(self.odd(Operation::Lock, "no lock result")));
                     };
                     if pid != waiter.pid() {
-                        return Err(pass);
+                        return Shared::Pooled(pass);
                     }
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
                     armed.disarm();
@@ -651,19 +683,19 @@ impl PgLockMgr {
                         .simple(sql::RESET_LOCK_TIMEOUT, self.request(), id)
                         .await
                     {
-                        return Ok(Err(e));
+                        return Shared::Done(Err(e));
                     }
                     waiter.held.fetch_add(1, Ordering::AcqRel);
                     server.share(&waiter);
-                    return Ok(self.won(Hold::shared(waiter, mode, pass), mode).await);
+                    return Shared::Done(self.won(Hold::shared(waiter, mode, pass), mode).await);
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
                     tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
                 }
-                Err(e) => return Ok(Err(with_op(e, Operation::Lock))),
+                Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
             }
         }
-        Ok(Err(LockError::TimedOut {
+        Shared::Done(Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: policy.max_attempts,
             waited: started.elapsed(),
@@ -749,30 +781,41 @@ impl PgLockMgr {
     /// makes the guard. If that fails, the lock is let go.
     async fn won(&self, hold: Hold, mode: LockMode) -> Result<PgLockGuard, LockError> {
         let pid = hold.backend_pid();
-        let (utility, _) = match self.utility(None).await {
-            Ok(u) => u,
+        match self.fence_token(pid).await {
+            Ok(token) => Ok(PgLockGuard::new(hold, token, mode, self.clone())),
             Err(e) => {
                 self.let_go(hold).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let token = match fence::next_token(
-            &utility,
-            &self.inner.fence,
-            &self.inner.name,
-            pid,
-            self.request(),
-            self.id(),
-        )
-        .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                self.let_go(hold).await;
-                return Err(with_op(e, Operation::Fence));
+        }
+    }
+
+    /// Draws the token on a shared session, and once more on another if
+    /// that session ends under the request (terminated, its network lost):
+    /// a token drawn by a request whose answer was lost is only a gap, as
+    /// tokens increase but need not follow each other.
+    async fn fence_token(&self, pid: i32) -> Result<u64, LockError> {
+        let mut again = true;
+        loop {
+            let (utility, _) = self.utility(None).await?;
+            match fence::next_token(
+                &utility,
+                &self.inner.fence,
+                &self.inner.name,
+                pid,
+                self.request(),
+                self.id(),
+            )
+            .await
+            {
+                Ok(token) => return Ok(token),
+                Err(e) if again && session_gone(&e) => {
+                    utility.end();
+                    again = false;
+                }
+                Err(e) => return Err(with_op(e, Operation::Fence)),
             }
-        };
-        Ok(PgLockGuard::new(hold, token, mode, self.clone()))
+        }
     }
 
     /// Lets go of a lock that was won but cannot be handed out, before the
@@ -824,6 +867,16 @@ impl PgLockMgr {
 fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32)> {
     let row = first_row(rows)?;
     Some((row.get(0) == Some("t"), row.get(1)?.parse().ok()?))
+}
+
+/// How a try on a shared session ended.
+enum Shared {
+    /// Won, failed or timed out: the acquire's answer.
+    Done(Result<PgLockGuard, LockError>),
+    /// The shared session ended under the first try: nothing was taken.
+    Ended(Pass),
+    /// Statements ran on different backends: a transaction pooler.
+    Pooled(Pass),
 }
 
 /// A session whose wait must not outlive the future that waits: dropped

@@ -315,6 +315,7 @@ impl Server {
             task,
             held: AtomicUsize::new(0),
             in_flight: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
         // Server side: give a silent client up as the client gives a silent
@@ -389,6 +390,9 @@ pub(super) struct Session {
     /// A request was sent and its answer has not come: set while one is
     /// awaited, and left set if it is given up or its future dropped.
     in_flight: AtomicBool,
+    /// Ended by this process: no longer picked, even before its driver
+    /// has stopped.
+    given_up: AtomicBool,
     /// The runtime the session lives on (for work a guard's drop leaves).
     pub(super) runtime: tokio::runtime::Handle,
 }
@@ -399,12 +403,13 @@ impl Session {
     }
 
     pub(super) fn is_ended(&self) -> bool {
-        *self.ended.borrow() || self.client.is_closed()
+        self.given_up.load(Ordering::Acquire) || *self.ended.borrow() || self.client.is_closed()
     }
 
     /// Ends the session now: the socket closes, and the server drops its
     /// locks (and, with `client_connection_check_interval`, any wait).
     pub(super) fn end(&self) {
+        self.given_up.store(true, Ordering::Release);
         self.task.abort();
     }
 
@@ -607,6 +612,21 @@ fn protocol_error(lock: &LockId, what: &str) -> LockError {
         source: Box::new(Failure::plain(format!(
             "unexpected answer from the server: {what}"
         ))),
+    }
+}
+
+/// Whether a request's failure means its session is gone: the connection
+/// ended, or the server ended it (a `FATAL` error: terminated by an
+/// administrator, a server shutting down).
+pub(super) fn session_gone(e: &LockError) -> bool {
+    match e {
+        LockError::Connect { .. } => true,
+        LockError::Server { source, .. } => source
+            .downcast_ref::<Failure>()
+            .and_then(|f| f.source.as_ref())
+            .and_then(|pg| pg.as_db_error())
+            .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC")),
+        _ => false,
     }
 }
 
