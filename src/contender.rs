@@ -7,6 +7,7 @@
 //! ([`crate::queue`]) and the waiting loop ([`crate::wait`]); it knows
 //! nothing of the public types built on it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,10 +20,12 @@ use tokio::time::Instant;
 
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
+use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
 use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
+use crate::proc_locks;
 use crate::queue::{self, Promise, Ticket};
-use crate::vocab::{LockKind, LockMode, Status};
+use crate::vocab::{LockFamily, LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
 /// What a file lock is: its path and options, shared by the clones of one
@@ -654,6 +657,126 @@ pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
         Probe::Held(LockMode::Shared) => Status::Shared,
         Probe::Free => Status::Free,
     })
+}
+
+/// The processes of this host that hold the lock file, or have it open,
+/// from `/proc`. A missing file has none.
+pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
+    let path = &config.path;
+    let read_error = |e: io::Error| LockError::io(path, Operation::Read, e);
+    let (file, record) = {
+        let fd = match os::open_existing(path) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(Holders::default()),
+            Err(e) => return Err(open_error(path, e, Operation::Read)),
+        };
+        (
+            proc_locks::Inode::of(&fd).map_err(read_error)?,
+            read_record(&fd),
+        )
+        // The descriptor closes here: it is not one of the open ones.
+    };
+    let entries = proc_locks::entries(file).map_err(read_error)?;
+    if entries.is_empty() {
+        return Ok(Holders::default());
+    }
+    let mut seen = proc_locks::descriptors(&[file]).map_err(read_error)?;
+    Ok(assemble(&entries, seen.remove(&file), record.as_ref()))
+}
+
+/// Every file of this host that is locked, or has a request blocked on it.
+pub(crate) fn locked_files() -> io::Result<Vec<LockedFile>> {
+    let mut by_file: BTreeMap<proc_locks::Inode, Vec<proc_locks::Entry>> = BTreeMap::new();
+    for (file, entry) in proc_locks::all_entries()? {
+        by_file.entry(file).or_default().push(entry);
+    }
+    let files: Vec<_> = by_file.keys().copied().collect();
+    let mut seen = proc_locks::descriptors(&files)?;
+    Ok(by_file
+        .into_iter()
+        .map(|(file, entries)| {
+            let seen = seen.remove(&file);
+            let path = seen.as_ref().and_then(|s| s.path.clone());
+            // The record, read through the path only when it is still the
+            // locked file.
+            let record = path.as_deref().and_then(|p| {
+                let fd = os::open_existing(p).ok()??;
+                let same = proc_locks::Inode::of(&fd).ok()? == file;
+                same.then(|| read_record(&fd)).flatten()
+            });
+            LockedFile {
+                path,
+                device: file.device(),
+                inode: file.inode(),
+                holders: assemble(&entries, seen, record.as_ref()),
+            }
+        })
+        .collect())
+}
+
+/// The holders of one file, from its `/proc/locks` lines and what the
+/// descriptors that have it open show.
+fn assemble(
+    entries: &[proc_locks::Entry],
+    seen: Option<proc_locks::Descriptors>,
+    record: Option<&Holder>,
+) -> Holders {
+    let mut found = Holders {
+        blocked_requests: entries.iter().filter(|e| e.blocked).count(),
+        ..Holders::default()
+    };
+    let holding = |pid: u32, family, mode| HoldingProcess {
+        pid,
+        command: proc_locks::command(pid),
+        family,
+        mode,
+        record: record
+            .filter(|r| r.pid == pid && !r.stale && mode == LockMode::Exclusive)
+            .cloned(),
+    };
+    for (pid, held) in seen.map(|s| s.by_pid).unwrap_or_default() {
+        if held.is_empty() {
+            found.open_without_lock.push(OpenProcess {
+                pid,
+                command: proc_locks::command(pid),
+            });
+        }
+        for lock in held {
+            found.holding.push(holding(pid, lock.family, lock.mode));
+        }
+    }
+    // Each lock of /proc/locks is matched with a process whose descriptor
+    // showed it; a lock left over is named by the kernel's pid when that
+    // process lives (a POSIX lock; the caller of flock), or unseen.
+    let mut pool: Vec<(u32, LockFamily, LockMode)> = found
+        .holding
+        .iter()
+        .map(|h| (h.pid, h.family, h.mode))
+        .collect();
+    for lock in entries.iter().filter(|e| !e.blocked) {
+        let same = |&(_, family, mode): &(u32, LockFamily, LockMode)| {
+            family == lock.family && mode == lock.mode
+        };
+        let by_pid = lock
+            .pid
+            .and_then(|pid| pool.iter().position(|p| same(p) && p.0 == pid));
+        let alive = lock.pid.filter(|&pid| proc_locks::alive(pid));
+        match (by_pid, alive) {
+            (Some(i), _) => drop(pool.swap_remove(i)),
+            (None, Some(pid)) => found.holding.push(holding(pid, lock.family, lock.mode)),
+            (None, None) => match pool.iter().position(same) {
+                Some(i) => drop(pool.swap_remove(i)),
+                None => found.unseen += 1,
+            },
+        }
+    }
+    found
+        .holding
+        .sort_by_key(|h| (h.pid, h.family, h.mode == LockMode::Shared));
+    found
+        .holding
+        .dedup_by(|a, b| (a.pid, a.family, a.mode) == (b.pid, b.family, b.mode));
+    found
 }
 
 /// A held file lock: the open file description that holds it, and what

@@ -86,7 +86,8 @@
 //! | OS | `watcher` | the process-wide inotify instance and its reader thread (the fallback signal) |
 //! | OS | `os` | the Linux calls; the only module allowed `unsafe` |
 //! | OS | `forkable` | process-wide state that a forked child starts without |
-//! | words | `vocab`, `error`, `holder` | [`LockKind`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format |
+//! | OS | `proc_locks` | what `/proc` says about the locks on a file and who holds them |
+//! | words | `vocab`, `error`, `holder`, `holders` | [`LockKind`], [`LockFamily`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format; [`Holders`] of a file on this host |
 //!
 //! The words are used by every layer and use none. The face drives the
 //! engine; the engine uses the OS layer; neither the engine nor the OS
@@ -110,6 +111,7 @@ mod error;
 mod forkable;
 mod guard;
 mod holder;
+mod holders;
 pub mod journal;
 mod kernel_wait;
 mod lock;
@@ -117,6 +119,7 @@ mod lock;
 mod os;
 #[cfg(feature = "postgres")]
 pub mod pg;
+mod proc_locks;
 mod queue;
 mod vocab;
 mod wait;
@@ -125,5 +128,6 @@ mod watcher;
 pub use error::{LockError, LockId, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
-pub use lock::{LockMgr, LockMgrBuilder};
-pub use vocab::{FileKind, LockKind, LockMode, Status};
+pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
+pub use lock::{locked_files, LockMgr, LockMgrBuilder};
+pub use vocab::{FileKind, LockFamily, LockKind, LockMode, Status};

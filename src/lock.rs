@@ -11,6 +11,7 @@ use crate::contender::{self, LockConfig};
 use crate::error::{LockError, LockId};
 use crate::guard::LockGuard;
 use crate::holder::Holder;
+use crate::holders::{Holders, LockedFile};
 use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::Policy;
 
@@ -453,6 +454,43 @@ impl LockMgr {
         contender::status(&self.inner)
     }
 
+    /// The processes of this host that hold the lock file, in any lock
+    /// family and whatever program they run (`flock(1)`, Python
+    /// `filelock`, SQLite, C programs, `lockmgr`), and those that have it
+    /// open without holding it, as the kernel tells it through `/proc`.
+    /// Takes no lock, and creates no file: a missing file has none.
+    ///
+    /// Use it to answer "who holds it?" when the holder wrote no record, and
+    /// to find a program that locks the file with the other family (see
+    /// [`Holders::other_family`]): `flock` and OFD locks do not see each
+    /// other.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotAFile`] for a path that is not a regular file, and
+    /// [`LockError::Io`] (with [`Operation::Read`](crate::Operation::Read))
+    /// when the file or `/proc/locks` cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use lockmgr::{LockFamily, LockMgr};
+    /// let lock = LockMgr::new(dir.path().join("jobs.lock"));
+    /// let guard = lock.try_acquire()?;
+    /// let holders = lock.holders()?;
+    /// assert_eq!(holders.holding.len(), 1);
+    /// assert_eq!(holders.holding[0].pid, std::process::id());
+    /// assert_eq!(holders.holding[0].family, LockFamily::Ofd);
+    /// drop(guard);
+    /// assert!(lock.holders()?.is_free());
+    /// # Ok(()) }
+    /// ```
+    pub fn holders(&self) -> Result<Holders, LockError> {
+        contender::holders(&self.inner)
+    }
+
     fn try_lock(&self, mode: LockMode) -> Result<LockGuard, LockError> {
         contender::try_lock(&self.inner, mode).map(LockGuard::new)
     }
@@ -483,6 +521,34 @@ impl fmt::Debug for LockMgr {
             .field("remove_on_release", &self.inner.remove_on_release)
             .finish()
     }
+}
+
+/// Every file of this host that is locked now, in any lock family, or that
+/// a request is blocked on, with its holders as
+/// [`LockMgr::holders`] finds them: what `lockmgr list` prints. Takes no
+/// lock. Paths come from the descriptors of the processes that have the
+/// files open (`None` when none this caller can see has it open).
+///
+/// # Errors
+///
+/// When `/proc/locks` or `/proc` cannot be read.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("jobs.lock");
+/// let guard = lockmgr::LockMgr::new(&path).try_acquire()?;
+/// let meta = std::fs::metadata(&path)?;
+/// let listed = lockmgr::locked_files()?;
+/// let jobs = listed.iter().find(|f| f.is(&meta)).expect("listed");
+/// assert_eq!(jobs.holders.holding[0].pid, std::process::id());
+/// # drop(guard);
+/// # Ok(()) }
+/// ```
+pub fn locked_files() -> std::io::Result<Vec<LockedFile>> {
+    contender::locked_files()
 }
 
 /// Opens (creating it if missing, never truncating) a data file for

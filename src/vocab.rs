@@ -40,6 +40,53 @@ impl fmt::Display for LockKind {
     }
 }
 
+/// A lock family of the Linux kernel, as `/proc/locks` names them: what
+/// [`Holders`](crate::Holders) says a holder uses.
+///
+/// `flock` locks and record locks (OFD and POSIX) do not see each other;
+/// OFD and POSIX locks exclude each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum LockFamily {
+    /// `flock(2)`: util-linux `flock(1)`, Python `filelock`, [`LockKind::Flock`].
+    Flock,
+    /// Open file description record locks (`F_OFD_SETLK`): [`LockKind::Ofd`].
+    Ofd,
+    /// Process-owned POSIX record locks (`F_SETLK`, `lockf`): SQLite,
+    /// Python `fcntl.lockf`. `lockmgr` never takes these.
+    Posix,
+}
+
+impl From<LockKind> for LockFamily {
+    fn from(kind: LockKind) -> LockFamily {
+        match kind {
+            LockKind::Ofd => LockFamily::Ofd,
+            LockKind::Flock => LockFamily::Flock,
+        }
+    }
+}
+
+impl LockFamily {
+    /// Whether a lock of this family keeps out a lock of `kind`.
+    pub fn excludes(self, kind: LockKind) -> bool {
+        matches!(
+            (self, kind),
+            (LockFamily::Flock, LockKind::Flock)
+                | (LockFamily::Ofd | LockFamily::Posix, LockKind::Ofd)
+        )
+    }
+}
+
+impl fmt::Display for LockFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockFamily::Flock => "flock",
+            LockFamily::Ofd => "ofd",
+            LockFamily::Posix => "posix",
+        })
+    }
+}
+
 /// Exclusive (writer) or shared (reader) ownership.
 ///
 /// ```

@@ -15,10 +15,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("vocab", &["holder"]),
     ("error", &["holder", "vocab"]),
     ("holder", &[]),
+    ("holders", &["holder", "vocab"]),
     // The OS layer: knows the words and nothing else.
     ("os", &["vocab"]),
     ("forkable", &["os"]),
     ("watcher", &[]),
+    ("proc_locks", &["vocab"]),
     // The engine: the OS layer and the words, never the face.
     ("queue", &["forkable", "os"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
@@ -31,8 +33,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "error",
             "holder",
+            "holders",
             "kernel_wait",
             "os",
+            "proc_locks",
             "queue",
             "vocab",
             "wait",
@@ -41,7 +45,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The face: the engine and the words, never the OS layer directly.
     (
         "lock",
-        &["contender", "error", "guard", "holder", "vocab", "wait"],
+        &[
+            "contender",
+            "error",
+            "guard",
+            "holder",
+            "holders",
+            "vocab",
+            "wait",
+        ],
     ),
     ("guard", &["contender", "error", "vocab"]),
     ("pg", &["error", "holder", "vocab", "wait"]),

@@ -4,6 +4,7 @@
 //! lockmgr run [--shared] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
 //!             [--label TEXT] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
 //! lockmgr status [--kind ofd|flock] [--json] [PG] LOCKFILE
+//! lockmgr list [--json] [DIR]
 //!
 //! PG: --postgres-env | --postgres-url-var VAR | --postgres URL
 //! ```
@@ -38,12 +39,14 @@
 //! Modules: `run` takes the lock and supervises the command, `signals`
 //! reads the signals it passes on (and tells the terminal's apart),
 //! `progress` shows a wait, `status` answers who holds a lock (text or
-//! JSON), `remote` does both on a `lockmgr::pg` lock, and `sys` holds the
+//! JSON), `list` lists the host's locked files, `remote` runs and answers
+//! on a `lockmgr::pg` lock, and `sys` holds the
 //! tool's only `unsafe` (the child's set-up between fork and exec).
 
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod list;
 mod progress;
 #[cfg(feature = "postgres")]
 mod remote;
@@ -78,6 +81,19 @@ enum Command {
     Run(RunArgs),
     /// Tell whether the lock is free, held exclusive or held shared, and by whom.
     Status(StatusArgs),
+    /// List every locked file of this host, or the lock files under DIR
+    /// (free ones too), with the processes that hold them.
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ListArgs {
+    /// Print a JSON array instead of lines.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// A directory: list the lock files under it (locked now, named
+    /// *.lock or *.lck, or holding a lockmgr record), free ones included.
+    pub(crate) dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,6 +254,7 @@ fn main() -> ExitCode {
         Command::Status(args) if args.pg.source().is_some() => rt.block_on(remote::status(args)),
         Command::Run(args) => rt.block_on(run::run(args, signals)),
         Command::Status(args) => status::status(args),
+        Command::List(args) => list::list(args),
     }
 }
 

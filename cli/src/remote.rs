@@ -131,7 +131,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     match lock.status().await {
-        Ok(status) => report(&args.lockfile, "postgres", status, args.json),
+        Ok(status) => report(&args.lockfile, "postgres", status, None, args.json),
         Err(e) => fail(&e.to_string()),
     }
 }

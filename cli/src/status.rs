@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
-use lockmgr::{Holder, LockMgr, Status};
+use lockmgr::{Holder, Holders, LockKind, LockMgr, Status};
 use serde::Serialize;
 
 use crate::{fail, StatusArgs};
@@ -19,13 +19,77 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    report(path, args.kind.name(), status, args.json)
+    let holders = match lock.holders() {
+        Ok(h) => h,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let on_host = OnHost {
+        kind: args.kind.into(),
+        holders: &holders,
+    };
+    report(path, args.kind.name(), status, Some(on_host), args.json)
+}
+
+/// What `/proc` says about a lock file, and the family that was asked about.
+pub(crate) struct OnHost<'a> {
+    kind: LockKind,
+    holders: &'a Holders,
+}
+
+impl OnHost<'_> {
+    /// The lines after the status sentence.
+    fn lines(&self) -> Vec<String> {
+        host_lines(self.holders, Some(self.kind))
+    }
+}
+
+/// One indented line per holder, then what else is known: a holder of the
+/// other family than `asked`, unseen locks, waiters.
+pub(crate) fn host_lines(h: &Holders, asked: Option<LockKind>) -> Vec<String> {
+    let mut lines: Vec<String> = h.holding.iter().map(|p| format!("  held by {p}")).collect();
+    if let Some(kind) = asked {
+        if let Some(other) = h.other_family(kind).next() {
+            lines.push(format!(
+                "  note: held with {family} locks, which {kind} locks do not see: you asked \
+                     for {kind} (--kind {family} asks about the lock that program takes)",
+                family = other.family
+            ));
+        }
+    }
+    if h.unseen > 0 {
+        lines.push(format!(
+            "  {} lock(s) whose process cannot be seen from here: another user's process \
+                 (run as root to name it), or another host of a network file system",
+            h.unseen
+        ));
+    }
+    if h.blocked_requests > 0 {
+        lines.push(format!(
+            "  {} request(s) blocked in the kernel waiting for it",
+            h.blocked_requests
+        ));
+    }
+    for p in &h.open_without_lock {
+        lines.push(format!(
+            "  open without a lock (waiting, or about to lock): {p}"
+        ));
+    }
+    lines
 }
 
 /// Prints a status and returns its exit code: 0 free, 1 held.
-pub(crate) fn report(path: &Path, kind: &str, status: Status, json: bool) -> ExitCode {
+pub(crate) fn report(
+    path: &Path,
+    kind: &str,
+    status: Status,
+    on_host: Option<OnHost<'_>>,
+    json: bool,
+) -> ExitCode {
     if json {
-        let object = StatusJson::new(path, kind, &status);
+        let mut object = StatusJson::new(path, kind, &status);
+        if let Some(on_host) = &on_host {
+            object.on_host = Some(HostJson::new(on_host.holders));
+        }
         match serde_json::to_string(&object) {
             Ok(line) => println!("{line}"),
             Err(e) => return fail(&format!("cannot write JSON: {e}")),
@@ -39,6 +103,9 @@ pub(crate) fn report(path: &Path, kind: &str, status: Status, json: bool) -> Exi
             _ => "in an unknown state".to_owned(),
         };
         println!("{}: {what}", path.display());
+        for line in on_host.iter().flat_map(OnHost::lines) {
+            println!("{line}");
+        }
     }
     match status {
         Status::Missing | Status::Free => ExitCode::SUCCESS,
@@ -51,12 +118,73 @@ pub(crate) fn report(path: &Path, kind: &str, status: Status, json: bool) -> Exi
 /// `{"lock": str, "kind": "ofd"|"flock"|"postgres", "state": "free"|"exclusive"|"shared",
 ///   "holder": null | {"pid": int, "host": str, "since": int, "since_utc": str,
 ///                     "label": str|null, "stale": bool}}`
+/// and, for lock files, what `/proc` says:
+/// `"holders": [{"pid": int, "command": str|null, "family": "flock"|"ofd"|"posix",
+///               "mode": "exclusive"|"shared", "record": null | {as "holder"}}],
+///  "unseen": int, "blocked_requests": int,
+///  "open_without_lock": [{"pid": int, "command": str|null}]`
 #[derive(Serialize)]
 struct StatusJson<'a> {
     lock: String,
     kind: &'a str,
     state: &'static str,
     holder: Option<HolderJson<'a>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    on_host: Option<HostJson<'a>>,
+}
+
+/// What `/proc` says about a lock file: the `holders`, `unseen`,
+/// `blocked_requests` and `open_without_lock` fields of `status` and
+/// `list`.
+#[derive(Serialize)]
+pub(crate) struct HostJson<'a> {
+    holders: Vec<ProcessJson<'a>>,
+    unseen: usize,
+    blocked_requests: usize,
+    open_without_lock: Vec<OpenJson<'a>>,
+}
+
+impl<'a> HostJson<'a> {
+    pub(crate) fn new(h: &'a Holders) -> Self {
+        HostJson {
+            holders: h
+                .holding
+                .iter()
+                .map(|p| ProcessJson {
+                    pid: p.pid,
+                    command: p.command.as_deref(),
+                    family: p.family.to_string(),
+                    mode: p.mode.to_string(),
+                    record: p.record.as_ref().map(HolderJson::new),
+                })
+                .collect(),
+            unseen: h.unseen,
+            blocked_requests: h.blocked_requests,
+            open_without_lock: h
+                .open_without_lock
+                .iter()
+                .map(|p| OpenJson {
+                    pid: p.pid,
+                    command: p.command.as_deref(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ProcessJson<'a> {
+    pid: u32,
+    command: Option<&'a str>,
+    family: String,
+    mode: String,
+    record: Option<HolderJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OpenJson<'a> {
+    pid: u32,
+    command: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +213,7 @@ impl<'a> StatusJson<'a> {
             kind,
             state,
             holder,
+            on_host: None,
         }
     }
 }

@@ -541,3 +541,115 @@ fn a_run_gets_in_when_a_foreign_holder_unlocks_without_closing() {
     let status = status.expect("lockmgr run still waits on a free lock");
     assert!(status.success());
 }
+
+/// util-linux `flock(1)` holds a file with its command: `status` (asked
+/// about OFD locks, which do not see it) says free, names both processes
+/// with their family, and says which `--kind` asks about their lock;
+/// `--json` carries the same. `list` names the file among the host's
+/// locked files, and under its directory, next to a free lock file.
+#[test]
+fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("backup.lock");
+    let free = dir.path().join("idle.lock");
+    std::fs::write(&free, b"").unwrap();
+    std::fs::write(dir.path().join("data.txt"), b"not a lock").unwrap();
+    let mut flock = Command::new("flock")
+        .args([s(&lock), "sh", "-c", "echo locked $$; exec cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(flock.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let command: u32 = line
+        .trim()
+        .strip_prefix("locked ")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = lockmgr(&["status", s(&lock)]);
+    assert_eq!(out.status.code(), Some(0), "free for OFD locks");
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{}: free\n", lock.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "held by flock pid {}, exclusive flock lock",
+            flock.id()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("held by cat pid {command}, exclusive flock lock")),
+        "{said}"
+    );
+    assert!(said.contains("you asked for ofd (--kind flock"), "{said}");
+
+    let out = lockmgr(&["status", "--kind", "flock", "--json", s(&lock)]);
+    assert_eq!(out.status.code(), Some(1), "held for flock locks");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["state"], "exclusive");
+    let holders = json["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 2, "{json}");
+    assert!(holders
+        .iter()
+        .all(|h| h["family"] == "flock" && h["mode"] == "exclusive" && h["record"].is_null()));
+    assert!(holders
+        .iter()
+        .any(|h| h["pid"] == flock.id() && h["command"] == "flock"));
+    assert_eq!(json["unseen"], 0);
+    assert_eq!(json["blocked_requests"], 0);
+    assert_eq!(json["open_without_lock"], serde_json::json!([]));
+
+    // The host's locked files include this one, by path.
+    let out = lockmgr(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == s(&lock))
+        .unwrap_or_else(|| panic!("{} not listed in {all}", lock.display()));
+    assert_eq!(ours["state"], "exclusive");
+    assert_eq!(ours["holders"].as_array().unwrap().len(), 2);
+
+    // Under the directory: the locked file and the free lock file, not the
+    // data file.
+    let out = lockmgr(&["list", s(dir.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!("{}: held exclusive\n", lock.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("  held by cat pid {command}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{}: free\n", free.display())),
+        "{said}"
+    );
+    assert!(!said.contains("data.txt"), "{said}");
+
+    drop(flock.stdin.take());
+    assert!(flock.wait().unwrap().success());
+    let out = lockmgr(&["list", "--json", s(dir.path())]);
+    let under: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        under
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["state"] == "free"),
+        "{under}"
+    );
+    assert!(!lockmgr(&["list", "/nonexistent-dir"]).status.success());
+}

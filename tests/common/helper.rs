@@ -21,6 +21,8 @@
 //!
 //! - `wait-without-threads PATH`: wait with no thread to be had (run it as
 //!   an unprivileged user); `waiting`, then `locked <what woke the try>`.
+//! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
+//!   `error: ...`), as `LockMgr::holders` finds them.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
 //!   closes, or `error: <the error's message>`.
 //!
@@ -128,6 +130,7 @@ pub fn run(args: Vec<String>) -> ! {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
         ["try", path, opts @ ..] => try_hold(options(path, opts)),
         ["wait-without-threads", path] => wait_without_threads(path),
+        ["holders", path] => holders(path),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
         ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
@@ -222,13 +225,24 @@ mod pg {
     }
 }
 
+/// `LockMgr::holders`, as this process (and its user) can see them.
+fn holders(path: &str) {
+    match LockMgr::new(path).holders() {
+        Ok(h) => {
+            let pids: Vec<String> = h.holding.iter().map(|p| p.pid.to_string()).collect();
+            println!("holding {} unseen {}", pids.join(","), h.unseen);
+        }
+        Err(e) => println!("error: {e}"),
+    }
+}
+
 /// Waits for the lock with no thread to be had (`RLIMIT_NPROC` reached, as
 /// for a user at its process limit): prints `waiting` once the waiter has
 /// made a few tries, then `locked <what woke the winning try>`.
 fn wait_without_threads(path: &str) {
     use nix::sys::resource::{setrlimit, Resource};
     let tries = super::TryLog::default();
-    let _log = tracing::subscriber::set_default(tries.clone());
+    let _log = tries.install();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,175 @@
+//! `lockmgr list`: every locked file of this host, or the lock files under
+//! a directory (free ones too), with who holds them.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use lockmgr::{locked_files, Holders, LockedFile};
+use nix::fcntl::OFlag;
+use serde::Serialize;
+
+use crate::status::{host_lines, HostJson};
+use crate::{fail, ListArgs};
+
+/// The most files looked at under a directory: a listing is for people.
+const MAX_FILES: usize = 100_000;
+
+/// One listed file.
+struct Row<'a> {
+    path: Option<PathBuf>,
+    locked: Option<&'a LockedFile>,
+}
+
+pub(crate) fn list(args: ListArgs) -> ExitCode {
+    let locked = match locked_files() {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot read the host's locks (/proc/locks): {e}")),
+    };
+    let rows: Vec<Row<'_>> = match &args.dir {
+        None => locked
+            .iter()
+            .map(|l| Row {
+                path: l.path.clone(),
+                locked: Some(l),
+            })
+            .collect(),
+        Some(dir) => {
+            let mut files = Vec::new();
+            if let Err(e) = walk(dir, &mut files) {
+                return fail(&format!("cannot list {}: {e}", dir.display()));
+            }
+            files
+                .into_iter()
+                .filter_map(|(path, meta)| {
+                    let locked = locked.iter().find(|l| l.is(&meta));
+                    (locked.is_some() || was_a_lock_file(&path)).then_some(Row {
+                        path: Some(path),
+                        locked,
+                    })
+                })
+                .collect()
+        }
+    };
+    if args.json {
+        let objects: Vec<FileJson<'_>> = rows.iter().map(FileJson::new).collect();
+        match serde_json::to_string(&objects) {
+            Ok(line) => println!("{line}"),
+            Err(e) => return fail(&format!("cannot write JSON: {e}")),
+        }
+    } else {
+        for row in &rows {
+            let name = match (&row.path, row.locked) {
+                (Some(p), _) => p.display().to_string(),
+                (None, Some(l)) => {
+                    format!("(no visible path: device {}, inode {})", l.device, l.inode)
+                }
+                (None, None) => continue,
+            };
+            match row.locked {
+                None => println!("{name}: free"),
+                Some(l) => {
+                    println!("{name}: {}", state(&l.holders));
+                    for line in host_lines(&l.holders, None) {
+                        println!("{line}");
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn state(h: &Holders) -> &'static str {
+    if h.is_free() {
+        "free, with requests waiting"
+    } else if h
+        .holding
+        .iter()
+        .any(|p| p.mode == lockmgr::LockMode::Exclusive)
+    {
+        "held exclusive"
+    } else {
+        "held shared"
+    }
+}
+
+/// The regular files under `dir`, without following symbolic links.
+fn walk(dir: &Path, files: &mut Vec<(PathBuf, fs::Metadata)>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if files.len() >= MAX_FILES {
+            return Ok(());
+        }
+        if meta.is_dir() {
+            // A directory that cannot be read is skipped, not fatal.
+            let _ = walk(&entry.path(), files);
+        } else if meta.is_file() {
+            files.push((entry.path(), meta));
+        }
+    }
+    Ok(())
+}
+
+/// A free file that was a lock file: named like one, or holding a
+/// `lockmgr` holder record.
+fn was_a_lock_file(path: &Path) -> bool {
+    let named = path.extension().is_some_and(|e| e == "lock" || e == "lck");
+    named || starts_with_record(path)
+}
+
+fn starts_with_record(path: &Path) -> bool {
+    const TAG: &[u8] = b"lockmgr-holder/";
+    let mut head = [0u8; TAG.len()];
+    // O_NONBLOCK: a file that became a FIFO since it was listed must not
+    // hang the listing.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY).bits())
+            .open(path)
+    };
+    opened
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == TAG)
+}
+
+/// One object of `list --json` (stable, documented in the README):
+/// `{"path": str|null, "device": int, "inode": int,
+///   "state": "free"|"exclusive"|"shared"|"waited-for", ...the fields of HostJson}`
+#[derive(Serialize)]
+struct FileJson<'a> {
+    path: Option<String>,
+    device: Option<u64>,
+    inode: Option<u64>,
+    state: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    on_host: Option<HostJson<'a>>,
+}
+
+impl<'a> FileJson<'a> {
+    fn new(row: &Row<'a>) -> Self {
+        let state = match row.locked.map(|l| &l.holders) {
+            None => "free",
+            Some(h) if h.is_free() => "waited-for",
+            Some(h)
+                if h.holding
+                    .iter()
+                    .any(|p| p.mode == lockmgr::LockMode::Exclusive) =>
+            {
+                "exclusive"
+            }
+            Some(_) => "shared",
+        };
+        FileJson {
+            path: row.path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            device: row.locked.map(|l| l.device),
+            inode: row.locked.map(|l| l.inode),
+            state,
+            on_host: row.locked.map(|l| HostJson::new(&l.holders)),
+        }
+    }
+}

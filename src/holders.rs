@@ -1,0 +1,141 @@
+//! Who holds a lock file on this host, whatever program took the lock, and
+//! who has it open: [`Holders`], as the kernel tells it through `/proc`
+//! (from [`LockMgr::holders`](crate::LockMgr::holders)).
+//!
+//! Not to be confused with [`Holder`], the record a `lockmgr` holder writes
+//! into the lock file: a [`HoldingProcess`] carries that record when the
+//! file has one for it.
+
+use std::fmt;
+
+use crate::holder::Holder;
+use crate::vocab::{LockFamily, LockKind, LockMode};
+
+/// A process of this host that holds a lock on the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HoldingProcess {
+    /// Its process id.
+    pub pid: u32,
+    /// Its name as the kernel keeps it (`/proc/PID/comm`, at most 15
+    /// bytes), when it could be read. Never its command line, which may
+    /// carry secrets.
+    pub command: Option<String>,
+    /// The lock family of its lock.
+    pub family: LockFamily,
+    /// Whether it holds the lock exclusively or shared.
+    pub mode: LockMode,
+    /// The holder record in the lock file, when it names this process.
+    pub record: Option<Holder>,
+}
+
+impl fmt::Display for HoldingProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.command {
+            Some(command) => write!(f, "{command} pid {}", self.pid)?,
+            None => write!(f, "pid {}", self.pid)?,
+        }
+        write!(f, ", {} {} lock", self.mode, self.family)?;
+        if let Some(record) = &self.record {
+            write!(f, " (since {}", record.since_utc())?;
+            if let Some(label) = &record.label {
+                write!(f, ", label {label}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// A process of this host that has the lock file open and holds no lock
+/// through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenProcess {
+    /// Its process id.
+    pub pid: u32,
+    /// Its name (`/proc/PID/comm`), when it could be read.
+    pub command: Option<String>,
+}
+
+impl fmt::Display for OpenProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.command {
+            Some(command) => write!(f, "{command} pid {}", self.pid),
+            None => write!(f, "pid {}", self.pid),
+        }
+    }
+}
+
+/// What the kernel says about a lock file: the processes of this host that
+/// hold a lock on it, in every lock family, and those that wait for it.
+///
+/// Found without taking or disturbing any lock. A file nobody locks costs
+/// one read of `/proc/locks`; otherwise every process's open descriptors
+/// are looked at (one `stat` each), as util-linux `lslocks` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holders {
+    /// The holding processes, by pid. Several for a shared lock, and for a
+    /// lock whose open file description several processes share (a forked
+    /// child, `flock(1)` and its command).
+    pub holding: Vec<HoldingProcess>,
+    /// Locks on the file whose process could not be named: it belongs to
+    /// another user (whose descriptors only a privileged caller can read),
+    /// or to another host of a network file system.
+    pub unseen: usize,
+    /// Requests blocked in the kernel for this file (`F_SETLKW`,
+    /// `F_OFD_SETLKW`, a blocking `flock`): `lockmgr` waiters (one helper
+    /// thread per waiting process, file and mode), `flock(1)` without `-n`.
+    pub blocked_requests: usize,
+    /// Processes that have the file open without holding a lock through it:
+    /// waiters (a `lockmgr` waiter keeps the file open while it waits), and
+    /// processes between their open and their lock, or done with the lock.
+    /// Listed only while the file is locked.
+    pub open_without_lock: Vec<OpenProcess>,
+}
+
+impl Holders {
+    /// Whether no lock of any family is held on the file.
+    pub fn is_free(&self) -> bool {
+        self.holding.is_empty() && self.unseen == 0
+    }
+
+    /// The holders whose lock keeps out a lock of `kind`.
+    pub fn excluding(&self, kind: LockKind) -> impl Iterator<Item = &HoldingProcess> {
+        self.holding.iter().filter(move |h| h.family.excludes(kind))
+    }
+
+    /// The holders whose lock does not see a lock of `kind` (the other
+    /// family): a program that locks this file the other way.
+    pub fn other_family(&self, kind: LockKind) -> impl Iterator<Item = &HoldingProcess> {
+        self.holding
+            .iter()
+            .filter(move |h| !h.family.excludes(kind))
+    }
+}
+
+/// A file of this host that is locked (or that a request waits for), as
+/// `lockmgr::locked_files()` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockedFile {
+    /// The file's path, as a descriptor of a process that has it open names
+    /// it; `None` when no process this caller can see has it open, or it
+    /// was deleted.
+    pub path: Option<std::path::PathBuf>,
+    /// Its device number (`st_dev`).
+    pub device: u64,
+    /// Its inode number.
+    pub inode: u64,
+    /// Who holds it and who waits.
+    pub holders: Holders,
+}
+
+impl LockedFile {
+    /// Whether `meta` (of a path) describes this file.
+    pub fn is(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        meta.dev() == self.device && meta.ino() == self.inode
+    }
+}

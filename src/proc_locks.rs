@@ -1,0 +1,256 @@
+//! What the kernel says about the locks on a file: `/proc/locks` lists every
+//! lock of the host (and every request blocked behind one), and each
+//! descriptor's `/proc/PID/fdinfo/FD` lists the locks held through it, which
+//! is how holders are named whose lock `/proc/locks` does not tie to a
+//! process (OFD locks show pid -1; a `flock` lock shows the process that
+//! took it, which may have exited while a forked child keeps the lock).
+//!
+//! Reading never takes or disturbs a lock. When nothing locks the file, the
+//! cost is one read of `/proc/locks`; only then are the processes' open
+//! descriptors looked at (one `stat` each, and the `fdinfo` of those that
+//! are the lock file).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use crate::vocab::{LockFamily, LockMode};
+
+/// A file, as `/proc/locks` names it: device major and minor, and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Inode {
+    major: u64,
+    minor: u64,
+    ino: u64,
+}
+
+impl Inode {
+    /// The file open at `fd`.
+    pub(crate) fn of(fd: impl AsFd) -> io::Result<Inode> {
+        Ok(Inode::from_stat(&nix::sys::stat::fstat(fd.as_fd())?))
+    }
+
+    /// The device number (`st_dev`) of the file.
+    pub(crate) fn device(&self) -> u64 {
+        nix::sys::stat::makedev(self.major, self.minor)
+    }
+
+    /// The inode number of the file.
+    pub(crate) fn inode(&self) -> u64 {
+        self.ino
+    }
+
+    fn from_stat(st: &nix::sys::stat::FileStat) -> Inode {
+        Inode {
+            major: nix::sys::stat::major(st.st_dev),
+            minor: nix::sys::stat::minor(st.st_dev),
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// One line of `/proc/locks` (or an fdinfo `lock:` line) for the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) family: LockFamily,
+    pub(crate) mode: LockMode,
+    /// The process the kernel ties the lock to: none for OFD locks.
+    pub(crate) pid: Option<u32>,
+    /// A request blocked behind a held lock (`->` lines).
+    pub(crate) blocked: bool,
+}
+
+/// Parses one lock line (`1: FLOCK  ADVISORY  WRITE 812 fe:00:1234 0 EOF`,
+/// `1: -> POSIX ...`); `None` for lines it does not know.
+fn parse(line: &str) -> Option<(Inode, Entry)> {
+    let mut words = line.split_whitespace();
+    words.next()?.strip_suffix(':')?;
+    let mut word = words.next()?;
+    let blocked = word == "->";
+    if blocked {
+        word = words.next()?;
+    }
+    let family = match word {
+        "FLOCK" => LockFamily::Flock,
+        "POSIX" => LockFamily::Posix,
+        "OFDLCK" => LockFamily::Ofd,
+        // Leases, delegations: not locks a lock manager takes.
+        _ => return None,
+    };
+    // ADVISORY or MANDATORY, then the mode.
+    words.next()?;
+    let mode = match words.next()? {
+        "READ" => LockMode::Shared,
+        "WRITE" => LockMode::Exclusive,
+        _ => return None,
+    };
+    let pid = words.next()?.parse::<i64>().ok()?;
+    let mut id = words.next()?.split(':');
+    let major = u64::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+    let ino = id.next()?.parse().ok()?;
+    let entry = Entry {
+        family,
+        mode,
+        pid: u32::try_from(pid).ok().filter(|&p| p > 0),
+        blocked,
+    };
+    Some((Inode { major, minor, ino }, entry))
+}
+
+/// The locks and blocked requests on `file`, from `/proc/locks`.
+pub(crate) fn entries(file: Inode) -> io::Result<Vec<Entry>> {
+    Ok(all_entries()?
+        .into_iter()
+        .filter(|(i, _)| *i == file)
+        .map(|(_, e)| e)
+        .collect())
+}
+
+/// Every lock and blocked request of the host, by file.
+pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
+    let text = fs::read_to_string("/proc/locks")?;
+    Ok(text.lines().filter_map(parse).collect())
+}
+
+/// What the processes' descriptors show about one file.
+#[derive(Debug, Default)]
+pub(crate) struct Descriptors {
+    /// Per process: the locks its descriptors of the file hold (none: it
+    /// has the file open without holding a lock through it).
+    pub(crate) by_pid: BTreeMap<u32, Vec<Entry>>,
+    /// The file's path, as a descriptor of it names it (`/proc/PID/fd/N`),
+    /// unless it was deleted.
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// Every process of this host that has one of `files` open, and the locks
+/// held through its descriptors of them. Processes whose descriptors cannot
+/// be read (another user's, without the privilege to look) are skipped.
+pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descriptors>> {
+    let mut found: HashMap<Inode, Descriptors> = HashMap::new();
+    for proc_entry in fs::read_dir("/proc")? {
+        let Ok(proc_entry) = proc_entry else { continue };
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Another user's (without privilege), exited meanwhile, or a kernel
+        // thread.
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds {
+            let Ok(fd) = fd else { continue };
+            // `stat` follows the descriptor's link to the open file.
+            let Ok(st) = nix::sys::stat::stat(&fd.path()) else {
+                continue;
+            };
+            let file = Inode::from_stat(&st);
+            if !files.contains(&file) {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let locks: Vec<Entry> = fs::read_to_string(info)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.strip_prefix("lock:"))
+                .filter_map(parse)
+                .filter(|(i, e)| *i == file && !e.blocked)
+                .map(|(_, e)| e)
+                .collect();
+            let seen = found.entry(file).or_default();
+            if seen.path.is_none() {
+                seen.path = fs::read_link(fd.path())
+                    .ok()
+                    .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
+            }
+            let held = seen.by_pid.entry(pid).or_default();
+            for lock in locks {
+                if !held
+                    .iter()
+                    .any(|h| h.family == lock.family && h.mode == lock.mode)
+                {
+                    held.push(lock);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The process's name as the kernel keeps it (`/proc/PID/comm`: at most 15
+/// bytes). Never its command line, which may carry secrets.
+pub(crate) fn command(pid: u32) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let comm = comm.trim_end_matches('\n');
+    (!comm.is_empty()).then(|| comm.to_owned())
+}
+
+/// Whether process `pid` exists on this host.
+pub(crate) fn alive(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_for(line: &str, file: Inode) -> Option<Entry> {
+        parse(line).filter(|(i, _)| *i == file).map(|(_, e)| e)
+    }
+
+    const FILE: Inode = Inode {
+        major: 0xfe,
+        minor: 0,
+        ino: 10010645,
+    };
+
+    #[test]
+    fn lines_of_every_family_parse() {
+        let e = parse_for("1: FLOCK  ADVISORY  WRITE 26247 fe:00:10010645 0 EOF", FILE).unwrap();
+        assert_eq!(
+            e,
+            Entry {
+                family: LockFamily::Flock,
+                mode: LockMode::Exclusive,
+                pid: Some(26247),
+                blocked: false
+            }
+        );
+        let e = parse_for("2: OFDLCK ADVISORY  READ -1 fe:00:10010645 0 EOF", FILE).unwrap();
+        assert_eq!(
+            (e.family, e.mode, e.pid),
+            (LockFamily::Ofd, LockMode::Shared, None)
+        );
+        let e = parse_for("3: -> POSIX  ADVISORY  WRITE 77 fe:00:10010645 0 EOF", FILE).unwrap();
+        assert_eq!(
+            (e.family, e.pid, e.blocked),
+            (LockFamily::Posix, Some(77), true)
+        );
+        // An fdinfo line, after its `lock:` prefix.
+        let e = parse_for("\t1: OFDLCK ADVISORY  WRITE -1 fe:00:10010645 0 EOF", FILE).unwrap();
+        assert_eq!(e.family, LockFamily::Ofd);
+    }
+
+    #[test]
+    fn other_files_leases_and_garbage_are_skipped() {
+        for line in [
+            "1: FLOCK  ADVISORY  WRITE 1 fe:01:10010645 0 EOF",
+            "1: FLOCK  ADVISORY  WRITE 1 fe:00:10010646 0 EOF",
+            "1: LEASE  ACTIVE    READ 1 fe:00:10010645 0 EOF",
+            "1: DELEG  ACTIVE    READ 1 fe:00:10010645 0 EOF",
+            "garbage",
+            "",
+            "1: FLOCK",
+            "1: FLOCK ADVISORY WRITE x fe:00:10010645 0 EOF",
+        ] {
+            assert_eq!(parse_for(line, FILE), None, "{line}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `LockMgr::holders`: every process of this host that holds a lock file
+//! is named, whatever program took the lock and with which family, next to
+//! real foreign holders: a C program with an OFD, a POSIX or a `flock`
+//! lock (and its forked child), util-linux `flock(1)` and its command,
+//! Python `filelock`, and `lockmgr` in another process, with its record.
+//! Waiters are seen too.
+
+mod common;
+
+use std::io::BufReader;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{Foreign, LIVENESS};
+use lockmgr::{HoldingProcess, LockFamily, LockKind, LockMgr, LockMode, Status};
+
+/// The holders as (pid, family, mode), in pid order.
+fn held(lock: &LockMgr) -> Vec<(u32, LockFamily, LockMode)> {
+    lock.holders()
+        .unwrap()
+        .holding
+        .iter()
+        .map(|h| (h.pid, h.family, h.mode))
+        .collect()
+}
+
+fn find(lock: &LockMgr, pid: u32) -> HoldingProcess {
+    let holders = lock.holders().unwrap();
+    holders
+        .holding
+        .iter()
+        .find(|h| h.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not among {holders:?}"))
+        .clone()
+}
+
+#[test]
+fn a_foreign_holder_of_each_family_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (family, mode, want_family, want_mode) in [
+        ("ofd", "ex", LockFamily::Ofd, LockMode::Exclusive),
+        ("ofd", "sh", LockFamily::Ofd, LockMode::Shared),
+        ("posix", "ex", LockFamily::Posix, LockMode::Exclusive),
+        ("posix", "sh", LockFamily::Posix, LockMode::Shared),
+        ("flock", "ex", LockFamily::Flock, LockMode::Exclusive),
+        ("flock", "sh", LockFamily::Flock, LockMode::Shared),
+    ] {
+        let path = dir.path().join(format!("{family}-{mode}.lock"));
+        let lock = LockMgr::new(&path);
+        let holder = Foreign::start(family, mode, &path);
+        assert_eq!(
+            held(&lock),
+            [(holder.pid(), want_family, want_mode)],
+            "{family} {mode}"
+        );
+        let named = find(&lock, holder.pid());
+        assert_eq!(named.command.as_deref(), Some("foreign-holder"));
+        assert_eq!(named.record, None, "a foreign holder writes no record");
+        holder.finish();
+        let after = lock.holders().unwrap();
+        assert!(after.is_free(), "{family} {mode}: {after:?}");
+    }
+}
+
+#[test]
+fn every_shared_holder_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.lock");
+    let lock = LockMgr::new(&path);
+    let a = Foreign::start("ofd", "sh", &path);
+    let b = Foreign::start("ofd", "sh", &path);
+    let c = Foreign::start("posix", "sh", &path);
+    let mine = lock.try_acquire_shared().unwrap();
+    let mut want = vec![
+        (a.pid(), LockFamily::Ofd, LockMode::Shared),
+        (b.pid(), LockFamily::Ofd, LockMode::Shared),
+        (c.pid(), LockFamily::Posix, LockMode::Shared),
+        (std::process::id(), LockFamily::Ofd, LockMode::Shared),
+    ];
+    want.sort_by_key(|&(pid, family, mode)| (pid, family, mode == LockMode::Shared));
+    assert_eq!(held(&lock), want);
+    drop(mine);
+    a.finish();
+    b.finish();
+    c.finish();
+}
+
+/// A forked child that keeps the descriptor keeps the lock with its
+/// parent (`flock` and OFD locks belong to the open file description):
+/// both are named.
+#[test]
+fn a_forked_child_sharing_the_lock_is_named_with_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    for family in [("flock", LockFamily::Flock), ("ofd", LockFamily::Ofd)] {
+        let path = dir.path().join(format!("{}.lock", family.0));
+        let lock = LockMgr::new(&path);
+        let mut parent = Foreign::start(family.0, "ex", &path);
+        let child: u32 = parent
+            .command("fork")
+            .strip_prefix("child ")
+            .expect("child <pid>")
+            .parse()
+            .unwrap();
+        let mut want = vec![
+            (parent.pid(), family.1, LockMode::Exclusive),
+            (child, family.1, LockMode::Exclusive),
+        ];
+        want.sort_by_key(|&(pid, family, mode)| (pid, family, mode == LockMode::Shared));
+        assert_eq!(held(&lock), want, "{}", family.0);
+        parent.finish();
+    }
+}
+
+/// util-linux `flock(1)` holds the lock for its command, which inherits the
+/// descriptor: both are named, with the `flock` family. Asked about OFD
+/// locks, the file is free (the families do not see each other), and
+/// `other_family` says who locks it the other way.
+#[test]
+fn flock_1_and_its_command_are_named_and_the_wrong_family_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flock1.lock");
+    std::fs::write(&path, b"").unwrap();
+    // `flock` prints nothing; its command says when it runs under the lock.
+    let mut flock = Command::new("flock")
+        .arg("-x")
+        .arg(&path)
+        .args(["sh", "-c", "echo locked $$; exec cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let mut said = common::role_lines(BufReader::new(flock.stdout.take().unwrap()));
+    let line = said.next().expect("the command ran");
+    let command: u32 = line.strip_prefix("locked ").unwrap().parse().unwrap();
+
+    let ofd = LockMgr::new(&path);
+    let flock_kind = LockMgr::builder(&path).kind(LockKind::Flock).build();
+    assert_eq!(
+        flock_kind.holders().unwrap(),
+        ofd.holders().unwrap(),
+        "the same processes, whatever family is asked about"
+    );
+    let mut want = vec![
+        (flock.id(), LockFamily::Flock, LockMode::Exclusive),
+        (command, LockFamily::Flock, LockMode::Exclusive),
+    ];
+    want.sort_by_key(|&(pid, family, mode)| (pid, family, mode == LockMode::Shared));
+    assert_eq!(held(&ofd), want);
+    assert_eq!(find(&ofd, flock.id()).command.as_deref(), Some("flock"));
+    assert_eq!(find(&ofd, command).command.as_deref(), Some("cat"));
+
+    assert_eq!(
+        ofd.status().unwrap(),
+        Status::Free,
+        "OFD locks do not see it"
+    );
+    let holders = ofd.holders().unwrap();
+    assert_eq!(holders.excluding(LockKind::Ofd).count(), 0);
+    assert_eq!(holders.other_family(LockKind::Ofd).count(), 2);
+    assert_eq!(holders.excluding(LockKind::Flock).count(), 2);
+
+    drop(flock.stdin.take());
+    assert!(flock.wait().unwrap().success());
+    assert!(ofd.holders().unwrap().is_free());
+}
+
+/// Python `filelock` (`fcntl.flock` under the hood) is named as a `flock`
+/// holder: the family a `LockKind::Ofd` lock does not see.
+#[test]
+fn a_python_filelock_holder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("py.lock");
+    let script = "import filelock, os, sys\n\
+                  with filelock.FileLock(sys.argv[1]):\n    \
+                  print('locked', os.getpid(), flush=True)\n    \
+                  sys.stdin.read()\n";
+    // The system's Python, where scripts/test installs python3-filelock.
+    let mut python = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3");
+    let mut said = common::role_lines(BufReader::new(python.stdout.take().unwrap()));
+    let line = said.next();
+    assert!(
+        line.as_deref().is_some_and(|l| l.starts_with("locked")),
+        "Python filelock said {line:?} (scripts/test installs python3-filelock)"
+    );
+    let lock = LockMgr::new(&path);
+    assert_eq!(
+        held(&lock),
+        [(python.id(), LockFamily::Flock, LockMode::Exclusive)]
+    );
+    assert_eq!(find(&lock, python.id()).command.as_deref(), Some("python3"));
+    assert_eq!(
+        lock.holders().unwrap().other_family(LockKind::Ofd).count(),
+        1
+    );
+    drop(python.stdin.take());
+    assert!(python.wait().unwrap().success());
+    assert!(lock.holders().unwrap().is_free());
+}
+
+/// A `lockmgr` holder in another process is named with its record; a
+/// waiter in a third is seen blocked in the kernel, with the file open and
+/// no lock through it.
+#[tokio::test]
+async fn a_lockmgr_holder_has_its_record_and_its_waiter_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockmgr.lock");
+    let lock = LockMgr::new(&path);
+    let holder = common::Holder::start_with(&path, "hold", &["--label=nightly"]);
+    let named = find(&lock, holder.pid() as u32);
+    assert_eq!(named.command.as_deref().map(|c| c.is_empty()), Some(false));
+    assert_eq!(
+        (named.family, named.mode),
+        (LockFamily::Ofd, LockMode::Exclusive)
+    );
+    let record = named.record.expect("the holder's record");
+    assert_eq!(record.pid, holder.pid() as u32);
+    assert_eq!(record.label.as_deref(), Some("nightly"));
+
+    let mut waiter = common::helper_command("hold", [path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(LIVENESS, async {
+        while common::blocked_on(&path) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiter never blocked in the kernel");
+    let holders = lock.holders().unwrap();
+    assert_eq!(holders.blocked_requests, 1, "{holders:?}");
+    assert!(
+        holders
+            .open_without_lock
+            .iter()
+            .any(|p| p.pid == waiter.id()),
+        "{holders:?}"
+    );
+    assert_eq!(holders.holding.len(), 1, "{holders:?}");
+    drop(holder);
+    drop(waiter.stdin.take());
+    let _ = waiter.kill();
+    let _ = waiter.wait();
+}
+
+/// Another user's holders, seen by an unprivileged caller: a POSIX lock is
+/// named by the pid `/proc/locks` gives; an OFD lock, whose process only
+/// its descriptors tell, is counted as unseen, not left out.
+#[test]
+fn locks_of_processes_the_caller_cannot_see_are_counted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (family, named) in [("ofd", false), ("posix", true)] {
+        let path = dir.path().join(format!("{family}.lock"));
+        let holder = Foreign::start(family, "ex", &path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = common::helper_command("holders", [&path])
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let said = common::role_lines(BufReader::new(&out.stdout[..]))
+            .next()
+            .unwrap_or_default();
+        let want = if named {
+            format!("holding {} unseen 0", holder.pid())
+        } else {
+            "holding  unseen 1".to_owned()
+        };
+        assert_eq!(said, want, "{family}");
+        holder.finish();
+    }
+}
+
+/// Looking takes nothing: no file is made, and a free file costs no scan.
+#[test]
+fn looking_creates_nothing_and_takes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.lock");
+    let lock = LockMgr::new(&path);
+    let holders = lock.holders().unwrap();
+    assert!(holders.is_free() && holders.open_without_lock.is_empty());
+    assert!(!Path::new(&path).exists());
+    let guard = lock.try_acquire().unwrap();
+    assert_eq!(held(&lock).len(), 1);
+    assert!(lock.try_acquire().unwrap_err().is_contended());
+    drop(guard);
+    assert!(lock.holders().unwrap().is_free());
+}
+
+/// Bad paths get the errors the other calls give.
+#[test]
+fn a_directory_is_not_a_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = LockMgr::new(dir.path()).holders().unwrap_err();
+    assert!(matches!(e, lockmgr::LockError::NotAFile { .. }), "{e:?}");
+}
