@@ -25,6 +25,7 @@ use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
 use crate::proc_locks;
 use crate::queue::{self, Promise, Ticket};
+use crate::telemetry::Meter;
 use crate::vocab::{LockFamily, LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
@@ -33,6 +34,8 @@ use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 #[derive(Debug)]
 pub(crate) struct LockConfig {
     pub(crate) path: Arc<Path>,
+    /// Where this lock's metrics go.
+    pub(crate) meter: Meter,
     /// `path`, as errors name it.
     pub(crate) id: LockId,
     pub(crate) max_attempts: u32,
@@ -316,6 +319,8 @@ impl<'a> FileContender<'a> {
             kind: self.config.kind,
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
+            #[cfg(feature = "metrics")]
+            held_since: Some((self.config.meter.clone(), Instant::now())),
         })
     }
 
@@ -410,7 +415,9 @@ fn parent_exists(path: &Path) -> bool {
 
 /// One non-blocking try, outside the line: the lock, or `WouldBlock`.
 pub(crate) fn try_lock(config: &LockConfig, mode: LockMode) -> Result<Held, LockError> {
-    try_lock_for(config, mode, Cause::First)
+    let held = try_lock_for(config, mode, Cause::First)?;
+    config.meter.acquired(mode, false, None);
+    Ok(held)
 }
 
 fn try_lock_for(config: &LockConfig, mode: LockMode, cause: Cause) -> Result<Held, LockError> {
@@ -429,10 +436,32 @@ pub(crate) async fn lock(
     mode: LockMode,
     policy: Policy,
 ) -> Result<Held, LockError> {
-    if config.on_network() {
-        return lock_off_runtime(config, mode, policy).await;
-    }
     let started = Instant::now();
+    let mut contended = false;
+    let result = if config.on_network() {
+        lock_off_runtime(config, mode, policy, &mut contended).await
+    } else {
+        lock_here(config, mode, policy, started, &mut contended).await
+    };
+    match &result {
+        Ok(_) => config
+            .meter
+            .acquired(mode, contended, policy.waits.then(|| started.elapsed())),
+        Err(LockError::TimedOut { .. }) => config.meter.timed_out(),
+        Err(_) => {}
+    }
+    result
+}
+
+/// [`lock`] on a local file system; `contended` is set once a try has
+/// lost or the call has waited in line.
+async fn lock_here(
+    config: &Arc<LockConfig>,
+    mode: LockMode,
+    policy: Policy,
+    started: Instant,
+    contended: &mut bool,
+) -> Result<Held, LockError> {
     let lock_id = &config.id;
     // Tasks of this process already waiting for this file: get in line
     // behind them without opening it, so that a queued task holds no
@@ -447,6 +476,7 @@ pub(crate) async fn lock(
     let mut announced = ticket.is_some();
     loop {
         if let Some(t) = &ticket {
+            *contended = true;
             wait_turn(config, t, policy, started).await?;
         }
         let mut contender = FileContender::open(config, mode)?;
@@ -457,6 +487,7 @@ pub(crate) async fn lock(
         if !policy.waits {
             return Err(contender.would_block());
         }
+        *contended = true;
         if !announced {
             announced = true;
             policy.announce(lock_id, contender.holder().as_ref(), "");
@@ -530,6 +561,7 @@ async fn lock_off_runtime(
     config: &Arc<LockConfig>,
     mode: LockMode,
     policy: Policy,
+    contended: &mut bool,
 ) -> Result<Held, LockError> {
     let started = Instant::now();
     let deadline = policy.deadline(started);
@@ -579,6 +611,7 @@ async fn lock_off_runtime(
         if !policy.waits || !err.is_contended() {
             return Err(err);
         }
+        *contended = true;
         if !announced {
             announced = true;
             config.warn_network("network");
@@ -793,6 +826,9 @@ pub(crate) struct Held {
     mode: LockMode,
     /// Unlink the path on release (exclusive holders only).
     remove: bool,
+    /// Where the time held goes, and since when.
+    #[cfg(feature = "metrics")]
+    held_since: Option<(Meter, Instant)>,
 }
 
 impl Held {
@@ -843,6 +879,10 @@ impl Held {
         }
         let closed = nix::unistd::close(file)
             .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
+        #[cfg(feature = "metrics")]
+        if let Some((meter, since)) = self.held_since.take().filter(|_| owner) {
+            meter.released(since.elapsed());
+        }
         tracing::debug!(lock = %self.path.display(), mode = %self.mode, "released lock");
         result.and(closed)
     }
@@ -860,6 +900,8 @@ impl Drop for Held {
                     kind: self.kind,
                     mode: self.mode,
                     remove: self.remove,
+                    #[cfg(feature = "metrics")]
+                    held_since: self.held_since.take(),
                 };
                 rt.spawn_blocking(move || {
                     if let Err(e) = moved.release() {
@@ -888,6 +930,7 @@ mod tests {
             mode: 0o644,
             kind: LockKind::Ofd,
             label: None,
+            meter: Meter::new("ofd", None),
             record_holder: true,
             remove_on_release: false,
             network_warned: AtomicBool::new(false),

@@ -69,6 +69,27 @@
 //! known, a `holder` field) the first time a call has to wait, and `warn`
 //! when it has to fall back to polling.
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, every lock reports through the
+//! [`metrics`](https://docs.rs/metrics) facade, so any exporter the program
+//! installs (Prometheus, StatsD, ...) receives:
+//!
+//! | name | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `lockmgr_acquisitions_total` | counter | `kind`, `mode`, `label` | locks won (by `acquire` or a try) |
+//! | `lockmgr_contended_acquisitions_total` | counter | `kind`, `mode`, `label` | of those, the ones that had to wait |
+//! | `lockmgr_wait_seconds` | histogram | `kind`, `label` | how long each winning `acquire` took, from call to guard |
+//! | `lockmgr_held_seconds` | histogram | `kind`, `label` | how long each lock was held, from guard to release |
+//! | `lockmgr_timeouts_total` | counter | `kind`, `label` | `acquire` calls that ended in `TimedOut` |
+//! | `lockmgr_lost_total` | counter | `kind`, `label` | PostgreSQL locks lost while held (their session ended) |
+//!
+//! `kind` is `ofd`, `flock` or `postgres`, `mode` `exclusive` or `shared`,
+//! and `label` the lock's [`metrics_label`](LockMgrBuilder::metrics_label)
+//! (empty when not set). No metric is labelled with a path, a lock name or
+//! a process id. `cargo run --example metrics --features metrics` prints
+//! them.
+//!
 //! # Module map
 //!
 //! Each module has one job; calls go down this list, never up:
@@ -88,6 +109,7 @@
 //! | OS | `forkable` | process-wide state that a forked child starts without |
 //! | OS | `proc_locks` | what `/proc` says about the locks on a file and who holds them |
 //! | words | `vocab`, `error`, `holder`, `holders` | [`LockKind`], [`LockFamily`], [`LockMode`], [`FileKind`], [`Status`]; [`LockError`], [`LockId`], [`Operation`]; the [`Holder`] record format; [`Holders`] of a file on this host |
+//! | words | `telemetry` | what the crate reports through the `metrics` facade (feature `metrics`) |
 //!
 //! The words are used by every layer and use none. The face drives the
 //! engine; the engine uses the OS layer; neither the engine nor the OS
@@ -121,6 +143,7 @@ mod os;
 pub mod pg;
 mod proc_locks;
 mod queue;
+mod telemetry;
 mod vocab;
 mod wait;
 mod watcher;

@@ -12,6 +12,7 @@ use crate::error::{LockError, LockId};
 use crate::guard::LockGuard;
 use crate::holder::Holder;
 use crate::holders::{Holders, LockedFile};
+use crate::telemetry::Meter;
 use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::Policy;
 
@@ -56,6 +57,7 @@ pub struct LockMgrBuilder {
     mode: u32,
     kind: LockKind,
     label: Option<String>,
+    metrics_label: Option<String>,
     record_holder: bool,
     remove_on_release: bool,
 }
@@ -125,11 +127,25 @@ impl LockMgrBuilder {
         self
     }
 
+    /// The `label` of this lock's metrics (with the `metrics` feature; see
+    /// the crate's [Metrics](crate#metrics) section): a name for a group of
+    /// locks, such as the job or the resource type. Keep the set of values
+    /// small: never a path, a user or a request id. Empty when not set.
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = Some(label.into());
+        self
+    }
+
     /// Builds the [`LockMgr`]. Touches no file: problems with the path show
     /// up on the first acquire.
     pub fn build(self) -> LockMgr {
+        let kind = match self.kind {
+            LockKind::Flock => "flock",
+            _ => "ofd",
+        };
         LockMgr {
             inner: Arc::new(LockConfig {
+                meter: Meter::new(kind, self.metrics_label.as_deref()),
                 id: LockId::file(&self.path),
                 path: self.path.into(),
                 max_attempts: self.max_attempts,
@@ -181,6 +197,7 @@ impl LockMgr {
             mode: 0o644,
             kind: LockKind::Ofd,
             label: None,
+            metrics_label: None,
             record_holder: true,
             remove_on_release: false,
         }

@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &["holder", "vocab"]),
     ("holder", &[]),
     ("holders", &["holder", "vocab"]),
+    ("telemetry", &["vocab"]),
     // The OS layer: knows the words and nothing else.
     ("os", &["vocab"]),
     ("forkable", &["os"]),
@@ -38,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "os",
             "proc_locks",
             "queue",
+            "telemetry",
             "vocab",
             "wait",
         ],
@@ -51,12 +53,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "guard",
             "holder",
             "holders",
+            "telemetry",
             "vocab",
             "wait",
         ],
     ),
     ("guard", &["contender", "error", "vocab"]),
-    ("pg", &["error", "holder", "vocab", "wait"]),
+    ("pg", &["error", "holder", "telemetry", "vocab", "wait"]),
     // A user of the face: the public items and the face's safe open.
     ("journal", &["error", "lock"]),
 ];

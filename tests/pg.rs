@@ -158,11 +158,19 @@ async fn a_shared_session_ended_under_a_try_is_replaced() {
 async fn a_terminated_session_resolves_lost_and_lets_a_waiter_in() {
     let Some(url) = common::pg_url() else { return };
     let name = name("terminate");
-    let lock = PgLockMgr::new(&url, &name).unwrap();
+    // Sessions of their own (a label of their own): the terminated session
+    // must not be one that other tests of this process hold locks on.
+    let build = || {
+        PgLockMgr::builder(&url, &name)
+            .label("terminated-session")
+            .build()
+            .unwrap()
+    };
+    let lock = build();
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
     let backend = lock.holder().await.unwrap().expect("held").pid as i32;
     let waiter = tokio::spawn({
-        let lock = PgLockMgr::new(&url, &name).unwrap();
+        let lock = build();
         async move { lock.acquire(true, LIVENESS).await }
     });
     let admin = admin(&url).await;
@@ -292,7 +300,16 @@ async fn acquires_dropped_at_random_moments_leave_nothing_on_the_server() {
         let probe = probe.clone();
         async move { probe.acquire(true, LIVENESS).await }
     });
-    while !waits_on_server(&admin, &format!("{prefix}{DROPS}")).await {}
+    tokio::time::timeout(LIVENESS, async {
+        while !waits_on_server(&admin, &format!("{prefix}{DROPS}")).await {
+            assert!(
+                !waiting.is_finished(),
+                "the probe did not wait: the lock was free"
+            );
+        }
+    })
+    .await
+    .expect("the probe never waited on the server");
     let to_wait = started.elapsed();
     waiting.abort();
     drop(probe);

@@ -32,6 +32,9 @@ pub(super) struct Pass {
     key: i64,
     gates: Arc<Gates>,
     held: Option<Held>,
+    /// Whether the pass was waited for (another task of this process held
+    /// or was taking the key).
+    pub(super) waited: bool,
 }
 
 enum Held {
@@ -74,6 +77,7 @@ impl Gates {
             key,
             gates: self.clone(),
             held: None,
+            waited: false,
         };
         let held = if !wait {
             match mode {
@@ -81,7 +85,14 @@ impl Gates {
                 LockMode::Shared => gate.try_read_owned().map(Held::Shared),
             }
             .map_err(|_| Shut::Busy)?
+        } else if let Some(free) = match mode {
+            // A gate that is free now (nobody in it, nobody queued).
+            LockMode::Exclusive => gate.clone().try_write_owned().ok().map(Held::Exclusive),
+            LockMode::Shared => gate.clone().try_read_owned().ok().map(Held::Shared),
+        } {
+            free
         } else {
+            pass.waited = true;
             let entering = async {
                 match mode {
                     LockMode::Exclusive => Held::Exclusive(gate.write_owned().await),

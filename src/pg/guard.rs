@@ -12,6 +12,7 @@ use super::manager::PgLockMgr;
 use super::session::{first_row, with_op, Server, Session};
 use super::sql;
 use crate::error::{LockError, Operation};
+use crate::telemetry::Meter;
 use crate::vocab::LockMode;
 
 /// How a lock is held: on which session, in what way, and the pass through
@@ -36,21 +37,25 @@ enum How {
 }
 
 impl Hold {
-    pub(super) fn shared(session: Arc<Session>, mode: LockMode, pass: Pass) -> Hold {
-        Hold::new(How::Shared { mode }, session, pass)
+    pub(super) fn shared(session: Arc<Session>, mode: LockMode, pass: Pass, meter: &Meter) -> Hold {
+        Hold::new(How::Shared { mode }, session, pass, meter)
     }
 
-    pub(super) fn transaction(session: Arc<Session>, pid: i32, pass: Pass) -> Hold {
-        Hold::new(How::Transaction { pid }, session, pass)
+    pub(super) fn transaction(session: Arc<Session>, pid: i32, pass: Pass, meter: &Meter) -> Hold {
+        Hold::new(How::Transaction { pid }, session, pass, meter)
     }
 
-    fn new(how: How, session: Arc<Session>, pass: Pass) -> Hold {
+    fn new(how: How, session: Arc<Session>, pass: Pass, meter: &Meter) -> Hold {
         let pass = Arc::new(Mutex::new(Some(pass)));
         let mut ended = session.ended.clone();
         let slot = pass.clone();
+        let meter = meter.clone();
         let watcher = session.runtime.spawn(async move {
             let _ = ended.wait_for(|ended| *ended).await;
-            drop(take(&slot));
+            // Still held: lost, not let go.
+            if take(&slot).is_some() {
+                meter.lost();
+            }
         });
         Hold {
             how,
@@ -126,6 +131,8 @@ fn take(slot: &Mutex<Option<Pass>>) -> Option<Pass> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct PgLockGuard {
     hold: Option<Hold>,
+    /// When the lock was won (for the time-held metric).
+    won_at: std::time::Instant,
     ended: watch::Receiver<bool>,
     token: u64,
     mode: LockMode,
@@ -136,6 +143,7 @@ impl PgLockGuard {
     pub(super) fn new(hold: Hold, token: u64, mode: LockMode, lock: PgLockMgr) -> Self {
         PgLockGuard {
             ended: hold.session.ended.clone(),
+            won_at: std::time::Instant::now(),
             hold: Some(hold),
             token,
             mode,
@@ -237,6 +245,7 @@ impl PgLockGuard {
             }
         };
         drop(pass);
+        inner.meter.released(self.won_at.elapsed());
         tracing::debug!(lock = %id, mode = %self.mode, "released lock");
         result
     }
@@ -246,6 +255,7 @@ impl Drop for PgLockGuard {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
             let inner = self.lock.inner();
+            inner.meter.released(self.won_at.elapsed());
             // The unlock goes out from a task of its own.
             drop(hold.give_up(&inner.server, inner.key));
         }

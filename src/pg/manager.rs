@@ -18,6 +18,7 @@ use super::session::{code, first_row, session_gone, with_op, Pooling, Server, Se
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::Holder;
+use crate::telemetry::Meter;
 use crate::vocab::{LockMode, Status};
 use crate::wait::Policy;
 
@@ -53,6 +54,8 @@ pub(super) struct Inner {
     pub(super) id: LockId,
     /// Set once the fence table is known to exist.
     table_ready: AtomicBool,
+    /// Where this lock's metrics go.
+    pub(super) meter: Meter,
 }
 
 /// Options for a [`PgLockMgr`], from [`PgLockMgr::builder`].
@@ -66,6 +69,7 @@ pub struct PgLockMgrBuilder {
     name: String,
     max_attempts: u32,
     label: Option<String>,
+    metrics_label: Option<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
     dead_after: Duration,
@@ -75,6 +79,15 @@ pub struct PgLockMgrBuilder {
 }
 
 impl PgLockMgrBuilder {
+    /// The `label` of this lock's metrics (with the `metrics` feature; see
+    /// the crate's [Metrics](crate#metrics) section): a name for a group of
+    /// locks. Keep the set of values small: never a lock name, a user or a
+    /// request id. Empty when not set.
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = Some(label.into());
+        self
+    }
+
     /// How many timed attempts an acquire makes before it gives up with
     /// [`LockError::TimedOut`]. Default 10; 0 is taken as 1.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -194,6 +207,7 @@ impl PgLockMgrBuilder {
                 max_attempts: self.max_attempts,
                 fence: self.fence,
                 table_ready: AtomicBool::new(false),
+                meter: Meter::new("postgres", self.metrics_label.as_deref()),
             }),
         })
     }
@@ -238,6 +252,7 @@ impl PgLockMgr {
             name: name.into(),
             max_attempts: 10,
             label: None,
+            metrics_label: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
@@ -521,6 +536,29 @@ impl PgLockMgr {
         timeout: Duration,
     ) -> Result<PgLockGuard, LockError> {
         let started = Instant::now();
+        let mut contended = false;
+        let result = self
+            .lock_counted(mode, wait, timeout, started, &mut contended)
+            .await;
+        let meter = &self.inner.meter;
+        match &result {
+            Ok(_) => meter.acquired(mode, contended, wait.then(|| started.elapsed())),
+            Err(LockError::TimedOut { .. }) => meter.timed_out(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// [`lock`](Self::lock); `contended` is set once the call has waited (for
+    /// another task of this process, or on the server).
+    async fn lock_counted(
+        &self,
+        mode: LockMode,
+        wait: bool,
+        timeout: Duration,
+        started: Instant,
+        contended: &mut bool,
+    ) -> Result<PgLockGuard, LockError> {
         let policy = Policy::new(wait, timeout, self.inner.max_attempts);
         let deadline = if policy.waits {
             policy.deadline(started)
@@ -535,7 +573,10 @@ impl PgLockMgr {
             .enter(self.inner.key, mode, policy.waits, deadline)
             .await
         {
-            Ok(pass) => pass,
+            Ok(pass) => {
+                *contended = pass.waited;
+                pass
+            }
             Err(shut) => {
                 let holder = match self.utility(None).await {
                     Ok((session, _)) => self.holder_on(&session).await.ok().flatten(),
@@ -563,7 +604,7 @@ impl PgLockMgr {
             let (shared, pooling) = self.utility(deadline).await?;
             if pooling == Pooling::Transaction {
                 return self
-                    .lock_in_transaction(mode, policy, started, deadline, pass)
+                    .lock_in_transaction(mode, policy, started, deadline, pass, contended)
                     .await;
             }
             tries_left -= 1;
@@ -576,6 +617,7 @@ impl PgLockMgr {
                     deadline,
                     pass,
                     tries_left > 0,
+                    contended,
                 )
                 .await
             {
@@ -594,7 +636,7 @@ impl PgLockMgr {
                          server is behind a transaction pooler; holding locks in transactions"
                     );
                     return self
-                        .lock_in_transaction(mode, policy, started, deadline, back)
+                        .lock_in_transaction(mode, policy, started, deadline, back, contended)
                         .await;
                 }
             }
@@ -614,6 +656,7 @@ impl PgLockMgr {
         deadline: Option<Instant>,
         pass: Pass,
         may_retry: bool,
+        contended: &mut bool,
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
@@ -640,8 +683,11 @@ impl PgLockMgr {
         if won {
             shared.held.fetch_add(1, Ordering::AcqRel);
             return Shared::Done(
-                self.won(Hold::shared(shared.clone(), mode, pass), mode)
-                    .await,
+                self.won(
+                    Hold::shared(shared.clone(), mode, pass, &self.inner.meter),
+                    mode,
+                )
+                .await,
             );
         }
         let holder = self.holder_on(shared).await.ok().flatten();
@@ -651,6 +697,7 @@ impl PgLockMgr {
                 holder,
             }));
         }
+        *contended = true;
         policy.announce(id, holder.as_ref(), "");
         let server = &self.inner.server;
         let waiter = match server.connect(id, deadline).await {
@@ -687,7 +734,10 @@ impl PgLockMgr {
                     }
                     waiter.held.fetch_add(1, Ordering::AcqRel);
                     server.share(&waiter);
-                    return Shared::Done(self.won(Hold::shared(waiter, mode, pass), mode).await);
+                    return Shared::Done(
+                        self.won(Hold::shared(waiter, mode, pass, &self.inner.meter), mode)
+                            .await,
+                    );
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
                     tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
@@ -706,6 +756,7 @@ impl PgLockMgr {
     /// Behind a transaction pooler: the lock is taken and held in an open
     /// transaction of a connection of its own (a session-level lock would
     /// stay with a pooled backend that others use).
+    #[allow(clippy::too_many_arguments)]
     async fn lock_in_transaction(
         &self,
         mode: LockMode,
@@ -713,6 +764,7 @@ impl PgLockMgr {
         started: Instant,
         deadline: Option<Instant>,
         pass: Pass,
+        contended: &mut bool,
     ) -> Result<PgLockGuard, LockError> {
         let id = self.id();
         let key = self.inner.key;
@@ -734,7 +786,9 @@ impl PgLockMgr {
         tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
         if won {
             armed.disarm();
-            return self.won(Hold::transaction(own, pid, pass), mode).await;
+            return self
+                .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
+                .await;
         }
         let (utility, _) = self.utility(deadline).await?;
         let holder = self.holder_on(&utility).await.ok().flatten();
@@ -744,6 +798,7 @@ impl PgLockMgr {
                 holder,
             });
         }
+        *contended = true;
         policy.announce(id, holder.as_ref(), "");
         let bound = policy.timeout.saturating_add(self.request());
         for attempt in 1..=policy.max_attempts {
@@ -754,7 +809,9 @@ impl PgLockMgr {
                 Ok(_) => {
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
                     armed.disarm();
-                    return self.won(Hold::transaction(own, pid, pass), mode).await;
+                    return self
+                        .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
+                        .await;
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
                     tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
