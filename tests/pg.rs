@@ -745,3 +745,108 @@ async fn the_fencing_token_is_not_bound_by_the_waits_lock_timeout() {
     assert!(guard.fencing_token() >= 2);
     guard.release().await.unwrap();
 }
+
+/// `server_locks`: a name held shared by two sessions, with an exclusive
+/// waiter in its queue, is listed by name with both holders and the
+/// waiter; a key of ours that no lockmgr holder ever won (so the fence
+/// table does not know its name) is listed without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_locks_lists_names_holders_and_queues() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("listed");
+    let build = |label: &str| {
+        PgLockMgr::builder(&url, &name)
+            .label(label)
+            .build()
+            .unwrap()
+    };
+    let (a, b, c) = (build("listed-a"), build("listed-b"), build("listed-c"));
+    let ga = a.acquire_shared(true, LIVENESS).await.unwrap();
+    let gb = b.acquire_shared(true, LIVENESS).await.unwrap();
+    let waiter = tokio::spawn(async move { c.acquire(true, LIVENESS).await });
+    tokio::time::timeout(LIVENESS, async {
+        while !waits_on_server(&admin, "listed-c").await {}
+    })
+    .await
+    .expect("the exclusive waiter never queued");
+    let unnamed = lockmgr::pg::advisory_key(&format!("never-won-{}", std::process::id()));
+    admin
+        .execute(&format!("SELECT pg_advisory_lock({unnamed})"), &[])
+        .await
+        .unwrap();
+    let admin_pid: i32 = admin
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let locks = a.server_locks().await.unwrap();
+    let listed = locks
+        .iter()
+        .find(|l| l.key == lockmgr::pg::advisory_key(&name))
+        .unwrap_or_else(|| panic!("{name} not in {locks:?}"));
+    assert_eq!(listed.name.as_deref(), Some(name.as_str()));
+    assert_eq!(listed.mode, lockmgr::LockMode::Shared);
+    let mut holding: Vec<_> = listed
+        .holding
+        .iter()
+        .map(|h| h.label.clone().unwrap_or_default())
+        .collect();
+    holding.sort();
+    assert_eq!(holding, ["listed-a", "listed-b"]);
+    assert_eq!(listed.waiting.len(), 1);
+    assert_eq!(listed.waiting[0].label.as_deref(), Some("listed-c"));
+    let other = locks
+        .iter()
+        .find(|l| l.key == unnamed)
+        .unwrap_or_else(|| panic!("the unnamed key not in {locks:?}"));
+    assert_eq!(other.name, None);
+    assert_eq!(other.holding.len(), 1);
+    assert_eq!(other.holding[0].pid, admin_pid as u32);
+
+    admin
+        .execute(&format!("SELECT pg_advisory_unlock({unnamed})"), &[])
+        .await
+        .unwrap();
+    ga.release().await.unwrap();
+    gb.release().await.unwrap();
+    waiter.await.unwrap().unwrap().release().await.unwrap();
+}
+
+/// Two runtimes of one process share its sessions. The runtime that made
+/// them shuts down (as a test's, or a short-lived `block_on`'s, does): the
+/// lock the other runtime holds on them stays held, and its release is
+/// answered. (Before, the sessions ran on the runtime that made them and
+/// ended with it: the release failed with "the session ended".)
+#[test]
+fn a_runtime_that_shuts_down_takes_no_other_runtimes_lock_with_it() {
+    let Some(url) = common::pg_url() else { return };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (runtime(), runtime());
+    let build = |name: &str| {
+        PgLockMgr::builder(&url, name)
+            .label("two-runtimes")
+            .build()
+            .unwrap()
+    };
+    let a = build(&name("runtime-a"));
+    let b = build(&name("runtime-b"));
+    let held_a = first.block_on(a.acquire(true, LIVENESS)).unwrap();
+    let held_b = second.block_on(b.acquire(true, LIVENESS)).unwrap();
+    first.block_on(held_a.release()).unwrap();
+    drop(first);
+    second.block_on(async {
+        let admin = admin(&url).await;
+        assert!(!held_b.is_lost());
+        assert_eq!(lock_rows(&admin, &b).await, 1, "still held on the server");
+        held_b.release().await.unwrap();
+        assert_eq!(lock_rows(&admin, &b).await, 0);
+    });
+}

@@ -4,7 +4,7 @@
 //! lockmgr run [--shared] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
 //!             [--label TEXT] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
 //! lockmgr status [--kind ofd|flock] [--json] [PG] LOCKFILE
-//! lockmgr list [--json] [DIR]
+//! lockmgr list [--json] [PG | DIR]
 //!
 //! PG: --postgres-env | --postgres-url-var VAR | --postgres URL
 //! ```
@@ -91,6 +91,11 @@ pub(crate) struct ListArgs {
     /// Print a JSON array instead of lines.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The PostgreSQL server whose lockmgr locks to list, instead of this
+    /// host's files.
+    #[cfg(feature = "postgres")]
+    #[command(flatten)]
+    pub(crate) pg: PgArgs,
     /// A directory: list the lock files under it (locked now, named
     /// *.lock or *.lck, or holding a lockmgr record), free ones included.
     pub(crate) dir: Option<PathBuf>,
@@ -254,6 +259,8 @@ fn main() -> ExitCode {
         Command::Status(args) if args.pg.source().is_some() => rt.block_on(remote::status(args)),
         Command::Run(args) => rt.block_on(run::run(args, signals)),
         Command::Status(args) => status::status(args),
+        #[cfg(feature = "postgres")]
+        Command::List(args) if args.pg.source().is_some() => rt.block_on(remote::list(args)),
         Command::List(args) => list::list(args),
     }
 }

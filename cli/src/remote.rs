@@ -1,5 +1,5 @@
 //! `--postgres`, `--postgres-env`, `--postgres-url-var`: `run` and
-//! `status` on a `lockmgr::pg` lock.
+//! `status` on a `lockmgr::pg` lock, and `list` of a server's locks.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use lockmgr::LockMode;
 
 use crate::run::{budget, label, mode, not_obtained, supervise, take, Tie};
 use crate::signals::Signals;
-use crate::status::report;
-use crate::{fail, PgArgs, RunArgs, StatusArgs};
+use crate::status::{report, HolderJson};
+use crate::{fail, ListArgs, PgArgs, RunArgs, StatusArgs};
 
 /// Where the connection string comes from.
 pub(crate) enum PgSource<'a> {
@@ -133,5 +133,83 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
     match lock.status().await {
         Ok(status) => report(&args.lockfile, "postgres", status, None, args.json),
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `list --postgres`: every `lockmgr::pg` lock on the server, with its
+/// holders and its queue.
+pub(crate) async fn list(args: ListArgs) -> ExitCode {
+    if args.dir.is_some() {
+        return fail("list takes a directory or a PostgreSQL server, not both");
+    }
+    let Some(source) = args.pg.source() else {
+        return fail("no PostgreSQL server given");
+    };
+    let url = match connection(source) {
+        Ok(url) => url,
+        Err(e) => return fail(&e),
+    };
+    let any = match PgLockMgr::builder(&url, "lockmgr list").build() {
+        Ok(lock) => lock,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let locks = match any.server_locks().await {
+        Ok(locks) => locks,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if args.json {
+        let objects: Vec<ServerLockJson<'_>> = locks.iter().map(ServerLockJson::new).collect();
+        match serde_json::to_string(&objects) {
+            Ok(line) => println!("{line}"),
+            Err(e) => return fail(&format!("cannot write JSON: {e}")),
+        }
+    } else {
+        for lock in &locks {
+            let name = match &lock.name {
+                Some(name) => name.clone(),
+                None => format!("(unknown name, key {:#x})", lock.key),
+            };
+            let state = match (lock.holding.is_empty(), lock.mode) {
+                (true, _) => "free, with sessions waiting",
+                (false, LockMode::Exclusive) => "held exclusive",
+                (false, _) => "held shared",
+            };
+            println!("{name}: {state}");
+            for h in &lock.holding {
+                println!("  held by {h}");
+            }
+            for h in &lock.waiting {
+                println!("  waiting: {h}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// One object of `list --postgres --json` (stable, documented in the
+/// README): `{"name": str|null, "key": int, "state": "exclusive"|"shared"|"waited-for",
+/// "holders": [holder], "waiting": [holder]}`, each holder as `status`'s.
+#[derive(serde::Serialize)]
+struct ServerLockJson<'a> {
+    name: Option<&'a str>,
+    key: i64,
+    state: &'static str,
+    holders: Vec<HolderJson<'a>>,
+    waiting: Vec<HolderJson<'a>>,
+}
+
+impl<'a> ServerLockJson<'a> {
+    fn new(lock: &'a lockmgr::pg::ServerLock) -> Self {
+        ServerLockJson {
+            name: lock.name.as_deref(),
+            key: lock.key,
+            state: match (lock.holding.is_empty(), lock.mode) {
+                (true, _) => "waited-for",
+                (false, LockMode::Exclusive) => "exclusive",
+                (false, _) => "shared",
+            },
+            holders: lock.holding.iter().map(HolderJson::new).collect(),
+            waiting: lock.waiting.iter().map(HolderJson::new).collect(),
+        }
     }
 }

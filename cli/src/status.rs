@@ -188,7 +188,7 @@ struct OpenJson<'a> {
 }
 
 #[derive(Serialize)]
-struct HolderJson<'a> {
+pub(crate) struct HolderJson<'a> {
     pid: u32,
     host: &'a str,
     since: u64,
@@ -219,7 +219,7 @@ impl<'a> StatusJson<'a> {
 }
 
 impl<'a> HolderJson<'a> {
-    fn new(h: &'a Holder) -> Self {
+    pub(crate) fn new(h: &'a Holder) -> Self {
         HolderJson {
             pid: h.pid,
             host: &h.host,

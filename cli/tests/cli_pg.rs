@@ -596,3 +596,105 @@ fn the_ways_to_connect_exclude_each_other() {
         assert_eq!(text(&out.stdout), "");
     }
 }
+
+/// `list --postgres-url-var VAR`: the server's `lockmgr` locks by name,
+/// with the holding session and the one in its queue; `--json` carries
+/// the same.
+#[test]
+fn list_names_the_servers_locks_their_holders_and_their_queue() {
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-list-{}", std::process::id());
+    let mut holder = Command::new(LOCKMGR)
+        .args([
+            "run",
+            "--postgres",
+            &url,
+            "--label",
+            "lister-holder",
+            &name,
+            "--",
+        ])
+        .args(["sh", "-c", "echo running; exec cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "running\n");
+    let mut waiter = Command::new(LOCKMGR)
+        .args([
+            "run",
+            "--postgres",
+            &url,
+            "--label",
+            "lister-waiter",
+            "--quiet",
+        ])
+        .args([&name, "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = |json: bool| {
+        let mut args = vec!["list", "--postgres-url-var", "LISTED_URL"];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(LOCKMGR)
+            .args(&args)
+            .env("LISTED_URL", &url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Once the waiter is in the server's queue.
+    let deadline = std::time::Instant::now() + common::LIVENESS;
+    let ours = loop {
+        let all: serde_json::Value = serde_json::from_str(&listed(true)).unwrap();
+        let ours = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name.as_str())
+            .cloned();
+        if let Some(l) = ours.filter(|l| l["waiting"].as_array().is_some_and(|w| !w.is_empty())) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never showed in {all}"
+        );
+    };
+    assert_eq!(ours["state"], "exclusive");
+    assert_eq!(ours["key"], lockmgr::pg::advisory_key(&name));
+    assert_eq!(ours["holders"].as_array().unwrap().len(), 1, "{ours}");
+    assert_eq!(ours["holders"][0]["label"], "lister-holder");
+    assert_eq!(ours["waiting"][0]["label"], "lister-waiter");
+    let said = listed(false);
+    assert!(
+        said.contains(&format!("{name}: held exclusive\n")),
+        "{said}"
+    );
+    assert!(
+        said.contains("(lister-holder)") && said.contains("waiting: "),
+        "{said}"
+    );
+
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert!(waiter.wait().unwrap().success());
+    let all: serde_json::Value = serde_json::from_str(&listed(true)).unwrap();
+    assert!(
+        !all.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == name.as_str()),
+        "{all}"
+    );
+}

@@ -479,6 +479,14 @@ impl PgLockMgr {
         })
     }
 
+    /// A shared session for a quick request (without making sure of the
+    /// fence table), and the bound of a request.
+    pub(super) async fn quick_session(&self) -> Result<(Arc<Session>, Duration), LockError> {
+        let server = &self.inner.server;
+        server.pooling(self.id(), None).await?;
+        Ok((server.shared(self.id(), None).await?, self.request()))
+    }
+
     /// The key as `pg_locks` shows it: (`classid`, `objid`).
     fn key_halves(&self) -> (i64, i64) {
         let key = self.inner.key as u64;

@@ -18,7 +18,9 @@
 //!   server (a session that holds a lock is granted it again, so two tasks
 //!   must never ask on one session): a thousand tasks waiting for one name
 //!   cost one waiting session. A lock whose session is lost lets the next
-//!   task of the process in at once.
+//!   task of the process in at once. Sessions run on a thread of their own
+//!   (`lockmgr-pg`), so that they serve every runtime of the process and
+//!   outlive the one that made them.
 //! - **The server releases a lock** when it is released, and when its
 //!   session ends for any reason: the process killed, the connection lost,
 //!   the backend terminated. [`PgLockGuard::lost`] then resolves (for every
@@ -122,12 +124,14 @@ mod config;
 mod fence;
 mod gate;
 mod guard;
+mod listing;
 mod manager;
 mod session;
 mod sql;
 mod tls;
 
 pub use guard::PgLockGuard;
+pub use listing::ServerLock;
 pub use manager::{PgLockMgr, PgLockMgrBuilder};
 
 /// The SQL that creates the fencing-token table `table` (`schema.table`):

@@ -276,10 +276,15 @@ impl Server {
             .keepalives_interval((dead / 9).max(Duration::from_secs(1)))
             .keepalives_retries(3)
             .tcp_user_timeout(dead);
-        let connecting = async {
-            match &self.connector {
+        // Made, and driven, on the sessions' own runtime: a session serves
+        // the tasks of every runtime of the process, and must outlive the
+        // one of the task that made it.
+        let home = home(lock)?;
+        let tls = self.connector.clone();
+        let connecting = home.spawn(async move {
+            match tls {
                 Some(tls) => {
-                    let (client, connection) = config.connect(tls.clone()).await?;
+                    let (client, connection) = config.connect(tls).await?;
                     Ok::<_, tokio_postgres::Error>((client, tokio::spawn(drive(connection))))
                 }
                 None => {
@@ -287,10 +292,18 @@ impl Server {
                     Ok((client, tokio::spawn(drive(connection))))
                 }
             }
-        };
+        });
+        // A connect given up (timed out, or its acquire dropped) stops.
+        let _stop = AbortOnDrop(connecting.abort_handle());
         let (client, driver) = match tokio::time::timeout(bound, connecting).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(connect_error(lock, Failure::from_pg(&e, true), e)),
+            Ok(Ok(Ok(pair))) => pair,
+            Ok(Ok(Err(e))) => return Err(connect_error(lock, Failure::from_pg(&e, true), e)),
+            Ok(Err(stopped)) => {
+                return Err(LockError::Connect {
+                    lock: lock.clone(),
+                    source: Box::new(Failure::plain(format!("the connect stopped: {stopped}"))),
+                })
+            }
             Err(_) => {
                 return Err(LockError::Connect {
                     lock: lock.clone(),
@@ -301,7 +314,7 @@ impl Server {
         let (ended_tx, ended) = watch::channel(false);
         let task = driver.abort_handle();
         let id = lock.clone();
-        tokio::spawn(async move {
+        home.spawn(async move {
             if let Ok(Err(e)) = driver.await {
                 tracing::debug!(lock = %id, error = %e, "lock session ended");
             }
@@ -316,7 +329,7 @@ impl Server {
             held: AtomicUsize::new(0),
             in_flight: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
-            runtime: tokio::runtime::Handle::current(),
+            runtime: home,
         });
         // Server side: give a silent client up as the client gives a silent
         // server up, and notice a client gone in the middle of a wait
@@ -360,6 +373,64 @@ impl Server {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The runtime every session of this process runs on: a thread of its own
+/// (`lockmgr-pg`), started with the first session. A session is shared by
+/// the tasks of every runtime of the process, so it cannot live on any one
+/// of theirs: when that runtime shut down (a test's, a short-lived
+/// `block_on`), every lock held on the session would go with it. A forked
+/// child, which has no such thread, starts its own.
+fn home(lock: &LockId) -> Result<tokio::runtime::Handle, LockError> {
+    static HOME: Mutex<Option<(u32, tokio::runtime::Handle)>> = Mutex::new(None);
+    let mut home = self::lock(&HOME);
+    let pid = std::process::id();
+    if let Some((made_by, handle)) = home.as_ref() {
+        if *made_by == pid {
+            return Ok(handle.clone());
+        }
+    }
+    let failed = |e: String| LockError::Connect {
+        lock: lock.clone(),
+        source: Box::new(Failure::plain(format!(
+            "cannot start the thread that runs the lock server's sessions: {e}"
+        ))),
+    };
+    // The runtime is made on its thread, so that a failure drops nothing
+    // here (a runtime may not be dropped inside another).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("lockmgr-pg".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        })
+        .map_err(|e| failed(e.to_string()))?;
+    let handle = rx
+        .recv()
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(failed)?;
+    *home = Some((pid, handle.clone()));
+    Ok(handle)
+}
+
 fn lock_state(m: &Mutex<State>) -> MutexGuard<'_, State> {
     lock(m)
 }
@@ -393,7 +464,8 @@ pub(super) struct Session {
     /// Ended by this process: no longer picked, even before its driver
     /// has stopped.
     given_up: AtomicBool,
-    /// The runtime the session lives on (for work a guard's drop leaves).
+    /// The runtime the session lives on (see [`home`]; also for the work a
+    /// guard's drop leaves).
     pub(super) runtime: tokio::runtime::Handle,
 }
 
