@@ -44,6 +44,8 @@ pub(crate) struct LockConfig {
     pub(crate) kind: LockKind,
     pub(crate) label: Option<String>,
     pub(crate) record_holder: bool,
+    /// Draw a fencing token with each exclusive holding (kept in the record).
+    pub(crate) fencing: bool,
     pub(crate) remove_on_release: bool,
     /// Set once this lock has warned that its file system needs polling.
     pub(crate) network_warned: AtomicBool,
@@ -107,6 +109,8 @@ struct FileContender<'a> {
     /// with the waiting loop's [`Signal`]; the wait is abandoned (for a next
     /// wait to revive) when the last of them goes unclaimed.
     kernel: Option<Arc<KernelWait>>,
+    /// The fencing token drawn when the lock was won.
+    token: Option<u64>,
 }
 
 /// Says, once per process, that waits fall back to inotify because no
@@ -160,7 +164,7 @@ impl Contender for FileContender<'_> {
                 continue;
             }
             if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
-                self.write_record();
+                self.token = self.write_record();
             }
             return Ok(Try::Won);
         }
@@ -293,6 +297,7 @@ impl<'a> FileContender<'a> {
             file: opened.file,
             writable: opened.writable,
             kernel: None,
+            token: None,
         })
     }
 
@@ -319,6 +324,7 @@ impl<'a> FileContender<'a> {
             kind: self.config.kind,
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
+            token: self.token,
             #[cfg(feature = "metrics")]
             held_since: Some((self.config.meter.clone(), Instant::now())),
         })
@@ -345,7 +351,11 @@ impl<'a> FileContender<'a> {
 
     /// Writes this process's holder record, after winning. Never fatal: a
     /// record is for reporting only.
-    fn write_record(&self) {
+    /// Writes this process's holder record, after winning, and draws the
+    /// next fencing token if asked to (the record keeps the latest one
+    /// either way, so the sequence never restarts). Never fatal: without a
+    /// record written, there is no token.
+    fn write_record(&self) -> Option<u64> {
         // One read tells both whether the content is ours to replace (empty,
         // or a record) and how long the old record is: the file is only
         // truncated when the new record is shorter, since truncating costs a
@@ -358,9 +368,15 @@ impl<'a> FileContender<'a> {
             Ok(n) if n == 0 || (head[..n].starts_with(TAG) && head[..n].contains(&b'\n')) => n,
             Ok(_) => {
                 tracing::debug!(lock = %self.config.path.display(), "lock file holds other data; no holder record written");
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
+        };
+        let last = Holder::parse(&head[..old_len]).and_then(|h| h.token);
+        let token = if self.config.fencing {
+            Some(last.unwrap_or(0).checked_add(1)?)
+        } else {
+            last
         };
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -371,14 +387,19 @@ impl<'a> FileContender<'a> {
             os::hostname(),
             since,
             self.config.label.as_deref(),
+            token,
         );
         if head[..old_len] == *record.as_bytes() {
-            // This process won the lock before within the same second: the
-            // record already says exactly this.
-            return;
+            // This process won the lock before within the same second (and
+            // draws no token): the record already says exactly this.
+            return None;
         }
-        if let Err(e) = os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
-            tracing::warn!(lock = %self.config.path.display(), error = %e, "could not write the holder record");
+        match os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
+            Ok(()) => token.filter(|_| self.config.fencing),
+            Err(e) => {
+                tracing::warn!(lock = %self.config.path.display(), error = %e, "could not write the holder record");
+                None
+            }
         }
     }
 
@@ -548,6 +569,7 @@ fn take<'a>(contender: &mut FileContender<'a>) -> FileContender<'a> {
         file: contender.file,
         writable: contender.writable,
         kernel: contender.kernel.take(),
+        token: contender.token,
     }
 }
 
@@ -826,6 +848,8 @@ pub(crate) struct Held {
     mode: LockMode,
     /// Unlink the path on release (exclusive holders only).
     remove: bool,
+    /// The fencing token drawn when the lock was won.
+    pub(crate) token: Option<u64>,
     /// Where the time held goes, and since when.
     #[cfg(feature = "metrics")]
     held_since: Option<(Meter, Instant)>,
@@ -900,6 +924,7 @@ impl Drop for Held {
                     kind: self.kind,
                     mode: self.mode,
                     remove: self.remove,
+                    token: self.token,
                     #[cfg(feature = "metrics")]
                     held_since: self.held_since.take(),
                 };
@@ -932,6 +957,7 @@ mod tests {
             label: None,
             meter: Meter::new("ofd", None),
             record_holder: true,
+            fencing: false,
             remove_on_release: false,
             network_warned: AtomicBool::new(false),
             fs: AtomicU8::new(FS_UNKNOWN),

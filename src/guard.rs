@@ -97,6 +97,17 @@ impl LockGuard {
         self.held.file()
     }
 
+    /// This holding's fencing token, when the lock was built with
+    /// [`fencing_tokens(true)`](crate::LockMgrBuilder::fencing_tokens) and
+    /// held exclusively: greater than the token of every earlier exclusive
+    /// holding of the lock file. Pass it along with every write the lock
+    /// protects, and have the store refuse writes with a token lower than
+    /// one it has seen: a holder that was paused past its turn cannot then
+    /// overwrite its successor's work. `None` when no token was drawn.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.held.token
+    }
+
     /// Releases the lock now and reports what went wrong, if anything.
     /// Dropping the guard does the same and logs errors instead.
     ///
@@ -132,6 +143,7 @@ impl fmt::Debug for LockGuard {
             .field("kind", &self.kind())
             .field("mode", &self.lock_mode())
             .field("owner_pid", &self.held.owner_pid())
+            .field("fencing_token", &self.held.token)
             .finish()
     }
 }

@@ -41,6 +41,8 @@ pub(crate) const MAX_RECORD: usize = 1024;
 /// - `host`: the holder's host name (`gethostname`).
 /// - `since`: when the lock was won, in Unix seconds (UTC).
 /// - `label`: optional, the builder's [`label`](crate::LockMgrBuilder::label).
+/// - `token`: optional, the latest fencing token drawn on this file
+///   (kept by every later holder's record, so the sequence never restarts).
 ///
 /// Values are percent-encoded: every byte outside `!`..`~` (space, control
 /// bytes, non-ASCII), and `%` and `=`, is written as `%XX`. Readers ignore
@@ -62,6 +64,9 @@ pub struct Holder {
     /// running: the lock is held, but not by the recorded process (it died
     /// without a successor writing a record, or another tool holds the lock).
     pub stale: bool,
+    /// The fencing token of the latest exclusive holder that drew one
+    /// (see [`LockMgrBuilder::fencing_tokens`](crate::LockMgrBuilder::fencing_tokens)).
+    pub token: Option<u64>,
 }
 
 impl Holder {
@@ -84,7 +89,13 @@ impl Holder {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        record_line(self.pid, &self.host, secs, self.label.as_deref())
+        record_line(
+            self.pid,
+            &self.host,
+            secs,
+            self.label.as_deref(),
+            self.token,
+        )
     }
 
     /// Parses the head of a lock file. `None` for anything that is not a
@@ -96,7 +107,7 @@ impl Holder {
         if fields.next()? != V1 {
             return None;
         }
-        let (mut pid, mut host, mut since, mut label) = (None, None, None, None);
+        let (mut pid, mut host, mut since, mut label, mut token) = (None, None, None, None, None);
         for field in fields {
             let (key, value) = field.split_once('=')?;
             match key {
@@ -104,6 +115,7 @@ impl Holder {
                 "host" => host = Some(decode(value)?),
                 "since" => since = Some(value.parse::<u64>().ok()?),
                 "label" => label = Some(decode(value)?),
+                "token" => token = Some(value.parse::<u64>().ok()?),
                 _ => {}
             }
         }
@@ -114,6 +126,7 @@ impl Holder {
             since,
             label,
             stale: false,
+            token,
         })
     }
 
@@ -169,7 +182,13 @@ impl fmt::Display for Holder {
 /// The version-1 record line (newline included) of process `pid` on `host`,
 /// holding since `secs` (Unix seconds), built straight into one string:
 /// this runs on every exclusive acquire.
-pub(crate) fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) -> String {
+pub(crate) fn record_line(
+    pid: u32,
+    host: &str,
+    secs: u64,
+    label: Option<&str>,
+    token: Option<u64>,
+) -> String {
     let mut s = String::with_capacity(64 + host.len() + label.map_or(0, str::len));
     s.push_str(V1);
     s.push_str(" pid=");
@@ -181,6 +200,10 @@ pub(crate) fn record_line(pid: u32, host: &str, secs: u64, label: Option<&str>) 
     if let Some(label) = label {
         s.push_str(" label=");
         encode_into(&mut s, label);
+    }
+    if let Some(token) = token {
+        s.push_str(" token=");
+        s.push_str(&token.to_string());
     }
     s.push('\n');
     s
@@ -224,6 +247,7 @@ mod tests {
             since: UNIX_EPOCH + Duration::from_secs(1_763_917_331),
             label: Some("nightly backup = 100% \u{e9}\nsecond line".into()),
             stale: false,
+            token: Some(17),
         };
         let rec = h.to_record();
         assert_eq!(rec.matches('\n').count(), 1, "{rec}");
@@ -278,6 +302,7 @@ mod tests {
             since: UNIX_EPOCH + Duration::from_secs(secs),
             label: None,
             stale: false,
+            token: None,
         };
         assert_eq!(at(0).since_utc(), "1970-01-01T00:00:00Z");
         assert_eq!(at(951_782_400).since_utc(), "2000-02-29T00:00:00Z");

@@ -86,6 +86,8 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         .kind(args.kind.into())
         .max_attempts(attempts)
         .label(label(&args))
+        // The command gets its token in LOCKMGR_FENCING_TOKEN.
+        .fencing_tokens(true)
         .build();
     let lock_mode = mode(&args);
     let acquire = |wait: bool, timeout: Duration| {
@@ -101,9 +103,12 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         Ok(guard) => guard,
         Err(e) => return not_obtained(e, &args),
     };
+    let token = guard
+        .fencing_token()
+        .map(|t| ("LOCKMGR_FENCING_TOKEN", t.to_string()));
     let outcome = supervise(
         &args.command,
-        None,
+        token,
         Tie::Inherit(&guard),
         std::future::pending(),
         &signals,

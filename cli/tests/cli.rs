@@ -310,12 +310,24 @@ fn status_while_held_and_after_the_holder_is_killed() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("\"state\":\"free\",\"holder\":null"));
 
+    // Held shared: said so, and the holding processes named (lockmgr and
+    // its command, which inherited the lock), each with its family.
     let reader = holder(&lock, &["--shared"]);
     let out = lockmgr(&["status", s(&lock)]);
-    assert_eq!(
-        (out.status.code(), text(&out.stdout)),
-        (Some(1), format!("{}: held shared\n", lock.display()))
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{}: held shared\n", lock.display())),
+        "{said}"
     );
+    assert!(
+        said.contains(&format!(
+            "  held by lockmgr pid {}, shared ofd lock\n",
+            reader.id()
+        )),
+        "{said}"
+    );
+    assert_eq!(said.matches("shared ofd lock").count(), 2, "{said}");
     finish(reader);
 }
 
@@ -652,4 +664,27 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
         "{under}"
     );
     assert!(!lockmgr(&["list", "/nonexistent-dir"]).status.success());
+}
+
+/// `run` on a lock file gives its command a fencing token in
+/// `LOCKMGR_FENCING_TOKEN`, greater with every run.
+#[test]
+fn run_gives_the_command_a_fencing_token_for_file_locks_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("fenced.lock");
+    let token = || {
+        let out = lockmgr(&[
+            "run",
+            s(&lock),
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LOCKMGR_FENCING_TOKEN\"",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().parse::<u64>().unwrap()
+    };
+    let first = token();
+    let second = token();
+    assert_eq!((first, second), (1, 2));
 }

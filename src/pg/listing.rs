@@ -122,6 +122,7 @@ impl PgLockMgr {
                     .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
                 label: app.filter(|a| !a.is_empty()),
                 stale: false,
+                token: None,
             };
             if locks.last().is_none_or(|l| l.key != key) {
                 // Rows come holders first, then waiters in order: the first

@@ -779,7 +779,7 @@ impl PgLockMgr {
         let server = &self.inner.server;
         let own = server.connect(id, deadline).await?;
         let mut armed = Armed::new(server, own.clone());
-        let begin = format!("{}; SELECT pg_backend_pid()", sql::BEGIN_HOLDING);
+        let begin = sql::begin_holding(server.timeouts.dead_after);
         let backend = |rows: &[tokio_postgres::SimpleQueryMessage]| {
             first_row(rows)
                 .and_then(|r| r.get(0))
@@ -920,6 +920,7 @@ impl PgLockMgr {
                 .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
             label: app.filter(|a| !a.is_empty()),
             stale: false,
+            token: None,
         }))
     }
 

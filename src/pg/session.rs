@@ -20,6 +20,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::cancel::{self, Target};
 use super::config::{Connection, Env};
 use super::gate::Gates;
+use super::sql;
 use super::tls;
 use crate::error::{LockError, LockId};
 
@@ -334,18 +335,7 @@ impl Server {
         // Server side: give a silent client up as the client gives a silent
         // server up, and notice a client gone in the middle of a wait
         // (PostgreSQL 14 and later). Settings the server lacks are skipped.
-        let ms = |d: Duration| d.as_millis().max(1);
-        let secs = |d: Duration| d.as_secs().max(1);
-        let setup = format!(
-            "SELECT pg_backend_pid(), (SELECT count(*) FROM (SELECT set_config(v.name, v.value, false) \
-             FROM (VALUES ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'), \
-             ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '{}'), \
-             ('client_connection_check_interval', '250')) AS v(name, value) \
-             JOIN pg_settings s ON s.name = v.name) AS applied)",
-            secs(dead / 3),
-            secs(dead / 9),
-            ms(dead),
-        );
+        let setup = format!("SELECT pg_backend_pid(), {}", sql::server_side(dead, false));
         let rows = session.simple(&setup, self.timeouts.request, lock).await?;
         let pid = first_value(&rows)
             .and_then(|v| v.parse::<i32>().ok())

@@ -45,9 +45,39 @@ pub(super) fn unlock(mode: LockMode, key: i64) -> String {
     format!("SELECT {f}({key})")
 }
 
-/// Opens the transaction a lock is held in behind a transaction pooler.
-/// The server must not end it for being idle: it is idle on purpose.
-pub(super) const BEGIN_HOLDING: &str = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0";
+/// The server side of a session: give a silent client up as the client
+/// gives a silent server up (keepalives, `tcp_user_timeout`), and notice a
+/// client gone in the middle of a wait (`client_connection_check_interval`,
+/// PostgreSQL 14 and later). Settings the server lacks are skipped. A
+/// subquery counting what it set; `local` for the current transaction only.
+pub(super) fn server_side(dead: Duration, local: bool) -> String {
+    let ms = |d: Duration| d.as_millis().max(1);
+    let secs = |d: Duration| d.as_secs().max(1);
+    format!(
+        "(SELECT count(*) FROM (SELECT set_config(v.name, v.value, {local}) \
+         FROM (VALUES ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'), \
+         ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '{}'), \
+         ('client_connection_check_interval', '250')) AS v(name, value) \
+         JOIN pg_settings s ON s.name = v.name) AS applied)",
+        secs(dead / 3),
+        secs(dead / 9),
+        ms(dead),
+    )
+}
+
+/// Opens the transaction a lock is held in behind a transaction pooler, and
+/// answers with its backend's pid. The server must not end it for being
+/// idle (it is idle on purpose), and the backend serving it, which is not
+/// the one that set up the session, gets the session's server-side
+/// settings for the transaction: a client gone in the middle of a wait is
+/// noticed there too, even when its cancel request finds nothing.
+pub(super) fn begin_holding(dead: Duration) -> String {
+    format!(
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; \
+         SELECT pg_backend_pid(), {}",
+        server_side(dead, true)
+    )
+}
 
 /// One non-blocking try of a transaction-level lock.
 pub(super) fn try_xact_lock(mode: LockMode, key: i64) -> String {

@@ -21,13 +21,16 @@
 //!
 //! - `wait-without-threads PATH`: wait with no thread to be had (run it as
 //!   an unprivileged user); `waiting`, then `locked <what woke the try>`.
+//! - `fence PATH ITERS FILE [OPTIONS]`: ITERS times, take the lock, append
+//!   the guard's fencing token as a line to FILE, release (use `--fencing`).
 //! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
 //!   `error: ...`), as `LockMgr::holders` finds them.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
 //!   closes, or `error: <the error's message>`.
 //!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
-//! `--label=TEXT`, `--no-record`.
+//! `--label=TEXT`, `--no-record`, `--fencing` (fencing tokens; `hold` then
+//! prints `locked <pid> token=<token>`).
 //!
 //! With the `postgres` feature, for `lockmgr::pg`:
 //!
@@ -65,6 +68,7 @@ fn options(path: &str, opts: &[&str]) -> Options {
             "--flock" => b = b.kind(LockKind::Flock),
             "--remove" => b = b.remove_on_release(true),
             "--no-record" => b = b.record_holder(false),
+            "--fencing" => b = b.fencing_tokens(true),
             o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
             _ => usage(),
         }
@@ -129,6 +133,11 @@ pub fn run(args: Vec<String>) -> ! {
     {
         ["hold", path, opts @ ..] => rt.block_on(hold(options(path, opts))),
         ["try", path, opts @ ..] => try_hold(options(path, opts)),
+        ["fence", path, iters, file, opts @ ..] => rt.block_on(fence(
+            options(path, opts),
+            iters.parse().unwrap_or_else(|_| usage()),
+            file,
+        )),
         ["wait-without-threads", path] => wait_without_threads(path),
         ["holders", path] => holders(path),
         ["posix-hold", path] => posix_hold(path),
@@ -305,7 +314,13 @@ async fn hold(o: Options) {
         o.lock.acquire(true, Duration::MAX).await
     }
     .expect("acquire");
-    say_locked();
+    match guard.fencing_token() {
+        Some(token) => {
+            println!("locked {} token={token}", std::process::id());
+            std::io::stdout().flush().expect("flush");
+        }
+        None => say_locked(),
+    }
     // Block (on a blocking thread) until the test closes our stdin.
     tokio::task::spawn_blocking(wait_for_stdin_eof)
         .await
@@ -350,6 +365,30 @@ async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks:
     }
     while let Some(r) = set.join_next().await {
         r.expect("task");
+    }
+}
+
+/// ITERS times: take the lock, append the guard's fencing token as a line
+/// to FILE (one write, under the lock: the file's order is the order of the
+/// holdings), release.
+async fn fence(o: Options, iters: u32, file: &str) {
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file)
+        .expect("open");
+    for _ in 0..iters {
+        let guard = o
+            .lock
+            .acquire(true, Duration::from_secs(60))
+            .await
+            .expect("acquire");
+        let token = guard.fencing_token().expect("a token");
+        out.write_all(format!("{token}\n").as_bytes())
+            .expect("write");
+        // Give every other process the chance to break in.
+        tokio::task::yield_now().await;
+        drop(guard);
     }
 }
 
