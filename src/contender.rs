@@ -221,6 +221,12 @@ fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError>
     opened.map_err(|e| open_error(path, e, Operation::Open))
 }
 
+/// The identity of the lock file, opened (and created) as an exclusive
+/// acquire would open it: the order in which several locks are taken.
+pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
+    Ok(open_fd(config, LockMode::Exclusive)?.file)
+}
+
 /// Refuses a path that cannot name a file at all.
 fn check_path(path: &Path) -> Result<(), LockError> {
     if path.as_os_str().is_empty() {

@@ -415,6 +415,69 @@ impl LockMgr {
         self.try_lock(LockMode::Exclusive)
     }
 
+    /// Takes every lock of `locks` exclusively, as one: all of them, or
+    /// none. They are taken in one order that every caller shares (by the
+    /// lock files' device and inode numbers, whatever order `locks` gives
+    /// and whatever paths name the files), so two callers that ask for
+    /// overlapping sets never wait for each other in a circle. Each lock
+    /// waits as [`acquire`](LockMgr::acquire) does with `wait` and
+    /// `timeout` (and its own attempts); when one cannot be had, the ones
+    /// already taken are released before the error is returned. The guards
+    /// come back in the order of `locks`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](LockMgr::acquire), for the first lock that could not
+    /// be had; [`LockError::Invalid`] when two of `locks` are one file
+    /// (a second open file description of it could never be granted).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future releases the locks taken so far; see
+    /// [`acquire`](LockMgr::acquire) for the one being waited for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockmgr::LockMgr;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockmgr::LockError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let from = LockMgr::new(dir.path().join("account-17.lock"));
+    /// let to = LockMgr::new(dir.path().join("account-42.lock"));
+    /// // Another task may ask for [to, from]: neither waits for the other forever.
+    /// let guards = LockMgr::acquire_all(&[from, to], true, Duration::from_secs(5)).await?;
+    /// assert_eq!(guards.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_all(
+        locks: &[LockMgr],
+        wait: bool,
+        timeout: Duration,
+    ) -> Result<Vec<LockGuard>, LockError> {
+        let mut order = Vec::with_capacity(locks.len());
+        for (i, lock) in locks.iter().enumerate() {
+            order.push((contender::identity(&lock.inner)?, i));
+        }
+        order.sort();
+        if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(LockError::Invalid {
+                lock: locks[pair[1].1].inner.id.clone(),
+                reason: format!(
+                    "it is the same file as {}: one call cannot take a lock file twice",
+                    locks[pair[0].1].path().display()
+                ),
+            });
+        }
+        let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
+        for (_, i) in order {
+            // On an error, the guards taken so far drop here: all or none.
+            guards[i] = Some(locks[i].acquire(wait, timeout).await?);
+        }
+        Ok(guards.into_iter().flatten().collect())
+    }
+
     /// Takes the lock shared if no exclusive holder has it, without waiting
     /// and without needing a runtime.
     ///

@@ -164,7 +164,7 @@ fn open_checked(path: &Path, flags: OFlag, mode: u32) -> Result<(OwnedFd, FileId
 
 /// A file's identity: two paths (or descriptors) name the same file exactly
 /// when their device and inode numbers agree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct FileId {
     dev: u64,
     ino: u64,

@@ -850,3 +850,58 @@ fn a_runtime_that_shuts_down_takes_no_other_runtimes_lock_with_it() {
         assert_eq!(lock_rows(&admin, &b).await, 0);
     });
 }
+
+/// `acquire_all`: two sets of three names in opposite orders, taken 30
+/// times each from two sets of sessions, never deadlock; with one name
+/// held by another process, the call times out and lets go of the others
+/// on the server before it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_all_never_deadlocks_and_is_all_or_nothing() {
+    let Some(url) = common::pg_url() else { return };
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| name(&format!("all-{n}")))
+        .collect();
+    let set = |label: &str| -> Vec<PgLockMgr> {
+        names
+            .iter()
+            .map(|n| PgLockMgr::builder(&url, n).label(label).build().unwrap())
+            .collect()
+    };
+    let forward = set("all-forward");
+    let mut backward = set("all-backward");
+    backward.reverse();
+    let run = |locks: Vec<PgLockMgr>| {
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                for guard in PgLockMgr::acquire_all(&locks, true, LIVENESS)
+                    .await
+                    .unwrap()
+                {
+                    guard.release().await.unwrap();
+                }
+            }
+        })
+    };
+    let (one, two) = (run(forward.clone()), run(backward));
+    tokio::time::timeout(LIVENESS, async {
+        one.await.unwrap();
+        two.await.unwrap();
+    })
+    .await
+    .expect("deadlocked");
+
+    let admin = admin(&url).await;
+    let held = pg_holder(&url, &names[1], &[]);
+    let e = PgLockMgr::acquire_all(&forward, true, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LockError::TimedOut { .. }), "{e:?}");
+    assert_eq!(lock_rows(&admin, &forward[0]).await, 0, "a was let go");
+    assert_eq!(lock_rows(&admin, &forward[2]).await, 0, "c was let go");
+    drop(held);
+    let e = PgLockMgr::acquire_all(&[forward[0].clone(), forward[0].clone()], true, LIVENESS)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+}

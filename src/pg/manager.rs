@@ -479,6 +479,74 @@ impl PgLockMgr {
         })
     }
 
+    /// Takes every lock of `locks` exclusively, as one: all of them, or
+    /// none. They are taken in one order that every caller shares (by
+    /// server, database and advisory key, whatever order `locks` gives), so
+    /// two callers that ask for overlapping sets never wait for each other
+    /// in a circle. Each lock waits as [`acquire`](PgLockMgr::acquire)
+    /// does with `wait` and `timeout`; when one cannot be had, the ones
+    /// already taken are released before the error is returned. The guards
+    /// come back in the order of `locks`.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](PgLockMgr::acquire), for the first lock that could
+    /// not be had; [`LockError::Invalid`] when two of `locks` are one lock.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future lets go of the locks taken so far, as dropping
+    /// their guards does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// use lockmgr::pg::PgLockMgr;
+    /// let from = PgLockMgr::new("host=db user=app", "account-17")?;
+    /// let to = PgLockMgr::new("host=db user=app", "account-42")?;
+    /// let guards = PgLockMgr::acquire_all(&[from, to], true, std::time::Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_all(
+        locks: &[PgLockMgr],
+        wait: bool,
+        timeout: Duration,
+    ) -> Result<Vec<PgLockGuard>, LockError> {
+        let mut order: Vec<((String, String, i64), usize)> = locks
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let id = &l.inner.id;
+                let server = id.server().unwrap_or_default().to_owned();
+                let db = id.database().unwrap_or_default().to_owned();
+                ((server, db, l.inner.key), i)
+            })
+            .collect();
+        order.sort();
+        if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(LockError::Invalid {
+                lock: locks[pair[1].1].inner.id.clone(),
+                reason: "it is listed twice: one call cannot take a lock twice".into(),
+            });
+        }
+        let mut guards: Vec<Option<PgLockGuard>> = locks.iter().map(|_| None).collect();
+        for (_, i) in order {
+            match locks[i].acquire(wait, timeout).await {
+                Ok(guard) => guards[i] = Some(guard),
+                Err(e) => {
+                    // All or none: the ones taken are let go, and the
+                    // server has confirmed it, before the error returns.
+                    for guard in guards.into_iter().flatten() {
+                        let _ = guard.release().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(guards.into_iter().flatten().collect())
+    }
+
     /// A shared session for a quick request (without making sure of the
     /// fence table), and the bound of a request.
     pub(super) async fn quick_session(&self) -> Result<(Arc<Session>, Duration), LockError> {
