@@ -98,6 +98,7 @@
 //! | --- | --- | --- |
 //! | face | `lock` | [`LockMgr`] and [`LockMgrBuilder`]: what a file lock is, and its documented calls |
 //! | face | `guard` | [`LockGuard`]: a held file lock |
+//! | face | `leader` | [`LockMgr::lead`]: leadership among replicas, and its [`Term`] |
 //! | face | [`pg`] | the same contract on PostgreSQL advisory locks (feature `postgres`) |
 //! | user of the face | [`journal`] | crash-safe appends, on [`LockMgr`] |
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
@@ -136,6 +137,7 @@ mod holder;
 mod holders;
 pub mod journal;
 mod kernel_wait;
+mod leader;
 mod lock;
 #[allow(unsafe_code)]
 mod os;
@@ -152,5 +154,6 @@ pub use error::{LockError, LockId, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
 pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
+pub use leader::Term;
 pub use lock::{locked_files, LockMgr, LockMgrBuilder};
 pub use vocab::{FileKind, LockFamily, LockKind, LockMode, Status};

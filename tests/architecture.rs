@@ -59,6 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("guard", &["contender", "error", "vocab"]),
+    ("leader", &["error", "lock"]),
     ("pg", &["error", "holder", "telemetry", "vocab", "wait"]),
     // A user of the face: the public items and the face's safe open.
     ("journal", &["error", "lock"]),

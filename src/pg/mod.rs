@@ -124,6 +124,7 @@ mod config;
 mod fence;
 mod gate;
 mod guard;
+mod leader;
 mod listing;
 mod manager;
 mod session;
@@ -131,6 +132,7 @@ mod sql;
 mod tls;
 
 pub use guard::PgLockGuard;
+pub use leader::Led;
 pub use listing::ServerLock;
 pub use manager::{PgLockMgr, PgLockMgrBuilder};
 

@@ -23,6 +23,8 @@
 //!   an unprivileged user); `waiting`, then `locked <what woke the try>`.
 //! - `fence PATH ITERS FILE [OPTIONS]`: ITERS times, take the lock, append
 //!   the guard's fencing token as a line to FILE, release (use `--fencing`).
+//! - `lead PATH [OPTIONS]`: campaign (`LockMgr::lead`); while leading,
+//!   print `leading <pid>` and lead until stdin closes.
 //! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
 //!   `error: ...`), as `LockMgr::holders` finds them.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
@@ -36,6 +38,9 @@
 //!
 //! - `pg-hold URL NAME [--shared] [--label=TEXT]`: take the lock, print
 //!   `locked <fencing token>`, hold it until stdin closes, then release it.
+//! - `pg-lead URL NAME`: campaign (`PgLockMgr::lead`); while leading, print
+//!   `leading <fencing token>` until stdin closes (`stepped down`) or the
+//!   lock is lost (`lost`).
 //! - `pg-fence URL NAME ITERS FILE`: ITERS times, take the lock, append the
 //!   guard's fencing token as a line to FILE, release.
 
@@ -140,6 +145,7 @@ pub fn run(args: Vec<String>) -> ! {
         )),
         ["wait-without-threads", path] => wait_without_threads(path),
         ["holders", path] => holders(path),
+        ["lead", path, opts @ ..] => rt.block_on(lead(options(path, opts))),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
         ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
@@ -157,6 +163,8 @@ pub fn run(args: Vec<String>) -> ! {
         )),
         #[cfg(feature = "postgres")]
         ["pg-hold", url, name, opts @ ..] => rt.block_on(pg::hold(url, name, opts)),
+        #[cfg(feature = "postgres")]
+        ["pg-lead", url, name] => rt.block_on(pg::lead(url, name)),
         #[cfg(feature = "postgres")]
         ["pg-fence", url, name, iters, file] => rt.block_on(pg::fence(
             url,
@@ -203,6 +211,30 @@ mod pg {
         guard.release().await.expect("release");
     }
 
+    /// Campaigns; while leading prints `leading <fencing token>` and leads
+    /// until stdin closes (then `stepped down`) or the lock is lost (then
+    /// `lost`).
+    pub async fn lead(url: &str, name: &str) {
+        let lock = PgLockMgr::builder(url, name)
+            .label("replica")
+            .build()
+            .expect("lock");
+        let led = lock
+            .lead(|term| async move {
+                println!("leading {}", term.fencing_token.expect("a token"));
+                std::io::stdout().flush().expect("flush");
+                tokio::task::spawn_blocking(super::wait_for_stdin_eof)
+                    .await
+                    .expect("stdin reader");
+            })
+            .await
+            .expect("lead");
+        match led {
+            lockmgr::pg::Led::Finished(()) => println!("stepped down"),
+            _ => println!("lost"),
+        }
+    }
+
     pub async fn fence(url: &str, name: &str, iters: u32, file: &str) {
         let lock = PgLockMgr::new(url, name).expect("lock");
         let mut out = std::fs::OpenOptions::new()
@@ -232,6 +264,22 @@ mod pg {
             guard.release().await.expect("release");
         }
     }
+}
+
+/// Campaigns; while leading prints `leading <pid>` and leads until stdin
+/// closes; then prints `stepped down`.
+async fn lead(o: Options) {
+    o.lock
+        .lead(|_term| async {
+            println!("leading {}", std::process::id());
+            std::io::stdout().flush().expect("flush");
+            tokio::task::spawn_blocking(wait_for_stdin_eof)
+                .await
+                .expect("stdin reader");
+        })
+        .await
+        .expect("lead");
+    println!("stepped down");
 }
 
 /// `LockMgr::holders`, as this process (and its user) can see them.
