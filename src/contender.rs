@@ -208,7 +208,7 @@ impl Contender for FileContender<'_> {
 }
 
 /// Opens (creating it if allowed) the lock file for a contender.
-fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
+pub(crate) fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
     let path = &config.path;
     check_path(path)?;
     // A flock(2) lock of either mode, and a shared OFD lock, need only read

@@ -98,10 +98,12 @@
 //! | --- | --- | --- |
 //! | face | `lock` | [`LockMgr`] and [`LockMgrBuilder`]: what a file lock is, and its documented calls |
 //! | face | `guard` | [`LockGuard`]: a held file lock |
+//! | face | `semaphore`, `permit` | [`Semaphore`]: at most N holders of one file; [`Permit`]: one of them |
 //! | face | `leader` | [`LockMgr::lead`]: leadership among replicas, and its [`Term`] |
 //! | face | [`pg`] | the same contract on PostgreSQL advisory locks (feature `postgres`) |
 //! | user of the face | [`journal`] | crash-safe appends, on [`LockMgr`] |
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
+//! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one |
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
 //! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
 //! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line |
@@ -141,10 +143,13 @@ mod leader;
 mod lock;
 #[allow(unsafe_code)]
 mod os;
+mod permit;
 #[cfg(feature = "postgres")]
 pub mod pg;
 mod proc_locks;
 mod queue;
+mod semaphore;
+mod slots;
 mod telemetry;
 mod vocab;
 mod wait;
@@ -156,4 +161,6 @@ pub use holder::{Holder, InvalidRecord};
 pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
 pub use leader::Term;
 pub use lock::{locked_files, LockMgr, LockMgrBuilder};
+pub use permit::Permit;
+pub use semaphore::{Semaphore, SemaphoreBuilder};
 pub use vocab::{FileKind, LockFamily, LockKind, LockMode, Status};

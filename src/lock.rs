@@ -609,6 +609,12 @@ impl LockMgr {
         contender::holders(&self.inner)
     }
 
+    /// The configuration the engine works from (for the other public types
+    /// built on a lock file).
+    pub(crate) fn config(&self) -> &LockConfig {
+        &self.inner
+    }
+
     fn try_lock(&self, mode: LockMode) -> Result<LockGuard, LockError> {
         contender::try_lock(&self.inner, mode).map(LockGuard::new)
     }

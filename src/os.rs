@@ -210,7 +210,14 @@ fn record(kind: libc::c_int) -> libc::flock {
 }
 
 fn ofd(fd: BorrowedFd<'_>, kind: libc::c_int) -> io::Result<bool> {
-    let fl = record(kind);
+    ofd_range(fd, kind, 0, 0)
+}
+
+/// An OFD record lock (or unlock) of `len` bytes at `start`, without waiting.
+fn ofd_range(fd: BorrowedFd<'_>, kind: libc::c_int, start: i64, len: i64) -> io::Result<bool> {
+    let mut fl = record(kind);
+    fl.l_start = start;
+    fl.l_len = len;
     loop {
         match fcntl(fd, FcntlArg::F_OFD_SETLK(&fl)) {
             Ok(_) => return Ok(true),
@@ -279,6 +286,17 @@ pub(crate) fn lock_blocking(fd: impl AsFd, kind: LockKind, mode: LockMode) -> io
             bsd(fd, op).map(drop)
         }
     }
+}
+
+/// Takes an exclusive OFD lock on the one byte at `offset`, without
+/// waiting: a semaphore's permit slot. False when another holds it.
+pub(crate) fn try_lock_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
+    ofd_range(fd.as_fd(), libc::F_WRLCK, offset, 1)
+}
+
+/// Drops the OFD lock on the byte at `offset`.
+pub(crate) fn unlock_byte(fd: impl AsFd, offset: i64) -> io::Result<()> {
+    ofd_range(fd.as_fd(), libc::F_UNLCK, offset, 1).map(drop)
 }
 
 /// Drops what this open file description holds. Only for the process that

@@ -26,6 +26,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("queue", &["forkable", "os"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
+        "slots",
+        &["contender", "error", "os", "queue", "vocab", "wait"],
+    ),
+    (
         "wait",
         &["error", "holder", "kernel_wait", "queue", "watcher"],
     ),
@@ -60,6 +64,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("guard", &["contender", "error", "vocab"]),
     ("leader", &["error", "lock"]),
+    ("semaphore", &["error", "lock", "permit", "slots", "wait"]),
+    ("permit", &["error", "slots"]),
     ("pg", &["error", "holder", "telemetry", "vocab", "wait"]),
     // A user of the face: the public items and the face's safe open.
     ("journal", &["error", "lock"]),

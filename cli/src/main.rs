@@ -1,7 +1,7 @@
 //! `lockmgr`: run a command under a lock, or show who holds one.
 //!
 //! ```text
-//! lockmgr run [--shared] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
+//! lockmgr run [--shared | --permits N] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
 //!             [--label TEXT] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
 //! lockmgr status [--kind ofd|flock] [--json] [PG] LOCKFILE
 //! lockmgr list [--json] [PG | DIR]
@@ -140,6 +140,11 @@ pub(crate) struct RunArgs {
     /// A label for the holder record (default: the command's name).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Take one of N permits of a semaphore file (at most N commands at
+    /// once; every user must give the same N) instead of the lock; the
+    /// command learns its slot in LOCKMGR_PERMIT_SLOT.
+    #[arg(long, value_name = "N", conflicts_with_all = ["shared", "kind"])]
+    pub(crate) permits: Option<u32>,
     /// Exit status when the lock is not obtained.
     #[arg(long, short = 'E', value_name = "N", default_value_t = 1)]
     pub(crate) conflict_exit_code: u8,

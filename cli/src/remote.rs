@@ -71,6 +71,9 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
 }
 
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
+    if args.permits.is_some() {
+        return fail("--permits takes a semaphore file; PostgreSQL semaphores are not supported");
+    }
     let Some(source) = args.pg.source() else {
         return fail("no PostgreSQL server given");
     };

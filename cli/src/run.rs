@@ -11,12 +11,12 @@
 //! there the kernel kills the command if `lockmgr` dies.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockmgr::{LockError, LockGuard, LockMgr, LockMode};
+use lockmgr::{LockError, LockGuard, LockMgr, LockMode, Permit, Semaphore};
 use nix::sys::signal::Signal;
 
 use crate::progress::Progress;
@@ -73,8 +73,8 @@ impl Outcome {
 
 /// How the command is tied to the lock.
 pub(crate) enum Tie<'a> {
-    /// It inherits this descriptor of a file lock.
-    Inherit(&'a LockGuard),
+    /// It inherits this descriptor of a file lock (or a permit).
+    Inherit(BorrowedFd<'a>),
     /// It is killed if `lockmgr` dies (a lock held by `lockmgr`'s session).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     EndWithParent,
@@ -82,6 +82,9 @@ pub(crate) enum Tie<'a> {
 
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let (per_attempt, attempts) = budget(args.wait, args.attempts);
+    if let Some(permits) = args.permits {
+        return run_with_permit(args, permits, (per_attempt, attempts), signals).await;
+    }
     let lock = LockMgr::builder(&args.lockfile)
         .kind(args.kind.into())
         .max_attempts(attempts)
@@ -109,12 +112,44 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let outcome = supervise(
         &args.command,
         token,
-        Tie::Inherit(&guard),
+        Tie::Inherit(guard.as_fd()),
         std::future::pending(),
         &signals,
     )
     .await;
     if let Err(e) = guard.release() {
+        eprintln!("lockmgr: {e}");
+    }
+    outcome.finish()
+}
+
+/// `run --permits N`: the command runs holding one of N permits.
+async fn run_with_permit(
+    args: RunArgs,
+    permits: u32,
+    (per_attempt, attempts): (Duration, u32),
+    signals: Signals,
+) -> ExitCode {
+    let sem = Semaphore::builder(&args.lockfile, permits)
+        .max_attempts(attempts)
+        .build();
+    let acquire = |wait: bool, timeout: Duration| {
+        let sem = sem.clone();
+        async move { sem.acquire(wait, timeout).await }
+    };
+    let permit: Permit = match take(acquire, &args, (per_attempt, attempts), &signals).await {
+        Ok(permit) => permit,
+        Err(e) => return not_obtained(e, &args),
+    };
+    let outcome = supervise(
+        &args.command,
+        Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
+        Tie::Inherit(permit.as_fd()),
+        std::future::pending(),
+        &signals,
+    )
+    .await;
+    if let Err(e) = permit.release() {
         eprintln!("lockmgr: {e}");
     }
     outcome.finish()
@@ -201,7 +236,7 @@ pub(crate) async fn supervise(
     // flag, so the command gets it; this process closes its own copy once
     // the command runs.
     let inherited: Option<OwnedFd> = match tie {
-        Tie::Inherit(guard) => match guard.as_fd().try_clone_to_owned() {
+        Tie::Inherit(fd) => match fd.try_clone_to_owned() {
             Ok(dup) => Some(without_cloexec(dup)),
             Err(e) => {
                 return Outcome::Code(fail(&format!("cannot hand the lock to the command: {e}")))

@@ -688,3 +688,60 @@ fn run_gives_the_command_a_fencing_token_for_file_locks_too() {
     let second = token();
     assert_eq!((first, second), (1, 2));
 }
+
+/// `run --permits 2`: two commands run at once, each told its slot; a
+/// third is turned away with `--nonblock`, and a waiting one starts when
+/// one of the two ends, in the slot it left.
+#[test]
+fn permits_let_n_commands_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = dir.path().join("pool.sem");
+    let start = |extra: &[&str]| {
+        let mut child = Command::new(LOCKMGR)
+            .args(["run", "--permits", "2"])
+            .args(extra)
+            .arg(&sem)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().to_owned())
+    };
+    let (first, first_slot) = start(&[]);
+    let (second, second_slot) = start(&[]);
+    let mut slots = [first_slot.clone(), second_slot];
+    slots.sort();
+    assert_eq!(slots, ["slot=0", "slot=1"]);
+
+    let out = lockmgr(&["run", "--permits", "2", "-n", s(&sem), "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    let (third, third_slot) = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| start(&["--quiet"]));
+        let out = finish(first);
+        assert!(out.status.success());
+        waiting.join().unwrap()
+    });
+    assert_eq!(third_slot, first_slot, "the slot the first left");
+    assert!(finish(second).status.success());
+    assert!(finish(third).status.success());
+
+    let out = lockmgr(&["run", "--permits", "3", s(&sem), "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("has 2 permits"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -25,6 +25,10 @@
 //!   the guard's fencing token as a line to FILE, release (use `--fencing`).
 //! - `lead PATH [OPTIONS]`: campaign (`LockMgr::lead`); while leading,
 //!   print `leading <pid>` and lead until stdin closes.
+//! - `permit-hold PATH N`: take a permit of the N-permit semaphore, print
+//!   `locked <slot>`, hold it until stdin closes.
+//! - `permits PATH N ITERS TASKS DIR`: TASKS tasks take a permit ITERS times
+//!   each, making DIR/slot-<slot> with O_EXCL inside (exit 3 on overlap).
 //! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
 //!   `error: ...`), as `LockMgr::holders` finds them.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
@@ -145,6 +149,16 @@ pub fn run(args: Vec<String>) -> ! {
         )),
         ["wait-without-threads", path] => wait_without_threads(path),
         ["holders", path] => holders(path),
+        ["permit-hold", path, n] => {
+            rt.block_on(permit_hold(path, n.parse().unwrap_or_else(|_| usage())))
+        }
+        ["permits", path, n, iters, tasks, dir] => rt.block_on(permits(
+            path,
+            n.parse().unwrap_or_else(|_| usage()),
+            iters.parse().unwrap_or_else(|_| usage()),
+            tasks.parse().unwrap_or_else(|_| usage()),
+            PathBuf::from(dir),
+        )),
         ["lead", path, opts @ ..] => rt.block_on(lead(options(path, opts))),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
@@ -280,6 +294,60 @@ async fn lead(o: Options) {
         .await
         .expect("lead");
     println!("stepped down");
+}
+
+/// Takes a permit of the N-permit semaphore at PATH, prints
+/// `locked <slot>`, holds it until stdin closes.
+async fn permit_hold(path: &str, n: u32) {
+    let permit = lockmgr::Semaphore::new(path, n)
+        .acquire(true, Duration::MAX)
+        .await
+        .expect("permit");
+    println!("locked {}", permit.slot());
+    std::io::stdout().flush().expect("flush");
+    tokio::task::spawn_blocking(wait_for_stdin_eof)
+        .await
+        .expect("stdin reader");
+    permit.release().expect("release");
+}
+
+/// TASKS tasks each take a permit ITERS times; inside, each makes the
+/// marker DIR/slot-<slot> with O_EXCL (a second holder of a slot finds it,
+/// and the helper exits with 3) and checks the slot is below N.
+async fn permits(path: &str, n: u32, iters: u32, tasks: u32, dir: PathBuf) {
+    let sem = lockmgr::Semaphore::new(path, n);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (sem, dir) = (sem.clone(), dir.clone());
+        set.spawn(async move {
+            for _ in 0..iters {
+                let permit = sem
+                    .acquire(true, Duration::from_secs(60))
+                    .await
+                    .expect("permit");
+                assert!(permit.slot() < n, "slot {} of {n}", permit.slot());
+                let marker = dir.join(format!("slot-{}", permit.slot()));
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&marker)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        println!("OVERLAP");
+                        std::process::exit(3);
+                    }
+                    Err(e) => panic!("marker: {e}"),
+                }
+                tokio::task::yield_now().await;
+                std::fs::remove_file(&marker).expect("remove marker");
+                drop(permit);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
 }
 
 /// `LockMgr::holders`, as this process (and its user) can see them.

@@ -1,0 +1,278 @@
+//! A semaphore's contention: the number of permits, kept at the head of
+//! its file; one permit slot per byte of a range far past any content,
+//! each taken with an exclusive OFD lock on its byte; a try over every
+//! slot; and the wait, behind this process's other waiters for the file,
+//! on the file's close events (a permit is given back by closing its
+//! descriptor, which a killed holder's exit does too) until a slot frees.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::contender::{open_fd, LockConfig};
+use crate::error::{LockError, Operation};
+use crate::os::{self, FileId};
+use crate::queue::{self, Ticket};
+use crate::vocab::LockMode;
+use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
+
+/// The first slot's byte: far past any header, so that slots and content
+/// never meet.
+const SLOT_BASE: i64 = 1 << 40;
+/// The most permits a semaphore may have (each try looks at every slot).
+pub(crate) const MAX_PERMITS: u32 = 4096;
+const TAG: &str = "lockmgr-semaphore/1 permits=";
+
+/// A permit held: the open file description that holds its slot.
+#[derive(Debug)]
+pub(crate) struct HeldPermit {
+    file: Option<File>,
+    path: Arc<Path>,
+    slot: u32,
+    owner_pid: u32,
+}
+
+impl HeldPermit {
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file
+            .as_ref()
+            .expect("the file is only taken by release")
+            .as_fd()
+    }
+
+    /// Gives the permit back: the slot unlocked (by the process that took
+    /// it: a forked child's copy must not free its parent's permit), then
+    /// the descriptor closed, which wakes the waiters of every process.
+    pub(crate) fn release(&mut self) -> Result<(), LockError> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if os::current_pid() == self.owner_pid {
+            result = os::unlock_byte(&file, SLOT_BASE + i64::from(self.slot))
+                .map_err(|e| LockError::io(&self.path, Operation::Unlock, e));
+        }
+        let closed = nix::unistd::close(file)
+            .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
+        tracing::debug!(lock = %self.path.display(), slot = self.slot, "released permit");
+        result.and(closed)
+    }
+}
+
+impl Drop for HeldPermit {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "lockmgr: error while releasing a permit");
+        }
+    }
+}
+
+/// One caller's contention for a permit.
+struct SlotContender<'a> {
+    config: &'a LockConfig,
+    permits: u32,
+    fd: Option<OwnedFd>,
+    file: FileId,
+    slot: Option<u32>,
+}
+
+impl<'a> SlotContender<'a> {
+    fn open(config: &'a LockConfig, permits: u32) -> Result<Self, LockError> {
+        let opened = open_fd(config, LockMode::Exclusive)?;
+        check_permits(config, &opened.fd, permits)?;
+        Ok(SlotContender {
+            config,
+            permits,
+            fd: Some(opened.fd),
+            file: opened.file,
+            slot: None,
+        })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd
+            .as_ref()
+            .expect("a contender has its descriptor until it is handed on")
+            .as_fd()
+    }
+
+    fn into_permit(mut self) -> HeldPermit {
+        HeldPermit {
+            file: self.fd.take().map(File::from),
+            path: self.config.path.clone(),
+            slot: self.slot.expect("won"),
+            owner_pid: os::current_pid(),
+        }
+    }
+
+    fn all_taken(&self) -> LockError {
+        LockError::WouldBlock {
+            lock: self.config.id.clone(),
+            holder: None,
+        }
+    }
+}
+
+impl Contender for SlotContender<'_> {
+    type Error = LockError;
+
+    fn try_once(&mut self, attempt: u32, cause: Cause) -> Result<Try, LockError> {
+        for slot in 0..self.permits {
+            let won = os::try_lock_byte(self.fd(), SLOT_BASE + i64::from(slot))
+                .map_err(|e| LockError::io(&self.config.path, Operation::Lock, e))?;
+            if won {
+                self.slot = Some(slot);
+                tracing::debug!(lock = %self.config.path.display(), attempt, slot, woke = cause.as_str(), "permit won");
+                return Ok(Try::Won);
+            }
+        }
+        tracing::debug!(lock = %self.config.path.display(), attempt, woke = cause.as_str(), "every permit taken");
+        Ok(Try::Held)
+    }
+
+    fn signal(&mut self, _: Option<queue::Promise>) -> Signal {
+        // No kernel wait can wait for any one of several slots: the close
+        // that gives a permit back is the event.
+        Signal::watch(self.fd(), &self.config.path)
+    }
+
+    fn fail(&self, e: std::io::Error) -> LockError {
+        LockError::io(&self.config.path, Operation::Lock, e)
+    }
+}
+
+/// Makes sure the file is a semaphore of `permits` permits: an empty file
+/// becomes one; one of another count, or another file, is refused.
+fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), LockError> {
+    let invalid = |reason: String| LockError::Invalid {
+        lock: config.id.clone(),
+        reason,
+    };
+    if permits == 0 || permits > MAX_PERMITS {
+        return Err(invalid(format!(
+            "a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"
+        )));
+    }
+    let read = |fd: &OwnedFd| -> Result<String, LockError> {
+        let mut head = [0u8; 64];
+        let n = os::read_head(fd, &mut head)
+            .map_err(|e| LockError::io(&config.path, Operation::Read, e))?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let mut head = read(fd)?;
+    if head.is_empty() {
+        let line = format!("{TAG}{permits}\n");
+        os::write_head(fd, line.as_bytes(), false)
+            .map_err(|e| LockError::io(&config.path, Operation::Lock, e))?;
+        // Read back: of two first users that disagree, one learns it here.
+        head = read(fd)?;
+    }
+    let found = head
+        .strip_prefix(TAG)
+        .and_then(|rest| rest.split('\n').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    match found {
+        Some(n) if n == permits => Ok(()),
+        Some(n) => Err(invalid(format!(
+            "the semaphore has {n} permits, and this one asks for {permits}: every user of a \
+             semaphore must give the same number"
+        ))),
+        None => Err(invalid(
+            "the file holds something else than a semaphore's permit count".into(),
+        )),
+    }
+}
+
+/// One try over every slot, outside the line.
+pub(crate) fn try_acquire(config: &LockConfig, permits: u32) -> Result<HeldPermit, LockError> {
+    let mut contender = SlotContender::open(config, permits)?;
+    match contender.try_once(1, Cause::First)? {
+        Try::Won => Ok(contender.into_permit()),
+        _ => Err(contender.all_taken()),
+    }
+}
+
+/// A permit per `policy`: one try, then (if the policy waits) a place in
+/// this process's line for the file and a wait on its close events.
+pub(crate) async fn acquire(
+    config: &LockConfig,
+    permits: u32,
+    policy: Policy,
+) -> Result<HeldPermit, LockError> {
+    let started = Instant::now();
+    let mut ticket = None;
+    if policy.waits && queue::anyone_waiting() {
+        ticket = os::file_id_at(&config.path).and_then(Ticket::join_if_waiting);
+    }
+    let mut announced = false;
+    loop {
+        if let Some(t) = &ticket {
+            until_head(config, t, policy, started).await?;
+        }
+        let mut contender = SlotContender::open(config, permits)?;
+        if contender.try_once(1, Cause::First)? == Try::Won {
+            return Ok(contender.into_permit());
+        }
+        if !policy.waits {
+            return Err(contender.all_taken());
+        }
+        if !announced {
+            announced = true;
+            policy.announce(&config.id, None, " (every permit taken)");
+        }
+        let t = match ticket.take() {
+            Some(t) if t.file() == contender.file => t,
+            _ => {
+                let t = Ticket::join(contender.file);
+                if !t.is_head() {
+                    ticket = Some(t);
+                    continue;
+                }
+                t
+            }
+        };
+        let mut signal = contender.signal(Some(t.promise()));
+        return match wait::wait(&mut contender, &mut signal, Some(&t), policy, started).await {
+            Ok(()) => Ok(contender.into_permit()),
+            Err(Failed::Error(e)) => Err(e),
+            Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
+                lock: config.id.clone(),
+                attempts,
+                waited,
+                holder: None,
+            }),
+        };
+    }
+}
+
+/// Waits until `ticket` is at the front of its line, within the budget.
+async fn until_head(
+    config: &LockConfig,
+    ticket: &Ticket,
+    policy: Policy,
+    started: Instant,
+) -> Result<(), LockError> {
+    let Some(deadline) = policy.deadline(started) else {
+        ticket.until_head().await;
+        return Ok(());
+    };
+    tokio::time::timeout_at(deadline, ticket.until_head())
+        .await
+        .map_err(|_| LockError::TimedOut {
+            lock: config.id.clone(),
+            attempts: policy.max_attempts,
+            waited: started.elapsed(),
+            holder: None,
+        })
+}

@@ -1,0 +1,160 @@
+//! `Semaphore`: at most N holders across processes and tasks, on one file.
+
+mod common;
+
+use common::LIVENESS;
+use lockmgr::{LockError, Semaphore};
+
+/// Five processes of two tasks each take one of three permits 20 times:
+/// no slot is ever held twice (an `O_EXCL` marker per slot), every slot is
+/// below 3, and everyone gets through.
+#[test]
+fn never_more_than_n_holders_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let procs: Vec<_> = (0..5)
+        .map(|_| {
+            common::helper_command(
+                "permits",
+                [
+                    path.to_str().unwrap(),
+                    "3",
+                    "20",
+                    "2",
+                    dir.path().to_str().unwrap(),
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut p in procs {
+        assert!(p.wait().unwrap().success(), "a slot was held twice");
+    }
+}
+
+/// All N permits can be held at once, in N different slots, and not N+1.
+#[test]
+fn n_at_once_and_not_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = Semaphore::new(dir.path().join("pool.sem"), 4);
+    let permits: Vec<_> = (0..4).map(|_| sem.try_acquire().unwrap()).collect();
+    let mut slots: Vec<u32> = permits.iter().map(|p| p.slot()).collect();
+    slots.sort();
+    assert_eq!(slots, [0, 1, 2, 3]);
+    assert!(sem.try_acquire().unwrap_err().is_contended());
+    drop(permits);
+    assert!(sem.try_acquire().is_ok());
+}
+
+/// Both permits are held by other processes; one is killed with SIGKILL:
+/// the waiter gets its permit (its slot) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_gives_its_permit_to_a_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let a = common::Holder::start_with(&path, "permit-hold", &["2"]);
+    let b = common::Holder::start_with(&path, "permit-hold", &["2"]);
+    let sem = Semaphore::new(&path, 2);
+    assert!(sem.try_acquire().unwrap_err().is_contended());
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    a.kill(nix::sys::signal::Signal::SIGKILL);
+    let permit = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    assert!(permit.slot() < 2);
+    drop(b);
+}
+
+/// Ten thousand tasks of one process wait for one permit: they cost one
+/// descriptor and one watch between them, and each gets it in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_waiting_tasks_cost_one_descriptor() {
+    const TASKS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let sem = Semaphore::new(&path, 1);
+    let held = sem.try_acquire().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (sem, done) = (sem.clone(), done.clone());
+        tasks.spawn(async move {
+            drop(sem.acquire(true, LIVENESS).await.unwrap());
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    common::until_waiting(&path).await;
+    // The holder's descriptor and the head's.
+    assert!(
+        common::fds_on(&path) <= 2,
+        "{} descriptors",
+        common::fds_on(&path)
+    );
+    assert!(common::watches_on(&path) <= 1);
+    drop(held);
+    tokio::time::timeout(LIVENESS, async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("not every task got the permit in turn");
+    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), TASKS);
+    assert_eq!(common::fds_on(&path), 0);
+}
+
+/// A waiting acquire dropped leaves no descriptor and no permit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_waiter_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let sem = Semaphore::new(&path, 1);
+    let held = sem.try_acquire().unwrap();
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    drop(held);
+    assert_eq!(common::fds_on(&path), 0);
+    drop(sem.try_acquire().unwrap());
+}
+
+/// Users that disagree on N, absurd numbers and a file that is not a
+/// semaphore's get a clear error, and nothing is overwritten.
+#[test]
+fn disagreement_and_bad_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let two = Semaphore::new(&path, 2).try_acquire().unwrap();
+    let e = Semaphore::new(&path, 3).try_acquire().unwrap_err();
+    assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+    let said = e.to_string();
+    assert!(
+        said.contains("has 2 permits") && said.contains("asks for 3"),
+        "{said}"
+    );
+    drop(two);
+    for n in [0, 5000] {
+        let e = Semaphore::new(dir.path().join(format!("{n}.sem")), n)
+            .try_acquire()
+            .unwrap_err();
+        assert!(matches!(e, LockError::Invalid { .. }), "{n}: {e:?}");
+    }
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "precious").unwrap();
+    let e = Semaphore::new(&data, 2).try_acquire().unwrap_err();
+    assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "precious");
+    let e = Semaphore::new(dir.path(), 2).try_acquire().unwrap_err();
+    assert!(matches!(e, LockError::NotAFile { .. }), "{e:?}");
+}
