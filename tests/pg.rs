@@ -905,3 +905,91 @@ async fn acquire_all_never_deadlocks_and_is_all_or_nothing() {
         .unwrap_err();
     assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
 }
+
+/// `PgSemaphore`: two of two permits can be held at once, not three; six
+/// tasks taking one in turn are never more than two inside, and never two
+/// in one slot; permits held by other processes, one killed with SIGKILL,
+/// let a waiter in; a user that disagrees on the number is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_admits_at_most_n_holders() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let Some(url) = common::pg_url() else { return };
+    let name = name("semaphore");
+    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 2).unwrap();
+    let a = sem.acquire(true, LIVENESS).await.unwrap();
+    let b = sem.acquire(true, LIVENESS).await.unwrap();
+    assert_ne!(a.slot(), b.slot());
+    assert!(sem.try_acquire().await.unwrap_err().is_contended());
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+
+    let inside = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (sem, inside, slots) = (sem.clone(), inside.clone(), slots.clone());
+        tasks.spawn(async move {
+            for _ in 0..5 {
+                let permit = sem.acquire(true, LIVENESS).await.unwrap();
+                assert!(inside.fetch_add(1, Ordering::SeqCst) < 2, "a third holder");
+                assert!(
+                    slots.lock().unwrap().insert(permit.slot()),
+                    "one slot twice"
+                );
+                tokio::task::yield_now().await;
+                slots.lock().unwrap().remove(&permit.slot());
+                inside.fetch_sub(1, Ordering::SeqCst);
+                permit.release().await.unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(LIVENESS, async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the tasks did not get through");
+
+    let first = common::Holder::started(
+        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "2"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let second = common::Holder::started(
+        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "2"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    first.kill(Signal::SIGKILL);
+    let permit = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    assert!(permit.slot() < 2);
+    permit.release().await.unwrap();
+    drop(second);
+
+    let e = lockmgr::pg::PgSemaphore::new(&url, &name, 3)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+    assert!(e.to_string().contains("has 2 permits"), "{e}");
+    assert!(matches!(
+        lockmgr::pg::PgSemaphore::new(&url, &name, 0),
+        Err(LockError::Invalid { .. })
+    ));
+}

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockmgr::pg::{PgLockGuard, PgLockMgr};
+use lockmgr::pg::{PgLockGuard, PgLockMgr, PgPermit, PgSemaphore};
 use lockmgr::LockMode;
 
 use crate::run::{budget, label, mode, not_obtained, supervise, take, Tie};
@@ -71,9 +71,6 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
 }
 
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
-    if args.permits.is_some() {
-        return fail("--permits takes a semaphore file; PostgreSQL semaphores are not supported");
-    }
     let Some(source) = args.pg.source() else {
         return fail("no PostgreSQL server given");
     };
@@ -83,6 +80,9 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     };
     let name = args.lockfile.to_string_lossy();
     let (per_attempt, attempts) = budget(args.wait, args.attempts);
+    if let Some(permits) = args.permits {
+        return run_with_permit(&args, &url, permits, (per_attempt, attempts), signals).await;
+    }
     let lock = match PgLockMgr::builder(&url, name)
         .max_attempts(attempts)
         .label(label(&args))
@@ -115,6 +115,43 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     )
     .await;
     if let Err(e) = guard.release().await {
+        eprintln!("lockmgr: {e}");
+    }
+    outcome.finish()
+}
+
+/// `run --permits N` on PostgreSQL: the command runs holding one of N
+/// permits of the semaphore named LOCKFILE, and is sent SIGTERM if the
+/// permit's session is lost.
+async fn run_with_permit(
+    args: &RunArgs,
+    url: &str,
+    permits: u32,
+    (per_attempt, attempts): (Duration, u32),
+    signals: Signals,
+) -> ExitCode {
+    let sem = match PgSemaphore::new(url, args.lockfile.to_string_lossy(), permits) {
+        Ok(sem) => sem,
+        Err(e) => return fail(&e.to_string()),
+    };
+    // The semaphore's timeout is the whole wait.
+    let acquire = |wait: bool, timeout: Duration| {
+        let sem = sem.clone();
+        async move { sem.acquire(wait, timeout.saturating_mul(attempts)).await }
+    };
+    let permit: PgPermit = match take(acquire, args, (per_attempt, attempts), &signals).await {
+        Ok(permit) => permit,
+        Err(e) => return not_obtained(e, args),
+    };
+    let outcome = supervise(
+        &args.command,
+        Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
+        Tie::EndWithParent,
+        permit.lost(),
+        &signals,
+    )
+    .await;
+    if let Err(e) = permit.release().await {
         eprintln!("lockmgr: {e}");
     }
     outcome.finish()

@@ -698,3 +698,54 @@ fn list_names_the_servers_locks_their_holders_and_their_queue() {
         "{all}"
     );
 }
+
+/// `run --permits 1 --postgres URL NAME`: the command gets its slot; a
+/// second, without waiting, is turned away while the first runs.
+#[test]
+fn permits_on_postgres() {
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-permits-{}", std::process::id());
+    let mut first = Command::new(LOCKMGR)
+        .args(["run", "--permits", "1", "--postgres", &url, &name, "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "slot=0\n");
+    let out = lockmgr(&[
+        "run",
+        "--permits",
+        "1",
+        "-n",
+        "--postgres",
+        &url,
+        &name,
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    drop(first.stdin.take());
+    assert!(first.wait().unwrap().success());
+    let out = lockmgr(&[
+        "run",
+        "--permits",
+        "1",
+        "-n",
+        "--postgres",
+        &url,
+        &name,
+        "--",
+        "true",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -565,7 +565,7 @@ impl PgLockMgr {
         &self.inner.id
     }
 
-    fn request(&self) -> Duration {
+    pub(super) fn request(&self) -> Duration {
         self.inner.server.timeouts.request
     }
 
@@ -579,7 +579,7 @@ impl PgLockMgr {
 
     /// A shared session for autocommit requests (status, fencing tokens),
     /// with the fence table known to exist, and how the server is reached.
-    async fn utility(
+    pub(super) async fn utility(
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, Pooling), LockError> {

@@ -127,6 +127,7 @@ mod guard;
 mod leader;
 mod listing;
 mod manager;
+mod semaphore;
 mod session;
 mod sql;
 mod tls;
@@ -135,6 +136,7 @@ pub use guard::PgLockGuard;
 pub use leader::Led;
 pub use listing::ServerLock;
 pub use manager::{PgLockMgr, PgLockMgrBuilder};
+pub use semaphore::{PgPermit, PgSemaphore};
 
 /// The SQL that creates the fencing-token table `table` (`schema.table`):
 /// for a DBA to run once, so that the role the locks use needs no `CREATE`

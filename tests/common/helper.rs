@@ -45,6 +45,8 @@
 //! - `pg-lead URL NAME`: campaign (`PgLockMgr::lead`); while leading, print
 //!   `leading <fencing token>` until stdin closes (`stepped down`) or the
 //!   lock is lost (`lost`).
+//! - `pg-permit-hold URL NAME N`: take a permit of the N-permit
+//!   `PgSemaphore` NAME, print `locked <slot>`, hold it until stdin closes.
 //! - `pg-fence URL NAME ITERS FILE`: ITERS times, take the lock, append the
 //!   guard's fencing token as a line to FILE, release.
 
@@ -180,6 +182,12 @@ pub fn run(args: Vec<String>) -> ! {
         #[cfg(feature = "postgres")]
         ["pg-lead", url, name] => rt.block_on(pg::lead(url, name)),
         #[cfg(feature = "postgres")]
+        ["pg-permit-hold", url, name, n] => rt.block_on(pg::permit_hold(
+            url,
+            name,
+            n.parse().unwrap_or_else(|_| usage()),
+        )),
+        #[cfg(feature = "postgres")]
         ["pg-fence", url, name, iters, file] => rt.block_on(pg::fence(
             url,
             name,
@@ -247,6 +255,22 @@ mod pg {
             lockmgr::pg::Led::Finished(()) => println!("stepped down"),
             _ => println!("lost"),
         }
+    }
+
+    /// Takes a permit of the N-permit semaphore NAME, prints `locked
+    /// <slot>`, holds it until stdin closes.
+    pub async fn permit_hold(url: &str, name: &str, n: u32) {
+        let permit = lockmgr::pg::PgSemaphore::new(url, name, n)
+            .expect("semaphore")
+            .acquire(true, Duration::MAX)
+            .await
+            .expect("permit");
+        println!("locked {}", permit.slot());
+        std::io::stdout().flush().expect("flush");
+        tokio::task::spawn_blocking(super::wait_for_stdin_eof)
+            .await
+            .expect("stdin reader");
+        permit.release().await.expect("release");
     }
 
     pub async fn fence(url: &str, name: &str, iters: u32, file: &str) {

@@ -1,0 +1,270 @@
+//! [`PgSemaphore`]: at most N holders of a named resource, across hosts,
+//! on N advisory keys (one per permit slot).
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
+
+use super::fence;
+use super::guard::PgLockGuard;
+use super::manager::PgLockMgr;
+use super::session::with_op;
+use crate::error::{LockError, Operation};
+use crate::wait::Policy;
+
+/// The most permits a PostgreSQL semaphore may have.
+const MAX_PERMITS: u32 = 1024;
+/// How long a waiter waits on the server for one slot before it looks at
+/// every slot again: a permit given back in another slot is noticed
+/// within this, one in the slot waited for at once.
+const ROUND: Duration = Duration::from_secs(1);
+
+/// A counting semaphore on PostgreSQL: at most `permits` holders of a
+/// [`PgPermit`] at a time, across every process on every host that uses
+/// the name on that server.
+///
+/// Each permit slot is an advisory lock on a key of its own, derived from
+/// the name (`NAME/permit/I`); a holder whose session ends (killed, its
+/// connection lost) gives its permit back at once, and its
+/// [`lost`](PgPermit::lost) resolves. A waiter tries every slot, then
+/// waits on the server for one slot (the server wakes it the moment that
+/// slot is given back) for up to a second at a time, trying every slot
+/// between waits: a permit given back in another slot is noticed within a
+/// second. The number of permits is kept in the fence table (row
+/// `NAME/permits`); users that disagree on it get [`LockError::Invalid`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() -> Result<(), lockmgr::LockError> {
+/// let exports = lockmgr::pg::PgSemaphore::new("host=db user=app", "exports", 3)?;
+/// let permit = exports.acquire(true, std::time::Duration::from_secs(600)).await?;
+/// println!("export slot {} (token {})", permit.slot(), permit.fencing_token());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgSemaphore {
+    name: String,
+    slots: Vec<PgLockMgr>,
+}
+
+/// One permit of a [`PgSemaphore`], held. Dropping it gives the permit
+/// back (without waiting for the server; [`release`](PgPermit::release)
+/// waits and reports errors).
+#[must_use = "the permit is given back as soon as it is dropped"]
+pub struct PgPermit {
+    guard: PgLockGuard,
+    slot: u32,
+}
+
+impl PgSemaphore {
+    /// A semaphore of `permits` permits named `name` on the server that
+    /// `config` (a libpq connection string) reaches. Connects to nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Invalid`] for 0 or more than 1024 permits, or a
+    /// connection string that does not parse.
+    pub fn new(config: &str, name: impl Into<String>, permits: u32) -> Result<Self, LockError> {
+        let name = name.into();
+        if permits == 0 || permits > MAX_PERMITS {
+            return Err(LockError::Invalid {
+                lock: crate::error::LockId::postgres("", "", &name),
+                reason: format!("a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"),
+            });
+        }
+        let slots = (0..permits)
+            .map(|i| {
+                PgLockMgr::builder(config, format!("{name}/permit/{i}"))
+                    .max_attempts(1)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PgSemaphore { name, slots })
+    }
+
+    /// The number of permits.
+    pub fn permits(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Takes a permit: at once if one is free, else (with `wait`) as soon
+    /// as one is given back, within `timeout` in all.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] (every permit taken, not waiting),
+    /// [`LockError::TimedOut`], [`LockError::Invalid`] (the fence table
+    /// keeps another number of permits for this name), and the errors of
+    /// [`PgLockMgr::acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves no permit taken and no wait on the
+    /// server, as for [`PgLockMgr::acquire`].
+    pub async fn acquire(&self, wait: bool, timeout: Duration) -> Result<PgPermit, LockError> {
+        self.check_permits().await?;
+        let started = Instant::now();
+        let policy = Policy::new(wait, timeout, 1);
+        let deadline = policy.deadline(started);
+        let n = self.slots.len();
+        // Waiters of different processes start at different slots.
+        let mut waited_on = std::process::id() as usize % n;
+        loop {
+            for k in 0..n {
+                let slot = (waited_on + k) % n;
+                match self.slots[slot].try_acquire().await {
+                    Ok(guard) => return Ok(PgPermit::new(guard, slot)),
+                    Err(e) if e.is_contended() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let id = self.slots[0].inner().id.clone();
+            if !policy.waits {
+                return Err(LockError::WouldBlock {
+                    lock: id,
+                    holder: None,
+                });
+            }
+            let round = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(ROUND),
+                None => ROUND,
+            };
+            if round.is_zero() {
+                return Err(LockError::TimedOut {
+                    lock: id,
+                    attempts: 1,
+                    waited: started.elapsed(),
+                    holder: None,
+                });
+            }
+            match self.slots[waited_on].acquire(true, round).await {
+                Ok(guard) => return Ok(PgPermit::new(guard, waited_on)),
+                Err(LockError::TimedOut { .. }) => waited_on = (waited_on + 1) % n,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes a free permit without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](PgSemaphore::acquire) with `wait == false`.
+    pub async fn try_acquire(&self) -> Result<PgPermit, LockError> {
+        self.acquire(false, Duration::ZERO).await
+    }
+
+    /// Makes sure every user of the name agrees on the number of permits:
+    /// the first one records it in the fence table.
+    async fn check_permits(&self) -> Result<(), LockError> {
+        let first = &self.slots[0];
+        let (session, _) = first.utility(None).await?;
+        let inner = first.inner();
+        let table = fence::quoted(&inner.fence);
+        let key = format!("{}/permits", self.name);
+        let permits = i64::from(self.permits());
+        let read = |e| with_op(e, Operation::Fence);
+        session
+            .typed(
+                &format!(
+                    "INSERT INTO {table} (name, token) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+                ),
+                &[(&key, Type::TEXT), (&permits, Type::INT8)],
+                first.request(),
+                &inner.id,
+            )
+            .await
+            .map_err(read)?;
+        let rows = session
+            .typed(
+                &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
+                &[(&key, Type::TEXT)],
+                first.request(),
+                &inner.id,
+            )
+            .await
+            .map_err(read)?;
+        let recorded: Option<i64> = rows.first().and_then(|r| r.try_get(0).ok());
+        match recorded {
+            Some(n) if n == permits => Ok(()),
+            Some(n) => Err(LockError::Invalid {
+                lock: inner.id.clone(),
+                reason: format!(
+                    "the semaphore {} has {n} permits, and this one asks for {permits}: every \
+                     user of a semaphore must give the same number",
+                    self.name
+                ),
+            }),
+            None => Err(LockError::Server {
+                lock: inner.id.clone(),
+                op: Operation::Fence,
+                source: "the permit count was not recorded".into(),
+            }),
+        }
+    }
+}
+
+impl PgPermit {
+    fn new(guard: PgLockGuard, slot: usize) -> PgPermit {
+        PgPermit {
+            guard,
+            slot: slot as u32,
+        }
+    }
+
+    /// Which permit this is: below the semaphore's permits, held by no one
+    /// else meanwhile.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// This holding's fencing token, for its slot: greater than every
+    /// earlier holding of the same slot's.
+    pub fn fencing_token(&self) -> u64 {
+        self.guard.fencing_token()
+    }
+
+    /// Resolves when the permit's session ends while it is held: the
+    /// permit is then no longer held (see [`PgLockGuard::lost`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub async fn lost(&self) {
+        self.guard.lost().await
+    }
+
+    /// Gives the permit back and waits for the server to confirm.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgLockGuard::release`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`PgLockGuard::release`].
+    pub async fn release(self) -> Result<(), LockError> {
+        self.guard.release().await
+    }
+}
+
+impl fmt::Debug for PgSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSemaphore")
+            .field("name", &self.name)
+            .field("permits", &self.permits())
+            .finish()
+    }
+}
+
+impl fmt::Debug for PgPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPermit")
+            .field("slot", &self.slot)
+            .field("fencing_token", &self.fencing_token())
+            .finish()
+    }
+}
