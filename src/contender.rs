@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
-use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
+use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
 use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
 use crate::proc_locks;
@@ -742,7 +742,12 @@ pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
         return Ok(Holders::default());
     }
     let mut seen = proc_locks::descriptors(&[file]).map_err(read_error)?;
-    Ok(assemble(&entries, seen.remove(&file), record.as_ref()))
+    Ok(assemble(
+        file,
+        &entries,
+        seen.remove(&file),
+        record.as_ref(),
+    ))
 }
 
 /// Every file of this host that is locked, or has a request blocked on it.
@@ -769,7 +774,7 @@ pub(crate) fn locked_files() -> io::Result<Vec<LockedFile>> {
                 path,
                 device: file.device(),
                 inode: file.inode(),
-                holders: assemble(&entries, seen, record.as_ref()),
+                holders: assemble(file, &entries, seen, record.as_ref()),
             }
         })
         .collect())
@@ -778,6 +783,7 @@ pub(crate) fn locked_files() -> io::Result<Vec<LockedFile>> {
 /// The holders of one file, from its `/proc/locks` lines and what the
 /// descriptors that have it open show.
 fn assemble(
+    file: proc_locks::Inode,
     entries: &[proc_locks::Entry],
     seen: Option<proc_locks::Descriptors>,
     record: Option<&Holder>,
@@ -785,6 +791,12 @@ fn assemble(
     let mut found = Holders {
         blocked_requests: entries.iter().filter(|e| e.blocked).count(),
         ..Holders::default()
+    };
+    let waiting = |pid: u32| {
+        proc_locks::waiting(pid, file).map(|(tasks, since_ms)| Waiting {
+            tasks,
+            since: UNIX_EPOCH + std::time::Duration::from_millis(since_ms),
+        })
     };
     let holding = |pid: u32, family, mode| HoldingProcess {
         pid,
@@ -794,12 +806,14 @@ fn assemble(
         record: record
             .filter(|r| r.pid == pid && !r.stale && mode == LockMode::Exclusive)
             .cloned(),
+        waiting: waiting(pid),
     };
     for (pid, held) in seen.map(|s| s.by_pid).unwrap_or_default() {
         if held.is_empty() {
             found.open_without_lock.push(OpenProcess {
                 pid,
                 command: proc_locks::command(pid),
+                waiting: waiting(pid),
             });
         }
         for lock in held {

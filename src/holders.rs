@@ -7,6 +7,7 @@
 //! file has one for it.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use crate::holder::Holder;
 use crate::vocab::{LockFamily, LockKind, LockMode};
@@ -27,6 +28,39 @@ pub struct HoldingProcess {
     pub mode: LockMode,
     /// The holder record in the lock file, when it names this process.
     pub record: Option<Holder>,
+    /// Its `lockmgr` tasks that wait for the lock meanwhile, if any.
+    pub waiting: Option<Waiting>,
+}
+
+/// The `lockmgr` tasks of one process that wait for a lock, as that process
+/// publishes them (in shared memory, read through `/proc/PID/fd`: readable
+/// by the process's user and root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Waiting {
+    /// How many tasks wait.
+    pub tasks: u64,
+    /// When the one that has waited longest began.
+    pub since: SystemTime,
+}
+
+impl Waiting {
+    /// [`since`](Waiting::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    pub fn since_utc(&self) -> String {
+        humantime::format_rfc3339_seconds(self.since).to_string()
+    }
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.tasks == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} task{s} waiting since {}",
+            self.tasks,
+            self.since_utc()
+        )
+    }
 }
 
 impl fmt::Display for HoldingProcess {
@@ -43,6 +77,9 @@ impl fmt::Display for HoldingProcess {
             }
             f.write_str(")")?;
         }
+        if let Some(waiting) = &self.waiting {
+            write!(f, "; {waiting}")?;
+        }
         Ok(())
     }
 }
@@ -56,13 +93,19 @@ pub struct OpenProcess {
     pub pid: u32,
     /// Its name (`/proc/PID/comm`), when it could be read.
     pub command: Option<String>,
+    /// Its `lockmgr` tasks that wait for the lock, if it publishes them.
+    pub waiting: Option<Waiting>,
 }
 
 impl fmt::Display for OpenProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
-            Some(command) => write!(f, "{command} pid {}", self.pid),
-            None => write!(f, "pid {}", self.pid),
+            Some(command) => write!(f, "{command} pid {}", self.pid)?,
+            None => write!(f, "pid {}", self.pid)?,
+        }
+        match &self.waiting {
+            Some(waiting) => write!(f, ", {waiting}"),
+            None => Ok(()),
         }
     }
 }

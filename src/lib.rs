@@ -105,6 +105,7 @@
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
 //! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one |
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
+//! | engine | `board` | this process's lines of waiters, published in shared memory for others to read |
 //! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
 //! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line |
 //! | OS | `watcher` | the process-wide inotify instance and its reader thread (the fallback signal) |
@@ -131,6 +132,7 @@ compile_error!(
      which other systems do not have."
 );
 
+mod board;
 mod contender;
 mod error;
 mod forkable;
@@ -158,7 +160,7 @@ mod watcher;
 pub use error::{LockError, LockId, Operation};
 pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
-pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess};
+pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
 pub use leader::Term;
 pub use lock::{locked_files, LockMgr, LockMgrBuilder};
 pub use permit::Permit;

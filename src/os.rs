@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -176,6 +177,11 @@ impl FileId {
             dev: st.st_dev,
             ino: st.st_ino,
         }
+    }
+
+    /// The device and inode numbers.
+    pub(crate) fn numbers(&self) -> (u64, u64) {
+        (self.dev, self.ino)
     }
 }
 
@@ -469,9 +475,172 @@ pub(crate) fn current_pid() -> u32 {
     std::process::id()
 }
 
+/// Memory this process shares with whoever reads one of its descriptors: a
+/// memfd named [`Board::NAME`], mapped, seen as 64-bit atomic words. Other
+/// processes read it through `/proc/PID/fd/N` (as the process's user, or
+/// root); writing it costs no system call.
+pub(crate) struct Board {
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    len: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics, and
+// lives (with the descriptor) as long as the `Board`; nothing in it is tied
+// to a thread.
+unsafe impl Send for Board {}
+// SAFETY: as for `Send`: every access is an atomic operation.
+unsafe impl Sync for Board {}
+
+impl Board {
+    /// The memfd's name (`/proc/PID/fd/N` links to `/memfd:NAME (deleted)`).
+    pub(crate) const NAME: &'static str = "lockmgr-waiters";
+
+    /// A zeroed board of `words` 64-bit words.
+    pub(crate) fn create(words: usize) -> io::Result<Board> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let fd = memfd_create(Board::NAME, MFdFlags::MFD_CLOEXEC)?;
+        let bytes = words
+            .checked_mul(8)
+            .and_then(std::num::NonZeroUsize::new)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        ftruncate(&fd, bytes.get() as libc::off_t)?;
+        // SAFETY: a new shared mapping of the whole of a file only this
+        // process has (its length just set), at an address the kernel
+        // picks: it aliases no Rust object. It is unmapped on drop.
+        let ptr = unsafe {
+            mmap(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )?
+        };
+        Ok(Board {
+            words: ptr.cast(),
+            len: words,
+            _fd: fd,
+        })
+    }
+
+    /// The board's words: a header (magic, pid), then [`BOARD_ENTRIES`]
+    /// entries of (sequence, device, inode, tasks, since in Unix ms,
+    /// sequence).
+    pub(crate) const WORDS: usize = 2 + BOARD_ENTRIES * 6;
+
+    /// A new board for this process's waiting lines.
+    pub(crate) fn for_waiters() -> io::Result<Board> {
+        let board = Board::create(Board::WORDS)?;
+        let set = |i, v| board.word(i).map(|w| w.store(v, Ordering::Release));
+        set(0, BOARD_MAGIC);
+        set(1, u64::from(current_pid()));
+        Ok(board)
+    }
+
+    /// Says that `tasks` tasks wait for the file `(dev, ino)`, the longest
+    /// since `since_ms`; 0 tasks clears its entry. A reader that copies an
+    /// entry while it changes sees its two sequence words differ: the
+    /// trailing one is written first, the fields, then the leading one.
+    pub(crate) fn publish(&self, (dev, ino): (u64, u64), tasks: u64, since_ms: u64) {
+        let load = |i| self.word(i).map_or(0, |w| w.load(Ordering::Acquire));
+        let mut free = None;
+        let mut found = None;
+        for e in 0..BOARD_ENTRIES {
+            let base = 2 + e * 6;
+            if load(base + 3) > 0 && load(base + 1) == dev && load(base + 2) == ino {
+                found = Some(base);
+                break;
+            }
+            if load(base + 3) == 0 && free.is_none() {
+                free = Some(base);
+            }
+        }
+        let Some(base) = found.or(free.filter(|_| tasks > 0)) else {
+            return;
+        };
+        let seq = load(base).wrapping_add(1);
+        let set = |i, v| self.word(i).map(|w| w.store(v, Ordering::Release));
+        set(base + 5, seq);
+        set(base + 1, dev);
+        set(base + 2, ino);
+        set(base + 3, tasks);
+        set(base + 4, since_ms);
+        set(base, seq);
+    }
+
+    /// Word `i`, if the board has it.
+    pub(crate) fn word(&self, i: usize) -> Option<&std::sync::atomic::AtomicU64> {
+        // SAFETY: `i` is within the mapping, which is page aligned (so every
+        // word is aligned for `AtomicU64`), zero-initialised by the kernel,
+        // alive as long as `self`, and only ever accessed atomically.
+        (i < self.len).then(|| unsafe { &*self.words.as_ptr().add(i) })
+    }
+}
+
+/// The most files a process's board tells of at once.
+pub(crate) const BOARD_ENTRIES: usize = 64;
+const BOARD_MAGIC: u64 = u64::from_be_bytes(*b"LMWAIT01");
+
+/// What a board copied from process `pid` (its bytes, as read from its
+/// descriptor) says of the file `(dev, ino)`: how many tasks wait, and
+/// since when (Unix ms). `None` for a board of another process (an
+/// inherited descriptor), an entry that changed while it was copied, or no
+/// waiter.
+pub(crate) fn read_board(bytes: &[u8], pid: u32, (dev, ino): (u64, u64)) -> Option<(u64, u64)> {
+    let words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    if words.len() < Board::WORDS || words[0] != BOARD_MAGIC || words[1] != u64::from(pid) {
+        return None;
+    }
+    words[2..Board::WORDS]
+        .chunks_exact(6)
+        .find(|e| e[0] == e[5] && e[3] > 0 && e[1] == dev && e[2] == ino)
+        .map(|e| (e[3], e[4]))
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `create` made, of this length; no reference
+        // into it outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.words.cast(), self.len * 8) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a board publishes reads back through its descriptor, as
+    /// another process reads it; a cleared entry reads as nothing, and a
+    /// board of another pid (an inherited descriptor) is not believed.
+    #[test]
+    fn a_board_reads_back_through_its_descriptor() {
+        let board = Board::for_waiters().unwrap();
+        board.publish((7, 42), 3, 1_700_000_000_000);
+        board.publish((7, 43), 1, 5);
+        let fd = board._fd.as_raw_fd();
+        let bytes = std::fs::read(format!("/proc/self/fd/{fd}")).unwrap();
+        let me = current_pid();
+        assert_eq!(
+            read_board(&bytes, me, (7, 42)),
+            Some((3, 1_700_000_000_000))
+        );
+        assert_eq!(read_board(&bytes, me, (7, 43)), Some((1, 5)));
+        assert_eq!(read_board(&bytes, me, (7, 44)), None);
+        assert_eq!(read_board(&bytes, me + 1, (7, 42)), None);
+        board.publish((7, 42), 0, 0);
+        let bytes = std::fs::read(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(read_board(&bytes, me, (7, 42)), None);
+        // A torn entry (its two sequence words differ) is not believed.
+        let mut torn = bytes.clone();
+        torn[2 * 8 + 8 * 6 + 5 * 8] ^= 1;
+        assert_eq!(read_board(&torn, me, (7, 43)), None);
+    }
 
     #[test]
     fn whole_file_lock_is_zeroed_apart_from_type() {

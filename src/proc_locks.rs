@@ -184,6 +184,24 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
     Ok(found)
 }
 
+/// The waiting board of process `pid` (see `os::Board`): how many of its
+/// `lockmgr` tasks wait for `file`, and since when (Unix ms). One
+/// `readlink` per descriptor of the process, and one read of its board.
+pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let name = format!("/memfd:{}", crate::os::Board::NAME);
+    for fd in fds.flatten() {
+        let is_board = fs::read_link(fd.path())
+            .ok()
+            .is_some_and(|t| t.to_string_lossy().starts_with(&name));
+        if is_board {
+            let bytes = fs::read(fd.path()).ok()?;
+            return crate::os::read_board(&bytes, pid, (file.device(), file.inode()));
+        }
+    }
+    None
+}
+
 /// The process's name as the kernel keeps it (`/proc/PID/comm`: at most 15
 /// bytes). Never its command line, which may carry secrets.
 pub(crate) fn command(pid: u32) -> Option<String> {

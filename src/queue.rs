@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
+use crate::board;
 use crate::forkable::Forkable;
 use crate::os::FileId;
 
@@ -49,6 +50,20 @@ struct Slot {
     /// While this waiter is the head: when it will next run at the latest,
     /// in nanoseconds after [`epoch`].
     alive_until: AtomicU64,
+    /// When it joined, in Unix milliseconds (for the waiting board).
+    joined_ms: u64,
+}
+
+/// Tells the waiting board how many wait in `line`, and since when.
+fn publish(file: FileId, line: &Line) {
+    let since = line.slots.iter().map(|s| s.joined_ms).min().unwrap_or(0);
+    board::publish(file, line.slots.len(), since);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The zero of `alive_until`.
@@ -156,8 +171,10 @@ impl Ticket {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wake: Notify::new(),
             alive_until: AtomicU64::new(nanos_since_epoch(Instant::now() + FIRST_PROMISE)),
+            joined_ms: unix_ms(),
         });
         line.slots.push_back(slot.clone());
+        publish(file, line);
         Ticket { file, slot }
     }
 
@@ -332,6 +349,7 @@ impl Drop for Ticket {
         } else {
             return;
         };
+        publish(self.file, line);
         if line.slots.is_empty() {
             lines.remove(&self.file);
             LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);

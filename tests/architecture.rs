@@ -21,9 +21,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("os", &["vocab"]),
     ("forkable", &["os"]),
     ("watcher", &[]),
-    ("proc_locks", &["vocab"]),
+    ("proc_locks", &["os", "vocab"]),
     // The engine: the OS layer and the words, never the face.
-    ("queue", &["forkable", "os"]),
+    ("board", &["forkable", "os"]),
+    ("queue", &["board", "forkable", "os"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
         "slots",

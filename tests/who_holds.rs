@@ -283,6 +283,47 @@ fn locks_of_processes_the_caller_cannot_see_are_counted() {
     }
 }
 
+/// A `lockmgr` process with three tasks waiting publishes them: `holders`
+/// tells how many wait in that process, and since when; once they have
+/// won, nothing is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockmgr_process_tells_how_many_of_its_tasks_wait_and_since_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crowded.lock");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let mut crowd = common::helper_command("crowd", [path.to_str().unwrap(), "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = tokio::time::timeout(LIVENESS, async {
+        loop {
+            let holders = lock.holders().unwrap();
+            let seen = holders
+                .open_without_lock
+                .iter()
+                .find(|p| p.pid == crowd.id())
+                .and_then(|p| p.waiting);
+            if let Some(w) = seen.filter(|w| w.tasks == 3) {
+                return w;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the three waiting tasks were never published");
+    assert!(waiting.since >= started && waiting.since <= std::time::SystemTime::now());
+    let said = lock.holders().unwrap().open_without_lock[0].to_string();
+    assert!(said.contains("3 tasks waiting since "), "{said}");
+    drop(held);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut crowd.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("all won"), "{out}");
+    assert!(crowd.wait().unwrap().success());
+    assert!(lock.holders().unwrap().open_without_lock.is_empty());
+}
+
 /// Looking takes nothing: no file is made, and a free file costs no scan.
 #[test]
 fn looking_creates_nothing_and_takes_nothing() {

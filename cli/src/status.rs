@@ -156,6 +156,7 @@ impl<'a> HostJson<'a> {
                     family: p.family.to_string(),
                     mode: p.mode.to_string(),
                     record: p.record.as_ref().map(HolderJson::new),
+                    waiting: p.waiting.as_ref().map(WaitingJson::new),
                 })
                 .collect(),
             unseen: h.unseen,
@@ -166,6 +167,7 @@ impl<'a> HostJson<'a> {
                 .map(|p| OpenJson {
                     pid: p.pid,
                     command: p.command.as_deref(),
+                    waiting: p.waiting.as_ref().map(WaitingJson::new),
                 })
                 .collect(),
         }
@@ -179,12 +181,36 @@ struct ProcessJson<'a> {
     family: String,
     mode: String,
     record: Option<HolderJson<'a>>,
+    waiting: Option<WaitingJson>,
 }
 
 #[derive(Serialize)]
 struct OpenJson<'a> {
     pid: u32,
     command: Option<&'a str>,
+    waiting: Option<WaitingJson>,
+}
+
+/// A process's waiting `lockmgr` tasks: `{"tasks": int, "since": int,
+/// "since_utc": str}`.
+#[derive(Serialize)]
+struct WaitingJson {
+    tasks: u64,
+    since: u64,
+    since_utc: String,
+}
+
+impl WaitingJson {
+    fn new(w: &lockmgr::Waiting) -> Self {
+        WaitingJson {
+            tasks: w.tasks,
+            since: w
+                .since
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            since_utc: w.since_utc(),
+        }
+    }
 }
 
 #[derive(Serialize)]

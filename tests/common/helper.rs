@@ -29,6 +29,8 @@
 //!   `locked <slot>`, hold it until stdin closes.
 //! - `permits PATH N ITERS TASKS DIR`: TASKS tasks take a permit ITERS times
 //!   each, making DIR/slot-<slot> with O_EXCL inside (exit 3 on overlap).
+//! - `crowd PATH TASKS`: TASKS tasks wait for the lock, each dropping it as
+//!   soon as it wins; `all won` at the end.
 //! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
 //!   `error: ...`), as `LockMgr::holders` finds them.
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
@@ -151,6 +153,9 @@ pub fn run(args: Vec<String>) -> ! {
         )),
         ["wait-without-threads", path] => wait_without_threads(path),
         ["holders", path] => holders(path),
+        ["crowd", path, tasks] => {
+            rt.block_on(crowd(path, tasks.parse().unwrap_or_else(|_| usage())))
+        }
         ["permit-hold", path, n] => {
             rt.block_on(permit_hold(path, n.parse().unwrap_or_else(|_| usage())))
         }
@@ -372,6 +377,21 @@ async fn permits(path: &str, n: u32, iters: u32, tasks: u32, dir: PathBuf) {
     while let Some(r) = set.join_next().await {
         r.expect("task");
     }
+}
+
+/// TASKS tasks wait for the lock (as long as it takes), each dropping it
+/// at once when it wins; prints `all won` when every one has.
+async fn crowd(path: &str, tasks: u32) {
+    let lock = LockMgr::new(path);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let lock = lock.clone();
+        set.spawn(async move { drop(lock.acquire(true, Duration::MAX).await.expect("acquire")) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("task");
+    }
+    println!("all won");
 }
 
 /// `LockMgr::holders`, as this process (and its user) can see them.
