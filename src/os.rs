@@ -300,6 +300,27 @@ pub(crate) fn try_lock_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
     ofd_range(fd.as_fd(), libc::F_WRLCK, offset, 1)
 }
 
+/// Takes a shared OFD lock on the byte at `offset`, without waiting: a mark
+/// others can see (see [`others_hold_byte`]).
+pub(crate) fn share_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
+    ofd_range(fd.as_fd(), libc::F_RDLCK, offset, 1)
+}
+
+/// Whether another open file description holds a lock on the byte at
+/// `offset` (`F_OFD_GETLK`: takes nothing).
+pub(crate) fn others_hold_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
+    let mut fl = record(libc::F_WRLCK);
+    fl.l_start = offset;
+    fl.l_len = 1;
+    loop {
+        match fcntl(fd.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)) {
+            Ok(_) => return Ok(fl.l_type as libc::c_int != libc::F_UNLCK),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Drops the OFD lock on the byte at `offset`.
 pub(crate) fn unlock_byte(fd: impl AsFd, offset: i64) -> io::Result<()> {
     ofd_range(fd.as_fd(), libc::F_UNLCK, offset, 1).map(drop)

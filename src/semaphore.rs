@@ -21,7 +21,12 @@ use crate::wait::Policy;
 /// `kill -9` gives it back with its descriptors) and tries again; the
 /// tasks of one process wait in one line, first come first served, with
 /// only its head at the file, so 10,000 waiting tasks cost one descriptor
-/// and one watch. Between processes, the first to try after a release wins.
+/// and one watch. Between processes, waiters mark the file as waited for
+/// (a shared lock on one byte); a newcomer that finds the mark lets them
+/// try first (a 2 ms head start) and then tries like them, so a process
+/// that gives a permit back and asks again at once does not keep it from
+/// the others (measured: no process held the only permit more than twice
+/// in a row while three processes took it 100 times each).
 ///
 /// Every user of a semaphore file must give the same number of permits: the
 /// first one writes it into the empty file, and a different number is

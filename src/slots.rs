@@ -22,6 +22,11 @@ use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 /// The first slot's byte: far past any header, so that slots and content
 /// never meet.
 const SLOT_BASE: i64 = 1 << 40;
+/// The byte every waiting process marks with a shared lock while it waits:
+/// a newcomer that sees the mark lets those waiters go first.
+const WAITING_BYTE: i64 = SLOT_BASE - 1;
+/// How long a newcomer lets the processes already waiting try first.
+const HEAD_START: std::time::Duration = std::time::Duration::from_millis(2);
 /// The most permits a semaphore may have (each try looks at every slot).
 pub(crate) const MAX_PERMITS: u32 = 4096;
 const TAG: &str = "lockmgr-semaphore/1 permits=";
@@ -108,6 +113,8 @@ impl<'a> SlotContender<'a> {
     }
 
     fn into_permit(mut self) -> HeldPermit {
+        // No longer waiting: the mark goes (it is the holder's descriptor).
+        let _ = os::unlock_byte(self.fd(), WAITING_BYTE);
         HeldPermit {
             file: self.fd.take().map(File::from),
             path: self.config.path.clone(),
@@ -221,7 +228,13 @@ pub(crate) async fn acquire(
             until_head(config, t, policy, started).await?;
         }
         let mut contender = SlotContender::open(config, permits)?;
-        if contender.try_once(1, Cause::First)? == Try::Won {
+        // Fairness between processes: a caller that may wait, and finds
+        // others of other processes waiting, lets them go first (they were
+        // woken by the release that freed a permit, and are about to try).
+        let io = |e| LockError::io(&config.path, Operation::Lock, e);
+        let defer =
+            policy.waits && os::others_hold_byte(contender.fd(), WAITING_BYTE).map_err(io)?;
+        if !defer && contender.try_once(1, Cause::First)? == Try::Won {
             return Ok(contender.into_permit());
         }
         if !policy.waits {
@@ -242,7 +255,18 @@ pub(crate) async fn acquire(
                 t
             }
         };
+        // Marked as waiting (the mark goes with the descriptor).
+        os::share_byte(contender.fd(), WAITING_BYTE).map_err(io)?;
         let mut signal = contender.signal(Some(t.promise()));
+        if defer {
+            // Their head start: then this caller tries like them (so a
+            // permit nobody took is not left free).
+            let head_start = match policy.deadline(started) {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(HEAD_START),
+                None => HEAD_START,
+            };
+            tokio::time::sleep(head_start).await;
+        }
         return match wait::wait(&mut contender, &mut signal, Some(&t), policy, started).await {
             Ok(()) => Ok(contender.into_permit()),
             Err(Failed::Error(e)) => Err(e),

@@ -33,6 +33,75 @@ fn never_more_than_n_holders_across_processes() {
     }
 }
 
+/// Fairness between processes: three processes take the one permit 100
+/// times each, in a tight loop. None is kept out while another runs: in
+/// the order of the holdings, no process holds it more than ten times in
+/// a row while the others still have turns to take.
+#[test]
+fn no_process_is_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.sem");
+    // The permit is held until all three wait for it: they start together.
+    let gate = Semaphore::new(&path, 1).try_acquire().unwrap();
+    let procs: Vec<_> = (0..3)
+        .map(|_| {
+            common::helper_command(
+                "permits",
+                [
+                    path.to_str().unwrap(),
+                    "1",
+                    "100",
+                    "1",
+                    dir.path().to_str().unwrap(),
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + LIVENESS;
+    let watching = || {
+        procs
+            .iter()
+            .filter(|p| common::watches_of(&p.id().to_string(), &path) > 0)
+            .count()
+    };
+    while watching() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the three never waited"
+        );
+        std::thread::yield_now();
+    }
+    drop(gate);
+    for mut p in procs {
+        assert!(p.wait().unwrap().success());
+    }
+    let order: Vec<String> = std::fs::read_to_string(dir.path().join("order"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(order.len(), 300);
+    // Streaks while every process still had holdings to make.
+    let mut left: std::collections::HashMap<&str, usize> =
+        order.iter().map(|p| (p.as_str(), 100)).collect();
+    let (mut longest, mut streak, mut last) = (0, 0, "");
+    for p in &order {
+        if left.values().all(|&n| n > 0) {
+            streak = if p == last { streak + 1 } else { 1 };
+            longest = longest.max(streak);
+        }
+        *left.get_mut(p.as_str()).unwrap() -= 1;
+        last = p;
+    }
+    eprintln!("longest run of one process: {longest}");
+    assert!(
+        longest <= 10,
+        "one process held the permit {longest} times in a row"
+    );
+}
+
 /// All N permits can be held at once, in N different slots, and not N+1.
 #[test]
 fn n_at_once_and_not_more() {

@@ -368,6 +368,14 @@ async fn permits(path: &str, n: u32, iters: u32, tasks: u32, dir: PathBuf) {
                     }
                     Err(e) => panic!("marker: {e}"),
                 }
+                // The order of the holdings, one write each under the permit.
+                let mut log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(dir.join("order"))
+                    .expect("order log");
+                log.write_all(format!("{}\n", std::process::id()).as_bytes())
+                    .expect("write order");
                 tokio::task::yield_now().await;
                 std::fs::remove_file(&marker).expect("remove marker");
                 drop(permit);
