@@ -766,32 +766,37 @@ impl PgLockMgr {
                 .await,
             );
         }
-        let holder = self.holder_on(shared).await.ok().flatten();
         if !policy.waits {
             return Shared::Done(Err(LockError::WouldBlock {
                 lock: id.clone(),
-                holder,
+                holder: self.holder_on(shared).await.ok().flatten(),
             }));
         }
         *contended = true;
-        policy.announce(id, holder.as_ref(), "");
+        // Every round trip before the wait is queued on the server is time
+        // in which the releaser, asking again, can win the lock back: the
+        // holder is only looked up for an operator who reads the event.
+        if tracing::enabled!(tracing::Level::INFO) {
+            let holder = self.holder_on(shared).await.ok().flatten();
+            policy.announce(id, holder.as_ref(), "");
+        }
         let server = &self.inner.server;
-        let waiter = match server.connect(id, deadline).await {
+        let waiter = match server.waiting_session(id, deadline, shared).await {
             Ok(w) => w,
             Err(e) => return Shared::Done(Err(e)),
         };
         // Dropped mid-wait, this cancels the wait and ends its session.
         let mut armed = Armed::new(server, waiter.clone());
-        if let Err(e) = waiter
-            .simple(&sql::set_lock_timeout(policy.timeout), self.request(), id)
-            .await
-        {
-            return Shared::Done(Err(e));
-        }
         // The server bounds each attempt; the client allows it a margin.
         let bound = policy.timeout.saturating_add(self.request());
         for attempt in 1..=policy.max_attempts {
-            let statement = sql::wait_lock(mode, key, waiter.pid());
+            // The attempt's bound goes with the wait, in one round trip (and
+            // with each: a failed wait rolls its statement's setting back).
+            let statement = format!(
+                "{}; {}",
+                sql::set_lock_timeout(policy.timeout),
+                sql::wait_lock(mode, key, waiter.pid())
+            );
             match waiter.simple(&statement, bound, id).await {
                 Ok(rows) => {
                     let Some((_, pid)) = lock_answer(&rows) else {

@@ -224,6 +224,41 @@ impl Server {
             .cloned()
     }
 
+    /// A session of its own for a wait: a shared one that holds no lock and
+    /// that nobody uses (`busy`, the caller's, counts as unused), taken out
+    /// of the shared ones, or else a new one. Reusing an idle session keeps a
+    /// waiter from spending a login (a TCP and TLS handshake, SCRAM) before
+    /// it joins the server's queue, where a process that just let the lock
+    /// go would otherwise win it back every time.
+    pub(super) async fn waiting_session(
+        &self,
+        lock: &LockId,
+        deadline: Option<Instant>,
+        busy: &Arc<Session>,
+    ) -> Result<Arc<Session>, LockError> {
+        let idle = {
+            let mut state = lock_state(&self.state);
+            // Holding nothing, and in nobody's hands but the list's (and,
+            // for `busy`, the caller's, who is done with it).
+            let free = |s: &Arc<Session>| {
+                let users = if Arc::ptr_eq(s, busy) { 2 } else { 1 };
+                !s.is_ended()
+                    && s.held.load(Ordering::Acquire) == 0
+                    && Arc::strong_count(s) == users
+            };
+            let at = state
+                .shared
+                .iter()
+                .position(|s| free(s) && !Arc::ptr_eq(s, busy))
+                .or_else(|| state.shared.iter().position(free));
+            at.map(|i| state.shared.swap_remove(i))
+        };
+        match idle {
+            Some(session) => Ok(session),
+            None => self.connect(lock, deadline).await,
+        }
+    }
+
     /// A session that won a lock after waiting joins the shared ones.
     pub(super) fn share(&self, session: &Arc<Session>) {
         let mut state = lock_state(&self.state);

@@ -47,6 +47,8 @@
 //! - `pg-lead URL NAME`: campaign (`PgLockMgr::lead`); while leading, print
 //!   `leading <fencing token>` until stdin closes (`stepped down`) or the
 //!   lock is lost (`lost`).
+//! - `pg-permits URL NAME N ITERS DIR`: ITERS times, take a permit, make
+//!   DIR/slot-<slot> with O_EXCL inside (exit 3 on overlap), give it back.
 //! - `pg-permit-hold URL NAME N`: take a permit of the N-permit
 //!   `PgSemaphore` NAME, print `locked <slot>`, hold it until stdin closes.
 //! - `pg-fence URL NAME ITERS FILE`: ITERS times, take the lock, append the
@@ -187,6 +189,14 @@ pub fn run(args: Vec<String>) -> ! {
         #[cfg(feature = "postgres")]
         ["pg-lead", url, name] => rt.block_on(pg::lead(url, name)),
         #[cfg(feature = "postgres")]
+        ["pg-permits", url, name, n, iters, dir] => rt.block_on(pg::permits(
+            url,
+            name,
+            n.parse().unwrap_or_else(|_| usage()),
+            iters.parse().unwrap_or_else(|_| usage()),
+            PathBuf::from(dir),
+        )),
+        #[cfg(feature = "postgres")]
         ["pg-permit-hold", url, name, n] => rt.block_on(pg::permit_hold(
             url,
             name,
@@ -259,6 +269,42 @@ mod pg {
         match led {
             lockmgr::pg::Led::Finished(()) => println!("stepped down"),
             _ => println!("lost"),
+        }
+    }
+
+    /// ITERS times, takes a permit of the N-permit semaphore NAME; inside,
+    /// makes DIR/slot-<slot> with O_EXCL (exit 3 if it is there: two
+    /// holders of one slot), then gives it back.
+    pub async fn permits(url: &str, name: &str, n: u32, iters: u32, dir: std::path::PathBuf) {
+        let sem = lockmgr::pg::PgSemaphore::new(url, name, n).expect("semaphore");
+        for _ in 0..iters {
+            let permit = sem
+                .acquire(true, Duration::from_secs(60))
+                .await
+                .expect("permit");
+            assert!(permit.slot() < n);
+            let marker = dir.join(format!("slot-{}", permit.slot()));
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_err()
+            {
+                println!("OVERLAP");
+                std::process::exit(3);
+            }
+            // The order of the holdings, one write each under the permit.
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join("order"))
+                .expect("order log");
+            log.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .expect("write order");
+            // Give every other process the chance to break in.
+            tokio::task::yield_now().await;
+            std::fs::remove_file(&marker).expect("remove marker");
+            permit.release().await.expect("release");
         }
     }
 
