@@ -1094,3 +1094,44 @@ async fn a_semaphore_keeps_no_process_out() {
         "one process held the permit {longest} times in a row"
     );
 }
+
+/// A `PgSemaphore` acquire dropped while it waits leaves no wait on the
+/// server, and the permit goes to the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_semaphore_wait_leaves_nothing() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("semaphore-drop");
+    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 1).unwrap();
+    // Held by another process: this one's waiter waits on the server.
+    let held = common::Holder::started(
+        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    let slot = PgLockMgr::new(&url, format!("{name}/permit/0")).unwrap();
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &slot).await < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiter never queued on the server");
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &slot).await != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the dropped wait stayed on the server");
+    held.finish();
+    sem.try_acquire().await.unwrap().release().await.unwrap();
+}

@@ -131,13 +131,12 @@ async fn run_with_permit(
     signals: Signals,
 ) -> ExitCode {
     let sem = match PgSemaphore::new(url, args.lockfile.to_string_lossy(), permits) {
-        Ok(sem) => sem,
+        Ok(sem) => sem.max_attempts(attempts),
         Err(e) => return fail(&e.to_string()),
     };
-    // The semaphore's timeout is the whole wait.
     let acquire = |wait: bool, timeout: Duration| {
         let sem = sem.clone();
-        async move { sem.acquire(wait, timeout.saturating_mul(attempts)).await }
+        async move { sem.acquire(wait, timeout).await }
     };
     let permit: PgPermit = match take(acquire, args, (per_attempt, attempts), &signals).await {
         Ok(permit) => permit,

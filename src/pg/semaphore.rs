@@ -48,6 +48,7 @@ const ROUND: Duration = Duration::from_secs(1);
 pub struct PgSemaphore {
     name: String,
     slots: Vec<PgLockMgr>,
+    max_attempts: u32,
 }
 
 /// One permit of a [`PgSemaphore`], held. Dropping it gives the permit
@@ -82,7 +83,19 @@ impl PgSemaphore {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PgSemaphore { name, slots })
+        Ok(PgSemaphore {
+            name,
+            slots,
+            max_attempts: 10,
+        })
+    }
+
+    /// How many timed attempts [`acquire`](PgSemaphore::acquire) makes
+    /// before it gives up with [`LockError::TimedOut`], as for
+    /// [`PgLockMgr`]. Default 10; 0 is taken as 1.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
     }
 
     /// The number of permits.
@@ -91,7 +104,8 @@ impl PgSemaphore {
     }
 
     /// Takes a permit: at once if one is free, else (with `wait`) as soon
-    /// as one is given back, within `timeout` in all.
+    /// as one is given back, within [`max_attempts`](PgSemaphore::max_attempts)
+    /// attempts of `timeout` each, as [`PgLockMgr::acquire`] waits.
     ///
     /// # Errors
     ///
@@ -107,7 +121,7 @@ impl PgSemaphore {
     pub async fn acquire(&self, wait: bool, timeout: Duration) -> Result<PgPermit, LockError> {
         self.check_permits().await?;
         let started = Instant::now();
-        let policy = Policy::new(wait, timeout, 1);
+        let policy = Policy::new(wait, timeout, self.max_attempts);
         let deadline = policy.deadline(started);
         let n = self.slots.len();
         // Waiters of different processes start at different slots.
@@ -135,7 +149,7 @@ impl PgSemaphore {
             if round.is_zero() {
                 return Err(LockError::TimedOut {
                     lock: id,
-                    attempts: 1,
+                    attempts: policy.max_attempts,
                     waited: started.elapsed(),
                     holder: None,
                 });
@@ -256,6 +270,7 @@ impl fmt::Debug for PgSemaphore {
         f.debug_struct("PgSemaphore")
             .field("name", &self.name)
             .field("permits", &self.permits())
+            .field("max_attempts", &self.max_attempts)
             .finish()
     }
 }
