@@ -681,22 +681,18 @@ async fn wait_turn(
     policy: Policy,
     started: Instant,
 ) -> Result<(), LockError> {
-    let Some(deadline) = policy.deadline(started) else {
-        ticket.until_head().await;
+    if ticket.until_head_by(policy.deadline(started)).await {
         return Ok(());
-    };
-    match tokio::time::timeout_at(deadline, ticket.until_head()).await {
-        Ok(()) => Ok(()),
-        Err(_) => Err(LockError::TimedOut {
-            lock: config.id.clone(),
-            attempts: policy.max_attempts,
-            waited: started.elapsed(),
-            holder: match status(config) {
-                Ok(Status::Exclusive { holder }) => holder,
-                _ => None,
-            },
-        }),
     }
+    Err(LockError::TimedOut {
+        lock: config.id.clone(),
+        attempts: policy.max_attempts,
+        waited: started.elapsed(),
+        holder: match status(config) {
+            Ok(Status::Exclusive { holder }) => holder,
+            _ => None,
+        },
+    })
 }
 
 /// Whether the lock is free, held exclusively (and by whom, if recorded) or

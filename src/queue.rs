@@ -196,6 +196,19 @@ impl Ticket {
     ///
     /// Cancel safe: a wake-up that arrives while no one awaits is kept as a
     /// permit by the [`Notify`], so checking and then sleeping loses nothing.
+    /// Whether the front was reached before `deadline`.
+    pub(crate) async fn until_head_by(&self, deadline: Option<TokioInstant>) -> bool {
+        match deadline {
+            None => {
+                self.until_head().await;
+                true
+            }
+            Some(d) => tokio::time::timeout_at(d, self.until_head()).await.is_ok(),
+        }
+    }
+
+    /// Waits until this ticket is at the front of its line (see
+    /// [`until_head_by`](Ticket::until_head_by), with no deadline).
     pub(crate) async fn until_head(&self) {
         loop {
             let head_due = match self.place() {

@@ -287,16 +287,13 @@ async fn until_head(
     policy: Policy,
     started: Instant,
 ) -> Result<(), LockError> {
-    let Some(deadline) = policy.deadline(started) else {
-        ticket.until_head().await;
+    if ticket.until_head_by(policy.deadline(started)).await {
         return Ok(());
-    };
-    tokio::time::timeout_at(deadline, ticket.until_head())
-        .await
-        .map_err(|_| LockError::TimedOut {
-            lock: config.id.clone(),
-            attempts: policy.max_attempts,
-            waited: started.elapsed(),
-            holder: None,
-        })
+    }
+    Err(LockError::TimedOut {
+        lock: config.id.clone(),
+        attempts: policy.max_attempts,
+        waited: started.elapsed(),
+        holder: None,
+    })
 }

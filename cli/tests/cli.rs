@@ -697,26 +697,10 @@ fn permits_let_n_commands_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let sem = dir.path().join("pool.sem");
     let start = |extra: &[&str]| {
-        let mut child = Command::new(LOCKMGR)
-            .args(["run", "--permits", "2"])
-            .args(extra)
-            .arg(&sem)
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        (child, line.trim().to_owned())
+        let mut args = vec!["--permits", "2"];
+        args.extend_from_slice(extra);
+        args.push(s(&sem));
+        common::run_until_said(&args, "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null")
     };
     let (first, first_slot) = start(&[]);
     let (second, second_slot) = start(&[]);

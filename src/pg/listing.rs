@@ -3,11 +3,10 @@
 //! table shows them: what `lockmgr list --postgres` prints.
 
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use tokio_postgres::types::Type;
 
-use super::manager::PgLockMgr;
+use super::manager::{session_holder, PgLockMgr};
 use super::session::with_op;
 use super::{advisory_key, fence, NAMESPACE};
 use crate::error::{LockError, Operation};
@@ -114,16 +113,7 @@ impl PgLockMgr {
                 }
                 _ => started,
             };
-            let holder = Holder {
-                pid: pid as u32,
-                host: addr.unwrap_or_else(|| "local".into()),
-                since: since
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
-                label: app.filter(|a| !a.is_empty()),
-                stale: false,
-                token: None,
-            };
+            let holder = session_holder(pid, addr, app, since);
             if locks.last().is_none_or(|l| l.key != key) {
                 // Rows come holders first, then waiters in order: the first
                 // row's mode is the holders' (or, with none, the head's).

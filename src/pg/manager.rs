@@ -985,20 +985,32 @@ impl PgLockMgr {
         let addr: Option<String> = row.try_get(1).map_err(read)?;
         let app: Option<String> = row.try_get(2).map_err(read)?;
         let since: Option<f64> = row.try_get(3).map_err(read)?;
-        Ok(Some(Holder {
-            pid: pid as u32,
-            host: addr.unwrap_or_else(|| "local".into()),
-            since: since
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
-            label: app.filter(|a| !a.is_empty()),
-            stale: false,
-            token: None,
-        }))
+        Ok(Some(session_holder(pid, addr, app, since)))
     }
 
     pub(super) fn inner(&self) -> &Inner {
         &self.inner
+    }
+}
+
+/// A server session as a [`Holder`]: its backend pid, its client address
+/// as the host (`local` for a Unix socket), its `application_name` as the
+/// label, and `since` (Unix seconds) if known.
+pub(super) fn session_holder(
+    pid: i32,
+    addr: Option<String>,
+    app: Option<String>,
+    since: Option<f64>,
+) -> Holder {
+    Holder {
+        pid: pid as u32,
+        host: addr.unwrap_or_else(|| "local".into()),
+        since: since
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d),
+        label: app.filter(|a| !a.is_empty()),
+        stale: false,
+        token: None,
     }
 }
 

@@ -284,23 +284,8 @@ mod pg {
                 .expect("permit");
             assert!(permit.slot() < n);
             let marker = dir.join(format!("slot-{}", permit.slot()));
-            if std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&marker)
-                .is_err()
-            {
-                println!("OVERLAP");
-                std::process::exit(3);
-            }
-            // The order of the holdings, one write each under the permit.
-            let mut log = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(dir.join("order"))
-                .expect("order log");
-            log.write_all(format!("{}\n", std::process::id()).as_bytes())
-                .expect("write order");
+            super::enter(&marker);
+            super::log_holding(&dir);
             // Give every other process the chance to break in.
             tokio::task::yield_now().await;
             std::fs::remove_file(&marker).expect("remove marker");
@@ -402,26 +387,8 @@ async fn permits(path: &str, n: u32, iters: u32, tasks: u32, dir: PathBuf) {
                     .expect("permit");
                 assert!(permit.slot() < n, "slot {} of {n}", permit.slot());
                 let marker = dir.join(format!("slot-{}", permit.slot()));
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&marker)
-                {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        println!("OVERLAP");
-                        std::process::exit(3);
-                    }
-                    Err(e) => panic!("marker: {e}"),
-                }
-                // The order of the holdings, one write each under the permit.
-                let mut log = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(dir.join("order"))
-                    .expect("order log");
-                log.write_all(format!("{}\n", std::process::id()).as_bytes())
-                    .expect("write order");
+                enter(&marker);
+                log_holding(&dir);
                 tokio::task::yield_now().await;
                 std::fs::remove_file(&marker).expect("remove marker");
                 drop(permit);
@@ -446,6 +413,35 @@ async fn crowd(path: &str, tasks: u32) {
         r.expect("task");
     }
     println!("all won");
+}
+
+/// Makes the marker `marker` with `O_EXCL` on entering a critical section:
+/// if it is there already, two holders overlapped, and the helper says
+/// `OVERLAP` and exits with 3.
+fn enter(marker: &std::path::Path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            println!("OVERLAP");
+            std::process::exit(3);
+        }
+        Err(e) => panic!("marker: {e}"),
+    }
+}
+
+/// Appends this process's pid to DIR/order: one write, made while holding,
+/// so the file's order is the order of the holdings.
+fn log_holding(dir: &std::path::Path) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("order"))
+        .and_then(|mut log| log.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .expect("order log");
 }
 
 /// `LockMgr::holders`, as this process (and its user) can see them.
@@ -553,18 +549,7 @@ async fn count(o: Options, counter: PathBuf, marker: PathBuf, iters: u32, tasks:
                     .acquire(true, Duration::from_secs(60))
                     .await
                     .expect("acquire");
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&marker)
-                {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        println!("OVERLAP");
-                        std::process::exit(3);
-                    }
-                    Err(e) => panic!("marker: {e}"),
-                }
+                enter(&marker);
                 let n: u64 = std::fs::read_to_string(&counter)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())

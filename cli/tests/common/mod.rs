@@ -103,3 +103,26 @@ impl Output {
         String::from_utf8_lossy(&self.seen).into_owned()
     }
 }
+
+/// `lockmgr ARGS -- sh -c SCRIPT`, with stdin, stdout and stderr piped;
+/// returns once the script has printed its first line, with that line
+/// (trimmed). The command ends when its stdin closes if SCRIPT ends in
+/// `exec cat >/dev/null`.
+pub fn run_until_said(args: &[&str], script: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgr"))
+        .arg("run")
+        .args(args)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
