@@ -527,3 +527,32 @@ pub async fn until_no_fds_on(path: &Path) {
         fd_targets()
     );
 }
+
+/// The order of the holdings the helpers logged in DIR/order (a pid each).
+pub fn holding_order(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("order"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The longest run of holdings by one process, in `order` (pids, one per
+/// holding), while every process still had holdings to make (each makes
+/// `each`): how long one process kept the others out.
+pub fn longest_run(order: &[String], each: usize) -> usize {
+    let mut left: std::collections::HashMap<&str, usize> =
+        order.iter().map(|p| (p.as_str(), each)).collect();
+    let (mut longest, mut streak, mut last) = (0, 0, "");
+    for p in order {
+        if left.values().all(|&n| n > 0) {
+            streak = if p == last { streak + 1 } else { 1 };
+            longest = longest.max(streak);
+        }
+        if let Some(n) = left.get_mut(p.as_str()) {
+            *n = n.saturating_sub(1);
+        }
+        last = p;
+    }
+    longest
+}
