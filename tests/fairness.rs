@@ -35,22 +35,17 @@ fn a_file_semaphore_keeps_no_process_out() {
     let path = dir.path().join("one.sem");
     // The permit is held until all three wait for it: they start together.
     let gate = Semaphore::new(&path, 1).try_acquire().unwrap();
-    let procs: Vec<_> = (0..3)
-        .map(|_| {
-            common::helper_command(
-                "permits",
-                [
-                    path.to_str().unwrap(),
-                    "1",
-                    "100",
-                    "1",
-                    dir.path().to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let procs = common::helpers(
+        3,
+        "permits",
+        &[
+            path.to_str().unwrap(),
+            "1",
+            "100",
+            "1",
+            dir.path().to_str().unwrap(),
+        ],
+    );
     let deadline = std::time::Instant::now() + LIVENESS;
     let watching = || {
         procs
@@ -66,9 +61,7 @@ fn a_file_semaphore_keeps_no_process_out() {
         std::thread::yield_now();
     }
     drop(gate);
-    for mut p in procs {
-        assert!(p.wait().unwrap().success());
-    }
+    assert!(common::all_succeed(procs));
     let order = common::holding_order(dir.path());
     assert_eq!(order.len(), 300);
     // Streaks while every process still had holdings to make.
@@ -101,22 +94,17 @@ async fn a_postgres_semaphore_keeps_no_process_out() {
     let name = pg_common::name("semaphore-fair");
     let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 1).unwrap();
     let gate = sem.acquire(true, LIVENESS).await.unwrap();
-    let mut procs: Vec<_> = (0..3)
-        .map(|_| {
-            common::helper_command(
-                "pg-permits",
-                [
-                    url.as_str(),
-                    name.as_str(),
-                    "1",
-                    "30",
-                    dir.path().to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let procs = common::helpers(
+        3,
+        "pg-permits",
+        &[
+            url.as_str(),
+            name.as_str(),
+            "1",
+            "30",
+            dir.path().to_str().unwrap(),
+        ],
+    );
     let slot = lockmgr::pg::PgLockMgr::new(&url, format!("{name}/permit/0")).unwrap();
     tokio::time::timeout(LIVENESS, async {
         while pg_common::lock_rows(&admin, &slot).await < 4 {
@@ -126,9 +114,7 @@ async fn a_postgres_semaphore_keeps_no_process_out() {
     .await
     .expect("the three never queued");
     gate.release().await.unwrap();
-    for p in &mut procs {
-        assert!(p.wait().unwrap().success());
-    }
+    assert!(common::all_succeed(procs));
     let order = common::holding_order(dir.path());
     assert_eq!(order.len(), 90);
     let longest = common::longest_run(&order, 30);

@@ -24,24 +24,17 @@ fn tokens_strictly_increase_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("fenced.lock");
     let out = dir.path().join("tokens");
-    let procs: Vec<_> = (0..3)
-        .map(|_| {
-            common::helper_command(
-                "fence",
-                [
-                    lock.to_str().unwrap(),
-                    "40",
-                    out.to_str().unwrap(),
-                    "--fencing",
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for mut p in procs {
-        assert!(p.wait().unwrap().success());
-    }
+    let procs = common::helpers(
+        3,
+        "fence",
+        &[
+            lock.to_str().unwrap(),
+            "40",
+            out.to_str().unwrap(),
+            "--fencing",
+        ],
+    );
+    assert!(common::all_succeed(procs));
     let tokens = tokens_in(&out);
     assert_eq!(tokens, (1..=120).collect::<Vec<u64>>());
 }

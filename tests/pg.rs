@@ -1002,25 +1002,18 @@ fn a_semaphore_holds_across_processes() {
     let Some(url) = common::pg_url() else { return };
     let dir = tempfile::tempdir().unwrap();
     let name = name("semaphore-procs");
-    let procs: Vec<_> = (0..4)
-        .map(|_| {
-            common::helper_command(
-                "pg-permits",
-                [
-                    url.as_str(),
-                    name.as_str(),
-                    "2",
-                    "15",
-                    dir.path().to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for mut p in procs {
-        assert!(p.wait().unwrap().success(), "a slot was held twice");
-    }
+    let procs = common::helpers(
+        4,
+        "pg-permits",
+        &[
+            url.as_str(),
+            name.as_str(),
+            "2",
+            "15",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(common::all_succeed(procs), "a slot was held twice");
 }
 
 /// A `PgSemaphore` acquire dropped while it waits leaves no wait on the

@@ -12,25 +12,18 @@ use lockmgr::{LockError, Semaphore};
 fn never_more_than_n_holders_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pool.sem");
-    let procs: Vec<_> = (0..5)
-        .map(|_| {
-            common::helper_command(
-                "permits",
-                [
-                    path.to_str().unwrap(),
-                    "3",
-                    "20",
-                    "2",
-                    dir.path().to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for mut p in procs {
-        assert!(p.wait().unwrap().success(), "a slot was held twice");
-    }
+    let procs = common::helpers(
+        5,
+        "permits",
+        &[
+            path.to_str().unwrap(),
+            "3",
+            "20",
+            "2",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(common::all_succeed(procs), "a slot was held twice");
 }
 
 /// All N permits can be held at once, in N different slots, and not N+1.

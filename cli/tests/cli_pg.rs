@@ -604,27 +604,11 @@ fn the_ways_to_connect_exclude_each_other() {
 fn list_names_the_servers_locks_their_holders_and_their_queue() {
     let Some(url) = common::pg_url() else { return };
     let name = format!("cli-list-{}", std::process::id());
-    let mut holder = Command::new(LOCKMGR)
-        .args([
-            "run",
-            "--postgres",
-            &url,
-            "--label",
-            "lister-holder",
-            &name,
-            "--",
-        ])
-        .args(["sh", "-c", "echo running; exec cat >/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "running\n");
+    let (mut holder, said) = common::run_until_said(
+        &["--postgres", &url, "--label", "lister-holder", &name],
+        "echo running; exec cat >/dev/null",
+    );
+    assert_eq!(said, "running");
     let mut waiter = Command::new(LOCKMGR)
         .args([
             "run",
@@ -705,23 +689,11 @@ fn list_names_the_servers_locks_their_holders_and_their_queue() {
 fn permits_on_postgres() {
     let Some(url) = common::pg_url() else { return };
     let name = format!("cli-permits-{}", std::process::id());
-    let mut first = Command::new(LOCKMGR)
-        .args(["run", "--permits", "1", "--postgres", &url, &name, "--"])
-        .args([
-            "sh",
-            "-c",
-            "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(first.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "slot=0\n");
+    let (mut first, said) = common::run_until_said(
+        &["--permits", "1", "--postgres", &url, &name],
+        "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+    );
+    assert_eq!(said, "slot=0");
     let out = lockmgr(&[
         "run",
         "--permits",

@@ -556,3 +556,21 @@ pub fn longest_run(order: &[String], each: usize) -> usize {
     }
     longest
 }
+
+/// `n` helper processes in `role` with `args` (see [`helper_command`]),
+/// started one after the other.
+pub fn helpers(n: usize, role: &str, args: &[&str]) -> Vec<std::process::Child> {
+    (0..n)
+        .map(|_| helper_command(role, args).spawn().expect("spawn helper"))
+        .collect()
+}
+
+/// Waits for every one of `children`: whether all exited with success.
+pub fn all_succeed(children: Vec<std::process::Child>) -> bool {
+    // Every one waited for, not only up to the first failure.
+    let exits: Vec<bool> = children
+        .into_iter()
+        .map(|mut c| c.wait().is_ok_and(|s| s.success()))
+        .collect();
+    exits.iter().all(|&ok| ok)
+}
