@@ -567,7 +567,8 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
     std::fs::write(&free, b"").unwrap();
     std::fs::write(dir.path().join("data.txt"), b"not a lock").unwrap();
     let mut flock = Command::new("flock")
-        .args([s(&lock), "sh", "-c", "echo locked $$; exec cat >/dev/null"])
+        // No `exec` after the line: the command's name stays `sh`.
+        .args([s(&lock), "sh", "-c", "echo locked $$; read line || true"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -598,7 +599,7 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
         "{said}"
     );
     assert!(
-        said.contains(&format!("held by cat pid {command}, exclusive flock lock")),
+        said.contains(&format!("held by sh pid {command}, exclusive flock lock")),
         "{said}"
     );
     assert!(said.contains("you asked for ofd (--kind flock"), "{said}");
@@ -642,7 +643,7 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
         "{said}"
     );
     assert!(
-        said.contains(&format!("  held by cat pid {command}")),
+        said.contains(&format!("  held by sh pid {command}")),
         "{said}"
     );
     assert!(
