@@ -721,6 +721,16 @@ pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
 pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
     let path = &config.path;
     let read_error = |e: io::Error| LockError::io(path, Operation::Read, e);
+    // A regular file is looked at without opening it: no close event for
+    // the waiters watching it, and nothing more than /proc/locks when it is
+    // free. Anything else is opened, for the error that names it.
+    if let Some(id) = os::file_id_at(path) {
+        let entries = proc_locks::entries(proc_locks::Inode::from_numbers(id.numbers()))
+            .map_err(read_error)?;
+        if entries.is_empty() {
+            return Ok(Holders::default());
+        }
+    }
     let (file, record) = {
         let fd = match os::open_existing(path) {
             Ok(Some(fd)) => fd,

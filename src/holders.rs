@@ -114,8 +114,9 @@ impl fmt::Display for OpenProcess {
 /// hold a lock on it, in every lock family, and those that wait for it.
 ///
 /// Found without taking or disturbing any lock. A file nobody locks costs
-/// one read of `/proc/locks`; otherwise every process's open descriptors
-/// are looked at (one `stat` each), as util-linux `lslocks` does.
+/// an `lstat` and one read of `/proc/locks`, and is not opened; otherwise
+/// every process's open descriptors are looked at (one `stat` each), as
+/// util-linux `lslocks` does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holders {

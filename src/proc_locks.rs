@@ -6,8 +6,8 @@
 //! took it, which may have exited while a forked child keeps the lock).
 //!
 //! Reading never takes or disturbs a lock. When nothing locks the file, the
-//! cost is one read of `/proc/locks`; only then are the processes' open
-//! descriptors looked at (one `stat` each, and the `fdinfo` of those that
+//! cost is one read of `/proc/locks`; only when something does are the
+//! processes' open descriptors looked at (one `stat` each, and the `fdinfo` of those that
 //! are the lock file).
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +30,15 @@ impl Inode {
     /// The file open at `fd`.
     pub(crate) fn of(fd: impl AsFd) -> io::Result<Inode> {
         Ok(Inode::from_stat(&nix::sys::stat::fstat(fd.as_fd())?))
+    }
+
+    /// The file of device `dev` (`st_dev`) and inode `ino`.
+    pub(crate) fn from_numbers((dev, ino): (u64, u64)) -> Inode {
+        Inode {
+            major: nix::sys::stat::major(dev),
+            minor: nix::sys::stat::minor(dev),
+            ino,
+        }
     }
 
     /// The device number (`st_dev`) of the file.

@@ -23,21 +23,10 @@ fn s(p: &Path) -> &str {
 /// `lockmgr run [opts] LOCK -- sh -c 'echo started; exec cat'`: holds the
 /// lock until its stdin closes. Returns once the command runs.
 fn holder(lock: &Path, opts: &[&str]) -> Child {
-    let mut child = Command::new(LOCKMGR)
-        .arg("run")
-        .args(opts)
-        .arg(lock)
-        .args(["--", "sh", "-c", "echo started; exec cat >/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "started\n");
+    let mut args = opts.to_vec();
+    args.push(s(lock));
+    let (child, said) = common::run_until_said(&args, "echo started; exec cat >/dev/null");
+    assert_eq!(said, "started");
     child
 }
 
