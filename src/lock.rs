@@ -195,6 +195,7 @@ impl LockMgrBuilder {
                 network_warned: AtomicBool::new(false),
                 fs: AtomicU8::new(contender::FS_UNKNOWN),
                 network_turn: tokio::sync::Mutex::new(()),
+                last_record: std::sync::Mutex::new(None),
             }),
         }
     }

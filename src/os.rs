@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -492,8 +492,43 @@ pub(crate) fn hostname() -> &'static str {
 }
 
 /// The id of the calling process, to tell a guard's owner from a forked child.
+///
+/// Cached: glibc no longer caches `getpid`, and an uncontended acquire and
+/// release asked for it three times, a system call each. A `pthread_atfork`
+/// handler forgets the cached id in every child that `fork(2)` makes (glibc's
+/// `fork`, which `nix::unistd::fork` and `libc::fork` call), so a child asks
+/// the kernel again. Until the handler is registered, nothing is cached.
 pub(crate) fn current_pid() -> u32 {
-    std::process::id()
+    let cached = CACHED_PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let pid = std::process::id();
+    if forget_pid_at_fork() {
+        CACHED_PID.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
+
+/// The calling process's id, once known; 0 for "ask the kernel".
+static CACHED_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs in the child after `fork(2)`: only an atomic store, which is
+/// async-signal-safe as a forked child of a threaded process requires.
+extern "C" fn forget_pid() {
+    CACHED_PID.store(0, Ordering::Relaxed);
+}
+
+/// Registers [`forget_pid`] to run in every forked child, once per process;
+/// false if that failed (then the id is never cached).
+fn forget_pid_at_fork() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: `forget_pid` is an `extern "C" fn()` that lives for the
+        // whole program and does nothing but an atomic store; no prepare or
+        // parent handler is given.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 }
+    })
 }
 
 /// Memory this process shares with whoever reads one of its descriptors: a

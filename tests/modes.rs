@@ -185,6 +185,27 @@ async fn posix_record_lock_blocks_the_ofd_kind() {
     drop(g);
 }
 
+/// Winning the lock again within the same second skips rewriting the
+/// record only while the file still holds this process's own: a record
+/// another process wrote in between is replaced.
+#[test]
+fn a_record_another_holder_wrote_in_between_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let me = std::process::id();
+    for _ in 0..3 {
+        drop(lock.try_acquire().unwrap());
+        let other = Holder::start_with(&path, "hold", &[]);
+        let theirs = LockMgr::new(&path).holder().unwrap().expect("recorded");
+        assert_eq!(theirs.pid, other.pid() as u32);
+        other.finish();
+        let _held = lock.try_acquire().unwrap();
+        let ours = LockMgr::new(&path).holder().unwrap().expect("recorded");
+        assert_eq!(ours.pid, me, "the other holder's record was left: {ours:?}");
+    }
+}
+
 #[tokio::test]
 async fn holder_record_names_the_holder_and_goes_stale_when_it_dies() {
     let dir = tempfile::tempdir().unwrap();
