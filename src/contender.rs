@@ -128,15 +128,28 @@ struct FileContender<'a> {
     token: Option<u64>,
 }
 
-/// Says, once per process, that waits fall back to inotify because no
-/// helper thread could be started (a thread limit, no memory).
+/// Says, once per process, that waits fall back to the kernel's own wait
+/// on a helper thread because inotify cannot be had (the per-user limit of
+/// instances or watches reached).
+fn warn_no_inotify(e: &io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %e,
+            "lockmgr: inotify unavailable; waiting for locks in the kernel, on a helper thread"
+        );
+    }
+}
+
+/// Says, once per process, that waits fall back to polling because neither
+/// inotify nor a helper thread could be had.
 fn warn_no_helper(e: &io::Error) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             error = %e,
-            "lockmgr: cannot start a helper thread to wait in the kernel; \
-             waiting on inotify events and a try every 500 ms instead"
+            "lockmgr: cannot start a helper thread to wait in the kernel either; \
+             waiting for locks by polling (up to every 50 ms)"
         );
     }
 }
@@ -191,30 +204,26 @@ impl Contender for FileContender<'_> {
                 self.config.warn_network(fs);
                 Signal::poll()
             }
-            _ => {
-                let started =
-                    KernelWait::start(self.fd(), self.file, self.config.kind, self.mode, promise)
-                        .and_then(|kernel| {
-                            // A revived wait is for a descriptor of its own:
-                            // the lock will be granted to that one.
-                            if kernel.is_revived() {
-                                self.fd = Some(kernel.fd().try_clone_to_owned()?);
-                            }
-                            Ok(kernel)
-                        });
-                match started {
-                    Ok(kernel) => {
-                        let kernel = Arc::new(kernel);
-                        self.kernel = Some(kernel.clone());
-                        Signal::Kernel(kernel)
-                    }
-                    Err(e) => {
+            // Close events read by this task's own runtime: the fastest
+            // wake-up for the usual release (one thread woken, the one that
+            // runs this task), with a try every RECHECK for the releases
+            // that close nothing, until the wait settles in the kernel.
+            _ => match Signal::try_watch(self.fd(), &self.config.path) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    warn_no_inotify(&e);
+                    self.wait_in_kernel(promise).unwrap_or_else(|e| {
                         warn_no_helper(&e);
-                        Signal::watch(self.fd(), &self.config.path)
-                    }
+                        Signal::poll()
+                    })
                 }
-            }
+            },
         }
+    }
+
+    fn settle(&mut self, promise: Option<Promise>) -> Option<Signal> {
+        // Without a helper thread, the events and the periodic tries go on.
+        self.wait_in_kernel(promise).ok()
     }
 
     fn fail(&self, e: io::Error) -> LockError {
@@ -327,6 +336,19 @@ impl<'a> FileContender<'a> {
             kernel: None,
             token: None,
         })
+    }
+
+    /// Starts the kernel's own wait for the lock, on a helper thread.
+    fn wait_in_kernel(&mut self, promise: Option<Promise>) -> io::Result<Signal> {
+        let kernel = KernelWait::start(self.fd(), self.file, self.config.kind, self.mode, promise)?;
+        // A revived wait is for a descriptor of its own: the lock will be
+        // granted to that one.
+        if kernel.is_revived() {
+            self.fd = Some(kernel.fd().try_clone_to_owned()?);
+        }
+        let kernel = Arc::new(kernel);
+        self.kernel = Some(kernel.clone());
+        Ok(Signal::Kernel(kernel))
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -598,7 +620,7 @@ async fn wait_for(
     match wait::wait(contender, signal, Some(ticket), policy, started).await {
         Ok(()) => {
             // Any kernel wait is over: the signal's share of it goes first.
-            *signal = Signal::poll();
+            std::mem::replace(signal, Signal::poll()).retire();
             take(contender).into_held()
         }
         Err(Failed::Error(e)) => Err(e),

@@ -30,6 +30,15 @@ impl<T: Default> Forkable<T> {
     }
 }
 
+impl<T> Forkable<Option<T>> {
+    /// Nothing yet, for a `static`: no process has pid 0, so the first
+    /// [`get`](Forkable::get) claims it for the caller's process.
+    pub(crate) const NONE: Self = Forkable {
+        pid: 0,
+        value: None,
+    };
+}
+
 impl<T: Default> Default for Forkable<T> {
     fn default() -> Self {
         Forkable {

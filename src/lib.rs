@@ -3,12 +3,13 @@
 //! A [`LockMgr`] guards a lock file. [`acquire`](LockMgr::acquire) takes a
 //! non-blocking OFD lock (`fcntl(F_OFD_SETLK)`) on it; if another owner holds
 //! it and the caller chose to wait, the task sleeps, within a bounded budget
-//! of timed attempts, while a helper thread waits for it in the kernel's own
-//! lock queue (`F_OFD_SETLKW`), and returns a [`LockGuard`]. The kernel wakes
-//! the waiter the moment the lock can be had, however it was released (a
-//! close, an unlock, a holder killed even by `kill -9`), and grants it in
-//! the same step. Waiting costs no CPU: no timer, no poll. Dropping the
-//! guard releases the lock.
+//! of timed attempts, and returns a [`LockGuard`]. A release that closes the
+//! file (the usual one, and a holder killed even by `kill -9`) wakes the
+//! waiting task's own runtime thread through inotify, and nothing else; a
+//! release that closes nothing (an unlock that keeps the descriptor) is
+//! seen within 500 ms. A wait that lasts longer settles into the kernel's
+//! own lock queue (`F_OFD_SETLKW`, on a helper thread), which sees every
+//! release at once and costs no CPU. Dropping the guard releases the lock.
 //!
 //! # Semantics
 //!
@@ -34,9 +35,13 @@
 //! - **Network file systems** (NFS, CIFS, FUSE), recognised by their
 //!   `statfs` magic: waiting polls there, off the runtime's threads. Keep
 //!   lock files on local file systems.
-//! - **Without a helper thread** (a thread limit reached), waiting falls
-//!   back to inotify close events with a try every 500 ms, and without
-//!   inotify to polling on a capped backoff; each logs one warning.
+//! - **The runtime** must have its time and I/O drivers enabled
+//!   (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` do): a waiter's
+//!   runtime reads the inotify events itself.
+//! - **Without inotify** (the per-user instance or watch limit reached),
+//!   waiting goes straight to the kernel's queue on a helper thread, and
+//!   without a helper thread either (a thread limit reached) to polling on a
+//!   capped backoff; each logs one warning.
 //!
 //! # Example
 //!
@@ -107,8 +112,8 @@
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
 //! | engine | `board` | this process's lines of waiters, published in shared memory for others to read |
 //! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
-//! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line |
-//! | OS | `watcher` | the process-wide inotify instance and its reader thread (the fallback signal) |
+//! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line of a long wait |
+//! | OS | `watcher` | the process-wide inotify instance, read by the waiters' own runtimes |
 //! | OS | `os` | the Linux calls; the only module allowed `unsafe` |
 //! | OS | `forkable` | process-wide state that a forked child starts without |
 //! | OS | `proc_locks` | what `/proc` says about the locks on a file and who holds them |

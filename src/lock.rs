@@ -268,12 +268,16 @@ impl LockMgr {
     /// - `wait == false`, or `timeout` is zero: fails at once with
     ///   [`LockError::WouldBlock`].
     /// - `wait == true`: waits in up to [`max_attempts`](LockMgrBuilder::max_attempts)
-    ///   attempts of up to `timeout` each. A helper thread waits for the
-    ///   task in the kernel's own lock queue (`F_OFD_SETLKW`, or a blocking
-    ///   `flock`), which wakes it, with the lock granted, the moment the
-    ///   lock can be had, however it was released; the task itself sleeps
-    ///   on nothing else, so waiting costs no CPU. It polls only on network
-    ///   file systems (and when neither a helper thread nor inotify can be
+    ///   attempts of up to `timeout` each. For its first 500 ms the task
+    ///   sleeps on inotify close events for the file, read by its own
+    ///   runtime, so that a release that closes the file (or a holder's
+    ///   death) wakes this task's runtime thread and no other; it also
+    ///   tries every 500 ms, for releases that close nothing. After that
+    ///   the wait settles into the kernel's own lock queue (`F_OFD_SETLKW`,
+    ///   or a blocking `flock`, on a helper thread), which wakes it, with
+    ///   the lock granted, the moment the lock can be had, however it was
+    ///   released, and costs no CPU meanwhile. It polls only on network
+    ///   file systems (and when neither inotify nor a helper thread can be
     ///   had). The attempts state the budget, not a schedule of tries: the
     ///   total wait is bounded by `timeout * max_attempts`, and a product
     ///   past what [`Instant`](std::time::Instant) can hold (e.g.
@@ -289,12 +293,12 @@ impl LockMgr {
     ///
     /// Waiters of one process line up first come, first served (per file,
     /// whatever path names it). Only the first in line opens the file and
-    /// waits in the kernel, beside the waiters of other processes (the
-    /// kernel decides who gets a released lock); the others hold no
-    /// descriptor, so thousands of waiting tasks cost no more than one.
+    /// waits, beside the waiters of other processes (the kernel decides who
+    /// gets a released lock); the others hold no descriptor, so thousands
+    /// of waiting tasks cost no more than one.
     ///
-    /// The runtime must have its time driver enabled (`enable_all` or
-    /// `enable_time`).
+    /// The runtime must have its time and I/O drivers enabled
+    /// (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` do).
     ///
     /// # Errors
     ///
@@ -313,12 +317,12 @@ impl LockMgr {
     /// dropping the future at any await point leaves no lock held. A lock
     /// that was won is only ever won together with the guard that is
     /// returned. The caller's place in this process's line of waiters is
-    /// given up, and the next task in line moves up and takes over the
-    /// caller's wait in the kernel (a blocked system call cannot be called
-    /// off). With no task left to take it over, that wait ends, with its
-    /// helper thread and descriptor, when the lock is next free: the helper
-    /// then holds the lock for an instant and gives it back at once. A new
-    /// call joins at the back.
+    /// given up, and the next task in line moves up. A wait that had
+    /// settled in the kernel is taken over by that task (a blocked system
+    /// call cannot be called off); with no task left to take it over, it
+    /// ends, with its helper thread and descriptor, when the lock is next
+    /// free: the helper then holds the lock for an instant and gives it
+    /// back at once. A new call joins at the back.
     ///
     /// # Examples
     ///

@@ -22,6 +22,8 @@ use nix::sys::stat::{fstat, lstat, FileStat, Mode, SFlag};
 use nix::sys::statfs::fstatfs;
 use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{ftruncate, gethostname, unlink, Pid};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::vocab::{FileKind, LockKind, LockMode};
 
@@ -489,6 +491,21 @@ pub(crate) fn hostname() -> &'static str {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into())
     })
+}
+
+/// A duplicate of `fd` whose readability wakes the calling task's runtime
+/// directly: its I/O driver polls it, so the thread the kernel wakes when
+/// `fd` becomes readable is the one that runs the waiting task. Must be
+/// called from within a Tokio runtime with its I/O driver enabled.
+pub(crate) fn readable_here(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(io::Error::other("not within a Tokio runtime"));
+    }
+    let dup = fd.try_clone_to_owned()?;
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and the same, for as
+    // long as it lives, and the `AsyncFd` owns it until it is dropped.
+    unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 /// The id of the calling process, to tell a guard's owner from a forked child.

@@ -91,6 +91,13 @@ pub(crate) trait Contender {
     fn signal(&mut self, promise: Option<Promise>) -> Signal;
     /// The error for a failed wait in the kernel.
     fn fail(&self, e: std::io::Error) -> Self::Error;
+    /// The signal a wait on events settles into once it has lasted
+    /// [`SETTLE_AFTER`]: the kernel's own wait, where one can be had.
+    /// `None` keeps the events and the periodic tries.
+    fn settle(&mut self, promise: Option<Promise>) -> Option<Signal> {
+        let _ = promise;
+        None
+    }
 }
 
 /// The waiting budget of one call: whether it waits at all, and if so up to
@@ -177,6 +184,21 @@ const RETRY_AFTER_WAKE: [Duration; 5] = [
 /// (see `queue`).
 pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 
+/// How long a wait is served by close events read in the waiter's own
+/// runtime before it settles into the kernel's queue (see [`Contender::settle`]).
+///
+/// Why two stages: a close event wakes the waiting task's own runtime
+/// thread and nothing else, the fastest handoff there is from a holder that
+/// closes; but releases that close nothing are then only seen by a try every
+/// [`RECHECK`], and on a virtual machine each timer wake-up costs 50 to
+/// 150 us of CPU. The kernel's wait sees every release at once and costs
+/// nothing while it lasts, but it wakes a helper thread first, which makes a
+/// handoff about twice as slow (measured, `benches/handoff.rs`). Short
+/// waits, the common case of a contended lock, get the fast handoff; long
+/// ones cost no CPU. Both stages see a release without a close within
+/// [`RECHECK`].
+pub(crate) const SETTLE_AFTER: Duration = RECHECK;
+
 /// Polling when no event source is available: start fast, back off to a cap
 /// (the interval Python `filelock` uses by default).
 pub(crate) const POLL_FIRST: Duration = Duration::from_millis(1);
@@ -203,8 +225,8 @@ impl Signal {
     /// Must be called before the try that follows it, so that a release
     /// between that try and the sleep is not missed.
     pub(crate) fn watch(fd: BorrowedFd<'_>, path: &Path) -> Signal {
-        match Watcher::global().and_then(|w| w.watch(fd, path)) {
-            Ok(watch) => Signal::Watch(watch),
+        match Signal::try_watch(fd, path) {
+            Ok(watch) => watch,
             Err(e) => {
                 if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -215,6 +237,27 @@ impl Signal {
                 }
                 Signal::poll()
             }
+        }
+    }
+
+    /// Watches the file open at `fd`, or says why inotify cannot be had
+    /// (the caller picks the fallback).
+    pub(crate) fn try_watch(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<Signal> {
+        Watcher::global()
+            .and_then(|w| w.watch(fd, path))
+            .map(Signal::Watch)
+    }
+
+    /// Lets go of a signal whose wait is over. An inotify watch is let go
+    /// of on this runtime once the caller has resumed with its lock:
+    /// removing the watch and its registration takes the kernel tens of
+    /// microseconds (it frees the watch's mark), measured as a third of a
+    /// handoff, which the new holder need not wait for. Any other signal
+    /// goes at once (a kernel wait's end is its claim's end).
+    pub(crate) fn retire(self) {
+        match (self, tokio::runtime::Handle::try_current()) {
+            (Signal::Watch(watch), Ok(rt)) => drop(rt.spawn(async move { drop(watch) })),
+            (other, _) => drop(other),
         }
     }
 
@@ -289,6 +332,7 @@ pub(crate) async fn wait<C: Contender>(
             // The lock file was replaced: wait for the new one, set up
             // before the try that covers it.
             Done::Moved => *signal = contender.signal(ticket.map(Ticket::promise)),
+            Done::Settled => {}
         }
     }
 }
@@ -298,6 +342,8 @@ enum Done<E> {
     Finished(Result<(), Failed<E>>),
     /// The contender moved to another file; its signal must be set up anew.
     Moved,
+    /// The wait goes on with the signal it settled into.
+    Settled,
 }
 
 /// The wait in the kernel: sleeps until the helper thread has the lock
@@ -353,6 +399,7 @@ async fn on_events<C: Contender>(
     started: Instant,
 ) -> Done<C::Error> {
     let deadline = policy.deadline(started);
+    let settle_at = Instant::now() + SETTLE_AFTER;
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
     let mut expired = false;
@@ -370,6 +417,16 @@ async fn on_events<C: Contender>(
                 attempts: policy.max_attempts,
                 waited: started.elapsed(),
             }));
+        }
+        // Set up before the try that covers it, as every signal: the try
+        // just made came before the kernel's wait started, and the kernel
+        // grants a lock that is free by then at once.
+        if matches!(signal, Signal::Watch(_)) && Instant::now() >= settle_at {
+            if let Some(settled) = contender.settle(ticket.map(Ticket::promise)) {
+                tracing::debug!("lockmgr: a long wait settles into the kernel's queue");
+                *signal = settled;
+                return Done::Settled;
+            }
         }
         let recheck = Instant::now() + RECHECK;
         if let Some(t) = ticket {

@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The OS layer: knows the words and nothing else.
     ("os", &["vocab"]),
     ("forkable", &["os"]),
-    ("watcher", &[]),
+    ("watcher", &["forkable", "os"]),
     ("proc_locks", &["os", "vocab"]),
     // The engine: the OS layer and the words, never the face.
     ("board", &["forkable", "os"]),

@@ -1,10 +1,12 @@
-//! Without its usual means, waiting falls back to polling and stays
-//! correct. The usual means is the kernel's own wait on a helper thread
-//! (which needs a duplicate descriptor and a thread); its fallback is
-//! inotify (which needs an instance, and a reader thread); the last resort
-//! is polling. Each test takes both away, the ways they fail in the field:
-//! no descriptor left (`EMFILE`: also what a user gets at its 128 inotify
-//! instances), and no thread to be had (a user at its process limit).
+//! Without its usual means, waiting falls back and stays correct. The usual
+//! means is inotify read by the waiter's own runtime (which needs an
+//! instance and a duplicate of its descriptor, but no thread), and, for a
+//! long wait, the kernel's own wait on a helper thread (which needs a
+//! duplicate descriptor and a thread); the last resort is polling. The
+//! tests take them away the ways they fail in the field: no descriptor
+//! left (`EMFILE`: also what a user gets at its 128 inotify instances)
+//! takes both, and waiting polls; no thread to be had (a user at its
+//! process limit) leaves the close events, which need none.
 //!
 //! The holder is another process, so that only a poll tick can wake the
 //! waiter, and the try that wins must have been woken by one: the periodic
@@ -74,20 +76,22 @@ async fn waiting_without_inotify_polls_and_wins() {
         "inotify was available after all"
     );
 
-    // With descriptors back, a later wait waits in the kernel again.
+    // With descriptors back, a later wait watches the file again.
     let held = lock.try_acquire().unwrap();
     let waiter = tokio::spawn({
         let lock = lock.clone();
         async move { lock.acquire(true, Duration::from_secs(60)).await }
     });
     common::until_waiting(&path).await;
-    assert_eq!(common::blocked_on(&path), 1);
+    assert_eq!(common::watches_on(&path), 1);
     drop(held);
-    drop(common::won(waiter, "the waiter in the kernel missed the release").await);
+    drop(common::won(waiter, "the watching waiter missed the release").await);
 }
 
+/// With no thread to be had, a waiter still sleeps on close events (its
+/// own runtime reads them) and is woken by the release, not by a poll.
 #[test]
-fn waiting_with_no_thread_to_be_had_polls_and_wins() {
+fn waiting_with_no_thread_to_be_had_wakes_on_the_close_event() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -110,6 +114,6 @@ fn waiting_with_no_thread_to_be_had_polls_and_wins() {
         "waited in the kernel after all"
     );
     drop(held);
-    assert_eq!(said.next().as_deref(), Some("locked poll"));
+    assert_eq!(said.next().as_deref(), Some("locked event"));
     assert!(waiter.wait().unwrap().success());
 }

@@ -95,17 +95,76 @@ pub fn inotify_watches() -> usize {
     n
 }
 
-/// Number of inotify instances this process has open.
+/// Number of inotify instances this process has open (a waiter's runtime
+/// polls a duplicate of the instance's descriptor: one instance, however
+/// many descriptors name it).
 pub fn inotify_instances() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
+    inotify_descriptors("self").len()
+}
+
+/// The descriptors of process `pid` (or "self") that name an inotify
+/// instance, one per instance.
+fn inotify_descriptors(pid: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<i32> = entries
         .flatten()
         .filter(|e| {
             std::fs::read_link(e.path())
                 .map(|t| t.to_string_lossy().contains("inotify"))
                 .unwrap_or(false)
         })
-        .count()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    let pid: i32 = if pid == "self" {
+        std::process::id() as i32
+    } else {
+        pid.parse().unwrap()
+    };
+    let mut distinct: Vec<i32> = Vec::new();
+    for fd in fds {
+        if !distinct.iter().any(|&d| same_description(pid, d, fd)) {
+            distinct.push(fd);
+        }
+    }
+    distinct
+}
+
+/// Whether descriptors `a` and `b` of process `pid` name the same open
+/// file description (`kcmp(2)`, `KCMP_FILE`).
+fn same_description(pid: i32, a: i32, b: i32) -> bool {
+    const KCMP_FILE: nix::libc::c_long = 0;
+    // SAFETY: kcmp compares two kernel objects by their identifiers; no
+    // memory of this process is passed to it.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_kcmp,
+            nix::libc::c_long::from(pid),
+            nix::libc::c_long::from(pid),
+            KCMP_FILE,
+            nix::libc::c_long::from(a),
+            nix::libc::c_long::from(b),
+        )
+    };
+    r == 0
+}
+
+/// How this process waits for the file at `path`, as its descriptors and
+/// the kernel tell: `(descriptors on the file, inotify watches on it, lock
+/// requests blocked on it)`.
+pub fn waiting_on(path: &Path) -> (usize, usize, usize) {
+    (fds_on(path), watches_on(path), blocked_on(path))
+}
+
+/// Whether this process waits for the file at `path` with exactly one wait
+/// beside `held` descriptors of holders: the head of its line, watching the
+/// file (its descriptor and one watch) or, once its wait has settled, in
+/// the kernel (its descriptor, its helper's copy, one blocked request).
+pub fn one_wait_on(path: &Path, held: usize) -> bool {
+    matches!(waiting_on(path), (f, 1, 0) if f == held + 1)
+        || matches!(waiting_on(path), (f, _, 1) if f == held + 2)
 }
 
 /// Number of inotify watches this process has on the inode at `path`.
@@ -119,11 +178,8 @@ pub fn watches_of(pid: &str, path: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let ino = format!(" ino:{:x} ", std::fs::metadata(path).unwrap().ino());
     let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+    for fd in inotify_descriptors(pid) {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
             n += text
                 .lines()
                 .filter(|l| l.starts_with("inotify wd:") && l.contains(&ino))

@@ -1,0 +1,96 @@
+//! A wait has two stages. For its first 500 ms the head of the line sleeps
+//! on inotify close events that its own runtime reads: a holder's close
+//! wakes the waiting task's runtime thread and no other (no helper thread
+//! blocked in the kernel, no reader thread), the fastest handoff. After
+//! that the wait settles into the kernel's own queue, on a helper thread,
+//! where it costs no CPU. The holders are other processes, so that only the
+//! kernel can tell the waiter of the release. The two tests take turns
+//! (`SERIAL`): each installs a thread-local log of the tries.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Holder, TryLog, LIVENESS};
+use lockmgr::LockMgr;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Names of this process's threads.
+fn threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_short_wait_is_woken_by_the_close_in_its_own_runtime() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let lock = LockMgr::new(&path);
+    let tries = TryLog::default();
+    let _log = tries.install();
+    let holder = Holder::start(&path);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    // Watching, with nothing blocked in the kernel and no thread of ours
+    // to wake: the release will wake this runtime's thread only.
+    assert_eq!(
+        common::waiting_on(&path),
+        (1, 1, 0),
+        "(fds, watches, blocked) while a short wait sleeps"
+    );
+    let ours: Vec<String> = threads()
+        .into_iter()
+        .filter(|t| t.starts_with("lockmgr"))
+        .collect();
+    assert!(
+        !ours.iter().any(|t| t == "lockmgr-inotify"),
+        "an inotify reader thread runs: {ours:?}"
+    );
+    holder.finish();
+    drop(common::won(waiter, "the watching waiter missed the close").await);
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_wait_settles_into_the_kernel_queue() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let lock = LockMgr::new(&path);
+    let tries = TryLog::default();
+    let _log = tries.install();
+    let holder = Holder::start(&path);
+    let started = Instant::now();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    assert_eq!(common::waiting_on(&path), (1, 1, 0), "watching first");
+    // Settled: its helper's copy of the descriptor blocked in the kernel,
+    // the watch gone.
+    tokio::time::timeout(LIVENESS, async {
+        while common::waiting_on(&path) != (2, 0, 1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(&path)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "settled after {:?}",
+        started.elapsed()
+    );
+    holder.finish();
+    drop(common::won(waiter, "the settled waiter missed the release").await);
+    assert_eq!(tries.winner_woken_by(), "kernel", "{:?}", tries.tries());
+}
