@@ -231,13 +231,6 @@ impl Contender for FileContender<'_> {
     }
 }
 
-fn lock_record(
-    m: &std::sync::Mutex<Option<LastRecord>>,
-) -> std::sync::MutexGuard<'_, Option<LastRecord>> {
-    // A cache: whatever a panic left in it is still a record or nothing.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Opens (creating it if allowed) the lock file for a contender.
 pub(crate) fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
     let path = &config.path;
@@ -344,7 +337,7 @@ impl<'a> FileContender<'a> {
         // A revived wait is for a descriptor of its own: the lock will be
         // granted to that one.
         if kernel.is_revived() {
-            self.fd = Some(kernel.fd().try_clone_to_owned()?);
+            self.fd = Some(kernel.dup_fd()?);
         }
         let kernel = Arc::new(kernel);
         self.kernel = Some(kernel.clone());
@@ -370,7 +363,7 @@ impl<'a> FileContender<'a> {
             off_runtime: self.config.on_network(),
             file: Some(File::from(fd)),
             path: self.config.path.clone(),
-            owner_pid: os::current_pid(),
+            owner_pid: os::cached_pid(),
             kind: self.config.kind,
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
@@ -422,7 +415,7 @@ impl<'a> FileContender<'a> {
             }
             Err(_) => return None,
         };
-        let pid = os::current_pid();
+        let pid = os::cached_pid();
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -434,7 +427,12 @@ impl<'a> FileContender<'a> {
         let unchanged = |last: &LastRecord| {
             last.pid == pid && last.since == since && *last.bytes == head[..old_len]
         };
-        let mut cached = lock_record(&self.config.last_record);
+        // Never waited for: a fork while another thread held it would leave
+        // it locked for ever in the child. Busy, the record is done in full
+        // and not remembered.
+        let mut scratch = None;
+        let mut held = self.config.last_record.try_lock().ok();
+        let cached = held.as_deref_mut().unwrap_or(&mut scratch);
         if !self.config.fencing && cached.as_ref().is_some_and(unchanged) {
             return None;
         }
@@ -461,12 +459,12 @@ impl<'a> FileContender<'a> {
         if head[..old_len] == *record.as_bytes() {
             // Another lock of this process won it before within the same
             // second (and draws no token): the record already says this.
-            remember(&mut cached);
+            remember(cached);
             return None;
         }
         match os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
             Ok(()) => {
-                remember(&mut cached);
+                remember(cached);
                 token.filter(|_| self.config.fencing)
             }
             Err(e) => {

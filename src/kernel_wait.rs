@@ -35,7 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,11 @@ pub(crate) struct KernelWait {
 struct Job {
     /// The helper's own duplicate of the waiter's descriptor: the same open
     /// file description, kept open for as long as the helper may use it
-    /// (the waiter's own may be closed meanwhile).
-    fd: OwnedFd,
+    /// (the waiter's own may be closed meanwhile), and closed when the
+    /// grant is claimed: the claimant's release must be the last close of
+    /// the open file description, or the waiters of other processes that
+    /// watch for the close would not hear of it.
+    fd: Mutex<Option<OwnedFd>>,
     file: FileId,
     kind: LockKind,
     mode: LockMode,
@@ -133,7 +136,7 @@ impl KernelWait {
             return Ok(wait);
         }
         let job = Arc::new(Job {
-            fd: fd.try_clone_to_owned()?,
+            fd: Mutex::new(Some(fd.try_clone_to_owned()?)),
             file,
             kind,
             mode,
@@ -170,10 +173,11 @@ impl KernelWait {
         Some(KernelWait { job, revived: true })
     }
 
-    /// The descriptor the lock is granted to. Once the wait is claimed, the
-    /// lock is held through it, and through any duplicate of it.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.job.fd.as_fd()
+    /// A duplicate of the descriptor the lock is granted to. Once the wait
+    /// is claimed, the lock is held through it, and through any duplicate
+    /// of it.
+    pub(crate) fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.job.dup_fd()
     }
 
     /// Whether this wait was taken over from one given up on (its
@@ -224,8 +228,10 @@ impl KernelWait {
                 // The helper is not woken for this: the wake-up, measured,
                 // cost the claiming task about 30 us of a 55 us handoff (the
                 // woken helper ran first). It sees the claim when the pool
-                // next needs a thread, or at CLAIM_WITHIN.
+                // next needs a thread, or at CLAIM_WITHIN; it no longer
+                // needs its descriptor, which goes now.
                 state.phase = Phase::Claimed;
+                drop(lock(&self.job.fd).take());
                 Some(Ok(()))
             }
             Phase::Failed(e) => Some(Err(e
@@ -266,6 +272,13 @@ impl Drop for KernelWait {
 }
 
 impl Job {
+    fn dup_fd(&self) -> io::Result<OwnedFd> {
+        match lock(&self.fd).as_ref() {
+            Some(fd) => fd.try_clone(),
+            None => Err(io::Error::other("the wait was claimed")),
+        }
+    }
+
     /// The helper's side: wait in the kernel, hand the grant over (or give
     /// it back), until the waiter claims it, gives up, or the wait fails.
     fn run(self: &Arc<Self>) {
@@ -283,7 +296,11 @@ impl Job {
 
     fn serve(self: &Arc<Self>) {
         loop {
-            let waited = os::lock_blocking(&self.fd, self.kind, self.mode);
+            // A duplicate of its own for the blocking call, so that the
+            // descriptor's lock is never held across it.
+            let waited = self
+                .dup_fd()
+                .and_then(|fd| os::lock_blocking(&fd, self.kind, self.mode));
             let mut state = lock(&self.state);
             if matches!(state.phase, Phase::Abandoned) {
                 drop(state);
@@ -364,7 +381,11 @@ impl Job {
 
     fn give_back(&self, why: &str) {
         tracing::debug!(why, "lockmgr: giving a granted lock back");
-        if let Err(e) = os::unlock(&self.fd, self.kind) {
+        let fd = lock(&self.fd);
+        let Some(fd) = fd.as_ref() else {
+            return;
+        };
+        if let Err(e) = os::unlock(fd, self.kind) {
             tracing::warn!(error = %e, "lockmgr: cannot give a granted lock back; it goes with its descriptor");
         }
     }

@@ -5,7 +5,7 @@
 //! it and the caller chose to wait, the task sleeps, within a bounded budget
 //! of timed attempts, and returns a [`LockGuard`]. A release that closes the
 //! file (the usual one, and a holder killed even by `kill -9`) wakes the
-//! waiting task's own runtime thread through inotify, and nothing else; a
+//! waiting task's own runtime thread through inotify, and no helper thread; a
 //! release that closes nothing (an unlock that keeps the descriptor) is
 //! seen within 500 ms. A wait that lasts longer settles into the kernel's
 //! own lock queue (`F_OFD_SETLKW`, on a helper thread), which sees every

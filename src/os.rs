@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -508,14 +508,25 @@ pub(crate) fn readable_here(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> 
         .map_err(|e| e.into_parts().1)
 }
 
-/// The id of the calling process, to tell a guard's owner from a forked child.
-///
-/// Cached: glibc no longer caches `getpid`, and an uncontended acquire and
-/// release asked for it three times, a system call each. A `pthread_atfork`
-/// handler forgets the cached id in every child that `fork(2)` makes (glibc's
-/// `fork`, which `nix::unistd::fork` and `libc::fork` call), so a child asks
-/// the kernel again. Until the handler is registered, nothing is cached.
+/// The id of the calling process, asked of the kernel: to tell a guard's
+/// owner from a forked child when it releases, where a wrong answer would
+/// drop a lock another process holds.
 pub(crate) fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// The id of the calling process, cached, where a stale answer costs no
+/// exclusion: the owner recorded when a lock is won (a release compares it
+/// with [`current_pid`]) and the holder record's pid.
+///
+/// glibc no longer caches `getpid`, and an uncontended acquire and release
+/// asked for it three times, a system call each. A `pthread_atfork` handler
+/// forgets the cached id in every child that `fork(2)` makes through glibc
+/// (`nix::unistd::fork`, `libc::fork`). A child made without it (a raw
+/// `clone`) would see its parent's id here until it asks again: its holder
+/// record would name the parent, and its guards would not unlock explicitly
+/// (they still release when closed).
+pub(crate) fn cached_pid() -> u32 {
     let cached = CACHED_PID.load(Ordering::Relaxed);
     if cached != 0 {
         return cached;
@@ -536,16 +547,32 @@ extern "C" fn forget_pid() {
     CACHED_PID.store(0, Ordering::Relaxed);
 }
 
-/// Registers [`forget_pid`] to run in every forked child, once per process;
-/// false if that failed (then the id is never cached).
+/// Whether [`forget_pid`] is registered to run in every forked child:
+/// registers it the first time. Lock-free, so that a child forked while
+/// another thread registers it does not wait for that thread (which the
+/// child does not have): until registered, nothing is cached.
 fn forget_pid_at_fork() -> bool {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        // SAFETY: `forget_pid` is an `extern "C" fn()` that lives for the
-        // whole program and does nothing but an atomic store; no prepare or
-        // parent handler is given.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 }
-    })
+    const UNREGISTERED: u8 = 0;
+    const REGISTERING: u8 = 1;
+    const REGISTERED: u8 = 2;
+    const FAILED: u8 = 3;
+    static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
+    match STATE.compare_exchange(
+        UNREGISTERED,
+        REGISTERING,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            // SAFETY: `forget_pid` is an `extern "C" fn()` that lives for
+            // the whole program and does nothing but an atomic store; no
+            // prepare or parent handler is given.
+            let ok = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 };
+            STATE.store(if ok { REGISTERED } else { FAILED }, Ordering::Release);
+            ok
+        }
+        Err(state) => state == REGISTERED,
+    }
 }
 
 /// Memory this process shares with whoever reads one of its descriptors: a

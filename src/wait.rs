@@ -188,8 +188,8 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 /// runtime before it settles into the kernel's queue (see [`Contender::settle`]).
 ///
 /// Why two stages: a close event wakes the waiting task's own runtime
-/// thread and nothing else, the fastest handoff there is from a holder that
-/// closes; but releases that close nothing are then only seen by a try every
+/// thread and no thread of ours, the fastest handoff there is from a holder
+/// that closes; but releases that close nothing are then only seen by a try every
 /// [`RECHECK`], and on a virtual machine each timer wake-up costs 50 to
 /// 150 us of CPU. The kernel's wait sees every release at once and costs
 /// nothing while it lasts, but it wakes a helper thread first, which makes a

@@ -11,11 +11,13 @@
 //! driver of the runtime that polls it, so an event wakes that runtime's
 //! thread directly, and the woken task reads the queue and wakes the waiters
 //! of every inode the events name (through [`tokio::sync::Notify`], which
-//! works across runtimes). No other thread is woken on the way: measured on
-//! two cores, a reader thread of our own (or a helper thread blocked in the
-//! kernel's lock wait) woken beside the waiter's runtime made a handoff about
-//! twice as slow. A waiter whose runtime has gone reads through the runtime
-//! it is polled in next.
+//! works across runtimes). No thread of ours is woken on the way: measured
+//! on two cores, a reader thread of our own (or a helper thread blocked in
+//! the kernel's lock wait) woken beside the waiter's runtime made a handoff
+//! about twice as slow. The price: an event wakes the runtime of every
+//! watching waiter of the process (one per file waited for), and those it
+//! is not for read nothing and sleep again. A waiter whose runtime has gone
+//! reads through the runtime it is polled in next.
 //!
 //! Watches are reference-counted per watch descriptor: adding the same inode
 //! twice returns the same descriptor, and removing it would remove it for

@@ -76,10 +76,10 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     });
     common::until_waiting(&path).await;
     assert_eq!(common::waiting_on(&path), (1, 1, 0), "watching first");
-    // Settled: its helper's copy of the descriptor blocked in the kernel,
-    // the watch gone.
+    // Settled: its helper's copies of the descriptor (one kept, one in the
+    // blocked call) blocked in the kernel, the watch gone.
     tokio::time::timeout(LIVENESS, async {
-        while common::waiting_on(&path) != (2, 0, 1) {
+        while common::waiting_on(&path) != (3, 0, 1) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -91,6 +91,16 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
         started.elapsed()
     );
     holder.finish();
-    drop(common::won(waiter, "the settled waiter missed the release").await);
+    let guard = common::won(waiter, "the settled waiter missed the release").await;
     assert_eq!(tries.winner_woken_by(), "kernel", "{:?}", tries.tries());
+    // The helper's copy of the descriptor went with the claim: the guard's
+    // release is the last close of the open file description, which the
+    // waiters of other processes that watch the file are woken by.
+    assert_eq!(
+        common::fds_on(&path),
+        1,
+        "descriptors on the file while the guard holds it: {:?}",
+        common::fd_targets()
+    );
+    drop(guard);
 }

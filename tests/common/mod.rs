@@ -161,10 +161,11 @@ pub fn waiting_on(path: &Path) -> (usize, usize, usize) {
 /// Whether this process waits for the file at `path` with exactly one wait
 /// beside `held` descriptors of holders: the head of its line, watching the
 /// file (its descriptor and one watch) or, once its wait has settled, in
-/// the kernel (its descriptor, its helper's copy, one blocked request).
+/// the kernel (its descriptor, its helper's two copies, one blocked
+/// request).
 pub fn one_wait_on(path: &Path, held: usize) -> bool {
     matches!(waiting_on(path), (f, 1, 0) if f == held + 1)
-        || matches!(waiting_on(path), (f, _, 1) if f == held + 2)
+        || matches!(waiting_on(path), (f, _, 1) if f == held + 3)
 }
 
 /// Number of inotify watches this process has on the inode at `path`.
