@@ -478,10 +478,20 @@ fn cpu_while_waiting() {
         f();
         cpu_us() - before
     };
-    let ours = measure(&|| {
-        let r = rt.block_on(lock.acquire(true, WAIT));
-        assert!(r.is_err());
-    });
+    // Three waits, the median reported: a wait costs well under a
+    // millisecond, so one stray wake-up elsewhere in the process moves one
+    // measurement a lot.
+    let mut waits: Vec<i64> = (0..3)
+        .map(|_| {
+            measure(&|| {
+                let r = rt.block_on(lock.acquire(true, WAIT));
+                assert!(r.is_err());
+            })
+        })
+        .collect();
+    println!("\nCPU of each of three 10 s waits (us): {waits:?}");
+    waits.sort_unstable();
+    let ours = waits[1];
     let poll = |every: Duration| {
         measure(&|| {
             rt.block_on(async {
@@ -497,8 +507,8 @@ fn cpu_while_waiting() {
         poll(Duration::from_millis(1)),
         poll(Duration::from_millis(50)),
     );
-    println!("\nCPU used while waiting 10 s for a held lock (us):");
-    println!("  lockmgr acquire        {ours:>8}");
+    println!("CPU used while waiting 10 s for a held lock (us):");
+    println!("  lockmgr acquire        {ours:>8}  (the median of three)");
     println!(
         "  poll every 1 ms        {p1:>8}  ({:.0}x lockmgr)",
         p1 as f64 / ours.max(1) as f64

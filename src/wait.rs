@@ -266,24 +266,29 @@ impl Signal {
         Signal::Poll { next: POLL_FIRST }
     }
 
-    /// Resolves when the lock may have changed hands. Returns true for a
-    /// real event (which earns the post-wake retries), false for a poll tick.
-    async fn changed(&mut self) -> bool {
+    /// Resolves when the lock may have changed hands: an event of the
+    /// lock file (which earns the post-wake retries), events of the
+    /// process's watches not read yet (which may be the lock file's), or a
+    /// poll tick.
+    async fn changed(&mut self) -> Woke {
         match self {
             // Not used for the kernel's wait, which has a loop of its own.
             Signal::Kernel(_) => std::future::pending().await,
             Signal::Watch(w) if w.is_live() => {
-                w.changed().await;
-                true
+                if w.changed().await {
+                    Woke::Event
+                } else {
+                    Woke::Unread
+                }
             }
             Signal::Watch(_) => {
                 *self = Signal::poll();
-                false
+                Woke::Tick
             }
             Signal::Poll { next } => {
                 sleep(*next).await;
                 *next = (*next * 2).min(POLL_CAP);
-                false
+                Woke::Tick
             }
         }
     }
@@ -292,6 +297,8 @@ impl Signal {
 /// What woke the waiter.
 enum Woke {
     Event,
+    /// Events not read yet, perhaps of the lock file.
+    Unread,
     Tick,
     Retry,
     Recheck,
@@ -435,7 +442,7 @@ async fn on_events<C: Contender>(
         }
         let woke = tokio::select! {
             biased;
-            event = signal.changed() => if event { Woke::Event } else { Woke::Tick },
+            woke = signal.changed() => woke,
             _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
             _ = sleep_until(recheck) => Woke::Recheck,
             _ = sleep_until(deadline.unwrap_or(recheck)), if deadline.is_some() => Woke::Expired,
@@ -450,6 +457,9 @@ async fn on_events<C: Contender>(
                 retry = retries.next().copied();
                 Cause::Retry
             }
+            // Tried at once; the events are read at the next sleep, and
+            // the lock file's, if among them, earns the retries then.
+            Woke::Unread => Cause::Event,
             Woke::Tick => Cause::Poll,
             Woke::Recheck => Cause::Recheck,
             // One last try: a wait ends with a look, not a guess.

@@ -80,11 +80,13 @@ fn waiting_is_announced_once_and_tries_are_logged() {
         .iter()
         .filter(|(l, m)| *l == Level::DEBUG && m == "lock try")
         .count();
-    // The tries are exactly: the holder's; the waiter's first; its try
-    // right after it started watching the file (a release in between is
-    // not missed); its last look when its budget (3 attempts of 20 ms, well
-    // inside the first 500 ms: no periodic try) ran out.
-    assert_eq!(tries, 4, "{events:?}");
+    // The tries are: the holder's; the waiter's first; its try right after
+    // it started watching the file (a release in between is not missed);
+    // at most one for events of the process's watches that nobody had read
+    // yet (another test's, in this binary), which are then read; its last
+    // look when its budget (3 attempts of 20 ms, well inside the first
+    // 500 ms: no periodic try) ran out.
+    assert!((4..=5).contains(&tries), "{tries} tries: {events:?}");
     assert!(
         events
             .iter()
