@@ -26,20 +26,31 @@ fn threads() -> Vec<String> {
         .collect()
 }
 
+/// A task of this process waiting for the lock at `path`, which a helper
+/// process holds.
+struct Waiting {
+    holder: Holder,
+    waiter: tokio::task::JoinHandle<Result<lockmgr::LockGuard, lockmgr::LockError>>,
+}
+
+/// Starts a holder process and a waiting task, and returns once the task
+/// sleeps on the lock.
+async fn waiting(path: &std::path::Path) -> Waiting {
+    let holder = Holder::start(path);
+    let lock = LockMgr::new(path);
+    let waiter = tokio::spawn(async move { lock.acquire(true, LIVENESS).await });
+    common::until_waiting(path).await;
+    Waiting { holder, waiter }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_short_wait_is_woken_by_the_close_in_its_own_runtime() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
-    let lock = LockMgr::new(&path);
     let tries = TryLog::default();
     let _log = tries.install();
-    let holder = Holder::start(&path);
-    let waiter = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, LIVENESS).await }
-    });
-    common::until_waiting(&path).await;
+    let Waiting { holder, waiter } = waiting(&path).await;
     // Watching, with nothing blocked in the kernel and no thread of ours
     // to wake: the release will wake this runtime's thread only.
     assert_eq!(
@@ -65,16 +76,10 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
-    let lock = LockMgr::new(&path);
     let tries = TryLog::default();
     let _log = tries.install();
-    let holder = Holder::start(&path);
     let started = Instant::now();
-    let waiter = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, LIVENESS).await }
-    });
-    common::until_waiting(&path).await;
+    let Waiting { holder, waiter } = waiting(&path).await;
     assert_eq!(common::waiting_on(&path), (1, 1, 0), "watching first");
     // Settled: its helper's copies of the descriptor (one kept, one in the
     // blocked call) blocked in the kernel, the watch gone.
