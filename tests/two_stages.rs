@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Holder, TryLog, LIVENESS};
 use lockmgr::LockMgr;
@@ -78,7 +78,6 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     let path = dir.path().join("l.lock");
     let tries = TryLog::default();
     let _log = tries.install();
-    let started = Instant::now();
     let Waiting { holder, waiter } = waiting(&path).await;
     assert_eq!(common::waiting_on(&path), (1, 1, 0), "watching first");
     // Settled: its helper's copies of the descriptor (one kept, one in the
@@ -90,11 +89,6 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     })
     .await
     .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(&path)));
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "settled after {:?}",
-        started.elapsed()
-    );
     holder.finish();
     let guard = common::won(waiter, "the settled waiter missed the release").await;
     assert_eq!(tries.winner_woken_by(), "kernel", "{:?}", tries.tries());
