@@ -94,8 +94,7 @@ pub(crate) trait Contender {
     /// The signal a wait on events settles into once it has lasted
     /// [`SETTLE_AFTER`]: the kernel's own wait, where one can be had.
     /// `None` keeps the events and the periodic tries.
-    fn settle(&mut self, promise: Option<Promise>) -> Option<Signal> {
-        let _ = promise;
+    fn settle(&mut self, _promise: Option<Promise>) -> Option<Signal> {
         None
     }
 }

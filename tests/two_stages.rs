@@ -27,34 +27,49 @@ fn threads() -> Vec<String> {
 }
 
 /// A task of this process waiting for the lock at `path`, which a helper
-/// process holds.
+/// process holds, with its tries logged.
 struct Waiting {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    tries: TryLog,
+    _log: tracing::subscriber::DefaultGuard,
     holder: Holder,
     waiter: tokio::task::JoinHandle<Result<lockmgr::LockGuard, lockmgr::LockError>>,
 }
 
-/// Starts a holder process and a waiting task, and returns once the task
-/// sleeps on the lock.
-async fn waiting(path: &std::path::Path) -> Waiting {
-    let holder = Holder::start(path);
-    let lock = LockMgr::new(path);
+/// Starts a holder process and a waiting task (on the calling thread's
+/// runtime, whose tries are logged), and returns once the task sleeps on
+/// the lock.
+async fn waiting() -> Waiting {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let tries = TryLog::default();
+    let log = tries.install();
+    let holder = Holder::start(&path);
+    let lock = LockMgr::new(&path);
     let waiter = tokio::spawn(async move { lock.acquire(true, LIVENESS).await });
-    common::until_waiting(path).await;
-    Waiting { holder, waiter }
+    common::until_waiting(&path).await;
+    Waiting {
+        _dir: dir,
+        path,
+        tries,
+        _log: log,
+        holder,
+        waiter,
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_short_wait_is_woken_by_the_close_in_its_own_runtime() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let tries = TryLog::default();
-    let _log = tries.install();
-    let Waiting { holder, waiter } = waiting(&path).await;
+    // Kept whole: its temporary directory and log live to the end.
+    let w = waiting().await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (holder, waiter) = (w.holder, w.waiter);
     // Watching, with nothing blocked in the kernel and no thread of ours
     // to wake: the release will wake this runtime's thread only.
     assert_eq!(
-        common::waiting_on(&path),
+        common::waiting_on(path),
         (1, 1, 0),
         "(fds, watches, blocked) while a short wait sleeps"
     );
@@ -74,21 +89,20 @@ async fn a_short_wait_is_woken_by_the_close_in_its_own_runtime() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_long_wait_settles_into_the_kernel_queue() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let tries = TryLog::default();
-    let _log = tries.install();
-    let Waiting { holder, waiter } = waiting(&path).await;
-    assert_eq!(common::waiting_on(&path), (1, 1, 0), "watching first");
+    // Kept whole: its temporary directory and log live to the end.
+    let w = waiting().await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (holder, waiter) = (w.holder, w.waiter);
+    assert_eq!(common::waiting_on(path), (1, 1, 0), "watching first");
     // Settled: its helper's copies of the descriptor (one kept, one in the
     // blocked call) blocked in the kernel, the watch gone.
     tokio::time::timeout(LIVENESS, async {
-        while common::waiting_on(&path) != (3, 0, 1) {
+        while common::waiting_on(path) != (3, 0, 1) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(&path)));
+    .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(path)));
     holder.finish();
     let guard = common::won(waiter, "the settled waiter missed the release").await;
     assert_eq!(tries.winner_woken_by(), "kernel", "{:?}", tries.tries());
@@ -96,7 +110,7 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     // release is the last close of the open file description, which the
     // waiters of other processes that watch the file are woken by.
     assert_eq!(
-        common::fds_on(&path),
+        common::fds_on(path),
         1,
         "descriptors on the file while the guard holds it: {:?}",
         common::fd_targets()
