@@ -116,8 +116,9 @@ struct FileContender<'a> {
     mode: LockMode,
     /// The descriptor; `None` only once handed on to a guard.
     fd: Option<OwnedFd>,
-    /// The identity of the file open at `fd`.
-    file: FileId,
+    /// The identity of the file open at `fd`, once checked to be a regular
+    /// file (see [`FileContender::file`]).
+    file: Option<FileId>,
     /// Whether `fd` may be written (a holder record needs it).
     writable: bool,
     /// The kernel's wait for the lock on `fd`, when one was started. Shared
@@ -172,6 +173,8 @@ impl Contender for FileContender<'_> {
                 "lock try"
             );
             if !won {
+                // A loser waits in line for this file: it must be one.
+                self.file()?;
                 return Ok(if moved { Try::Moved } else { Try::Held });
             }
             if self.config.remove_on_release
@@ -182,7 +185,7 @@ impl Contender for FileContender<'_> {
                 // anything. Let it go (the close drops the lock) and contend
                 // for the file now at the path.
                 tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
-                let opened = open_fd(self.config, self.mode)?;
+                let opened = open_unchecked(self.config, self.mode)?;
                 // The old file's kernel wait, if any, was claimed: its end
                 // is the end of its descriptor.
                 self.kernel = None;
@@ -192,7 +195,9 @@ impl Contender for FileContender<'_> {
                 continue;
             }
             if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
-                self.token = self.write_record();
+                self.token = self.write_record()?;
+            } else {
+                self.file()?;
             }
             return Ok(Try::Won);
         }
@@ -231,8 +236,25 @@ impl Contender for FileContender<'_> {
     }
 }
 
-/// Opens (creating it if allowed) the lock file for a contender.
-pub(crate) fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
+/// Opens (creating it if allowed) the lock file for a contender, and checks
+/// that it is a regular file: its descriptor, identity and whether it could
+/// be opened for writing.
+pub(crate) fn open_fd(
+    config: &LockConfig,
+    mode: LockMode,
+) -> Result<(OwnedFd, FileId, bool), LockError> {
+    let opened = open_unchecked(config, mode)?;
+    let file = match opened.file {
+        Some(file) => file,
+        None => os::identify(opened.fd.as_fd())
+            .map_err(|e| open_error(&config.path, e, Operation::Open))?,
+    };
+    Ok((opened.fd, file, opened.writable))
+}
+
+/// [`open_fd`], leaving the check of the kind of file to the caller (see
+/// [`os::open_lock_file`]).
+fn open_unchecked(config: &LockConfig, mode: LockMode) -> Result<os::Opened, LockError> {
     let path = &config.path;
     check_path(path)?;
     // A flock(2) lock of either mode, and a shared OFD lock, need only read
@@ -248,7 +270,7 @@ pub(crate) fn open_fd(config: &LockConfig, mode: LockMode) -> Result<os::Opened,
 /// The identity of the lock file, opened (and created) as an exclusive
 /// acquire would open it: the order in which several locks are taken.
 pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
-    Ok(open_fd(config, LockMode::Exclusive)?.file)
+    Ok(open_fd(config, LockMode::Exclusive)?.1)
 }
 
 /// Refuses a path that cannot name a file at all.
@@ -318,7 +340,7 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 
 impl<'a> FileContender<'a> {
     fn open(config: &'a LockConfig, mode: LockMode) -> Result<Self, LockError> {
-        let opened = open_fd(config, mode)?;
+        let opened = open_unchecked(config, mode)?;
         config.learn_fs(&opened.fd);
         Ok(FileContender {
             config,
@@ -331,9 +353,24 @@ impl<'a> FileContender<'a> {
         })
     }
 
+    /// The identity of the file open at `fd`, checked (once) to be a
+    /// regular file: before the contender waits for it in line, or writes to
+    /// it. Until then a FIFO or a device at the path has only been opened
+    /// (harmlessly, see `os::safe_flags`), and maybe locked.
+    fn file(&mut self) -> Result<FileId, LockError> {
+        if let Some(file) = self.file {
+            return Ok(file);
+        }
+        let file = os::identify(self.fd())
+            .map_err(|e| open_error(&self.config.path, e, Operation::Open))?;
+        self.file = Some(file);
+        Ok(file)
+    }
+
     /// Starts the kernel's own wait for the lock, on a helper thread.
     fn wait_in_kernel(&mut self, promise: Option<Promise>) -> io::Result<Signal> {
-        let kernel = KernelWait::start(self.fd(), self.file, self.config.kind, self.mode, promise)?;
+        let file = self.file().map_err(io::Error::other)?;
+        let kernel = KernelWait::start(self.fd(), file, self.config.kind, self.mode, promise)?;
         // A revived wait is for a descriptor of its own: the lock will be
         // granted to that one.
         if kernel.is_revived() {
@@ -392,19 +429,63 @@ impl<'a> FileContender<'a> {
         }
     }
 
-    /// Writes this process's holder record, after winning. Never fatal: a
-    /// record is for reporting only.
     /// Writes this process's holder record, after winning, and draws the
     /// next fencing token if asked to (the record keeps the latest one
-    /// either way, so the sequence never restarts). Never fatal: without a
-    /// record written, there is no token.
-    fn write_record(&self) -> Option<u64> {
+    /// either way, so the sequence never restarts). A record that cannot be
+    /// written is not fatal (without one, there is no token); a file that
+    /// turns out not to be a regular one is (see [`FileContender::file`]).
+    fn write_record(&mut self) -> Result<Option<u64>, LockError> {
+        let config = self.config;
+        let mut head = [0u8; MAX_RECORD];
+        let read = os::read_head(self.fd(), &mut head);
+        let pid = os::cached_pid();
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        // Never waited for: a fork while another thread held it would leave
+        // it locked for ever in the child. Busy, the record is done in full
+        // and not remembered.
+        let mut scratch = None;
+        let mut held = config.last_record.try_lock().ok();
+        let cached = held.as_deref_mut().unwrap_or(&mut scratch);
+        // Won before by this lock of this process within the same second,
+        // and nobody wrote since: the record already says exactly what we
+        // would write (a token drawn each time never repeats, so fencing
+        // always writes). Those bytes at the head also show the file to be
+        // the regular file they were written to: no stat is needed.
+        let unchanged = match (&read, cached.as_ref()) {
+            (Ok(n), Some(last)) => {
+                !config.fencing
+                    && last.pid == pid
+                    && last.since == since
+                    && *last.bytes == head[..*n]
+            }
+            _ => false,
+        };
+        if unchanged {
+            return Ok(None);
+        }
+        self.file()?;
+        Ok(self.replace_record(&head, read, pid, since, cached))
+    }
+
+    /// [`FileContender::write_record`] past the checks: replaces the record
+    /// at the file's `head` (as `read`), if the content is ours to replace,
+    /// and remembers it in `cached`.
+    fn replace_record(
+        &self,
+        head: &[u8],
+        read: io::Result<usize>,
+        pid: u32,
+        since: u64,
+        cached: &mut Option<LastRecord>,
+    ) -> Option<u64> {
         // One read tells both whether the content is ours to replace (empty,
         // or a record) and how long the old record is: the file is only
         // truncated when the new record is shorter, since truncating costs a
         // file-system transaction on every acquire otherwise.
-        let mut head = [0u8; MAX_RECORD];
-        let old_len = match os::read_head(self.fd(), &mut head) {
+        let old_len = match read {
             // Only an empty file or a record line (the tag, then a line end)
             // is ours to replace: content that merely starts like one ("l",
             // "lockmgr-holder/") is somebody's data.
@@ -415,27 +496,6 @@ impl<'a> FileContender<'a> {
             }
             Err(_) => return None,
         };
-        let pid = os::cached_pid();
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        // Won before by this lock of this process within the same second,
-        // and nobody wrote since: the record already says exactly what we
-        // would write (a token drawn each time never repeats, so fencing
-        // always writes).
-        let unchanged = |last: &LastRecord| {
-            last.pid == pid && last.since == since && *last.bytes == head[..old_len]
-        };
-        // Never waited for: a fork while another thread held it would leave
-        // it locked for ever in the child. Busy, the record is done in full
-        // and not remembered.
-        let mut scratch = None;
-        let mut held = self.config.last_record.try_lock().ok();
-        let cached = held.as_deref_mut().unwrap_or(&mut scratch);
-        if !self.config.fencing && cached.as_ref().is_some_and(unchanged) {
-            return None;
-        }
         let last = Holder::parse(&head[..old_len]).and_then(|h| h.token);
         let token = if self.config.fencing {
             Some(last.unwrap_or(0).checked_add(1)?)
@@ -584,14 +644,15 @@ async fn lock_here(
             announced = true;
             policy.announce(lock_id, contender.holder().as_ref(), "");
         }
+        let file = contender.file()?;
         let t = match ticket.take() {
-            Some(t) if t.file() == contender.file => t,
+            Some(t) if t.file() == file => t,
             // First wait, or the file was replaced while queued: line up for
             // the file now at the path. Someone else of this process may
             // have got to the front first; then wait behind them (the
             // contender's descriptor is closed meanwhile).
             _ => {
-                let t = Ticket::join(contender.file);
+                let t = Ticket::join(file);
                 if !t.is_head() {
                     ticket = Some(t);
                     continue;

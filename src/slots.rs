@@ -94,13 +94,13 @@ struct SlotContender<'a> {
 
 impl<'a> SlotContender<'a> {
     fn open(config: &'a LockConfig, permits: u32) -> Result<Self, LockError> {
-        let opened = open_fd(config, LockMode::Exclusive)?;
-        check_permits(config, &opened.fd, permits)?;
+        let (fd, file, _) = open_fd(config, LockMode::Exclusive)?;
+        check_permits(config, &fd, permits)?;
         Ok(SlotContender {
             config,
             permits,
-            fd: Some(opened.fd),
-            file: opened.file,
+            fd: Some(fd),
+            file,
             slot: None,
         })
     }

@@ -131,6 +131,34 @@ async fn fifo_is_refused_without_blocking() {
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
+/// A lock just held, whose own record is at the file's head, skips the
+/// stat of the file on the next acquire (issue 14): a FIFO put in the
+/// file's place meanwhile must still be refused, by either entry point.
+#[tokio::test]
+async fn fifo_put_in_place_of_a_lock_file_just_held_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let lock = LockMgr::new(&path);
+    for _ in 0..2 {
+        drop(lock.try_acquire().unwrap());
+        drop(lock.acquire(true, Duration::from_secs(5)).await.unwrap());
+    }
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let err = both_refuse(&lock).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo());
+}
+
 #[tokio::test]
 async fn character_device_is_refused() {
     let err = both_refuse(&LockMgr::new("/dev/null")).await;
