@@ -32,6 +32,10 @@ use lockmgr::{LockKind, LockMgr};
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use nix::time::{clock_gettime, ClockId};
+use support::{median_p99, percentile};
+
+#[path = "support/mod.rs"]
+mod support;
 
 const ROLE: &str = "LOCKMGR_BENCH_ROLE";
 const PARK: Duration = Duration::from_millis(2);
@@ -327,10 +331,6 @@ impl Drop for Pair {
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-}
-
 fn lock_path() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.lock");
@@ -594,11 +594,6 @@ fn sigkill_to_acquisition() {
             percentile(s, 0.5) / percentile(&floor, 0.5)
         );
     }
-}
-
-fn median_p99(samples: &mut [i64]) -> (f64, f64) {
-    samples.sort_unstable();
-    (percentile(samples, 0.5), percentile(samples, 0.99))
 }
 
 /// The headline ratios (issue 14, targets 1a and 1b): handoffs to a plain

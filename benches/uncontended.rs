@@ -2,11 +2,14 @@
 //! run: `open` + `F_OFD_SETLK` + `close` with nothing else around it.
 //!
 //! `cargo bench --bench uncontended` prints criterion's usual report, then
-//! the ratio of each variant to the floor.
+//! the ratio of each variant to the floor, then the same measured with the
+//! variants in turn, one call of each per round (the machine's speed drifts
+//! by up to 2x over minutes here, and criterion runs one row after the
+//! other): median and p99 of each, and the ratio of the medians.
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use lockmgr::LockMgr;
@@ -74,6 +77,57 @@ criterion_group!(benches, uncontended);
 #[path = "support/mod.rs"]
 mod support;
 
+/// Issue 14's target 3, with the floor and each variant timed in turn, one
+/// call each per round, so that every ratio compares calls made under the
+/// same conditions of the machine. All of it runs in one task, as a Tokio
+/// application's calls would (the criterion rows above pay a `block_on`
+/// per call).
+fn interleaved(rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.lock");
+    let lock = LockMgr::new(&path);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const NAMES: [&str; 4] = [
+        FLOOR,
+        "try_acquire+drop",
+        "acquire(true)+drop",
+        "acquire(true)+release",
+    ];
+    let mut samples = vec![Vec::with_capacity(rounds); NAMES.len()];
+    rt.block_on(async {
+        for round in 0..rounds {
+            // Each in every position in turn: none always follows the same.
+            for i in 0..NAMES.len() {
+                let at = (round + i) % NAMES.len();
+                let t = Instant::now();
+                match at {
+                    0 => raw_floor(&path),
+                    1 => drop(lock.try_acquire().unwrap()),
+                    2 => drop(lock.acquire(true, Duration::from_secs(1)).await.unwrap()),
+                    _ => lock
+                        .acquire(true, Duration::from_secs(1))
+                        .await
+                        .unwrap()
+                        .release()
+                        .unwrap(),
+                }
+                samples[at].push(t.elapsed().as_nanos() as i64);
+            }
+        }
+    });
+    println!("\n{GROUP}: the variants in turn, in one task, {rounds} rounds (us):");
+    let stats: Vec<(f64, f64)> = samples.iter_mut().map(|s| support::median_p99(s)).collect();
+    for (name, (median, p99)) in NAMES.iter().zip(&stats) {
+        println!(
+            "  {name:<32} median {median:>7.2}  p99 {p99:>7.2}  median ratio to floor {:.2}x",
+            median / stats[0].0
+        );
+    }
+}
+
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
@@ -86,4 +140,8 @@ fn main() {
             ("acquire(true)+release", 1.0),
         ],
     );
+    // Only in a measuring run (criterion's --bench), not under `cargo test`.
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved(200_000);
+    }
 }

@@ -37,3 +37,15 @@ pub fn print_ratios(group: &str, baseline: (&str, f64), ids: &[(&str, f64)]) {
         }
     }
 }
+
+/// The value at fraction `p` of `sorted` (nanoseconds), in microseconds.
+pub fn percentile(sorted: &[i64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// The median and the 99th percentile of `samples` (nanoseconds), in
+/// microseconds.
+pub fn median_p99(samples: &mut [i64]) -> (f64, f64) {
+    samples.sort_unstable();
+    (percentile(samples, 0.5), percentile(samples, 0.99))
+}
