@@ -98,6 +98,7 @@ fn in_process(c: &mut Criterion) {
 criterion_group!(benches, in_process);
 
 fn main() {
+    support::begin();
     benches();
     Criterion::default().configure_from_args().final_summary();
     let ids: Vec<String> = WAITERS.iter().map(|&n| id(n)).collect();

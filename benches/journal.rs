@@ -66,6 +66,7 @@ fn journal(c: &mut Criterion) {
 criterion_group!(benches, journal);
 
 fn main() {
+    support::begin();
     benches();
     Criterion::default().configure_from_args().final_summary();
     let base = id("keep open, lock per append", SyncPolicy::None);

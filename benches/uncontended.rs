@@ -129,6 +129,7 @@ fn interleaved(rounds: usize) {
 }
 
 fn main() {
+    support::begin();
     benches();
     Criterion::default().configure_from_args().final_summary();
     support::print_ratios(

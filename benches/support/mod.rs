@@ -2,6 +2,17 @@
 //! against a baseline measured in the same run.
 #![allow(dead_code)]
 
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+static STARTED: OnceLock<SystemTime> = OnceLock::new();
+
+/// Marks the start of this run: estimates criterion wrote before it (a
+/// filter left their rows out this time) are not reported as this run's.
+pub fn begin() {
+    STARTED.get_or_init(SystemTime::now);
+}
+
 /// criterion's point estimate of the mean time per iteration, in ns, for
 /// `group/id` from the run just made; `None` when it did not run (e.g. a
 /// filter excluded it, or `--test`).
@@ -9,12 +20,18 @@ pub fn mean_ns(group: &str, id: &str) -> Option<f64> {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     // criterion's own file-name mangling of benchmark ids.
     let mangle = |s: &str| s.replace(['?', '"', '/', '\\', '*', '<', '>', ':', '|', '^'], "_");
-    let json = std::fs::read_to_string(format!(
+    let file = format!(
         "{target}/criterion/{}/{}/new/estimates.json",
         mangle(group),
         mangle(id)
-    ))
-    .ok()?;
+    );
+    if let Some(started) = STARTED.get() {
+        let written = std::fs::metadata(&file).and_then(|m| m.modified()).ok()?;
+        if written < *started {
+            return None;
+        }
+    }
+    let json = std::fs::read_to_string(file).ok()?;
     let mean = &json[json.find("\"mean\"")?..];
     let key = "\"point_estimate\":";
     let est = &mean[mean.find(key)? + key.len()..];
