@@ -51,7 +51,11 @@ async fn uses_tls(admin: &tokio_postgres::Client, pid: u32) -> bool {
 
 /// Takes a lock on `config` and says whether its session is encrypted.
 async fn lock_over(admin: &tokio_postgres::Client, config: &str) -> Result<bool, LockError> {
-    let lock = PgLockMgr::new(config, name("tls"))?;
+    // A lock of its own per call: the tests of this file run at once, and a
+    // shared name made one test's try fail while another held it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let lock = PgLockMgr::new(config, name(&format!("tls-{call}")))?;
     let guard = lock.try_acquire().await?;
     let pid = lock.holder().await?.expect("held").pid;
     let tls = uses_tls(admin, pid).await;
