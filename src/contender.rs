@@ -162,8 +162,14 @@ impl Contender for FileContender<'_> {
         let path = &self.config.path;
         let mut moved = false;
         loop {
-            let won = os::try_lock(self.fd(), self.config.kind, self.mode)
-                .map_err(|e| self.lock_error(e))?;
+            let won = match os::try_lock(self.fd(), self.config.kind, self.mode) {
+                Ok(won) => won,
+                Err(e) => {
+                    // Refused as what it is, when the path is no file.
+                    self.file()?;
+                    return Err(self.lock_error(e));
+                }
+            };
             tracing::debug!(
                 lock = %path.display(),
                 attempt,
@@ -354,9 +360,11 @@ impl<'a> FileContender<'a> {
     }
 
     /// The identity of the file open at `fd`, checked (once) to be a
-    /// regular file: before the contender waits for it in line, or writes to
-    /// it. Until then a FIFO or a device at the path has only been opened
-    /// (harmlessly, see `os::safe_flags`), and maybe locked.
+    /// regular file: before the contender waits for it in line, reads or
+    /// writes it, or hands it to a guard (except after finding its own
+    /// record, see [`FileContender::write_record`]). Until then a FIFO or a
+    /// device at the path has only been opened (harmlessly, see
+    /// `os::safe_flags`) and perhaps locked for an instant.
     fn file(&mut self) -> Result<FileId, LockError> {
         if let Some(file) = self.file {
             return Ok(file);
@@ -436,8 +444,6 @@ impl<'a> FileContender<'a> {
     /// turns out not to be a regular one is (see [`FileContender::file`]).
     fn write_record(&mut self) -> Result<Option<u64>, LockError> {
         let config = self.config;
-        let mut head = [0u8; MAX_RECORD];
-        let read = os::read_head(self.fd(), &mut head);
         let pid = os::cached_pid();
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -449,22 +455,27 @@ impl<'a> FileContender<'a> {
         let mut scratch = None;
         let mut held = config.last_record.try_lock().ok();
         let cached = held.as_deref_mut().unwrap_or(&mut scratch);
-        // Won before by this lock of this process within the same second,
-        // and nobody wrote since: the record already says exactly what we
+        // Won before by this lock of this process within the same second:
+        // if nobody wrote since, the record already says exactly what we
         // would write (a token drawn each time never repeats, so fencing
-        // always writes). Those bytes at the head also show the file to be
-        // the regular file they were written to: no stat is needed.
-        let unchanged = match (&read, cached.as_ref()) {
-            (Ok(n), Some(last)) => {
-                !config.fencing
-                    && last.pid == pid
-                    && last.since == since
-                    && *last.bytes == head[..*n]
+        // always writes).
+        let recent = cached
+            .as_ref()
+            .filter(|last| !config.fencing && last.pid == pid && last.since == since);
+        // Nothing is read from a file not known to be a regular one, except
+        // just after this lock wrote its record there: a device put in its
+        // place within that second is the only thing read before the check.
+        if recent.is_none() {
+            self.file()?;
+        }
+        let mut head = [0u8; MAX_RECORD];
+        let read = os::read_head(self.fd(), &mut head);
+        // Those bytes at the head also show the file to be the regular file
+        // they were written to: no stat is needed.
+        if let (Some(last), Ok(n)) = (recent, &read) {
+            if *last.bytes == head[..*n] {
+                return Ok(None);
             }
-            _ => false,
-        };
-        if unchanged {
-            return Ok(None);
         }
         self.file()?;
         Ok(self.replace_record(&head, read, pid, since, cached))

@@ -103,16 +103,17 @@ fn open_or_create(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenE
 /// Opens (creating if needed, never truncating) the lock file at `path`,
 /// for reading and writing, without checking what kind of file it is
 /// (`Opened::file` is `None`): the caller calls [`identify`] before it
-/// writes to the file or waits for it. The opening flags already make
-/// opening anything else harmless (see `safe_flags`), and a caller that
-/// wins the lock and finds its own record at the file's head knows the
-/// file without asking (a system call saved on every repeated acquire).
+/// reads or writes the file, waits for it or keeps it. The opening flags
+/// already make opening anything else harmless (see `safe_flags`), and a
+/// caller that wins the lock and finds the record it wrote there a moment
+/// ago at the file's head knows the file without asking (a system call
+/// saved on every repeated acquire).
 ///
 /// A file that exists but may not be written to (`EACCES`, `EROFS`) is
 /// opened read-only, as `flock(1)` does: enough for `flock(2)` locks and
 /// shared OFD locks (`read_only_ok`); otherwise that is
-/// [`OpenError::ReadOnly`]. That fallback checks the kind at once, so that
-/// a path that is no file is refused as such rather than as read-only.
+/// [`OpenError::ReadOnly`]. That fallback checks the kind at once: a path
+/// that is no file gives the writable open's error, as it always did.
 pub(crate) fn open_lock_file(
     path: &Path,
     mode: u32,

@@ -5,7 +5,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
-use lockmgr::{FileKind, LockError, LockMgr};
+use lockmgr::{FileKind, LockError, LockKind, LockMgr};
 
 /// Both entry points give the same error, and the error names the path.
 async fn both_refuse(lock: &LockMgr) -> LockError {
@@ -128,6 +128,46 @@ async fn fifo_is_refused_without_blocking() {
         ),
         "{err:?}"
     );
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+/// The kind of file is checked wherever the acquire goes: either family,
+/// either mode, with or without a holder record or removal on release.
+#[tokio::test]
+async fn fifo_is_refused_in_every_family_mode_and_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("l.lock");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let wait = Duration::from_secs(5);
+    for kind in [LockKind::Ofd, LockKind::Flock] {
+        for record in [true, false] {
+            for remove in [false, true] {
+                let lock = LockMgr::builder(&fifo)
+                    .kind(kind)
+                    .record_holder(record)
+                    .remove_on_release(remove)
+                    .build();
+                let errors = [
+                    lock.try_acquire().unwrap_err(),
+                    lock.try_acquire_shared().unwrap_err(),
+                    lock.acquire(true, wait).await.unwrap_err(),
+                    lock.acquire_shared(true, wait).await.unwrap_err(),
+                ];
+                for err in errors {
+                    assert!(
+                        matches!(
+                            err,
+                            LockError::NotAFile {
+                                kind: FileKind::Fifo,
+                                ..
+                            }
+                        ),
+                        "{kind:?} record {record} remove {remove}: {err:?}"
+                    );
+                }
+            }
+        }
+    }
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
