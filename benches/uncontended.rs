@@ -39,7 +39,14 @@ fn raw_floor(path: &Path) {
     drop(fd);
 }
 
-fn uncontended(c: &mut Criterion) {
+/// A lock file in a directory of its own, its lock, and a runtime to
+/// acquire it in.
+fn setup() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    LockMgr,
+    tokio::runtime::Runtime,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.lock");
     let lock = LockMgr::new(&path);
@@ -47,6 +54,11 @@ fn uncontended(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    (dir, path, lock, rt)
+}
+
+fn uncontended(c: &mut Criterion) {
+    let (_dir, path, lock, rt) = setup();
 
     let mut g = c.benchmark_group(GROUP);
     g.bench_function(FLOOR, |b| b.iter(|| raw_floor(&path)));
@@ -83,13 +95,7 @@ mod support;
 /// application's calls would (the criterion rows above pay a `block_on`
 /// per call).
 fn interleaved(rounds: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.lock");
-    let lock = LockMgr::new(&path);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_dir, path, lock, rt) = setup();
     const NAMES: [&str; 4] = [
         FLOOR,
         "try_acquire+drop",

@@ -26,6 +26,24 @@ async fn both_refuse(lock: &LockMgr) -> LockError {
     async_err
 }
 
+fn make_fifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+/// `err` refuses a FIFO as such; `context` says which call gave it.
+fn assert_fifo_refused(err: &LockError, context: &str) {
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
+        "{context}: {err:?}"
+    );
+}
+
 #[tokio::test]
 async fn directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,18 +134,9 @@ async fn dangling_symlink_is_refused_and_nothing_created() {
 async fn fifo_is_refused_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("l.lock");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    make_fifo(&fifo);
     let err = both_refuse(&LockMgr::new(&fifo)).await;
-    assert!(
-        matches!(
-            err,
-            LockError::NotAFile {
-                kind: FileKind::Fifo,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_fifo_refused(&err, "try_acquire and acquire");
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
@@ -137,7 +146,7 @@ async fn fifo_is_refused_without_blocking() {
 async fn fifo_is_refused_in_every_family_mode_and_option() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("l.lock");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    make_fifo(&fifo);
     let wait = Duration::from_secs(5);
     for kind in [LockKind::Ofd, LockKind::Flock] {
         for record in [true, false] {
@@ -154,16 +163,7 @@ async fn fifo_is_refused_in_every_family_mode_and_option() {
                     lock.acquire_shared(true, wait).await.unwrap_err(),
                 ];
                 for err in errors {
-                    assert!(
-                        matches!(
-                            err,
-                            LockError::NotAFile {
-                                kind: FileKind::Fifo,
-                                ..
-                            }
-                        ),
-                        "{kind:?} record {record} remove {remove}: {err:?}"
-                    );
+                    assert_fifo_refused(&err, &format!("{kind:?} record {record} remove {remove}"));
                 }
             }
         }
@@ -184,18 +184,9 @@ async fn fifo_put_in_place_of_a_lock_file_just_held_is_refused() {
         drop(lock.acquire(true, Duration::from_secs(5)).await.unwrap());
     }
     std::fs::remove_file(&path).unwrap();
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    make_fifo(&path);
     let err = both_refuse(&lock).await;
-    assert!(
-        matches!(
-            err,
-            LockError::NotAFile {
-                kind: FileKind::Fifo,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_fifo_refused(&err, "try_acquire and acquire");
     assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo());
 }
 
