@@ -408,7 +408,7 @@ impl<'a> FileContender<'a> {
             off_runtime: self.config.on_network(),
             file: Some(File::from(fd)),
             path: self.config.path.clone(),
-            owner_pid: os::cached_pid(),
+            owner_pid: os::current_pid(),
             kind: self.config.kind,
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
@@ -444,7 +444,7 @@ impl<'a> FileContender<'a> {
     /// turns out not to be a regular one is (see [`FileContender::file`]).
     fn write_record(&mut self) -> Result<Option<u64>, LockError> {
         let config = self.config;
-        let pid = os::cached_pid();
+        let pid = os::current_pid();
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -609,7 +609,7 @@ pub(crate) async fn lock(
     match &result {
         Ok(_) => config
             .meter
-            .acquired(mode, contended, policy.waits.then(|| started.elapsed())),
+            .acquired(mode, contended, policy.waits.then_some(started)),
         Err(LockError::TimedOut { .. }) => config.meter.timed_out(),
         Err(_) => {}
     }

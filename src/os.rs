@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -534,71 +534,98 @@ pub(crate) fn readable_here(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> 
         .map_err(|e| e.into_parts().1)
 }
 
-/// The id of the calling process, asked of the kernel: to tell a guard's
-/// owner from a forked child when it releases, where a wrong answer would
-/// drop a lock another process holds.
-pub(crate) fn current_pid() -> u32 {
-    std::process::id()
-}
-
-/// The id of the calling process, cached, where a stale answer costs no
-/// exclusion: the owner recorded when a lock is won (a release compares it
-/// with [`current_pid`]) and the holder record's pid.
+/// The id of the calling process: to tell a guard's owner from a child
+/// that inherited the guard when it releases (where a wrong answer would
+/// drop a lock another process holds), and to name the holder in its
+/// record.
 ///
 /// glibc no longer caches `getpid`, and an uncontended acquire and release
-/// asked for it three times, a system call each. A `pthread_atfork` handler
-/// forgets the cached id in every child that `fork(2)` makes through glibc
-/// (`nix::unistd::fork`, `libc::fork`). A child made without it (a raw
-/// `clone`) would see its parent's id here until it asks again: its holder
-/// record would name the parent, and its guards would not unlock explicitly
-/// (they still release when closed).
-pub(crate) fn cached_pid() -> u32 {
-    let cached = CACHED_PID.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    let pid = std::process::id();
-    if forget_pid_at_fork() {
-        CACHED_PID.store(pid, Ordering::Relaxed);
-    }
-    pid
-}
-
-/// The calling process's id, once known; 0 for "ask the kernel".
-static CACHED_PID: AtomicU32 = AtomicU32::new(0);
-
-/// Runs in the child after `fork(2)`: only an atomic store, which is
-/// async-signal-safe as a forked child of a threaded process requires.
-extern "C" fn forget_pid() {
-    CACHED_PID.store(0, Ordering::Relaxed);
-}
-
-/// Whether [`forget_pid`] is registered to run in every forked child:
-/// registers it the first time. Lock-free, so that a child forked while
-/// another thread registers it does not wait for that thread (which the
-/// child does not have): until registered, nothing is cached.
-fn forget_pid_at_fork() -> bool {
-    const UNREGISTERED: u8 = 0;
-    const REGISTERING: u8 = 1;
-    const REGISTERED: u8 = 2;
-    const FAILED: u8 = 3;
-    static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
-    match STATE.compare_exchange(
-        UNREGISTERED,
-        REGISTERING,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => {
-            // SAFETY: `forget_pid` is an `extern "C" fn()` that lives for
-            // the whole program and does nothing but an atomic store; no
-            // prepare or parent handler is given.
-            let ok = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 };
-            STATE.store(if ok { REGISTERED } else { FAILED }, Ordering::Release);
-            ok
+/// would ask for it three times, a system call each. So the id is kept in a
+/// page that the kernel fills with zeros in every child that does not share
+/// this process's memory (`MADV_WIPEONFORK`, Linux 4.14): after `fork`, and
+/// after a raw `clone` too, which runs none of the C library's `fork`
+/// handlers, the child finds no id there and asks the kernel once. A child
+/// that shares the memory (`vfork`, `clone(CLONE_VM)`) shares every object
+/// with its parent and must not drop any, guards included. Where the page
+/// cannot be had (an older kernel), the kernel is asked every time.
+pub(crate) fn current_pid() -> u32 {
+    let Some(word) = pid_word() else {
+        return std::process::id();
+    };
+    match word.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            word.store(pid, Ordering::Relaxed);
+            pid
         }
-        Err(state) => state == REGISTERED,
+        pid => pid,
     }
+}
+
+/// The word of the wipe-on-fork page that keeps [`current_pid`]; made the
+/// first time, `None` for good if the kernel cannot make one.
+fn pid_word() -> Option<&'static AtomicU32> {
+    static WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+    static NO_PAGE: AtomicBool = AtomicBool::new(false);
+    let mut word = WORD.load(Ordering::Acquire);
+    if word.is_null() {
+        if NO_PAGE.load(Ordering::Relaxed) {
+            return None;
+        }
+        let Some(page) = wipe_on_fork_page() else {
+            NO_PAGE.store(true, Ordering::Relaxed);
+            return None;
+        };
+        word = match WORD.compare_exchange(
+            std::ptr::null_mut(),
+            page.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => page.as_ptr(),
+            Err(theirs) => {
+                // Another thread made one first; this one was never shared.
+                // SAFETY: the page was mapped just above, with this length,
+                // and no reference to it was made.
+                let _ = unsafe { nix::sys::mman::munmap(page.cast(), PID_PAGE.get()) };
+                theirs
+            }
+        };
+    }
+    // SAFETY: a non-null `WORD` points at the start of a private mapping
+    // that is never unmapped (it is mapped again, zeroed, in a child), is
+    // aligned to a page, and is only ever accessed as this atomic.
+    Some(unsafe { &*word })
+}
+
+/// The length asked for the pid page (the kernel rounds it up to a page).
+const PID_PAGE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(len) => len,
+    None => unreachable!(),
+};
+
+/// A new private page, zeroed in every child that does not share memory.
+fn wipe_on_fork_page() -> Option<std::ptr::NonNull<AtomicU32>> {
+    use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
+    // SAFETY: a new anonymous private mapping at an address the kernel
+    // picks: it aliases no Rust object.
+    let page = unsafe {
+        mmap_anonymous(
+            None,
+            PID_PAGE,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+    }
+    .ok()?;
+    // SAFETY: the advice applies to the mapping just made, which nothing
+    // else uses yet; on failure it is unmapped before anything refers to it.
+    if unsafe { madvise(page, PID_PAGE.get(), MmapAdvise::MADV_WIPEONFORK) }.is_err() {
+        // SAFETY: as above: mapped here, with this length, never shared.
+        let _ = unsafe { munmap(page, PID_PAGE.get()) };
+        return None;
+    }
+    Some(page.cast())
 }
 
 /// Memory this process shares with whoever reads one of its descriptors: a

@@ -119,7 +119,7 @@ impl<'a> SlotContender<'a> {
             file: self.fd.take().map(File::from),
             path: self.config.path.clone(),
             slot: self.slot.expect("won"),
-            owner_pid: os::cached_pid(),
+            owner_pid: os::current_pid(),
         }
     }
 
