@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::vocab::LockMode;
 
 /// Where one lock's numbers go: its kind and metrics label.
@@ -26,8 +28,10 @@ impl Meter {
         }
     }
 
-    /// A lock was won: by a waiting `acquire` when `waited` is given.
-    pub(crate) fn acquired(&self, mode: LockMode, contended: bool, waited: Option<Duration>) {
+    /// A lock was won: by a waiting `acquire` that started at `waited_since`
+    /// when that is given. (The start, not the wait: without the `metrics`
+    /// feature the clock is not read again.)
+    pub(crate) fn acquired(&self, mode: LockMode, contended: bool, waited_since: Option<Instant>) {
         #[cfg(feature = "metrics")]
         {
             describe();
@@ -44,12 +48,12 @@ impl Meter {
             if contended {
                 metrics::counter!(CONTENDED, &labels).increment(1);
             }
-            if let Some(waited) = waited {
-                metrics::histogram!(WAIT, &self.labels()).record(waited.as_secs_f64());
+            if let Some(since) = waited_since {
+                metrics::histogram!(WAIT, &self.labels()).record(since.elapsed().as_secs_f64());
             }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (mode, contended, waited);
+        let _ = (mode, contended, waited_since);
     }
 
     /// An `acquire` ran out of its budget.

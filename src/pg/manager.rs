@@ -618,7 +618,7 @@ impl PgLockMgr {
             .await;
         let meter = &self.inner.meter;
         match &result {
-            Ok(_) => meter.acquired(mode, contended, wait.then(|| started.elapsed())),
+            Ok(_) => meter.acquired(mode, contended, wait.then_some(started)),
             Err(LockError::TimedOut { .. }) => meter.timed_out(),
             Err(_) => {}
         }
