@@ -19,6 +19,8 @@ use nix::sys::stat::Mode;
 
 const GROUP: &str = "uncontended";
 const FLOOR: &str = "floor open+F_OFD_SETLK+close";
+/// Only in the interleaved run: `lockmgr`'s own calls, nothing else.
+const CALLS: &str = "its calls alone (+pread+unlock)";
 
 fn raw_floor(path: &Path) {
     let fd = open(
@@ -35,6 +37,31 @@ fn raw_floor(path: &Path) {
         l_len: 0,
         l_pid: 0,
     };
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    drop(fd);
+}
+
+/// The system calls an uncontended `lockmgr` acquire and release makes,
+/// with nothing between them: the floor's, plus the read of the file's head
+/// (for the holder record) and the explicit unlock before the close.
+fn raw_calls(path: &Path) {
+    let fd = open(
+        path,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    let mut head = [0u8; 1024];
+    std::hint::black_box(nix::sys::uio::pread(&fd, &mut head, 0).unwrap());
+    fl.l_type = libc::F_UNLCK as libc::c_short;
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     drop(fd);
 }
@@ -96,8 +123,9 @@ mod support;
 /// per call).
 fn interleaved(rounds: usize) {
     let (_dir, path, lock, rt) = setup();
-    const NAMES: [&str; 4] = [
+    const NAMES: [&str; 5] = [
         FLOOR,
+        CALLS,
         "try_acquire+drop",
         "acquire(true)+drop",
         "acquire(true)+release",
@@ -111,8 +139,9 @@ fn interleaved(rounds: usize) {
                 let t = Instant::now();
                 match at {
                     0 => raw_floor(&path),
-                    1 => drop(lock.try_acquire().unwrap()),
-                    2 => drop(lock.acquire(true, Duration::from_secs(1)).await.unwrap()),
+                    1 => raw_calls(&path),
+                    2 => drop(lock.try_acquire().unwrap()),
+                    3 => drop(lock.acquire(true, Duration::from_secs(1)).await.unwrap()),
                     _ => lock
                         .acquire(true, Duration::from_secs(1))
                         .await
