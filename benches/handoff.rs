@@ -464,6 +464,17 @@ fn cpu_us() -> i64 {
     us(u.user_time()) + us(u.system_time())
 }
 
+/// Times the calling thread has been switched out (woken again), from
+/// `/proc/thread-self/status`.
+fn switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
 fn cpu_while_waiting() {
     let (_dir, path) = lock_path();
     let lock = LockMgr::builder(&path).max_attempts(1).build();
@@ -481,15 +492,20 @@ fn cpu_while_waiting() {
     // Three waits, the median reported: a wait costs well under a
     // millisecond, so one stray wake-up elsewhere in the process moves one
     // measurement a lot.
+    let mut wakes = vec![];
     let mut waits: Vec<i64> = (0..3)
         .map(|_| {
-            measure(&|| {
+            let before = switches();
+            let cpu = measure(&|| {
                 let r = rt.block_on(lock.acquire(true, WAIT));
                 assert!(r.is_err());
-            })
+            });
+            wakes.push(switches() - before);
+            cpu
         })
         .collect();
     println!("\nCPU of each of three 10 s waits (us): {waits:?}");
+    println!("times the waiting runtime's thread slept and woke in each: {wakes:?}");
     waits.sort_unstable();
     let ours = waits[1];
     let poll = |every: Duration| {

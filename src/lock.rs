@@ -298,7 +298,12 @@ impl LockMgr {
     /// of waiting tasks cost no more than one.
     ///
     /// The runtime must have its time and I/O drivers enabled
-    /// (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` do).
+    /// (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` do). The
+    /// budget follows Tokio's clock, paused or advanced by
+    /// `tokio::time::pause` included; a wait that has settled in the kernel
+    /// (after 500 ms) has its deadline timed by a kernel timer when Tokio's
+    /// clock reads the real one, which wakes the runtime once, at the
+    /// deadline.
     ///
     /// # Errors
     ///

@@ -527,11 +527,49 @@ pub(crate) fn readable_here(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> 
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(io::Error::other("not within a Tokio runtime"));
     }
-    let dup = fd.try_clone_to_owned()?;
+    register_readable(fd.try_clone_to_owned()?)
+}
+
+/// `fd`, registered with the current runtime's I/O driver for readability.
+fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` keeps its descriptor open, and the same, for as
     // long as it lives, and the `AsyncFd` owns it until it is dropped.
-    unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// A one-shot timer of the kernel's (`timerfd`, `CLOCK_MONOTONIC`) whose
+/// expiry wakes the calling task's runtime through its I/O driver: one
+/// wake-up, at the instant. A Tokio timer seconds ahead wakes its runtime
+/// once more at each level of Tokio's timer wheel it moves down through on
+/// the way (three wake-ups for a 10 s sleep, measured), each of which costs
+/// a thread woken from idle.
+pub(crate) struct KernelTimer(AsyncFd<OwnedFd>);
+
+impl KernelTimer {
+    /// A timer that expires `after` from now. Must be called from within a
+    /// Tokio runtime with its I/O driver enabled.
+    pub(crate) fn after(after: std::time::Duration) -> io::Result<KernelTimer> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("not within a Tokio runtime"));
+        }
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // A zero expiry would disarm the timer: the shortest one instead.
+        let after = TimeSpec::from_duration(after.max(std::time::Duration::from_nanos(1)));
+        fd.set(Expiration::OneShot(after), TimerSetTimeFlags::empty())?;
+        register_readable(OwnedFd::from(fd)).map(KernelTimer)
+    }
+
+    /// Resolves when the timer has expired, or its runtime's I/O driver
+    /// is gone (a runtime shutting down polls nothing more anyway).
+    pub(crate) async fn expired(&self) {
+        // A one-shot timer stays readable once expired: nothing to clear.
+        let _ = self.0.readable().await;
+    }
 }
 
 /// The id of the calling process: to tell a guard's owner from a child

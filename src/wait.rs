@@ -16,6 +16,7 @@
 //! process. (PostgreSQL waits on the server, one query per attempt, so it
 //! shares the policy but not this loop.)
 
+use std::future::Future;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use crate::error::LockId;
 use crate::holder::Holder;
 use crate::kernel_wait::KernelWait;
+use crate::os;
 use crate::queue::{Promise, Ticket};
 use crate::watcher::{Watch, Watcher};
 
@@ -364,7 +366,7 @@ async fn in_kernel<C: Contender>(
 ) -> Done<C::Error> {
     let deadline = policy.deadline(started);
     let granted = match deadline {
-        Some(d) => tokio::time::timeout_at(d, kernel.granted()).await.ok(),
+        Some(d) => before(d, kernel.granted()).await,
         None => Some(kernel.granted().await),
     };
     let granted = match granted {
@@ -392,6 +394,42 @@ async fn in_kernel<C: Contender>(
         Ok(Try::Held) => Done::Moved,
         Err(e) => Done::Finished(Err(Failed::Error(e))),
     }
+}
+
+/// `fut`'s output, or `None` once `deadline` has passed. A wait in the
+/// kernel is a long one: its deadline is timed by a kernel timer, which
+/// wakes the runtime once, at the deadline, where a Tokio timer seconds
+/// ahead wakes it again at each level of Tokio's timer wheel (two of the
+/// five wake-ups of a 10 s wait, measured, each a thread woken from idle).
+/// Tokio's timer is kept when Tokio's clock is not the real one (paused or
+/// advanced with `tokio::time::pause`, which a kernel timer would not
+/// follow), or when no kernel timer can be had.
+async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let now = Instant::now();
+    let timer = follows_real_clock(now)
+        .then(|| os::KernelTimer::after(deadline.saturating_duration_since(now)).ok())
+        .flatten();
+    match timer {
+        Some(timer) => tokio::select! {
+            biased;
+            out = fut => Some(out),
+            () = timer.expired() => None,
+        },
+        None => tokio::time::timeout_at(deadline, fut).await.ok(),
+    }
+}
+
+/// Whether Tokio's clock, which read `now`, reads what the real monotonic
+/// clock reads: it always does, unless it was paused or advanced (Tokio's
+/// `test-util`), and then it is off by the time skipped or missed. The
+/// wait's first stage, timed by Tokio, makes that at least its 500 ms by
+/// the time a wait settles into the kernel under a paused clock.
+fn follows_real_clock(now: Instant) -> bool {
+    /// Far more than two readings of the clock take, far less than a
+    /// paused clock's skips.
+    const SLACK: Duration = Duration::from_millis(5);
+    let (ours, real) = (now.into_std(), std::time::Instant::now());
+    real.saturating_duration_since(ours) < SLACK && ours.saturating_duration_since(real) < SLACK
 }
 
 /// The wait on events (inotify, or poll ticks): tries, and while the lock

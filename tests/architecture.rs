@@ -32,7 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "wait",
-        &["error", "holder", "kernel_wait", "queue", "watcher"],
+        &["error", "holder", "kernel_wait", "os", "queue", "watcher"],
     ),
     (
         "contender",

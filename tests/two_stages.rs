@@ -4,8 +4,10 @@
 //! blocked in the kernel, no reader thread), the fastest handoff. After
 //! that the wait settles into the kernel's own queue, on a helper thread,
 //! where it costs no CPU. The holders are other processes, so that only the
-//! kernel can tell the waiter of the release. The two tests take turns
-//! (`SERIAL`): each installs a thread-local log of the tries.
+//! kernel can tell the waiter of the release. The tests take turns
+//! (`SERIAL`): two install a thread-local log of the tries, which misses
+//! events when another thread meets the same `tracing` call sites first,
+//! at the same time.
 
 mod common;
 
@@ -116,4 +118,70 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
         common::fd_targets()
     );
     drop(guard);
+}
+
+/// A wait settled in the kernel ends at its deadline, not before, with a
+/// last look at the lock.
+#[tokio::test(flavor = "current_thread")]
+async fn a_settled_wait_ends_at_its_deadline() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    const BUDGET: Duration = Duration::from_millis(1500);
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let started = std::time::Instant::now();
+    let waiter = tokio::spawn(async move { lock.acquire(true, BUDGET).await });
+    // Settled before the deadline (the first stage lasts 500 ms).
+    tokio::time::timeout(LIVENESS, async {
+        while common::waiting_on(&path) != (3, 0, 1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(&path)));
+    let ended = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the settled wait outlived its deadline")
+        .unwrap();
+    let waited = started.elapsed();
+    match ended {
+        Err(lockmgr::LockError::TimedOut { waited: said, .. }) => {
+            assert!(said >= BUDGET, "said it waited {said:?}, under {BUDGET:?}");
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(
+        waited >= BUDGET,
+        "ended after {waited:?}, before {BUDGET:?}"
+    );
+    holder.finish();
+}
+
+/// Under a paused Tokio clock (`start_paused`) a wait settled in the kernel
+/// still ends at its deadline as that clock reads it, auto-advanced: an
+/// hour's budget ends at once, not after an hour of real time.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_settled_wait_follows_a_paused_clock() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    const BUDGET: Duration = Duration::from_secs(3600);
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    // Real time, which the paused clock does not advance.
+    let (tx, watchdog) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(LIVENESS);
+        let _ = tx.send(());
+    });
+    let ended = tokio::select! {
+        ended = lock.acquire(true, BUDGET) => ended,
+        _ = watchdog => panic!("the wait did not follow the paused clock"),
+    };
+    assert!(
+        matches!(ended, Err(lockmgr::LockError::TimedOut { .. })),
+        "{ended:?}"
+    );
+    holder.finish();
 }
