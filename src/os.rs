@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -564,11 +564,12 @@ impl KernelTimer {
         register_readable(OwnedFd::from(fd)).map(KernelTimer)
     }
 
-    /// Resolves when the timer has expired, or its runtime's I/O driver
-    /// is gone (a runtime shutting down polls nothing more anyway).
-    pub(crate) async fn expired(&self) {
+    /// Resolves when the timer has expired (true), or when it cannot tell
+    /// (false): the I/O driver it was registered with is gone, its runtime
+    /// shut down or the waiting future moved to another runtime.
+    pub(crate) async fn expired(&self) -> bool {
         // A one-shot timer stays readable once expired: nothing to clear.
-        let _ = self.0.readable().await;
+        self.0.readable().await.is_ok()
     }
 }
 
@@ -584,8 +585,9 @@ impl KernelTimer {
 /// after a raw `clone` too, which runs none of the C library's `fork`
 /// handlers, the child finds no id there and asks the kernel once. A child
 /// that shares the memory (`vfork`, `clone(CLONE_VM)`) shares every object
-/// with its parent and must not drop any, guards included. Where the page
-/// cannot be had (an older kernel), the kernel is asked every time.
+/// with its parent and must not drop any, guards included. A `fork`
+/// handler clears the page too (see [`forget_pid`]). Where the page cannot
+/// be had (an older kernel), the kernel is asked every time.
 pub(crate) fn current_pid() -> u32 {
     let Some(word) = pid_word() else {
         return std::process::id();
@@ -600,21 +602,33 @@ pub(crate) fn current_pid() -> u32 {
     }
 }
 
+/// The word of the wipe-on-fork page that keeps [`current_pid`], once made
+/// (null before).
+static PID_WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+
 /// The word of the wipe-on-fork page that keeps [`current_pid`]; made the
-/// first time, `None` for good if the kernel cannot make one.
+/// first time, `None` for good if the kernel cannot make one (and for the
+/// moment while another thread registers [`forget_pid`]).
 fn pid_word() -> Option<&'static AtomicU32> {
-    static WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
     static NO_PAGE: AtomicBool = AtomicBool::new(false);
-    let mut word = WORD.load(Ordering::Acquire);
+    let mut word = PID_WORD.load(Ordering::Acquire);
     if word.is_null() {
         if NO_PAGE.load(Ordering::Relaxed) {
             return None;
+        }
+        match forget_pid_at_fork() {
+            AtFork::Registered => {}
+            AtFork::Registering => return None,
+            AtFork::Failed => {
+                NO_PAGE.store(true, Ordering::Relaxed);
+                return None;
+            }
         }
         let Some(page) = wipe_on_fork_page() else {
             NO_PAGE.store(true, Ordering::Relaxed);
             return None;
         };
-        word = match WORD.compare_exchange(
+        word = match PID_WORD.compare_exchange(
             std::ptr::null_mut(),
             page.as_ptr(),
             Ordering::AcqRel,
@@ -630,10 +644,67 @@ fn pid_word() -> Option<&'static AtomicU32> {
             }
         };
     }
-    // SAFETY: a non-null `WORD` points at the start of a private mapping
-    // that is never unmapped (it is mapped again, zeroed, in a child), is
-    // aligned to a page, and is only ever accessed as this atomic.
+    // SAFETY: a non-null `PID_WORD` points at the start of a private
+    // mapping that is never unmapped (it is mapped again, zeroed, in a
+    // child), is aligned to a page, and is only ever accessed as this
+    // atomic.
     Some(unsafe { &*word })
+}
+
+/// Runs in the child after a `fork(2)` made through the C library: clears
+/// the pid word, as the kernel already does for a page advised
+/// `MADV_WIPEONFORK`, for where that advice is accepted but not followed
+/// (an emulator such as `qemu-user` may take advice and ignore it). Only an
+/// atomic store, which is async-signal-safe as a forked child of a
+/// threaded process requires.
+extern "C" fn forget_pid() {
+    let word = PID_WORD.load(Ordering::Acquire);
+    if !word.is_null() {
+        // SAFETY: as in `pid_word`: a published page is never unmapped,
+        // and the child has its copy at the same address.
+        unsafe { &*word }.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Whether [`forget_pid`] is registered to run in every forked child.
+enum AtFork {
+    Registered,
+    /// Another thread is registering it now.
+    Registering,
+    Failed,
+}
+
+/// Registers [`forget_pid`] the first time. Lock-free, so that a child
+/// forked while another thread registers it does not wait for that thread
+/// (which the child does not have): it then never caches its id.
+fn forget_pid_at_fork() -> AtFork {
+    const UNREGISTERED: u8 = 0;
+    const REGISTERING: u8 = 1;
+    const REGISTERED: u8 = 2;
+    const FAILED: u8 = 3;
+    static STATE: AtomicU8 = AtomicU8::new(UNREGISTERED);
+    let state = match STATE.compare_exchange(
+        UNREGISTERED,
+        REGISTERING,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            // SAFETY: `forget_pid` is an `extern "C" fn()` that lives for
+            // the whole program and does nothing but an atomic store; no
+            // prepare or parent handler is given.
+            let ok = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 };
+            let state = if ok { REGISTERED } else { FAILED };
+            STATE.store(state, Ordering::Release);
+            state
+        }
+        Err(state) => state,
+    };
+    match state {
+        REGISTERED => AtFork::Registered,
+        FAILED => AtFork::Failed,
+        _ => AtFork::Registering,
+    }
 }
 
 /// The length asked for the pid page (the kernel rounds it up to a page).
@@ -663,7 +734,13 @@ fn wipe_on_fork_page() -> Option<std::ptr::NonNull<AtomicU32>> {
         let _ = unsafe { munmap(page, PID_PAGE.get()) };
         return None;
     }
-    Some(page.cast())
+    let page = page.cast::<AtomicU32>();
+    // Filled before it is published, so that it never reads 0 in the
+    // process that made it: a child sharing its memory (`vfork`,
+    // `clone(CLONE_VM)`) that asked first would store its own id there.
+    // SAFETY: the new page, zeroed, aligned, and not yet shared.
+    unsafe { page.as_ref() }.store(std::process::id(), Ordering::Relaxed);
+    Some(page)
 }
 
 /// Memory this process shares with whoever reads one of its descriptors: a
