@@ -188,73 +188,29 @@ fn a_forked_child_waits_on_its_own() {
 }
 
 /// A child made by a raw `clone(2)` system call (no `fork` handlers run)
-/// that drops the parent's guard must not release the parent's lock.
+/// that drops the parent's guard must not release the parent's lock. (In a
+/// helper process with no other thread: a raw clone resets no lock that
+/// another thread may hold, the allocator's included.)
 #[test]
 fn guard_dropped_in_a_raw_clone_child_keeps_parents_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let lock = LockMgr::new(&path);
-    // Won twice, so that whatever this process remembers of itself is set.
-    drop(lock.try_acquire().unwrap());
-    let guard = lock.try_acquire().unwrap();
-    let Some(child) = raw_clone() else {
-        drop(guard);
-        exit_child(0);
-    };
-    assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
-    assert!(
-        LockMgr::new(&path)
-            .try_acquire()
-            .unwrap_err()
-            .is_contended(),
-        "the raw clone child's drop released the parent's lock"
-    );
-    drop(guard);
+    assert_eq!(raw_clone_helper("raw-clone-drop"), "ok");
 }
 
 /// A child made by a raw `clone(2)` that wins a lock records itself, not
 /// its parent, as the holder.
 #[test]
 fn a_raw_clone_child_records_itself_as_the_holder() {
+    assert_eq!(raw_clone_helper("raw-clone-record"), "ok");
+}
+
+/// What the helper process in `role` says of its raw clone child.
+fn raw_clone_helper(role: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
-    let lock = LockMgr::new(&path);
-    drop(lock.try_acquire().unwrap());
-    let Some(child) = raw_clone() else {
-        let Ok(guard) = lock.try_acquire() else {
-            exit_child(2);
-        };
-        let record = std::fs::read_to_string(&path).unwrap_or_default();
-        let me = format!(" pid={} ", std::process::id());
-        drop(guard);
-        exit_child(if record.contains(&me) { 0 } else { 1 });
-    };
-    assert_eq!(
-        waitpid(child, None).unwrap(),
-        WaitStatus::Exited(child, 0),
-        "the raw clone child's holder record did not name it (1), or it could not lock (2)"
-    );
-}
-
-/// Makes a process with the bare `clone(2)` system call, as `fork` does but
-/// without the C library's `fork` handlers: the child's id in the parent,
-/// `None` in the child, which must end with [`exit_child`].
-fn raw_clone() -> Option<nix::unistd::Pid> {
-    use nix::libc;
-    // SAFETY: without CLONE_VM the child has a copy of this process's
-    // memory and stack (a null stack means the current one), as after
-    // `fork`. The tests' children take no lock another thread could hold
-    // at the clone but the allocator's (as in the tests above), and end
-    // with `_exit`.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
-    assert!(ret >= 0, "clone: {}", std::io::Error::last_os_error());
-    (ret != 0).then(|| nix::unistd::Pid::from_raw(ret as libc::pid_t))
-}
-
-/// Ends a child at once, without the parent's destructors.
-fn exit_child(status: i32) -> ! {
-    // SAFETY: `_exit` is async-signal-safe and never returns.
-    unsafe { nix::libc::_exit(status) }
+    let out = common::helper_command(role, [&path]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = common::role_lines(&out.stdout[..]).next();
+    said.unwrap_or_default()
 }
 
 /// Spins (yielding) until `done`, within the liveness bound.

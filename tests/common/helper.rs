@@ -36,6 +36,13 @@
 //! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
 //!   closes, or `error: <the error's message>`.
 //!
+//! - `raw-clone-drop PATH` and `raw-clone-record PATH`: before anything
+//!   else starts a thread, win the lock once, then make a child with the
+//!   bare `clone(2)` system call (no `fork` handlers run), in which,
+//!   respectively, the guard of the lock the helper holds is dropped (the
+//!   lock must stay held), or the lock is won (its holder record must name
+//!   the child); print `ok` or `failed: <why>`.
+//!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
 //! `--label=TEXT`, `--no-record`, `--fencing` (fencing tokens; `hold` then
 //! prints `locked <pid> token=<token>`).
@@ -110,6 +117,92 @@ fn say_locked() {
     std::io::stdout().flush().expect("flush");
 }
 
+/// `raw-clone-drop`: a raw clone child's drop of the parent's guard leaves
+/// the parent's lock held.
+fn raw_clone_drop(path: &str) -> ! {
+    let lock = won_once(path);
+    let guard = lock.try_acquire().expect("the lock");
+    let Some(child) = raw_clone() else {
+        drop(guard);
+        exit_child(0);
+    };
+    let verdict = match child_status(child) {
+        0 if LockMgr::new(path)
+            .try_acquire()
+            .is_err_and(|e| e.is_contended()) =>
+        {
+            "ok".to_owned()
+        }
+        0 => "failed: the child's drop released the parent's lock".to_owned(),
+        status => format!("failed: the child exited with {status}"),
+    };
+    drop(guard);
+    say_and_exit(&verdict)
+}
+
+/// `raw-clone-record`: a raw clone child that wins the lock records itself.
+fn raw_clone_record(path: &str) -> ! {
+    let lock = won_once(path);
+    let Some(child) = raw_clone() else {
+        let Ok(guard) = lock.try_acquire() else {
+            exit_child(2);
+        };
+        let record = std::fs::read_to_string(path).unwrap_or_default();
+        let me = format!(" pid={} ", std::process::id());
+        drop(guard);
+        exit_child(if record.contains(&me) { 0 } else { 1 });
+    };
+    say_and_exit(match child_status(child) {
+        0 => "ok",
+        1 => "failed: the child's holder record did not name it",
+        _ => "failed: the child could not take the lock",
+    })
+}
+
+/// The lock at `path`, won and released once, so that whatever this
+/// process remembers of itself is set before it makes a child.
+fn won_once(path: &str) -> LockMgr {
+    let lock = LockMgr::new(path);
+    drop(lock.try_acquire().expect("the lock"));
+    lock
+}
+
+/// Makes a process with the bare `clone(2)` system call, as `fork` does but
+/// without the C library's `fork` handlers: the child's id in the parent,
+/// `None` in the child, which must end with [`exit_child`].
+fn raw_clone() -> Option<nix::unistd::Pid> {
+    use nix::libc;
+    // SAFETY: without CLONE_VM the child has a copy of this process's
+    // memory and stack (a null stack means the current one), as after
+    // `fork`. This process has no other thread that could hold a lock at
+    // the clone (the roles run before the runtime starts; the harness's
+    // main thread only waits), and the child ends with `_exit`.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    assert!(ret >= 0, "clone: {}", std::io::Error::last_os_error());
+    (ret != 0).then(|| nix::unistd::Pid::from_raw(ret as libc::pid_t))
+}
+
+/// Ends a child at once, without the parent's destructors.
+fn exit_child(status: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and never returns.
+    unsafe { nix::libc::_exit(status) }
+}
+
+/// The exit status of `child` (-1 if it did not exit).
+fn child_status(child: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    match waitpid(child, None) {
+        Ok(WaitStatus::Exited(_, status)) => status,
+        _ => -1,
+    }
+}
+
+fn say_and_exit(line: &str) -> ! {
+    println!("{line}");
+    std::io::stdout().flush().expect("flush");
+    std::process::exit(0)
+}
+
 fn posix_hold(path: &str) {
     use nix::fcntl::{fcntl, FcntlArg};
     use nix::libc;
@@ -135,6 +228,18 @@ fn posix_hold(path: &str) {
 /// Runs the role `args` names, then ends the process (so that the test
 /// harness around it prints nothing more).
 pub fn run(args: Vec<String>) -> ! {
+    // Before the runtime starts threads: a child made by a raw `clone`
+    // gets no reset of locks another thread holds (the allocator's).
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["raw-clone-drop", path] => raw_clone_drop(path),
+        ["raw-clone-record", path] => raw_clone_record(path),
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
