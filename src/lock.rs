@@ -300,10 +300,11 @@ impl LockMgr {
     /// The runtime must have its time and I/O drivers enabled
     /// (`enable_all`, as `#[tokio::main]` and `#[tokio::test]` do). The
     /// budget follows Tokio's clock, paused or advanced by
-    /// `tokio::time::pause` included; a wait that has settled in the kernel
-    /// (after 500 ms) has its deadline timed by a kernel timer when Tokio's
-    /// clock reads the real one, which wakes the runtime once, at the
-    /// deadline.
+    /// `tokio::time::pause` included, with one exception: a wait that
+    /// settles in the kernel (after 500 ms) while Tokio's clock runs with
+    /// the real one has its deadline timed by a kernel timer from then on
+    /// (it wakes the runtime once, at the deadline), which a later pause
+    /// does not move.
     ///
     /// # Errors
     ///

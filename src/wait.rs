@@ -401,34 +401,41 @@ async fn in_kernel<C: Contender>(
 /// wakes the runtime once, at the deadline, where a Tokio timer seconds
 /// ahead wakes it again at each level of Tokio's timer wheel (two of the
 /// five wake-ups of a 10 s wait, measured, each a thread woken from idle).
-/// Tokio's timer is kept when Tokio's clock is not the real one (paused or
-/// advanced with `tokio::time::pause`, which a kernel timer would not
-/// follow), or when no kernel timer can be had.
+/// Tokio's timer is used instead when Tokio's clock is not running with
+/// the real one (paused or advanced with `tokio::time::pause`, which a
+/// kernel timer would not follow), when no kernel timer can be had, and
+/// when the kernel timer's driver is gone (the future moved runtimes).
 async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     let now = Instant::now();
     let timer = follows_real_clock(now)
         .then(|| os::KernelTimer::after(deadline.saturating_duration_since(now)).ok())
         .flatten();
-    match timer {
-        Some(timer) => tokio::select! {
+    tokio::pin!(fut);
+    if let Some(timer) = timer {
+        tokio::select! {
             biased;
-            out = fut => Some(out),
-            () = timer.expired() => None,
-        },
-        None => tokio::time::timeout_at(deadline, fut).await.ok(),
+            out = &mut fut => return Some(out),
+            expired = timer.expired() => if expired {
+                return None;
+            },
+        }
     }
+    tokio::time::timeout_at(deadline, fut).await.ok()
 }
 
-/// Whether Tokio's clock, which read `now`, reads what the real monotonic
-/// clock reads: it always does, unless it was paused or advanced (Tokio's
-/// `test-util`), and then it is off by the time skipped or missed. The
-/// wait's first stage, timed by Tokio, makes that at least its 500 ms by
-/// the time a wait settles into the kernel under a paused clock.
+/// Whether Tokio's clock, which read `now`, runs with the real monotonic
+/// clock: it does unless it is paused (Tokio's `test-util`), when it reads
+/// the same however much real time passes, or was paused or advanced
+/// before, when it is off by the time skipped or missed.
 fn follows_real_clock(now: Instant) -> bool {
-    /// Far more than two readings of the clock take, far less than a
-    /// paused clock's skips.
+    /// Far more than a few readings of the clock take, far less than a
+    /// paused clock's skips (the first stage's 500 ms at least).
     const SLACK: Duration = Duration::from_millis(5);
-    let (ours, real) = (now.into_std(), std::time::Instant::now());
+    // A running clock moves within a few readings; a paused one never.
+    let Some(ours) = (0..1000).map(|_| Instant::now()).find(|t| *t > now) else {
+        return false;
+    };
+    let (ours, real) = (ours.into_std(), std::time::Instant::now());
     real.saturating_duration_since(ours) < SLACK && ours.saturating_duration_since(real) < SLACK
 }
 

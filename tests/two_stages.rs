@@ -185,3 +185,49 @@ async fn a_settled_wait_follows_a_paused_clock() {
     );
     holder.finish();
 }
+
+/// A wait settled in the kernel, its future then moved to another runtime
+/// (the first one shut down), still ends at its deadline, not before: its
+/// deadline's timer belonged to the first runtime.
+#[test]
+fn a_settled_wait_moved_to_another_runtime_ends_at_its_deadline() {
+    let _serial = SERIAL.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    const BUDGET: Duration = Duration::from_millis(2500);
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let started = std::time::Instant::now();
+    let mut wait = Box::pin(lock.acquire(true, BUDGET));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        let settled = async {
+            while common::waiting_on(&path) != (3, 0, 1) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut wait => panic!("the wait ended before it settled"),
+            _ = settled => {}
+        }
+    });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = second.block_on(wait);
+    let waited = started.elapsed();
+    assert!(
+        matches!(ended, Err(lockmgr::LockError::TimedOut { .. })),
+        "{ended:?}"
+    );
+    assert!(
+        waited >= BUDGET,
+        "ended after {waited:?}, before {BUDGET:?}"
+    );
+    holder.finish();
+}
