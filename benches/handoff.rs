@@ -11,7 +11,7 @@
 //!    `scripts/with-postgres`), the same handoff through `lockmgr::pg`.
 //! 2. CPU used by a task that waits 10 s for a held lock (`getrusage` of a
 //!    process that does nothing else), versus try-then-sleep polling at 1 ms
-//!    and 50 ms, and the times the waiting thread slept and woke.
+//!    and 50 ms, and the times the waiting thread was switched out.
 //! 3. SIGKILL to acquisition: a holder process is killed, a waiter here
 //!    acquires; median and p99 over repeated runs, beside a thread blocked
 //!    in `F_OFD_SETLKW` (the floor), run by run in turn.
@@ -466,8 +466,8 @@ fn cpu_us() -> i64 {
     us(u.user_time()) + us(u.system_time())
 }
 
-/// Times the calling thread has been switched out (woken again), from
-/// `/proc/thread-self/status`.
+/// Times the calling thread has been switched out, voluntarily (to sleep)
+/// or not (preempted), from `/proc/thread-self/status`.
 fn switches() -> u64 {
     let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
     status
@@ -523,7 +523,7 @@ fn cpu_of_waits(path: &Path) {
         })
         .collect();
     println!("\nCPU of each of three 10 s waits (us): {waits:?}");
-    println!("times the waiting runtime's thread slept and woke in each: {wakes:?}");
+    println!("times the waiting runtime's thread was switched out (slept, or was preempted) in each: {wakes:?}");
     waits.sort_unstable();
     let ours = waits[1];
     let poll = |every: Duration| {

@@ -23,6 +23,24 @@ const FLOOR: &str = "floor open+F_OFD_SETLK+close";
 const CALLS: &str = "its calls alone (+pread+unlock)";
 
 fn raw_floor(path: &Path) {
+    drop(open_and_lock(path));
+}
+
+/// The system calls an uncontended `lockmgr` acquire and release makes,
+/// with nothing between them: the floor's, plus the read of the file's head
+/// (for the holder record) and the explicit unlock before the close.
+fn raw_calls(path: &Path) {
+    let (fd, mut fl) = open_and_lock(path);
+    let mut head = [0u8; 1024];
+    std::hint::black_box(nix::sys::uio::pread(&fd, &mut head, 0).unwrap());
+    fl.l_type = libc::F_UNLCK as libc::c_short;
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    drop(fd);
+}
+
+/// `open(O_CREAT)` and `F_OFD_SETLK` of the whole file: the descriptor, and
+/// the lock's description.
+fn open_and_lock(path: &Path) -> (std::os::fd::OwnedFd, libc::flock) {
     let fd = open(
         path,
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC,
@@ -38,32 +56,7 @@ fn raw_floor(path: &Path) {
         l_pid: 0,
     };
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
-    drop(fd);
-}
-
-/// The system calls an uncontended `lockmgr` acquire and release makes,
-/// with nothing between them: the floor's, plus the read of the file's head
-/// (for the holder record) and the explicit unlock before the close.
-fn raw_calls(path: &Path) {
-    let fd = open(
-        path,
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
-    let mut fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
-    let mut head = [0u8; 1024];
-    std::hint::black_box(nix::sys::uio::pread(&fd, &mut head, 0).unwrap());
-    fl.l_type = libc::F_UNLCK as libc::c_short;
-    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
-    drop(fd);
+    (fd, fl)
 }
 
 /// A lock file in a directory of its own, its lock, and a runtime to
