@@ -1,7 +1,12 @@
 //! Fairness between processes, for semaphores on files and on
 //! PostgreSQL: three processes take the one permit in turn, in tight
 //! loops, started together; in the order of the holdings, none holds it
-//! many times in a row while the others still have turns to take.
+//! many times in a row while the others wait for it and still have turns
+//! to take. (Each helper logs when it asks as well as when it holds: a
+//! process the machine stopped running between two holdings, before it
+//! asked again, was not kept out; a virtual machine's host does that for
+//! milliseconds at a time, and the others then rightly held the permit
+//! dozens of times in a row: seen 31 to 95.)
 //!
 //! In a binary of its own, its two tests one at a time: the measure is of
 //! how the processes share the permit, and other tests running beside them
@@ -27,7 +32,7 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 /// Fairness between processes: three processes take the one permit 100
 /// times each, in a tight loop. None is kept out while another runs: in
 /// the order of the holdings, no process holds it more than ten times in
-/// a row while the others still have turns to take.
+/// a row while the others wait and still have turns to take.
 #[test]
 fn a_file_semaphore_keeps_no_process_out() {
     let _alone = alone();
@@ -62,8 +67,8 @@ fn a_file_semaphore_keeps_no_process_out() {
     }
     drop(gate);
     assert!(common::all_succeed(procs));
-    let order = common::holding_order(dir.path());
-    assert_eq!(order.len(), 300);
+    let order = common::holding_log(dir.path());
+    assert_eq!(common::holdings(&order), 300);
     // Streaks while every process still had holdings to make.
     let longest = common::longest_run(&order, 100);
     eprintln!("longest run of one process: {longest}");
@@ -115,8 +120,8 @@ async fn a_postgres_semaphore_keeps_no_process_out() {
     .expect("the three never queued");
     gate.release().await.unwrap();
     assert!(common::all_succeed(procs));
-    let order = common::holding_order(dir.path());
-    assert_eq!(order.len(), 90);
+    let order = common::holding_log(dir.path());
+    assert_eq!(common::holdings(&order), 90);
     let longest = common::longest_run(&order, 30);
     eprintln!("longest run of one process: {longest}");
     assert!(

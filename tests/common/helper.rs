@@ -383,6 +383,7 @@ mod pg {
     pub async fn permits(url: &str, name: &str, n: u32, iters: u32, dir: std::path::PathBuf) {
         let sem = lockmgr::pg::PgSemaphore::new(url, name, n).expect("semaphore");
         for _ in 0..iters {
+            super::log_wanting(&dir);
             let permit = sem
                 .acquire(true, Duration::from_secs(60))
                 .await
@@ -486,6 +487,7 @@ async fn permits(path: &str, n: u32, iters: u32, tasks: u32, dir: PathBuf) {
         let (sem, dir) = (sem.clone(), dir.clone());
         set.spawn(async move {
             for _ in 0..iters {
+                log_wanting(&dir);
                 let permit = sem
                     .acquire(true, Duration::from_secs(60))
                     .await
@@ -538,14 +540,23 @@ fn enter(marker: &std::path::Path) {
     }
 }
 
-/// Appends this process's pid to DIR/order: one write, made while holding,
-/// so the file's order is the order of the holdings.
+/// Appends `hold <pid>` to DIR/order: one write, made while holding, so the
+/// file's order is the order of the holdings (see `super::holding_log`).
 fn log_holding(dir: &std::path::Path) {
+    log_event(dir, "hold");
+}
+
+/// Appends `want <pid>` to DIR/order, just before asking for a holding.
+fn log_wanting(dir: &std::path::Path) {
+    log_event(dir, "want");
+}
+
+fn log_event(dir: &std::path::Path, what: &str) {
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(dir.join("order"))
-        .and_then(|mut log| log.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .and_then(|mut log| log.write_all(format!("{what} {}\n", std::process::id()).as_bytes()))
         .expect("order log");
 }
 

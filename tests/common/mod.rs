@@ -585,28 +585,54 @@ pub async fn until_no_fds_on(path: &Path) {
     );
 }
 
-/// The order of the holdings the helpers logged in DIR/order (a pid each).
-pub fn holding_order(dir: &Path) -> Vec<String> {
+/// What the helpers logged in DIR/order, in order: `(pid, holds)`, a
+/// holding when `holds`, else the start of a wait for one.
+pub fn holding_log(dir: &Path) -> Vec<(String, bool)> {
     std::fs::read_to_string(dir.join("order"))
         .unwrap_or_default()
         .lines()
-        .map(str::to_owned)
+        .filter_map(|l| match l.split_once(' ') {
+            Some(("hold", pid)) => Some((pid.to_owned(), true)),
+            Some(("want", pid)) => Some((pid.to_owned(), false)),
+            _ => None,
+        })
         .collect()
 }
 
-/// The longest run of holdings by one process, in `order` (pids, one per
-/// holding), while every process still had holdings to make (each makes
-/// `each`): how long one process kept the others out.
-pub fn longest_run(order: &[String], each: usize) -> usize {
+/// The number of holdings in a [`holding_log`].
+pub fn holdings(log: &[(String, bool)]) -> usize {
+    log.iter().filter(|(_, holds)| *holds).count()
+}
+
+/// The longest run of holdings by one process, in a [`holding_log`], while
+/// every other process waited for one and still had holdings to make (each
+/// makes `each`): how long one process kept the others out. A process that
+/// was not waiting (between two holdings it had not yet asked again, for
+/// instance while the machine did not run it) was not kept out, and breaks
+/// no run but is not counted in one either.
+pub fn longest_run(log: &[(String, bool)], each: usize) -> usize {
     let mut left: std::collections::HashMap<&str, usize> =
-        order.iter().map(|p| (p.as_str(), each)).collect();
+        log.iter().map(|(p, _)| (p.as_str(), each)).collect();
+    let mut waiting = std::collections::HashSet::new();
     let (mut longest, mut streak, mut last) = (0, 0, "");
-    for p in order {
-        if left.values().all(|&n| n > 0) {
+    for (p, holds) in log {
+        let p = p.as_str();
+        if !holds {
+            waiting.insert(p);
+            continue;
+        }
+        waiting.remove(p);
+        let others_kept_out = left
+            .iter()
+            .filter(|(q, _)| **q != p)
+            .all(|(q, &n)| n > 0 && waiting.contains(q));
+        if others_kept_out && left[p] > 0 {
             streak = if p == last { streak + 1 } else { 1 };
             longest = longest.max(streak);
+        } else if p != last {
+            streak = 0;
         }
-        if let Some(n) = left.get_mut(p.as_str()) {
+        if let Some(n) = left.get_mut(p) {
             *n = n.saturating_sub(1);
         }
         last = p;
