@@ -399,8 +399,9 @@ async fn in_kernel<C: Contender>(
 /// `fut`'s output, or `None` once `deadline` has passed. A wait in the
 /// kernel is a long one: its deadline is timed by a kernel timer, which
 /// wakes the runtime once, at the deadline, where a Tokio timer seconds
-/// ahead wakes it again at each level of Tokio's timer wheel (two of the
-/// five wake-ups of a 10 s wait, measured, each a thread woken from idle).
+/// ahead wakes it again at each level of Tokio's timer wheel (two or three
+/// of the five or six wake-ups of a 10 s wait, measured, each a thread
+/// woken from idle).
 /// Tokio's timer is used instead when Tokio's clock is not running with
 /// the real one (paused or advanced with `tokio::time::pause`, which a
 /// kernel timer would not follow), when no kernel timer can be had, and
@@ -428,8 +429,9 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
 /// the same however much real time passes, or was paused or advanced
 /// before, when it is off by the time skipped or missed.
 fn follows_real_clock(now: Instant) -> bool {
-    /// Far more than a few readings of the clock take, far less than a
-    /// paused clock's skips (the first stage's 500 ms at least).
+    /// Far more than a few readings of the clock take. A clock resumed
+    /// after a pause, or advanced, by less than this is taken for the real
+    /// one: the deadline then comes at most this much early or late.
     const SLACK: Duration = Duration::from_millis(5);
     // A running clock moves within a few readings; a paused one never.
     let Some(ours) = (0..1000).map(|_| Instant::now()).find(|t| *t > now) else {

@@ -120,16 +120,23 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
     drop(guard);
 }
 
+/// A lock file held by a helper process, and a lock of it whose budget is
+/// one attempt.
+fn held_elsewhere() -> (tempfile::TempDir, std::path::PathBuf, Holder, LockMgr) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    (dir, path, holder, lock)
+}
+
 /// A wait settled in the kernel ends at its deadline, not before, with a
 /// last look at the lock.
 #[tokio::test(flavor = "current_thread")]
 async fn a_settled_wait_ends_at_its_deadline() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let holder = Holder::start(&path);
     const BUDGET: Duration = Duration::from_millis(1500);
-    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let (_dir, path, holder, lock) = held_elsewhere();
     let started = std::time::Instant::now();
     let waiter = tokio::spawn(async move { lock.acquire(true, BUDGET).await });
     // Settled before the deadline (the first stage lasts 500 ms).
@@ -164,11 +171,8 @@ async fn a_settled_wait_ends_at_its_deadline() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_settled_wait_follows_a_paused_clock() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let holder = Holder::start(&path);
     const BUDGET: Duration = Duration::from_secs(3600);
-    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let (_dir, _path, holder, lock) = held_elsewhere();
     // Real time, which the paused clock does not advance.
     let (tx, watchdog) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -192,11 +196,8 @@ async fn a_settled_wait_follows_a_paused_clock() {
 #[test]
 fn a_settled_wait_moved_to_another_runtime_ends_at_its_deadline() {
     let _serial = SERIAL.blocking_lock();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.lock");
-    let holder = Holder::start(&path);
     const BUDGET: Duration = Duration::from_millis(2500);
-    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    let (_dir, path, holder, lock) = held_elsewhere();
     let started = std::time::Instant::now();
     let mut wait = Box::pin(lock.acquire(true, BUDGET));
     let first = tokio::runtime::Builder::new_current_thread()
