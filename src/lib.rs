@@ -110,6 +110,7 @@
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
 //! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one |
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
+//! | engine | `clock` | Tokio's clock as the waits use it: timers that survive a move to another runtime, and whether the clock is the real one |
 //! | engine | `board` | this process's lines of waiters, published in shared memory for others to read |
 //! | engine | `queue` | the in-process first-come-first-served line of waiters per file |
 //! | engine | `kernel_wait` | the kernel's own wait for a lock, on a pooled helper thread, for the first in line of a long wait |
@@ -138,6 +139,7 @@ compile_error!(
 );
 
 mod board;
+mod clock;
 mod contender;
 mod error;
 mod forkable;

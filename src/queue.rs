@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
 use crate::board;
+use crate::clock::sleep_here;
 use crate::forkable::Forkable;
 use crate::os::FileId;
 
@@ -205,7 +206,20 @@ impl Ticket {
                 self.until_head().await;
                 true
             }
-            Some(d) => tokio::time::timeout_at(d, self.until_head()).await.is_ok(),
+            Some(d) => {
+                let head = self.until_head();
+                tokio::pin!(head);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut head => return true,
+                        // A timer of a runtime left behind is made anew here.
+                        here = sleep_here(d) => if here {
+                            return false;
+                        },
+                    }
+                }
+            }
         }
     }
 
@@ -228,8 +242,10 @@ impl Ticket {
                 Some(due) => {
                     tokio::select! {
                         _ = self.slot.wake.notified() => {}
-                        _ = tokio::time::sleep_until(TokioInstant::from_std(due + GRACE)) => {
-                            if self.take_over_stalled_head() {
+                        // Moved to another runtime: the place is looked at
+                        // again, and the timer made anew.
+                        here = sleep_here(TokioInstant::from_std(due + GRACE)) => {
+                            if here && self.take_over_stalled_head() {
                                 self.promise().keep_until(Instant::now() + FIRST_PROMISE);
                                 return;
                             }

@@ -22,10 +22,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::Instant;
 
 use std::sync::Arc;
 
+use crate::clock::{follows_real_clock, sleep_here};
 use crate::error::LockId;
 use crate::holder::Holder;
 use crate::kernel_wait::KernelWait;
@@ -208,11 +209,14 @@ pub(crate) const POLL_CAP: Duration = Duration::from_millis(50);
 /// Where a waiter learns that the lock may have been released.
 pub(crate) enum Signal {
     /// The kernel's own wait, on a helper thread: it resolves with the lock
-    /// already granted (see `kernel_wait`). The usual signal.
+    /// already granted (see `kernel_wait`). A long wait's second stage, and
+    /// the whole wait when inotify cannot be had.
     Kernel(Arc<KernelWait>),
     /// inotify events on the lock file's inode, with a try every
-    /// [`RECHECK`]: when no helper thread could be had.
-    Watch(Watch),
+    /// [`RECHECK`]: a wait's first stage, and the whole wait when no helper
+    /// thread could be had. The kernel timer, when one is set, is the first
+    /// stage's end (see [`Signal::time_settling`]).
+    Watch(Watch, Option<os::KernelTimer>),
     /// No events: poll on a capped backoff.
     Poll { next: Duration },
 }
@@ -246,7 +250,7 @@ impl Signal {
     pub(crate) fn try_watch(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<Signal> {
         Watcher::global()
             .and_then(|w| w.watch(fd, path))
-            .map(Signal::Watch)
+            .map(|watch| Signal::Watch(watch, None))
     }
 
     /// Lets go of a signal whose wait is over. An inotify watch is let go
@@ -257,9 +261,33 @@ impl Signal {
     /// goes at once (a kernel wait's end is its claim's end).
     pub(crate) fn retire(self) {
         match (self, tokio::runtime::Handle::try_current()) {
-            (Signal::Watch(watch), Ok(rt)) => drop(rt.spawn(async move { drop(watch) })),
+            (Signal::Watch(watch, timer), Ok(rt)) => {
+                drop(rt.spawn(async move { drop((watch, timer)) }))
+            }
             (other, _) => drop(other),
         }
+    }
+
+    /// Times the end of a watch's first stage, at `at`, with a kernel
+    /// timer, when Tokio's clock runs with the real one (as for
+    /// [`before`]). The stage's one recheck is then one wake-up of the
+    /// runtime's thread; on Tokio's timer, 500 ms ahead, it is two (the
+    /// wheel wakes the runtime when it moves the entry down a level). The
+    /// timer goes with the watch, retired off the handoff's path. Without
+    /// a timer, Tokio's times the stage, as every other signal's tries.
+    fn time_settling(&mut self, at: Instant) {
+        if let Signal::Watch(_, timer) = self {
+            let now = Instant::now();
+            *timer = follows_real_clock(now)
+                .then(|| os::KernelTimer::after(at.saturating_duration_since(now)).ok())
+                .flatten();
+        }
+    }
+
+    /// Whether the wait's tries are timed by the first stage's kernel
+    /// timer rather than Tokio's.
+    fn times_settling(&self) -> bool {
+        matches!(self, Signal::Watch(_, Some(_)))
     }
 
     /// The polling signal.
@@ -275,19 +303,29 @@ impl Signal {
         match self {
             // Not used for the kernel's wait, which has a loop of its own.
             Signal::Kernel(_) => std::future::pending().await,
-            Signal::Watch(w) if w.is_live() => {
-                if w.changed().await {
-                    Woke::Event
-                } else {
-                    Woke::Unread
+            Signal::Watch(w, timer) if w.is_live() => {
+                tokio::select! {
+                    biased;
+                    changed = w.changed() => if changed { Woke::Event } else { Woke::Unread },
+                    expired = settling(timer.as_ref()) => {
+                        // Spent (a one-shot timer stays readable), or lost.
+                        *timer = None;
+                        if expired {
+                            Woke::Settle
+                        } else {
+                            // Its driver is gone: Tokio's timer takes over,
+                            // from a try now.
+                            Woke::Unread
+                        }
+                    }
                 }
             }
-            Signal::Watch(_) => {
+            Signal::Watch(..) => {
                 *self = Signal::poll();
                 Woke::Tick
             }
             Signal::Poll { next } => {
-                sleep(*next).await;
+                sleep_here(Instant::now() + *next).await;
                 *next = (*next * 2).min(POLL_CAP);
                 Woke::Tick
             }
@@ -303,7 +341,21 @@ enum Woke {
     Tick,
     Retry,
     Recheck,
+    /// The first stage's kernel timer: the recheck that settles the wait.
+    Settle,
     Expired,
+    /// The wait is polled on another runtime than the one its timers
+    /// belong to.
+    Moved,
+}
+
+/// Resolves when the first stage's kernel timer expires (true) or cannot
+/// tell (false, its driver is gone); never without a timer.
+async fn settling(timer: Option<&os::KernelTimer>) -> bool {
+    match timer {
+        Some(timer) => timer.expired().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the contender wins or the budget is spent: in the kernel's
@@ -421,29 +473,23 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
             },
         }
     }
-    tokio::time::timeout_at(deadline, fut).await.ok()
-}
-
-/// Whether Tokio's clock, which read `now`, runs with the real monotonic
-/// clock: it does unless it is paused (Tokio's `test-util`), when it reads
-/// the same however much real time passes, or was paused or advanced
-/// before, when it is off by the time skipped or missed.
-fn follows_real_clock(now: Instant) -> bool {
-    /// Far more than a few readings of the clock take. A clock resumed
-    /// after a pause, or advanced, by less than this is taken for the real
-    /// one: the deadline then comes at most this much early or late.
-    const SLACK: Duration = Duration::from_millis(5);
-    // A running clock moves within a few readings; a paused one never.
-    let Some(ours) = (0..1000).map(|_| Instant::now()).find(|t| *t > now) else {
-        return false;
-    };
-    let (ours, real) = (ours.into_std(), std::time::Instant::now());
-    real.saturating_duration_since(ours) < SLACK && ours.saturating_duration_since(real) < SLACK
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            // A timer of a runtime left behind is made anew here.
+            here = sleep_here(deadline) => if here {
+                return None;
+            },
+        }
+    }
 }
 
 /// The wait on events (inotify, or poll ticks): tries, and while the lock
 /// is held sleeps on the signal, the post-wake retry timer, the
-/// [`RECHECK`] timer and the deadline of the whole budget.
+/// [`RECHECK`] timer (for a watch on a running clock, the kernel timer that
+/// ends the first stage, which comes sooner) and the deadline of the whole
+/// budget.
 async fn on_events<C: Contender>(
     contender: &mut C,
     signal: &mut Signal,
@@ -456,6 +502,8 @@ async fn on_events<C: Contender>(
     let mut retries = RETRY_AFTER_WAKE.iter();
     let mut retry: Option<Duration> = None;
     let mut expired = false;
+    let mut settle_due = false;
+    let mut timed = false;
     let mut cause = Cause::First;
     loop {
         let attempt = policy.attempt_at(started.elapsed());
@@ -474,24 +522,35 @@ async fn on_events<C: Contender>(
         // Set up before the try that covers it, as every signal: the try
         // just made came before the kernel's wait started, and the kernel
         // grants a lock that is free by then at once.
-        if matches!(signal, Signal::Watch(_)) && Instant::now() >= settle_at {
+        if matches!(signal, Signal::Watch(..)) && (settle_due || Instant::now() >= settle_at) {
             if let Some(settled) = contender.settle(ticket.map(Ticket::promise)) {
                 tracing::debug!("lockmgr: a long wait settles into the kernel's queue");
                 *signal = settled;
                 return Done::Settled;
             }
         }
+        if !timed {
+            // Not before the first sleep: a lock won at once needs no timer.
+            timed = true;
+            signal.time_settling(settle_at);
+        }
         let recheck = Instant::now() + RECHECK;
         if let Some(t) = ticket {
-            // This loop wakes at least every RECHECK while it is polled.
+            // This loop wakes at least every RECHECK while it is polled (a
+            // settling timer comes sooner).
             t.alive_until(recheck);
         }
+        let on_tokio = !signal.times_settling();
         let woke = tokio::select! {
             biased;
             woke = signal.changed() => woke,
-            _ = sleep(retry.unwrap_or_default()), if retry.is_some() => Woke::Retry,
-            _ = sleep_until(recheck) => Woke::Recheck,
-            _ = sleep_until(deadline.unwrap_or(recheck)), if deadline.is_some() => Woke::Expired,
+            here = sleep_here(Instant::now() + retry.unwrap_or_default()), if retry.is_some() => {
+                if here { Woke::Retry } else { Woke::Moved }
+            }
+            here = sleep_here(recheck), if on_tokio => if here { Woke::Recheck } else { Woke::Moved },
+            here = sleep_here(deadline.unwrap_or(recheck)), if deadline.is_some() => {
+                if here { Woke::Expired } else { Woke::Moved }
+            }
         };
         cause = match woke {
             Woke::Event => {
@@ -507,7 +566,12 @@ async fn on_events<C: Contender>(
             // the lock file's, if among them, earns the retries then.
             Woke::Unread => Cause::Event,
             Woke::Tick => Cause::Poll,
-            Woke::Recheck => Cause::Recheck,
+            // Tried at once, and the timers made anew on this runtime.
+            Woke::Recheck | Woke::Moved => Cause::Recheck,
+            Woke::Settle => {
+                settle_due = true;
+                Cause::Recheck
+            }
             // One last try: a wait ends with a look, not a guess.
             Woke::Expired => {
                 expired = true;

@@ -23,8 +23,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watcher", &["forkable", "os"]),
     ("proc_locks", &["os", "vocab"]),
     // The engine: the OS layer and the words, never the face.
+    ("clock", &[]),
     ("board", &["forkable", "os"]),
-    ("queue", &["board", "forkable", "os"]),
+    ("queue", &["board", "clock", "forkable", "os"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
         "slots",
@@ -32,7 +33,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "wait",
-        &["error", "holder", "kernel_wait", "os", "queue", "watcher"],
+        &[
+            "clock",
+            "error",
+            "holder",
+            "kernel_wait",
+            "os",
+            "queue",
+            "watcher",
+        ],
     ),
     (
         "contender",

@@ -371,3 +371,66 @@ async fn waits_given_up_in_turn_share_one_helper() {
     common::until_no_fds_on(&path).await;
     drop(lock.try_acquire().unwrap());
 }
+
+/// Two waits for one file, the head and the one queued behind it, their
+/// futures moved to a second runtime after the first one shut down (whose
+/// timers they were waiting on): both win in turn at the release, and
+/// neither panics on a timer of the runtime left behind.
+#[test]
+fn a_line_moved_to_another_runtime_still_goes_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let holder = Holder::start(&path);
+    let lock = LockMgr::new(&path);
+    let mut head = Box::pin(lock.acquire(true, LIVENESS));
+    let mut behind = Box::pin(lock.acquire(true, LIVENESS));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let _serial = first.block_on(async {
+        let serial = serial().await;
+        let since = std::time::Instant::now();
+        // Both asleep: the head on the file, the other behind it in line.
+        let lined_up = async {
+            loop {
+                tokio::task::yield_now().await;
+                if common::someone_waits(&path) {
+                    break;
+                }
+                assert!(since.elapsed() < LIVENESS, "the head never slept");
+            }
+        };
+        tokio::select! {
+            biased;
+            r = &mut head => panic!("the head ended while the lock was held: {r:?}"),
+            r = &mut behind => panic!("the second ended while the lock was held: {r:?}"),
+            () = lined_up => {}
+        }
+        serial
+    });
+    drop(first);
+    runtime().block_on(async {
+        // Polled once here before the release: both sleep on this runtime.
+        tokio::select! {
+            biased;
+            r = &mut head => panic!("the head ended while the lock was held: {r:?}"),
+            r = &mut behind => panic!("the second ended while the lock was held: {r:?}"),
+            () = tokio::task::yield_now() => {}
+        }
+        holder.finish();
+        let first_guard = tokio::time::timeout(LIVENESS, &mut head)
+            .await
+            .expect("the moved head missed the release")
+            .expect("acquire");
+        drop(first_guard);
+        let second_guard = tokio::time::timeout(LIVENESS, &mut behind)
+            .await
+            .expect("the moved second never got its turn")
+            .expect("acquire");
+        drop(second_guard);
+    });
+}

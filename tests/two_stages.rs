@@ -232,3 +232,93 @@ fn a_settled_wait_moved_to_another_runtime_ends_at_its_deadline() {
     );
     holder.finish();
 }
+
+/// Under a paused Tokio clock the first stage ends when that clock says it
+/// has lasted its 500 ms, not after 500 ms of real time: the kernel timer
+/// that ends it on a running clock is not used on a paused one.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_first_stage_follows_a_paused_clock() {
+    let _serial = SERIAL.lock().await;
+    let tries = TryLog::default();
+    let _log = tries.install();
+    let (_dir, path, holder, lock) = held_elsewhere();
+    let waiter = tokio::spawn(async move { lock.acquire(true, Duration::from_secs(3600)).await });
+    common::until_waiting(&path).await;
+    // The runtime idles: the paused clock jumps to the waiter's recheck at
+    // the stage's end, which runs before this sleep's end (a second in, on
+    // that clock, and at once in real time).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tries.tries().iter().any(|(_, woke)| woke == "recheck"),
+        "no recheck within a second of the paused clock: {:?}",
+        tries.tries()
+    );
+    waiter.abort();
+    holder.finish();
+}
+
+/// A wait in its first stage, its future then moved to another runtime (the
+/// first one shut down, with the driver of the kernel timer that would end
+/// the stage), still settles into the kernel's queue, and wins at the
+/// release.
+#[test]
+fn a_first_stage_moved_to_another_runtime_still_settles() {
+    first_stage_moved(false);
+}
+
+/// The same, begun on a runtime whose clock is paused, so that the stage
+/// runs on Tokio's timers only: those of a runtime that has shut down must
+/// not be polled (Tokio panics), the wait makes them anew where it runs.
+#[test]
+fn a_first_stage_on_tokio_timers_moved_to_another_runtime_still_settles() {
+    first_stage_moved(true);
+}
+
+fn first_stage_moved(paused: bool) {
+    let _serial = SERIAL.blocking_lock();
+    let (_dir, path, holder, lock) = held_elsewhere();
+    let mut wait = Box::pin(lock.acquire(true, LIVENESS));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .unwrap();
+    first.block_on(async {
+        // Yields, not sleeps: a paused clock would jump to the stage's end.
+        let since = std::time::Instant::now();
+        let watching = async {
+            while common::waiting_on(&path) != (1, 1, 0) {
+                assert!(since.elapsed() < LIVENESS, "never watched");
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            r = &mut wait => panic!("the wait ended in its first stage: {r:?}"),
+            () = watching => {}
+        }
+    });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let settled = tokio::time::timeout(LIVENESS, async {
+            while common::waiting_on(&path) != (3, 0, 1) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        tokio::select! {
+            biased;
+            r = &mut wait => panic!("the wait ended before it settled: {r:?}"),
+            r = settled => r.unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(&path))),
+        }
+        holder.finish();
+        let guard = tokio::time::timeout(LIVENESS, wait)
+            .await
+            .expect("the settled waiter missed the release")
+            .expect("acquire");
+        drop(guard);
+    });
+}
