@@ -41,3 +41,91 @@ pub(crate) fn follows_real_clock(now: Instant) -> bool {
     let (ours, real) = (ours.into_std(), std::time::Instant::now());
     real.saturating_duration_since(ours) < SLACK && ours.saturating_duration_since(real) < SLACK
 }
+
+/// Tokio's `sleep_until(at)`, kept to `at` across moves to other runtimes
+/// (see [`sleep_here`]).
+pub(crate) async fn sleep_until_here(at: Instant) {
+    while !sleep_here(at).await {}
+}
+
+/// Tokio's `timeout_at(deadline, fut)`: `fut`'s output, or `None` once
+/// `deadline` has come, with the timer made anew on any runtime the future
+/// moves to (see [`sleep_here`]). `fut` is polled first, so an output ready
+/// at the deadline counts.
+pub(crate) async fn until_here<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            here = sleep_here(deadline) => if here {
+                return None;
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Polls `fut` once on a runtime that then shuts down, and returns what
+    /// it gives on a second one.
+    fn moved<F: Future>(fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let first = runtime();
+        first.block_on(async {
+            tokio::select! {
+                biased;
+                _ = &mut fut => panic!("ready at once"),
+                () = tokio::task::yield_now() => {}
+            }
+        });
+        drop(first);
+        runtime().block_on(fut)
+    }
+
+    #[test]
+    fn a_sleep_moved_to_another_runtime_ends_at_its_time() {
+        let started = std::time::Instant::now();
+        let wait = Duration::from_millis(200);
+        moved(async move { sleep_until_here(Instant::now() + wait).await });
+        assert!(
+            started.elapsed() >= wait,
+            "ended after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_bound_moved_to_another_runtime_ends_at_its_deadline() {
+        let started = std::time::Instant::now();
+        let wait = Duration::from_millis(200);
+        let out = moved(async move {
+            until_here(Instant::now() + wait, std::future::pending::<()>()).await
+        });
+        assert_eq!(out, None);
+        assert!(
+            started.elapsed() >= wait,
+            "ended after {:?}",
+            started.elapsed()
+        );
+        // And the output when the future is ready first.
+        let out = moved(async move {
+            until_here(Instant::now() + wait, async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                7
+            })
+            .await
+        });
+        assert_eq!(out, Some(7));
+    }
+}

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
 use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
@@ -742,9 +743,9 @@ async fn lock_off_runtime(
     };
     // One task of this lock polls at a time; the others wait their turn.
     let _turn = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, config.network_turn.lock()).await {
-            Ok(turn) => turn,
-            Err(_) => return Err(timed_out(config, policy, started, None)),
+        Some(d) => match clock::until_here(d, config.network_turn.lock()).await {
+            Some(turn) => turn,
+            None => return Err(timed_out(config, policy, started, None)),
         },
         None => config.network_turn.lock().await,
     };
@@ -756,9 +757,9 @@ async fn lock_off_runtime(
         let attempt = tokio::task::spawn_blocking(move || try_lock_for(&try_config, mode, cause));
         cause = Cause::Poll;
         let tried = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, attempt).await {
-                Ok(tried) => tried,
-                Err(_) => return Err(stalled()),
+            Some(d) => match clock::until_here(d, attempt).await {
+                Some(tried) => tried,
+                None => return Err(stalled()),
             },
             None => attempt.await,
         };
@@ -790,7 +791,7 @@ async fn lock_off_runtime(
             };
             return Err(timed_out(config, policy, started, holder));
         }
-        tokio::time::sleep_until(next).await;
+        clock::sleep_until_here(next).await;
         poll = (poll * 2).min(wait::POLL_CAP);
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant as TokioInstant;
 
 use crate::board;
-use crate::clock::sleep_here;
+use crate::clock::{sleep_here, until_here};
 use crate::forkable::Forkable;
 use crate::os::FileId;
 
@@ -206,20 +206,7 @@ impl Ticket {
                 self.until_head().await;
                 true
             }
-            Some(d) => {
-                let head = self.until_head();
-                tokio::pin!(head);
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut head => return true,
-                        // A timer of a runtime left behind is made anew here.
-                        here = sleep_here(d) => if here {
-                            return false;
-                        },
-                    }
-                }
-            }
+            Some(d) => until_here(d, self.until_head()).await.is_some(),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::contender::{open_fd, LockConfig};
 use crate::error::{LockError, Operation};
 use crate::os::{self, FileId};
@@ -265,7 +266,7 @@ pub(crate) async fn acquire(
                 Some(d) => d.saturating_duration_since(Instant::now()).min(HEAD_START),
                 None => HEAD_START,
             };
-            tokio::time::sleep(head_start).await;
+            clock::sleep_until_here(Instant::now() + head_start).await;
         }
         return match wait::wait(&mut contender, &mut signal, Some(&t), policy, started).await {
             Ok(()) => Ok(contender.into_permit()),

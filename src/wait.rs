@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::clock::{follows_real_clock, sleep_here};
+use crate::clock::{follows_real_clock, sleep_here, until_here};
 use crate::error::LockId;
 use crate::holder::Holder;
 use crate::kernel_wait::KernelWait;
@@ -473,16 +473,7 @@ async fn before<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
             },
         }
     }
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Some(out),
-            // A timer of a runtime left behind is made anew here.
-            here = sleep_here(deadline) => if here {
-                return None;
-            },
-        }
-    }
+    until_here(deadline, fut).await
 }
 
 /// The wait on events (inotify, or poll ticks): tries, and while the lock

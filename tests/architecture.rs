@@ -29,7 +29,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
         "slots",
-        &["contender", "error", "os", "queue", "vocab", "wait"],
+        &[
+            "clock",
+            "contender",
+            "error",
+            "os",
+            "queue",
+            "vocab",
+            "wait",
+        ],
     ),
     (
         "wait",
@@ -46,6 +54,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "contender",
         &[
+            "clock",
             "error",
             "holder",
             "holders",
