@@ -117,7 +117,8 @@ mod tests {
             "ended after {:?}",
             started.elapsed()
         );
-        // And the output when the future is ready first.
+        // And the output of a future ready before the deadline (which a
+        // plain `timeout_at` gives too: not a check of the move).
         let out = moved(async move {
             until_here(Instant::now() + wait, async {
                 tokio::task::yield_now().await;

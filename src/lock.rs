@@ -304,7 +304,9 @@ impl LockMgr {
     /// settles in the kernel (after 500 ms) while Tokio's clock runs with
     /// the real one has its deadline timed by a kernel timer from then on
     /// (it wakes the runtime once, at the deadline), which a later pause
-    /// does not move.
+    /// does not move. Likewise the end of those first 500 ms, when the wait
+    /// began on a running clock. A waiting future may move to another
+    /// runtime: its timers and registrations are made anew there.
     ///
     /// # Errors
     ///

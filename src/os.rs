@@ -543,7 +543,17 @@ fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// once more at each level of Tokio's timer wheel it moves down through on
 /// the way (three wake-ups for a 10 s sleep, measured), each of which costs
 /// a thread woken from idle.
-pub(crate) struct KernelTimer(AsyncFd<OwnedFd>);
+pub(crate) struct KernelTimer {
+    fd: AsyncFd<OwnedFd>,
+    /// The runtime whose I/O driver delivers the expiry.
+    home: Option<tokio::runtime::Id>,
+}
+
+/// The runtime the caller runs on, if any: a registration with one
+/// runtime's I/O driver is not delivered on another.
+pub(crate) fn runtime_id() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current().ok().map(|h| h.id())
+}
 
 impl KernelTimer {
     /// A timer that expires `after` from now. Must be called from within a
@@ -561,15 +571,26 @@ impl KernelTimer {
         // A zero expiry would disarm the timer: the shortest one instead.
         let after = TimeSpec::from_duration(after.max(std::time::Duration::from_nanos(1)));
         fd.set(Expiration::OneShot(after), TimerSetTimeFlags::empty())?;
-        register_readable(OwnedFd::from(fd)).map(KernelTimer)
+        let fd = register_readable(OwnedFd::from(fd))?;
+        Ok(KernelTimer {
+            fd,
+            home: runtime_id(),
+        })
     }
 
     /// Resolves when the timer has expired (true), or when it cannot tell
-    /// (false): the I/O driver it was registered with is gone, its runtime
-    /// shut down or the waiting future moved to another runtime.
+    /// (false): polled on another runtime than the one it was registered
+    /// with (the waiting future moved; that runtime may be alive and idle),
+    /// or that runtime's I/O driver is gone.
     pub(crate) async fn expired(&self) -> bool {
-        // A one-shot timer stays readable once expired: nothing to clear.
-        self.0.readable().await.is_ok()
+        std::future::poll_fn(|cx| {
+            if runtime_id() != self.home {
+                return std::task::Poll::Ready(false);
+            }
+            // A one-shot timer stays readable once expired: nothing to clear.
+            self.fd.poll_read_ready(cx).map(|ready| ready.is_ok())
+        })
+        .await
     }
 }
 

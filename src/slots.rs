@@ -269,7 +269,11 @@ pub(crate) async fn acquire(
             clock::sleep_until_here(Instant::now() + head_start).await;
         }
         return match wait::wait(&mut contender, &mut signal, Some(&t), policy, started).await {
-            Ok(()) => Ok(contender.into_permit()),
+            Ok(()) => {
+                // The watch and its timer go after the caller resumes.
+                signal.retire();
+                Ok(contender.into_permit())
+            }
             Err(Failed::Error(e)) => Err(e),
             Err(Failed::TimedOut { attempts, waited }) => Err(LockError::TimedOut {
                 lock: config.id.clone(),

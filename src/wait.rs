@@ -313,9 +313,9 @@ impl Signal {
                         if expired {
                             Woke::Settle
                         } else {
-                            // Its driver is gone: Tokio's timer takes over,
-                            // from a try now.
-                            Woke::Unread
+                            // Moved to another runtime, or its driver is
+                            // gone: a try now, and a timer made anew.
+                            Woke::Moved
                         }
                     }
                 }
@@ -557,8 +557,14 @@ async fn on_events<C: Contender>(
             // the lock file's, if among them, earns the retries then.
             Woke::Unread => Cause::Event,
             Woke::Tick => Cause::Poll,
+            Woke::Recheck => Cause::Recheck,
             // Tried at once, and the timers made anew on this runtime.
-            Woke::Recheck | Woke::Moved => Cause::Recheck,
+            Woke::Moved => {
+                if !settle_due && !signal.times_settling() && Instant::now() < settle_at {
+                    signal.time_settling(settle_at);
+                }
+                Cause::Recheck
+            }
             Woke::Settle => {
                 settle_due = true;
                 Cause::Recheck

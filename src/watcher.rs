@@ -87,6 +87,8 @@ pub(crate) struct Watch {
     /// in; `None` once no runtime would have it (events then come only
     /// through other waiters' reads, and the waiter's own periodic tries).
     ready: Option<AsyncFd<OwnedFd>>,
+    /// The runtime `ready` is registered with.
+    home: Option<tokio::runtime::Id>,
     /// The instance was found ready and left unread: the next call reads.
     unread: bool,
 }
@@ -181,6 +183,7 @@ impl Watcher {
             id,
             notify,
             ready: Some(ready),
+            home: os::runtime_id(),
             unread: false,
         })
     }
@@ -258,6 +261,13 @@ impl Watch {
     /// True for an event of this inode, false for events not read yet.
     pub(crate) async fn changed(&mut self) -> bool {
         loop {
+            let here = os::runtime_id();
+            if self.ready.is_some() && here != self.home {
+                // Moved to another runtime, which the first one's driver
+                // does not wake (it may be alive and idle): register here.
+                self.ready = self.watcher.readable_here().ok();
+                self.home = here;
+            }
             let notified = self.notify.notified();
             let Some(ready) = &self.ready else {
                 notified.await;
@@ -290,7 +300,10 @@ impl Watch {
                 Ok(Some(Err(_))) => return true,
                 // The runtime the readiness was registered with is gone:
                 // register with the one polling now.
-                Err(_) => self.ready = self.watcher.readable_here().ok(),
+                Err(_) => {
+                    self.ready = self.watcher.readable_here().ok();
+                    self.home = os::runtime_id();
+                }
             }
         }
     }

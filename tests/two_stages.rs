@@ -263,7 +263,15 @@ async fn the_first_stage_follows_a_paused_clock() {
 /// release.
 #[test]
 fn a_first_stage_moved_to_another_runtime_still_settles() {
-    first_stage_moved(false);
+    first_stage_moved(false, true);
+}
+
+/// The same, the first runtime left alive but idle (its `block_on` over):
+/// its drivers deliver nothing to the second, where the wait now runs, so
+/// the watch and the stage's timer are registered there anew.
+#[test]
+fn a_first_stage_moved_from_a_runtime_left_idle_still_settles() {
+    first_stage_moved(false, false);
 }
 
 /// The same, begun on a runtime whose clock is paused, so that the stage
@@ -271,10 +279,13 @@ fn a_first_stage_moved_to_another_runtime_still_settles() {
 /// not be polled (Tokio panics), the wait makes them anew where it runs.
 #[test]
 fn a_first_stage_on_tokio_timers_moved_to_another_runtime_still_settles() {
-    first_stage_moved(true);
+    first_stage_moved(true, true);
 }
 
-fn first_stage_moved(paused: bool) {
+/// A wait begun on a first runtime (`paused`: with Tokio's clock paused),
+/// moved in its first stage to a second runtime (`shut`: the first one shut
+/// down; otherwise left alive and idle), settles and wins there.
+fn first_stage_moved(paused: bool, shut: bool) {
     let _serial = SERIAL.blocking_lock();
     let (_dir, path, holder, lock) = held_elsewhere();
     let mut wait = Box::pin(lock.acquire(true, LIVENESS));
@@ -298,7 +309,12 @@ fn first_stage_moved(paused: bool) {
             () = watching => {}
         }
     });
-    drop(first);
+    let _idle = if shut {
+        drop(first);
+        None
+    } else {
+        Some(first)
+    };
     let second = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
