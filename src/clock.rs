@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
+use crate::os;
+
 /// Tokio's `sleep_until(at)`: true once `at` has come, false as soon as it
 /// is polled on another runtime than the one it began on. A Tokio timer
 /// belongs to the runtime it was made on and panics when polled after that
 /// runtime has shut down, so a wait whose future moved makes its timers
 /// anew where it now runs.
 pub(crate) async fn sleep_here(at: Instant) -> bool {
-    let runtime = || tokio::runtime::Handle::try_current().ok().map(|h| h.id());
-    let home = runtime();
+    let home = os::runtime_id();
     let mut sleep = std::pin::pin!(sleep_until(at));
     std::future::poll_fn(|cx| {
-        if runtime() != home {
+        if os::runtime_id() != home {
             return std::task::Poll::Ready(false);
         }
         sleep.as_mut().poll(cx).map(|()| true)

@@ -261,12 +261,10 @@ impl Watch {
     /// True for an event of this inode, false for events not read yet.
     pub(crate) async fn changed(&mut self) -> bool {
         loop {
-            let here = os::runtime_id();
-            if self.ready.is_some() && here != self.home {
+            if self.ready.is_some() && os::runtime_id() != self.home {
                 // Moved to another runtime, which the first one's driver
-                // does not wake (it may be alive and idle): register here.
-                self.ready = self.watcher.readable_here().ok();
-                self.home = here;
+                // does not wake (it may be alive and idle).
+                self.register_here();
             }
             let notified = self.notify.notified();
             let Some(ready) = &self.ready else {
@@ -300,12 +298,15 @@ impl Watch {
                 Ok(Some(Err(_))) => return true,
                 // The runtime the readiness was registered with is gone:
                 // register with the one polling now.
-                Err(_) => {
-                    self.ready = self.watcher.readable_here().ok();
-                    self.home = os::runtime_id();
-                }
+                Err(_) => self.register_here(),
             }
         }
+    }
+
+    /// Registers the instance's readiness with the runtime polling now.
+    fn register_here(&mut self) {
+        self.ready = self.watcher.readable_here().ok();
+        self.home = os::runtime_id();
     }
 
     /// False once no more events can come for this watch; the waiter must

@@ -23,7 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watcher", &["forkable", "os"]),
     ("proc_locks", &["os", "vocab"]),
     // The engine: the OS layer and the words, never the face.
-    ("clock", &[]),
+    ("clock", &["os"]),
     ("board", &["forkable", "os"]),
     ("queue", &["board", "clock", "forkable", "os"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
