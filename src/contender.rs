@@ -128,6 +128,8 @@ struct FileContender<'a> {
     kernel: Option<Arc<KernelWait>>,
     /// The fencing token drawn when the lock was won.
     token: Option<u64>,
+    /// Whether a try on `fd` lost: the file was waited for.
+    lost: bool,
 }
 
 /// Says, once per process, that waits fall back to the kernel's own wait
@@ -182,22 +184,37 @@ impl Contender for FileContender<'_> {
             if !won {
                 // A loser waits in line for this file: it must be one.
                 self.file()?;
+                self.lost = true;
                 return Ok(if moved { Try::Moved } else { Try::Held });
             }
-            if self.config.remove_on_release
-                && !os::is_file_at(self.fd(), path)
-                    .map_err(|e| LockError::io(path, Operation::Stat, e))?
-            {
-                // Won a file its last holder removed: it no longer guards
-                // anything. Let it go (the close drops the lock) and contend
-                // for the file now at the path.
-                tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
+            // A file opened just now is the one at the path (a rename in
+            // between is no different from one just after the win, which no
+            // check can see); one that was waited for may have been renamed
+            // away or replaced meanwhile, and anyone opening the path now
+            // gets the new file.
+            if (self.lost || self.config.remove_on_release) && !self.still_at_path()? {
+                // Won a file that no longer has the lock's name: it guards
+                // nothing. Let it go and contend for the file at the path.
+                if self.config.remove_on_release {
+                    tracing::debug!(lock = %path.display(), "lock file was replaced; reopening");
+                } else {
+                    tracing::warn!(
+                        lock = %path.display(),
+                        "lock file was renamed or replaced while waited for; \
+                         waiting for the file now at the path"
+                    );
+                }
+                // Unlocked before the close, as a release is: the other
+                // waiters for the old file wake at its close event, which
+                // the kernel sends before it drops the lock. Best effort:
+                // the close drops it anyway.
+                let _ = os::unlock(self.fd(), self.config.kind);
                 let opened = open_unchecked(self.config, self.mode)?;
                 // The old file's kernel wait, if any, was claimed: its end
                 // is the end of its descriptor.
                 self.kernel = None;
-                (self.fd, self.file, self.writable) =
-                    (Some(opened.fd), opened.file, opened.writable);
+                (self.fd, self.file, self.writable, self.lost) =
+                    (Some(opened.fd), opened.file, opened.writable, false);
                 moved = true;
                 continue;
             }
@@ -357,6 +374,7 @@ impl<'a> FileContender<'a> {
             writable: opened.writable,
             kernel: None,
             token: None,
+            lost: false,
         })
     }
 
@@ -374,6 +392,20 @@ impl<'a> FileContender<'a> {
             .map_err(|e| open_error(&self.config.path, e, Operation::Open))?;
         self.file = Some(file);
         Ok(file)
+    }
+
+    /// Whether the file open at `fd` is still the one at the lock's path.
+    fn still_at_path(&self) -> Result<bool, LockError> {
+        let path = &self.config.path;
+        // One `lstat` on the path of a handoff; the slow way, which tells
+        // a missing file from an error, only when that is not enough.
+        if let Some(here) = self
+            .file
+            .and_then(|file| Some(file == os::file_id_at(path)?))
+        {
+            return Ok(here);
+        }
+        os::is_file_at(self.fd(), path).map_err(|e| LockError::io(path, Operation::Stat, e))
     }
 
     /// Starts the kernel's own wait for the lock, on a helper thread.
@@ -714,6 +746,7 @@ fn take<'a>(contender: &mut FileContender<'a>) -> FileContender<'a> {
         writable: contender.writable,
         kernel: contender.kernel.take(),
         token: contender.token,
+        lost: contender.lost,
     }
 }
 

@@ -31,7 +31,10 @@
 //! - **The lock file** is created if missing (permissions from
 //!   [`LockMgrBuilder::mode`]), never truncated, never followed if it is a symlink,
 //!   and left in place on release. Paths that are not regular files are
-//!   refused with [`LockError::NotAFile`] and left untouched.
+//!   refused with [`LockError::NotAFile`] and left untouched. The lock is
+//!   the file at the path: a waiter whose file another program renamed
+//!   away or replaced meanwhile lets that file go, once its holder does,
+//!   and waits for the file at the path instead.
 //! - **Network file systems** (NFS, CIFS, FUSE), recognised by their
 //!   `statfs` magic: waiting polls there, off the runtime's threads. Keep
 //!   lock files on local file systems.
@@ -72,7 +75,8 @@
 //! The crate emits `tracing` events: `debug` for every try and release,
 //! `info` (`waiting for lock on <lock>`, with a `lock` field and, when
 //! known, a `holder` field) the first time a call has to wait, and `warn`
-//! when it has to fall back to polling.
+//! when it has to fall back to polling or when the file it waited for was
+//! renamed or replaced.
 //!
 //! # Metrics
 //!
