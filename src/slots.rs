@@ -91,6 +91,9 @@ struct SlotContender<'a> {
     fd: Option<OwnedFd>,
     file: FileId,
     slot: Option<u32>,
+    /// Whether a try on `fd` found every permit taken: the file was waited
+    /// for.
+    lost: bool,
 }
 
 impl<'a> SlotContender<'a> {
@@ -103,6 +106,7 @@ impl<'a> SlotContender<'a> {
             fd: Some(fd),
             file,
             slot: None,
+            lost: false,
         })
     }
 
@@ -111,6 +115,28 @@ impl<'a> SlotContender<'a> {
             .as_ref()
             .expect("a contender has its descriptor until it is handed on")
             .as_fd()
+    }
+
+    /// The first free slot, taken; `None` when every permit is taken.
+    fn try_slots(&self) -> Result<Option<u32>, LockError> {
+        for slot in 0..self.permits {
+            if os::try_lock_byte(self.fd(), SLOT_BASE + i64::from(slot))
+                .map_err(|e| LockError::io(&self.config.path, Operation::Lock, e))?
+            {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Leaves the file open for the one now at the path, marked as waited
+    /// for as the old one was.
+    fn reopen(&mut self) -> Result<(), LockError> {
+        let fresh = SlotContender::open(self.config, self.permits)?;
+        os::share_byte(fresh.fd(), WAITING_BYTE)
+            .map_err(|e| LockError::io(&self.config.path, Operation::Lock, e))?;
+        *self = fresh;
+        Ok(())
     }
 
     fn into_permit(mut self) -> HeldPermit {
@@ -136,17 +162,31 @@ impl Contender for SlotContender<'_> {
     type Error = LockError;
 
     fn try_once(&mut self, attempt: u32, cause: Cause) -> Result<Try, LockError> {
-        for slot in 0..self.permits {
-            let won = os::try_lock_byte(self.fd(), SLOT_BASE + i64::from(slot))
-                .map_err(|e| LockError::io(&self.config.path, Operation::Lock, e))?;
-            if won {
-                self.slot = Some(slot);
-                tracing::debug!(lock = %self.config.path.display(), attempt, slot, woke = cause.as_str(), "permit won");
-                return Ok(Try::Won);
+        let path = &self.config.path;
+        let mut moved = false;
+        loop {
+            let Some(slot) = self.try_slots()? else {
+                tracing::debug!(lock = %path.display(), attempt, woke = cause.as_str(), "every permit taken");
+                self.lost = true;
+                return Ok(if moved { Try::Moved } else { Try::Held });
+            };
+            // As for a lock (`FileContender::try_once`): a file waited for
+            // may no longer be the one at the path, whose permits count.
+            if self.lost && os::file_id_at(path) != Some(self.file) {
+                tracing::warn!(
+                    lock = %path.display(),
+                    "semaphore file was renamed or replaced while waited for; \
+                     waiting for the file now at the path"
+                );
+                let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
+                self.reopen()?;
+                moved = true;
+                continue;
             }
+            self.slot = Some(slot);
+            tracing::debug!(lock = %path.display(), attempt, slot, woke = cause.as_str(), "permit won");
+            return Ok(Try::Won);
         }
-        tracing::debug!(lock = %self.config.path.display(), attempt, woke = cause.as_str(), "every permit taken");
-        Ok(Try::Held)
     }
 
     fn signal(&mut self, _: Option<queue::Promise>) -> Signal {

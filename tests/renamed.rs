@@ -133,3 +133,41 @@ async fn ofd_file_replaced_during_a_settled_wait() {
 async fn flock_file_replaced_during_the_first_stage() {
     replaced("flock", LockKind::Flock, false).await;
 }
+
+/// A semaphore's file replaced while a waiter waits for a permit, and a
+/// permit of the new file taken by another process: when the old file's
+/// holder gives its permit back, the waiter must wait on for the new file.
+#[tokio::test(flavor = "current_thread")]
+async fn semaphore_file_replaced() {
+    use lockmgr::Semaphore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sem");
+    let first = common::Holder::start_with(&path, "permit-hold", &["1"]);
+    let semaphore = Semaphore::builder(&path, 1).max_attempts(1).build();
+    assert!(semaphore.try_acquire().unwrap_err().is_contended());
+    let mut waiter = tokio::spawn(async move { semaphore.acquire(true, Duration::MAX).await });
+    common::until_waiting(&path).await;
+    let fresh = dir.path().join("s.sem.new");
+    std::fs::write(&fresh, b"").unwrap();
+    std::fs::rename(&fresh, &path).unwrap();
+    let second = common::Holder::start_with(&path, "permit-hold", &["1"]);
+    first.finish();
+    tokio::select! {
+        () = common::until_waiting(&path) => {}
+        out = &mut waiter => panic!(
+            "the waiter took a permit of the replaced file while another process holds the one at the path: slot {:?}",
+            out.unwrap().map(|p| p.slot())
+        ),
+    }
+    second.finish();
+    let permit = tokio::time::timeout(common::LIVENESS, waiter)
+        .await
+        .expect("the waiter never took the new file's permit")
+        .unwrap()
+        .expect("permit");
+    assert!(Semaphore::new(&path, 1)
+        .try_acquire()
+        .unwrap_err()
+        .is_contended());
+    drop(permit);
+}
