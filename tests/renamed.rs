@@ -171,3 +171,48 @@ async fn semaphore_file_replaced() {
         .is_contended());
     drop(permit);
 }
+
+/// The file is replaced by a symlink to another file (or by a FIFO) while
+/// a waiter waits: when the holder lets go, the waiter fails with a typed
+/// error naming the lock and what is at the path, and neither follows the
+/// link nor touches what it points to.
+#[tokio::test(flavor = "current_thread")]
+async fn file_replaced_by_a_symlink_or_a_fifo_is_refused_untouched() {
+    use lockmgr::FileKind;
+    for kind in [FileKind::Symlink, FileKind::Fifo] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.lock");
+        let victim = dir.path().join("precious");
+        std::fs::write(&victim, b"keep me\n").unwrap();
+        let holder = Foreign::start("ofd", "ex", &path);
+        let waiter = waiter(&path, LockKind::Ofd, false).await;
+        let fresh = dir.path().join("l.lock.new");
+        match kind {
+            FileKind::Symlink => std::os::unix::fs::symlink(&victim, &fresh).unwrap(),
+            _ => nix::unistd::mkfifo(&fresh, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                .unwrap(),
+        }
+        std::fs::rename(&fresh, &path).unwrap();
+        holder.finish();
+        let out = tokio::time::timeout(common::LIVENESS, waiter)
+            .await
+            .expect("the waiter neither failed nor won")
+            .unwrap();
+        match out {
+            Err(LockError::NotAFile { lock, kind: found }) => {
+                assert_eq!(lock, lockmgr::LockId::file(&path));
+                assert_eq!(found, kind);
+            }
+            other => panic!(
+                "{kind:?} at the path: {:?}",
+                other.map(|g| g.path().to_owned())
+            ),
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me\n");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        match kind {
+            FileKind::Symlink => assert!(meta.file_type().is_symlink()),
+            _ => assert_eq!(meta.len(), 0),
+        }
+    }
+}
