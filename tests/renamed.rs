@@ -90,6 +90,26 @@ async fn flock_file_renamed_away_during_a_settled_wait() {
     renamed_away("flock", LockKind::Flock, true).await;
 }
 
+/// The lock file's directory is renamed away and made anew while a waiter
+/// waits: the path now names a file in the new directory, which the
+/// waiter takes once the old file's holder exits.
+#[tokio::test(flavor = "current_thread")]
+async fn directory_renamed_away_and_made_anew() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("l.lock");
+    let holder = Foreign::start("ofd", "ex", &path);
+    let waiter = waiter(&path, LockKind::Ofd, false).await;
+    std::fs::rename(&dir, top.path().join("locks.old")).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    holder.finish();
+    let guard = common::won(waiter, "the waiter never took the lock after the rename").await;
+    assert!(path.exists(), "no file at the lock's path");
+    assert_held(&path, LockKind::Ofd);
+    drop(guard);
+}
+
 /// The file is replaced by a new one (written aside, renamed over the
 /// path) while its holder holds it, and a second program takes the new
 /// file. When the first holder exits, the waiter must go on waiting, now
