@@ -5,8 +5,9 @@
 //! think it holds the lock, since anyone who opens the path now gets the
 //! new file. It lets the old file go and contends for the file at the
 //! path, after the holder of the old one released it, so that it never
-//! runs beside that holder either. The holders are foreign C programs
-//! (`tests/foreign/holder.c`) in processes of their own.
+//! runs beside that holder either. The lock holders are foreign C programs
+//! (`tests/foreign/holder.c`), the semaphore's permit holders `lockmgr`
+//! helper processes; each in a process of its own.
 
 mod common;
 
