@@ -290,7 +290,15 @@ fn status_while_held_and_after_the_holder_is_killed() {
 
     let mut first = first;
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // Closes the command's stdin: it ends, and with it its inherited copy
+    // of the lock; wait for that (writing no record of our own).
     first.wait().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gone = lockmgr::LockMgr::builder(&lock).record_holder(false).build();
+    drop(rt.block_on(gone.acquire(true, std::time::Duration::from_secs(30))).unwrap());
 
     let out = lockmgr(&["status", s(&lock)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
