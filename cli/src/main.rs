@@ -240,34 +240,66 @@ fn main() -> ExitCode {
             return fail(first.trim_start_matches("error: "));
         }
     };
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        #[cfg(feature = "postgres")]
+        Command::Status(args) if args.pg.source().is_some() => match runtime() {
+            Ok(rt) => rt.block_on(remote::status(args)),
+            Err(code) => code,
+        },
+        Command::Status(args) => status::status(args),
+        #[cfg(feature = "postgres")]
+        Command::List(args) if args.pg.source().is_some() => match runtime() {
+            Ok(rt) => rt.block_on(remote::list(args)),
+            Err(code) => code,
+        },
+        Command::List(args) => list::list(args),
+    }
+}
+
+/// `run`, the one command that handles signals: it passes them on to its
+/// command. The others keep their default actions, so Ctrl-C ends them
+/// (while they connect to a server, say).
+fn run_command(args: RunArgs) -> ExitCode {
     // Before any thread exists, so that every thread blocks them: they
     // queue for `signals::Signals` instead of ending lockmgr.
     if let Err(e) = signals::block() {
         return fail(&format!("cannot set up signal handling: {e}"));
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let signals = match rt.block_on(async { signals::Signals::new() }) {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot set up signal handling: {e}")),
     };
-    match cli.command {
-        #[cfg(feature = "postgres")]
-        Command::Run(args) if args.pg.source().is_some() => rt.block_on(remote::run(args, signals)),
-        #[cfg(feature = "postgres")]
-        Command::Status(args) if args.pg.source().is_some() => rt.block_on(remote::status(args)),
-        Command::Run(args) => rt.block_on(run::run(args, signals)),
-        Command::Status(args) => status::status(args),
-        #[cfg(feature = "postgres")]
-        Command::List(args) if args.pg.source().is_some() => rt.block_on(remote::list(args)),
-        Command::List(args) => list::list(args),
+    #[cfg(feature = "postgres")]
+    if args.pg.source().is_some() {
+        return rt.block_on(remote::run(args, signals));
     }
+    rt.block_on(run::run(args, signals))
+}
+
+/// The runtime, or the line that says why there is none.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    // Tokio panics, rather than failing, when its signal driver cannot get
+    // the two descriptors of its socket pair; so first make sure that the
+    // runtime's descriptors (epoll, its waker, that pair and a copy of one)
+    // can be had. Nothing else opens any in between: no other thread runs.
+    let spare = (0..3)
+        .map(|_| nix::unistd::pipe())
+        .collect::<Result<Vec<_>, _>>();
+    if let Err(e) = spare {
+        let e = std::io::Error::from(e);
+        return Err(fail(&format!("cannot start the runtime: {e}")));
+    }
+    drop(spare);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&format!("cannot start the runtime: {e}")))
 }
 
 /// One clear line on stderr, exit status 2.

@@ -73,8 +73,9 @@ impl Outcome {
 
 /// How the command is tied to the lock.
 pub(crate) enum Tie<'a> {
-    /// It inherits this descriptor of a file lock (or a permit).
-    Inherit(BorrowedFd<'a>),
+    /// It inherits this descriptor of the file lock (or permit) at this
+    /// path.
+    Inherit(BorrowedFd<'a>, &'a Path),
     /// It is killed if `lockmgr` dies (a lock held by `lockmgr`'s session).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     EndWithParent,
@@ -112,7 +113,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let outcome = supervise(
         &args.command,
         token,
-        Tie::Inherit(guard.as_fd()),
+        Tie::Inherit(guard.as_fd(), &args.lockfile),
         std::future::pending(),
         &signals,
     )
@@ -144,7 +145,7 @@ async fn run_with_permit(
     let outcome = supervise(
         &args.command,
         Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
-        Tie::Inherit(permit.as_fd()),
+        Tie::Inherit(permit.as_fd(), &args.lockfile),
         std::future::pending(),
         &signals,
     )
@@ -174,8 +175,9 @@ pub(crate) fn budget(wait: Option<Duration>, attempts: u32) -> (Duration, u32) {
 
 /// Takes the lock with the library's waiting, showing the wait on stderr:
 /// one try, then, unless `--nonblock`, a wait split into attempts. A
-/// SIGINT, SIGTERM, SIGHUP or SIGQUIT while it waits ends `lockmgr` by that
-/// signal, as it would end `flock(1)`.
+/// SIGINT, SIGTERM, SIGHUP or SIGQUIT while it tries or waits (connecting
+/// to a server, say) ends `lockmgr` by that signal, as it would end
+/// `flock(1)`.
 pub(crate) async fn take<G, F>(
     acquire: impl Fn(bool, Duration) -> F,
     args: &RunArgs,
@@ -185,7 +187,10 @@ pub(crate) async fn take<G, F>(
 where
     F: std::future::Future<Output = Result<G, LockError>>,
 {
-    let first = acquire(false, Duration::ZERO).await;
+    let first = tokio::select! {
+        r = acquire(false, Duration::ZERO) => r,
+        sig = signals.recv() => end_by(sig),
+    };
     let (lock, holder) = match &first {
         Err(LockError::WouldBlock { lock, holder }) if !args.nonblock => {
             (lock.clone(), holder.clone())
@@ -202,18 +207,23 @@ where
             _ = tick.tick() => progress.show(),
             sig = signals.recv() => {
                 progress.done();
-                match sig {
-                    Ok(received) => std::process::exit(die_by(received.signal).into()),
-                    Err(e) => {
-                        eprintln!("lockmgr: cannot read signals: {e}");
-                        std::process::exit(2);
-                    }
-                }
+                end_by(sig)
             }
         }
     };
     progress.done();
     result
+}
+
+/// Ends `lockmgr` by the signal that came in before it held the lock.
+fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
+    match sig {
+        Ok(received) => std::process::exit(die_by(received.signal).into()),
+        Err(e) => {
+            eprintln!("lockmgr: cannot read signals: {e}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Runs the command and waits for it, passing on the signals meant for it,
@@ -236,10 +246,13 @@ pub(crate) async fn supervise(
     // flag, so the command gets it; this process closes its own copy once
     // the command runs.
     let inherited: Option<OwnedFd> = match tie {
-        Tie::Inherit(fd) => match fd.try_clone_to_owned() {
+        Tie::Inherit(fd, path) => match fd.try_clone_to_owned() {
             Ok(dup) => Some(without_cloexec(dup)),
             Err(e) => {
-                return Outcome::Code(fail(&format!("cannot hand the lock to the command: {e}")))
+                let lock = path.display();
+                return Outcome::Code(fail(&format!(
+                    "cannot hand the lock on {lock} to the command: {e}"
+                )));
             }
         },
         Tie::EndWithParent => None,

@@ -721,3 +721,45 @@ fn permits_on_postgres() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A signal (here `kill -INT`) ends `lockmgr` while it is still connecting
+/// to a server that does not answer, for every subcommand, rather than
+/// once the connection attempt gives up: Ctrl-C works. (Before: the signal
+/// waited, blocked, until the 10 s connect timeout.) No server is needed.
+#[test]
+fn a_signal_ends_lockmgr_while_it_connects() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    // Accepts connections (the kernel does, from its backlog) and never
+    // answers the first message.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://nobody@{}/db?sslmode=disable",
+        silent.local_addr().unwrap()
+    );
+    let cases: [&[&str]; 3] = [
+        &["status", "--postgres", &url, "name"],
+        &["list", "--postgres", &url],
+        &["run", "--postgres", &url, "name", "--", "true"],
+    ];
+    for args in cases {
+        let child = Command::new(LOCKMGR)
+            .args(args)
+            .env("PGPASSWORD", "unused")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Connected: lockmgr now waits for the server's answer.
+        let (_conn, _) = silent.accept().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(Signal::SIGINT as i32),
+            "{:?}: {:?}: {}",
+            args[0],
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
