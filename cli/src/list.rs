@@ -55,7 +55,7 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
     if args.json {
         let objects: Vec<FileJson<'_>> = rows.iter().map(FileJson::new).collect();
         match serde_json::to_string(&objects) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => answer!("{line}"),
             Err(e) => return fail(&format!("cannot write JSON: {e}")),
         }
     } else {
@@ -68,11 +68,11 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
                 (None, None) => continue,
             };
             match row.locked {
-                None => println!("{name}: free"),
+                None => answer!("{name}: free"),
                 Some(l) => {
-                    println!("{name}: {}", state(&l.holders));
+                    answer!("{name}: {}", state(&l.holders));
                     for line in host_lines(&l.holders, None) {
-                        println!("{line}");
+                        answer!("{line}");
                     }
                 }
             }

@@ -40,11 +40,15 @@
 //! reads the signals it passes on (and tells the terminal's apart),
 //! `progress` shows a wait, `status` answers who holds a lock (text or
 //! JSON), `list` lists the host's locked files, `remote` runs and answers
-//! on a `lockmgr::pg` lock, and `sys` holds the
-//! tool's only `unsafe` (the child's set-up between fork and exec).
+//! on a `lockmgr::pg` lock, `output` writes lockmgr's own lines without
+//! panicking when nobody reads them, and `sys` holds the tool's only
+//! `unsafe` (the child's set-up between fork and exec, a death by SIGPIPE).
 
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+#[macro_use]
+mod output;
 
 mod list;
 mod progress;
@@ -304,7 +308,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// One clear line on stderr, exit status 2.
 pub(crate) fn fail(msg: &str) -> ExitCode {
-    eprintln!("lockmgr: {msg}");
+    say!("lockmgr: {msg}");
     ExitCode::from(2)
 }
 

@@ -80,7 +80,7 @@ impl Progress {
 
     pub(crate) fn done(&self) {
         if self.shown && self.tty {
-            eprintln!();
+            say!("");
         }
     }
 }

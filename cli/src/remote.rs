@@ -51,7 +51,7 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
         PgSource::Env => Ok(String::new()),
         PgSource::Given(s) => {
             if lockmgr::pg::carries_password(s) {
-                eprintln!("{PASSWORD_ON_COMMAND_LINE}");
+                say!("{PASSWORD_ON_COMMAND_LINE}");
             }
             Ok(s.to_owned())
         }
@@ -115,7 +115,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     )
     .await;
     if let Err(e) = guard.release().await {
-        eprintln!("lockmgr: {e}");
+        say!("lockmgr: {e}");
     }
     outcome.finish()
 }
@@ -151,7 +151,7 @@ async fn run_with_permit(
     )
     .await;
     if let Err(e) = permit.release().await {
-        eprintln!("lockmgr: {e}");
+        say!("lockmgr: {e}");
     }
     outcome.finish()
 }
@@ -199,7 +199,7 @@ pub(crate) async fn list(args: ListArgs) -> ExitCode {
     if args.json {
         let objects: Vec<ServerLockJson<'_>> = locks.iter().map(ServerLockJson::new).collect();
         match serde_json::to_string(&objects) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => answer!("{line}"),
             Err(e) => return fail(&format!("cannot write JSON: {e}")),
         }
     } else {
@@ -213,12 +213,12 @@ pub(crate) async fn list(args: ListArgs) -> ExitCode {
                 (false, LockMode::Exclusive) => "held exclusive",
                 (false, _) => "held shared",
             };
-            println!("{name}: {state}");
+            answer!("{name}: {state}");
             for h in &lock.holding {
-                println!("  held by {h}");
+                answer!("  held by {h}");
             }
             for h in &lock.waiting {
-                println!("  waiting: {h}");
+                answer!("  waiting: {h}");
             }
         }
     }

@@ -45,7 +45,7 @@ pub(crate) fn mode(args: &RunArgs) -> LockMode {
 /// The exit status for a lock that was not obtained.
 pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
     if e.is_contended() {
-        eprintln!("lockmgr: {e}");
+        say!("lockmgr: {e}");
         ExitCode::from(args.conflict_exit_code)
     } else {
         fail(&e.to_string())
@@ -119,7 +119,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     )
     .await;
     if let Err(e) = guard.release() {
-        eprintln!("lockmgr: {e}");
+        say!("lockmgr: {e}");
     }
     outcome.finish()
 }
@@ -151,7 +151,7 @@ async fn run_with_permit(
     )
     .await;
     if let Err(e) = permit.release() {
-        eprintln!("lockmgr: {e}");
+        say!("lockmgr: {e}");
     }
     outcome.finish()
 }
@@ -220,7 +220,7 @@ fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
     match sig {
         Ok(received) => std::process::exit(die_by(received.signal).into()),
         Err(e) => {
-            eprintln!("lockmgr: cannot read signals: {e}");
+            say!("lockmgr: cannot read signals: {e}");
             std::process::exit(2);
         }
     }
@@ -263,7 +263,7 @@ pub(crate) async fn supervise(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
+            say!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -287,11 +287,11 @@ pub(crate) async fn supervise(
                 Ok(received) => {
                     let _ = nix::sys::signal::kill(pid, received.signal);
                 }
-                Err(e) => eprintln!("lockmgr: cannot read signals: {e}"),
+                Err(e) => say!("lockmgr: cannot read signals: {e}"),
             },
             () = &mut lost, if !was_lost => {
                 was_lost = true;
-                eprintln!("lockmgr: the lock was lost (its session ended); stopping the command");
+                say!("lockmgr: the lock was lost (its session ended); stopping the command");
                 let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
             }
         }

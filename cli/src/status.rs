@@ -91,7 +91,7 @@ pub(crate) fn report(
             object.on_host = Some(HostJson::new(on_host.holders));
         }
         match serde_json::to_string(&object) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => answer!("{line}"),
             Err(e) => return fail(&format!("cannot write JSON: {e}")),
         }
     } else {
@@ -102,9 +102,9 @@ pub(crate) fn report(
             Status::Exclusive { holder: None } => "held exclusive (holder unknown)".to_owned(),
             _ => "in an unknown state".to_owned(),
         };
-        println!("{}: {what}", path.display());
+        answer!("{}: {what}", path.display());
         for line in on_host.iter().flat_map(OnHost::lines) {
-            println!("{line}");
+            answer!("{line}");
         }
     }
     match status {

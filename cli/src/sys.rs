@@ -1,12 +1,12 @@
 //! The command-line tool's uses of `unsafe`, each a call whose promise the
 //! compiler cannot check: preparing the child between `fork` and `exec`
-//! (its signal mask; its death with `lockmgr`), and registering the signal
-//! descriptor with the runtime.
+//! (its signal mask; its death with `lockmgr`), registering the signal
+//! descriptor with the runtime, and dying of SIGPIPE.
 
 use std::io;
 
 use nix::sys::prctl::set_pdeathsig;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::{getppid, Pid};
 use tokio::io::unix::AsyncFd;
@@ -44,4 +44,19 @@ pub(crate) fn prepare_child(cmd: &mut tokio::process::Command, end_with_parent: 
             Ok(())
         });
     }
+}
+
+/// Ends `lockmgr` by SIGPIPE, as a write to a pipe nobody reads ends a
+/// program that does not ignore the signal (Rust's runtime ignores it, so
+/// that such a write fails instead: this is where `lockmgr` gives up).
+pub(crate) fn die_of_sigpipe() -> ! {
+    // SAFETY: SIG_DFL installs no handler of ours, so no code of this
+    // process runs in a signal's context; and nothing here relies on SIGPIPE
+    // being ignored any more, since the process ends now.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let _ = pipe.thread_unblock();
+    let _ = raise(Signal::SIGPIPE);
+    std::process::exit(128 + Signal::SIGPIPE as i32)
 }

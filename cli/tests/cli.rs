@@ -297,8 +297,13 @@ fn status_while_held_and_after_the_holder_is_killed() {
         .enable_all()
         .build()
         .unwrap();
-    let gone = lockmgr::LockMgr::builder(&lock).record_holder(false).build();
-    drop(rt.block_on(gone.acquire(true, std::time::Duration::from_secs(30))).unwrap());
+    let gone = lockmgr::LockMgr::builder(&lock)
+        .record_holder(false)
+        .build();
+    drop(
+        rt.block_on(gone.acquire(true, std::time::Duration::from_secs(30)))
+            .unwrap(),
+    );
 
     let out = lockmgr(&["status", s(&lock)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
@@ -783,4 +788,80 @@ fn permits_let_n_commands_run_at_once() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Output to a pipe nobody reads any more (`lockmgr list | head -1`, a log
+/// reader that went away) ends `status` and `list` by SIGPIPE, as it ends
+/// `ls`, and does not stop `run`, whose lines on stderr are only news: it
+/// still waits, gives up or runs its command as it would have. An answer
+/// that cannot be written otherwise (`/dev/full`) is one line and exit 2.
+/// None panics. (Before: each panicked, "failed printing to stdout: Broken
+/// pipe", exit 101.)
+#[test]
+fn a_reader_that_went_away_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l.lock");
+    std::fs::write(&lock, b"").unwrap();
+    // A pipe whose reading end is closed before lockmgr starts: its first
+    // write fails with EPIPE, whatever the timing.
+    let broken = || {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        Stdio::from(write)
+    };
+    let spawn = |args: &[&str], stdout: Stdio, stderr: Stdio| {
+        Command::new(LOCKMGR)
+            .args(args)
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["status", s(&lock)][..],
+        &["status", "--json", s(&lock)],
+        &["list", s(dir.path())],
+        &["list", "--json", s(dir.path())],
+    ] {
+        let out = spawn(args, broken(), Stdio::piped());
+        assert_eq!(
+            out.status.signal(),
+            Some(Signal::SIGPIPE as i32),
+            "{args:?}: {:?}: {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+    // An answer that cannot be written for another reason (a full disk):
+    // one line, exit status 2.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = spawn(&["status", s(&lock)], Stdio::from(full), Stdio::piped());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{:?}: {err}", out.status);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("lockmgr: cannot write the answer: "),
+        "{err}"
+    );
+    // run, its stderr broken: a free lock runs the command...
+    let out = spawn(
+        &["run", s(&lock), "--", "sh", "-c", "echo ran"],
+        Stdio::piped(),
+        broken(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", out.status);
+    assert_eq!(text(&out.stdout), "ran\n");
+    // ...and a held one is waited for (the waiting line lost), then given
+    // up on, with the status that says so.
+    let held = lockmgr::LockMgr::new(&lock).try_acquire().unwrap();
+    let out = spawn(
+        &["run", "--wait", "0.2", s(&lock), "--", "true"],
+        Stdio::piped(),
+        broken(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    drop(held);
 }
