@@ -7,7 +7,7 @@
 //! ([`crate::queue`]) and the waiting loop ([`crate::wait`]); it knows
 //! nothing of the public types built on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -927,10 +927,15 @@ pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
     ))
 }
 
-/// Every file of this host that is locked, or has a request blocked on it.
-pub(crate) fn locked_files() -> io::Result<Vec<LockedFile>> {
+/// Every file of this host that is locked, or has a request blocked on it;
+/// with `among`, only those of these (device, inode) pairs, and no other is
+/// opened.
+pub(crate) fn locked_files(among: Option<&BTreeSet<(u64, u64)>>) -> io::Result<Vec<LockedFile>> {
     let mut by_file: BTreeMap<proc_locks::Inode, Vec<proc_locks::Entry>> = BTreeMap::new();
     for (file, entry) in proc_locks::all_entries()? {
+        if among.is_some_and(|a| !a.contains(&(file.device(), file.inode()))) {
+            continue;
+        }
         by_file.entry(file).or_default().push(entry);
     }
     let files: Vec<_> = by_file.keys().copied().collect();

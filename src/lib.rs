@@ -173,7 +173,7 @@ pub use guard::LockGuard;
 pub use holder::{Holder, InvalidRecord};
 pub use holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
 pub use leader::Term;
-pub use lock::{locked_files, LockMgr, LockMgrBuilder};
+pub use lock::{locked_files, locked_files_among, LockMgr, LockMgrBuilder};
 pub use permit::Permit;
 pub use semaphore::{Semaphore, SemaphoreBuilder};
 pub use vocab::{FileKind, LockFamily, LockKind, LockMode, Status};

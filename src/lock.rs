@@ -667,6 +667,11 @@ impl fmt::Debug for LockMgr {
 /// lock. Paths come from the descriptors of the processes that have the
 /// files open (`None` when none this caller can see has it open).
 ///
+/// Each locked file is opened for an instant to read its holder record,
+/// which wakes the waiters of every lock file of the host once (an open
+/// and close is what they watch for). To look at some files only, use
+/// [`locked_files_among`].
+///
 /// # Errors
 ///
 /// When `/proc/locks` or `/proc` cannot be read.
@@ -686,7 +691,39 @@ impl fmt::Debug for LockMgr {
 /// # Ok(()) }
 /// ```
 pub fn locked_files() -> std::io::Result<Vec<LockedFile>> {
-    contender::locked_files()
+    contender::locked_files(None)
+}
+
+/// [`locked_files`], among `files` only (matched by device and inode, as
+/// [`LockedFile::is`] matches): only these are opened to read their
+/// records, so the waiters of the host's other lock files are not woken,
+/// and only their holders are looked for. What `lockmgr list DIR` asks for
+/// the files under DIR.
+///
+/// # Errors
+///
+/// When `/proc/locks` or `/proc` cannot be read.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("jobs.lock");
+/// let guard = lockmgr::LockMgr::new(&path).try_acquire()?;
+/// let meta = std::fs::metadata(&path)?;
+/// let listed = lockmgr::locked_files_among([&meta])?;
+/// assert_eq!(listed.len(), 1);
+/// assert!(listed[0].is(&meta));
+/// # drop(guard);
+/// # Ok(()) }
+/// ```
+pub fn locked_files_among<'a>(
+    files: impl IntoIterator<Item = &'a std::fs::Metadata>,
+) -> std::io::Result<Vec<LockedFile>> {
+    use std::os::unix::fs::MetadataExt;
+    let among = files.into_iter().map(|m| (m.dev(), m.ino())).collect();
+    contender::locked_files(Some(&among))
 }
 
 /// Opens (creating it if missing, never truncating) a data file for

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use lockmgr::{locked_files, Holders, LockedFile};
+use lockmgr::{locked_files, locked_files_among, Holders, LockedFile};
 use nix::fcntl::OFlag;
 use serde::Serialize;
 
@@ -23,7 +23,19 @@ struct Row<'a> {
 }
 
 pub(crate) fn list(args: ListArgs) -> ExitCode {
-    let locked = match locked_files() {
+    let mut files = Vec::new();
+    if let Some(dir) = &args.dir {
+        if let Err(e) = walk(dir, &mut files) {
+            return fail(&format!("cannot list {}: {e}", dir.display()));
+        }
+    }
+    let locked = match &args.dir {
+        None => locked_files(),
+        // Only the files under DIR are opened (for their records): every
+        // open and close of a lock file wakes its waiters.
+        Some(_) => locked_files_among(files.iter().map(|(_, meta)| meta)),
+    };
+    let locked = match locked {
         Ok(l) => l,
         Err(e) => return fail(&format!("cannot read the host's locks (/proc/locks): {e}")),
     };
@@ -35,22 +47,16 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
                 locked: Some(l),
             })
             .collect(),
-        Some(dir) => {
-            let mut files = Vec::new();
-            if let Err(e) = walk(dir, &mut files) {
-                return fail(&format!("cannot list {}: {e}", dir.display()));
-            }
-            files
-                .into_iter()
-                .filter_map(|(path, meta)| {
-                    let locked = locked.iter().find(|l| l.is(&meta));
-                    (locked.is_some() || was_a_lock_file(&path)).then_some(Row {
-                        path: Some(path),
-                        locked,
-                    })
+        Some(_) => files
+            .into_iter()
+            .filter_map(|(path, meta)| {
+                let locked = locked.iter().find(|l| l.is(&meta));
+                (locked.is_some() || was_a_lock_file(&path)).then_some(Row {
+                    path: Some(path),
+                    locked,
                 })
-                .collect()
-        }
+            })
+            .collect(),
     };
     if args.json {
         let objects: Vec<FileJson<'_>> = rows.iter().map(FileJson::new).collect();

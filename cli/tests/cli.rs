@@ -402,6 +402,11 @@ fn one_ctrl_c_reaches_the_command_once() {
     assert_eq!(all.matches("INT").count(), 1, "{all:?}");
 }
 
+/// Held by a test while it runs `lockmgr list` without a directory, which
+/// opens every locked file of the host to read its record, and by a test
+/// that counts the opens of its own lock file.
+static HOST_WIDE_LIST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The pid of the (only) child of `parent`, from /proc.
 fn pid_of_child_of(parent: u32) -> i32 {
     let deadline = std::time::Instant::now() + common::LIVENESS;
@@ -420,6 +425,7 @@ fn pid_of_child_of(parent: u32) -> i32 {
 /// opening the lock file: every close of it wakes every waiter on the host.
 #[test]
 fn the_waiting_display_does_not_touch_the_lock_file() {
+    let _no_host_wide_list = HOST_WIDE_LIST.lock().unwrap_or_else(|e| e.into_inner());
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("l");
@@ -679,8 +685,12 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
     assert_eq!(json["blocked_requests"], 0);
     assert_eq!(json["open_without_lock"], serde_json::json!([]));
 
-    // The host's locked files include this one, by path.
+    // The host's locked files include this one, by path. (The host-wide
+    // list reads the record of every locked file of the host: not while
+    // another test watches its lock file for opens.)
+    let host_wide = HOST_WIDE_LIST.lock().unwrap_or_else(|e| e.into_inner());
     let out = lockmgr(&["list", "--json"]);
+    drop(host_wide);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ours = all
@@ -864,4 +874,40 @@ fn a_reader_that_went_away_is_no_panic() {
     );
     assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
     drop(held);
+}
+
+/// `lockmgr list DIR` opens (to read its record) no locked file outside
+/// DIR: every open and close of a lock file wakes its waiters. (Before: it
+/// read the record of every locked file of the host, then kept those under
+/// DIR.)
+#[test]
+fn listing_a_directory_opens_no_lock_file_outside_it() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let listed = tempfile::tempdir().unwrap();
+    let inside = listed.path().join("in.lock");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().join("out.lock");
+    let _held_inside = lockmgr::LockMgr::builder(&inside)
+        .label("inside")
+        .build()
+        .try_acquire()
+        .unwrap();
+    let _held_outside = lockmgr::LockMgr::new(&outside).try_acquire().unwrap();
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    watch
+        .add_watch(&outside, AddWatchFlags::IN_OPEN | AddWatchFlags::IN_CLOSE)
+        .unwrap();
+
+    let out = lockmgr(&["list", s(listed.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    // What is under DIR is still listed in full, its record included.
+    assert!(
+        said.starts_with(&format!("{}: held exclusive\n", inside.display())),
+        "{said}"
+    );
+    assert!(said.contains("label inside"), "{said}");
+    assert!(!said.contains("out.lock"), "{said}");
+    let touched = watch.read_events().map(|e| e.len()).unwrap_or(0);
+    assert_eq!(touched, 0, "list opened a lock file outside its directory");
 }
