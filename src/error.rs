@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::holder::Holder;
+use crate::holder::{Holder, Shown};
 use crate::vocab::FileKind;
 
 /// Which lock an error is about: a lock file, or a lock on a PostgreSQL
@@ -94,12 +94,12 @@ impl LockId {
 impl fmt::Display for LockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
-            Target::File(path) => write!(f, "{}", path.display()),
+            Target::File(path) => write!(f, "{}", Shown(&path.to_string_lossy())),
             Target::Postgres {
                 server,
                 database,
                 name,
-            } => write!(f, "postgres://{server}/{database}/{name}"),
+            } => write!(f, "postgres://{server}/{database}/{}", Shown(name)),
         }
     }
 }

@@ -166,16 +166,37 @@ impl fmt::Display for Holder {
             f,
             "pid {} on host {} since {}",
             self.pid,
-            self.host,
+            Shown(&self.host),
             humantime::format_rfc3339_seconds(self.since)
         )?;
         if let Some(label) = &self.label {
-            write!(f, " ({label})")?;
+            write!(f, " ({})", Shown(label))?;
         }
         if self.stale {
             write!(f, " (stale record: pid {} is not running)", self.pid)?;
         }
         Ok(())
+    }
+}
+
+/// Text another process wrote (a record's label or host, a command name),
+/// shown to a person: as it is, or quoted and escaped as `{:?}` does when it
+/// holds a control character or a bidirectional override, so that it can
+/// neither forge a line of its own nor drive the terminal. The fields keep
+/// the text as it was; only its display is guarded.
+pub(crate) struct Shown<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hostile = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        };
+        if self.0.contains(hostile) {
+            write!(f, "{:?}", self.0)
+        } else {
+            f.write_str(self.0)
+        }
     }
 }
 
@@ -238,6 +259,27 @@ fn decode(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_could_forge_a_line_or_drive_a_terminal_is_shown_escaped() {
+        let shown = |s: &str| Shown(s).to_string();
+        assert_eq!(shown("nightly backup \u{e9}"), "nightly backup \u{e9}");
+        assert_eq!(shown("a\nb: free"), r#""a\nb: free""#);
+        assert_eq!(shown("red\x1b[31m\r"), r#""red\u{1b}[31m\r""#);
+        // A right-to-left override, which would reorder what follows it.
+        assert_eq!(shown("txt.\u{202e}exe"), r#""txt.\u{202e}exe""#);
+        let h = Holder {
+            pid: 1,
+            host: "h\x1b]0;title\x07".into(),
+            since: UNIX_EPOCH,
+            label: Some("job\nforged".into()),
+            stale: false,
+            token: None,
+        };
+        let text = h.to_string();
+        assert!(!text.chars().any(char::is_control), "{text}");
+        assert!(text.contains(r#"("job\nforged")"#), "{text}");
+    }
 
     #[test]
     fn record_round_trips_with_awkward_labels() {

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::holder::Holder;
+use crate::holder::{Holder, Shown};
 use crate::vocab::{LockFamily, LockKind, LockMode};
 
 /// A process of this host that holds a lock on the file.
@@ -66,14 +66,14 @@ impl fmt::Display for Waiting {
 impl fmt::Display for HoldingProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
-            Some(command) => write!(f, "{command} pid {}", self.pid)?,
+            Some(command) => write!(f, "{} pid {}", Shown(command), self.pid)?,
             None => write!(f, "pid {}", self.pid)?,
         }
         write!(f, ", {} {} lock", self.mode, self.family)?;
         if let Some(record) = &self.record {
             write!(f, " (since {}", record.since_utc())?;
             if let Some(label) = &record.label {
-                write!(f, ", label {label}")?;
+                write!(f, ", label {}", Shown(label))?;
             }
             f.write_str(")")?;
         }
@@ -100,7 +100,7 @@ pub struct OpenProcess {
 impl fmt::Display for OpenProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
-            Some(command) => write!(f, "{command} pid {}", self.pid)?,
+            Some(command) => write!(f, "{} pid {}", Shown(command), self.pid)?,
             None => write!(f, "pid {}", self.pid)?,
         }
         match &self.waiting {

@@ -67,7 +67,7 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
     } else {
         for row in &rows {
             let name = match (&row.path, row.locked) {
-                (Some(p), _) => p.display().to_string(),
+                (Some(p), _) => crate::output::shown_path(p),
                 (None, Some(l)) => {
                     format!("(no visible path: device {}, inode {})", l.device, l.inode)
                 }

@@ -205,7 +205,7 @@ pub(crate) async fn list(args: ListArgs) -> ExitCode {
     } else {
         for lock in &locks {
             let name = match &lock.name {
-                Some(name) => name.clone(),
+                Some(name) => crate::output::shown_path(std::path::Path::new(name)),
                 None => format!("(unknown name, key {:#x})", lock.key),
             };
             let state = match (lock.holding.is_empty(), lock.mode) {

@@ -102,7 +102,7 @@ pub(crate) fn report(
             Status::Exclusive { holder: None } => "held exclusive (holder unknown)".to_owned(),
             _ => "in an unknown state".to_owned(),
         };
-        answer!("{}: {what}", path.display());
+        answer!("{}: {what}", crate::output::shown_path(path));
         for line in on_host.iter().flat_map(OnHost::lines) {
             answer!("{line}");
         }

@@ -876,6 +876,69 @@ fn a_reader_that_went_away_is_no_panic() {
     drop(held);
 }
 
+/// What other processes wrote (the label of a holder record, a command
+/// name, a file name) cannot forge a line of `status` or `list`, nor drive
+/// the terminal: text with a control character in it is shown quoted and
+/// escaped. (Before: printed as it was, escape sequences and newlines
+/// included.)
+#[test]
+fn text_from_other_processes_cannot_forge_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = "\nforged.lock: free\x1b[2J";
+    // A file name, a label and a command name, each with the forged line.
+    let lock = dir.path().join(format!("odd{forged}.lock"));
+    let labelled = holder(&lock, &["--label", &format!("job{forged}")]);
+    let other = dir.path().join("other.lock");
+    // Python's own fcntl.lockf: a POSIX lock, held by a process whose
+    // command name (`/proc/PID/comm`) it set itself.
+    let script = "import fcntl, os, sys\n\
+                  f = open(sys.argv[1], 'a')\n\
+                  open('/proc/self/comm', 'w').write(os.environ['COMM'])\n\
+                  fcntl.lockf(f, fcntl.LOCK_EX)\n\
+                  print('locked', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut named = Command::new("python3")
+        .args(["-c", script, s(&other)])
+        .env("COMM", "py\nx: free\x1b[2J")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(named.stdout.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said, "locked\n");
+
+    for args in [
+        &["status", s(&lock)][..],
+        &["status", s(&other)],
+        // (Not the host-wide `list`: it reads the record of every locked
+        // file of the host, which other tests watch.)
+        &["list", s(dir.path())],
+    ] {
+        let out = lockmgr(args);
+        let said = text(&out.stdout);
+        assert!(!said.contains('\x1b'), "{args:?}: {said:?}");
+        for line in said.lines() {
+            assert!(
+                line.starts_with('/') || line.starts_with("  ") || line.starts_with('"'),
+                "{args:?}: a forged line {line:?} in {said:?}"
+            );
+        }
+    }
+    let out = lockmgr(&["status", s(&lock)]);
+    assert!(
+        text(&out.stdout).contains(r#"\u{1b}[2J"#),
+        "{}",
+        text(&out.stdout)
+    );
+
+    drop(named.stdin.take());
+    named.wait().unwrap();
+    finish(labelled);
+}
+
 /// `lockmgr list DIR` opens (to read its record) no locked file outside
 /// DIR: every open and close of a lock file wakes its waiters. (Before: it
 /// read the record of every locked file of the host, then kept those under
