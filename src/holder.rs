@@ -218,13 +218,33 @@ pub(crate) fn record_line(
     encode_into(&mut s, host);
     s.push_str(" since=");
     s.push_str(&secs.to_string());
+    let token = token.map(|t| format!(" token={t}"));
     if let Some(label) = label {
         s.push_str(" label=");
-        encode_into(&mut s, label);
+        // A record longer than a reader looks at would be unreadable, and
+        // so never replaced (content that is not a whole record is
+        // somebody's data): a long label is cut, a whole character at a
+        // time, to what fits.
+        let room = MAX_RECORD.saturating_sub(s.len() + token.as_ref().map_or(0, String::len) + 1);
+        // Encoding at most triples a byte: most labels fit in one go.
+        if label.len() * 3 <= room {
+            encode_into(&mut s, label);
+        } else {
+            let mut one = [0u8; 4];
+            let mut used = 0;
+            for c in label.chars() {
+                let piece = utf8_percent_encode(c.encode_utf8(&mut one), ENCODED);
+                let len: usize = piece.clone().map(str::len).sum();
+                if used + len > room {
+                    break;
+                }
+                used += len;
+                s.extend(piece);
+            }
+        }
     }
     if let Some(token) = token {
-        s.push_str(" token=");
-        s.push_str(&token.to_string());
+        s.push_str(&token);
     }
     s.push('\n');
     s

@@ -95,7 +95,11 @@ impl LockMgrBuilder {
     }
 
     /// A label for the holder record (e.g. the job's name), shown in
-    /// contention messages. Default none.
+    /// contention messages. Default none. The record is one line of at
+    /// most 1,024 bytes, which a reader reads whole: a label longer than
+    /// the room left (about 700 bytes as recorded, where a space, `%`, `=`,
+    /// a control character or any non-ASCII byte takes three) is cut, at a
+    /// character, to fit.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
         self

@@ -111,3 +111,43 @@ fn no_token_for_shared_holders_or_without_a_record() {
     assert_eq!(unrecorded.try_acquire().unwrap().fencing_token(), None);
     assert_eq!(lock.try_acquire().unwrap().fencing_token(), Some(1));
 }
+
+/// A label too long for a record (the record would pass the 1,024 bytes a
+/// reader looks at) is cut so that the record fits: the holder is still
+/// named, with the label's beginning, and the holders after it still
+/// record themselves and draw the next token. (Before: the overlong record
+/// was unreadable, so it was never replaced: "holder unknown" and no token
+/// for every later holder of that file.)
+#[test]
+fn an_overlong_label_is_cut_and_the_record_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.lock");
+    let looker = LockMgr::new(&path);
+    for label in ["x".repeat(3000), "é%= ".repeat(400)] {
+        let long = LockMgr::builder(&path)
+            .label(label.clone())
+            .fencing_tokens(true)
+            .build();
+        let guard = long.try_acquire().unwrap();
+        let first = guard.fencing_token().expect("a token");
+        let holder = looker.holder().unwrap().expect("the holder is named");
+        assert_eq!(holder.pid, std::process::id());
+        let shown = holder.label.expect("a label");
+        assert!(
+            shown.len() > 100 && label.starts_with(&shown),
+            "{shown:?} is not the beginning of the label"
+        );
+        assert!(std::fs::metadata(&path).unwrap().len() <= 1024);
+        drop(guard);
+
+        let next = LockMgr::builder(&path)
+            .label("next")
+            .fencing_tokens(true)
+            .build();
+        let guard = next.try_acquire().unwrap();
+        assert_eq!(guard.fencing_token(), Some(first + 1));
+        let holder = looker.holder().unwrap().expect("the next holder is named");
+        assert_eq!(holder.label.as_deref(), Some("next"));
+        drop(guard);
+    }
+}
