@@ -197,3 +197,52 @@ fn a_large_journal_is_read_record_by_record() {
         peak_kib >> 10
     );
 }
+
+/// A file that no journal writer could have left (more than 1 MiB, the
+/// longest append, without a line end: another program's data, or damage)
+/// is refused with `NotAJournal`, and nothing of it is cut, by an append
+/// or a read. (Before: an append took its end for a torn record and cut
+/// it off, 1.5 MiB of it here, and a read loaded it whole into memory.)
+#[tokio::test]
+async fn what_no_writer_could_have_left_is_refused_and_never_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not.journal");
+    let mut content = b"a line\n".to_vec();
+    content.extend(std::iter::repeat_n(b'x', 3 << 19));
+    std::fs::write(&path, &content).unwrap();
+    let journal = Journal::open(&path).await.unwrap();
+    let appended = journal.append("record").await;
+    assert!(
+        matches!(appended, Err(JournalError::NotAJournal { .. })),
+        "{appended:?}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        content,
+        "the file was changed"
+    );
+    let read = journal.records().await;
+    assert!(
+        matches!(read, Err(JournalError::NotAJournal { .. })),
+        "{:?}",
+        read.map(|_| "records")
+    );
+
+    // A line longer than any append writes, in the middle of a journal:
+    // the records before it, then the refusal, then nothing.
+    let path = dir.path().join("damaged.journal");
+    let mut content = b"first\n".to_vec();
+    content.extend(std::iter::repeat_n(b'y', 3 << 19));
+    content.extend(b"\nlast\n");
+    std::fs::write(&path, &content).unwrap();
+    let journal = Journal::open(&path).await.unwrap();
+    let mut records = journal.records().await.unwrap();
+    assert_eq!(records.next().unwrap().unwrap(), b"first");
+    let refused = records.next().unwrap();
+    assert!(
+        matches!(refused, Err(JournalError::NotAJournal { .. })),
+        "{:?}",
+        refused.map(|r| r.len())
+    );
+    assert!(records.next().is_none());
+}

@@ -62,6 +62,16 @@ pub enum JournalError {
         /// The maximum ([`JournalBuilder::max_record_len`](super::JournalBuilder::max_record_len)).
         max: usize,
     },
+    /// The file holds what no journal writer could have left: more than
+    /// 1 MiB (the longest append) without a line end, at its end or in a
+    /// line. It is another program's data, or damaged: nothing was cut or
+    /// written, and reading stops there.
+    NotAJournal {
+        /// The journal file.
+        path: PathBuf,
+        /// Where the bytes without a line end begin (at the latest).
+        offset: u64,
+    },
     /// A system call on the journal file failed.
     Io {
         /// The journal file.
@@ -92,6 +102,12 @@ impl fmt::Display for JournalError {
                 f,
                 "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
                  nothing was written",
+                path.display()
+            ),
+            JournalError::NotAJournal { path, offset } => write!(
+                f,
+                "{} is not a journal, or is damaged: more than 1 MiB without a line end from \
+                 byte {offset}, which no append leaves; nothing was cut or written",
                 path.display()
             ),
             JournalError::Io { path, op, source } => {

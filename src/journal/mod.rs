@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
 
 /// Batches are written in pieces of at most this many bytes (whole records
 /// each), one `write(2)` per piece.
-const MAX_WRITE: usize = 1024 * 1024;
+pub(crate) const MAX_WRITE: usize = 1024 * 1024;
 
 /// Whether an append waits for its record to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,7 +162,10 @@ impl JournalBuilder {
 /// without the newline, a *torn tail*. A torn tail was never acknowledged:
 /// [`records`](Journal::records) reports it apart from the records, and the
 /// next append cuts it off (under the lock) before writing, so it never
-/// merges with another record.
+/// merges with another record. No append writes more than 1 MiB at once,
+/// so a longer run without a line end is no torn tail but another
+/// program's data or damage: it is never cut, and appends and reads stop
+/// there with [`JournalError::NotAJournal`].
 ///
 /// The journal file holds nothing but records. By default the lock is an
 /// OFD lock on the journal file itself (with no holder record); another
@@ -185,7 +188,8 @@ impl JournalBuilder {
 ///   are in the file, but whether they reached the disk is unknown. A retry
 ///   would write them twice.
 /// - Other `Err(`[`JournalError::Io`]`)`s (stat, read, truncate of a torn
-///   tail before writing): nothing was written.
+///   tail before writing), `Err(`[`JournalError::NotAJournal`]`)`: nothing
+///   was written.
 ///
 /// # Rotation
 ///
@@ -312,6 +316,8 @@ impl Journal {
     /// [`JournalError::NewlineInRecord`] and
     /// [`JournalError::RecordTooLong`] before anything is locked or written;
     /// [`JournalError::Lock`] when the lock cannot be had;
+    /// [`JournalError::NotAJournal`] when the file ends with more than an
+    /// append could leave without a line end (nothing is cut or written);
     /// [`JournalError::Io`] when the write or sync fails.
     ///
     /// # Cancel safety
@@ -408,6 +414,9 @@ impl Journal {
     /// # Errors
     ///
     /// [`JournalError::Lock`] when the shared lock cannot be had;
+    /// [`JournalError::NotAJournal`] when the file ends with more than an
+    /// append could leave without a line end (a line that long further in
+    /// ends the iterator with the same error);
     /// [`JournalError::Io`] when the file cannot be read.
     ///
     /// # Cancel safety
@@ -433,7 +442,7 @@ impl Journal {
             .metadata()
             .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
-        let end = last_newline_end(&file, len).map_err(|e| self.io(JournalOp::Read, e))?;
+        let end = self.last_newline_end(&file, len)?;
         let mut tail = vec![0u8; (len - end) as usize];
         file.read_exact_at(&mut tail, end)
             .map_err(|e| self.io(JournalOp::Read, e))?;
@@ -551,7 +560,7 @@ impl Journal {
             .metadata()
             .map_err(|e| self.io(JournalOp::Stat, e))?
             .len();
-        let keep = last_newline_end(file, len).map_err(|e| self.io(JournalOp::Read, e))?;
+        let keep = self.last_newline_end(file, len)?;
         if keep == len {
             return Ok(len);
         }
@@ -574,29 +583,44 @@ impl Journal {
     }
 }
 
-/// The offset just past the last newline before `len` (0 if none): `len`
-/// itself when the file ends with one, which one byte tells.
-fn last_newline_end(file: &File, len: u64) -> io::Result<u64> {
-    if len == 0 {
-        return Ok(0);
-    }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)?;
-    if last[0] == b'\n' {
-        return Ok(len);
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut end = len;
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let chunk = &mut buf[..(end - start) as usize];
-        file.read_exact_at(chunk, start)?;
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            return Ok(start + i as u64 + 1);
+impl Journal {
+    /// The offset just past the last newline before `len` (0 if none):
+    /// `len` itself when the file ends with one, which one byte tells.
+    /// More than [`MAX_WRITE`] bytes without one is no torn append (each
+    /// append's `write` is at most that long): `NotAJournal`.
+    fn last_newline_end(&self, file: &File, len: u64) -> Result<u64, JournalError> {
+        let read = |buf: &mut [u8], at| {
+            file.read_exact_at(buf, at)
+                .map_err(|e| self.io(JournalOp::Read, e))
+        };
+        if len == 0 {
+            return Ok(0);
         }
-        end = start;
+        let mut last = [0u8; 1];
+        read(&mut last, len - 1)?;
+        if last[0] == b'\n' {
+            return Ok(len);
+        }
+        let floor = len.saturating_sub(MAX_WRITE as u64);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut end = len;
+        while end > floor {
+            let start = end.saturating_sub(buf.len() as u64).max(floor);
+            let chunk = &mut buf[..(end - start) as usize];
+            read(chunk, start)?;
+            if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+                return Ok(start + i as u64 + 1);
+            }
+            end = start;
+        }
+        if floor > 0 {
+            return Err(JournalError::NotAJournal {
+                path: self.inner.path.clone(),
+                offset: floor,
+            });
+        }
+        Ok(0)
     }
-    Ok(0)
 }
 
 /// One `write(2)` for the whole buffer; a short write (a full disk, a

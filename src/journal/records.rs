@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{JournalError, JournalOp};
+use super::{JournalError, JournalOp, MAX_WRITE};
 
 /// How much of the journal a reader holds in memory at a time (a record
 /// longer than this is held whole).
@@ -109,6 +109,18 @@ impl Iterator for Records {
                 return Some(Ok(record));
             }
             searched = self.buf.len();
+            // No append writes a line this long: not a journal's, and not
+            // to be held in memory whole.
+            if searched - self.at >= MAX_WRITE {
+                let offset = self.pos - (searched - self.at) as u64;
+                self.pos = self.end;
+                self.buf.clear();
+                self.at = 0;
+                return Some(Err(JournalError::NotAJournal {
+                    path: self.path.clone(),
+                    offset,
+                }));
+            }
             let before = self.at;
             match self.fill() {
                 Ok(true) => searched -= before,
