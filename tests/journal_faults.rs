@@ -246,3 +246,49 @@ async fn what_no_writer_could_have_left_is_refused_and_never_cut() {
     );
     assert!(records.next().is_none());
 }
+
+/// The bounds of `NotAJournal` are those of the appends: the longest
+/// record (1 MiB less its line end) is read back, even across the reader's
+/// chunks, and the longest torn tail is cut as one; a run one byte longer
+/// than either is refused.
+#[tokio::test]
+async fn the_longest_record_and_torn_tail_are_still_a_journal() {
+    use std::io::Write;
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.journal");
+    let journal = Journal::builder(&path)
+        .max_record_len(usize::MAX)
+        .open()
+        .await
+        .unwrap();
+    let longest = vec![b'r'; MIB - 1];
+    journal.append(&longest).await.unwrap();
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    torn.write_all(&vec![b't'; MIB - 1]).unwrap();
+    let records = journal.records().await.unwrap();
+    assert_eq!(records.torn_tail().map(<[u8]>::len), Some(MIB - 1));
+    let read: Vec<Vec<u8>> = records.collect::<Result<_, _>>().unwrap();
+    assert_eq!(read, std::slice::from_ref(&longest));
+    journal.append("after").await.unwrap();
+    let read: Vec<Vec<u8>> = journal
+        .records()
+        .await
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(read, [longest, b"after".to_vec()]);
+
+    let path = dir.path().join("one-more.journal");
+    std::fs::write(&path, vec![b'z'; MIB]).unwrap();
+    let journal = Journal::open(&path).await.unwrap();
+    let appended = journal.append("record").await;
+    assert!(
+        matches!(appended, Err(JournalError::NotAJournal { offset: 0, .. })),
+        "{appended:?}"
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), MIB as u64);
+}

@@ -292,7 +292,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     // runtime's descriptors (epoll, its waker, that pair and a copy of one)
     // can be had. Nothing else opens any in between: no other thread runs.
     let spare = (0..3)
-        .map(|_| nix::unistd::pipe())
+        .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
         .collect::<Result<Vec<_>, _>>();
     if let Err(e) = spare {
         let e = std::io::Error::from(e);

@@ -26,8 +26,9 @@ macro_rules! answer {
 }
 
 pub(crate) fn say_line(line: Arguments<'_>) {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(line).and_then(|()| err.write_all(b"\n"));
+    // One write, so that the line does not interleave with the command's.
+    let line = format!("{line}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 pub(crate) fn answer_line(line: Arguments<'_>) {
@@ -53,7 +54,7 @@ pub(crate) fn shown_path(path: &Path) -> String {
     let text = path.to_string_lossy();
     let forges = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     };
     if text.contains(forges) {
         format!("{text:?}")

@@ -403,8 +403,8 @@ fn one_ctrl_c_reaches_the_command_once() {
 }
 
 /// Held by a test while it runs `lockmgr list` without a directory, which
-/// opens every locked file of the host to read its record, and by a test
-/// that counts the opens of its own lock file.
+/// opens every locked file of the host to read its record, and by the
+/// tests that count the opens of a lock file of theirs.
 static HOST_WIDE_LIST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The pid of the (only) child of `parent`, from /proc.
@@ -813,9 +813,10 @@ fn a_reader_that_went_away_is_no_panic() {
     let lock = dir.path().join("l.lock");
     std::fs::write(&lock, b"").unwrap();
     // A pipe whose reading end is closed before lockmgr starts: its first
-    // write fails with EPIPE, whatever the timing.
+    // write fails with EPIPE, whatever the timing. Close-on-exec, or a
+    // program another test starts meanwhile would keep the reading end.
     let broken = || {
-        let (read, write) = nix::unistd::pipe().unwrap();
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         drop(read);
         Stdio::from(write)
     };
@@ -946,6 +947,7 @@ fn text_from_other_processes_cannot_forge_lines() {
 #[test]
 fn listing_a_directory_opens_no_lock_file_outside_it() {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let _no_host_wide_list = HOST_WIDE_LIST.lock().unwrap_or_else(|e| e.into_inner());
     let listed = tempfile::tempdir().unwrap();
     let inside = listed.path().join("in.lock");
     let elsewhere = tempfile::tempdir().unwrap();

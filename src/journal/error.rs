@@ -62,9 +62,9 @@ pub enum JournalError {
         /// The maximum ([`JournalBuilder::max_record_len`](super::JournalBuilder::max_record_len)).
         max: usize,
     },
-    /// The file holds what no journal writer could have left: more than
-    /// 1 MiB (the longest append) without a line end, at its end or in a
-    /// line. It is another program's data, or damaged: nothing was cut or
+    /// The file holds what no journal writer could have left: 1 MiB (the
+    /// longest append, its line end included) or more without a line end,
+    /// at its end or in a line. It is another program's data, or damaged: nothing was cut or
     /// written, and reading stops there.
     NotAJournal {
         /// The journal file.
@@ -106,7 +106,7 @@ impl fmt::Display for JournalError {
             ),
             JournalError::NotAJournal { path, offset } => write!(
                 f,
-                "{} is not a journal, or is damaged: more than 1 MiB without a line end from \
+                "{} is not a journal, or is damaged: 1 MiB or more without a line end from \
                  byte {offset}, which no append leaves; nothing was cut or written",
                 path.display()
             ),

@@ -163,8 +163,8 @@ impl JournalBuilder {
 /// [`records`](Journal::records) reports it apart from the records, and the
 /// next append cuts it off (under the lock) before writing, so it never
 /// merges with another record. No append writes more than 1 MiB at once,
-/// so a longer run without a line end is no torn tail but another
-/// program's data or damage: it is never cut, and appends and reads stop
+/// its line end included, so a run of 1 MiB or more without a line end is
+/// no torn tail but another program's data or damage: it is never cut, and appends and reads stop
 /// there with [`JournalError::NotAJournal`].
 ///
 /// The journal file holds nothing but records. By default the lock is an
@@ -316,8 +316,9 @@ impl Journal {
     /// [`JournalError::NewlineInRecord`] and
     /// [`JournalError::RecordTooLong`] before anything is locked or written;
     /// [`JournalError::Lock`] when the lock cannot be had;
-    /// [`JournalError::NotAJournal`] when the file ends with more than an
-    /// append could leave without a line end (nothing is cut or written);
+    /// [`JournalError::NotAJournal`] when the file ends with more bytes
+    /// without a line end than an append could leave (nothing is cut or
+    /// written);
     /// [`JournalError::Io`] when the write or sync fails.
     ///
     /// # Cancel safety
@@ -414,9 +415,9 @@ impl Journal {
     /// # Errors
     ///
     /// [`JournalError::Lock`] when the shared lock cannot be had;
-    /// [`JournalError::NotAJournal`] when the file ends with more than an
-    /// append could leave without a line end (a line that long further in
-    /// ends the iterator with the same error);
+    /// [`JournalError::NotAJournal`] when the file ends with more bytes
+    /// without a line end than an append could leave (a line that long
+    /// further in ends the iterator with the same error);
     /// [`JournalError::Io`] when the file cannot be read.
     ///
     /// # Cancel safety
@@ -586,8 +587,9 @@ impl Journal {
 impl Journal {
     /// The offset just past the last newline before `len` (0 if none):
     /// `len` itself when the file ends with one, which one byte tells.
-    /// More than [`MAX_WRITE`] bytes without one is no torn append (each
-    /// append's `write` is at most that long): `NotAJournal`.
+    /// [`MAX_WRITE`] bytes or more without one is no torn append (each
+    /// append's `write` is at most that long, its newline included):
+    /// `NotAJournal`.
     fn last_newline_end(&self, file: &File, len: u64) -> Result<u64, JournalError> {
         let read = |buf: &mut [u8], at| {
             file.read_exact_at(buf, at)
@@ -613,7 +615,7 @@ impl Journal {
             }
             end = start;
         }
-        if floor > 0 {
+        if len >= MAX_WRITE as u64 {
             return Err(JournalError::NotAJournal {
                 path: self.inner.path.clone(),
                 offset: floor,
