@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::clock;
 use crate::error::{LockError, LockId, Operation};
-use crate::holder::{record_line, Holder, MAX_RECORD, TAG};
+use crate::holder::{is_whole_record, record_line, Holder, MAX_RECORD};
 use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
 use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
@@ -501,7 +501,9 @@ impl<'a> FileContender<'a> {
         if recent.is_none() {
             self.file()?;
         }
-        let mut head = [0u8; MAX_RECORD];
+        // One byte more than a record may have: a file that fills it is
+        // more than a record.
+        let mut head = [0u8; MAX_RECORD + 1];
         let read = os::read_head(self.fd(), &mut head);
         // Those bytes at the head also show the file to be the regular file
         // they were written to: no stat is needed.
@@ -530,10 +532,11 @@ impl<'a> FileContender<'a> {
         // truncated when the new record is shorter, since truncating costs a
         // file-system transaction on every acquire otherwise.
         let old_len = match read {
-            // Only an empty file or a record line (the tag, then a line end)
-            // is ours to replace: content that merely starts like one ("l",
-            // "lockmgr-holder/") is somebody's data.
-            Ok(n) if n == 0 || (head[..n].starts_with(TAG) && head[..n].contains(&b'\n')) => n,
+            // Only an empty file or a record, alone in the file, is ours to
+            // replace: content that merely starts like one ("l",
+            // "lockmgr-holder/ ..."), or a record followed by more, is
+            // somebody's data.
+            Ok(n) if n == 0 || is_whole_record(&head[..n]) => n,
             Ok(_) => {
                 tracing::debug!(lock = %self.config.path.display(), "lock file holds other data; no holder record written");
                 return None;

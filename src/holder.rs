@@ -8,12 +8,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
-/// The tag every version-1 record starts with.
-pub(crate) const TAG: &[u8] = b"lockmgr-holder/";
+/// The tag every record starts with, before its version.
+const TAG: &[u8] = b"lockmgr-holder/";
 const V1: &str = "lockmgr-holder/1";
 
 /// The largest record a reader looks at. Longer content is not a record.
 pub(crate) const MAX_RECORD: usize = 1024;
+
+/// Whether `content` (a whole file) is a holder record's and nothing else:
+/// one line, of at most [`MAX_RECORD`] bytes, that starts with the tag, a
+/// version number and a space. Only such a file (or an empty one) is a
+/// holder's to replace: a record may be garbled or of another version, but
+/// anything more (a line that merely starts with the tag, a record with
+/// other lines after it) is somebody's data.
+pub(crate) fn is_whole_record(content: &[u8]) -> bool {
+    let Some(line) = content.strip_suffix(b"\n") else {
+        return false;
+    };
+    let Some(rest) = line.strip_prefix(TAG) else {
+        return false;
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    content.len() <= MAX_RECORD
+        && !line.contains(&b'\n')
+        && digits > 0
+        && rest.get(digits) == Some(&b' ')
+}
 
 /// Who holds a lock, as the holder recorded it.
 ///

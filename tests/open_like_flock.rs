@@ -124,11 +124,33 @@ fn another_users_lock_file_in_a_sticky_directory_under_protected_regular() {
 #[test]
 fn content_that_only_starts_like_a_record_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
-    for content in ["l", "lock", "lockmgr-holder", "lockmgr-holder/"] {
+    let many_lines: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    let record = "lockmgr-holder/1 pid=1 host=vm since=1 label=x\n";
+    for content in [
+        "l".to_owned(),
+        "lock".to_owned(),
+        "lockmgr-holder".to_owned(),
+        "lockmgr-holder/".to_owned(),
+        // A line that starts with the tag, in somebody's notes.
+        "lockmgr-holder/ records look like this\n".to_owned(),
+        format!("lockmgr-holder/ records look like this\n{many_lines}"),
+        // A whole record, and more after it: not a lock file's record.
+        format!("{record}IMPORTANT DATA\n"),
+        format!("{record}{many_lines}"),
+        // A record line longer than a reader reads.
+        format!("lockmgr-holder/1 pid=1 label={}\n", "x".repeat(1100)),
+    ] {
         let path = dir.path().join(format!("data-{}", content.len()));
-        std::fs::write(&path, content).unwrap();
-        let guard = LockMgr::new(&path).try_acquire().unwrap();
-        drop(guard);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+        std::fs::write(&path, &content).unwrap();
+        for kind in [LockKind::Ofd, LockKind::Flock] {
+            let guard = LockMgr::builder(&path)
+                .kind(kind)
+                .build()
+                .try_acquire()
+                .unwrap();
+            drop(guard);
+            let now = std::fs::read_to_string(&path).unwrap();
+            assert!(now == content, "{kind:?} changed {content:?} into {now:?}");
+        }
     }
 }
