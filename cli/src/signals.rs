@@ -92,6 +92,12 @@ pub(crate) fn die_by(signal: Signal) -> u8 {
     // A signal that dumps core would leave a core of lockmgr's, not of the
     // command's: none.
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // Rust's runtime handles these two itself (to report a stack
+    // overflow), and its handler would swallow the raised signal; a
+    // disposition inherited (SIGINT ignored in a background job) is kept.
+    if matches!(signal, Signal::SIGSEGV | Signal::SIGBUS) {
+        crate::sys::default_action(signal);
+    }
     if raise(signal).is_ok() {
         let mut one = SigSet::empty();
         one.add(signal);

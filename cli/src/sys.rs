@@ -46,14 +46,21 @@ pub(crate) fn prepare_child(cmd: &mut tokio::process::Command, end_with_parent: 
     }
 }
 
+/// Gives `sig` its default action back, in place of a disposition Rust's
+/// runtime set (it ignores SIGPIPE and handles SIGSEGV and SIGBUS to
+/// report stack overflows), just before `lockmgr` ends by that signal.
+pub(crate) fn default_action(sig: Signal) {
+    // SAFETY: SIG_DFL installs no handler of ours, so no code of this
+    // process runs in a signal's context; and nothing relies on the old
+    // disposition any more: the process ends by this signal now.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+}
+
 /// Ends `lockmgr` by SIGPIPE, as a write to a pipe nobody reads ends a
 /// program that does not ignore the signal (Rust's runtime ignores it, so
 /// that such a write fails instead: this is where `lockmgr` gives up).
 pub(crate) fn die_of_sigpipe() -> ! {
-    // SAFETY: SIG_DFL installs no handler of ours, so no code of this
-    // process runs in a signal's context; and nothing here relies on SIGPIPE
-    // being ignored any more, since the process ends now.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    default_action(Signal::SIGPIPE);
     let mut pipe = SigSet::empty();
     pipe.add(Signal::SIGPIPE);
     let _ = pipe.thread_unblock();
