@@ -238,7 +238,8 @@ pub enum LockError {
     ReadOnly {
         /// The lock.
         lock: LockId,
-        /// The error the writable open gave (`EACCES`, `EROFS`).
+        /// The error the writable open gave (`EACCES`, `EROFS`, or `EPERM`
+        /// for an immutable or append-only file).
         source: io::Error,
     },
     /// A directory on the way to the lock file does not exist and the

@@ -125,8 +125,14 @@ pub(crate) fn open_lock_file(
             file: None,
             writable: true,
         }),
+        // No write access (EACCES), a read-only mount (EROFS), or an
+        // immutable or append-only file (EPERM, even for root): a file that
+        // may only be read.
         Err(OpenError::Io(e))
-            if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)) =>
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+            ) =>
         {
             match open_checked(path, safe_flags() | OFlag::O_RDONLY) {
                 Ok((fd, file)) if read_only_ok => Ok(Opened {

@@ -154,3 +154,52 @@ fn content_that_only_starts_like_a_record_is_never_overwritten() {
         }
     }
 }
+
+/// Sets file attributes with `chattr` for as long as it lives.
+struct Attributes<'a>(&'a Path);
+
+impl<'a> Attributes<'a> {
+    fn set(path: &'a Path, flags: &str) -> Attributes<'a> {
+        let done = std::process::Command::new("chattr")
+            .arg(format!("+{flags}"))
+            .arg(path)
+            .status()
+            .expect("chattr (e2fsprogs) runs");
+        assert!(done.success(), "chattr +{flags} needs root and ext4");
+        Attributes(path)
+    }
+}
+
+impl Drop for Attributes<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .args(["-i", "-a"])
+            .arg(self.0)
+            .status();
+    }
+}
+
+/// An immutable or append-only lock file (`chattr +i`, `+a`), which may be
+/// opened for reading only, even by root: `flock` locks and shared OFD
+/// locks take it, as `flock(1)` does; an exclusive OFD lock says why it
+/// cannot. Nothing is written. (Before: "Operation not permitted" for all.)
+#[test]
+fn immutable_and_append_only_lock_files_lock_like_read_only_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for flags in ["i", "a"] {
+        let path = dir.path().join(format!("attr-{flags}.lock"));
+        std::fs::write(&path, b"").unwrap();
+        let _attrs = Attributes::set(&path, flags);
+        let flock = LockMgr::builder(&path).kind(LockKind::Flock).build();
+        drop(flock.try_acquire().unwrap());
+        drop(flock.try_acquire_shared().unwrap());
+        let ofd = LockMgr::new(&path);
+        drop(ofd.try_acquire_shared().unwrap());
+        let refused = ofd.try_acquire().unwrap_err();
+        assert!(
+            matches!(refused, lockmgr::LockError::ReadOnly { .. }),
+            "+{flags}: {refused}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+}
