@@ -237,11 +237,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // One line, as for every other error: clap's first, without its
-            // own prefix and usage hint.
+            // One line, as for every other error: clap's message, without
+            // its own prefix and usage hint; what it lists on the lines
+            // after the first (the missing arguments) is kept, on that line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            return fail(first.trim_start_matches("error: "));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = message.join(" ");
+            let line = line.trim_start_matches("error: ");
+            return fail(if line.is_empty() {
+                "invalid arguments"
+            } else {
+                line
+            });
         }
     };
     match cli.command {

@@ -174,8 +174,14 @@ fn errors_are_one_line_and_exit_2() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("lockmgr: "), "{err}");
     }
-    // Bad arguments: clap's usage error, also status 2.
-    assert_eq!(lockmgr(&["run", "x.lock"]).status.code(), Some(2));
+    // Bad arguments: clap's usage error, also status 2, in one line that
+    // says what is missing (before: "the following required arguments were
+    // not provided:", and nothing after).
+    let out = lockmgr(&["run", "x.lock"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("<COMMAND>"), "{err}");
     assert_eq!(
         lockmgr(&["run", "--nonblock", "--wait", "1", "x", "--", "true"])
             .status
