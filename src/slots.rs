@@ -98,6 +98,13 @@ struct SlotContender<'a> {
 
 impl<'a> SlotContender<'a> {
     fn open(config: &'a LockConfig, permits: u32) -> Result<Self, LockError> {
+        // Before the file is made: an absurd count leaves nothing behind.
+        if permits == 0 || permits > MAX_PERMITS {
+            return Err(LockError::Invalid {
+                lock: config.id.clone(),
+                reason: format!("a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"),
+            });
+        }
         let (fd, file, _) = open_fd(config, LockMode::Exclusive)?;
         check_permits(config, &fd, permits)?;
         Ok(SlotContender {
@@ -207,11 +214,6 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
         lock: config.id.clone(),
         reason,
     };
-    if permits == 0 || permits > MAX_PERMITS {
-        return Err(invalid(format!(
-            "a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"
-        )));
-    }
     let read = |fd: &OwnedFd| -> Result<String, LockError> {
         let mut head = [0u8; 64];
         let n = os::read_head(fd, &mut head)

@@ -138,10 +138,11 @@ fn disagreement_and_bad_input_are_refused() {
     );
     drop(two);
     for n in [0, 5000] {
-        let e = Semaphore::new(dir.path().join(format!("{n}.sem")), n)
-            .try_acquire()
-            .unwrap_err();
+        let absurd = dir.path().join(format!("{n}.sem"));
+        let e = Semaphore::new(&absurd, n).try_acquire().unwrap_err();
         assert!(matches!(e, LockError::Invalid { .. }), "{n}: {e:?}");
+        // Refused before anything is made (before: an empty file was left).
+        assert!(!absurd.exists(), "{n}: {} was created", absurd.display());
     }
     let data = dir.path().join("data.txt");
     std::fs::write(&data, "precious").unwrap();
