@@ -53,21 +53,22 @@ impl Progress {
             return;
         }
         let waited = self.started.elapsed();
-        let attempt = if self.per_attempt.is_zero() {
-            1
-        } else {
-            // Saturates: an attempt as long as it takes is attempt 1.
-            (waited.as_secs_f64() / self.per_attempt.as_secs_f64()) as u32 + 1
-        }
-        .min(self.attempts);
-        let line = format!(
-            "lockmgr: waiting for lock {} ({}): {:.0}s, attempt {}/{}",
+        let mut line = format!(
+            "lockmgr: waiting for lock {} ({}): {:.0}s",
             self.lock,
             self.held_by(),
             waited.as_secs_f64(),
-            attempt,
-            self.attempts
         );
+        // A wait as long as it takes is one attempt: no count to show.
+        if self.per_attempt != Duration::MAX {
+            let attempt = if self.per_attempt.is_zero() {
+                1
+            } else {
+                (waited.as_secs_f64() / self.per_attempt.as_secs_f64()) as u32 + 1
+            }
+            .min(self.attempts);
+            line.push_str(&format!(", attempt {attempt}/{}", self.attempts));
+        }
         let mut err = std::io::stderr().lock();
         let _ = if self.tty {
             write!(err, "\r\x1b[K{line}")

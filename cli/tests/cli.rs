@@ -94,6 +94,7 @@ fn waiting_gives_up_after_the_attempts_with_one_line_off_a_terminal() {
         .collect();
     assert_eq!(waiting.len(), 1, "{err}");
     assert!(waiting[0].contains("held by pid"), "{err}");
+    assert!(waiting[0].ends_with("attempt 1/3"), "{err}");
     assert!(err.contains("after 3 attempts"), "{err}");
 
     let quiet = lockmgr(&["run", "-q", "-w", "0.1", s(&lock), "--", "true"]);
@@ -120,6 +121,8 @@ fn a_waiting_run_proceeds_when_the_holder_leaves() {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("waiting for lock"), "{line}");
+    // As long as it takes: no count of attempts (before: "attempt 1/10").
+    assert!(!line.contains("attempt"), "{line}");
     assert!(finish(first).status.success());
     let out = second.wait_with_output().unwrap();
     assert!(out.status.success());
