@@ -44,11 +44,17 @@ pub(crate) fn mode(args: &RunArgs) -> LockMode {
 
 /// The exit status for a lock that was not obtained.
 pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
-    if e.is_contended() {
-        say!("lockmgr: {e}");
-        ExitCode::from(args.conflict_exit_code)
-    } else {
-        fail(&e.to_string())
+    match e {
+        e if e.is_contended() => {
+            say!("lockmgr: {e}");
+            ExitCode::from(args.conflict_exit_code)
+        }
+        // The library's hint names its builder, which a user of the
+        // command has not got.
+        LockError::MissingParent { lock } => fail(&format!(
+            "cannot create lock file {lock}: its directory does not exist"
+        )),
+        e => fail(&e.to_string()),
     }
 }
 

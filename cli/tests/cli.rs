@@ -176,6 +176,8 @@ fn errors_are_one_line_and_exit_2() {
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("lockmgr: "), "{err}");
+        // Nothing that only a user of the library could act on.
+        assert!(!err.contains("builder"), "{err}");
     }
     // Bad arguments: clap's usage error, also status 2, in one line that
     // says what is missing (before: "the following required arguments were
