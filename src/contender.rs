@@ -549,12 +549,15 @@ impl<'a> FileContender<'a> {
         } else {
             last
         };
-        let record = record_line(
-            pid,
-            os::hostname(),
-            since,
-            self.config.label.as_deref(),
-            token,
+        let record = padded(
+            record_line(
+                pid,
+                os::hostname(),
+                since,
+                self.config.label.as_deref(),
+                token,
+            ),
+            old_len,
         );
         let remember = |cached: &mut Option<LastRecord>| {
             *cached = Some(LastRecord {
@@ -601,6 +604,25 @@ impl<'a> FileContender<'a> {
             holder: self.holder(),
         }
     }
+}
+
+/// `record`, made at least `old_len` bytes long with a `pad=` field (which
+/// readers skip), so that it replaces the old record in one write and the
+/// file is never cut: a holder killed between a shorter record's write and
+/// the cut would leave the new record with the old one's tail after it,
+/// which is no longer a lone record, and so never written to again (no
+/// holder named, no fencing token). Only a record within 5 bytes of the
+/// largest is still cut to length.
+fn padded(mut record: String, old_len: usize) -> String {
+    const PAD: &str = " pad=";
+    if old_len > record.len() && record.len() + PAD.len() <= MAX_RECORD {
+        let fill = old_len.saturating_sub(record.len() + PAD.len());
+        record.pop();
+        record.push_str(PAD);
+        record.extend(std::iter::repeat_n('.', fill));
+        record.push('\n');
+    }
+    record
 }
 
 /// Whether the directory that would hold `path` exists (so that `ENOENT`

@@ -151,3 +151,34 @@ fn an_overlong_label_is_cut_and_the_record_stays_readable() {
         drop(guard);
     }
 }
+
+/// A shorter record replaces a longer one in one write, padded to the old
+/// length, and the file is not cut: a holder killed between a write and a
+/// cut would have left the new record with the old one's tail, which is
+/// no record, and so the file would never have been written to again (no
+/// holder named, no token; found by killing a holder at its `ftruncate`
+/// with `strace -e inject=ftruncate:signal=KILL`). (Before: the file was
+/// cut to the shorter record.)
+#[test]
+fn a_shorter_record_replaces_a_longer_one_without_a_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrink.lock");
+    let looker = LockMgr::new(&path);
+    let long = LockMgr::builder(&path)
+        .label("a long label for the first holder ".repeat(4))
+        .fencing_tokens(true)
+        .build();
+    let first = long.try_acquire().unwrap().fencing_token().unwrap();
+    let longest = std::fs::metadata(&path).unwrap().len();
+    for (label, step) in [("short", 1), ("shorter!", 2), ("x", 3)] {
+        let lock = LockMgr::builder(&path)
+            .label(label)
+            .fencing_tokens(true)
+            .build();
+        let guard = lock.try_acquire().unwrap();
+        assert_eq!(guard.fencing_token(), Some(first + step));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), longest, "{label}");
+        let holder = looker.holder().unwrap().expect("the holder is named");
+        assert_eq!(holder.label.as_deref(), Some(label));
+    }
+}
