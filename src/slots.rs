@@ -26,6 +26,9 @@ const SLOT_BASE: i64 = 1 << 40;
 /// The byte every waiting process marks with a shared lock while it waits:
 /// a newcomer that sees the mark lets those waiters go first.
 const WAITING_BYTE: i64 = SLOT_BASE - 1;
+/// The byte the first users of a new semaphore file lock, one at a time,
+/// to write its count.
+const COUNT_BYTE: i64 = SLOT_BASE - 2;
 /// How long a newcomer lets the processes already waiting try first.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(2);
 /// The most permits a semaphore may have (each try looks at every slot).
@@ -222,11 +225,20 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
     };
     let mut head = read(fd)?;
     if head.is_empty() {
-        let line = format!("{TAG}{permits}\n");
-        os::write_head(fd, line.as_bytes(), false)
-            .map_err(|e| LockError::io(&config.path, Operation::Lock, e))?;
-        // Read back: of two first users that disagree, one learns it here.
-        head = read(fd)?;
+        // The first users write the count one at a time, each looking
+        // again under the lock: of two that disagree, the second then finds
+        // the first's count instead of writing its own over it (and both
+        // reading back their own). The lock is held for a read and a write.
+        let io = |op, e| LockError::io(&config.path, op, e);
+        os::lock_byte_blocking(fd, COUNT_BYTE).map_err(|e| io(Operation::Lock, e))?;
+        let written = read(fd).and_then(|now| match now.is_empty() {
+            true => os::write_head(fd, format!("{TAG}{permits}\n").as_bytes(), false)
+                .map_err(|e| io(Operation::Lock, e))
+                .and_then(|()| read(fd)),
+            false => Ok(now),
+        });
+        let _ = os::unlock_byte(fd, COUNT_BYTE);
+        head = written?;
     }
     let found = head
         .strip_prefix(TAG)
