@@ -231,11 +231,13 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
         // reading back their own). The lock is held for a read and a write.
         let io = |op, e| LockError::io(&config.path, op, e);
         os::lock_byte_blocking(fd, COUNT_BYTE).map_err(|e| io(Operation::Lock, e))?;
-        let written = read(fd).and_then(|now| match now.is_empty() {
-            true => os::write_head(fd, format!("{TAG}{permits}\n").as_bytes(), false)
-                .map_err(|e| io(Operation::Lock, e))
-                .and_then(|()| read(fd)),
-            false => Ok(now),
+        let written = read(fd).and_then(|now| {
+            if !now.is_empty() {
+                return Ok(now);
+            }
+            os::write_head(fd, format!("{TAG}{permits}\n").as_bytes(), false)
+                .map_err(|e| io(Operation::Lock, e))?;
+            read(fd)
         });
         let _ = os::unlock_byte(fd, COUNT_BYTE);
         head = written?;

@@ -64,8 +64,8 @@ pub enum JournalError {
     },
     /// The file holds what no journal writer could have left: 1 MiB (the
     /// longest append, its line end included) or more without a line end,
-    /// at its end or in a line. It is another program's data, or damaged: nothing was cut or
-    /// written, and reading stops there.
+    /// at its end or in a line. It is another program's data, or damaged:
+    /// nothing was cut or written, and reading stops there.
     NotAJournal {
         /// The journal file.
         path: PathBuf,

@@ -164,8 +164,8 @@ impl JournalBuilder {
 /// next append cuts it off (under the lock) before writing, so it never
 /// merges with another record. No append writes more than 1 MiB at once,
 /// its line end included, so a run of 1 MiB or more without a line end is
-/// no torn tail but another program's data or damage: it is never cut, and appends and reads stop
-/// there with [`JournalError::NotAJournal`].
+/// no torn tail but another program's data or damage: it is never cut,
+/// and appends and reads stop there with [`JournalError::NotAJournal`].
 ///
 /// The journal file holds nothing but records. By default the lock is an
 /// OFD lock on the journal file itself (with no holder record); another
