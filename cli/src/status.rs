@@ -15,7 +15,7 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         return fail(&format!("cannot read lock file {}: {e}", path.display()));
     }
     let lock = LockMgr::builder(path).kind(args.kind.into()).build();
-    let status = match lock.status() {
+    let mut status = match lock.status() {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
@@ -23,9 +23,22 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         Ok(h) => h,
         Err(e) => return fail(&e.to_string()),
     };
+    // The library checks a record only for a living process. Here every
+    // holder is known too: when all are seen and none is the recorded
+    // process, the record is an old one (its pid reused since, or a program
+    // that writes no record holds the file).
+    let mut old_record = false;
+    if let Status::Exclusive { holder: Some(h) } = &mut status {
+        let seen_all = holders.unseen == 0 && !holders.holding.is_empty();
+        if !h.stale && seen_all && holders.holding.iter().all(|p| p.pid != h.pid) {
+            h.stale = true;
+            old_record = true;
+        }
+    }
     let on_host = OnHost {
         kind: args.kind.into(),
         holders: &holders,
+        old_record,
     };
     report(path, args.kind.name(), status, Some(on_host), args.json)
 }
@@ -34,6 +47,8 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
 pub(crate) struct OnHost<'a> {
     kind: LockKind,
     holders: &'a Holders,
+    /// The record names a living process that holds no lock on the file.
+    old_record: bool,
 }
 
 impl OnHost<'_> {
@@ -98,6 +113,16 @@ pub(crate) fn report(
         let what = match &status {
             Status::Missing | Status::Free => "free".to_owned(),
             Status::Shared => "held shared".to_owned(),
+            Status::Exclusive { holder: Some(h) }
+                if on_host.as_ref().is_some_and(|o| o.old_record) =>
+            {
+                format!(
+                "held exclusive; the record in the file names pid {} on host {}, which does not \
+                 hold it (an old record)",
+                h.pid,
+                h.host.escape_debug()
+            )
+            }
             Status::Exclusive { holder: Some(h) } => format!("held exclusive by {h}"),
             Status::Exclusive { holder: None } => "held exclusive (holder unknown)".to_owned(),
             _ => "in an unknown state".to_owned(),

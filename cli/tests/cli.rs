@@ -994,3 +994,48 @@ fn listing_a_directory_opens_no_lock_file_outside_it() {
     let touched = watch.read_events().map(|e| e.len()).unwrap_or(0);
     assert_eq!(touched, 0, "list opened a lock file outside its directory");
 }
+
+/// A record that names a living process which does not hold the lock (its
+/// pid reused since, or a program that writes no record holds the file
+/// now) is said to be an old record, not given as the holder. (Before:
+/// "held exclusive by pid 1 ... (deploy)", "stale": false, while the lines
+/// below named flock(1) and its command.)
+#[test]
+fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("deploy.lock");
+    // pid 1 lives, and holds no lock on this file.
+    std::fs::write(
+        &lock,
+        "lockmgr-holder/1 pid=1 host=elsewhere since=1763917331 label=deploy\n",
+    )
+    .unwrap();
+    let mut flock = Command::new("flock")
+        .args([s(&lock), "sh", "-c", "echo locked; read line || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(flock.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n");
+
+    let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    let first = said.lines().next().unwrap();
+    assert!(
+        first.ends_with("held exclusive; the record in the file names pid 1 on host elsewhere, which does not hold it (an old record)"),
+        "{said}"
+    );
+    assert!(said.contains("  held by flock pid "), "{said}");
+    let out = lockmgr(&["status", "--kind", "flock", "--json", s(&lock)]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["holder"]["pid"], 1);
+    assert_eq!(json["holder"]["stale"], true, "{json}");
+
+    drop(flock.stdin.take());
+    assert!(flock.wait().unwrap().success());
+}
