@@ -26,11 +26,15 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // The library checks a record only for a living process. Here every
     // holder is known too: when all are seen and none is the recorded
     // process, the record is an old one (its pid reused since, or a program
-    // that writes no record holds the file).
+    // that writes no record holds the file). Only for a record of this host
+    // (its name, as the library compares it): a process of a container on
+    // this host, which may share the file, records its pid in its own
+    // namespace, not the one the holders are seen in.
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
         let seen_all = holders.unseen == 0 && !holders.holding.is_empty();
-        if !h.stale && seen_all && holders.holding.iter().all(|p| p.pid != h.pid) {
+        let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
+        if !h.stale && here && seen_all && holders.holding.iter().all(|p| p.pid != h.pid) {
             h.stale = true;
             old_record = true;
         }

@@ -1004,10 +1004,12 @@ fn listing_a_directory_opens_no_lock_file_outside_it() {
 fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("deploy.lock");
-    // pid 1 lives, and holds no lock on this file.
+    // pid 1 lives, and holds no lock on this file. (A record of another
+    // host is not judged: its pids are not this host's.)
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     std::fs::write(
         &lock,
-        "lockmgr-holder/1 pid=1 host=elsewhere since=1763917331 label=deploy\n",
+        format!("lockmgr-holder/1 pid=1 host={host} since=1763917331 label=deploy\n"),
     )
     .unwrap();
     let mut flock = Command::new("flock")
@@ -1027,7 +1029,10 @@ fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
     let said = text(&out.stdout);
     let first = said.lines().next().unwrap();
     assert!(
-        first.ends_with("held exclusive; the record in the file names pid 1 on host elsewhere, which does not hold it (an old record)"),
+        first.ends_with(&format!(
+            "held exclusive; the record in the file names pid 1 on host {host}, which does not \
+             hold it (an old record)"
+        )),
         "{said}"
     );
     assert!(said.contains("  held by flock pid "), "{said}");
@@ -1035,6 +1040,18 @@ fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["holder"]["pid"], 1);
     assert_eq!(json["holder"]["stale"], true, "{json}");
+    // The same record from another host is given as it is.
+    std::fs::write(
+        &lock,
+        "lockmgr-holder/1 pid=1 host=elsewhere since=1763917331 label=deploy\n",
+    )
+    .unwrap();
+    let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(": held exclusive by pid 1 on host elsewhere "),
+        "{said}"
+    );
 
     drop(flock.stdin.take());
     assert!(flock.wait().unwrap().success());
