@@ -30,6 +30,22 @@ fn holder(lock: &Path, opts: &[&str]) -> Child {
     child
 }
 
+/// util-linux `flock LOCK sh -c SCRIPT`, stdin and stdout piped; returns
+/// once the script has printed its first line, with that line.
+fn flock_1_holding(lock: &Path, script: &str) -> (Child, String) {
+    let mut child = Command::new("flock")
+        .args([s(lock), "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
 fn finish(mut child: Child) -> Output {
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -259,16 +275,7 @@ fn flock_kind_interoperates_with_util_linux_flock() {
     );
     finish(ours);
 
-    let mut theirs = Command::new("flock")
-        .args([s(&lock), "sh", "-c", "echo locked; exec cat >/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(theirs.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut theirs, _) = flock_1_holding(&lock, "echo locked; exec cat >/dev/null");
     let out = lockmgr(&["run", "-n", "--kind", "flock", s(&lock), "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     // The OFD family does not see flock(1): the kind must match.
@@ -649,17 +656,8 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
     let free = dir.path().join("idle.lock");
     std::fs::write(&free, b"").unwrap();
     std::fs::write(dir.path().join("data.txt"), b"not a lock").unwrap();
-    let mut flock = Command::new("flock")
-        // No `exec` after the line: the command's name stays `sh`.
-        .args([s(&lock), "sh", "-c", "echo locked $$; read line || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(flock.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // No `exec` after the line: the command's name stays `sh`.
+    let (mut flock, line) = flock_1_holding(&lock, "echo locked $$; read line || true");
     let command: u32 = line
         .trim()
         .strip_prefix("locked ")
@@ -1012,16 +1010,7 @@ fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
         format!("lockmgr-holder/1 pid=1 host={host} since=1763917331 label=deploy\n"),
     )
     .unwrap();
-    let mut flock = Command::new("flock")
-        .args([s(&lock), "sh", "-c", "echo locked; read line || true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(flock.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut flock, line) = flock_1_holding(&lock, "echo locked; read line || true");
     assert_eq!(line, "locked\n");
 
     let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
