@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -300,6 +301,87 @@ async fn a_busy_process_does_not_starve_another() {
             .unwrap()
             .unwrap();
     }
+}
+
+/// A task further back in line sleeps while the line moves: only the task
+/// that becomes the head is woken. (Waking the next in line at every
+/// handoff, as the watch for stalled heads once did, doubled the cost of an
+/// in-process handoff with two or more tasks waiting.)
+#[tokio::test(flavor = "current_thread")]
+async fn only_the_new_head_is_woken_when_the_line_moves() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+
+    // Each task counts how often its acquire is polled, and holds what it
+    // wins until told to let go.
+    let task = |name: &'static str| {
+        let lock = lock.clone();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let counted = polls.clone();
+        tokio::spawn(async move {
+            let mut acquire = Box::pin(lock.acquire(true, Duration::MAX));
+            let guard = std::future::poll_fn(|cx| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                acquire.as_mut().poll(cx)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            won_tx.send(()).unwrap();
+            go_rx.await.unwrap();
+            drop(guard);
+        });
+        (polls, won_rx, go_tx)
+    };
+    let (_, a_won, a_go) = task("first");
+    common::until_waiting(&path).await;
+    let (b_polls, b_won, b_go) = task("second");
+    let (c_polls, c_won, c_go) = task("third");
+    while b_polls.load(Ordering::SeqCst) == 0 || c_polls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        c_polls.load(Ordering::SeqCst),
+        1,
+        "the third was polled again"
+    );
+
+    // The first wins; the second becomes the head and waits on the lock
+    // (its tasks runs again on this thread); the third is not woken.
+    drop(held);
+    tokio::time::timeout(LIVENESS, a_won)
+        .await
+        .unwrap()
+        .unwrap();
+    let b_before = b_polls.load(Ordering::SeqCst);
+    while b_polls.load(Ordering::SeqCst) == b_before {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        c_polls.load(Ordering::SeqCst),
+        1,
+        "the third in line was woken when the second became the head"
+    );
+
+    // And the line still goes in turn.
+    a_go.send(()).unwrap();
+    tokio::time::timeout(LIVENESS, b_won)
+        .await
+        .unwrap()
+        .unwrap();
+    b_go.send(()).unwrap();
+    tokio::time::timeout(LIVENESS, c_won)
+        .await
+        .unwrap()
+        .unwrap();
+    c_go.send(()).unwrap();
 }
 
 /// The head of the line whose future is kept but no longer polled (a
