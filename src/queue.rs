@@ -25,8 +25,10 @@
 //! changes at every handoff: a second that watched had to be woken each
 //! time to start its timer, which cost every in-process handoff with two or
 //! more tasks waiting about as much as the handoff itself (measured: 14 us
-//! against 7 us). The thread only wakes when a promise comes due sooner
-//! than it meant to look, which heads that keep moving rarely make it do.
+//! against 7 us). The thread sleeps until the earliest promise of a
+//! followed head (plus the grace) and is woken early only when a head
+//! promises less than that; it looks at most every [`MIN_GAP`], however
+//! many lines there are.
 //!
 //! This module knows nothing of files, errors or guards: it orders waiters.
 
@@ -48,6 +50,11 @@ use crate::os::FileId;
 /// its place: room for a busy runtime to get round to it.
 pub(crate) const GRACE: Duration = Duration::from_millis(250);
 
+/// The least time between two looks of the line watch: each look goes
+/// through every line, and heads that keep promising at different times
+/// would otherwise have it look once for each. Small against [`GRACE`].
+const MIN_GAP: Duration = Duration::from_millis(20);
+
 /// The promise a head makes when it joins, before its waiting loop runs:
 /// opening the file and trying take no longer than this on a healthy
 /// runtime.
@@ -61,16 +68,19 @@ struct Slot {
     /// in nanoseconds after [`epoch`] (`u64::MAX`: when woken, by whoever
     /// wakes it).
     alive_until: AtomicU64,
-    /// While this waiter is the head: someone waits behind it, so the line
-    /// watch holds it to its promises.
+    /// While this waiter is the head: someone waits behind it. The watch
+    /// holds every head with someone behind it to its promises whatever
+    /// this says; it decides whether a new promise must tell the watch, so
+    /// that a head alone in its line (the common case) never wakes it.
     followed: AtomicBool,
     /// When it joined, in Unix milliseconds (for the waiting board).
     joined_ms: u64,
 }
 
-/// Tells the waiting board how many wait in `line`, and since when: the
-/// front joined first (the line only grows at its back). O(1): it runs at
-/// every join and leave.
+/// Tells the waiting board how many wait in `line`, and since when: as
+/// the front joined (the line only grows at its back, so the front joined
+/// first, unless the watch passed over a head, which then waits at the
+/// back). O(1): it runs at every join and leave.
 fn publish(file: FileId, line: &Line) {
     let since = line.slots.front().map_or(0, |s| s.joined_ms);
     board::publish(file, line.slots.len(), since);
@@ -150,9 +160,9 @@ impl Slot {
     /// Records the promise to run by `at` (nanoseconds after [`epoch`]),
     /// for the line watch to hold this slot to if anyone waits behind it.
     fn promise(&self, at: u64) {
-        // SeqCst on both sides (here, and `follow` in `push`): either this
-        // promise is seen by the joiner's look, or the joiner's mark is
-        // seen here.
+        // SeqCst on both sides (here, and `follow`, called with the lines
+        // locked when the line behind this head changes): either this
+        // promise is seen by `follow`, or its mark is seen here.
         self.alive_until.store(at, Ordering::SeqCst);
         if at != u64::MAX && self.followed.load(Ordering::SeqCst) {
             watch::look_by(at.saturating_add(nanos(GRACE)));
@@ -232,9 +242,9 @@ impl Ticket {
             .is_some_and(|front| front.id == self.slot.id)
     }
 
-    /// Resolves once this ticket is at the front of its line (the line
-    /// watch puts it there in place of a head that broke its promise to
-    /// run).
+    /// Resolves once this ticket is at the front of its line: when those
+    /// ahead have left, or the line watch has put it in place of a head
+    /// that broke its promise to run.
     ///
     /// Cancel safe: a wake-up that arrives while no one awaits is kept as a
     /// permit by the [`Notify`], so checking and then sleeping loses nothing.
@@ -350,6 +360,8 @@ mod watch {
     /// resets it before each look.
     static NEXT_LOOK: AtomicU64 = AtomicU64::new(u64::MAX);
     static THREAD: Mutex<Forkable<Option<std::thread::Thread>>> = Mutex::new(Forkable::NONE);
+    /// Whether the warning that the thread cannot start was given.
+    static WARNED: AtomicBool = AtomicBool::new(false);
 
     fn thread() -> MutexGuard<'static, Forkable<Option<std::thread::Thread>>> {
         THREAD.lock().unwrap_or_else(|e| e.into_inner())
@@ -359,44 +371,59 @@ mod watch {
     /// Free when it means to look by then anyway: no thread is woken.
     pub(super) fn look_by(at: u64) {
         if NEXT_LOOK.fetch_min(at, Ordering::SeqCst) > at {
-            if let Some(t) = thread().get() {
-                t.unpark();
+            match thread().get() {
+                Some(t) => t.unpark(),
+                // It could not start before: try again.
+                none => start(none),
             }
         }
     }
 
     /// Starts the watch in this process if it is not running (a forked
-    /// child has none of its parent's threads). Called with the lines
-    /// locked, when a line first has someone behind its head.
+    /// child has none of its parent's threads, and its inherited NEXT_LOOK
+    /// may be too early for `look_by` to start one). Called when a line
+    /// first has someone behind its head.
     pub(super) fn ensure_running() {
         let mut thread = thread();
         let thread = thread.get();
-        if thread.is_some() {
-            return;
+        if thread.is_none() {
+            start(thread);
         }
-        // It looks at once when it starts: a child's inherited NEXT_LOOK
-        // means nothing.
+    }
+
+    fn start(thread: &mut Option<std::thread::Thread>) {
+        // It looks at once when it starts.
         match std::thread::Builder::new()
             .name("lockmgr-line".into())
             .spawn(run)
         {
             Ok(handle) => *thread = Some(handle.thread().clone()),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "lockmgr: cannot start the thread that watches the first task waiting in \
-                 line for a lock; a head that is no longer polled is not passed over until \
-                 it can start"
-            ),
+            Err(e) => {
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "lockmgr: cannot start the thread that watches the first task waiting \
+                         in line for a lock; until it starts (it is tried again at each \
+                         promise of a first task), a first task that is no longer polled is \
+                         not passed over"
+                    );
+                }
+            }
         }
     }
 
     fn run() {
         loop {
             NEXT_LOOK.store(u64::MAX, Ordering::SeqCst);
-            let next = look();
+            let looked = Instant::now();
+            // A panic (a tracing subscriber's, say) must not end the watch
+            // for good: the lines it left are consistent, and it looks
+            // again after the gap.
+            let next = std::panic::catch_unwind(look).unwrap_or(0);
             NEXT_LOOK.fetch_min(next, Ordering::SeqCst);
+            let earliest = nanos_since_epoch(looked + MIN_GAP);
             loop {
-                let at = NEXT_LOOK.load(Ordering::SeqCst);
+                let at = NEXT_LOOK.load(Ordering::SeqCst).max(earliest);
                 let now = nanos_since_epoch(Instant::now());
                 if at <= now {
                     break;
@@ -410,8 +437,8 @@ mod watch {
         }
     }
 
-    /// Passes over every followed head past its promise and the grace;
-    /// returns when to look next.
+    /// Passes over every head with someone behind it that is past its
+    /// promise and the grace; returns when to look next.
     fn look() -> u64 {
         let mut lines = lines();
         let now = Instant::now();

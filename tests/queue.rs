@@ -351,7 +351,7 @@ async fn only_the_new_head_is_woken_when_the_line_moves() {
     );
 
     // The first wins; the second becomes the head and waits on the lock
-    // (its tasks runs again on this thread); the third is not woken.
+    // (its task runs again on this thread); the third is not woken.
     drop(held);
     tokio::time::timeout(LIVENESS, a_won)
         .await
