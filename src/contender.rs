@@ -544,10 +544,24 @@ impl<'a> FileContender<'a> {
             Err(_) => return None,
         };
         let last = Holder::parse(&head[..old_len]).and_then(|h| h.token);
-        let token = if self.config.fencing {
-            Some(last.unwrap_or(0).checked_add(1)?)
-        } else {
-            last
+        let mut drawn = self.config.fencing;
+        let token = match last.unwrap_or(0).checked_add(1) {
+            Some(next) if drawn => Some(next),
+            None if drawn => {
+                // Never back to a smaller one: this holder goes without,
+                // and its record keeps the largest, so no later one draws
+                // a token that an earlier holder's could outrank.
+                drawn = false;
+                tracing::warn!(
+                    "lockmgr: the fencing token of lock {} is at its largest ({}): no token is \
+                     drawn for this holder or any later one; to start again at 1, remove the \
+                     lock file's record once every fenced resource accepts that",
+                    self.config.path.display(),
+                    u64::MAX
+                );
+                last
+            }
+            _ => last,
         };
         let record = padded(
             record_line(
@@ -575,7 +589,7 @@ impl<'a> FileContender<'a> {
         match os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
             Ok(()) => {
                 remember(cached);
-                token.filter(|_| self.config.fencing)
+                token.filter(|_| drawn)
             }
             Err(e) => {
                 tracing::warn!(lock = %self.config.path.display(), error = %e, "could not write the holder record");

@@ -1,6 +1,6 @@
 //! The tracing events an operator relies on: one info event when a call
 //! first has to wait, naming the lock; a debug event per try; a debug event
-//! on release.
+//! on release; a warning when fencing tokens can go no higher.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,4 +128,53 @@ fn tries_while_waiting(timeout: Duration, max_attempts: u32) -> usize {
 fn tiny_timeouts_do_not_spin() {
     let tries = tries_while_waiting(Duration::from_nanos(1), 20_000_000);
     assert!(tries <= 8, "{tries} lock calls in a 20 ms wait");
+}
+
+/// A record whose fencing token is already the largest there is (written
+/// by hand, or by a hostile writer) leaves every later holder without a
+/// token: the token is never taken back to a smaller one, so the holder
+/// goes without, and the operator is told why with a warning naming the
+/// lock.
+#[test]
+fn a_fencing_token_at_its_largest_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fenced.lock");
+    let lock = LockMgr::builder(&path).fencing_tokens(true).build();
+    assert_eq!(lock.try_acquire().unwrap().fencing_token(), Some(1));
+    let record = std::fs::read_to_string(&path).unwrap();
+    assert!(record.contains(" token=1"), "{record:?}");
+    std::fs::write(
+        &path,
+        record.replace(" token=1", &format!(" token={}", u64::MAX)),
+    )
+    .unwrap();
+
+    let recorder = Recorder::default();
+    let labelled = LockMgr::builder(&path)
+        .fencing_tokens(true)
+        .label("second")
+        .build();
+    let token = tracing::subscriber::with_default(recorder.clone(), || {
+        labelled.try_acquire().unwrap().fencing_token()
+    });
+    assert_eq!(token, None, "no token past the largest");
+    let events = recorder.0.lock().unwrap().clone();
+    let warned: Vec<_> = events
+        .iter()
+        .filter(|(l, m)| *l == Level::WARN && m.contains("fencing token"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{events:?}");
+    assert!(
+        warned[0].1.contains(&path.display().to_string()),
+        "the warning names the lock: {events:?}"
+    );
+    let record = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        record.contains(&format!(" token={}", u64::MAX)),
+        "the record keeps the largest token: {record:?}"
+    );
+    assert!(
+        record.contains(" label=second"),
+        "the record names the new holder: {record:?}"
+    );
 }
