@@ -910,16 +910,25 @@ async fn wait_turn(
 /// (`F_OFD_GETLK`), `flock` locks probed for an instant. A missing lock file
 /// is [`Status::Missing`] and is not created.
 pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
+    match open_for_status(config)? {
+        Some(fd) => status_at(config, &fd),
+        None => Ok(Status::Missing),
+    }
+}
+
+/// The lock file opened for a status query (`None`: missing), with the
+/// error that names it.
+pub(crate) fn open_for_status(config: &LockConfig) -> Result<Option<OwnedFd>, LockError> {
+    os::open_existing(&config.path).map_err(|e| open_error(&config.path, e, Operation::Read))
+}
+
+/// [`status`] of the lock file open at `fd`.
+pub(crate) fn status_at(config: &LockConfig, fd: &OwnedFd) -> Result<Status, LockError> {
     let path = &config.path;
-    let fd = match os::open_existing(path) {
-        Ok(Some(fd)) => fd,
-        Ok(None) => return Ok(Status::Missing),
-        Err(e) => return Err(open_error(path, e, Operation::Read)),
-    };
-    let state = os::probe(&fd, config.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
+    let state = os::probe(fd, config.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
     Ok(match state {
         Probe::Held(LockMode::Exclusive) => Status::Exclusive {
-            holder: read_record(&fd),
+            holder: read_record(fd),
         },
         Probe::Held(LockMode::Shared) => Status::Shared,
         Probe::Free => Status::Free,

@@ -112,7 +112,7 @@
 //! | face | [`pg`] | the same contract on PostgreSQL advisory locks (feature `postgres`) |
 //! | user of the face | [`journal`] | crash-safe appends, on [`LockMgr`] |
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
-//! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one |
+//! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one; the status of a semaphore's file |
 //! | engine | `wait` | the waiting policy shared by every backend, and the file locks' waiting loop |
 //! | engine | `clock` | Tokio's clock as the waits use it: timers that survive a move to another runtime, and whether the clock is the real one |
 //! | engine | `board` | this process's lines of waiters, published in shared memory for others to read |

@@ -12,6 +12,7 @@ use crate::error::{LockError, LockId};
 use crate::guard::LockGuard;
 use crate::holder::Holder;
 use crate::holders::{Holders, LockedFile};
+use crate::slots;
 use crate::telemetry::Meter;
 use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::Policy;
@@ -557,7 +558,7 @@ impl LockMgr {
     pub fn holder(&self) -> Result<Option<Holder>, LockError> {
         Ok(match self.status()? {
             Status::Exclusive { holder } => holder,
-            Status::Free | Status::Missing | Status::Shared => None,
+            Status::Free | Status::Missing | Status::Shared | Status::Semaphore { .. } => None,
         })
     }
 
@@ -565,7 +566,9 @@ impl LockMgr {
     /// recorded) or held shared, found out without holding it: as for
     /// [`holder`](LockMgr::holder), OFD locks are queried (`F_OFD_GETLK`)
     /// and `flock` locks probed for an instant. A missing lock file is
-    /// [`Status::Missing`] and is not created.
+    /// [`Status::Missing`] and is not created; the file of a
+    /// [`Semaphore`](crate::Semaphore) is [`Status::Semaphore`], with how
+    /// many of its permits are taken (OFD locks only).
     ///
     /// # Errors
     ///
@@ -586,7 +589,7 @@ impl LockMgr {
     /// # Ok(()) }
     /// ```
     pub fn status(&self) -> Result<Status, LockError> {
-        contender::status(&self.inner)
+        slots::status(&self.inner)
     }
 
     /// The processes of this host that hold the lock file, in any lock

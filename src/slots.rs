@@ -13,11 +13,11 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::clock;
-use crate::contender::{open_fd, LockConfig};
+use crate::contender::{self, open_fd, LockConfig};
 use crate::error::{LockError, Operation};
 use crate::os::{self, FileId};
 use crate::queue::{self, Ticket};
-use crate::vocab::LockMode;
+use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
 /// The first slot's byte: far past any header, so that slots and content
@@ -242,11 +242,7 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
         let _ = os::unlock_byte(fd, COUNT_BYTE);
         head = written?;
     }
-    let found = head
-        .strip_prefix(TAG)
-        .and_then(|rest| rest.split('\n').next())
-        .and_then(|n| n.parse::<u32>().ok());
-    match found {
+    match permits_in(&head) {
         Some(n) if n == permits => Ok(()),
         Some(n) => Err(invalid(format!(
             "the semaphore has {n} permits, and this one asks for {permits}: every user of a \
@@ -256,6 +252,53 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
             "the file holds something else than a semaphore's permit count".into(),
         )),
     }
+}
+
+/// The permit count at the head of a semaphore's file, if it is one.
+fn permits_in(head: &str) -> Option<u32> {
+    head.strip_prefix(TAG)
+        .and_then(|rest| rest.split('\n').next())
+        .and_then(|n| n.parse::<u32>().ok())
+}
+
+/// A status query that knows a semaphore's file: its permits and how many
+/// are taken (for OFD locks), where the whole-file query would take the
+/// slots' locks for one exclusive holder. Any other file as
+/// [`contender::status`](crate::contender::status), through one open.
+pub(crate) fn status(config: &LockConfig) -> Result<Status, LockError> {
+    let Some(fd) = contender::open_for_status(config)? else {
+        return Ok(Status::Missing);
+    };
+    if config.kind == LockKind::Ofd {
+        let counted =
+            permits_taken(&fd).map_err(|e| LockError::io(&config.path, Operation::Read, e))?;
+        if let Some(semaphore) = counted {
+            return Ok(semaphore);
+        }
+    }
+    contender::status_at(config, &fd)
+}
+
+/// The permits of the semaphore file open at `fd` and how many are taken,
+/// or `None` for a file that is not a semaphore's. Takes nothing
+/// (`F_OFD_GETLK` on each slot).
+fn permits_taken(fd: &OwnedFd) -> std::io::Result<Option<Status>> {
+    let mut head = [0u8; 64];
+    let n = os::read_head(fd, &mut head)?;
+    let Some(permits) = permits_in(&String::from_utf8_lossy(&head[..n])) else {
+        return Ok(None);
+    };
+    // A count no semaphore can have was not written by one.
+    if permits == 0 || permits > MAX_PERMITS {
+        return Ok(None);
+    }
+    let mut taken = 0;
+    for slot in 0..permits {
+        if os::others_hold_byte(fd, SLOT_BASE + i64::from(slot))? {
+            taken += 1;
+        }
+    }
+    Ok(Some(Status::Semaphore { permits, taken }))
 }
 
 /// One try over every slot, outside the line.

@@ -170,4 +170,14 @@ pub enum Status {
     },
     /// One or more shared holders have it.
     Shared,
+    /// The file is a [`Semaphore`](crate::Semaphore)'s, of `permits`
+    /// permits, `taken` of which are held now (by any process that shares
+    /// the file). Asked with OFD locks only: a semaphore takes no `flock`
+    /// locks.
+    Semaphore {
+        /// How many permits the semaphore has.
+        permits: u32,
+        /// How many of them are held now.
+        taken: u32,
+    },
 }

@@ -76,6 +76,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "guard",
             "holder",
             "holders",
+            "slots",
             "telemetry",
             "vocab",
             "wait",

@@ -3,7 +3,7 @@
 mod common;
 
 use common::LIVENESS;
-use lockmgr::{LockError, Semaphore};
+use lockmgr::{LockError, LockKind, LockMgr, Semaphore, Status};
 
 /// Five processes of two tasks each take one of three permits 20 times:
 /// no slot is ever held twice (an `O_EXCL` marker per slot), every slot is
@@ -24,6 +24,65 @@ fn never_more_than_n_holders_across_processes() {
         ],
     );
     assert!(common::all_succeed(procs), "a slot was held twice");
+}
+
+/// A status query on a semaphore's file says how many of its permits are
+/// taken, including one held by a process killed since (none) and one of
+/// another process, instead of taking the slot locks for one exclusive
+/// holder.
+#[test]
+fn status_counts_the_permits_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let sem = Semaphore::new(&path, 3);
+    let lock = LockMgr::new(&path);
+    drop(sem.try_acquire().unwrap());
+    assert_eq!(
+        lock.status().unwrap(),
+        Status::Semaphore {
+            permits: 3,
+            taken: 0
+        }
+    );
+    let one = sem.try_acquire().unwrap();
+    assert_eq!(
+        lock.status().unwrap(),
+        Status::Semaphore {
+            permits: 3,
+            taken: 1
+        }
+    );
+    assert_eq!(lock.holder().unwrap(), None);
+
+    // A permit of another process, which is then killed.
+    let other = common::Holder::start_with(&path, "permit-hold", &["3"]);
+    assert_eq!(
+        lock.status().unwrap(),
+        Status::Semaphore {
+            permits: 3,
+            taken: 2
+        }
+    );
+    other.kill(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        lock.status().unwrap(),
+        Status::Semaphore {
+            permits: 3,
+            taken: 1
+        }
+    );
+    drop(one);
+    assert_eq!(
+        lock.status().unwrap(),
+        Status::Semaphore {
+            permits: 3,
+            taken: 0
+        }
+    );
+
+    // `flock` locks know nothing of permits.
+    let flock = LockMgr::builder(&path).kind(LockKind::Flock).build();
+    assert_eq!(flock.status().unwrap(), Status::Free);
 }
 
 /// All N permits can be held at once, in N different slots, and not N+1.

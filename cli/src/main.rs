@@ -32,7 +32,8 @@
 //! it keeps the lock if `lockmgr` dies); with `--postgres` it is killed if
 //! `lockmgr` dies.
 //!
-//! Exit status of `status`: 0 free, 1 held, 2 error.
+//! Exit status of `status`: 0 free (for a semaphore: a permit free), 1 held
+//! (all permits taken), 2 error.
 //!
 //! The tool is a user of the library's public API only.
 //!

@@ -129,6 +129,9 @@ pub(crate) fn report(
             }
             Status::Exclusive { holder: Some(h) } => format!("held exclusive by {h}"),
             Status::Exclusive { holder: None } => "held exclusive (holder unknown)".to_owned(),
+            Status::Semaphore { permits, taken } => {
+                format!("a semaphore of {permits} permits, {taken} taken")
+            }
             _ => "in an unknown state".to_owned(),
         };
         answer!("{}: {what}", crate::output::shown_path(path));
@@ -138,15 +141,19 @@ pub(crate) fn report(
     }
     match status {
         Status::Missing | Status::Free => ExitCode::SUCCESS,
+        // As for a lock: 0 when a `run` would get in at once.
+        Status::Semaphore { permits, taken } if taken < permits => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     }
 }
 
 /// The `status --json` object. Its fields are stable and documented in the
 /// README:
-/// `{"lock": str, "kind": "ofd"|"flock"|"postgres", "state": "free"|"exclusive"|"shared",
+/// `{"lock": str, "kind": "ofd"|"flock"|"postgres",
+///   "state": "free"|"exclusive"|"shared"|"semaphore",
 ///   "holder": null | {"pid": int, "host": str, "since": int, "since_utc": str,
 ///                     "label": str|null, "stale": bool}}`
+/// with, for a semaphore only, `"permits": int, "taken": int`
 /// and, for lock files, what `/proc` says:
 /// `"holders": [{"pid": int, "command": str|null, "family": "flock"|"ofd"|"posix",
 ///               "mode": "exclusive"|"shared", "record": null | {as "holder"}}],
@@ -158,6 +165,10 @@ struct StatusJson<'a> {
     kind: &'a str,
     state: &'static str,
     holder: Option<HolderJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taken: Option<u32>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     on_host: Option<HostJson<'a>>,
 }
@@ -257,7 +268,12 @@ impl<'a> StatusJson<'a> {
         let state = match status {
             Status::Missing | Status::Free => "free",
             Status::Shared => "shared",
+            Status::Semaphore { .. } => "semaphore",
             _ => "exclusive",
+        };
+        let (permits, taken) = match status {
+            Status::Semaphore { permits, taken } => (Some(*permits), Some(*taken)),
+            _ => (None, None),
         };
         let holder = match status {
             Status::Exclusive { holder: Some(h) } => Some(HolderJson::new(h)),
@@ -268,6 +284,8 @@ impl<'a> StatusJson<'a> {
             kind,
             state,
             holder,
+            permits,
+            taken,
             on_host: None,
         }
     }

@@ -816,6 +816,41 @@ fn permits_let_n_commands_run_at_once() {
     );
 }
 
+/// `status` of a semaphore's file counts the permits taken, and exits 0
+/// while one is free (a `run --permits` would get in at once), 1 when all
+/// are taken. (Before: "held exclusive (holder unknown)" as soon as one
+/// permit was taken.)
+#[test]
+fn status_of_a_semaphore_counts_its_permits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = dir.path().join("pool.sem");
+    let first = holder(&sem, &["--permits", "2"]);
+    let out = lockmgr(&["status", s(&sem)]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!("{}: a semaphore of 2 permits, 1 taken\n", s(&sem))),
+        "{said}"
+    );
+    let second = holder(&sem, &["--permits", "2"]);
+    let out = lockmgr(&["status", "--json", s(&sem)]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let json: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(json["state"], "semaphore", "{said}");
+    assert_eq!(json["permits"], 2, "{said}");
+    assert_eq!(json["taken"], 2, "{said}");
+    assert!(finish(first).status.success());
+    assert!(finish(second).status.success());
+    let out = lockmgr(&["status", s(&sem)]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).starts_with(&format!("{}: a semaphore of 2 permits, 0 taken", s(&sem))),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// Output to a pipe nobody reads any more (`lockmgr list | head -1`, a log
 /// reader that went away) ends `status` and `list` by SIGPIPE, as it ends
 /// `ls`, and does not stop `run`, whose lines on stderr are only news: it
