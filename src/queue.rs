@@ -19,7 +19,9 @@
 //! that and, once the promise is broken by more than [`GRACE`], puts the
 //! next task in its place. The passed-over task stays in line and keeps
 //! contending if it ever runs again, so nothing is lost, and the lock
-//! itself still decides who holds it.
+//! itself still decides who holds it; until it runs again it is never made
+//! the head again while a task that runs waits behind it, and a newcomer
+//! to a line of such tasks only goes first.
 //!
 //! The watch is a thread, not the second task in line, because the second
 //! changes at every handoff: a second that watched had to be woken each
@@ -73,6 +75,9 @@ struct Slot {
     /// this says; it decides whether a new promise must tell the watch, so
     /// that a head alone in its line (the common case) never wakes it.
     followed: AtomicBool,
+    /// The watch passed this waiter over, and it has not run since. Only
+    /// changed with the lines locked (see [`Line::passed_over`]).
+    passed_over: AtomicBool,
     /// When it joined, in Unix milliseconds (for the waiting board).
     joined_ms: u64,
 }
@@ -105,6 +110,33 @@ fn nanos_since_epoch(at: Instant) -> u64 {
 #[derive(Default)]
 struct Line {
     slots: VecDeque<Arc<Slot>>,
+    /// How many of `slots` are passed over.
+    passed_over: usize,
+}
+
+impl Line {
+    /// Whether every waiter left was passed over by the watch: none of them
+    /// is known to run.
+    fn all_passed_over(&self) -> bool {
+        !self.slots.is_empty() && self.passed_over == self.slots.len()
+    }
+
+    /// Puts the first waiter that was not passed over at the front (those
+    /// ahead of it go to the back, in order), unless every one was. Returns
+    /// whether the front is now one that runs.
+    fn live_first(&mut self) -> bool {
+        if self.all_passed_over() {
+            return false;
+        }
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.passed_over.load(Ordering::SeqCst))
+        {
+            self.slots.rotate_left(1);
+        }
+        true
+    }
 }
 
 /// The number of non-empty lines, read without the lock so that a process
@@ -218,12 +250,24 @@ impl Ticket {
             wake: Notify::new(),
             alive_until: AtomicU64::new(nanos_since_epoch(Instant::now() + FIRST_PROMISE)),
             followed: AtomicBool::new(false),
+            passed_over: AtomicBool::new(false),
             joined_ms: unix_ms(),
         });
-        line.slots.push_back(slot.clone());
-        if line.slots.len() == 2 {
+        if line.all_passed_over() {
+            // Nobody ahead is known to run: waiting behind them would cost
+            // a pass-over (1.25 s) each.
+            if let Some(old) = line.slots.front() {
+                old.followed.store(false, Ordering::SeqCst);
+            }
+            line.slots.push_front(slot.clone());
             watch::ensure_running();
-            line.slots[0].follow(true);
+            slot.follow(true);
+        } else {
+            line.slots.push_back(slot.clone());
+            if line.slots.len() == 2 {
+                watch::ensure_running();
+                line.slots[0].follow(true);
+            }
         }
         publish(file, line);
         Ticket { file, slot }
@@ -264,6 +308,7 @@ impl Ticket {
     /// waiter that becomes the head is woken: the others sleep however the
     /// line moves.
     pub(crate) async fn until_head(&self) {
+        self.runs();
         while !self.is_head() {
             self.slot.wake.notified().await;
         }
@@ -275,7 +320,22 @@ impl Ticket {
     /// The head's promise: it will run again by `at` (its waiting loop's
     /// next timer). Only heads are watched; others' promises are ignored.
     pub(crate) fn alive_until(&self, at: TokioInstant) {
+        self.runs();
         self.slot.promise(nanos_since_epoch(at.into_std()));
+    }
+
+    /// This ticket's task runs: if the watch passed it over, it may be made
+    /// the head again.
+    fn runs(&self) {
+        if !self.slot.passed_over.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut lines = lines();
+        if let Some(line) = lines.get_mut(&self.file) {
+            if self.slot.passed_over.swap(false, Ordering::SeqCst) {
+                line.passed_over -= 1;
+            }
+        }
     }
 
     /// The promise this ticket makes while it is the head, for others to
@@ -327,6 +387,9 @@ impl Drop for Ticket {
         } else {
             return;
         };
+        if self.slot.passed_over.swap(false, Ordering::SeqCst) {
+            line.passed_over -= 1;
+        }
         publish(self.file, line);
         if line.slots.is_empty() {
             lines.remove(&self.file);
@@ -334,6 +397,15 @@ impl Drop for Ticket {
             return;
         }
         let followed = line.slots.len() >= 2;
+        if at == 0 && !line.live_first() {
+            // Nobody left is known to run: none is woken or watched until
+            // one runs again or a newcomer goes first.
+            if let Some(head) = line.slots.front() {
+                head.followed.store(false, Ordering::SeqCst);
+            }
+            publish(self.file, line);
+            return;
+        }
         let Some(head) = line.slots.front() else {
             return;
         };
@@ -447,6 +519,10 @@ mod watch {
             if line.slots.len() < 2 {
                 continue;
             }
+            // A front passed over means all were: nobody runs to pass it to.
+            if line.all_passed_over() {
+                continue;
+            }
             let Some(due) = line.slots.front().and_then(|h| promised(&h.alive_until)) else {
                 continue;
             };
@@ -461,10 +537,17 @@ mod watch {
                  the next task takes its place"
             );
             // The passed-over task goes to the back: it keeps contending if
-            // it ever runs again.
+            // it ever runs again, and is not made the head again until then.
             if let Some(passed_over) = line.slots.pop_front() {
                 passed_over.followed.store(false, Ordering::SeqCst);
+                if !passed_over.passed_over.swap(true, Ordering::SeqCst) {
+                    line.passed_over += 1;
+                }
                 line.slots.push_back(passed_over);
+            }
+            if !line.live_first() {
+                publish(*file, line);
+                continue;
             }
             if let Some(head) = line.slots.front() {
                 let due = now + FIRST_PROMISE;

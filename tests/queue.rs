@@ -413,6 +413,46 @@ async fn a_head_that_is_no_longer_polled_is_passed_over() {
     drop(head);
 }
 
+/// Heads that were passed over because nobody polls them any more do not
+/// hold up later waiters again: once every task left in the line is one
+/// the watch passed over, a newcomer goes first. (Before: each such future
+/// became the head again whenever the line emptied in front of it, and
+/// every later `acquire` of the free lock waited 1.25 s for each of them.)
+#[tokio::test(flavor = "current_thread")]
+async fn heads_passed_over_do_not_hold_up_later_waiters() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    // Two waits polled until they are in line, then never again.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut wait = Box::pin(lock.acquire(true, Duration::MAX));
+        tokio::select! {
+            biased;
+            r = &mut wait => panic!("a wait won a held lock: {r:?}"),
+            () = common::until_waiting(&path) => {}
+        }
+        stalled.push(wait);
+    }
+    drop(held);
+    // The first newcomer waits while the watch passes each of them over.
+    drop(
+        tokio::time::timeout(LIVENESS, lock.acquire(true, LIVENESS))
+            .await
+            .expect("the first newcomer waited behind heads nobody polls")
+            .unwrap(),
+    );
+    // Later ones go first: a budget shorter than one pass-over (1.25 s).
+    let quick = LockMgr::builder(&path).max_attempts(1).build();
+    for _ in 0..3 {
+        let got = quick.acquire(true, Duration::from_secs(1)).await;
+        drop(got.expect("a newcomer waited again behind heads passed over"));
+    }
+    drop(stalled);
+}
+
 /// Waits given up on in turn (a retry loop behind a lock held for long)
 /// share one blocked helper: each new wait takes over the one given up on,
 /// so timed-out acquires that each settled into the kernel (they waited
