@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::clock;
 use crate::error::{LockError, LockId, Operation};
-use crate::holder::{is_whole_record, record_line, Holder, MAX_RECORD};
+use crate::holder::{is_whole_record, record_line, recorded_token, Holder, MAX_RECORD};
 use crate::holders::{Holders, HoldingProcess, LockedFile, OpenProcess, Waiting};
 use crate::kernel_wait::KernelWait;
 use crate::os::{self, FileId, OpenError, Probe};
@@ -543,7 +543,16 @@ impl<'a> FileContender<'a> {
             }
             Err(_) => return None,
         };
-        let last = Holder::parse(&head[..old_len]).and_then(|h| h.token);
+        let Ok(last) = recorded_token(&head[..old_len]) else {
+            // Replaced, it would lose where the sequence stands.
+            tracing::warn!(
+                "lockmgr: the record in lock {} holds a fencing token that cannot be read; \
+                 the record is left as it is and no token is drawn, so that tokens never go \
+                 back (remove the record to start again at 1)",
+                self.config.path.display()
+            );
+            return None;
+        };
         let mut drawn = self.config.fencing;
         let token = match last.unwrap_or(0).checked_add(1) {
             Some(next) if drawn => Some(next),

@@ -35,6 +35,24 @@ pub(crate) fn is_whole_record(content: &[u8]) -> bool {
         && rest.get(digits) == Some(&b' ')
 }
 
+/// The fencing token in a whole record line (see [`is_whole_record`]),
+/// read on its own: a record garbled elsewhere (a host that does not
+/// decode, a field missing) still says where the sequence stands, and
+/// tokens must never go back. `Err` for a token field that cannot be read
+/// (the largest of several, if several).
+pub(crate) fn recorded_token(record: &[u8]) -> Result<Option<u64>, ()> {
+    let line = record.strip_suffix(b"\n").unwrap_or(record);
+    let mut token = None;
+    for field in line.split(|&b| b == b' ') {
+        if let Some(value) = field.strip_prefix(b"token=") {
+            let value = std::str::from_utf8(value).map_err(drop)?;
+            let value: u64 = value.parse().map_err(drop)?;
+            token = token.max(Some(value));
+        }
+    }
+    Ok(token)
+}
+
 /// Who holds a lock, as the holder recorded it.
 ///
 /// Obtained from [`LockMgr::holder`](crate::LockMgr::holder) and carried by

@@ -182,3 +182,51 @@ fn a_shorter_record_replaces_a_longer_one_without_a_cut() {
         assert_eq!(holder.label.as_deref(), Some(label));
     }
 }
+
+/// A record that is a whole record line but does not read as a holder (no
+/// host, a host that does not decode, a doubled space) still carries its
+/// token: the next token follows it, and never goes back to 1. A token
+/// that cannot be read at all (past the largest) leaves the record as it
+/// is and draws none.
+#[test]
+fn a_garbled_record_never_sends_tokens_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fenced.lock");
+    let lock = LockMgr::builder(&path).fencing_tokens(true).build();
+    let max = u64::MAX;
+    for (record, drawn) in [
+        (format!("lockmgr-holder/1 pid=1 token={max}\n"), None),
+        (
+            "lockmgr-holder/1 pid=1 host=%zz since=1 token=41\n".to_owned(),
+            Some(42),
+        ),
+        (
+            "lockmgr-holder/1 pid=1  host=h since=1 token=41\n".to_owned(),
+            Some(42),
+        ),
+        (
+            "lockmgr-holder/1 pid=1 host=h since=99999999999999999999 token=41\n".to_owned(),
+            Some(42),
+        ),
+        (
+            format!("lockmgr-holder/1 pid=1 host=h since=1 token={max}0\n"),
+            None,
+        ),
+        (
+            "lockmgr-holder/1 pid=1 host=h since=1 token=4x1\n".to_owned(),
+            None,
+        ),
+    ] {
+        std::fs::write(&path, &record).unwrap();
+        let guard = lock.try_acquire().unwrap();
+        assert_eq!(guard.fencing_token(), drawn, "after {record:?}");
+        drop(guard);
+        let after = std::fs::read_to_string(&path).unwrap();
+        if drawn.is_none() {
+            assert!(
+                !after.contains(" token=1\n") && !after.contains(" token=1 "),
+                "{record:?} became {after:?}"
+            );
+        }
+    }
+}
