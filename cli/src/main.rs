@@ -35,6 +35,9 @@
 //! Exit status of `status`: 0 free (for a semaphore: a permit free), 1 held
 //! (all permits taken), 2 error.
 //!
+//! The library's warnings are shown on stderr; `LOCKMGR_LOG` (`off`,
+//! `error`, `warn`, `info`, `debug`, `trace`) sets how much.
+//!
 //! The tool is a user of the library's public API only.
 //!
 //! Modules: `run` takes the lock and supervises the command, `signals`
@@ -256,6 +259,7 @@ fn main() -> ExitCode {
             });
         }
     };
+    show_events();
     match cli.command {
         Command::Run(args) => run_command(args),
         #[cfg(feature = "postgres")]
@@ -271,6 +275,30 @@ fn main() -> ExitCode {
         },
         Command::List(args) => list::list(args),
     }
+}
+
+/// Shows the library's events on stderr, one line each: its warnings (a
+/// fallback taken, a record that cannot be written, fencing tokens at their
+/// end), or as much as `LOCKMGR_LOG` says (`off`, `error`, `warn`, `info`,
+/// `debug`, `trace`; anything else is `warn`). A formatter of the tracing
+/// project's own, not one written here. Like `run`'s own lines, these are
+/// news: one that cannot be written is lost.
+fn show_events() {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("LOCKMGR_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::WARN);
+    if level == LevelFilter::OFF {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
 }
 
 /// `run`, the one command that handles signals: it passes them on to its

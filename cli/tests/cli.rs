@@ -851,6 +851,48 @@ fn status_of_a_semaphore_counts_its_permits() {
     );
 }
 
+/// The library's warnings reach the operator on stderr (here: fencing
+/// tokens that can go no higher), and `LOCKMGR_LOG` sets how much is shown
+/// (`off` shows none). Before, `lockmgr` installed no subscriber, so every
+/// warning was lost.
+#[test]
+fn library_warnings_are_shown_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("fenced.lock");
+    let record = format!("lockmgr-holder/1 pid=1 host=h since=1 token={}\n", u64::MAX);
+    let run = |log: Option<&str>| {
+        std::fs::write(&lock, &record).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lockmgr"));
+        command.args([
+            "run",
+            s(&lock),
+            "--",
+            "sh",
+            "-c",
+            "echo ${LOCKMGR_FENCING_TOKEN-none}",
+        ]);
+        command.env_remove("LOCKMGR_LOG");
+        if let Some(log) = log {
+            command.env("LOCKMGR_LOG", log);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "none\n", "no token past the largest");
+        text(&out.stderr)
+    };
+    let said = run(None);
+    assert!(
+        said.contains("fencing token") && said.contains(s(&lock)),
+        "the warning names the lock: {said:?}"
+    );
+    assert_eq!(said.lines().count(), 1, "{said:?}");
+    assert_eq!(run(Some("off")), "", "LOCKMGR_LOG=off");
+    assert!(
+        run(Some("debug")).lines().count() > 1,
+        "LOCKMGR_LOG=debug shows more"
+    );
+}
+
 /// Output to a pipe nobody reads any more (`lockmgr list | head -1`, a log
 /// reader that went away) ends `status` and `list` by SIGPIPE, as it ends
 /// `ls`, and does not stop `run`, whose lines on stderr are only news: it

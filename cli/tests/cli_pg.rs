@@ -374,14 +374,20 @@ fn a_password_file_is_used_only_when_others_cannot_read_it() {
     assert_eq!(text(&out.stderr), "", "a warning without a password");
     std::fs::remove_file(&dot).unwrap();
 
-    // Readable by others: ignored, as by libpq, so the login fails.
+    // Readable by others: ignored, as by libpq, so the login fails; the
+    // library's warning says why (as libpq's does), then the error line.
     mode(0o644);
     let out = output(&mut with_file(), &["status", "--postgres-env", &name]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
     assert!(
-        err.contains("refused the login") && err.contains("password"),
+        lines[0].contains("WARN") && lines[0].contains("password file may be read by others"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("refused the login") && lines[1].contains("password"),
         "{err}"
     );
     assert_unseen(&out, &pg.password);
