@@ -308,8 +308,13 @@ impl Ticket {
     /// waiter that becomes the head is woken: the others sleep however the
     /// line moves.
     pub(crate) async fn until_head(&self) {
-        self.runs();
-        while !self.is_head() {
+        // Each time it wakes it runs: a wait passed over before it was
+        // polled again must be known to run before the line moves on.
+        loop {
+            self.runs();
+            if self.is_head() {
+                break;
+            }
             self.slot.wake.notified().await;
         }
         // A new head needs a moment to open the file and try: its promise
@@ -325,16 +330,37 @@ impl Ticket {
     }
 
     /// This ticket's task runs: if the watch passed it over, it may be made
-    /// the head again.
+    /// the head again, and is made the head now if every other waiter was
+    /// passed over too (nobody else would make it the head).
     fn runs(&self) {
         if !self.slot.passed_over.load(Ordering::SeqCst) {
             return;
         }
         let mut lines = lines();
-        if let Some(line) = lines.get_mut(&self.file) {
-            if self.slot.passed_over.swap(false, Ordering::SeqCst) {
-                line.passed_over -= 1;
+        let Some(line) = lines.get_mut(&self.file) else {
+            return;
+        };
+        if !self.slot.passed_over.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        line.passed_over -= 1;
+        // The front is one passed over only when all were.
+        if line
+            .slots
+            .front()
+            .is_some_and(|f| f.passed_over.load(Ordering::SeqCst))
+        {
+            if let Some(old) = line.slots.front() {
+                old.followed.store(false, Ordering::SeqCst);
             }
+            line.live_first();
+            let followed = line.slots.len() >= 2;
+            if let Some(head) = line.slots.front() {
+                head.promise(nanos_since_epoch(Instant::now() + FIRST_PROMISE));
+                head.follow(followed);
+                head.wake.notify_one();
+            }
+            publish(self.file, line);
         }
     }
 

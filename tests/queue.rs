@@ -453,6 +453,71 @@ async fn heads_passed_over_do_not_hold_up_later_waiters() {
     drop(stalled);
 }
 
+/// A wait passed over while nobody polled it, then polled again while
+/// another is the head, is made the head again when that one leaves, and
+/// wins the free lock. (Before: it went back to sleep still marked as
+/// passed over, and when the head left, nobody was woken: it waited on a
+/// free lock for its whole budget.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_wait_passed_over_that_runs_again_gets_the_lock() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let first = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::MAX).await }
+    });
+    common::until_waiting(&path).await;
+    // In line behind the first, counting its polls; not polled for now.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut stalled = {
+        let (lock, polls) = (lock.clone(), polls.clone());
+        let mut acquire = Box::pin(async move { lock.acquire(true, Duration::MAX).await });
+        Box::pin(std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            acquire.as_mut().poll(cx)
+        }))
+    };
+    tokio::select! {
+        biased;
+        r = &mut stalled => panic!("a wait won a held lock: {r:?}"),
+        () = tokio::task::yield_now() => {}
+    }
+    let third = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    tokio::task::yield_now().await;
+    // The first leaves: the stalled wait is the head, never runs, and is
+    // passed over; the third becomes the head and opens the file.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    tokio::time::timeout(LIVENESS, async {
+        while common::fds_on(&path) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the third never became the head");
+    // Polled again now, while the third is the head.
+    let before = polls.load(Ordering::SeqCst);
+    let stalled = tokio::spawn(stalled);
+    while polls.load(Ordering::SeqCst) == before {
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    drop(common::won(third, "the third did not get the free lock").await);
+    drop(
+        common::won(
+            stalled,
+            "the wait passed over, running again, was left waiting on a free lock",
+        )
+        .await,
+    );
+}
+
 /// Waits given up on in turn (a retry loop behind a lock held for long)
 /// share one blocked helper: each new wait takes over the one given up on,
 /// so timed-out acquires that each settled into the kernel (they waited
