@@ -43,7 +43,9 @@ pub(crate) fn is_whole_record(content: &[u8]) -> bool {
 pub(crate) fn recorded_token(record: &[u8]) -> Result<Option<u64>, ()> {
     let line = record.strip_suffix(b"\n").unwrap_or(record);
     let mut token = None;
-    for field in line.split(|&b| b == b' ') {
+    // Fields as any whitespace parts them: a record edited by hand may
+    // have a tab or a carriage return where a space belongs.
+    for field in line.split(|b| b.is_ascii_whitespace()) {
         if let Some(value) = field.strip_prefix(b"token=") {
             let value = std::str::from_utf8(value).map_err(drop)?;
             let value: u64 = value.parse().map_err(drop)?;

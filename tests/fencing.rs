@@ -205,6 +205,14 @@ fn a_garbled_record_never_sends_tokens_back() {
             Some(42),
         ),
         (
+            "lockmgr-holder/1 pid=1 host=h since=1\ttoken=41\n".to_owned(),
+            Some(42),
+        ),
+        (
+            "lockmgr-holder/1 pid=1 host=h since=1 token=41\r\n".to_owned(),
+            Some(42),
+        ),
+        (
             "lockmgr-holder/1 pid=1 host=h since=99999999999999999999 token=41\n".to_owned(),
             Some(42),
         ),
