@@ -280,13 +280,16 @@ fn main() -> ExitCode {
 /// Shows the library's events on stderr, one line each: its warnings (a
 /// fallback taken, a record that cannot be written, fencing tokens at their
 /// end), or as much as `LOCKMGR_LOG` says (`off`, `error`, `warn`, `info`,
-/// `debug`, `trace`; anything else is `warn`). A formatter of the tracing
-/// project's own, not one written here. Like `run`'s own lines, these are
-/// news: one that cannot be written is lost.
+/// `debug`, `trace`, or `0` to `5`; empty or anything else is `warn`). A
+/// formatter of the tracing project's own, not one written here. Like
+/// `run`'s own lines, these are news: one that cannot be written is lost.
 fn show_events() {
     use tracing_subscriber::filter::LevelFilter;
     let level = std::env::var("LOCKMGR_LOG")
         .ok()
+        // tracing reads an empty level as `off`; an empty variable here
+        // means unset.
+        .filter(|v| !v.trim().is_empty())
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::WARN);
     if level == LevelFilter::OFF {
@@ -298,6 +301,9 @@ fn show_events() {
         .with_target(false)
         .without_time()
         .with_ansi(false)
+        // Its report of a failed write goes through `eprintln!`, which
+        // panics when stderr cannot be written either.
+        .log_internal_errors(false)
         .try_init();
 }
 

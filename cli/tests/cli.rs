@@ -887,10 +887,32 @@ fn library_warnings_are_shown_on_stderr() {
     );
     assert_eq!(said.lines().count(), 1, "{said:?}");
     assert_eq!(run(Some("off")), "", "LOCKMGR_LOG=off");
+    assert_eq!(
+        run(Some("")),
+        said,
+        "LOCKMGR_LOG set but empty is the default"
+    );
     assert!(
         run(Some("debug")).lines().count() > 1,
         "LOCKMGR_LOG=debug shows more"
     );
+
+    // A warning that cannot be written is lost, and the command still runs
+    // (before: a panic of the formatter's own error report, exit 101).
+    std::fs::write(&lock, &record).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockmgr"))
+        .args(["run", s(&lock), "--", "echo", "ran"])
+        .env("LOCKMGR_LOG", "debug")
+        .stderr(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "ran\n");
 }
 
 /// Output to a pipe nobody reads any more (`lockmgr list | head -1`, a log
