@@ -128,11 +128,16 @@ impl Line {
         if self.all_passed_over() {
             return false;
         }
-        while self
-            .slots
-            .front()
-            .is_some_and(|s| s.passed_over.load(Ordering::SeqCst))
-        {
+        // At most once round: the count says one is not passed over, but
+        // a bound costs nothing should it ever be wrong.
+        for _ in 0..self.slots.len() {
+            if !self
+                .slots
+                .front()
+                .is_some_and(|s| s.passed_over.load(Ordering::SeqCst))
+            {
+                break;
+            }
             self.slots.rotate_left(1);
         }
         true
@@ -340,7 +345,11 @@ impl Ticket {
         let Some(line) = lines.get_mut(&self.file) else {
             return;
         };
-        if !self.slot.passed_over.swap(false, Ordering::SeqCst) {
+        // Only a slot of this line is counted in it (a ticket inherited
+        // across `fork` is not in the child's line for the file).
+        if !line.slots.iter().any(|s| Arc::ptr_eq(s, &self.slot))
+            || !self.slot.passed_over.swap(false, Ordering::SeqCst)
+        {
             return;
         }
         line.passed_over -= 1;
@@ -538,9 +547,12 @@ mod watch {
     /// Passes over every head with someone behind it that is past its
     /// promise and the grace; returns when to look next.
     fn look() -> u64 {
-        let mut lines = lines();
         let now = Instant::now();
         let mut next = u64::MAX;
+        // Logged once the lines are free: a slow subscriber must not hold
+        // up every join and leave of the process.
+        let mut passed: Vec<Duration> = Vec::new();
+        let mut lines = lines();
         for (file, line) in lines.iter_mut() {
             if line.slots.len() < 2 {
                 continue;
@@ -556,12 +568,7 @@ mod watch {
                 next = next.min(nanos_since_epoch(due + GRACE));
                 continue;
             }
-            tracing::warn!(
-                late = ?now.saturating_duration_since(due),
-                "lockmgr: the first task waiting in line for a lock has not run when it \
-                 promised to (its future is no longer polled, or its runtime is stalled); \
-                 the next task takes its place"
-            );
+            passed.push(now.saturating_duration_since(due));
             // The passed-over task goes to the back: it keeps contending if
             // it ever runs again, and is not made the head again until then.
             if let Some(passed_over) = line.slots.pop_front() {
@@ -569,6 +576,11 @@ mod watch {
                 if !passed_over.passed_over.swap(true, Ordering::SeqCst) {
                     line.passed_over += 1;
                 }
+                // A task that runs after all, between its own look at its
+                // mark and its look at the line, must not sleep marked: woken,
+                // it sees the mark and clears it. A stalled one keeps a
+                // permit it may never use.
+                passed_over.wake.notify_one();
                 line.slots.push_back(passed_over);
             }
             if !line.live_first() {
@@ -584,6 +596,15 @@ mod watch {
                 next = next.min(nanos_since_epoch(due + GRACE));
             }
             publish(*file, line);
+        }
+        drop(lines);
+        for late in passed {
+            tracing::warn!(
+                ?late,
+                "lockmgr: the first task waiting in line for a lock has not run when it \
+                 promised to (its future is no longer polled, or its runtime is stalled); \
+                 the next task takes its place"
+            );
         }
         next
     }
