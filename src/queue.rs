@@ -347,18 +347,17 @@ impl Ticket {
         };
         // Only a slot of this line is counted in it (a ticket inherited
         // across `fork` is not in the child's line for the file).
-        if !line.slots.iter().any(|s| Arc::ptr_eq(s, &self.slot))
-            || !self.slot.passed_over.swap(false, Ordering::SeqCst)
-        {
+        if !line.slots.iter().any(|s| Arc::ptr_eq(s, &self.slot)) {
+            return;
+        }
+        // Looked at before this one's mark goes: when it is itself the
+        // front, its cleared mark would hide that nobody watches it.
+        let all_were = line.all_passed_over();
+        if !self.slot.passed_over.swap(false, Ordering::SeqCst) {
             return;
         }
         line.passed_over -= 1;
-        // The front is one passed over only when all were.
-        if line
-            .slots
-            .front()
-            .is_some_and(|f| f.passed_over.load(Ordering::SeqCst))
-        {
+        if all_were {
             if let Some(old) = line.slots.front() {
                 old.followed.store(false, Ordering::SeqCst);
             }

@@ -518,6 +518,109 @@ async fn a_wait_passed_over_that_runs_again_gets_the_lock() {
     );
 }
 
+/// How many times this process's line watch has passed a first task over,
+/// read from its warnings (the watch runs on a thread of its own, so the
+/// counter is the process's default subscriber).
+fn passed_over() -> usize {
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    struct Counter;
+    struct IsPassOver(bool);
+    impl Visit for IsPassOver {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 |= format!("{value:?}").contains("has not run when it promised");
+            }
+        }
+    }
+    impl Subscriber for Counter {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut seen = IsPassOver(false);
+            event.record(&mut seen);
+            if seen.0 {
+                COUNT.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| tracing::subscriber::set_global_default(Counter).unwrap());
+    COUNT.load(Ordering::SeqCst)
+}
+
+/// Every waiter left in line was passed over; the first of them runs again
+/// (and is made the first in line), then stops being polled again: it is
+/// held to its promise, passed over once more, and the live waiter behind
+/// it gets the free lock. (Before: made the first without being watched,
+/// it held everyone behind it, and every newcomer, for as long as it was
+/// not polled.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_wait_that_runs_again_when_all_were_passed_over_is_watched_again() {
+    let _serial = serial().await;
+    let base = passed_over();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let lock = LockMgr::new(&path);
+    let held = lock.try_acquire().unwrap();
+    let first = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::MAX).await }
+    });
+    common::until_waiting(&path).await;
+    // Two waits in line behind it, polled once, then not for now.
+    let wait = || {
+        let lock = lock.clone();
+        Box::pin(async move { lock.acquire(true, Duration::MAX).await })
+    };
+    let (mut a, mut b) = (wait(), wait());
+    for wait in [&mut a, &mut b] {
+        tokio::select! {
+            biased;
+            r = wait => panic!("a wait won a held lock: {r:?}"),
+            () = tokio::task::yield_now() => {}
+        }
+    }
+    // The first leaves: each of the two is made the first and passed over.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    tokio::time::timeout(LIVENESS, async {
+        while passed_over() < base + 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the two waits were not passed over");
+    // The first of them runs once (and is the first in line again), then
+    // is not polled again; the other runs from now on.
+    tokio::select! {
+        biased;
+        r = &mut a => panic!("a wait won a held lock: {r:?}"),
+        () = tokio::task::yield_now() => {}
+    }
+    let b = tokio::spawn(b);
+    tokio::task::yield_now().await;
+    drop(held);
+    drop(
+        common::won(
+            b,
+            "a live waiter waited behind a first in line nobody polls or watches",
+        )
+        .await,
+    );
+    drop(a);
+}
+
 /// Waits given up on in turn (a retry loop behind a lock held for long)
 /// share one blocked helper: each new wait takes over the one given up on,
 /// so timed-out acquires that each settled into the kernel (they waited
