@@ -25,6 +25,28 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// A task waiting for `lock` within `budget`.
+fn waiter(
+    lock: &LockMgr,
+    budget: Duration,
+) -> tokio::task::JoinHandle<Result<lockmgr::LockGuard, LockError>> {
+    let lock = lock.clone();
+    tokio::spawn(async move { lock.acquire(true, budget).await })
+}
+
+/// Polls a wait once, so that it takes its place in line, and leaves it
+/// pending (the lock is held).
+async fn poll_once<F: Future + Unpin>(wait: &mut F)
+where
+    F::Output: std::fmt::Debug,
+{
+    tokio::select! {
+        biased;
+        r = wait => panic!("a wait won a held lock: {r:?}"),
+        () = tokio::task::yield_now() => {}
+    }
+}
+
 /// 10,000 tasks wait for one lock with a soft limit of 1,024 descriptors:
 /// the whole line costs two descriptors (the head's, and its helper's copy)
 /// and one wait in the kernel, and they get the lock
@@ -402,10 +424,7 @@ async fn a_head_that_is_no_longer_polled_is_passed_over() {
         r = &mut head => panic!("the head won a held lock: {r:?}"),
         _ = common::until_waiting(&path) => {}
     }
-    let next = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, Duration::MAX).await }
-    });
+    let next = waiter(&lock, Duration::MAX);
     tokio::task::yield_now().await;
     // The release is handed to the head, which nobody polls.
     drop(held);
@@ -465,10 +484,7 @@ async fn a_wait_passed_over_that_runs_again_gets_the_lock() {
     let path = dir.path().join("l");
     let lock = LockMgr::new(&path);
     let held = lock.try_acquire().unwrap();
-    let first = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, Duration::MAX).await }
-    });
+    let first = waiter(&lock, Duration::MAX);
     common::until_waiting(&path).await;
     // In line behind the first, counting its polls; not polled for now.
     let polls = Arc::new(AtomicUsize::new(0));
@@ -480,15 +496,8 @@ async fn a_wait_passed_over_that_runs_again_gets_the_lock() {
             acquire.as_mut().poll(cx)
         }))
     };
-    tokio::select! {
-        biased;
-        r = &mut stalled => panic!("a wait won a held lock: {r:?}"),
-        () = tokio::task::yield_now() => {}
-    }
-    let third = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, LIVENESS).await }
-    });
+    poll_once(&mut stalled).await;
+    let third = waiter(&lock, LIVENESS);
     tokio::task::yield_now().await;
     // The first leaves: the stalled wait is the head, never runs, and is
     // passed over; the third becomes the head and opens the file.
@@ -573,10 +582,7 @@ async fn a_wait_that_runs_again_when_all_were_passed_over_is_watched_again() {
     let path = dir.path().join("l");
     let lock = LockMgr::new(&path);
     let held = lock.try_acquire().unwrap();
-    let first = tokio::spawn({
-        let lock = lock.clone();
-        async move { lock.acquire(true, Duration::MAX).await }
-    });
+    let first = waiter(&lock, Duration::MAX);
     common::until_waiting(&path).await;
     // Two waits in line behind it, polled once, then not for now.
     let wait = || {
@@ -584,13 +590,8 @@ async fn a_wait_that_runs_again_when_all_were_passed_over_is_watched_again() {
         Box::pin(async move { lock.acquire(true, Duration::MAX).await })
     };
     let (mut a, mut b) = (wait(), wait());
-    for wait in [&mut a, &mut b] {
-        tokio::select! {
-            biased;
-            r = wait => panic!("a wait won a held lock: {r:?}"),
-            () = tokio::task::yield_now() => {}
-        }
-    }
+    poll_once(&mut a).await;
+    poll_once(&mut b).await;
     // The first leaves: each of the two is made the first and passed over.
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
@@ -603,11 +604,7 @@ async fn a_wait_that_runs_again_when_all_were_passed_over_is_watched_again() {
     .expect("the two waits were not passed over");
     // The first of them runs once (and is the first in line again), then
     // is not polled again; the other runs from now on.
-    tokio::select! {
-        biased;
-        r = &mut a => panic!("a wait won a held lock: {r:?}"),
-        () = tokio::task::yield_now() => {}
-    }
+    poll_once(&mut a).await;
     let b = tokio::spawn(b);
     tokio::task::yield_now().await;
     drop(held);
