@@ -38,8 +38,8 @@ pub(crate) fn is_whole_record(content: &[u8]) -> bool {
 /// The fencing token in a whole record line (see [`is_whole_record`]),
 /// read on its own: a record garbled elsewhere (a host that does not
 /// decode, a field missing) still says where the sequence stands, and
-/// tokens must never go back. `Err` for a token field that cannot be read
-/// (the largest of several, if several).
+/// tokens must never go back. The largest, if there are several; `Err`
+/// for a token field that cannot be read.
 pub(crate) fn recorded_token(record: &[u8]) -> Result<Option<u64>, ()> {
     let line = record.strip_suffix(b"\n").unwrap_or(record);
     let mut token = None;

@@ -21,7 +21,7 @@
 //! contending if it ever runs again, so nothing is lost, and the lock
 //! itself still decides who holds it; until it runs again it is never made
 //! the head again while a task that runs waits behind it, and a newcomer
-//! to a line of such tasks only goes first.
+//! to a line made only of such tasks goes first.
 //!
 //! The watch is a thread, not the second task in line, because the second
 //! changes at every handoff: a second that watched had to be woken each
