@@ -27,9 +27,8 @@ fn never_more_than_n_holders_across_processes() {
 }
 
 /// A status query on a semaphore's file says how many of its permits are
-/// taken, including one held by a process killed since (none) and one of
-/// another process, instead of taking the slot locks for one exclusive
-/// holder.
+/// taken (this process's, and another process's until that process is
+/// killed), instead of taking the slot locks for one exclusive holder.
 #[test]
 fn status_counts_the_permits_taken() {
     let dir = tempfile::tempdir().unwrap();
