@@ -46,19 +46,9 @@ pub(crate) fn answer_line(line: Arguments<'_>) {
 }
 
 /// A path found on the system (a file name any local user may have chosen),
-/// as `status` and `list` show it: as it is, or quoted and escaped as
-/// `{:?}` does when a control character or a bidirectional override in it
-/// could forge a line or drive the terminal (as the library shows labels
-/// and command names).
+/// as `status` and `list` show it: as the library shows a lock's name, as it
+/// is or quoted and escaped as `{:?}` does when a control character or a
+/// bidirectional override in it could forge a line or drive the terminal.
 pub(crate) fn shown_path(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let forges = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if text.contains(forges) {
-        format!("{text:?}")
-    } else {
-        text.into_owned()
-    }
+    lockmgr::LockId::file(path).to_string()
 }
