@@ -721,7 +721,11 @@ async fn lock_here(
     loop {
         if let Some(t) = &ticket {
             *contended = true;
-            wait_turn(config, t, policy, started).await?;
+            wait_turn(config, t, policy, started, || match status(config) {
+                Ok(Status::Exclusive { holder }) => holder,
+                _ => None,
+            })
+            .await?;
         }
         let mut contender = FileContender::open(config, mode)?;
         if contender.try_once(1, Cause::First)? == Try::Won {
@@ -893,25 +897,19 @@ fn timed_out(
 
 /// Waits until `ticket` is at the front of its line, within the whole
 /// waiting budget (a queued task has no descriptor to try with, so its
-/// attempts simply run out).
-async fn wait_turn(
+/// attempts simply run out). On time-out, `holder` names who held the lock
+/// then, if anyone can be named.
+pub(crate) async fn wait_turn(
     config: &LockConfig,
     ticket: &Ticket,
     policy: Policy,
     started: Instant,
+    holder: impl FnOnce() -> Option<Holder>,
 ) -> Result<(), LockError> {
     if ticket.until_head_by(policy.deadline(started)).await {
         return Ok(());
     }
-    Err(LockError::TimedOut {
-        lock: config.id.clone(),
-        attempts: policy.max_attempts,
-        waited: started.elapsed(),
-        holder: match status(config) {
-            Ok(Status::Exclusive { holder }) => holder,
-            _ => None,
-        },
-    })
+    Err(timed_out(config, policy, started, holder()))
 }
 
 /// Whether the lock is free, held exclusively (and by whom, if recorded) or

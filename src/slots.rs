@@ -325,7 +325,8 @@ pub(crate) async fn acquire(
     let mut announced = false;
     loop {
         if let Some(t) = &ticket {
-            until_head(config, t, policy, started).await?;
+            // A semaphore has no one holder to name.
+            contender::wait_turn(config, t, policy, started, || None).await?;
         }
         let mut contender = SlotContender::open(config, permits)?;
         // Fairness between processes: a caller that may wait, and finds
@@ -382,22 +383,4 @@ pub(crate) async fn acquire(
             }),
         };
     }
-}
-
-/// Waits until `ticket` is at the front of its line, within the budget.
-async fn until_head(
-    config: &LockConfig,
-    ticket: &Ticket,
-    policy: Policy,
-    started: Instant,
-) -> Result<(), LockError> {
-    if ticket.until_head_by(policy.deadline(started)).await {
-        return Ok(());
-    }
-    Err(LockError::TimedOut {
-        lock: config.id.clone(),
-        attempts: policy.max_attempts,
-        waited: started.elapsed(),
-        holder: None,
-    })
 }
