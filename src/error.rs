@@ -141,6 +141,8 @@ pub enum Operation {
     Unlock,
     /// Reading the lock's state or its holder.
     Read,
+    /// Writing the lock file (a semaphore's permit count).
+    Write,
     /// Removing the lock file on release.
     Remove,
     /// Closing the lock file.
@@ -158,6 +160,7 @@ impl Operation {
             Operation::Lock => "lock",
             Operation::Unlock => "unlock",
             Operation::Read => "read",
+            Operation::Write => "write",
             Operation::Remove => "remove",
             Operation::Close => "close",
             Operation::Fence => "draw a fencing token for",

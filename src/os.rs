@@ -334,21 +334,6 @@ pub(crate) fn try_lock_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
     ofd_range(fd.as_fd(), libc::F_WRLCK, offset, 1)
 }
 
-/// Takes an exclusive OFD lock on the one byte at `offset`, waiting for it:
-/// only for a lock that others hold for a few system calls at most.
-pub(crate) fn lock_byte_blocking(fd: impl AsFd, offset: i64) -> io::Result<()> {
-    let mut fl = record(libc::F_WRLCK);
-    fl.l_start = offset;
-    fl.l_len = 1;
-    loop {
-        match fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLKW(&fl)) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Takes a shared OFD lock on the byte at `offset`, without waiting: a mark
 /// others can see (see [`others_hold_byte`]).
 pub(crate) fn share_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {

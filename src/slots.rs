@@ -97,6 +97,9 @@ struct SlotContender<'a> {
     /// Whether a try on `fd` found every permit taken: the file was waited
     /// for.
     lost: bool,
+    /// Whether the file's count was found to be `permits` (see
+    /// [`check_permits`]).
+    counted: bool,
 }
 
 impl<'a> SlotContender<'a> {
@@ -109,7 +112,7 @@ impl<'a> SlotContender<'a> {
             });
         }
         let (fd, file, _) = open_fd(config, LockMode::Exclusive)?;
-        check_permits(config, &fd, permits)?;
+        let counted = check_permits(config, &fd, permits)?;
         Ok(SlotContender {
             config,
             permits,
@@ -117,6 +120,7 @@ impl<'a> SlotContender<'a> {
             file,
             slot: None,
             lost: false,
+            counted,
         })
     }
 
@@ -193,6 +197,20 @@ impl Contender for SlotContender<'_> {
                 moved = true;
                 continue;
             }
+            if !self.counted {
+                // The count could not be written when the file was opened;
+                // a slot won means no lock covers the whole file now.
+                let counted =
+                    check_permits(self.config, self.fd.as_ref().expect("open"), self.permits);
+                if !matches!(counted, Ok(true)) {
+                    let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
+                    counted?;
+                    // Another first user is writing the count: a moment.
+                    self.lost = true;
+                    return Ok(Try::Held);
+                }
+                self.counted = true;
+            }
             self.slot = Some(slot);
             tracing::debug!(lock = %path.display(), attempt, slot, woke = cause.as_str(), "permit won");
             return Ok(Try::Won);
@@ -211,8 +229,13 @@ impl Contender for SlotContender<'_> {
 }
 
 /// Makes sure the file is a semaphore of `permits` permits: an empty file
-/// becomes one; one of another count, or another file, is refused.
-fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), LockError> {
+/// becomes one; one of another count, or another file, is refused. False
+/// when the file is empty and its count cannot be written now: another
+/// first user is writing its own, or a program that is no semaphore user
+/// locks the file whole (`lockf`, a shared or unrecorded `LockMgr` holder),
+/// which also covers every slot. The caller then counts the file as it
+/// counts every permit taken, and checks again once it wins a slot.
+fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<bool, LockError> {
     let invalid = |reason: String| LockError::Invalid {
         lock: config.id.clone(),
         reason,
@@ -228,22 +251,27 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<(), 
         // The first users write the count one at a time, each looking
         // again under the lock: of two that disagree, the second then finds
         // the first's count instead of writing its own over it (and both
-        // reading back their own). The lock is held for a read and a write.
+        // reading back their own). The lock is held for a read and a write,
+        // and never waited for: a lock on the whole file covers its byte
+        // too, for as long as its holder likes (and, held by this process,
+        // would never be let go).
         let io = |op, e| LockError::io(&config.path, op, e);
-        os::lock_byte_blocking(fd, COUNT_BYTE).map_err(|e| io(Operation::Lock, e))?;
+        if !os::try_lock_byte(fd, COUNT_BYTE).map_err(|e| io(Operation::Lock, e))? {
+            return Ok(false);
+        }
         let written = read(fd).and_then(|now| {
             if !now.is_empty() {
                 return Ok(now);
             }
             os::write_head(fd, format!("{TAG}{permits}\n").as_bytes(), false)
-                .map_err(|e| io(Operation::Lock, e))?;
+                .map_err(|e| io(Operation::Write, e))?;
             read(fd)
         });
         let _ = os::unlock_byte(fd, COUNT_BYTE);
         head = written?;
     }
     match permits_in(&head) {
-        Some(n) if n == permits => Ok(()),
+        Some(n) if n == permits => Ok(true),
         Some(n) => Err(invalid(format!(
             "the semaphore has {n} permits, and this one asks for {permits}: every user of a \
              semaphore must give the same number"

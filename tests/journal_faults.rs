@@ -6,7 +6,7 @@ mod common;
 
 use std::io::BufReader;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use lockmgr::journal::{Journal, JournalError, JournalOp};
@@ -53,32 +53,10 @@ async fn appends_follow_the_file_at_the_path_after_a_rotation() {
     );
 }
 
-/// A tmpfs of a few hundred KiB, unmounted when dropped.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallFs(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_leaves_none_of_a_failed_append_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = SmallFs::mount(&dir.path().join("small"), "256k");
+    let fs = common::SmallFs::mount(&dir.path().join("small"), "256k");
     let path = fs.0.join("app.journal");
     let journal = Journal::builder(&path)
         .max_record_len(100_000)

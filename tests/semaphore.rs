@@ -247,3 +247,84 @@ fn first_users_that_disagree_never_both_get_in() {
     }
     assert_eq!(both, 0, "rounds in which both got a permit");
 }
+
+/// `try_acquire` in a thread of its own, so that a call that blocks fails
+/// the test instead of hanging it.
+fn try_within_liveness(sem: &Semaphore) -> Result<lockmgr::Permit, LockError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sem = sem.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(sem.try_acquire());
+    });
+    rx.recv_timeout(LIVENESS)
+        .expect("try_acquire blocked: it waited for the lock on the whole file")
+}
+
+/// A semaphore's file that is still empty (no count written yet) and is
+/// locked whole by a program that is no semaphore user (a POSIX `lockf`
+/// holder here; a shared `LockMgr` holder of this very process below): a
+/// try says every permit is taken at once, and a wait gets its permit,
+/// writing the count, once that program lets go. (Before: the count's
+/// write waited for the whole-file lock in the kernel, with no time limit,
+/// on the runtime's thread: `try_acquire` blocked until the holder left,
+/// and forever when the holder was this process.)
+#[tokio::test(flavor = "current_thread")]
+async fn an_empty_file_locked_whole_is_waited_for_not_blocked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let sem = Semaphore::new(&path, 2);
+
+    let foreign = common::Foreign::start("posix", "sh", &path);
+    let err = try_within_liveness(&sem).unwrap_err();
+    assert!(matches!(err, LockError::WouldBlock { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "nothing written");
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    foreign.finish();
+    let permit = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in when the whole-file lock went")
+        .unwrap()
+        .unwrap();
+    assert!(permit.slot() < 2);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("lockmgr-semaphore/1 permits=2\n"));
+    drop(permit);
+
+    // The same with the holder in this process.
+    let path = dir.path().join("mine.sem");
+    let sem = Semaphore::new(&path, 2);
+    let shared = LockMgr::new(&path).try_acquire_shared().unwrap();
+    let err = try_within_liveness(&sem).unwrap_err();
+    assert!(matches!(err, LockError::WouldBlock { .. }), "{err}");
+    drop(shared);
+    assert!(try_within_liveness(&sem).unwrap().slot() < 2);
+}
+
+/// A new semaphore's count that cannot be written (a full disk) is an
+/// error of writing the file, naming it, not of locking it.
+#[test]
+fn a_count_that_cannot_be_written_is_a_write_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = common::SmallFs::mount(&dir.path().join("small"), "64k");
+    let filler = dir.path().join("small/filler");
+    let _ = std::fs::write(&filler, vec![0u8; 1 << 20]);
+    let path = dir.path().join("small/pool.sem");
+    let err = Semaphore::new(&path, 2).try_acquire().unwrap_err();
+    match &err {
+        LockError::Io { op, source, .. } => {
+            assert_eq!(*op, lockmgr::Operation::Write, "{err}");
+            assert_eq!(source.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(
+        err.to_string().starts_with("cannot write lock file "),
+        "{err}"
+    );
+    drop(fs);
+}
