@@ -245,6 +245,10 @@ pub(crate) async fn supervise(
 ) -> Outcome {
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
+    // What `lockmgr` was started with (an outer `run`'s, or set by hand)
+    // is not the command's: it gets only what this run gives it.
+    cmd.env_remove("LOCKMGR_FENCING_TOKEN")
+        .env_remove("LOCKMGR_PERMIT_SLOT");
     if let Some((key, value)) = env {
         cmd.env(key, value);
     }

@@ -775,6 +775,33 @@ fn run_gives_the_command_a_fencing_token_for_file_locks_too() {
     assert_eq!((first, second), (1, 2));
 }
 
+/// A command that gets no token (a shared lock) or no slot (no
+/// `--permits`) does not see the value `lockmgr` itself was started with:
+/// an outer `lockmgr run`'s token or slot, or one set by hand, would look
+/// like its own. (Before: passed through untouched.)
+#[test]
+fn run_passes_on_no_token_or_slot_that_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("inner.lock");
+    let seen = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lockmgr"));
+        command
+            .arg("run")
+            .args(args)
+            .args([s(&lock), "--", "sh", "-c"])
+            .arg("echo ${LOCKMGR_FENCING_TOKEN-none} ${LOCKMGR_PERMIT_SLOT-none}")
+            .env("LOCKMGR_FENCING_TOKEN", "999999")
+            .env("LOCKMGR_PERMIT_SLOT", "7");
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(seen(&["--shared"]), "none none\n");
+    assert_eq!(seen(&[]), "1 none\n");
+    let _ = std::fs::remove_file(&lock);
+    assert_eq!(seen(&["--permits", "2"]), "none 0\n");
+}
+
 /// `run --permits 2`: two commands run at once, each told its slot; a
 /// third is turned away with `--nonblock`, and a waiting one starts when
 /// one of the two ends, in the slot it left.
