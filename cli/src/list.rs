@@ -101,16 +101,18 @@ fn state(h: &Holders) -> &'static str {
     }
 }
 
-/// The regular files under `dir`, without following symbolic links.
+/// The regular files under `dir`, without following symbolic links. An
+/// entry that goes while it is looked at (lock files come and go:
+/// `remove_on_release`, `/run/lock`) is not listed, and a directory below
+/// `dir` that cannot be read is skipped; only `dir` itself must be read.
 fn walk(dir: &Path, files: &mut Vec<(PathBuf, fs::Metadata)>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
+        let Ok(entry) = entry else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
         if files.len() >= MAX_FILES {
             return Ok(());
         }
         if meta.is_dir() {
-            // A directory that cannot be read is skipped, not fatal.
             let _ = walk(&entry.path(), files);
         } else if meta.is_file() {
             files.push((entry.path(), meta));

@@ -752,6 +752,45 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
     assert!(!lockmgr(&["list", "/nonexistent-dir"]).status.success());
 }
 
+/// `list DIR` while lock files under it come and go (`remove_on_release`,
+/// `/run/lock`): every run lists what stays. (Before: a file removed
+/// between reading the directory and looking at the file failed the whole
+/// listing, "cannot list DIR: No such file or directory", in about half the
+/// runs.)
+#[test]
+fn list_of_a_directory_whose_files_come_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        std::fs::write(dir.path().join(format!("keep{i}.lock")), "").unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = std::thread::spawn({
+        let (dir, stop) = (dir.path().to_path_buf(), stop.clone());
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..50 {
+                    let p = dir.join(format!("t{i}.lock"));
+                    let _ = std::fs::write(&p, "");
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    });
+    let failed: Vec<String> = (0..40)
+        .map(|_| lockmgr(&["list", s(dir.path())]))
+        .filter(|out| !out.status.success() || !text(&out.stdout).contains("keep199.lock: free"))
+        .map(|out| text(&out.stderr))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of 40 failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
 /// `run` on a lock file gives its command a fencing token in
 /// `LOCKMGR_FENCING_TOKEN`, greater with every run.
 #[test]
