@@ -178,8 +178,12 @@ impl LockMgrBuilder {
     }
 
     /// Builds the [`LockMgr`]. Touches no file: problems with the path show
-    /// up on the first acquire.
+    /// up on the first acquire. A relative path is taken against the current
+    /// directory now: the lock stays on that file if the process changes
+    /// its directory later (a daemon's `chdir("/")`), and is named by its
+    /// absolute path (in [`path`](LockMgr::path) and errors).
     pub fn build(self) -> LockMgr {
+        let path = absolute(self.path);
         let kind = match self.kind {
             LockKind::Flock => "flock",
             _ => "ofd",
@@ -187,8 +191,8 @@ impl LockMgrBuilder {
         LockMgr {
             inner: Arc::new(LockConfig {
                 meter: Meter::new(kind, self.metrics_label.as_deref()),
-                id: LockId::file(&self.path),
-                path: self.path.into(),
+                id: LockId::file(&path),
+                path: path.into(),
                 max_attempts: self.max_attempts,
                 create_dirs: self.create_dirs,
                 mode: self.mode,
@@ -204,6 +208,17 @@ impl LockMgrBuilder {
             }),
         }
     }
+}
+
+/// `path`, made absolute against the current directory (as it is, with no
+/// current directory to be had, or for the empty path, which is refused when
+/// used): a lock's file must not change with the directory the process is
+/// in. Symbolic links and `..` are left for each use to resolve.
+pub(crate) fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        return path;
+    }
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 impl LockMgr {

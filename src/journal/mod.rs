@@ -97,7 +97,9 @@ impl JournalBuilder {
         self
     }
 
-    /// Opens (creating if missing) the journal file.
+    /// Opens (creating if missing) the journal file. Relative paths (the
+    /// journal's, the lock file's) are taken against the current directory
+    /// now, and keep naming those files if the process changes directory.
     ///
     /// # Errors
     ///
@@ -115,7 +117,11 @@ impl JournalBuilder {
     ///
     /// Cancel safe: it holds no lock, and an abandoned open leaves only
     /// (possibly) the created, empty journal file.
-    pub async fn open(self) -> Result<Journal, JournalError> {
+    pub async fn open(mut self) -> Result<Journal, JournalError> {
+        // Relative paths name the files they name now (see
+        // `LockMgrBuilder::build`).
+        self.path = crate::lock::absolute(self.path);
+        self.lock_path = self.lock_path.map(crate::lock::absolute);
         let file = open_data_file(&self.path, 0o644).map_err(JournalError::Open)?;
         let lock_path = self.lock_path.clone().unwrap_or_else(|| self.path.clone());
         let lock = LockMgr::builder(lock_path)

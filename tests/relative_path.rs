@@ -1,0 +1,56 @@
+//! A relative path names one file: the one it named when the `LockMgr`,
+//! `Semaphore` or `Journal` was made, whatever the process's current
+//! directory is later (a daemon's `chdir("/")`). One test in a binary of
+//! its own: the current directory is the whole process's.
+
+use lockmgr::journal::Journal;
+use lockmgr::{LockMgr, Semaphore};
+
+/// Made in directory A, used from directory B: the files in A are the
+/// ones locked, written and named, and nothing appears in B. (Before: each
+/// call looked the path up again, so the lock was taken on B's file, and
+/// two tasks using one `LockMgr` before and after the move each held "the"
+/// lock at once.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_relative_path_keeps_naming_the_file_it_named_when_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("A"), dir.path().join("B"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+
+    std::env::set_current_dir(&a).unwrap();
+    let lock = LockMgr::new("x.lock");
+    let before = lock.try_acquire().unwrap();
+    let sem = Semaphore::new("x.sem", 1);
+    let journal = Journal::builder("x.journal").open().await.unwrap();
+
+    std::env::set_current_dir(&b).unwrap();
+    let err = lock.try_acquire().unwrap_err();
+    assert!(err.is_contended(), "{err}");
+    assert_eq!(
+        err.lock().to_string(),
+        a.join("x.lock").display().to_string()
+    );
+    drop(before);
+    let guard = lock.try_acquire().unwrap();
+    assert_eq!(guard.path(), a.join("x.lock"));
+    assert!(LockMgr::new(a.join("x.lock"))
+        .try_acquire()
+        .unwrap_err()
+        .is_contended());
+    let permit = sem.try_acquire().unwrap();
+    assert_eq!(permit.path(), a.join("x.sem"));
+    assert!(Semaphore::new(a.join("x.sem"), 1)
+        .try_acquire()
+        .unwrap_err()
+        .is_contended());
+    journal.append(b"one").await.unwrap();
+    assert_eq!(std::fs::read(a.join("x.journal")).unwrap(), b"one\n");
+
+    let left_in_b: Vec<_> = std::fs::read_dir(&b)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left_in_b.is_empty(), "{left_in_b:?}");
+}
