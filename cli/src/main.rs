@@ -151,7 +151,7 @@ pub(crate) struct RunArgs {
     /// Take one of N permits of a semaphore file (at most N commands at
     /// once; every user must give the same N) instead of the lock; the
     /// command learns its slot in LOCKMGR_PERMIT_SLOT.
-    #[arg(long, value_name = "N", conflicts_with_all = ["shared", "kind"])]
+    #[arg(long, value_name = "N", conflicts_with = "shared")]
     pub(crate) permits: Option<u32>,
     /// Exit status when the lock is not obtained.
     #[arg(long, short = 'E', value_name = "N", default_value_t = 1)]
@@ -311,6 +311,11 @@ fn show_events() {
 /// command. The others keep their default actions, so Ctrl-C ends them
 /// (while they connect to a server, say).
 fn run_command(args: RunArgs) -> ExitCode {
+    // A semaphore's slots are OFD locks on bytes of their own; `--kind ofd`
+    // beside `--permits` says no more than the default.
+    if args.permits.is_some() && matches!(args.kind, Kind::Flock) {
+        return fail("--permits takes OFD locks: it cannot be used with --kind flock");
+    }
     // Before any thread exists, so that every thread blocks them: they
     // queue for `signals::Signals` instead of ending lockmgr.
     if let Err(e) = signals::block() {

@@ -54,6 +54,16 @@ pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
         LockError::MissingParent { lock } => fail(&format!(
             "cannot create lock file {lock}: its directory does not exist"
         )),
+        // The same for the way out of a file that may only be read.
+        LockError::ReadOnly { lock, source } if args.permits.is_none() => fail(&format!(
+            "cannot lock {lock} exclusively with an OFD lock: the file may only be read here \
+             ({source}), and an OFD write lock needs it open for writing (--kind flock needs \
+             only read access, as flock(1) does)"
+        )),
+        LockError::ReadOnly { lock, source } => fail(&format!(
+            "cannot take a permit of {lock}: the file may only be read here ({source}), and a \
+             semaphore's locks need it open for writing"
+        )),
         e => fail(&e.to_string()),
     }
 }

@@ -600,7 +600,56 @@ fn flock_kind_locks_a_read_only_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = as_nobody(&[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("write"), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("write"), "{said}");
+    // The way out is named as the command spells it, not as the library's
+    // builder does.
+    assert!(said.contains("--kind flock"), "{said}");
+    assert!(!said.contains("LockKind"), "{said}");
+    // A semaphore takes OFD write locks, whatever the kind: no such hint.
+    let out = as_nobody(&["--permits", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !text(&out.stderr).contains("--kind"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `--permits` takes OFD locks: `--kind ofd` beside it is accepted (the
+/// synopsis lists both), `--kind flock` refused with one line.
+#[test]
+fn permits_go_with_kind_ofd_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = dir.path().join("pool.sem");
+    let out = lockmgr(&[
+        "run",
+        "--permits",
+        "2",
+        "--kind",
+        "ofd",
+        s(&sem),
+        "--",
+        "true",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = lockmgr(&[
+        "run",
+        "--permits",
+        "2",
+        "--kind",
+        "flock",
+        s(&sem),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("--permits") && said.contains("flock"),
+        "{said}"
+    );
 }
 
 /// A holder that unlocks without closing (here a C program with
