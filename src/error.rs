@@ -94,7 +94,12 @@ impl LockId {
 impl fmt::Display for LockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
-            Target::File(path) => write!(f, "{}", Shown(&path.to_string_lossy())),
+            Target::File(path) => match path.to_str() {
+                Some(text) => write!(f, "{}", Shown(text)),
+                // Bytes that are not UTF-8, quoted and escaped (`\xFF`) as
+                // `{:?}` shows them: two such names are told apart.
+                None => write!(f, "{path:?}"),
+            },
             Target::Postgres {
                 server,
                 database,

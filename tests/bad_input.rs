@@ -263,3 +263,31 @@ async fn enoent_from_an_existing_directory_is_not_called_a_missing_parent() {
         "{err:?}"
     );
 }
+
+/// A file name that is not UTF-8 (any byte string is a Linux file name) is
+/// shown with its bytes escaped, so two such names are told apart and a
+/// person can see which file is meant. (Before: every byte that was not
+/// UTF-8 became U+FFFD, so `bad\xff\xfe.lock` and `bad\xfe\xff.lock`
+/// read the same.)
+#[test]
+fn names_that_are_not_utf8_are_shown_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.lock"));
+    let two = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"bad\xfe\xff.lock"));
+    let (shown_one, shown_two) = (
+        lockmgr::LockId::file(&one).to_string(),
+        lockmgr::LockId::file(&two).to_string(),
+    );
+    assert_ne!(shown_one, shown_two);
+    assert!(shown_one.contains(r"bad\xFF\xFE.lock"), "{shown_one}");
+    assert!(!shown_one.contains('\u{fffd}'), "{shown_one}");
+    let held = LockMgr::new(&one).try_acquire().unwrap();
+    let err = LockMgr::new(&one).try_acquire().unwrap_err();
+    assert!(err.to_string().contains(r"bad\xFF\xFE.lock"), "{err}");
+    drop(held);
+}
