@@ -210,15 +210,21 @@ impl LockMgrBuilder {
     }
 }
 
-/// `path`, made absolute against the current directory (as it is, with no
-/// current directory to be had, or for the empty path, which is refused when
-/// used): a lock's file must not change with the directory the process is
-/// in. Symbolic links and `..` are left for each use to resolve.
+/// `path`, made absolute against the current directory: a lock's file must
+/// not change with the directory the process is in. Kept as it is when no
+/// current directory can be had, for the empty path (refused when used),
+/// and when the absolute path would be longer than the kernel takes
+/// (`PATH_MAX`: a directory nested that deep is still usable by relative
+/// paths, as `flock(1)` uses it). Symbolic links and `..` are left for each
+/// use to resolve.
 pub(crate) fn absolute(path: PathBuf) -> PathBuf {
     if path.is_absolute() {
         return path;
     }
-    std::path::absolute(&path).unwrap_or(path)
+    match std::path::absolute(&path) {
+        Ok(full) if full.as_os_str().len() < nix::libc::PATH_MAX as usize => full,
+        _ => path,
+    }
 }
 
 impl LockMgr {
@@ -499,7 +505,7 @@ impl LockMgr {
                 lock: locks[pair[1].1].inner.id.clone(),
                 reason: format!(
                     "it is the same file as {}: one call cannot take a lock file twice",
-                    locks[pair[0].1].path().display()
+                    locks[pair[0].1].inner.id
                 ),
             });
         }

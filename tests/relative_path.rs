@@ -1,10 +1,13 @@
 //! A relative path names one file: the one it named when the `LockMgr`,
 //! `Semaphore` or `Journal` was made, whatever the process's current
-//! directory is later (a daemon's `chdir("/")`). One test in a binary of
-//! its own: the current directory is the whole process's.
+//! directory is later (a daemon's `chdir("/")`). A binary of its own, its
+//! tests one at a time: the current directory is the whole process's.
 
 use lockmgr::journal::Journal;
 use lockmgr::{LockMgr, Semaphore};
+
+/// The current directory is the process's: one test at a time moves it.
+static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Made in directory A, used from directory B: the files in A are the
 /// ones locked, written and named, and nothing appears in B. (Before: each
@@ -13,6 +16,7 @@ use lockmgr::{LockMgr, Semaphore};
 /// lock at once.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_relative_path_keeps_naming_the_file_it_named_when_made() {
+    let _cwd = CWD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("A"), dir.path().join("B"));
     std::fs::create_dir(&a).unwrap();
@@ -53,4 +57,31 @@ async fn a_relative_path_keeps_naming_the_file_it_named_when_made() {
         .map(|e| e.file_name())
         .collect();
     assert!(left_in_b.is_empty(), "{left_in_b:?}");
+}
+
+/// A current directory whose absolute path is longer than the kernel takes
+/// (`PATH_MAX`, 4,096 bytes) still has its relative lock files locked, as
+/// `flock(1)` locks them there: such a path is kept relative. (Before, once
+/// relative paths were made absolute: "File name too long".)
+#[tokio::test(flavor = "current_thread")]
+async fn a_relative_path_under_a_very_deep_directory_still_works() {
+    let _cwd = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let step = "d".repeat(200);
+    for _ in 0..25 {
+        std::fs::create_dir(&step).unwrap();
+        std::env::set_current_dir(&step).unwrap();
+    }
+    let guard = LockMgr::new("y.lock").try_acquire().unwrap();
+    assert!(LockMgr::new("y.lock")
+        .try_acquire()
+        .unwrap_err()
+        .is_contended());
+    drop(guard);
+    drop(Semaphore::new("y.sem", 2).try_acquire().unwrap());
+    let journal = Journal::builder("y.journal").open().await.unwrap();
+    journal.append(b"deep").await.unwrap();
+    assert_eq!(std::fs::read("y.journal").unwrap(), b"deep\n");
+    std::env::set_current_dir(dir.path()).unwrap();
 }
