@@ -549,7 +549,7 @@ impl<'a> FileContender<'a> {
                 "lockmgr: the record in lock {} holds a fencing token that cannot be read; \
                  the record is left as it is and no token is drawn, so that tokens never go \
                  back (remove the record to start again at 1)",
-                self.config.path.display()
+                self.config.id
             );
             return None;
         };
@@ -565,7 +565,7 @@ impl<'a> FileContender<'a> {
                     "lockmgr: the fencing token of lock {} is at its largest ({}): no token is \
                      drawn for this holder or any later one; to start again at 1, remove the \
                      lock file's record once every fenced resource accepts that",
-                    self.config.path.display(),
+                    self.config.id,
                     u64::MAX
                 );
                 last

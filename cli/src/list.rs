@@ -26,7 +26,10 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
     let mut files = Vec::new();
     if let Some(dir) = &args.dir {
         if let Err(e) = walk(dir, &mut files) {
-            return fail(&format!("cannot list {}: {e}", dir.display()));
+            return fail(&format!(
+                "cannot list {}: {e}",
+                crate::output::shown_path(dir)
+            ));
         }
     }
     let locked = match &args.dir {

@@ -269,7 +269,7 @@ pub(crate) async fn supervise(
         Tie::Inherit(fd, path) => match fd.try_clone_to_owned() {
             Ok(dup) => Some(without_cloexec(dup)),
             Err(e) => {
-                let lock = path.display();
+                let lock = crate::output::shown_path(path);
                 return Outcome::Code(fail(&format!(
                     "cannot hand the lock on {lock} to the command: {e}"
                 )));

@@ -12,7 +12,10 @@ use crate::{fail, StatusArgs};
 pub(crate) fn status(args: StatusArgs) -> ExitCode {
     let path = &args.lockfile;
     if let Err(e) = std::fs::symlink_metadata(path) {
-        return fail(&format!("cannot read lock file {}: {e}", path.display()));
+        return fail(&format!(
+            "cannot read lock file {}: {e}",
+            crate::output::shown_path(path)
+        ));
     }
     let lock = LockMgr::builder(path).kind(args.kind.into()).build();
     let mut status = match lock.status() {

@@ -1164,6 +1164,21 @@ fn text_from_other_processes_cannot_forge_lines() {
         "{}",
         text(&out.stdout)
     );
+    // Error lines name a path the same way: a missing file, a directory
+    // that is not there.
+    let missing = dir.path().join(format!("gone{forged}.lock"));
+    let no_dir = dir.path().join(format!("no-dir{forged}"));
+    for args in [&["status", s(&missing)][..], &["list", s(&no_dir)]] {
+        let out = lockmgr(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let said = text(&out.stderr);
+        assert!(!said.contains('\x1b'), "{args:?}: {said:?}");
+        assert_eq!(
+            said.lines().count(),
+            1,
+            "{args:?}: a forged line in {said:?}"
+        );
+    }
 
     drop(named.stdin.take());
     named.wait().unwrap();

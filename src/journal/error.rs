@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::error::LockError;
+use crate::error::{LockError, LockId};
 
 /// What a journal was doing when a system call failed, carried by
 /// [`JournalError::Io`].
@@ -91,7 +91,7 @@ impl fmt::Display for JournalError {
             JournalError::NewlineInRecord { path, index } => write!(
                 f,
                 "record {index} for journal {} contains a newline; nothing was written",
-                path.display()
+                LockId::file(path.as_path())
             ),
             JournalError::RecordTooLong {
                 path,
@@ -102,16 +102,20 @@ impl fmt::Display for JournalError {
                 f,
                 "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
                  nothing was written",
-                path.display()
+                LockId::file(path.as_path())
             ),
             JournalError::NotAJournal { path, offset } => write!(
                 f,
                 "{} is not a journal, or is damaged: 1 MiB or more without a line end from \
                  byte {offset}, which no append leaves; nothing was cut or written",
-                path.display()
+                LockId::file(path.as_path())
             ),
             JournalError::Io { path, op, source } => {
-                write!(f, "cannot {op} journal {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot {op} journal {}: {source}",
+                    LockId::file(path.as_path())
+                )
             }
         }
     }
