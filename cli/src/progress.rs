@@ -13,6 +13,8 @@ use lockmgr::{Holder, LockId};
 pub(crate) struct Progress {
     lock: LockId,
     holder: Option<Holder>,
+    /// A semaphore's permit is waited for: no one holder to name.
+    semaphore: bool,
     tty: bool,
     quiet: bool,
     started: Instant,
@@ -25,6 +27,7 @@ impl Progress {
     pub(crate) fn new(
         lock: &LockId,
         holder: Option<Holder>,
+        semaphore: bool,
         quiet: bool,
         per_attempt: Duration,
         attempts: u32,
@@ -32,6 +35,7 @@ impl Progress {
         Progress {
             lock: lock.clone(),
             holder,
+            semaphore,
             tty: std::io::stderr().is_terminal(),
             quiet,
             started: Instant::now(),
@@ -43,6 +47,7 @@ impl Progress {
 
     fn held_by(&self) -> String {
         match &self.holder {
+            _ if self.semaphore => "every permit taken".into(),
             Some(h) => format!("held by {h}"),
             None => "held by another owner".into(),
         }

@@ -45,6 +45,26 @@ pub(crate) fn mode(args: &RunArgs) -> LockMode {
 /// The exit status for a lock that was not obtained.
 pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
     match e {
+        // A semaphore has no one holder: the library's "held by another
+        // owner" would mislead.
+        LockError::TimedOut {
+            lock,
+            attempts,
+            waited,
+            ..
+        } if args.permits.is_some() => {
+            let s = if attempts == 1 { "" } else { "s" };
+            say!(
+                "lockmgr: timed out waiting for a permit of {lock} after {attempts} attempt{s} \
+                 ({:.3}s); every permit taken",
+                waited.as_secs_f64()
+            );
+            ExitCode::from(args.conflict_exit_code)
+        }
+        LockError::WouldBlock { lock, .. } if args.permits.is_some() => {
+            say!("lockmgr: every permit of {lock} is taken");
+            ExitCode::from(args.conflict_exit_code)
+        }
         e if e.is_contended() => {
             say!("lockmgr: {e}");
             ExitCode::from(args.conflict_exit_code)
@@ -213,7 +233,14 @@ where
         }
         _ => return first,
     };
-    let mut progress = Progress::new(&lock, holder, args.quiet, per_attempt, attempts);
+    let mut progress = Progress::new(
+        &lock,
+        holder,
+        args.permits.is_some(),
+        args.quiet,
+        per_attempt,
+        attempts,
+    );
     let acquired = acquire(true, per_attempt);
     tokio::pin!(acquired);
     let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -616,6 +616,34 @@ fn flock_kind_locks_a_read_only_file() {
     );
 }
 
+/// The waiting line of a run for a permit says every permit is taken, not
+/// that "another owner" holds a lock. (Before: the lock's wording.)
+#[test]
+fn waiting_for_a_permit_says_every_permit_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = dir.path().join("pool.sem");
+    let (holder, slot) = common::run_until_said(
+        &["--permits", "1", s(&sem)],
+        "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+    );
+    assert_eq!(slot, "slot=0");
+    let out = lockmgr(&[
+        "run",
+        "--permits",
+        "1",
+        "--wait",
+        "0.2",
+        s(&sem),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(said.contains("every permit taken"), "{said}");
+    assert!(!said.contains("another owner"), "{said}");
+    finish(holder);
+}
+
 /// `--permits` takes OFD locks: `--kind ofd` beside it is accepted (the
 /// synopsis lists both), `--kind flock` refused with one line.
 #[test]
