@@ -7,7 +7,7 @@ use lockmgr::journal::Journal;
 use lockmgr::{LockMgr, Semaphore};
 
 /// The current directory is the process's: one test at a time moves it.
-static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static CWD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Made in directory A, used from directory B: the files in A are the
 /// ones locked, written and named, and nothing appears in B. (Before: each
@@ -16,7 +16,7 @@ static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// lock at once.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_relative_path_keeps_naming_the_file_it_named_when_made() {
-    let _cwd = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let _cwd = CWD.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("A"), dir.path().join("B"));
     std::fs::create_dir(&a).unwrap();
@@ -65,7 +65,7 @@ async fn a_relative_path_keeps_naming_the_file_it_named_when_made() {
 /// relative paths were made absolute: "File name too long".)
 #[tokio::test(flavor = "current_thread")]
 async fn a_relative_path_under_a_very_deep_directory_still_works() {
-    let _cwd = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let _cwd = CWD.lock().await;
     let dir = tempfile::tempdir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
     let step = "d".repeat(200);
