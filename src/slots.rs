@@ -29,6 +29,9 @@ const WAITING_BYTE: i64 = SLOT_BASE - 1;
 /// The byte the first users of a new semaphore file lock, one at a time,
 /// to write its count.
 const COUNT_BYTE: i64 = SLOT_BASE - 2;
+/// How many times a contender holding a slot tries the count's byte again
+/// while another first user writes the count (see `SlotContender::try_once`).
+const COUNT_RETRIES: u32 = 64;
 /// How long a newcomer lets the processes already waiting try first.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(2);
 /// The most permits a semaphore may have (each try looks at every slot).
@@ -94,8 +97,8 @@ struct SlotContender<'a> {
     fd: Option<OwnedFd>,
     file: FileId,
     slot: Option<u32>,
-    /// Whether a try on `fd` found every permit taken: the file was waited
-    /// for.
+    /// Whether a try on `fd` found every permit taken (or the file's count
+    /// not yet written): the file was waited for.
     lost: bool,
     /// Whether the file's count was found to be `permits` (see
     /// [`check_permits`]).
@@ -112,7 +115,7 @@ impl<'a> SlotContender<'a> {
             });
         }
         let (fd, file, _) = open_fd(config, LockMode::Exclusive)?;
-        let counted = check_permits(config, &fd, permits)?;
+        let counted = check_permits(config, fd.as_fd(), permits)?;
         Ok(SlotContender {
             config,
             permits,
@@ -198,14 +201,25 @@ impl Contender for SlotContender<'_> {
                 continue;
             }
             if !self.counted {
-                // The count could not be written when the file was opened;
-                // a slot won means no lock covers the whole file now.
-                let counted =
-                    check_permits(self.config, self.fd.as_ref().expect("open"), self.permits);
+                // The count could not be written when the file was opened.
+                // A slot won means no lock covers the whole file now, so
+                // whoever holds the count's byte is another first user
+                // between its read and its write: a few system calls, which
+                // no event will announce (it keeps its descriptor).
+                let mut counted = check_permits(self.config, self.fd(), self.permits);
+                for _ in 0..COUNT_RETRIES {
+                    if !matches!(counted, Ok(false)) {
+                        break;
+                    }
+                    std::thread::yield_now();
+                    counted = check_permits(self.config, self.fd(), self.permits);
+                }
                 if !matches!(counted, Ok(true)) {
                     let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
                     counted?;
-                    // Another first user is writing the count: a moment.
+                    // Something else locks the count's byte alone: counted
+                    // as every permit taken, tried again on the next event
+                    // or recheck.
                     self.lost = true;
                     return Ok(Try::Held);
                 }
@@ -235,12 +249,8 @@ impl Contender for SlotContender<'_> {
 /// locks the file whole (`lockf`, a shared or unrecorded `LockMgr` holder),
 /// which also covers every slot. The caller then counts the file as it
 /// counts every permit taken, and checks again once it wins a slot.
-fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<bool, LockError> {
-    let invalid = |reason: String| LockError::Invalid {
-        lock: config.id.clone(),
-        reason,
-    };
-    let read = |fd: &OwnedFd| -> Result<String, LockError> {
+fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Result<bool, LockError> {
+    let read = |fd: BorrowedFd<'_>| -> Result<String, LockError> {
         let mut head = [0u8; 64];
         let n = os::read_head(fd, &mut head)
             .map_err(|e| LockError::io(&config.path, Operation::Read, e))?;
@@ -257,7 +267,13 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<bool
         // would never be let go).
         let io = |op, e| LockError::io(&config.path, op, e);
         if !os::try_lock_byte(fd, COUNT_BYTE).map_err(|e| io(Operation::Lock, e))? {
-            return Ok(false);
+            // Another first user may have written its count already: it
+            // lets go of the byte only after its write.
+            head = read(fd)?;
+            if head.is_empty() {
+                return Ok(false);
+            }
+            return matches_count(config, &head, permits);
         }
         let written = read(fd).and_then(|now| {
             if !now.is_empty() {
@@ -270,7 +286,17 @@ fn check_permits(config: &LockConfig, fd: &OwnedFd, permits: u32) -> Result<bool
         let _ = os::unlock_byte(fd, COUNT_BYTE);
         head = written?;
     }
-    match permits_in(&head) {
+    matches_count(config, &head, permits)
+}
+
+/// Whether `head`, a semaphore file's head, gives it `permits` permits; an
+/// error naming the lock when it gives another count or is no count.
+fn matches_count(config: &LockConfig, head: &str, permits: u32) -> Result<bool, LockError> {
+    let invalid = |reason: String| LockError::Invalid {
+        lock: config.id.clone(),
+        reason,
+    };
+    match permits_in(head) {
         Some(n) if n == permits => Ok(true),
         Some(n) => Err(invalid(format!(
             "the semaphore has {n} permits, and this one asks for {permits}: every user of a \

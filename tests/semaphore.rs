@@ -328,3 +328,62 @@ fn a_count_that_cannot_be_written_is_a_write_error() {
     );
     drop(fs);
 }
+
+/// Another first user of a new semaphore's file holds the byte the count
+/// is written under (here a Python program with a POSIX lock on that byte
+/// alone), so a waiter finds the file empty and uncounted; the other then
+/// writes a count of 2 and keeps the byte. The waiter reads the count it
+/// finds (its write sends no event: at the latest on the wait's next
+/// recheck) and takes a free permit; a user that asks for another count is
+/// refused.
+#[tokio::test(flavor = "current_thread")]
+async fn a_count_written_under_anothers_lock_is_read_not_waited_for() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    std::fs::write(&path, b"").unwrap();
+    // The byte just below the first permit slot's (1 << 40).
+    let script = "import fcntl, os, sys\n\
+                  f = open(sys.argv[1], 'r+')\n\
+                  fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, (1 << 40) - 2, 0)\n\
+                  print('locked', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  f.write('lockmgr-semaphore/1 permits=2\\n'); f.flush()\n\
+                  print('written', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut first = Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(first.stdout.take().unwrap()).lines();
+    assert_eq!(said.next().unwrap().unwrap(), "locked");
+
+    let sem = Semaphore::new(&path, 2);
+    let err = try_within_liveness(&sem).unwrap_err();
+    assert!(matches!(err, LockError::WouldBlock { .. }), "{err}");
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    common::until_waiting(&path).await;
+    let mut stdin = first.stdin.take().unwrap();
+    stdin.write_all(b"write\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(said.next().unwrap().unwrap(), "written");
+    let permit = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter never read the count written under another's lock")
+        .unwrap()
+        .unwrap();
+    assert!(permit.slot() < 2);
+    // The count it read is checked like any other.
+    let err = try_within_liveness(&Semaphore::new(&path, 3)).unwrap_err();
+    assert!(matches!(err, LockError::Invalid { .. }), "{err}");
+
+    drop(stdin);
+    first.wait().unwrap();
+}
