@@ -110,8 +110,12 @@ fn state(h: &Holders) -> &'static str {
 /// `dir` that cannot be read is skipped; only `dir` itself must be read.
 fn walk(dir: &Path, files: &mut Vec<(PathBuf, fs::Metadata)>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
-        let Ok(entry) = entry else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if files.len() >= MAX_FILES {
             return Ok(());
         }

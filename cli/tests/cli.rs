@@ -641,6 +641,14 @@ fn waiting_for_a_permit_says_every_permit_is_taken() {
     let said = text(&out.stderr);
     assert!(said.contains("every permit taken"), "{said}");
     assert!(!said.contains("another owner"), "{said}");
+    let out = lockmgr(&["run", "--permits", "1", "--nonblock", s(&sem), "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("every permit of") && said.contains("is taken"),
+        "{said}"
+    );
+    assert!(!said.contains("another owner"), "{said}");
     finish(holder);
 }
 
