@@ -14,6 +14,12 @@ use crate::vocab::FileKind;
 /// Which lock an error is about: a lock file, or a lock on a PostgreSQL
 /// server. Never carries a password. Cheap to clone.
 ///
+/// Its `Display` is meant for a person and a log line: a path or name is
+/// shown as it is, or quoted and escaped as `{:?}` shows it when it holds a
+/// control character, a bidirectional override or (a path) bytes that are
+/// not UTF-8, so that it can neither forge a line nor drive a terminal, and
+/// two names never read the same.
+///
 /// ```
 /// use lockmgr::{LockId, LockMgr};
 /// let err = LockMgr::new("/sys/app.lock").try_acquire().unwrap_err();
@@ -40,7 +46,8 @@ enum Target {
 }
 
 impl LockId {
-    /// The lock file at `path`, by the path it was asked for.
+    /// The lock file at `path`, by that path. (A [`LockMgr`](crate::LockMgr)
+    /// names its lock by the absolute path it made of a relative one.)
     pub fn file(path: impl Into<PathBuf>) -> LockId {
         LockId(Arc::new(Target::File(path.into())))
     }
@@ -94,17 +101,27 @@ impl LockId {
 impl fmt::Display for LockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
-            Target::File(path) => match path.to_str() {
-                Some(text) => write!(f, "{}", Shown(text)),
-                // Bytes that are not UTF-8, quoted and escaped (`\xFF`) as
-                // `{:?}` shows them: two such names are told apart.
-                None => write!(f, "{path:?}"),
-            },
+            Target::File(path) => write!(f, "{}", ShownPath(path)),
             Target::Postgres {
                 server,
                 database,
                 name,
             } => write!(f, "postgres://{server}/{database}/{}", Shown(name)),
+        }
+    }
+}
+
+/// A path shown to a person (a lock's, a journal's): as it is, or quoted and
+/// escaped as `{:?}` does when it holds a character that could forge a line
+/// or drive the terminal, or bytes that are not UTF-8 (`\xFF`: two such
+/// names are told apart, where U+FFFD would make them read the same).
+pub(crate) struct ShownPath<'a>(pub(crate) &'a Path);
+
+impl fmt::Display for ShownPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.to_str() {
+            Some(text) => write!(f, "{}", Shown(text)),
+            None => write!(f, "{:?}", self.0),
         }
     }
 }

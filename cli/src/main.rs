@@ -311,10 +311,11 @@ fn show_events() {
 /// command. The others keep their default actions, so Ctrl-C ends them
 /// (while they connect to a server, say).
 fn run_command(args: RunArgs) -> ExitCode {
-    // A semaphore's slots are OFD locks on bytes of their own; `--kind ofd`
-    // beside `--permits` says no more than the default.
+    // A file semaphore's permits are OFD locks on bytes of their own (a
+    // PostgreSQL one's, the server's): `flock` has no byte to lock, and
+    // `--kind ofd` beside `--permits` says no more than the default.
     if args.permits.is_some() && matches!(args.kind, Kind::Flock) {
-        return fail("--permits takes OFD locks: it cannot be used with --kind flock");
+        return fail("--permits cannot be used with --kind flock: a semaphore's permits are not flock(2) locks");
     }
     // Before any thread exists, so that every thread blocks them: they
     // queue for `signals::Signals` instead of ending lockmgr.

@@ -46,8 +46,10 @@ impl Progress {
     }
 
     fn held_by(&self) -> String {
+        if self.semaphore {
+            return "every permit taken".into();
+        }
         match &self.holder {
-            _ if self.semaphore => "every permit taken".into(),
             Some(h) => format!("held by {h}"),
             None => "held by another owner".into(),
         }

@@ -74,7 +74,9 @@ pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
         LockError::MissingParent { lock } => fail(&format!(
             "cannot create lock file {lock}: its directory does not exist"
         )),
-        // The same for the way out of a file that may only be read.
+        // Its hint for a file that may only be read names the builder's
+        // `LockKind::Flock`; the user of the command has `--kind flock`, and
+        // for a permit no kind helps.
         LockError::ReadOnly { lock, source } if args.permits.is_none() => fail(&format!(
             "cannot lock {lock} exclusively with an OFD lock: the file may only be read here \
              ({source}), and an OFD write lock needs it open for writing (--kind flock needs \

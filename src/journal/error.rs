@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::error::{LockError, LockId};
+use crate::error::{LockError, ShownPath};
 
 /// What a journal was doing when a system call failed, carried by
 /// [`JournalError::Io`].
@@ -91,7 +91,7 @@ impl fmt::Display for JournalError {
             JournalError::NewlineInRecord { path, index } => write!(
                 f,
                 "record {index} for journal {} contains a newline; nothing was written",
-                LockId::file(path.as_path())
+                ShownPath(path)
             ),
             JournalError::RecordTooLong {
                 path,
@@ -102,20 +102,16 @@ impl fmt::Display for JournalError {
                 f,
                 "record {index} for journal {} is {len} bytes, over the maximum of {max}; \
                  nothing was written",
-                LockId::file(path.as_path())
+                ShownPath(path)
             ),
             JournalError::NotAJournal { path, offset } => write!(
                 f,
                 "{} is not a journal, or is damaged: 1 MiB or more without a line end from \
                  byte {offset}, which no append leaves; nothing was cut or written",
-                LockId::file(path.as_path())
+                ShownPath(path)
             ),
             JournalError::Io { path, op, source } => {
-                write!(
-                    f,
-                    "cannot {op} journal {}: {source}",
-                    LockId::file(path.as_path())
-                )
+                write!(f, "cannot {op} journal {}: {source}", ShownPath(path))
             }
         }
     }
