@@ -985,7 +985,10 @@ pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
 /// Every file of this host that is locked, or has a request blocked on it;
 /// with `among`, only those of these (device, inode) pairs, and no other is
 /// opened.
-pub(crate) fn locked_files(among: Option<&BTreeSet<(u64, u64)>>) -> io::Result<Vec<LockedFile>> {
+pub(crate) fn locked_files(
+    among: Option<&BTreeSet<(u64, u64)>>,
+    semaphore: impl Fn(&OwnedFd) -> Option<Status>,
+) -> io::Result<Vec<LockedFile>> {
     let mut by_file: BTreeMap<proc_locks::Inode, Vec<proc_locks::Entry>> = BTreeMap::new();
     for (file, entry) in proc_locks::all_entries()? {
         if among.is_some_and(|a| !a.contains(&(file.device(), file.inode()))) {
@@ -1000,18 +1003,20 @@ pub(crate) fn locked_files(among: Option<&BTreeSet<(u64, u64)>>) -> io::Result<V
         .map(|(file, entries)| {
             let seen = seen.remove(&file);
             let path = seen.as_ref().and_then(|s| s.path.clone());
-            // The record, read through the path only when it is still the
-            // locked file.
-            let record = path.as_deref().and_then(|p| {
+            // The record (or a semaphore's count), read through the path
+            // only when it is still the locked file.
+            let fd = path.as_deref().and_then(|p| {
                 let fd = os::open_existing(p).ok()??;
-                let same = proc_locks::Inode::of(&fd).ok()? == file;
-                same.then(|| read_record(&fd)).flatten()
+                (proc_locks::Inode::of(&fd).ok()? == file).then_some(fd)
             });
+            let record = fd.as_ref().and_then(read_record);
+            let semaphore = fd.as_ref().and_then(&semaphore);
             LockedFile {
                 path,
                 device: file.device(),
                 inode: file.inode(),
                 holders: assemble(file, &entries, seen, record.as_ref()),
+                semaphore,
             }
         })
         .collect())

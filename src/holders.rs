@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use crate::holder::{Holder, Shown};
-use crate::vocab::{LockFamily, LockKind, LockMode};
+use crate::vocab::{LockFamily, LockKind, LockMode, Status};
 
 /// A process of this host that holds a lock on the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +174,12 @@ pub struct LockedFile {
     pub inode: u64,
     /// Who holds it and who waits.
     pub holders: Holders,
+    /// For a [`Semaphore`](crate::Semaphore)'s file (its head gives the
+    /// permit count): [`Status::Semaphore`], its permits and how many are
+    /// taken, as [`LockMgr::status`](crate::LockMgr::status) tells them.
+    /// `None` for any other file, and when the file could not be read
+    /// through its path.
+    pub semaphore: Option<Status>,
 }
 
 impl LockedFile {

@@ -719,7 +719,7 @@ impl fmt::Debug for LockMgr {
 /// # Ok(()) }
 /// ```
 pub fn locked_files() -> std::io::Result<Vec<LockedFile>> {
-    contender::locked_files(None)
+    contender::locked_files(None, slots::semaphore_at)
 }
 
 /// [`locked_files`], among `files` only (matched by device and inode, as
@@ -751,7 +751,7 @@ pub fn locked_files_among<'a>(
 ) -> std::io::Result<Vec<LockedFile>> {
     use std::os::unix::fs::MetadataExt;
     let among = files.into_iter().map(|m| (m.dev(), m.ino())).collect();
-    contender::locked_files(Some(&among))
+    contender::locked_files(Some(&among), slots::semaphore_at)
 }
 
 /// Opens (creating it if missing, never truncating) a data file for

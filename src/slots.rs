@@ -355,6 +355,12 @@ fn permits_taken(fd: &OwnedFd) -> std::io::Result<Option<Status>> {
     Ok(Some(Status::Semaphore { permits, taken }))
 }
 
+/// What a listing of the host's locked files says of the file open at
+/// `fd`: its permits and how many are taken when it is a semaphore's.
+pub(crate) fn semaphore_at(fd: &OwnedFd) -> Option<Status> {
+    permits_taken(fd).ok().flatten()
+}
+
 /// One try over every slot, outside the line.
 pub(crate) fn try_acquire(config: &LockConfig, permits: u32) -> Result<HeldPermit, LockError> {
     let mut contender = SlotContender::open(config, permits)?;

@@ -387,3 +387,29 @@ async fn a_count_written_under_anothers_lock_is_read_not_waited_for() {
     drop(stdin);
     first.wait().unwrap();
 }
+
+/// The host's listing of locked files says which is a semaphore's, with its
+/// permits taken (here one of three, of this process).
+#[test]
+fn locked_files_tell_a_semaphore_and_its_permits_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let permit = Semaphore::new(&path, 3).try_acquire().unwrap();
+    let lock = dir.path().join("plain.lock");
+    let guard = LockMgr::new(&lock).try_acquire().unwrap();
+    let metas = [
+        std::fs::metadata(&path).unwrap(),
+        std::fs::metadata(&lock).unwrap(),
+    ];
+    let listed = lockmgr::locked_files_among(&metas).unwrap();
+    let of = |meta: &std::fs::Metadata| listed.iter().find(|f| f.is(meta)).unwrap();
+    assert_eq!(
+        of(&metas[0]).semaphore,
+        Some(Status::Semaphore {
+            permits: 3,
+            taken: 1
+        })
+    );
+    assert_eq!(of(&metas[1]).semaphore, None);
+    drop((permit, guard));
+}

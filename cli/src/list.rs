@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use lockmgr::{locked_files, locked_files_among, Holders, LockedFile};
+use lockmgr::{locked_files, locked_files_among, LockedFile, Status};
 use nix::fcntl::OFlag;
 use serde::Serialize;
 
@@ -79,7 +79,7 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
             match row.locked {
                 None => answer!("{name}: free"),
                 Some(l) => {
-                    answer!("{name}: {}", state(&l.holders));
+                    answer!("{name}: {}", state(l));
                     for line in host_lines(&l.holders, None) {
                         answer!("{line}");
                     }
@@ -90,17 +90,22 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn state(h: &Holders) -> &'static str {
-    if h.is_free() {
-        "free, with requests waiting"
+fn state(l: &LockedFile) -> String {
+    let h = &l.holders;
+    if let Some(Status::Semaphore { permits, taken }) = l.semaphore {
+        // Each permit is an exclusive lock on a byte of its own: "held
+        // exclusive" would hide the permits still free.
+        format!("a semaphore of {permits} permits, {taken} taken")
+    } else if h.is_free() {
+        "free, with requests waiting".into()
     } else if h
         .holding
         .iter()
         .any(|p| p.mode == lockmgr::LockMode::Exclusive)
     {
-        "held exclusive"
+        "held exclusive".into()
     } else {
-        "held shared"
+        "held shared".into()
     }
 }
 
@@ -154,20 +159,31 @@ fn starts_with_record(path: &Path) -> bool {
 
 /// One object of `list --json` (stable, documented in the README):
 /// `{"path": str|null, "device": int, "inode": int,
-///   "state": "free"|"exclusive"|"shared"|"waited-for", ...the fields of HostJson}`
+///   "state": "free"|"exclusive"|"shared"|"waited-for"|"semaphore",
+///   ["permits": int, "taken": int,] ...the fields of HostJson}`
 #[derive(Serialize)]
 struct FileJson<'a> {
     path: Option<String>,
     device: Option<u64>,
     inode: Option<u64>,
     state: &'static str,
+    /// A semaphore's permits, and how many are taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taken: Option<u32>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     on_host: Option<HostJson<'a>>,
 }
 
 impl<'a> FileJson<'a> {
     fn new(row: &Row<'a>) -> Self {
+        let semaphore = row.locked.and_then(|l| match l.semaphore {
+            Some(Status::Semaphore { permits, taken }) => Some((permits, taken)),
+            _ => None,
+        });
         let state = match row.locked.map(|l| &l.holders) {
+            _ if semaphore.is_some() => "semaphore",
             None => "free",
             Some(h) if h.is_free() => "waited-for",
             Some(h)
@@ -184,6 +200,8 @@ impl<'a> FileJson<'a> {
             device: row.locked.map(|l| l.device),
             inode: row.locked.map(|l| l.inode),
             state,
+            permits: semaphore.map(|(permits, _)| permits),
+            taken: semaphore.map(|(_, taken)| taken),
             on_host: row.locked.map(|l| HostJson::new(&l.holders)),
         }
     }

@@ -652,6 +652,41 @@ fn waiting_for_a_permit_says_every_permit_is_taken() {
     finish(holder);
 }
 
+/// `list DIR` shows a semaphore's file as one, with its permits taken, as
+/// `status` does, and the holder of each permit under it. (Before: "held
+/// exclusive", JSON state "exclusive", for one permit of three taken.)
+#[test]
+fn list_shows_a_semaphore_with_its_permits_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let sem = dir.path().join("pool.sem");
+    let (holder, slot) = common::run_until_said(
+        &["--permits", "3", s(&sem)],
+        "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+    );
+    assert_eq!(slot, "slot=0");
+    let out = lockmgr(&["list", s(dir.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "{}: a semaphore of 3 permits, 1 taken\n",
+            sem.display()
+        )),
+        "{said}"
+    );
+    assert!(said.contains("  held by "), "{said}");
+    let out = lockmgr(&["list", "--json", s(dir.path())]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours = &listed[0];
+    assert_eq!(ours["state"], "semaphore", "{listed}");
+    assert_eq!(
+        (ours["permits"].as_u64(), ours["taken"].as_u64()),
+        (Some(3), Some(1)),
+        "{listed}"
+    );
+    finish(holder);
+}
+
 /// `--permits` takes OFD locks: `--kind ofd` beside it is accepted (the
 /// synopsis lists both), `--kind flock` refused with one line.
 #[test]
