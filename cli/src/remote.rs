@@ -108,6 +108,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let token = ("LOCKMGR_FENCING_TOKEN", guard.fencing_token().to_string());
     let outcome = supervise(
         &args.command,
+        &crate::output::shown_path(&args.lockfile),
         Some(token),
         Tie::EndWithParent,
         guard.lost(),
@@ -144,6 +145,7 @@ async fn run_with_permit(
     };
     let outcome = supervise(
         &args.command,
+        &crate::output::shown_path(&args.lockfile),
         Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
         Tie::EndWithParent,
         permit.lost(),

@@ -150,6 +150,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         .map(|t| ("LOCKMGR_FENCING_TOKEN", t.to_string()));
     let outcome = supervise(
         &args.command,
+        &crate::output::shown_path(guard.path()),
         token,
         Tie::Inherit(guard.as_fd(), &args.lockfile),
         std::future::pending(),
@@ -182,6 +183,7 @@ async fn run_with_permit(
     };
     let outcome = supervise(
         &args.command,
+        &crate::output::shown_path(permit.path()),
         Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
         Tie::Inherit(permit.as_fd(), &args.lockfile),
         std::future::pending(),
@@ -272,11 +274,13 @@ fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
 }
 
 /// Runs the command and waits for it, passing on the signals meant for it,
-/// and returns what became of it. `env` is set in its environment. If
-/// `lost` resolves (the lock is gone while the command runs), the command
-/// gets SIGTERM.
+/// and returns what became of it. `lock` names the lock in a message.
+/// `env` is set in its environment, and no other token or slot `lockmgr`
+/// was started with. If `lost` resolves (the lock is gone while the
+/// command runs), the command gets SIGTERM.
 pub(crate) async fn supervise(
     command: &[OsString],
+    lock: &str,
     env: Option<(&str, String)>,
     tie: Tie<'_>,
     lost: impl std::future::Future<Output = ()>,
@@ -312,7 +316,10 @@ pub(crate) async fn supervise(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            say!("lockmgr: cannot run {}: {e}", command[0].to_string_lossy());
+            say!(
+                "lockmgr: cannot run {} (lock {lock}): {e}",
+                command[0].to_string_lossy()
+            );
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {

@@ -176,6 +176,12 @@ fn exit_status_is_the_commands() {
     }
     let out = lockmgr(&["run", s(&lock), "--", "/nonexistent/command"]);
     assert_eq!(out.status.code(), Some(127));
+    // The line names the lock too: a script runs many.
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("cannot run /nonexistent/command") && said.contains(s(&lock)),
+        "{said}"
+    );
 }
 
 #[test]
