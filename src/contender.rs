@@ -1010,7 +1010,12 @@ pub(crate) fn locked_files(
                 (proc_locks::Inode::of(&fd).ok()? == file).then_some(fd)
             });
             let record = fd.as_ref().and_then(read_record);
-            let semaphore = fd.as_ref().and_then(&semaphore);
+            // A file with a holder record is no semaphore's: one read of
+            // the head is enough for it.
+            let semaphore = match record {
+                None => fd.as_ref().and_then(&semaphore),
+                Some(_) => None,
+            };
             LockedFile {
                 path,
                 device: file.device(),
