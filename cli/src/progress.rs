@@ -68,12 +68,7 @@ impl Progress {
         );
         // A wait as long as it takes is one attempt: no count to show.
         if self.per_attempt != Duration::MAX {
-            let attempt = if self.per_attempt.is_zero() {
-                1
-            } else {
-                (waited.as_secs_f64() / self.per_attempt.as_secs_f64()) as u32 + 1
-            }
-            .min(self.attempts);
+            let attempt = attempt_at(waited, self.per_attempt, self.attempts);
             line.push_str(&format!(", attempt {attempt}/{}", self.attempts));
         }
         let mut err = std::io::stderr().lock();
@@ -90,5 +85,34 @@ impl Progress {
         if self.shown && self.tty {
             say!("");
         }
+    }
+}
+
+/// The attempt a wait is in after `waited`, 1 to `attempts`.
+fn attempt_at(waited: Duration, per_attempt: Duration, attempts: u32) -> u32 {
+    if per_attempt.is_zero() {
+        return 1;
+    }
+    // `as` saturates: a wait of many attempts' length is the last one.
+    let done = (waited.as_secs_f64() / per_attempt.as_secs_f64()) as u32;
+    done.saturating_add(1).min(attempts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attempt_shown_is_within_the_count() {
+        let s = Duration::from_secs;
+        assert_eq!(attempt_at(s(0), s(10), 3), 1);
+        assert_eq!(attempt_at(s(15), s(10), 3), 2);
+        assert_eq!(attempt_at(s(100), s(10), 3), 3);
+        // `--attempts 4294967295 --wait 100`: attempts of 23 ns; after a
+        // second, more of them than a u32 counts (before: an overflow).
+        assert_eq!(
+            attempt_at(s(100), Duration::from_nanos(23), u32::MAX),
+            u32::MAX
+        );
     }
 }

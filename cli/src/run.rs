@@ -5,8 +5,9 @@
 //! command (a copy of the lock's descriptor, as `flock(1)` gives its
 //! command): if `lockmgr` dies, by SIGKILL or the OOM killer, the command
 //! and whatever it started still hold the lock until they end. When the
-//! command ends normally, `lockmgr` unlocks explicitly, which frees the
-//! lock even if a process the command left behind still has the copy. A
+//! command exits, `lockmgr` unlocks explicitly, which frees the lock even
+//! if a process the command left behind still has the copy; when a signal
+//! ends it, the lock is left with the copies (see [`leave_or_release`]). A
 //! PostgreSQL lock lives in `lockmgr`'s own session and dies with it, so
 //! there the kernel kills the command if `lockmgr` dies.
 
@@ -96,8 +97,8 @@ pub(crate) enum Outcome {
     /// It exited with this status, or could not be started (126, 127) or
     /// supervised (2).
     Code(ExitCode),
-    /// A signal ended it: `lockmgr` ends the same way.
-    Signaled(Signal),
+    /// A signal (its number) ended it: `lockmgr` ends the same way.
+    Signaled(i32),
 }
 
 impl Outcome {
@@ -157,9 +158,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         &signals,
     )
     .await;
-    if let Err(e) = guard.release() {
-        say!("lockmgr: {e}");
-    }
+    leave_or_release(guard, &outcome, |guard| guard.release());
     outcome.finish()
 }
 
@@ -190,10 +189,29 @@ async fn run_with_permit(
         &signals,
     )
     .await;
-    if let Err(e) = permit.release() {
+    leave_or_release(permit, &outcome, |permit| permit.release());
+    outcome.finish()
+}
+
+/// Ends `lockmgr`'s hold on the lock once the command is gone. A command
+/// that exited is done: the lock is unlocked explicitly, so that a process
+/// it left behind in the background does not keep it. One that a signal
+/// ended may have been stopped in the middle of its work, with processes it
+/// started still at it (a shell's current step) and holding the copy of the
+/// descriptor they inherited: the lock is left to them, as `flock(1)`
+/// leaves it, and is free when the last of them ends (`lockmgr` itself ends
+/// now, and its exit only closes its own copy).
+fn leave_or_release<G>(
+    held: G,
+    outcome: &Outcome,
+    release: impl FnOnce(G) -> Result<(), LockError>,
+) {
+    if matches!(outcome, Outcome::Signaled(_)) {
+        // No unlock: a close of this copy leaves the others' lock alone.
+        std::mem::forget(held);
+    } else if let Err(e) = release(held) {
         say!("lockmgr: {e}");
     }
-    outcome.finish()
 }
 
 /// The library's budget for `--wait` and `--attempts`: the attempt's length
@@ -265,7 +283,7 @@ where
 /// Ends `lockmgr` by the signal that came in before it held the lock.
 fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
     match sig {
-        Ok(received) => std::process::exit(die_by(received.signal).into()),
+        Ok(received) => std::process::exit(die_by(received.signal as i32).into()),
         Err(e) => {
             say!("lockmgr: cannot read signals: {e}");
             std::process::exit(2);
@@ -310,7 +328,11 @@ pub(crate) async fn supervise(
         },
         Tie::EndWithParent => None,
     };
-    crate::sys::prepare_child(&mut cmd, matches!(tie, Tie::EndWithParent));
+    crate::sys::prepare_child(
+        &mut cmd,
+        matches!(tie, Tie::EndWithParent),
+        crate::signals::sigchld_was_ignored(),
+    );
     let spawned = cmd.spawn();
     drop(inherited);
     let mut child = match spawned {
@@ -329,7 +351,10 @@ pub(crate) async fn supervise(
         }
     };
     let Some(pid) = child.id() else {
-        return Outcome::Code(fail("the command vanished before it could be supervised"));
+        return Outcome::Code(fail(&format!(
+            "{} (lock {lock}) ended before it could be supervised",
+            command[0].to_string_lossy()
+        )));
     };
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     tokio::pin!(lost);
@@ -355,15 +380,16 @@ pub(crate) async fn supervise(
     match status {
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;
-            if let Some(code) = s.code() {
-                Outcome::Code(ExitCode::from(code.clamp(0, 255) as u8))
-            } else if let Some(signal) = s.signal().and_then(|n| Signal::try_from(n).ok()) {
-                Outcome::Signaled(signal)
-            } else {
-                Outcome::Code(ExitCode::from(1))
+            match (s.code(), s.signal()) {
+                (Some(code), _) => Outcome::Code(ExitCode::from(code.clamp(0, 255) as u8)),
+                (None, Some(signo)) => Outcome::Signaled(signo),
+                (None, None) => Outcome::Code(ExitCode::from(1)),
             }
         }
-        Err(e) => Outcome::Code(fail(&format!("cannot wait for the command: {e}"))),
+        Err(e) => Outcome::Code(fail(&format!(
+            "cannot wait for {} (lock {lock}): {e}",
+            command[0].to_string_lossy()
+        ))),
     }
 }
 

@@ -7,6 +7,8 @@
 //! alone reaches only `lockmgr`, and must be passed on. The `signalfd`
 //! tells the two apart (`ssi_code` is `SI_KERNEL` for the terminal's).
 
+use std::sync::OnceLock;
+
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{raise, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -25,20 +27,41 @@ const HANDLED: [Signal; 4] = [
 /// Ctrl-\ or hang-up).
 const SI_KERNEL: i32 = 0x80;
 
+/// The handled signals this process was not started with ignored. One
+/// that was (`nohup`, `trap '' HUP`, a shell's background job) stays
+/// ignored, as it does for `flock(1)`: it neither ends the wait nor is
+/// passed on (the command inherits it ignored).
 fn handled() -> SigSet {
-    let mut set = SigSet::empty();
-    for sig in HANDLED {
-        set.add(sig);
-    }
-    set
+    static HANDLED_HERE: OnceLock<SigSet> = OnceLock::new();
+    *HANDLED_HERE.get_or_init(|| {
+        let mut set = SigSet::empty();
+        for sig in HANDLED {
+            if !crate::sys::is_ignored(sig) {
+                set.add(sig);
+            }
+        }
+        set
+    })
 }
 
 /// Blocks the handled signals in the calling thread, and so in every thread
 /// started after it (call it first thing in `main`), so that they queue for
 /// [`Signals`] instead of acting. The command starts with an empty mask:
 /// the standard library resets it in the child.
+///
+/// Also gives SIGCHLD its default action if it was inherited ignored (the
+/// kernel would reap the command and its exit status be lost); the command
+/// gets it ignored again (see [`sigchld_was_ignored`]).
 pub(crate) fn block() -> nix::Result<()> {
+    SIGCHLD_IGNORED.get_or_init(crate::sys::default_sigchld);
     handled().thread_block()
+}
+
+static SIGCHLD_IGNORED: OnceLock<bool> = OnceLock::new();
+
+/// Whether `lockmgr` was started with SIGCHLD ignored.
+pub(crate) fn sigchld_was_ignored() -> bool {
+    SIGCHLD_IGNORED.get().copied().unwrap_or(false)
 }
 
 /// A signal that came in, and whether it came from the terminal (and so
@@ -80,29 +103,40 @@ impl Signals {
     }
 }
 
-/// Ends this process by `signal`, as the command it ran was ended, so that
-/// a shell (or a loop in a script) reacts to `lockmgr` as to the plain
-/// command: a Ctrl-C stops the loop. Falls back to the shell's convention,
-/// status 128 + N, when the signal does not end the process (it is ignored
-/// here, as in a background job).
-pub(crate) fn die_by(signal: Signal) -> u8 {
+/// Ends this process by signal number `signo`, as the command it ran was
+/// ended, so that a shell (or a loop in a script) reacts to `lockmgr` as to
+/// the plain command: a Ctrl-C stops the loop. Falls back to the shell's
+/// convention, status 128 + N, when the signal does not end the process
+/// (it is ignored here, as in a background job).
+pub(crate) fn die_by(signo: i32) -> u8 {
     use std::io::Write;
     let _ = std::io::stderr().flush();
     let _ = std::io::stdout().flush();
     // A signal that dumps core would leave a core of lockmgr's, not of the
     // command's: none.
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-    // Rust's runtime handles these two itself (to report a stack
-    // overflow), and its handler would swallow the raised signal; a
-    // disposition inherited (SIGINT ignored in a background job) is kept.
-    if matches!(signal, Signal::SIGSEGV | Signal::SIGBUS) {
-        crate::sys::default_action(signal);
+    match Signal::try_from(signo) {
+        Ok(signal) => {
+            // Rust's runtime ignores SIGPIPE and handles these two itself
+            // (to report a stack overflow): the raised signal would be
+            // dropped or swallowed. A disposition inherited (SIGINT
+            // ignored in a background job) is kept.
+            if matches!(signal, Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGPIPE) {
+                crate::sys::default_action(signal);
+            }
+            if raise(signal).is_ok() {
+                let mut one = SigSet::empty();
+                one.add(signal);
+                // Pending now; delivered (with its default action) once
+                // unblocked.
+                let _ = one.thread_unblock();
+            }
+        }
+        // A realtime signal: never blocked or handled here, so it acts at
+        // once (by default, it ends the process).
+        Err(_) => {
+            crate::sys::raise_number(signo);
+        }
     }
-    if raise(signal).is_ok() {
-        let mut one = SigSet::empty();
-        one.add(signal);
-        // Pending now; delivered (with its default action) once unblocked.
-        let _ = one.thread_unblock();
-    }
-    (128 + signal as i32).clamp(0, 255) as u8
+    (128 + signo).clamp(0, 255) as u8
 }

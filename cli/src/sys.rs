@@ -1,7 +1,8 @@
 //! The command-line tool's uses of `unsafe`, each a call whose promise the
 //! compiler cannot check: preparing the child between `fork` and `exec`
-//! (its signal mask; its death with `lockmgr`), registering the signal
-//! descriptor with the runtime, and dying of SIGPIPE.
+//! (its signal mask and dispositions; its death with `lockmgr`),
+//! registering the signal descriptor with the runtime, reading and
+//! resetting signal dispositions, and dying of a signal.
 
 use std::io;
 
@@ -25,20 +26,32 @@ pub(crate) fn async_signalfd(fd: SignalFd) -> io::Result<AsyncFd<SignalFd>> {
 /// SIGKILL if `lockmgr` (the thread that spawns it) dies first: for a lock
 /// that lives in `lockmgr`'s own session (PostgreSQL), whose death frees the
 /// lock at once.
-pub(crate) fn prepare_child(cmd: &mut tokio::process::Command, end_with_parent: bool) {
+/// With `ignore_sigchld`, the command gets SIGCHLD ignored, as `lockmgr`
+/// was started with it (see [`default_sigchld`]).
+pub(crate) fn prepare_child(
+    cmd: &mut tokio::process::Command,
+    end_with_parent: bool,
+    ignore_sigchld: bool,
+) {
     let parent = Pid::this();
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: it makes three system calls
-    // (rt_sigprocmask, prctl, getppid) and allocates nothing.
+    // only async-signal-safe calls are allowed: it makes at most four
+    // system calls (rt_sigprocmask, rt_sigaction, prctl, getppid) and
+    // allocates nothing (its error is a bare errno). SIG_IGN installs no
+    // handler.
     unsafe {
         cmd.pre_exec(move || {
             SigSet::empty().thread_set_mask()?;
+            if ignore_sigchld {
+                signal(Signal::SIGCHLD, SigHandler::SigIgn)?;
+            }
             if end_with_parent {
                 set_pdeathsig(Signal::SIGKILL)?;
                 // If lockmgr died before the request took hold, nothing
-                // would ever send the signal: do not run the command at all.
+                // would ever send the signal: do not run the command at
+                // all ("no such process": its parent is gone).
                 if getppid() != parent {
-                    return Err(io::Error::other("lockmgr died before the command started"));
+                    return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
             }
             Ok(())
@@ -46,14 +59,48 @@ pub(crate) fn prepare_child(cmd: &mut tokio::process::Command, end_with_parent: 
     }
 }
 
+/// Whether `sig` is ignored (`SIG_IGN`) in this process: inherited from
+/// the parent (`nohup`, `trap '' HUP`, a script's background job).
+pub(crate) fn is_ignored(sig: Signal) -> bool {
+    let mut old = std::mem::MaybeUninit::<nix::libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, `sigaction` only reads the current
+    // one into `old`, a valid, writable `struct sigaction`; it changes
+    // nothing.
+    let read = unsafe { nix::libc::sigaction(sig as i32, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: zeroed is a valid `sigaction` (plain integers and a mask),
+    // and on success the kernel filled it in.
+    read == 0 && unsafe { old.assume_init() }.sa_sigaction == nix::libc::SIG_IGN
+}
+
+/// Gives SIGCHLD its default action if it was inherited ignored, and says
+/// whether it was: while SIGCHLD is ignored, the kernel reaps children
+/// itself and their exit status is lost to `lockmgr`.
+pub(crate) fn default_sigchld() -> bool {
+    let ignored = is_ignored(Signal::SIGCHLD);
+    if ignored {
+        default_action(Signal::SIGCHLD);
+    }
+    ignored
+}
+
 /// Gives `sig` its default action back, in place of a disposition Rust's
 /// runtime set (it ignores SIGPIPE and handles SIGSEGV and SIGBUS to
-/// report stack overflows), just before `lockmgr` ends by that signal.
+/// report stack overflows) just before `lockmgr` ends by that signal, or
+/// in place of an inherited ignored SIGCHLD at start.
 pub(crate) fn default_action(sig: Signal) {
     // SAFETY: SIG_DFL installs no handler of ours, so no code of this
     // process runs in a signal's context; and nothing relies on the old
-    // disposition any more: the process ends by this signal now.
+    // disposition any more: the process ends by this signal now, or (for
+    // SIGCHLD, at start) no child exists yet.
     let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+}
+
+/// Sends signal number `signo` to this process: for the ones that have
+/// no name in `nix` (realtime signals).
+pub(crate) fn raise_number(signo: i32) -> bool {
+    // SAFETY: `raise` takes a plain number and touches no memory of ours;
+    // an invalid number is an error return.
+    unsafe { nix::libc::raise(signo) == 0 }
 }
 
 /// Ends `lockmgr` by SIGPIPE, as a write to a pipe nobody reads ends a

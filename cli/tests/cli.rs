@@ -154,21 +154,20 @@ fn exit_status_is_the_commands() {
     // A command ended by a signal ends lockmgr by the same signal, as a
     // shell expects of the plain command; SIGSEGV and SIGBUS too, for which
     // Rust's runtime has handlers of its own (before: exit 139 and 135).
+    // SIGPIPE, which Rust's runtime ignores (before: exit 141), and a
+    // realtime signal, which has no name in `nix` (before: exit 1).
     for sig in [
-        Signal::SIGKILL,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGSEGV,
-        Signal::SIGBUS,
+        Signal::SIGKILL as i32,
+        Signal::SIGTERM as i32,
+        Signal::SIGINT as i32,
+        Signal::SIGSEGV as i32,
+        Signal::SIGBUS as i32,
+        Signal::SIGPIPE as i32,
+        nix::libc::SIGRTMIN() + 6,
     ] {
-        let script = format!("ulimit -c 0; kill -{} $$", sig as i32);
+        let script = format!("ulimit -c 0; kill -{sig} $$");
         let out = lockmgr(&["run", s(&lock), "--", "sh", "-c", &script]);
-        assert_eq!(
-            out.status.signal(),
-            Some(sig as i32),
-            "{sig}: {:?}",
-            out.status
-        );
+        assert_eq!(out.status.signal(), Some(sig), "{sig}: {:?}", out.status);
         // And it released the lock first.
         assert!(lockmgr(&["run", "-n", s(&lock), "--", "true"])
             .status
@@ -182,6 +181,96 @@ fn exit_status_is_the_commands() {
         said.contains("cannot run /nonexistent/command") && said.contains(s(&lock)),
         "{said}"
     );
+}
+
+/// A command killed by a signal may leave processes it started running
+/// (a shell's foreground child outlives the shell): they have the lock's
+/// descriptor, and keep the lock until they end, as under `flock(1)`.
+/// Before, `lockmgr` unlocked it explicitly, and a second run got in while
+/// they still worked.
+#[test]
+fn a_command_killed_by_a_signal_leaves_the_lock_with_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("job.lock");
+    let mut first = Command::new(LOCKMGR)
+        .args([
+            "run",
+            s(&lock),
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 & echo $!; wait",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let worker = Pid::from_raw(line.trim().parse().unwrap());
+    // Passed on to the shell alone, which it kills; `sleep` works on.
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(first.wait().unwrap().signal(), Some(15));
+    let out = lockmgr(&["run", "--nonblock", s(&lock), "--", "true"]);
+    let still_working = kill(worker, None).is_ok();
+    assert!(still_working, "the worker ended too soon for the test");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a second run got the lock while the first one's command still works: {}",
+        text(&out.stderr)
+    );
+    // It ends: the lock is free.
+    kill(worker, Signal::SIGKILL).unwrap();
+    let out = lockmgr(&["run", "--wait", "30", s(&lock), "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A signal the parent left ignored (`nohup`, `trap '' HUP`, a script's
+/// background job) is ignored by `lockmgr` too, as by `flock(1)`: it keeps
+/// waiting. Before, a SIGHUP ended a waiting `lockmgr` (exit 129).
+#[test]
+fn a_signal_ignored_by_the_parent_does_not_end_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("job.lock");
+    let first = holder(&lock, &[]);
+    let mut second = Command::new("env")
+        .args([
+            "--ignore-signal=HUP",
+            LOCKMGR,
+            "run",
+            s(&lock),
+            "--",
+            "true",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(second.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("waiting for lock"), "{line}");
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(finish(first).status.success());
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// With SIGCHLD ignored (inherited), the kernel reaps the command itself;
+/// its exit status must not be lost. Before: "cannot wait for the command:
+/// No child processes", exit 2.
+#[test]
+fn an_ignored_sigchld_keeps_the_commands_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("job.lock");
+    let out = Command::new("env")
+        .args(["--ignore-signal=CHLD", LOCKMGR, "run", s(&lock), "--"])
+        .args(["sh", "-c", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
 
 #[test]
