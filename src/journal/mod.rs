@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +38,11 @@ pub enum SyncPolicy {
     #[default]
     None,
     /// `fdatasync` after each append (or batch), before the lock is
-    /// released: the record is on disk when `append` returns.
+    /// released: the record is on disk when `append` returns. The first
+    /// append to a file this journal opened (or created, or found anew
+    /// after a rotation) also syncs its directory (`fsync`), so that a
+    /// crash cannot lose the new file whole; a directory this process may
+    /// not read cannot be synced, and is not.
     Data,
 }
 
@@ -56,7 +61,8 @@ pub struct JournalBuilder {
 
 impl JournalBuilder {
     /// Lock this file instead of the journal itself (it gets the usual
-    /// holder record; the journal never does).
+    /// holder record; the journal never does). A path that names the
+    /// journal file itself, by this name or another, is the same as none.
     pub fn lock_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.lock_path = Some(path.into());
         self
@@ -123,6 +129,20 @@ impl JournalBuilder {
         self.path = crate::lock::absolute(self.path);
         self.lock_path = self.lock_path.map(crate::lock::absolute);
         let file = open_data_file(&self.path, 0o644).map_err(JournalError::Open)?;
+        // A lock file that is the journal itself (by this name or another)
+        // is the default lock: locked a second time, through another
+        // descriptor, it would wait for itself, and get a holder record.
+        if let Some(lock_path) = &self.lock_path {
+            use std::os::unix::fs::MetadataExt;
+            let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+                (a.dev(), a.ino()) == (b.dev(), b.ino())
+            };
+            if let (Ok(journal), Ok(lock)) = (file.metadata(), std::fs::metadata(lock_path)) {
+                if same(&journal, &lock) {
+                    self.lock_path = None;
+                }
+            }
+        }
         let lock_path = self.lock_path.clone().unwrap_or_else(|| self.path.clone());
         let lock = LockMgr::builder(lock_path)
             .kind(self.kind)
@@ -148,6 +168,7 @@ impl JournalBuilder {
                 lock,
                 file_lock,
                 sync: self.sync,
+                entry_synced: AtomicBool::new(false),
                 timeout: self.timeout,
                 max_record: self.max_record,
             }),
@@ -243,6 +264,11 @@ struct Inner {
     /// `lock` when `lock` is another one.
     file_lock: Option<LockMgr>,
     sync: SyncPolicy,
+    /// With [`SyncPolicy::Data`]: whether the directory entry of the file
+    /// open now is known to be on disk (its directory synced since it was
+    /// opened). A file just created is in its directory only in memory:
+    /// `fdatasync` of the file does not write the entry.
+    entry_synced: AtomicBool,
     timeout: Duration,
     max_record: usize,
 }
@@ -402,11 +428,29 @@ impl Journal {
         }
         if self.inner.sync == SyncPolicy::Data {
             let syncing = file.clone();
+            // The first sync of a file opened (maybe created) by this
+            // journal also syncs its directory: until then a crash may
+            // lose the file whole, records and all.
+            let directory = (!self.inner.entry_synced.load(Ordering::Acquire))
+                .then(|| self.inner.path.parent().map(Path::to_path_buf))
+                .flatten();
             // fdatasync takes milliseconds: off the runtime's threads.
-            tokio::task::spawn_blocking(move || syncing.sync_data())
-                .await
-                .map_err(|e| self.io(JournalOp::Sync, io::Error::other(e)))?
-                .map_err(|e| self.io(JournalOp::Sync, e))?;
+            tokio::task::spawn_blocking(move || {
+                syncing.sync_data()?;
+                match directory.map(File::open) {
+                    Some(Ok(dir)) => dir.sync_all(),
+                    // A directory that may not be read cannot be synced by
+                    // this process (nor listed): the file's own sync is all
+                    // it can do.
+                    Some(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(|e| self.io(JournalOp::Sync, io::Error::other(e)))?
+            .map_err(|e| self.io(JournalOp::Sync, e))?;
+            self.inner.entry_synced.store(true, Ordering::Release);
         }
         self.release(held)
     }
@@ -516,6 +560,7 @@ impl Journal {
                 "journal file was rotated or replaced; appending to the file now at its path"
             );
             *file = Arc::new(open_data_file(&inner.path, 0o644).map_err(JournalError::Open)?);
+            inner.entry_synced.store(false, Ordering::Release);
         }
         Ok(file.clone())
     }
