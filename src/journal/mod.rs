@@ -210,7 +210,10 @@ impl JournalBuilder {
 /// - `Err(`[`JournalError::Io`]`)` with [`JournalOp::Write`] (a full disk,
 ///   a file too large, an I/O error part-way): none of the records is in
 ///   the journal. What was written was cut off again under the lock, before
-///   the error was returned. Retrying is safe.
+///   the error was returned (unless that cut failed too, which is logged
+///   at error level). Retrying is safe. A file-size limit
+///   (`RLIMIT_FSIZE`) gives this error only where SIGXFSZ is ignored; by
+///   default that signal ends the process, as any kill does.
 /// - `Err(`[`JournalError::Io`]`)` with [`JournalOp::Sync`]: the records
 ///   are in the file, but whether they reached the disk is unknown. A retry
 ///   would write them twice.
@@ -384,6 +387,13 @@ impl Journal {
     ///
     /// As [`append`](Journal::append); if any record is invalid, none is
     /// written.
+    ///
+    /// A batch is all or nothing against errors, not against a kill: a
+    /// writer killed inside its write (the kernel stops a write between
+    /// pages for a fatal signal) may leave the batch's first records
+    /// whole, which [`records`](Journal::records) then returns, and the
+    /// part of the next one as a torn tail. Records that must stand or
+    /// fall together belong in one record.
     ///
     /// # Cancel safety
     ///
