@@ -127,9 +127,12 @@
 //!
 //! The words are used by every layer and use none. The face drives the
 //! engine; the engine uses the OS layer; neither the engine nor the OS
-//! layer knows the face, and the journal and the `lockmgr` command
-//! (package `lockmgr-cli`) use only the public face. `tests/architecture.rs`
-//! checks these directions on every test run.
+//! layer knows the face. The `lockmgr` command (package `lockmgr-cli`)
+//! uses only the public API; the journal uses the face (its public types,
+//! and two crate-private rules of `lock`: the safe open of a data file,
+//! and a relative path made absolute) and the words, never the engine or
+//! the OS layer. `tests/architecture.rs` checks these directions on every
+//! test run.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -92,16 +92,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// The crate modules a file names, as `crate::x` paths or in a
-/// `use crate::{x, y::z}` list (lower-case names only: capitalised ones are
-/// the root's public re-exports).
-fn named_modules(source: &str) -> BTreeSet<String> {
+/// `use crate::{x, y::{z}}` list, at any depth (lower-case names only:
+/// capitalised ones are the root's public re-exports). `super::` that
+/// reaches the crate root counts as `crate::`: `up` is how many of them
+/// do (1 in `src/x.rs` and `src/x/mod.rs`, 2 in `src/x/y.rs`).
+fn named_modules(source: &str, up: usize) -> BTreeSet<String> {
+    let source = source.replace(&"super::".repeat(up), "crate::");
     let mut found = BTreeSet::new();
-    let mut rest = source;
+    let mut rest = source.as_str();
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
         if let Some(list) = rest.strip_prefix('{') {
-            let end = list.find('}').expect("closed use list");
-            for item in list[..end].split(',') {
+            for item in top_level_items(list) {
                 push_module(&mut found, item.trim());
             }
         } else {
@@ -109,6 +111,70 @@ fn named_modules(source: &str) -> BTreeSet<String> {
         }
     }
     found
+}
+
+/// The comma-separated items of a `{...}` list whose text starts after the
+/// `{`, split only at its own level (`a::{b, c}, d` is two items).
+fn top_level_items(list: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in list.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&list[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    panic!("use list not closed: {list}");
+}
+
+/// `source` without its `#[cfg(test)]` items (a `mod tests { ... }`, a
+/// test-only function or `use`): unit tests may reach anywhere, the rest of
+/// the file may not.
+fn without_test_items(source: &str) -> String {
+    const ATTR: &str = "#[cfg(test)]";
+    let mut out = String::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(ATTR) {
+        out.push_str(&rest[..at]);
+        let item = &rest[at + ATTR.len()..];
+        // The item ends at its `;`, or at the brace closing its body.
+        let body = item.find('{');
+        let end = match (item.find(';'), body) {
+            (Some(semi), Some(open)) if semi < open => semi + 1,
+            (_, Some(open)) => {
+                let mut depth = 0usize;
+                let mut end = item.len();
+                for (i, c) in item[open..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = open + i + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                end
+            }
+            (Some(semi), None) => semi + 1,
+            (None, None) => item.len(),
+        };
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn push_module(found: &mut BTreeSet<String>, path: &str) {
@@ -166,9 +232,12 @@ fn calls_go_one_way() {
             continue;
         };
         for (file, text) in files {
-            // Unit tests may reach anywhere.
-            let code = text.split("#[cfg(test)]").next().unwrap();
-            for named in named_modules(code) {
+            let up = if file.ends_with("mod.rs") || !file.contains('/') {
+                1
+            } else {
+                2
+            };
+            for named in named_modules(&without_test_items(&text), up) {
                 if named != module && !may.contains(&named.as_str()) {
                     wrong.push(format!("src/{file} uses crate::{named}"));
                 }
@@ -202,9 +271,38 @@ fn the_checker_sees_uses() {
     let named = named_modules(
         "use crate::error::{LockError, Operation};\nuse crate::{LockKind, os::FileId, queue};\n\
          let x = crate::os::hostname();",
+        1,
     );
     assert_eq!(
         named.into_iter().collect::<Vec<_>>(),
         ["error", "os", "queue"]
+    );
+    // A nested list does not hide the items after it (before: `watcher`
+    // was missed); `super::` that reaches the root is `crate::` (before:
+    // missed).
+    let named = named_modules(
+        "use crate::{os::{a, b}, watcher};\nuse super::contender::X;",
+        1,
+    );
+    assert_eq!(
+        named.into_iter().collect::<Vec<_>>(),
+        ["contender", "os", "watcher"]
+    );
+    // One level down, `super::` is the module itself; two reach the root.
+    let named = named_modules("use super::x; use super::super::queue::Y;", 2);
+    assert_eq!(named.into_iter().collect::<Vec<_>>(), ["queue"]);
+}
+
+#[test]
+fn the_checker_skips_only_test_items() {
+    let code = without_test_items(
+        "use crate::a;\n#[cfg(test)]\nuse crate::b;\n#[cfg(test)]\nfn t() { if x { crate::c(); } }\n\
+         fn real() { crate::d(); }\n#[cfg(test)]\nmod tests { use crate::e; }\nuse crate::f;",
+    );
+    // Before, everything after the first `#[cfg(test)]` was skipped:
+    // `d` and `f` were missed.
+    assert_eq!(
+        named_modules(&code, 1).into_iter().collect::<Vec<_>>(),
+        ["a", "d", "f"]
     );
 }
