@@ -328,6 +328,12 @@ pub(crate) async fn supervise(
         },
         Tie::EndWithParent => None,
     };
+    // A signal that came in after the lock was won and before the command
+    // exists (a Ctrl-C reached `lockmgr` alone) ends `lockmgr` as it would
+    // have a moment earlier: the command never started.
+    if let Some(received) = signals.queued() {
+        return Outcome::Signaled(received.signal as i32);
+    }
     crate::sys::prepare_child(
         &mut cmd,
         matches!(tie, Tie::EndWithParent),
@@ -359,16 +365,23 @@ pub(crate) async fn supervise(
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     tokio::pin!(lost);
     let mut was_lost = false;
+    let mut hearing = true;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            sig = signals.recv() => match sig {
+            sig = signals.recv(), if hearing => match sig {
                 // The terminal's own signal reached the command too.
                 Ok(received) if received.from_terminal => {}
                 Ok(received) => {
                     let _ = nix::sys::signal::kill(pid, received.signal);
                 }
-                Err(e) => say!("lockmgr: cannot read signals: {e}"),
+                // Said once, not in a loop: the command runs on, and
+                // signals sent to `lockmgr` stay queued.
+                Err(e) => {
+                    say!("lockmgr: cannot read signals any more ({e}); none is passed on to {} (lock {lock})",
+                        command[0].to_string_lossy());
+                    hearing = false;
+                }
             },
             () = &mut lost, if !was_lost => {
                 was_lost = true;

@@ -82,6 +82,19 @@ impl Signals {
         Ok(Signals(crate::sys::async_signalfd(fd)?))
     }
 
+    /// A signal already queued, without waiting for one.
+    pub(crate) fn queued(&self) -> Option<Received> {
+        loop {
+            let info = self.0.get_ref().read_signal().ok()??;
+            if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                return Some(Received {
+                    signal,
+                    from_terminal: info.ssi_code == SI_KERNEL,
+                });
+            }
+        }
+    }
+
     /// The next signal.
     pub(crate) async fn recv(&self) -> std::io::Result<Received> {
         loop {
