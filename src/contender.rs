@@ -299,10 +299,21 @@ pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
 
 /// Refuses a path that cannot name a file at all.
 fn check_path(path: &Path) -> Result<(), LockError> {
-    if path.as_os_str().is_empty() {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
         return Err(LockError::Invalid {
             lock: path.into(),
             reason: "the path is empty".into(),
+        });
+    }
+    // The kernel says "is a directory" for a missing one (`EISDIR` from
+    // `O_CREAT`) and "not a directory" for a file; a directory that is
+    // there is left to the open, which refuses it as one.
+    if bytes.ends_with(b"/") && !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(LockError::Invalid {
+            lock: path.into(),
+            reason: "the path ends in '/', so it can only name a directory, not a lock file".into(),
         });
     }
     Ok(())

@@ -205,6 +205,38 @@ async fn character_device_is_refused() {
     );
 }
 
+/// A path ending in `/` can only name a directory: with nothing there, or a
+/// file, it is refused as such, and nothing is created. Before: "it is a
+/// directory" for a directory that does not exist, `ENOTDIR` for a file.
+#[tokio::test]
+async fn a_path_ending_in_a_slash_is_refused_as_naming_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "data").unwrap();
+    for path in [
+        format!("{}/missing/", dir.path().display()),
+        format!("{}/", file.display()),
+    ] {
+        let err = both_refuse(&LockMgr::new(&path)).await;
+        assert!(matches!(err, LockError::Invalid { .. }), "{err:?}");
+        assert!(err.to_string().contains("ends in '/'"), "{err}");
+    }
+    assert!(!dir.path().join("missing").exists());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+    // A directory that is there is still called one.
+    let err = both_refuse(&LockMgr::new(format!("{}/", dir.path().display()))).await;
+    assert!(
+        matches!(
+            err,
+            LockError::NotAFile {
+                kind: FileKind::Directory,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn empty_path_is_refused() {
     let err = both_refuse(&LockMgr::new("")).await;
