@@ -746,6 +746,250 @@ async fn the_fencing_token_is_not_bound_by_the_waits_lock_timeout() {
     guard.release().await.unwrap();
 }
 
+/// An acquire dropped after it won the lock, while its fencing token is
+/// drawn (here held up by a DBA's lock on the token's row), lets the lock
+/// go. Before, the lock stayed with this process's shared session for as
+/// long as the process kept one: nobody, this process included, could have
+/// it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_while_its_token_is_drawn_lets_the_lock_go() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("drop-in-draw");
+    let label = format!("drop-in-draw-{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, &name)
+        .label(&label)
+        .build()
+        .unwrap();
+    // The token's row exists.
+    lock.acquire(true, LIVENESS)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute("BEGIN").await.unwrap();
+    dba.execute(
+        "SELECT 1 FROM public.lockmgr_fence WHERE name = $1 FOR UPDATE",
+        &[&name],
+    )
+    .await
+    .unwrap();
+    let admin = admin(&url).await;
+    let mut acquire = Box::pin(lock.try_acquire());
+    // Dropped once the token statement waits for the row: the lock is won.
+    let drawing = async {
+        loop {
+            let waits: bool = admin
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
+                     AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%'",
+                    &[&label],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waits {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = drawing => {}
+        r = &mut acquire => panic!("the acquire ended while the token row was locked: {r:?}"),
+        () = tokio::time::sleep(LIVENESS) => panic!("the token statement never waited"),
+    }
+    assert_eq!(lock_rows(&admin, &lock).await, 1, "won, before the drop");
+    drop(acquire);
+    dba.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the dropped acquire's lock stayed held");
+    // And this process can have it again.
+    lock.try_acquire().await.unwrap().release().await.unwrap();
+}
+
+/// Tries and acquires of a free lock, dropped at random moments around the
+/// time one takes (the try's statement on its way or answered, the token
+/// drawn or not): none leaves the lock held. Before, a try dropped after
+/// its statement was sent, or an acquire dropped while its token was
+/// drawn, could leave it held by this process's shared session for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tries_dropped_at_random_moments_leave_no_lock_held() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("drop-try");
+    let lock = PgLockMgr::builder(&url, &name)
+        .label(format!("drop-try-{}", std::process::id()))
+        .build()
+        .unwrap();
+    let admin = admin(&url).await;
+    // How long a whole try takes here, sessions made.
+    let mut took = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        lock.try_acquire().await.unwrap().release().await.unwrap();
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let span = took[10].as_nanos() as u64 * 2;
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
+    let mut left = 0;
+    for round in 0..1000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after = Duration::from_nanos(rng % span);
+        let wait = round % 2 == 0;
+        let acquire = async {
+            if wait {
+                lock.acquire(true, LIVENESS).await
+            } else {
+                lock.try_acquire().await
+            }
+        };
+        if let Ok(Ok(guard)) = tokio::time::timeout(after, acquire).await {
+            guard.release().await.unwrap();
+        }
+        let freed = tokio::time::timeout(LIVENESS, async {
+            while lock_rows(&admin, &lock).await != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        if freed.is_err() {
+            left += 1;
+            eprintln!("round {round}: dropped after {after:?}, the lock stayed held");
+            break;
+        }
+    }
+    assert_eq!(left, 0, "a dropped try left the lock held");
+}
+
+/// A token is drawn only while its lock is held. A waiter wins the lock;
+/// its token statement ends the session holding it (a fault put in the
+/// token table), and is held at a gate while the lock goes to the next
+/// waiter, which draws its token. Before, the first one's statement then
+/// drew a token larger than its successor's (on a session of its own: the
+/// statement is retried once when its session ends) and `acquire` handed
+/// it out, so a fenced store would refuse the holder of now. Now it draws
+/// none and `acquire` fails, saying its session ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_is_drawn_for_a_lock_lost_before_the_draw() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("late-draw");
+    let table = format!("public.fence_late_{}", std::process::id());
+    let admin = admin(&url).await;
+    // The fault: the token statement of the session named in `late_ctl`
+    // ends that session, then waits for a gate the test holds.
+    as_dba(
+        &admin,
+        &format!(
+            "{create}; CREATE TABLE IF NOT EXISTS late_ctl_{p} (pid int4); \
+             CREATE OR REPLACE FUNCTION late_{p}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF EXISTS (SELECT 1 FROM late_ctl_{p} WHERE pid = NEW.holder_pid) THEN \
+             PERFORM pg_terminate_backend(NEW.holder_pid); \
+             PERFORM pg_advisory_xact_lock(7070, {p}); END IF; RETURN NEW; END $$; \
+             CREATE OR REPLACE TRIGGER late_{p} BEFORE INSERT ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION late_{p}()",
+            create = lockmgr::pg::fence_table_sql(&table),
+            p = std::process::id(),
+        ),
+    )
+    .await;
+    let build = |label: &str| {
+        PgLockMgr::builder(&url, &name)
+            .label(format!("{label}-{}", std::process::id()))
+            .fence_table(&table)
+            .request_timeout(LIVENESS)
+            .build()
+            .unwrap()
+    };
+    let (first, late, next) = (build("late-first"), build("late-a"), build("late-b"));
+    let held = first.acquire(true, LIVENESS).await.unwrap();
+    let late_label = format!("late-a-{}", std::process::id());
+    let mut a = tokio::spawn(async move { late.acquire(true, LIVENESS).await });
+    // A's waiting session, named for the fault.
+    let waiting = async {
+        loop {
+            let row = admin
+                .query_opt(
+                    "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND NOT l.granted AND s.application_name = $1",
+                    &[&late_label],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                break row.get::<_, i32>(0);
+            }
+        }
+    };
+    let a_pid = tokio::time::timeout(LIVENESS, waiting)
+        .await
+        .expect("A never waited on the server");
+    as_dba(
+        &admin,
+        &format!(
+            "INSERT INTO late_ctl_{p} VALUES ({a_pid})",
+            p = std::process::id()
+        ),
+    )
+    .await;
+    // The gate, held by the test's own session.
+    admin
+        .execute(
+            "SELECT pg_advisory_lock(7070, $1)",
+            &[&(std::process::id() as i32)],
+        )
+        .await
+        .unwrap();
+    held.release().await.unwrap();
+    // A won; its token statement ended its holding session and waits at
+    // the gate; B gets the lock and its token.
+    let b = tokio::time::timeout(LIVENESS, next.acquire(true, LIVENESS))
+        .await
+        .expect("B was not let in")
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_advisory_unlock(7070, $1)",
+            &[&(std::process::id() as i32)],
+        )
+        .await
+        .unwrap();
+    let a = tokio::time::timeout(LIVENESS, &mut a)
+        .await
+        .expect("A never finished")
+        .unwrap();
+    match a {
+        Ok(guard) => panic!(
+            "A was handed the lock it lost, with token {} (the holder of now, B: {})",
+            guard.fencing_token(),
+            b.fencing_token()
+        ),
+        Err(e) => assert!(
+            matches!(e, LockError::Connect { .. }),
+            "A's error should say its session ended: {e:?}"
+        ),
+    }
+    b.release().await.unwrap();
+    as_dba(
+        &admin,
+        &format!(
+            "DROP TABLE {table}; DROP TABLE late_ctl_{p}; DROP FUNCTION late_{p}()",
+            p = std::process::id()
+        ),
+    )
+    .await;
+}
+
 /// `server_locks`: a name held shared by two sessions, with an exclusive
 /// waiter in its queue, is listed by name with both holders and the
 /// waiter; a key of ours that no lockmgr holder ever won (so the fence

@@ -67,37 +67,61 @@ pub(super) async fn ensure(
 }
 
 /// Draws the next token for `name` in `session` (autocommit), recording
-/// `holder_pid` as its holder.
+/// `holder_pid` as its holder, if that backend holds the advisory lock
+/// `key` (its two halves, as `pg_locks` shows them) when the token's row
+/// is locked: `None` when it does not (its session ended after the win).
+///
+/// Why the check: the token is drawn on another session than the one
+/// holding the lock, after the win. A holder whose session ended in
+/// between would otherwise draw a token after the next holder's, larger
+/// than it, and a fenced store would refuse the holder of now. Checked
+/// under the row's lock, it orders every draw with the holdings: a
+/// successor can only win once the lock is gone, and its draw waits for
+/// the row.
 pub(super) async fn next_token(
     session: &Session,
     table: &str,
     name: &str,
     holder_pid: i32,
+    (hi, lo): (i64, i64),
     bound: std::time::Duration,
     lock: &LockId,
-) -> Result<u64, LockError> {
+) -> Result<Option<u64>, LockError> {
+    // The second check refers to the row, so that it is made once the row
+    // is locked (a correlated subquery), not before.
     let sql = format!(
         "INSERT INTO {t} AS f (name, token, holder_pid, since) \
-         VALUES ($1, 1, $2, clock_timestamp()) \
+         SELECT $1, 1, $2, clock_timestamp() WHERE EXISTS (SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 AND l.objsubid = 1 \
+         AND l.classid::int8 = $3 AND l.objid::int8 = $4) \
          ON CONFLICT (name) DO UPDATE SET token = f.token + 1, \
          holder_pid = EXCLUDED.holder_pid, since = EXCLUDED.since \
+         WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.pid = $2 AND l.objsubid = 1 AND l.classid::int8 = $3 AND l.objid::int8 = $4 \
+         AND f.name IS NOT NULL) \
          RETURNING token::int8",
         t = quoted(table)
     );
     let rows = session
         .typed(
             &sql,
-            &[(&name, Type::TEXT), (&holder_pid, Type::INT4)],
+            &[
+                (&name, Type::TEXT),
+                (&holder_pid, Type::INT4),
+                (&hi, Type::INT8),
+                (&lo, Type::INT8),
+            ],
             bound,
             lock,
         )
         .await?;
-    let token: i64 = rows
-        .first()
-        .ok_or_else(|| protocol(lock, "no token returned"))?
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let token: i64 = row
         .try_get(0)
         .map_err(|e| protocol(lock, &format!("the token is not a bigint: {e}")))?;
-    Ok(token as u64)
+    Ok(Some(token as u64))
 }
 
 fn protocol(lock: &LockId, what: &str) -> LockError {

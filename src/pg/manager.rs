@@ -736,8 +736,8 @@ impl PgLockMgr {
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
-        let rows = match shared
-            .simple(&sql::try_lock(mode, key, shared.pid()), self.request(), id)
+        let rows = match SharedTry::start(shared, mode, key, self.request(), id)
+            .answer()
             .await
         {
             Ok(rows) => rows,
@@ -919,7 +919,15 @@ impl PgLockMgr {
     /// makes the guard. If that fails, the lock is let go.
     async fn won(&self, hold: Hold, mode: LockMode) -> Result<PgLockGuard, LockError> {
         let pid = hold.backend_pid();
-        match self.fence_token(pid).await {
+        // Dropped while the token is drawn, the lock is let go, as a
+        // dropped guard's is.
+        let mut unclaimed = Unclaimed {
+            hold: Some(hold),
+            lock: self,
+        };
+        let token = self.fence_token(pid).await;
+        let hold = unclaimed.hold.take().expect("taken only here and in drop");
+        match token {
             Ok(token) => Ok(PgLockGuard::new(hold, token, mode, self.clone())),
             Err(e) => {
                 self.let_go(hold).await;
@@ -941,12 +949,27 @@ impl PgLockMgr {
                 &self.inner.fence,
                 &self.inner.name,
                 pid,
+                self.key_halves(),
                 self.request(),
                 self.id(),
             )
             .await
             {
-                Ok(token) => return Ok(token),
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => {
+                    tracing::warn!(
+                        lock = %self.id(),
+                        "lockmgr: the session that won lock {} ended before its fencing token \
+                         was drawn; the lock is lost",
+                        self.id()
+                    );
+                    return Err(LockError::Connect {
+                        lock: self.id().clone(),
+                        source: "the session that won the lock ended before its fencing token \
+                                 could be drawn: the lock is lost"
+                            .into(),
+                    });
+                }
                 Err(e) if again && session_gone(&e) => {
                     utility.end();
                     again = false;
@@ -1028,6 +1051,101 @@ enum Shared {
     Ended(Pass),
     /// Statements ran on different backends: a transaction pooler.
     Pooled(Pass),
+}
+
+/// The first try on a shared session, run in a task of its own. Its
+/// statement, once sent, runs on the server whatever becomes of the
+/// future that sent it, and only its answer tells whether it won: dropped
+/// before the answer came, the task waits for it and gives a lock it won
+/// back (one unlock for the one grant, so that other holds of this
+/// process on the same session are untouched).
+struct SharedTry {
+    task:
+        Option<tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError>>>,
+    session: Arc<Session>,
+    mode: LockMode,
+    key: i64,
+    bound: Duration,
+    id: LockId,
+}
+
+impl SharedTry {
+    fn start(
+        session: &Arc<Session>,
+        mode: LockMode,
+        key: i64,
+        bound: Duration,
+        id: &LockId,
+    ) -> Self {
+        let task = session.runtime.spawn({
+            let (session, id) = (session.clone(), id.clone());
+            let statement = sql::try_lock(mode, key, session.pid());
+            async move { session.simple(&statement, bound, &id).await }
+        });
+        SharedTry {
+            task: Some(task),
+            session: session.clone(),
+            mode,
+            key,
+            bound,
+            id: id.clone(),
+        }
+    }
+
+    async fn answer(mut self) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError> {
+        let answer = match self.task.as_mut() {
+            Some(task) => task.await,
+            None => return Err(self.lost_task("the try was answered already")),
+        };
+        // Answered: whatever it says is the caller's now.
+        self.task = None;
+        answer.unwrap_or_else(|e| Err(self.lost_task(&e.to_string())))
+    }
+
+    fn lost_task(&self, what: &str) -> LockError {
+        LockError::Connect {
+            lock: self.id.clone(),
+            source: format!("the lock try did not finish: {what}").into(),
+        }
+    }
+}
+
+impl Drop for SharedTry {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (session, mode, key, bound, id) = (
+            self.session.clone(),
+            self.mode,
+            self.key,
+            self.bound,
+            self.id.clone(),
+        );
+        session.runtime.clone().spawn(async move {
+            let Ok(Ok(rows)) = task.await else { return };
+            if lock_answer(&rows) == Some((true, session.pid())) {
+                tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a dropped try");
+                let _ = session.simple(&sql::unlock(mode, key), bound, &id).await;
+            }
+        });
+    }
+}
+
+/// A lock won but not yet handed out in a guard: dropped so (its acquire
+/// dropped), it is let go from a task of its own.
+struct Unclaimed<'a> {
+    hold: Option<Hold>,
+    lock: &'a PgLockMgr,
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            let inner = self.lock.inner();
+            drop(hold.give_up(&inner.server, inner.key));
+        }
+    }
 }
 
 /// A session whose wait must not outlive the future that waits: dropped
