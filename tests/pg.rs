@@ -872,6 +872,29 @@ async fn tries_dropped_at_random_moments_leave_no_lock_held() {
     assert_eq!(left, 0, "a dropped try left the lock held");
 }
 
+/// A server that ends idle sessions (`idle_session_timeout` on the role,
+/// the database, or here the connection) does not end the sessions that
+/// hold locks, which are idle on purpose. Before, the lock was lost as soon
+/// as the timeout passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_timeout_does_not_end_a_holding_session() {
+    let Some(url) = common::pg_url() else { return };
+    let join = if url.contains('?') { '&' } else { '?' };
+    let short = format!("{url}{join}options=-c%20idle_session_timeout%3D300");
+    let name = name("idle-timeout");
+    let lock = PgLockMgr::builder(&short, &name)
+        .label(format!("idle-timeout-{}", std::process::id()))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    // Three times the server's patience.
+    let lost = tokio::time::timeout(Duration::from_millis(900), guard.lost()).await;
+    assert!(lost.is_err(), "the idle holding session was ended");
+    let admin = admin(&url).await;
+    assert_eq!(lock_rows(&admin, &lock).await, 1);
+    guard.release().await.unwrap();
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

@@ -368,8 +368,8 @@ impl Server {
             runtime: home,
         });
         // Server side: give a silent client up as the client gives a silent
-        // server up, and notice a client gone in the middle of a wait
-        // (PostgreSQL 14 and later). Settings the server lacks are skipped.
+        // server up, notice a client gone in the middle of a wait, and do
+        // not end a session for being idle (see `sql::server_side`).
         let setup = format!("SELECT pg_backend_pid(), {}", sql::server_side(dead, false));
         let rows = session.simple(&setup, self.timeouts.request, lock).await?;
         let pid = first_value(&rows)

@@ -46,10 +46,15 @@ pub(super) fn unlock(mode: LockMode, key: i64) -> String {
 }
 
 /// The server side of a session: give a silent client up as the client
-/// gives a silent server up (keepalives, `tcp_user_timeout`), and notice a
+/// gives a silent server up (keepalives, `tcp_user_timeout`), notice a
 /// client gone in the middle of a wait (`client_connection_check_interval`,
-/// PostgreSQL 14 and later). Settings the server lacks are skipped. A
-/// subquery counting what it set; `local` for the current transaction only.
+/// PostgreSQL 14 and later), and never end a session or transaction for
+/// being idle or long (`idle_session_timeout`, 14 and later;
+/// `transaction_timeout`, 17 and later): one that holds a lock is idle and
+/// long-lived on purpose, and a role's or database's policy for idle
+/// connections would take the lock away with it. Settings the server lacks
+/// are skipped. A subquery counting what it set; `local` for the current
+/// transaction only.
 pub(super) fn server_side(dead: Duration, local: bool) -> String {
     let ms = |d: Duration| d.as_millis().max(1);
     let secs = |d: Duration| d.as_secs().max(1);
@@ -57,7 +62,8 @@ pub(super) fn server_side(dead: Duration, local: bool) -> String {
         "(SELECT count(*) FROM (SELECT set_config(v.name, v.value, {local}) \
          FROM (VALUES ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'), \
          ('tcp_keepalives_count', '3'), ('tcp_user_timeout', '{}'), \
-         ('client_connection_check_interval', '250')) AS v(name, value) \
+         ('client_connection_check_interval', '250'), ('idle_session_timeout', '0'), \
+         ('transaction_timeout', '0')) AS v(name, value) \
          JOIN pg_settings s ON s.name = v.name) AS applied)",
         secs(dead / 3),
         secs(dead / 9),
