@@ -561,13 +561,18 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
     let admin = admin(&url).await;
     let role = format!("lockmgr_nocreate_{}", std::process::id());
     let table = format!("public.fence_by_dba_{}", std::process::id());
+    // A name with capitals names the table `fence_table_sql` makes (its
+    // parts quoted), and is found as that one.
+    let capitals = format!("public.Fence_By_DBA_{}", std::process::id());
     as_dba(
         &admin,
         &format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'nocreate-pw'; \
-             REVOKE CREATE ON SCHEMA public FROM {role}; {}; \
-             GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
-            lockmgr::pg::fence_table_sql(&table)
+             REVOKE CREATE ON SCHEMA public FROM {role}; {}; {}; \
+             GRANT SELECT, INSERT, UPDATE ON {table}, public.\"Fence_By_DBA_{}\" TO {role}",
+            lockmgr::pg::fence_table_sql(&table),
+            lockmgr::pg::fence_table_sql(&capitals),
+            std::process::id()
         ),
     )
     .await;
@@ -585,14 +590,19 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
         std::env::var("LOCKMGR_PG_HOST").unwrap(),
         std::env::var("LOCKMGR_PG_PORT").unwrap(),
     );
-    let lock = PgLockMgr::builder(&config, name("nocreate"))
-        .fence_table(&table)
-        .build()
-        .unwrap();
-    for want in 1..=2 {
-        let guard = lock.acquire(true, LIVENESS).await.unwrap();
-        assert_eq!(guard.fencing_token(), want);
-        guard.release().await.unwrap();
+    for table in [&table, &capitals] {
+        let lock = PgLockMgr::builder(&config, name("nocreate"))
+            .fence_table(table)
+            .build()
+            .unwrap();
+        for want in 1..=2 {
+            let guard = lock
+                .acquire(true, LIVENESS)
+                .await
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+            assert_eq!(guard.fencing_token(), want);
+            guard.release().await.unwrap();
+        }
     }
 
     let missing = PgLockMgr::builder(&config, name("nocreate"))

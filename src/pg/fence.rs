@@ -42,7 +42,8 @@ pub(super) async fn ensure(
     let rows = session
         .typed(
             "SELECT to_regclass($1) IS NOT NULL",
-            &[(&table, Type::TEXT)],
+            // As the table is made: each part quoted, capitals kept.
+            &[(&quoted(table), Type::TEXT)],
             bound,
             lock,
         )
