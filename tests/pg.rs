@@ -952,6 +952,30 @@ async fn a_slow_read_does_not_end_the_locks_held_on_its_session() {
     b_held.release().await.unwrap();
 }
 
+/// A token table dropped while the process runs is made again at the next
+/// acquire, with a warning that tokens start again at 1 (as a process that
+/// starts then would). Before, every acquire of the `PgLockMgr` failed
+/// ("relation does not exist") until the process restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_table_dropped_meanwhile_is_made_again() {
+    let Some(url) = common::pg_url() else { return };
+    let table = format!("public.fence_dropped_{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, name("dropped-table"))
+        .fence_table(&table)
+        .build()
+        .unwrap();
+    for want in 1..=2 {
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        assert_eq!(guard.fencing_token(), want);
+        guard.release().await.unwrap();
+    }
+    as_dba(&admin(&url).await, &format!("DROP TABLE {table}")).await;
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(guard.fencing_token(), 1);
+    guard.release().await.unwrap();
+    as_dba(&admin(&url).await, &format!("DROP TABLE {table}")).await;
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

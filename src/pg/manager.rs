@@ -979,6 +979,21 @@ impl PgLockMgr {
                     utility.end();
                     again = false;
                 }
+                // Dropped since this lock made or found it: made again, as
+                // a process starting now would.
+                Err(e)
+                    if again && code(&e).as_deref() == Some(SqlState::UNDEFINED_TABLE.code()) =>
+                {
+                    tracing::warn!(
+                        lock = %self.id(),
+                        "lockmgr: the fencing token table {} is gone; it is made again, and the \
+                         tokens of lock {} start again at 1",
+                        self.inner.fence,
+                        self.id()
+                    );
+                    self.inner.table_ready.store(false, Ordering::Release);
+                    again = false;
+                }
                 Err(e) => return Err(with_op(e, Operation::Fence)),
             }
         }

@@ -70,7 +70,10 @@
 //!   namespace of its own.
 //! - Each guard carries a [fencing token](PgLockGuard::fencing_token),
 //!   strictly increasing over all holders of one name, drawn in an
-//!   autocommit statement right after the lock was won. Pass it to the
+//!   autocommit statement right after the lock was won, and only while the
+//!   winning session still holds it (as long as the token table keeps its
+//!   rows: a dropped, truncated or restored table, or a failover to a
+//!   standby that missed the last draws, starts tokens again). Pass it to the
 //!   systems you write to and let them refuse tokens older than the newest
 //!   they have seen: a lock is only as good as its session, and a holder
 //!   that stalls (a long GC pause, a network partition) can lose its
