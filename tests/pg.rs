@@ -976,6 +976,44 @@ async fn a_token_table_dropped_meanwhile_is_made_again() {
     as_dba(&admin(&url).await, &format!("DROP TABLE {table}")).await;
 }
 
+/// A name PostgreSQL cannot keep in the token table (a NUL byte; more
+/// bytes than its key can hold) is refused when the lock is built, with an
+/// error that names the server and does not repeat a huge name whole.
+/// Before, the lock was won on the server first and the token draw failed
+/// (`54000`, `22021`), with the whole megabyte of name in the message.
+#[test]
+fn names_the_token_table_cannot_keep_are_refused_at_build() {
+    let config = "host=db.invalid port=5432 user=app dbname=app";
+    for bad in ["nul\0name".to_string(), "n".repeat(1 << 20)] {
+        let e = PgLockMgr::new(config, &bad).unwrap_err();
+        assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(text.contains("db.invalid"), "{text}");
+    }
+    PgLockMgr::new(config, "n".repeat(2000)).unwrap();
+}
+
+/// The longest name allowed, of bytes that do not compress, is held and
+/// gets its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_name_allowed_is_held_with_a_token() {
+    let Some(url) = common::pg_url() else { return };
+    let mut x = u64::from(std::process::id()) | 1;
+    let longest: String = (0..2000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
+    let lock = PgLockMgr::new(&url, &longest).unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    assert!(guard.fencing_token() >= 1);
+    guard.release().await.unwrap();
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

@@ -176,7 +176,8 @@ impl PgLockMgrBuilder {
     /// # Errors
     ///
     /// [`LockError::Invalid`] when the connection string does not parse, or
-    /// names TLS files that cannot be used.
+    /// names TLS files that cannot be used, or when the name holds a NUL
+    /// byte or is longer than 2,000 bytes (the token table keeps no more).
     pub fn build(self) -> Result<PgLockMgr, LockError> {
         let invalid = |reason: String| LockError::Invalid {
             lock: LockId::postgres("", "", &self.name),
@@ -203,6 +204,24 @@ impl PgLockMgrBuilder {
             ));
         }
         let (host, db) = server.names();
+        // Refused now, rather than after the lock was won on the server
+        // and its token could not be drawn.
+        let bad_name = if self.name.contains('\0') {
+            Some("the name holds a NUL byte, which PostgreSQL text cannot".to_string())
+        } else if self.name.len() > MAX_NAME {
+            Some(format!(
+                "the name is {} bytes long; the token table keeps names of at most {MAX_NAME}",
+                self.name.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = bad_name {
+            return Err(LockError::Invalid {
+                lock: LockId::postgres(host, db, shortened(&self.name)),
+                reason,
+            });
+        }
         Ok(PgLockMgr {
             inner: Arc::new(Inner {
                 key: advisory_key(&self.name),
@@ -216,6 +235,23 @@ impl PgLockMgrBuilder {
             }),
         })
     }
+}
+
+/// The longest lock name, in bytes: a key of the token table's index
+/// (PostgreSQL's B-tree takes entries of up to about 2,700 bytes).
+const MAX_NAME: usize = 2000;
+
+/// `name` as an error about it shows it: whole if short, else its start.
+fn shortened(name: &str) -> String {
+    const SHOWN: usize = 64;
+    if name.len() <= SHOWN {
+        return name.to_string();
+    }
+    let end = (0..=SHOWN)
+        .rev()
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}... ({} bytes)", &name[..end], name.len())
 }
 
 /// `config` with `application_name` set to `app`, in its own syntax.
