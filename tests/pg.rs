@@ -992,6 +992,11 @@ fn names_the_token_table_cannot_keep_are_refused_at_build() {
         assert!(text.contains("db.invalid"), "{text}");
     }
     PgLockMgr::new(config, "n".repeat(2000)).unwrap();
+    // The row of semaphore "x"'s count: before, a lock of that name drew
+    // its tokens there, and "x" then had more permits than its users said.
+    let e = PgLockMgr::new(config, "x/permits").unwrap_err();
+    assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
+    PgLockMgr::new(config, "x/permits/y").unwrap();
 }
 
 /// The longest name allowed, of bytes that do not compress, is held and

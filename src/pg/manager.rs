@@ -177,7 +177,9 @@ impl PgLockMgrBuilder {
     ///
     /// [`LockError::Invalid`] when the connection string does not parse, or
     /// names TLS files that cannot be used, or when the name holds a NUL
-    /// byte or is longer than 2,000 bytes (the token table keeps no more).
+    /// byte, is longer than 2,000 bytes (the token table keeps no more), or
+    /// ends in `/permits` (the row of a [`PgSemaphore`](super::PgSemaphore)'s
+    /// count).
     pub fn build(self) -> Result<PgLockMgr, LockError> {
         let invalid = |reason: String| LockError::Invalid {
             lock: LockId::postgres("", "", &self.name),
@@ -208,6 +210,12 @@ impl PgLockMgrBuilder {
         // and its token could not be drawn.
         let bad_name = if self.name.contains('\0') {
             Some("the name holds a NUL byte, which PostgreSQL text cannot".to_string())
+        } else if self.name.ends_with(COUNT_ROW) {
+            Some(format!(
+                "names ending in \"{COUNT_ROW}\" are kept for the counts of semaphores (the \
+                 count of semaphore \"{}\" is in that row of the token table)",
+                shortened(&self.name[..self.name.len() - COUNT_ROW.len()])
+            ))
         } else if self.name.len() > MAX_NAME {
             Some(format!(
                 "the name is {} bytes long; the token table keeps names of at most {MAX_NAME}",
@@ -236,6 +244,11 @@ impl PgLockMgrBuilder {
         })
     }
 }
+
+/// The end of the token table's row that keeps a semaphore's count of
+/// permits (`NAME/permits`): no lock may have such a name, or its tokens
+/// would be read as the count.
+pub(super) const COUNT_ROW: &str = "/permits";
 
 /// The longest lock name, in bytes: a key of the token table's index
 /// (PostgreSQL's B-tree takes entries of up to about 2,700 bytes).

@@ -178,7 +178,7 @@ impl PgSemaphore {
         let (session, _) = first.utility(None).await?;
         let inner = first.inner();
         let table = fence::quoted(&inner.fence);
-        let key = format!("{}/permits", self.name);
+        let key = format!("{}{}", self.name, super::manager::COUNT_ROW);
         let permits = i64::from(self.permits());
         let read = |e| with_op(e, Operation::Fence);
         session
