@@ -23,8 +23,12 @@ pub struct Term {
 impl LockMgr {
     /// Campaigns for leadership and runs `work` while leading: waits for
     /// the lock exclusively, for as long as it takes, then runs `work` and
-    /// steps down (releases the lock) when it ends. A file lock is not lost
-    /// while the process lives, so the term lasts as long as the work.
+    /// steps down (releases the lock) when it ends. On a local file system
+    /// a file lock is not lost while the process lives, so the term lasts
+    /// as long as the work. (On a network file system the server may give
+    /// a lock away after a partition longer than its lease, and a file lock
+    /// has no way to tell its holder: there, fence the leader's writes with
+    /// its token, or lead through `lockmgr::pg`.)
     ///
     /// To lead again after the work ends, call it again: the replica goes
     /// to the back of the line of candidates of its process.

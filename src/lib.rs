@@ -109,7 +109,7 @@
 //! | face | `guard` | [`LockGuard`]: a held file lock |
 //! | face | `semaphore`, `permit` | [`Semaphore`]: at most N holders of one file; [`Permit`]: one of them |
 //! | face | `leader` | [`LockMgr::lead`]: leadership among replicas, and its [`Term`] |
-//! | face | [`pg`] | the same contract on PostgreSQL advisory locks (feature `postgres`) |
+//! | face | `pg` | the same contract on PostgreSQL advisory locks (feature `postgres`) |
 //! | user of the face | [`journal`] | crash-safe appends, on [`LockMgr`] |
 //! | engine | `contender` | one caller's contention for a lock file: open, try, wait in line, record, release, status |
 //! | engine | `slots` | a semaphore's contention: its permit count, one byte-range lock per slot, the wait for a free one; the status of a semaphore's file |

@@ -135,8 +135,10 @@ impl LockMgrBuilder {
 
     /// Whether each exclusive holding draws a fencing token
     /// ([`LockGuard::fencing_token`]): a number greater than that of every
-    /// earlier exclusive holding of this lock file, by any process, kept in
-    /// the holder record under the lock. Default off (drawing one writes
+    /// earlier exclusive holding of this lock file, by any process that
+    /// locks it in the same family ([`LockKind`]: holders of two families
+    /// do not exclude each other on most file systems), kept in the holder
+    /// record under the lock. Default off (drawing one writes
     /// the record on every acquire).
     ///
     /// The sequence survives holders killed while holding (the record is

@@ -26,7 +26,8 @@ impl PgLockMgr {
     /// Campaigns for leadership and runs `work` while leading: waits for
     /// the lock exclusively, for as long as it takes, then runs `work`
     /// until it ends ([`Led::Finished`], and the lock is released) or the
-    /// lock is lost ([`Led::Lost`], and the work is stopped at once).
+    /// lock is lost ([`Led::Lost`], and the work is dropped at its next
+    /// poll: work that blocks its thread runs on until it yields).
     ///
     /// The term's fencing token (always drawn here) is greater than every
     /// earlier leader's: pass it with the leader's writes, so that a leader

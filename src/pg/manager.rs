@@ -163,7 +163,9 @@ impl PgLockMgrBuilder {
     /// `Some(false)` shares session-level locks on a few sessions. Default
     /// `None`: found out by a probe before the first lock (two sessions of
     /// this process that land on one server backend can only be pooled per
-    /// transaction).
+    /// transaction). `Some(false)` behind a transaction pooler is unsafe:
+    /// sessions that one backend serves in turn all take its session lock
+    /// as their own, and two holders follow.
     pub fn transaction_pooling(mut self, pooled: Option<bool>) -> Self {
         self.transaction_pooling = pooled;
         self
