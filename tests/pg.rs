@@ -1019,6 +1019,40 @@ async fn the_longest_name_allowed_is_held_with_a_token() {
     guard.release().await.unwrap();
 }
 
+/// A wait's whole budget (its attempts times their length) bounds it on
+/// PostgreSQL too, when an attempt is shorter than a round trip to the
+/// server: 1,000 attempts of 100 us give up after about 100 ms, not after
+/// 1,000 round trips. Before, every attempt was made (1.4 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_attempts_stop_when_the_wait_is_spent() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("short-attempts");
+    let holder = PgLockMgr::builder(&url, &name)
+        .label("short-attempts-holder")
+        .build()
+        .unwrap();
+    let held = holder.acquire(true, LIVENESS).await.unwrap();
+    for shared in [false, true] {
+        let waiter = PgLockMgr::builder(&url, &name)
+            .label(format!("short-attempts-{shared}"))
+            .max_attempts(1000)
+            .transaction_pooling(Some(shared))
+            .build()
+            .unwrap();
+        let per = Duration::from_micros(100);
+        match waiter.acquire(true, per).await {
+            Err(LockError::TimedOut {
+                attempts, waited, ..
+            }) => {
+                assert!(attempts < 1000, "all {attempts} attempts were made");
+                assert!(waited >= per * attempts, "{waited:?} for {attempts}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    held.release().await.unwrap();
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

@@ -845,7 +845,12 @@ impl PgLockMgr {
         let mut armed = Armed::new(server, waiter.clone());
         // The server bounds each attempt; the client allows it a margin.
         let bound = policy.timeout.saturating_add(self.request());
+        let mut made = 0;
         for attempt in 1..=policy.max_attempts {
+            if spent(attempt, deadline) {
+                break;
+            }
+            made = attempt;
             // The attempt's bound goes with the wait, in one round trip (and
             // with each: a failed wait rolls its statement's setting back).
             let statement = format!(
@@ -884,7 +889,7 @@ impl PgLockMgr {
         }
         Shared::Done(Err(LockError::TimedOut {
             lock: id.clone(),
-            attempts: policy.max_attempts,
+            attempts: made,
             waited: started.elapsed(),
             holder: self.holder_on(shared).await.ok().flatten(),
         }))
@@ -938,7 +943,12 @@ impl PgLockMgr {
         *contended = true;
         policy.announce(id, holder.as_ref(), "");
         let bound = policy.timeout.saturating_add(self.request());
+        let mut made = 0;
         for attempt in 1..=policy.max_attempts {
+            if spent(attempt, deadline) {
+                break;
+            }
+            made = attempt;
             match own
                 .simple(&sql::wait_xact_lock(mode, key, policy.timeout), bound, id)
                 .await
@@ -964,7 +974,7 @@ impl PgLockMgr {
         }
         Err(LockError::TimedOut {
             lock: id.clone(),
-            attempts: policy.max_attempts,
+            attempts: made,
             waited: started.elapsed(),
             holder: self.holder_on(&utility).await.ok().flatten(),
         })
@@ -1109,6 +1119,14 @@ pub(super) fn session_holder(
 }
 
 /// `(won, backend pid)` from a lock statement's answer.
+/// Whether a wait's whole budget is spent before its `attempt`: an attempt
+/// is a round trip to the server, and one shorter than that (a wait of
+/// 1 ms cut into 1,000 attempts) would otherwise make the call last
+/// attempts x round trips. The first attempt is always made.
+fn spent(attempt: u32, deadline: Option<Instant>) -> bool {
+    attempt > 1 && deadline.is_some_and(|d| Instant::now() >= d)
+}
+
 fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32)> {
     let row = first_row(rows)?;
     Some((row.get(0) == Some("t"), row.get(1)?.parse().ok()?))
