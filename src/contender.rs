@@ -50,6 +50,8 @@ pub(crate) struct LockConfig {
     pub(crate) remove_on_release: bool,
     /// Set once this lock has warned that its file system needs polling.
     pub(crate) network_warned: AtomicBool,
+    /// Whether this lock has warned that it cannot draw fencing tokens.
+    pub(crate) unfenced_warned: AtomicBool,
     /// What file system the lock file is on, learnt at its first open:
     /// [`FS_UNKNOWN`], [`FS_LOCAL`] or [`FS_NETWORK`].
     pub(crate) fs: AtomicU8,
@@ -93,6 +95,19 @@ impl LockConfig {
                 _ => FS_LOCAL,
             };
             self.fs.store(class, Ordering::Relaxed);
+        }
+    }
+
+    /// Warns, once per lock, that fencing tokens were asked for and cannot
+    /// be drawn, and `why`: its holders go without.
+    fn warn_unfenced(&self, why: &str) {
+        if self.fencing && !self.unfenced_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lock = %self.path.display(),
+                "lockmgr: no fencing token can be drawn for lock {}: {why}; its holders go \
+                 without one",
+                self.id
+            );
         }
     }
 
@@ -221,6 +236,10 @@ impl Contender for FileContender<'_> {
             if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
                 self.token = self.write_record()?;
             } else {
+                if self.mode == LockMode::Exclusive && !self.writable {
+                    self.config
+                        .warn_unfenced("the file may only be read here (no record can be written)");
+                }
                 self.file()?;
             }
             return Ok(Try::Won);
@@ -550,6 +569,9 @@ impl<'a> FileContender<'a> {
             Ok(n) if n == 0 || is_whole_record(&head[..n]) => n,
             Ok(_) => {
                 tracing::debug!(lock = %self.config.path.display(), "lock file holds other data; no holder record written");
+                self.config.warn_unfenced(
+                    "the file holds other data than a holder record, which is never overwritten",
+                );
                 return None;
             }
             Err(_) => return None,
@@ -1238,6 +1260,7 @@ mod tests {
             fencing: false,
             remove_on_release: false,
             network_warned: AtomicBool::new(false),
+            unfenced_warned: AtomicBool::new(false),
             fs: AtomicU8::new(FS_UNKNOWN),
             network_turn: tokio::sync::Mutex::new(()),
             last_record: std::sync::Mutex::new(None),

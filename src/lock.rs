@@ -204,6 +204,7 @@ impl LockMgrBuilder {
                 fencing: self.fencing,
                 remove_on_release: self.remove_on_release,
                 network_warned: AtomicBool::new(false),
+                unfenced_warned: AtomicBool::new(false),
                 fs: AtomicU8::new(contender::FS_UNKNOWN),
                 network_turn: tokio::sync::Mutex::new(()),
                 last_record: std::sync::Mutex::new(None),

@@ -178,3 +178,53 @@ fn a_fencing_token_at_its_largest_is_warned_of() {
         "the record names the new holder: {record:?}"
     );
 }
+
+/// Fencing asked for and no token to be had, because the lock file holds
+/// another program's data or may only be read here: one warning per lock
+/// naming it and why, not silence (before: a debug event, or nothing, and
+/// every holder went without a token).
+#[test]
+fn a_lock_that_cannot_draw_fencing_tokens_warns_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.lock");
+    std::fs::write(&data, "somebody's data, not a record").unwrap();
+    let read_only = dir.path().join("read-only.lock");
+    std::fs::write(&read_only, "").unwrap();
+    let mut perms = std::fs::metadata(&read_only).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+    std::fs::set_permissions(&read_only, perms).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    for (path, kind, why) in [
+        (&data, lockmgr::LockKind::Ofd, "other data"),
+        (&read_only, lockmgr::LockKind::Flock, "only be read"),
+    ] {
+        if root && path == &read_only {
+            // Root writes a 0444 file all the same: nothing to see.
+            continue;
+        }
+        let lock = LockMgr::builder(path)
+            .kind(kind)
+            .fencing_tokens(true)
+            .build();
+        let recorder = Recorder::default();
+        tracing::subscriber::with_default(recorder.clone(), || {
+            for _ in 0..3 {
+                assert_eq!(lock.try_acquire().unwrap().fencing_token(), None);
+            }
+        });
+        let events = recorder.0.lock().unwrap().clone();
+        let warned: Vec<_> = events
+            .iter()
+            .filter(|(l, m)| *l == Level::WARN && m.contains("no fencing token"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{why}: {events:?}");
+        assert!(
+            warned[0].1.contains(&path.display().to_string()) && warned[0].1.contains(why),
+            "{events:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "somebody's data, not a record"
+    );
+}
