@@ -121,9 +121,7 @@ impl PgLockMgrBuilder {
     /// the session kept if it answers within the same time once more (only
     /// that request was slow: a table lock in its way), so that the locks
     /// it holds are not lost with it; the call then fails with
-    /// [`LockError::Server`]. (Such a call may take up to three times this
-    /// before it fails: the request, the cancel, the question once more.)
-    /// Default 10 s.
+    /// [`LockError::Server`]. Default 10 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(Duration::from_millis(1));
         self
