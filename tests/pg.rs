@@ -905,53 +905,6 @@ async fn an_idle_session_timeout_does_not_end_a_holding_session() {
     guard.release().await.unwrap();
 }
 
-/// A read that the server holds up past the request timeout (here a DBA's
-/// `LOCK TABLE` on the token table, which the holder lookup joins) fails,
-/// but does not take the locks held on the same session with it: the
-/// request is cancelled and the session, which still answers, kept.
-/// Before, the session was closed, and every lock of this process on it
-/// was lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_read_does_not_end_the_locks_held_on_its_session() {
-    let Some(url) = common::pg_url() else { return };
-    let label = format!("slow-read-{}", std::process::id());
-    let build = |name: &str, label: &str| {
-        PgLockMgr::builder(&url, name)
-            .label(label)
-            .request_timeout(Duration::from_millis(500))
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (name("slow-read-a"), name("slow-read-b"));
-    let mine = build(&a, &label);
-    let held = mine.acquire(true, LIVENESS).await.unwrap();
-    // B is held by another server's session, so that its status looks up
-    // its holder; asked through the sessions that hold A.
-    let other = build(&b, &format!("{label}-other"));
-    let b_held = other.acquire(true, LIVENESS).await.unwrap();
-    let asked = build(&b, &label);
-    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    dba.batch_execute("BEGIN; LOCK TABLE public.lockmgr_fence IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let slow = asked.status().await;
-    dba.batch_execute("COMMIT").await.unwrap();
-    assert!(slow.is_err(), "{slow:?}");
-    assert!(!held.is_lost(), "A was lost with the slow read's session");
-    let admin = admin(&url).await;
-    assert_eq!(lock_rows(&admin, &mine).await, 1);
-    // The kept session serves again.
-    assert!(matches!(
-        asked.status().await.unwrap(),
-        lockmgr::Status::Exclusive { .. }
-    ));
-    held.release().await.unwrap();
-    b_held.release().await.unwrap();
-}
-
 /// A token table dropped while the process runs is made again at the next
 /// acquire, with a warning that tokens start again at 1 (as a process that
 /// starts then would). Before, every acquire of the `PgLockMgr` failed

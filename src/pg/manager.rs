@@ -116,12 +116,7 @@ impl PgLockMgrBuilder {
     /// The longest any one request may take that is not a lock wait (a
     /// try, a release, a fencing token, a status): a server that does not
     /// answer within it has its session closed, and the call fails with
-    /// [`LockError::Connect`]. A read or a fencing token (not a lock
-    /// statement) on a session that holds locks is cancelled instead, and
-    /// the session kept if it answers within the same time once more (only
-    /// that request was slow: a table lock in its way), so that the locks
-    /// it holds are not lost with it; the call then fails with
-    /// [`LockError::Server`]. Default 10 s.
+    /// [`LockError::Connect`]. Default 10 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(Duration::from_millis(1));
         self

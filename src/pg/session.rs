@@ -358,7 +358,6 @@ impl Server {
         });
         let session = Arc::new(Session {
             cancel: client.cancel_token(),
-            cancel_via: (self.connector.clone(), self.cancel_target.clone()),
             client,
             pid: 0.into(),
             ended,
@@ -482,8 +481,6 @@ pub(super) struct Session {
     /// dropping the client does not while a request is under way.
     task: AbortHandle,
     cancel: CancelToken,
-    /// How to reach the server with a cancel request: its TLS, its address.
-    cancel_via: (Option<MakeRustlsConnect>, Target),
     /// Locks held through this session.
     pub(super) held: AtomicUsize,
     /// A request was sent and its answer has not come: set while one is
@@ -521,7 +518,7 @@ impl Session {
         bound: Duration,
         lock: &LockId,
     ) -> Result<Vec<SimpleQueryMessage>, LockError> {
-        self.bounded(bound, lock, self.client.simple_query(sql), Slow::End)
+        self.bounded(bound, lock, self.client.simple_query(sql))
             .await
     }
 
@@ -547,24 +544,17 @@ impl Session {
         bound: Duration,
         lock: &LockId,
     ) -> Result<Vec<tokio_postgres::Row>, LockError> {
-        self.bounded(
-            bound,
-            lock,
-            self.client.query_typed(sql, params),
-            Slow::Cancel,
-        )
-        .await
+        self.bounded(bound, lock, self.client.query_typed(sql, params))
+            .await
     }
 
-    /// A request's answer within `bound`. A session that does not answer in
-    /// time is ended, unless `slow` says the request may be cancelled
-    /// (see [`Slow`]).
+    /// A request's answer within `bound`; a session that does not answer in
+    /// time is ended.
     async fn bounded<T>(
         &self,
         bound: Duration,
         lock: &LockId,
         request: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-        slow: Slow,
     ) -> Result<T, LockError> {
         self.in_flight.store(true, Ordering::Release);
         let answer = tokio::time::timeout(bound, request).await;
@@ -575,24 +565,6 @@ impl Session {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(request_error(lock, e)),
             Err(_) => {
-                let holds = self.held.load(Ordering::Acquire) > 0;
-                if holds && slow == Slow::Cancel && self.cancelled_and_alive(bound).await {
-                    tracing::warn!(
-                        lock = %lock,
-                        "lockmgr: the lock server did not answer a request within {bound:?}; it \
-                         was cancelled, and its session, which holds locks and still answers, kept"
-                    );
-                    // The server's failure, not the session's: callers
-                    // that replace a session that ended keep this one.
-                    return Err(LockError::Server {
-                        lock: lock.clone(),
-                        op: crate::error::Operation::Read,
-                        source: Box::new(Failure::plain(format!(
-                            "the lock server did not answer within {bound:?}; the request was \
-                             cancelled"
-                        ))),
-                    });
-                }
                 self.end();
                 Err(LockError::Connect {
                     lock: lock.clone(),
@@ -603,41 +575,6 @@ impl Session {
             }
         }
     }
-
-    /// Cancels the request under way and asks once more: true if the
-    /// server answers within `bound`, so that only that request was slow
-    /// (a table lock in its way), not the server or the network.
-    async fn cancelled_and_alive(&self, bound: Duration) -> bool {
-        let (tls, target) = &self.cancel_via;
-        if cancel::send(&self.cancel, target, tls.clone(), bound)
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        // Answers come in order: the cancelled request's, then this one's.
-        let alive = matches!(
-            tokio::time::timeout(bound, self.client.simple_query("SELECT 1")).await,
-            Ok(Ok(_))
-        );
-        if alive {
-            self.in_flight.store(false, Ordering::Release);
-        }
-        alive
-    }
-}
-
-/// What a request that gets no answer in time costs its session.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Slow {
-    /// The session is ended (and every lock on it lost): for lock
-    /// statements, whose effect only the answer tells (a try that won and
-    /// was cancelled too late would hold a lock nobody knows of).
-    End,
-    /// Cancelled, and the session kept if it holds locks and answers
-    /// still: for reads and token draws, whose effect a cancel undoes or
-    /// leaves harmless (a token drawn and not handed out is a gap).
-    Cancel,
 }
 
 impl Drop for Session {
