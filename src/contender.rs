@@ -102,8 +102,12 @@ impl LockConfig {
     /// be drawn, and `why`: its holders go without.
     fn warn_unfenced(&self, why: &str) {
         if self.fencing && !self.unfenced_warned.swap(true, Ordering::Relaxed) {
+            // `unfenced` marks the event for subscribers that expect no
+            // token there (the `lockmgr` command, which asks for tokens on
+            // every file and documents when there are none).
             tracing::warn!(
                 lock = %self.path.display(),
+                unfenced = true,
                 "lockmgr: no fencing token can be drawn for lock {}: {why}; its holders go \
                  without one",
                 self.id

@@ -295,16 +295,26 @@ fn show_events() {
     if level == LevelFilter::OFF {
         return;
     }
-    let _ = tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let shown = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
         .with_target(false)
         .without_time()
         .with_ansi(false)
         // Its report of a failed write goes through `eprintln!`, which
         // panics when stderr cannot be written either.
         .log_internal_errors(false)
-        .try_init();
+        .with_filter(level)
+        // `run` asks for a fencing token on every lock file, and gets none
+        // where the file cannot hold a record (read-only, a script's own
+        // text): the README says so, and the library's warning to those
+        // who asked for tokens would be noise on every such run.
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.fields().field("unfenced").is_none()
+        }));
+    let _ = tracing_subscriber::registry().with(shown).try_init();
 }
 
 /// `run`, the one command that handles signals: it passes them on to its

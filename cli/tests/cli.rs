@@ -693,6 +693,9 @@ fn flock_kind_locks_a_read_only_file() {
     };
     let out = as_nobody(&["--kind", "flock"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // No token is the documented lot of a file that cannot be written: the
+    // library's warning to those who asked for one is not shown.
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
     let out = as_nobody(&[]);
     assert_eq!(out.status.code(), Some(2));
     let said = text(&out.stderr);
@@ -708,6 +711,23 @@ fn flock_kind_locks_a_read_only_file() {
         !text(&out.stderr).contains("--kind"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A lock file that holds a script's own text (the `flock "$0"` idiom) is
+/// locked without a word: no record is written into it, and no warning
+/// about the fencing token it then cannot give.
+#[test]
+fn a_lock_file_with_data_is_locked_quietly_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let out = lockmgr(&["run", s(&script), "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&script).unwrap(),
+        "#!/bin/sh\necho hi\n"
     );
 }
 
