@@ -1113,7 +1113,6 @@ pub(super) fn session_holder(
     }
 }
 
-/// `(won, backend pid)` from a lock statement's answer.
 /// Whether a wait's whole budget is spent before its `attempt`: an attempt
 /// is a round trip to the server, and one shorter than that (a wait of
 /// 1 ms cut into 1,000 attempts) would otherwise make the call last
@@ -1122,6 +1121,7 @@ fn spent(attempt: u32, deadline: Option<Instant>) -> bool {
     attempt > 1 && deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+/// `(won, backend pid)` from a lock statement's answer.
 fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32)> {
     let row = first_row(rows)?;
     Some((row.get(0) == Some("t"), row.get(1)?.parse().ok()?))
