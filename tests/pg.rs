@@ -1006,6 +1006,52 @@ async fn short_attempts_stop_when_the_wait_is_spent() {
     held.release().await.unwrap();
 }
 
+/// A read that the server holds up past the request timeout (here a DBA's
+/// `LOCK TABLE` on the token table, which the holder lookup joins) fails,
+/// but takes no lock of this process with it: reads run on a session that
+/// holds none. Before, they ran on the sessions that hold the locks; the
+/// timeout closed one, and every lock on it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_loses_no_lock() {
+    let Some(url) = common::pg_url() else { return };
+    let label = format!("slow-read-{}", std::process::id());
+    let build = |name: &str, label: &str| {
+        PgLockMgr::builder(&url, name)
+            .label(label)
+            .request_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (name("slow-read-a"), name("slow-read-b"));
+    let mine = build(&a, &label);
+    let held = mine.acquire(true, LIVENESS).await.unwrap();
+    // B is held by another server's session, so that its status looks up
+    // its holder; asked through the server (the label) that holds A.
+    let other = build(&b, &format!("{label}-other"));
+    let b_held = other.acquire(true, LIVENESS).await.unwrap();
+    let asked = build(&b, &label);
+    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute("BEGIN; LOCK TABLE public.lockmgr_fence IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let slow = asked.status().await;
+    dba.batch_execute("COMMIT").await.unwrap();
+    assert!(slow.is_err(), "{slow:?}");
+    assert!(!held.is_lost(), "A was lost with the slow read's session");
+    let admin = admin(&url).await;
+    assert_eq!(lock_rows(&admin, &mine).await, 1);
+    // Reads go on, on a new session.
+    assert!(matches!(
+        asked.status().await.unwrap(),
+        lockmgr::Status::Exclusive { .. }
+    ));
+    held.release().await.unwrap();
+    b_held.release().await.unwrap();
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

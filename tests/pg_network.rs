@@ -573,10 +573,11 @@ async fn a_silent_partition_loses_the_lock_on_both_sides_in_bounded_time() {
     next.release().await.unwrap();
 }
 
-/// A backend that stops answering (SIGSTOP) in the middle of a session: a
-/// request on it fails within `request_timeout`, its session is closed,
-/// and its lock is lost (and freed by the server once the backend runs
-/// again and finds its client gone).
+/// Backends that stop answering (SIGSTOP) in the middle of their sessions:
+/// a read fails within `request_timeout` and its session is closed. The
+/// holding session, which the read does not use, keeps its lock (before
+/// reads had a session of their own, the read ran on the holding session,
+/// whose lock was lost with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
     let Some(url) = common::pg_url() else { return };
@@ -588,15 +589,32 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
         .build()
         .unwrap();
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
-    let backend = Pid::from_raw(lock.holder().await.unwrap().expect("held").pid as i32);
-    kill(backend, Signal::SIGSTOP).unwrap();
-    struct Resume(Pid);
+    // Reads run on a session of their own (which holds no lock): stop
+    // every backend of this lock's sessions, that one and the holder's.
+    assert!(lock.holder().await.unwrap().is_some());
+    let backends: Vec<Pid> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'stalled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Pid::from_raw(r.get::<_, i32>(0)))
+        .collect();
+    assert!(backends.len() >= 2, "{backends:?}");
+    struct Resume(Vec<Pid>);
     impl Drop for Resume {
         fn drop(&mut self) {
-            let _ = kill(self.0, Signal::SIGCONT);
+            for pid in &self.0 {
+                let _ = kill(*pid, Signal::SIGCONT);
+            }
         }
     }
-    let resume = Resume(backend);
+    let resume = Resume(backends.clone());
+    for pid in &backends {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
     let started = Instant::now();
     let status = lock.status().await;
     let took = started.elapsed();
@@ -606,10 +624,12 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
     );
     assert!(status.unwrap_err().to_string().contains("did not answer"));
     assert!(took < Duration::from_secs(5), "{took:?}");
-    tokio::time::timeout(LIVENESS, guard.lost())
-        .await
-        .expect("the lock of a closed session is lost");
     drop(resume);
+    // The read's session was closed; the holding session was not asked,
+    // and holds the lock still.
+    assert!(!guard.is_lost());
+    assert_eq!(lock_rows(&admin, &lock).await, 1);
+    guard.release().await.unwrap();
     let next = PgLockMgr::new(&url, &name).unwrap();
     let taken = tokio::time::timeout(LIVENESS, next.acquire(true, LIVENESS))
         .await

@@ -510,7 +510,7 @@ impl PgLockMgr {
     /// # Ok(()) }
     /// ```
     pub async fn status(&self) -> Result<Status, LockError> {
-        let (session, _) = self.utility(None).await?;
+        let session = self.reads(None).await?;
         let (hi, lo) = self.key_halves();
         let rows = session
             .simple(&sql::state(hi, lo), self.request(), self.id())
@@ -521,7 +521,7 @@ impl PgLockMgr {
         let holders: i64 = row.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(if exclusive {
             Status::Exclusive {
-                holder: self.holder_on(&session).await?,
+                holder: self.holder_on().await?,
             }
         } else if holders > 0 {
             Status::Shared
@@ -598,12 +598,11 @@ impl PgLockMgr {
         Ok(guards.into_iter().flatten().collect())
     }
 
-    /// A shared session for a quick request (without making sure of the
-    /// fence table), and the bound of a request.
+    /// The session for a quick read (without making sure of the fence
+    /// table), and the bound of a request.
     pub(super) async fn quick_session(&self) -> Result<(Arc<Session>, Duration), LockError> {
         let server = &self.inner.server;
-        server.pooling(self.id(), None).await?;
-        Ok((server.shared(self.id(), None).await?, self.request()))
+        Ok((server.reader(self.id(), None).await?, self.request()))
     }
 
     /// The key as `pg_locks` shows it: (`classid`, `objid`).
@@ -628,22 +627,30 @@ impl PgLockMgr {
         }
     }
 
-    /// A shared session for autocommit requests (status, fencing tokens),
-    /// with the fence table known to exist, and how the server is reached.
+    /// A shared session for lock statements, and how the server is
+    /// reached.
     pub(super) async fn utility(
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, Pooling), LockError> {
         let server = &self.inner.server;
         let pooling = server.pooling(self.id(), deadline).await?;
+        Ok((server.shared(self.id(), deadline).await?, pooling))
+    }
+
+    /// The session for reads and fencing tokens (see `Server::reader`: it
+    /// holds no lock, so a read the server holds up costs none), with the
+    /// fence table known to exist.
+    pub(super) async fn reads(&self, deadline: Option<Instant>) -> Result<Arc<Session>, LockError> {
+        let server = &self.inner.server;
         let mut again = true;
         loop {
-            let session = server.shared(self.id(), deadline).await?;
+            let session = server.reader(self.id(), deadline).await?;
             if !self.inner.table_ready.load(Ordering::Acquire) {
                 match fence::ensure(&session, &self.inner.fence, self.request(), self.id()).await {
                     Ok(()) => self.inner.table_ready.store(true, Ordering::Release),
-                    // The shared session ended under the request: once
-                    // more on another.
+                    // The session ended under the request: once more on
+                    // another.
                     Err(e) if again && session_gone(&e) => {
                         session.end();
                         again = false;
@@ -652,7 +659,7 @@ impl PgLockMgr {
                     Err(e) => return Err(with_op(e, Operation::Fence)),
                 }
             }
-            return Ok((session, pooling));
+            return Ok(session);
         }
     }
 
@@ -705,10 +712,7 @@ impl PgLockMgr {
                 pass
             }
             Err(shut) => {
-                let holder = match self.utility(None).await {
-                    Ok((session, _)) => self.holder_on(&session).await.ok().flatten(),
-                    Err(_) => None,
-                };
+                let holder = self.holder_on().await.ok().flatten();
                 return Err(match shut {
                     Shut::Busy => LockError::WouldBlock {
                         lock: self.id().clone(),
@@ -820,7 +824,7 @@ impl PgLockMgr {
         if !policy.waits {
             return Shared::Done(Err(LockError::WouldBlock {
                 lock: id.clone(),
-                holder: self.holder_on(shared).await.ok().flatten(),
+                holder: self.holder_on().await.ok().flatten(),
             }));
         }
         *contended = true;
@@ -828,7 +832,7 @@ impl PgLockMgr {
         // in which the releaser, asking again, can win the lock back: the
         // holder is only looked up for an operator who reads the event.
         if tracing::enabled!(tracing::Level::INFO) {
-            let holder = self.holder_on(shared).await.ok().flatten();
+            let holder = self.holder_on().await.ok().flatten();
             policy.announce(id, holder.as_ref(), "");
         }
         let server = &self.inner.server;
@@ -886,7 +890,7 @@ impl PgLockMgr {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_on(shared).await.ok().flatten(),
+            holder: self.holder_on().await.ok().flatten(),
         }))
     }
 
@@ -927,8 +931,7 @@ impl PgLockMgr {
                 .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
                 .await;
         }
-        let (utility, _) = self.utility(deadline).await?;
-        let holder = self.holder_on(&utility).await.ok().flatten();
+        let holder = self.holder_on().await.ok().flatten();
         if !policy.waits {
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
@@ -971,7 +974,7 @@ impl PgLockMgr {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_on(&utility).await.ok().flatten(),
+            holder: self.holder_on().await.ok().flatten(),
         })
     }
 
@@ -1004,7 +1007,7 @@ impl PgLockMgr {
     async fn fence_token(&self, pid: i32) -> Result<u64, LockError> {
         let mut again = true;
         loop {
-            let (utility, _) = self.utility(None).await?;
+            let utility = self.reads(None).await?;
             match fence::next_token(
                 &utility,
                 &self.inner.fence,
@@ -1065,7 +1068,8 @@ impl PgLockMgr {
     }
 
     /// The recorded exclusive holder, from the server's lock table.
-    async fn holder_on(&self, session: &Session) -> Result<Option<Holder>, LockError> {
+    async fn holder_on(&self) -> Result<Option<Holder>, LockError> {
+        let session = self.reads(None).await?;
         let (hi, lo) = self.key_halves();
         let rows = session
             .typed(

@@ -175,7 +175,7 @@ impl PgSemaphore {
     /// the first one records it in the fence table.
     async fn check_permits(&self) -> Result<(), LockError> {
         let first = &self.slots[0];
-        let (session, _) = first.utility(None).await?;
+        let session = first.reads(None).await?;
         let inner = first.inner();
         let table = fence::quoted(&inner.fence);
         let key = format!("{}{}", self.name, super::manager::COUNT_ROW);

@@ -73,8 +73,10 @@ pub(super) struct Server {
 
 struct State {
     pooling: Pooling,
-    /// Sessions shared by this process's locks (and its quick requests).
+    /// Sessions shared by this process's locks.
     shared: Vec<Arc<Session>>,
+    /// The session for reads and fencing tokens (see [`Server::reader`]).
+    reader: Option<Arc<Session>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +130,7 @@ impl Server {
                     Some(false) => Pooling::Session,
                 },
                 shared: Vec::new(),
+                reader: None,
             }),
             probing: tokio::sync::Mutex::new(()),
             gates: Arc::default(),
@@ -212,6 +215,33 @@ impl Server {
         let session = self.connect(lock, deadline).await?;
         lock_state(&self.state).shared.push(session.clone());
         Ok(session)
+    }
+
+    /// The session this process reads the server's lock table on and
+    /// draws fencing tokens on: one of its own, that never takes a lock.
+    /// A request the server holds up past the request timeout (a DBA's
+    /// `LOCK TABLE` on the token table) ends its session; ended here, it
+    /// costs no lock (on a shared session, every lock on it would be lost).
+    pub(super) async fn reader(
+        &self,
+        lock: &LockId,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, LockError> {
+        if let Some(s) = self.live_reader() {
+            return Ok(s);
+        }
+        let _connecting = self.probing.lock().await;
+        if let Some(s) = self.live_reader() {
+            return Ok(s);
+        }
+        let session = self.connect(lock, deadline).await?;
+        lock_state(&self.state).reader = Some(session.clone());
+        Ok(session)
+    }
+
+    fn live_reader(&self) -> Option<Arc<Session>> {
+        let state = lock_state(&self.state);
+        state.reader.as_ref().filter(|s| !s.is_ended()).cloned()
     }
 
     fn pick_shared(&self) -> Option<Arc<Session>> {
