@@ -17,7 +17,10 @@ use common::LIVENESS;
 use lockmgr::pg::PgLockMgr;
 use lockmgr::LockError;
 use nix::sys::signal::Signal;
-use pg_common::{admin, contend, left_by, lock_rows, name, pg_holder, waits_on_server};
+use pg_common::{
+    admin, contend, left_by, lock_rows, lock_token_row, name, pg_holder, token_draw_waits,
+    waits_on_server,
+};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,41 +711,14 @@ async fn the_fencing_token_is_not_bound_by_the_waits_lock_timeout() {
     let mut acquire = tokio::spawn(async move { waiter.acquire(true, ATTEMPT).await });
 
     // A DBA keeps the token row locked.
-    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    dba.batch_execute("BEGIN").await.unwrap();
-    dba.execute(
-        "SELECT 1 FROM public.lockmgr_fence WHERE name = $1 FOR UPDATE",
-        &[&name],
-    )
-    .await
-    .unwrap();
+    let dba = lock_token_row(&url, &name).await;
     held.release().await.unwrap();
 
     // The waiter won, and its token statement has been blocked on the row
     // for twice an attempt's lock_timeout.
     let admin = admin(&url).await;
-    let blocked_long = async {
-        loop {
-            let long: bool = admin
-                .query_one(
-                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
-                     AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%' \
-                     AND clock_timestamp() - query_start > $2::float8 * interval '1 second'",
-                    &[&label, &(2.0 * ATTEMPT.as_secs_f64())],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if long {
-                break;
-            }
-        }
-    };
     tokio::select! {
-        () = blocked_long => {}
+        () = token_draw_waits(&admin, &label, 2.0 * ATTEMPT.as_secs_f64()) => {}
         r = &mut acquire => panic!("the acquire ended while the token row was locked: {r:?}"),
         () = tokio::time::sleep(LIVENESS) => panic!("the token statement never waited"),
     }
@@ -777,38 +753,12 @@ async fn an_acquire_dropped_while_its_token_is_drawn_lets_the_lock_go() {
         .release()
         .await
         .unwrap();
-    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    dba.batch_execute("BEGIN").await.unwrap();
-    dba.execute(
-        "SELECT 1 FROM public.lockmgr_fence WHERE name = $1 FOR UPDATE",
-        &[&name],
-    )
-    .await
-    .unwrap();
+    let dba = lock_token_row(&url, &name).await;
     let admin = admin(&url).await;
     let mut acquire = Box::pin(lock.try_acquire());
     // Dropped once the token statement waits for the row: the lock is won.
-    let drawing = async {
-        loop {
-            let waits: bool = admin
-                .query_one(
-                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
-                     AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%'",
-                    &[&label],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waits {
-                break;
-            }
-        }
-    };
     tokio::select! {
-        () = drawing => {}
+        () = token_draw_waits(&admin, &label, 0.0) => {}
         r = &mut acquire => panic!("the acquire ended while the token row was locked: {r:?}"),
         () = tokio::time::sleep(LIVENESS) => panic!("the token statement never waited"),
     }

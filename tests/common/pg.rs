@@ -53,6 +53,43 @@ pub async fn left_by(admin: &tokio_postgres::Client, pattern: &str) -> (i64, i64
     (row.get(0), row.get(1))
 }
 
+/// A DBA's open transaction holding the token row of `name` (in the
+/// default token table) locked, `FOR UPDATE`, until it commits.
+pub async fn lock_token_row(url: &str, name: &str) -> tokio_postgres::Client {
+    let (dba, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute("BEGIN").await.unwrap();
+    dba.execute(
+        "SELECT 1 FROM public.lockmgr_fence WHERE name = $1 FOR UPDATE",
+        &[&name],
+    )
+    .await
+    .unwrap();
+    dba
+}
+
+/// Returns once a session labelled `label` has had its token statement
+/// wait for a row lock for more than `secs` seconds.
+pub async fn token_draw_waits(admin: &tokio_postgres::Client, label: &str, secs: f64) {
+    loop {
+        let waits: bool = admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%' \
+                 AND clock_timestamp() - query_start > $2::float8 * interval '1 second'",
+                &[&label, &secs],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waits {
+            return;
+        }
+    }
+}
+
 /// Whether a session labelled `label` waits for a lock.
 pub async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
     admin
