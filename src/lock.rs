@@ -219,14 +219,34 @@ impl LockMgrBuilder {
 /// and when the absolute path would be longer than the kernel takes
 /// (`PATH_MAX`: a directory nested that deep is still usable by relative
 /// paths, as `flock(1)` uses it). Symbolic links and `..` are left for each
-/// use to resolve.
+/// use to resolve, and the path is joined as written (`std::path::absolute`
+/// would drop a final `.`, and `new/.`, which names no file, would name
+/// the file `new`).
 pub(crate) fn absolute(path: PathBuf) -> PathBuf {
-    if path.is_absolute() {
+    if path.is_absolute() || path.as_os_str().is_empty() {
         return path;
     }
-    match std::path::absolute(&path) {
-        Ok(full) if full.as_os_str().len() < nix::libc::PATH_MAX as usize => full,
-        _ => path,
+    // A leading `./` says nothing once the directory is written out.
+    use std::os::unix::ffi::OsStrExt;
+    let mut rel = path.as_os_str().as_bytes();
+    while let Some(rest) = rel.strip_prefix(b"./").filter(|r| !r.is_empty()) {
+        rel = rest;
+        while rel.len() > 1 && rel[0] == b'/' {
+            rel = &rel[1..];
+        }
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => {
+            let mut full = cwd.into_os_string();
+            full.push("/");
+            full.push(std::ffi::OsStr::from_bytes(rel));
+            if full.len() < nix::libc::PATH_MAX as usize {
+                PathBuf::from(full)
+            } else {
+                path
+            }
+        }
+        Err(_) => path,
     }
 }
 

@@ -85,3 +85,37 @@ async fn a_relative_path_under_a_very_deep_directory_still_works() {
     assert_eq!(std::fs::read("y.journal").unwrap(), b"deep\n");
     std::env::set_current_dir(dir.path()).unwrap();
 }
+
+/// A relative path is made absolute as written, `.` and all: `new/.` and
+/// `file/.` can only name directories, and are refused as the same paths
+/// written absolute are, creating nothing. Before, the `.` was dropped:
+/// `new/.` created and locked a regular file `new`, and `file/.` locked
+/// `file`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_relative_path_ending_in_a_dot_is_no_lock_file() {
+    let _cwd = CWD.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "data").unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    for path in ["new/.", "file/."] {
+        let err = LockMgr::new(path).try_acquire().unwrap_err();
+        assert!(!err.is_contended(), "{path}: {err}");
+        let absolute = LockMgr::new(dir.path().join(path))
+            .try_acquire()
+            .unwrap_err();
+        assert_eq!(
+            std::mem::discriminant(&err),
+            std::mem::discriminant(&absolute),
+            "{err:?} vs {absolute:?}"
+        );
+    }
+    assert!(!dir.path().join("new").exists());
+    // A leading `./` is dropped (it says nothing once the directory is
+    // written out); the file is the same.
+    let lock = LockMgr::new(".//./x.lock");
+    assert_eq!(lock.path(), dir.path().join("x.lock"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("file")).unwrap(),
+        "data"
+    );
+}
