@@ -68,6 +68,26 @@ pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
         }
         e if e.is_contended() => {
             say!("lockmgr: {e}");
+            // A record of a process that is gone does not make the lock
+            // abandoned (a command killed by a signal leaves its lock to
+            // what it started): name who holds it, as `status` does.
+            let stale = matches!(
+                &e,
+                LockError::WouldBlock { holder: Some(h), .. }
+                    | LockError::TimedOut { holder: Some(h), .. } if h.stale
+            );
+            if stale && e.lock().path().is_some() {
+                let kind = args.kind.into();
+                if let Ok(holders) = LockMgr::builder(&args.lockfile)
+                    .kind(kind)
+                    .build()
+                    .holders()
+                {
+                    for line in crate::status::host_lines(&holders, Some(kind)) {
+                        say!("{line}");
+                    }
+                }
+            }
             ExitCode::from(args.conflict_exit_code)
         }
         // The library's hint names its builder, which a user of the

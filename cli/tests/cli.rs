@@ -221,6 +221,14 @@ fn a_command_killed_by_a_signal_leaves_the_lock_with_what_it_started() {
         "a second run got the lock while the first one's command still works: {}",
         text(&out.stderr)
     );
+    // The record names the dead `lockmgr`: the refusal names the living
+    // holder too, lest someone take the lock file for abandoned (before:
+    // only "stale record: pid N is not running").
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!("held by sleep pid {worker}")),
+        "{said}"
+    );
     // It ends: the lock is free.
     kill(worker, Signal::SIGKILL).unwrap();
     let out = lockmgr(&["run", "--wait", "30", s(&lock), "--", "true"]);
