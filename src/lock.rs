@@ -238,7 +238,10 @@ pub(crate) fn absolute(path: PathBuf) -> PathBuf {
     match std::env::current_dir() {
         Ok(cwd) => {
             let mut full = cwd.into_os_string();
-            full.push("/");
+            // `/` as the current directory (a service's) ends in one.
+            if !full.as_bytes().ends_with(b"/") {
+                full.push("/");
+            }
             full.push(std::ffi::OsStr::from_bytes(rel));
             if full.len() < nix::libc::PATH_MAX as usize {
                 PathBuf::from(full)

@@ -1002,6 +1002,62 @@ async fn a_slow_read_loses_no_lock() {
     b_held.release().await.unwrap();
 }
 
+/// Held in a transaction of a connection of its own (transaction pooling,
+/// here forced on a direct server), a lock costs that connection and the
+/// one reads run on, and no shared session, which nothing would use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_in_a_transaction_costs_no_shared_session() {
+    let Some(url) = common::pg_url() else { return };
+    let label = format!("txn-sessions-{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, name("txn-sessions"))
+        .label(&label)
+        .transaction_pooling(Some(true))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let admin = admin(&url).await;
+    let (sessions, requests) = left_by(&admin, &label).await;
+    assert_eq!((sessions, requests), (2, 1));
+    guard.release().await.unwrap();
+}
+
+/// A role allowed one connection (`CONNECTION LIMIT 1`) still locks, with
+/// tokens and holder lookups: reads fall back to the shared session when
+/// their own cannot be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_allowed_one_connection_still_locks() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let role = format!("lockmgr_onecon_{}", std::process::id());
+    let table = format!("public.fence_onecon_{}", std::process::id());
+    as_dba(
+        &admin,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
+             GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
+            lockmgr::pg::fence_table_sql(&table)
+        ),
+    )
+    .await;
+    let config = format!(
+        "host={} port={} user={role} password=onecon-pw dbname=postgres",
+        std::env::var("LOCKMGR_PG_HOST").unwrap(),
+        std::env::var("LOCKMGR_PG_PORT").unwrap(),
+    );
+    // The pooling probe needs two connections: told instead.
+    let lock = PgLockMgr::builder(&config, name("onecon"))
+        .fence_table(&table)
+        .transaction_pooling(Some(false))
+        .build()
+        .unwrap();
+    for want in 1..=2 {
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        assert_eq!(guard.fencing_token(), want);
+        assert!(lock.holder().await.unwrap().is_some());
+        guard.release().await.unwrap();
+    }
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

@@ -602,7 +602,6 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
         .iter()
         .map(|r| Pid::from_raw(r.get::<_, i32>(0)))
         .collect();
-    assert!(backends.len() >= 2, "{backends:?}");
     struct Resume(Vec<Pid>);
     impl Drop for Resume {
         fn drop(&mut self) {
@@ -611,10 +610,13 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
             }
         }
     }
-    let resume = Resume(backends.clone());
-    for pid in &backends {
-        kill(*pid, Signal::SIGSTOP).unwrap();
-    }
+    // A backend that was on its way out (the pooling probe's) may be gone.
+    let stopped: Vec<Pid> = backends
+        .into_iter()
+        .filter(|pid| kill(*pid, Signal::SIGSTOP).is_ok())
+        .collect();
+    assert!(stopped.len() >= 2, "{stopped:?}");
+    let resume = Resume(stopped);
     let started = Instant::now();
     let status = lock.status().await;
     let took = started.elapsed();

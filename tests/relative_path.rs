@@ -114,6 +114,11 @@ async fn a_relative_path_ending_in_a_dot_is_no_lock_file() {
     // written out); the file is the same.
     let lock = LockMgr::new(".//./x.lock");
     assert_eq!(lock.path(), dir.path().join("x.lock"));
+    // From `/`, one slash (compared as bytes: `Path` equality would not
+    // tell `//tmp` from `/tmp`).
+    std::env::set_current_dir("/").unwrap();
+    let lock = LockMgr::new("tmp/x.lock");
+    assert_eq!(lock.path().as_os_str(), "/tmp/x.lock");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("file")).unwrap(),
         "data"

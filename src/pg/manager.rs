@@ -627,17 +627,6 @@ impl PgLockMgr {
         }
     }
 
-    /// A shared session for lock statements, and how the server is
-    /// reached.
-    pub(super) async fn utility(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<(Arc<Session>, Pooling), LockError> {
-        let server = &self.inner.server;
-        let pooling = server.pooling(self.id(), deadline).await?;
-        Ok((server.shared(self.id(), deadline).await?, pooling))
-    }
-
     /// The session for reads and fencing tokens (see `Server::reader`: it
     /// holds no lock, so a read the server holds up costs none), with the
     /// fence table known to exist.
@@ -645,7 +634,16 @@ impl PgLockMgr {
         let server = &self.inner.server;
         let mut again = true;
         loop {
-            let session = server.reader(self.id(), deadline).await?;
+            let session = match server.reader(self.id(), deadline).await {
+                Ok(session) => session,
+                // No second connection to be had (a role's `CONNECTION
+                // LIMIT`, the server's or the pooler's maximum): read on a
+                // shared session, as before there was a reader.
+                Err(e) => {
+                    tracing::debug!(lock = %self.id(), error = %e, "lockmgr: no reading session; reading on a shared one");
+                    server.shared(self.id(), deadline).await?
+                }
+            };
             if !self.inner.table_ready.load(Ordering::Acquire) {
                 match fence::ensure(&session, &self.inner.fence, self.request(), self.id()).await {
                     Ok(()) => self.inner.table_ready.store(true, Ordering::Release),
@@ -730,14 +728,16 @@ impl PgLockMgr {
         let mut pass = pass;
         let mut tries_left = 2;
         loop {
-            // A session picked after the gate: the one the last holder used
-            // may have ended.
-            let (shared, pooling) = self.utility(deadline).await?;
-            if pooling == Pooling::Transaction {
+            // Behind a transaction pooler, no shared session is needed (the
+            // lock is held in a connection of its own; reads have theirs).
+            if self.inner.server.pooling(self.id(), deadline).await? == Pooling::Transaction {
                 return self
                     .lock_in_transaction(mode, policy, started, deadline, pass, contended)
                     .await;
             }
+            // A session picked after the gate: the one the last holder used
+            // may have ended.
+            let shared = self.inner.server.shared(self.id(), deadline).await?;
             tries_left -= 1;
             match self
                 .lock_shared(
@@ -1000,7 +1000,7 @@ impl PgLockMgr {
         }
     }
 
-    /// Draws the token on a shared session, and once more on another if
+    /// Draws the token on the reading session, and once more on another if
     /// that session ends under the request (terminated, its network lost):
     /// a token drawn by a request whose answer was lost is only a gap, as
     /// tokens increase but need not follow each other.

@@ -8,12 +8,18 @@
 //!
 //! - **Connections are few and shared.** The locks of every `PgLockMgr` of
 //!   a process for one server are session-level advisory locks held by a
-//!   few shared sessions: 1,000 held names cost one or two server
-//!   connections, not 1,000. A try is made on a shared session; an acquire
-//!   that has to wait does so on a session of its own (a waiting session
-//!   can run nothing else), which joins the shared ones once it holds the
-//!   lock. Sessions that hold no lock are closed beyond
-//!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions). The tasks
+//!   few shared sessions: 1,000 held names cost two server connections
+//!   (one holding them, one for reads), not 1,000. A try is made on a
+//!   shared session; an acquire that has to wait does so on a session of
+//!   its own (a waiting session can run nothing else), which joins the
+//!   shared ones once it holds the lock. Shared sessions that hold no lock
+//!   are closed beyond
+//!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions). Reads
+//!   (status, holder lookups, fencing tokens, listings) run on one more
+//!   session, which never takes a lock and stays open: a read the server
+//!   holds up past the request timeout closes it, and no lock with it.
+//!   Where no second connection can be had (a role's `CONNECTION LIMIT`),
+//!   reads run on a shared session. The tasks
 //!   of one process take a name in turn, in FIFO order, before they ask the
 //!   server (a session that holds a lock is granted it again, so two tasks
 //!   must never ask on one session): a thousand tasks waiting for one name

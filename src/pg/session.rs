@@ -67,6 +67,9 @@ pub(super) struct Server {
     state: Mutex<State>,
     /// One probe or shared connect at a time.
     probing: tokio::sync::Mutex<()>,
+    /// One connect of the reading session at a time (apart from the
+    /// others: a read waits behind no lock's connect, nor one behind it).
+    reader_connect: tokio::sync::Mutex<()>,
     /// The in-process gate of each key.
     pub(super) gates: Arc<Gates>,
 }
@@ -133,6 +136,7 @@ impl Server {
                 reader: None,
             }),
             probing: tokio::sync::Mutex::new(()),
+            reader_connect: tokio::sync::Mutex::new(()),
             gates: Arc::default(),
         });
         servers.insert(key, Arc::downgrade(&server));
@@ -230,7 +234,7 @@ impl Server {
         if let Some(s) = self.live_reader() {
             return Ok(s);
         }
-        let _connecting = self.probing.lock().await;
+        let _connecting = self.reader_connect.lock().await;
         if let Some(s) = self.live_reader() {
             return Ok(s);
         }

@@ -111,8 +111,8 @@ pub(super) fn set_lock_timeout(attempt: Duration) -> String {
     format!("SET lock_timeout = {}", lock_timeout_ms(attempt))
 }
 
-/// After a wait: later statements of the session (the fencing token's, the
-/// shared session's) are not bounded by it.
+/// After a wait: later statements of the session, which joins the shared
+/// ones, are not bounded by it.
 pub(super) const RESET_LOCK_TIMEOUT: &str = "RESET lock_timeout";
 
 /// Whether key (`hi` = classid, `lo` = objid) is held exclusively, and by
