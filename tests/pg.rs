@@ -18,8 +18,8 @@ use lockmgr::pg::PgLockMgr;
 use lockmgr::LockError;
 use nix::sys::signal::Signal;
 use pg_common::{
-    admin, contend, left_by, lock_rows, lock_token_row, name, pg_holder, token_draw_waits,
-    waits_on_server,
+    admin, config_as, contend, left_by, lock_rows, lock_token_row, name, pg_holder,
+    token_draw_waits, waits_on_server,
 };
 use tokio::time::Instant;
 
@@ -588,11 +588,7 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
         .unwrap()
         .get(0);
     assert!(!can_create);
-    let config = format!(
-        "host={} port={} user={role} password=nocreate-pw dbname=postgres",
-        std::env::var("LOCKMGR_PG_HOST").unwrap(),
-        std::env::var("LOCKMGR_PG_PORT").unwrap(),
-    );
+    let config = config_as(&role, "nocreate-pw");
     for table in [&table, &capitals] {
         let lock = PgLockMgr::builder(&config, name("nocreate"))
             .fence_table(table)
@@ -1039,11 +1035,7 @@ async fn a_role_allowed_one_connection_still_locks() {
         ),
     )
     .await;
-    let config = format!(
-        "host={} port={} user={role} password=onecon-pw dbname=postgres",
-        std::env::var("LOCKMGR_PG_HOST").unwrap(),
-        std::env::var("LOCKMGR_PG_PORT").unwrap(),
-    );
+    let config = config_as(&role, "onecon-pw");
     // The pooling probe needs two connections: told instead.
     let lock = PgLockMgr::builder(&config, name("onecon"))
         .fence_table(&table)

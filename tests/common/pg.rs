@@ -53,6 +53,15 @@ pub async fn left_by(admin: &tokio_postgres::Client, pattern: &str) -> (i64, i64
     (row.get(0), row.get(1))
 }
 
+/// Connection settings for the test server as `role`, with `password`.
+pub fn config_as(role: &str, password: &str) -> String {
+    format!(
+        "host={} port={} user={role} password={password} dbname=postgres",
+        std::env::var("LOCKMGR_PG_HOST").expect("scripts/with-postgres"),
+        std::env::var("LOCKMGR_PG_PORT").expect("scripts/with-postgres"),
+    )
+}
+
 /// A DBA's open transaction holding the token row of `name` (in the
 /// default token table) locked, `FOR UPDATE`, until it commits.
 pub async fn lock_token_row(url: &str, name: &str) -> tokio_postgres::Client {
