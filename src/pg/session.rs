@@ -202,8 +202,8 @@ impl Server {
         state.shared.clear();
     }
 
-    /// A session shared by this process's locks and quick requests: the
-    /// least busy live one, or a new one.
+    /// A session shared by this process's locks (reads have their own,
+    /// [`Server::reader`]): the least busy live one, or a new one.
     pub(super) async fn shared(
         &self,
         lock: &LockId,
