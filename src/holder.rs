@@ -118,7 +118,7 @@ impl Holder {
     /// assert_eq!(h.since_utc(), "1970-01-01T00:00:00Z");
     /// ```
     pub fn since_utc(&self) -> String {
-        humantime::format_rfc3339_seconds(self.since).to_string()
+        utc(self.since)
     }
 
     /// The one-line record, newline included.
@@ -159,7 +159,10 @@ impl Holder {
                 _ => {}
             }
         }
-        let since = UNIX_EPOCH.checked_add(Duration::from_secs(since?))?;
+        // A date RFC 3339 cannot write (after 9999) is no record a holder
+        // wrote: garbled, like any other.
+        let since = since.filter(|&s| s <= LAST_SECOND)?;
+        let since = UNIX_EPOCH + Duration::from_secs(since);
         Some(Holder {
             pid: pid?,
             host: host?,
@@ -207,7 +210,7 @@ impl fmt::Display for Holder {
             "pid {} on host {} since {}",
             self.pid,
             Shown(&self.host),
-            humantime::format_rfc3339_seconds(self.since)
+            self.since_utc()
         )?;
         if let Some(label) = &self.label {
             write!(f, " ({})", Shown(label))?;
@@ -216,6 +219,20 @@ impl fmt::Display for Holder {
             write!(f, " (stale record: pid {} is not running)", self.pid)?;
         }
         Ok(())
+    }
+}
+
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+pub(crate) const LAST_SECOND: u64 = 253_402_300_799;
+
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC). Total: a time the format cannot
+/// write (read from another process, so anything) is given in seconds
+/// since the epoch instead of failing the message it is part of.
+pub(crate) fn utc(t: SystemTime) -> String {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.as_secs() <= LAST_SECOND => humantime::format_rfc3339_seconds(t).to_string(),
+        Ok(d) => format!("@{}", d.as_secs()),
+        Err(before) => format!("@-{}", before.duration().as_secs()),
     }
 }
 
@@ -409,5 +426,10 @@ mod tests {
         assert_eq!(at(0).since_utc(), "1970-01-01T00:00:00Z");
         assert_eq!(at(951_782_400).since_utc(), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_798_761_599).since_utc(), "2026-12-31T23:59:59Z");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(LAST_SECOND + 1)),
+            "@253402300800"
+        );
+        assert_eq!(utc(UNIX_EPOCH - Duration::from_secs(1)), "@-1");
     }
 }

@@ -47,7 +47,7 @@ pub struct Waiting {
 impl Waiting {
     /// [`since`](Waiting::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
     pub fn since_utc(&self) -> String {
-        humantime::format_rfc3339_seconds(self.since).to_string()
+        crate::holder::utc(self.since)
     }
 }
 

@@ -276,6 +276,47 @@ async fn garbled_record_reads_as_unknown_and_never_stops_acquisition() {
     drop(g);
 }
 
+/// A record dated after the last second RFC 3339 can write (9999-12-31)
+/// is garbled like any other: it once made every message that named the
+/// holder panic while formatting the date.
+#[tokio::test]
+async fn record_dated_past_year_9999_reads_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let other = Holder::start_with(&path, "hold", &["--no-record"]);
+    for since in ["253402300800", "18446744073709551615"] {
+        std::fs::write(
+            &path,
+            format!(
+                "lockmgr-holder/1 pid={} host=h since={since}\n",
+                other.pid()
+            ),
+        )
+        .unwrap();
+        let lock = LockMgr::new(&path);
+        assert_eq!(lock.holder().unwrap(), None, "since={since}");
+        let err = lock.try_acquire().unwrap_err();
+        assert!(matches!(err, LockError::WouldBlock { holder: None, .. }));
+        let shown = err.to_string();
+        assert!(shown.contains(&*path.to_string_lossy()), "{shown}");
+        for process in lock.holders().unwrap().holding {
+            let _ = process.to_string();
+        }
+    }
+    // The last second that can be written is still a record.
+    std::fs::write(
+        &path,
+        format!(
+            "lockmgr-holder/1 pid={} host=h since=253402300799\n",
+            other.pid()
+        ),
+    )
+    .unwrap();
+    let h = LockMgr::new(&path).holder().unwrap().expect("a record");
+    assert_eq!(h.since_utc(), "9999-12-31T23:59:59Z");
+    other.finish();
+}
+
 #[test]
 fn foreign_content_is_never_overwritten_by_a_record() {
     let dir = tempfile::tempdir().unwrap();
