@@ -749,7 +749,8 @@ async fn lock_here(
     // descriptor and no watch, and the head is not woken by our close.
     let mut ticket = None;
     if policy.waits && queue::anyone_waiting() {
-        ticket = os::file_id_at(&config.path).and_then(Ticket::join_if_waiting);
+        ticket = os::file_id_at(&config.path)
+            .and_then(|file| Ticket::join_if_waiting(file, config.kind));
         if ticket.is_some() {
             policy.announce(lock_id, None, ", behind other tasks of this process");
         }
@@ -785,7 +786,7 @@ async fn lock_here(
             // have got to the front first; then wait behind them (the
             // contender's descriptor is closed meanwhile).
             _ => {
-                let t = Ticket::join(file);
+                let t = Ticket::join(file, config.kind);
                 if !t.is_head() {
                     ticket = Some(t);
                     continue;

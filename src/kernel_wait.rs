@@ -16,7 +16,7 @@
 //!   *abandons* its wait: when the kernel grants it, the helper gives the
 //!   lock back at once (an unlock and a close), having held it for an
 //!   instant nobody could use;
-//! - until then, the next wait for the same file and mode in this process
+//! - until then, the next wait for the same file, family and mode in this process
 //!   *revives* the abandoned one rather than starting another: at most one
 //!   blocked helper per file and mode, however many waits give up in turn;
 //! - a grant that is not claimed within [`CLAIM_WITHIN`] (the waiter's
@@ -107,7 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Waits given up on whose helper is still blocked, by file and mode.
-type Abandoned = Forkable<HashMap<(FileId, LockMode), Arc<Job>>>;
+type Abandoned = Forkable<HashMap<(FileId, LockKind, LockMode), Arc<Job>>>;
 
 /// The waits given up on, for a new wait to revive.
 fn abandoned() -> MutexGuard<'static, Abandoned> {
@@ -117,7 +117,7 @@ fn abandoned() -> MutexGuard<'static, Abandoned> {
 
 impl KernelWait {
     /// Starts waiting, on a helper thread, for `mode` of the `kind` lock on
-    /// the file `file`, open at `fd`. A wait for the same file and mode that
+    /// the file `file`, open at `fd`. A wait for the same file, family and mode that
     /// was given up on and whose helper is still blocked is revived instead:
     /// its descriptor is then the one the lock will be granted to, and
     /// [`KernelWait::fd`] lends it (the caller's own is not needed). Fails
@@ -156,13 +156,10 @@ impl KernelWait {
         Ok(wait)
     }
 
-    /// A wait given up on for this file and mode, taken back while its
+    /// A wait given up on for this file, family and mode, taken back while its
     /// helper is still blocked.
     fn revive(file: FileId, kind: LockKind, mode: LockMode) -> Option<KernelWait> {
-        let job = abandoned().get().remove(&(file, mode))?;
-        if job.kind != kind {
-            return None;
-        }
+        let job = abandoned().get().remove(&(file, kind, mode))?;
         let mut state = lock(&job.state);
         if !matches!(state.phase, Phase::Abandoned) {
             return None;
@@ -258,7 +255,7 @@ impl Drop for KernelWait {
                 state.promise = None;
                 drop(state);
                 // Revivable until its helper is done with it.
-                let key = (self.job.file, self.job.mode);
+                let key = (self.job.file, self.job.kind, self.job.mode);
                 abandoned().get().insert(key, self.job.clone());
             }
             Phase::Granted(_) | Phase::Stalled => {
@@ -287,10 +284,10 @@ impl Job {
         let mut abandoned = abandoned();
         let map = abandoned.get();
         if map
-            .get(&(self.file, self.mode))
+            .get(&(self.file, self.kind, self.mode))
             .is_some_and(|j| Arc::ptr_eq(j, self))
         {
-            map.remove(&(self.file, self.mode));
+            map.remove(&(self.file, self.kind, self.mode));
         }
     }
 

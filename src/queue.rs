@@ -4,7 +4,9 @@
 //! at the OS level.
 //!
 //! Lines are keyed by the file's identity (device and inode), so two paths to
-//! one file share a line. The head waits in the kernel's own lock queue (see
+//! one file share a line, and by the lock family: OFD and `flock` locks do
+//! not see each other, so a task never waits behind one of the other family,
+//! whose lock may be held while its own is free. The head waits in the kernel's own lock queue (see
 //! `kernel_wait`), beside the waiters of other processes: the kernel, not
 //! this process, decides who gets a released lock, so a busy process cannot
 //! keep it to itself. A head that gives up leaves its wait *parked* in the
@@ -47,6 +49,10 @@ use crate::board;
 use crate::clock::until_here;
 use crate::forkable::Forkable;
 use crate::os::FileId;
+use crate::vocab::LockKind;
+
+/// What a line is for: one file, in one lock family.
+type Key = (FileId, LockKind);
 
 /// How late past its promise a head may be before the next in line takes
 /// its place: room for a busy runtime to get round to it.
@@ -82,13 +88,22 @@ struct Slot {
     joined_ms: u64,
 }
 
-/// Tells the waiting board how many wait in `line`, and since when: as
-/// the front joined (the line only grows at its back, so the front joined
-/// first, unless the watch passed over a head, which then waits at the
-/// back). O(1): it runs at every join and leave.
-fn publish(file: FileId, line: &Line) {
-    let since = line.slots.front().map_or(0, |s| s.joined_ms);
-    board::publish(file, line.slots.len(), since);
+/// Tells the waiting board how many wait for `file`, in both families'
+/// lines, and since when: as the earlier front joined (a line only grows
+/// at its back, so its front joined first, unless the watch passed over a
+/// head, which then waits at the back). O(1): it runs at every join and
+/// leave.
+fn publish(lines: &HashMap<Key, Line>, file: FileId) {
+    let (mut tasks, mut since) = (0, u64::MAX);
+    for kind in [LockKind::Ofd, LockKind::Flock] {
+        if let Some(line) = lines.get(&(file, kind)) {
+            tasks += line.slots.len();
+            if let Some(front) = line.slots.front() {
+                since = since.min(front.joined_ms);
+            }
+        }
+    }
+    board::publish(file, tasks, if tasks == 0 { 0 } else { since });
 }
 
 fn unix_ms() -> u64 {
@@ -151,10 +166,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The lines of this process. After `fork`, the child starts with none: the
 /// waiters it inherited do not run there.
-struct Lines(MutexGuard<'static, Forkable<HashMap<FileId, Line>>>);
+struct Lines(MutexGuard<'static, Forkable<HashMap<Key, Line>>>);
 
 impl std::ops::Deref for Lines {
-    type Target = HashMap<FileId, Line>;
+    type Target = HashMap<Key, Line>;
     fn deref(&self) -> &Self::Target {
         // `get` needs `&mut`: a child's first look, through `DerefMut` or
         // here, forgets what it inherited.
@@ -169,7 +184,7 @@ impl std::ops::DerefMut for Lines {
 }
 
 fn lines() -> Lines {
-    static LINES: OnceLock<Mutex<Forkable<HashMap<FileId, Line>>>> = OnceLock::new();
+    static LINES: OnceLock<Mutex<Forkable<HashMap<Key, Line>>>> = OnceLock::new();
     // A panic while holding this lock can only come from an allocation
     // failure; the map is still consistent then, so keep using it.
     let mut guard = LINES
@@ -222,34 +237,39 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A place in the line for one file. Dropping it leaves the line; if it was
-/// the head, the next waiter becomes the head and is woken.
+/// A place in the line for one file and lock family. Dropping it leaves the
+/// line; if it was the head, the next waiter becomes the head and is woken.
 pub(crate) struct Ticket {
-    file: FileId,
+    key: Key,
     slot: Arc<Slot>,
 }
 
 impl Ticket {
-    /// Takes a place at the back of the line for `file`.
-    pub(crate) fn join(file: FileId) -> Ticket {
+    /// Takes a place at the back of the line for `file` in `kind`.
+    pub(crate) fn join(file: FileId, kind: LockKind) -> Ticket {
         let mut lines = lines();
-        let line = lines.entry(file).or_insert_with(|| {
+        let line = lines.entry((file, kind)).or_insert_with(|| {
             LINES_IN_USE.fetch_add(1, Ordering::AcqRel);
             Line::default()
         });
-        Ticket::push(line, file)
+        let ticket = Ticket::push(line, (file, kind));
+        publish(&lines, file);
+        ticket
     }
 
-    /// Takes a place at the back of the line for `file` only if tasks are
-    /// already waiting in it.
-    pub(crate) fn join_if_waiting(file: FileId) -> Option<Ticket> {
+    /// Takes a place at the back of the line for `file` in `kind` only if
+    /// tasks are already waiting in it.
+    pub(crate) fn join_if_waiting(file: FileId, kind: LockKind) -> Option<Ticket> {
         if !anyone_waiting() {
             return None;
         }
-        lines().get_mut(&file).map(|line| Ticket::push(line, file))
+        let mut lines = lines();
+        let ticket = Ticket::push(lines.get_mut(&(file, kind))?, (file, kind));
+        publish(&lines, file);
+        Some(ticket)
     }
 
-    fn push(line: &mut Line, file: FileId) -> Ticket {
+    fn push(line: &mut Line, key: Key) -> Ticket {
         let slot = Arc::new(Slot {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wake: Notify::new(),
@@ -274,19 +294,18 @@ impl Ticket {
                 line.slots[0].follow(true);
             }
         }
-        publish(file, line);
-        Ticket { file, slot }
+        Ticket { key, slot }
     }
 
     /// The file this ticket waits for.
     pub(crate) fn file(&self) -> FileId {
-        self.file
+        self.key.0
     }
 
     /// Whether this ticket is at the front of its line.
     pub(crate) fn is_head(&self) -> bool {
         lines()
-            .get(&self.file)
+            .get(&self.key)
             .and_then(|line| line.slots.front())
             .is_some_and(|front| front.id == self.slot.id)
     }
@@ -342,7 +361,7 @@ impl Ticket {
             return;
         }
         let mut lines = lines();
-        let Some(line) = lines.get_mut(&self.file) else {
+        let Some(line) = lines.get_mut(&self.key) else {
             return;
         };
         // Only a slot of this line is counted in it (a ticket inherited
@@ -368,7 +387,7 @@ impl Ticket {
                 head.follow(followed);
                 head.wake.notify_one();
             }
-            publish(self.file, line);
+            publish(&lines, self.key.0);
         }
     }
 
@@ -404,8 +423,18 @@ impl Promise {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut lines = lines();
-        let Some(line) = lines.get_mut(&self.file) else {
-            return;
+        if self.leave(&mut lines) {
+            publish(&lines, self.key.0);
+        }
+    }
+}
+
+impl Ticket {
+    /// Takes this ticket out of its line, and wakes the next head if it
+    /// was the head. Whether the line changed.
+    fn leave(&self, lines: &mut HashMap<Key, Line>) -> bool {
+        let Some(line) = lines.get_mut(&self.key) else {
+            return false;
         };
         let at = if line
             .slots
@@ -419,16 +448,15 @@ impl Drop for Ticket {
             line.slots.remove(at);
             at
         } else {
-            return;
+            return false;
         };
         if self.slot.passed_over.swap(false, Ordering::SeqCst) {
             line.passed_over -= 1;
         }
-        publish(self.file, line);
         if line.slots.is_empty() {
-            lines.remove(&self.file);
+            lines.remove(&self.key);
             LINES_IN_USE.fetch_sub(1, Ordering::AcqRel);
-            return;
+            return true;
         }
         let followed = line.slots.len() >= 2;
         if at == 0 && !line.live_first() {
@@ -437,11 +465,10 @@ impl Drop for Ticket {
             if let Some(head) = line.slots.front() {
                 head.followed.store(false, Ordering::SeqCst);
             }
-            publish(self.file, line);
-            return;
+            return true;
         }
         let Some(head) = line.slots.front() else {
-            return;
+            return true;
         };
         if at == 0 {
             // A new head starts contending: its promise runs from now, not
@@ -452,6 +479,7 @@ impl Drop for Ticket {
         } else if !followed {
             head.follow(false);
         }
+        true
     }
 }
 
@@ -551,8 +579,9 @@ mod watch {
         // Logged once the lines are free: a slow subscriber must not hold
         // up every join and leave of the process.
         let mut passed: Vec<Duration> = Vec::new();
+        let mut changed: Vec<FileId> = Vec::new();
         let mut lines = lines();
-        for (file, line) in lines.iter_mut() {
+        for (&(file, _), line) in lines.iter_mut() {
             if line.slots.len() < 2 {
                 continue;
             }
@@ -582,8 +611,8 @@ mod watch {
                 passed_over.wake.notify_one();
                 line.slots.push_back(passed_over);
             }
+            changed.push(file);
             if !line.live_first() {
-                publish(*file, line);
                 continue;
             }
             if let Some(head) = line.slots.front() {
@@ -594,7 +623,9 @@ mod watch {
                 head.wake.notify_one();
                 next = next.min(nanos_since_epoch(due + GRACE));
             }
-            publish(*file, line);
+        }
+        for file in changed {
+            publish(&lines, file);
         }
         drop(lines);
         for late in passed {
@@ -624,10 +655,13 @@ mod tests {
     async fn first_come_first_served_and_leaving_wakes_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let file = some_file(dir.path(), "a");
-        assert!(Ticket::join_if_waiting(file).is_none(), "no line yet");
-        let first = Ticket::join(file);
-        let second = Ticket::join(file);
-        let third = Ticket::join_if_waiting(file).expect("a line exists");
+        assert!(
+            Ticket::join_if_waiting(file, LockKind::Ofd).is_none(),
+            "no line yet"
+        );
+        let first = Ticket::join(file, LockKind::Ofd);
+        let second = Ticket::join(file, LockKind::Ofd);
+        let third = Ticket::join_if_waiting(file, LockKind::Ofd).expect("a line exists");
         assert!(first.is_head());
         assert!(!second.is_head() && !third.is_head());
 
@@ -643,15 +677,32 @@ mod tests {
         let third = waiter.await.unwrap();
         assert!(third.is_head());
         drop(third);
-        assert!(Ticket::join_if_waiting(file).is_none(), "the line is gone");
+        assert!(
+            Ticket::join_if_waiting(file, LockKind::Ofd).is_none(),
+            "the line is gone"
+        );
     }
 
     #[test]
     fn lines_of_different_files_are_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Ticket::join(some_file(dir.path(), "c"));
-        let b = Ticket::join(some_file(dir.path(), "d"));
+        let a = Ticket::join(some_file(dir.path(), "c"), LockKind::Ofd);
+        let b = Ticket::join(some_file(dir.path(), "d"), LockKind::Ofd);
         assert!(a.is_head() && b.is_head());
         assert_ne!(a.file(), b.file());
+    }
+
+    #[test]
+    fn lines_of_different_lock_families_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = some_file(dir.path(), "e");
+        let ofd = Ticket::join(file, LockKind::Ofd);
+        assert!(Ticket::join_if_waiting(file, LockKind::Flock).is_none());
+        let flock = Ticket::join(file, LockKind::Flock);
+        assert!(ofd.is_head() && flock.is_head());
+        let second = Ticket::join_if_waiting(file, LockKind::Flock).expect("a flock line");
+        assert!(!second.is_head());
+        drop(flock);
+        assert!(second.is_head() && ofd.is_head());
     }
 }

@@ -380,7 +380,8 @@ pub(crate) async fn acquire(
     let started = Instant::now();
     let mut ticket = None;
     if policy.waits && queue::anyone_waiting() {
-        ticket = os::file_id_at(&config.path).and_then(Ticket::join_if_waiting);
+        ticket = os::file_id_at(&config.path)
+            .and_then(|file| Ticket::join_if_waiting(file, config.kind));
     }
     let mut announced = false;
     loop {
@@ -408,7 +409,7 @@ pub(crate) async fn acquire(
         let t = match ticket.take() {
             Some(t) if t.file() == contender.file => t,
             _ => {
-                let t = Ticket::join(contender.file);
+                let t = Ticket::join(contender.file, config.kind);
                 if !t.is_head() {
                     ticket = Some(t);
                     continue;

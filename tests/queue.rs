@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Holder, LIVENESS};
-use lockmgr::{LockError, LockMgr};
+use lockmgr::{LockError, LockKind, LockMgr};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::Signal;
 use tokio::sync::Barrier;
@@ -720,4 +720,33 @@ fn a_line_moved_to_another_runtime_still_goes_in_turn() {
             .expect("acquire");
         drop(second_guard);
     });
+}
+
+/// OFD and `flock` locks do not see each other, so the tasks of one
+/// process waiting for the file in one family never make a task of the
+/// other family wait: a line is one family's. On the old code the OFD
+/// acquire lined up behind the `flock` waiter and waited for `flock(1)`'s
+/// holder (here, until its budget ran out), though its own lock was free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_of_one_lock_family_never_holds_up_the_other() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let foreign = common::Foreign::start("flock", "ex", &path);
+    let flock = LockMgr::builder(&path).kind(LockKind::Flock).build();
+    let flock_waiter = tokio::spawn(async move { flock.acquire(true, LIVENESS).await });
+    common::until_waiting(&path).await;
+    for kind in ["ofd-exclusive", "ofd-shared"] {
+        let ofd = LockMgr::builder(&path).max_attempts(1).build();
+        let budget = Duration::from_secs(3);
+        let won = if kind == "ofd-shared" {
+            ofd.acquire_shared(true, budget).await.map(drop)
+        } else {
+            ofd.acquire(true, budget).await.map(drop)
+        };
+        won.unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+    assert!(!flock_waiter.is_finished(), "flock(1)'s lock is still held");
+    foreign.finish();
+    drop(flock_waiter.await.unwrap().unwrap());
 }
