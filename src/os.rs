@@ -1,6 +1,6 @@
 //! The Linux calls under the lock: open the lock file safely, take, drop and
 //! probe OFD and `flock(2)` locks, read and write the file's head, compare
-//! identities, and tell what kind of file and file system a path is on.
+//! identities (of files and of open file descriptions), and tell what kind of file and file system a path is on.
 //!
 //! This module knows nothing of [`LockMgr`](crate::LockMgr) or its errors: it
 //! speaks `io::Error` and the crate's vocabulary ([`LockKind`],
@@ -226,6 +226,33 @@ impl FileId {
 pub(crate) fn file_id_at(path: &Path) -> Option<FileId> {
     let st = lstat(path).ok()?;
     kind_of(&st).is_none().then(|| FileId::of(&st))
+}
+
+/// Whether descriptors `a` and `b` of process `pid` name one open file
+/// description (`kcmp(2)`, `KCMP_FILE`): a lock held through it shows on
+/// both. `None` when the kernel will not tell (another user's process
+/// without the privilege to look, a kernel without `kcmp`, a descriptor
+/// closed meanwhile).
+pub(crate) fn same_description(pid: u32, a: i32, b: i32) -> Option<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    let pid = libc::c_long::from(pid);
+    // SAFETY: kcmp compares two kernel objects named by numbers; no memory
+    // of this process is passed to it or written by it.
+    let order = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            libc::c_long::from(a),
+            libc::c_long::from(b),
+        )
+    };
+    match order {
+        0 => Some(true),
+        1..=3 => Some(false),
+        _ => None,
+    }
 }
 
 /// What a probe found on a lock file, without taking its lock for longer

@@ -127,8 +127,9 @@ pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
 /// What the processes' descriptors show about one file.
 #[derive(Debug, Default)]
 pub(crate) struct Descriptors {
-    /// Per process: the locks its descriptors of the file hold (none: it
-    /// has the file open without holding a lock through it).
+    /// Per process: the locks its descriptors of the file hold, each once
+    /// however many descriptors share it (none: it has the file open
+    /// without holding a lock through it).
     pub(crate) by_pid: BTreeMap<u32, Vec<Entry>>,
     /// The file's path, as a descriptor of it names it (`/proc/PID/fd/N`),
     /// unless it was deleted.
@@ -140,6 +141,8 @@ pub(crate) struct Descriptors {
 /// be read (another user's, without the privilege to look) are skipped.
 pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descriptors>> {
     let mut found: HashMap<Inode, Descriptors> = HashMap::new();
+    // Which descriptor of a process showed which lock of a file.
+    let mut seen_fds: HashMap<(Inode, u32), Vec<(i32, Entry)>> = HashMap::new();
     for proc_entry in fs::read_dir("/proc")? {
         let Ok(proc_entry) = proc_entry else { continue };
         let Some(pid) = proc_entry
@@ -179,15 +182,26 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
                     .ok()
                     .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
             }
+            let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
             let held = seen.by_pid.entry(pid).or_default();
-            for lock in locks {
-                if !held
-                    .iter()
-                    .any(|h| h.family == lock.family && h.mode == lock.mode)
-                {
-                    held.push(lock);
-                }
-            }
+            let shown_by = seen_fds.entry((file, pid)).or_default();
+            // The locks of one open file description show on each of its
+            // descriptors; those of two descriptions are two locks, each a
+            // line of /proc/locks to match. A POSIX lock is the process's,
+            // whatever descriptor shows it.
+            let already = |lock: &Entry| {
+                shown_by.iter().any(|&(other, e): &(i32, Entry)| {
+                    e.family == lock.family
+                        && e.mode == lock.mode
+                        && (lock.family == LockFamily::Posix
+                            || crate::os::same_description(pid, other, fd) != Some(false))
+                })
+            };
+            let new: Vec<Entry> = locks.into_iter().filter(|l| !already(l)).collect();
+            shown_by.extend(new.iter().map(|&e| (fd, e)));
+            held.extend(new);
         }
     }
     Ok(found)

@@ -25,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The engine: the OS layer and the words, never the face.
     ("clock", &["os"]),
     ("board", &["forkable", "os"]),
-    ("queue", &["board", "clock", "forkable", "os"]),
+    ("queue", &["board", "clock", "forkable", "os", "vocab"]),
     ("kernel_wait", &["forkable", "os", "queue", "vocab"]),
     (
         "slots",

@@ -349,3 +349,37 @@ fn a_directory_is_not_a_lock_file() {
     let e = LockMgr::new(dir.path()).holders().unwrap_err();
     assert!(matches!(e, lockmgr::LockError::NotAFile { .. }), "{e:?}");
 }
+
+/// A process that holds a lock through two open file descriptions (two
+/// shared guards, two permits of a semaphore) is named once, and none of
+/// its locks is counted as unseen: the old code kept one lock per process,
+/// family and mode, and counted the second as another user's. A copy of a
+/// guard's descriptor is still one lock.
+#[tokio::test]
+async fn two_locks_of_one_process_are_both_its_own() {
+    use std::os::fd::AsFd;
+    let dir = tempfile::tempdir().unwrap();
+    let me = std::process::id();
+
+    let path = dir.path().join("twice.lock");
+    let lock = LockMgr::new(&path);
+    let first = lock.try_acquire_shared().unwrap();
+    let copy = first.as_fd().try_clone_to_owned().unwrap();
+    let second = lock.try_acquire_shared().unwrap();
+    let holders = lock.holders().unwrap();
+    assert_eq!(held(&lock), [(me, LockFamily::Ofd, LockMode::Shared)]);
+    assert_eq!(holders.unseen, 0, "{holders:?}");
+    drop((first, second, copy));
+    assert!(lock.holders().unwrap().is_free());
+
+    let path = dir.path().join("permits.sem");
+    let semaphore = lockmgr::Semaphore::new(&path, 3);
+    let permits = [
+        semaphore.try_acquire().unwrap(),
+        semaphore.try_acquire().unwrap(),
+    ];
+    let holders = LockMgr::new(&path).holders().unwrap();
+    assert_eq!(holders.unseen, 0, "{holders:?}");
+    assert!(holders.holding.iter().all(|h| h.pid == me), "{holders:?}");
+    drop(permits);
+}
