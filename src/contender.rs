@@ -320,6 +320,12 @@ pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
     Ok(open_fd(config, LockMode::Exclusive)?.1)
 }
 
+/// The identity of the file a guard holds (`None` if the kernel will not
+/// say, which a regular file open here never does).
+pub(crate) fn held_identity(fd: impl AsFd) -> Option<FileId> {
+    os::identify(fd.as_fd()).ok()
+}
+
 /// Refuses a path that cannot name a file at all.
 fn check_path(path: &Path) -> Result<(), LockError> {
     use std::os::unix::ffi::OsStrExt;

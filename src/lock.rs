@@ -490,6 +490,16 @@ impl LockMgr {
     /// already taken are released before the error is returned. The guards
     /// come back in the order of `locks`.
     ///
+    /// The order is of the files at the paths when the call starts. A file
+    /// waited for may be replaced meanwhile (`remove_on_release`, another
+    /// program's rename), and the one taken in its place may sort after a
+    /// lock still to be waited for: then every lock taken is let go and the
+    /// call starts over in the new order (each lock with its whole budget
+    /// again). One case is not caught: a file replaced, during the wait for
+    /// it, by one that sorts *before* a lock already held, whose holder
+    /// waits for that lock; the two then wait for each other until one's
+    /// budget ends.
+    ///
     /// # Errors
     ///
     /// As [`acquire`](LockMgr::acquire), for the first lock that could not
@@ -521,26 +531,47 @@ impl LockMgr {
         wait: bool,
         timeout: Duration,
     ) -> Result<Vec<LockGuard>, LockError> {
-        let mut order = Vec::with_capacity(locks.len());
-        for (i, lock) in locks.iter().enumerate() {
-            order.push((contender::identity(&lock.inner)?, i));
+        'order: loop {
+            let mut order = Vec::with_capacity(locks.len());
+            for (i, lock) in locks.iter().enumerate() {
+                order.push((contender::identity(&lock.inner)?, i));
+            }
+            order.sort();
+            if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+                return Err(LockError::Invalid {
+                    lock: locks[pair[1].1].inner.id.clone(),
+                    reason: format!(
+                        "it is the same file as {}: one call cannot take a lock file twice",
+                        locks[pair[0].1].inner.id
+                    ),
+                });
+            }
+            let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
+            for (k, &(_, i)) in order.iter().enumerate() {
+                // On an error, the guards taken so far drop here: all or none.
+                let guard = locks[i].acquire(wait, timeout).await?;
+                // The file at the path may have been replaced while it was
+                // waited for, by one that sorts after a lock still to wait
+                // for: waiting for that lock while holding this one could
+                // close a circle with a caller that ordered after the
+                // change. Let everything go and start over in the new order.
+                let taken = contender::held_identity(&guard);
+                if let (Some(taken), Some(&(next, _))) = (taken, order.get(k + 1)) {
+                    if taken > next {
+                        tracing::debug!(
+                            lock = %locks[i].inner.id,
+                            "lock file was replaced while waited for and now sorts later; \
+                             taking the set again in the new order"
+                        );
+                        drop(guard);
+                        drop(guards);
+                        continue 'order;
+                    }
+                }
+                guards[i] = Some(guard);
+            }
+            return Ok(guards.into_iter().flatten().collect());
         }
-        order.sort();
-        if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(LockError::Invalid {
-                lock: locks[pair[1].1].inner.id.clone(),
-                reason: format!(
-                    "it is the same file as {}: one call cannot take a lock file twice",
-                    locks[pair[0].1].inner.id
-                ),
-            });
-        }
-        let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
-        for (_, i) in order {
-            // On an error, the guards taken so far drop here: all or none.
-            guards[i] = Some(locks[i].acquire(wait, timeout).await?);
-        }
-        Ok(guards.into_iter().flatten().collect())
     }
 
     /// Takes the lock shared if no exclusive holder has it, without waiting

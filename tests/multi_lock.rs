@@ -83,3 +83,92 @@ async fn the_same_file_twice_is_refused() {
     assert!(matches!(e, LockError::Invalid { .. }), "{e:?}");
     assert!(e.to_string().contains("same file"), "{e}");
 }
+
+/// The order is of the files at the paths when the call starts; a file
+/// replaced meanwhile (`remove_on_release`, `logrotate`, another program's
+/// rename) may sort elsewhere. A caller that finds it took a file sorting
+/// after a lock it still has to wait for lets go and starts over in the
+/// new order, so it never waits in a circle with a caller that ordered
+/// after the change. On the old code the first caller held the new file
+/// and waited for the second's lock, which waited for the new file, until
+/// the first caller's budget ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_while_waited_for_never_makes_a_circle() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Three files in inode order: the old file at `f`, then `s`, then the
+    // one that will replace the old file.
+    let mut made: Vec<_> = (0..3)
+        .map(|n| {
+            let path = dir.path().join(format!("x{n}"));
+            std::fs::write(&path, b"").unwrap();
+            (std::fs::metadata(&path).unwrap().ino(), path)
+        })
+        .collect();
+    made.sort();
+    let (f, s, f2) = (
+        dir.path().join("f"),
+        dir.path().join("s"),
+        dir.path().join("f2"),
+    );
+    for ((_, from), to) in made.iter().zip([&f, &s, &f2]) {
+        std::fs::rename(from, to).unwrap();
+    }
+    let (lock_f, lock_s) = (LockMgr::new(&f), LockMgr::new(&s));
+    let budget = Duration::from_secs(5);
+    let set = |a: &LockMgr, b: &LockMgr| {
+        vec![
+            LockMgr::builder(a.path()).max_attempts(1).build(),
+            LockMgr::builder(b.path()).max_attempts(1).build(),
+        ]
+    };
+    let until_blocked_on = |path: &std::path::Path| {
+        let path = path.to_owned();
+        async move {
+            tokio::time::timeout(LIVENESS, async {
+                while common::blocked_on(&path) == 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the first caller never settled into the kernel's wait")
+        }
+    };
+
+    let old_f = lock_f.try_acquire().unwrap();
+    let new_f = LockMgr::new(&f2).try_acquire().unwrap();
+    let first_set = set(&lock_f, &lock_s);
+    let first = tokio::spawn(async move { LockMgr::acquire_all(&first_set, true, budget).await });
+    // The first caller, ordered [f, s], waits for the old file in the
+    // kernel's queue, which grants a release to it ahead of any waiter on
+    // inotify events.
+    until_blocked_on(&f).await;
+    // The file at `f` is replaced by one that sorts after `s`; the first
+    // caller follows the path once the old file is free.
+    std::fs::rename(&f2, &f).unwrap();
+    drop(old_f);
+    until_blocked_on(&f).await;
+    // The second caller orders [s, f]: it takes `s`, then waits for `f`.
+    let second_set = set(&lock_s, &lock_f);
+    let second = tokio::spawn(async move { LockMgr::acquire_all(&second_set, true, budget).await });
+    tokio::time::timeout(LIVENESS, async {
+        loop {
+            let waiting = lock_f
+                .holders()
+                .unwrap()
+                .holding
+                .iter()
+                .find_map(|h| h.waiting);
+            if waiting.is_some() && !lock_s.holders().unwrap().is_free() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the second caller never took s and waited for the new file");
+    drop(new_f);
+    // Each caller's guards drop as soon as it has shown it got both.
+    assert_eq!(second.await.unwrap().map(|g| g.len()).unwrap(), 2);
+    assert_eq!(first.await.unwrap().map(|g| g.len()).unwrap(), 2);
+}
