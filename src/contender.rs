@@ -1126,8 +1126,19 @@ fn assemble(
         let by_pid = lock
             .pid
             .and_then(|pid| pool.iter().position(|p| same(p) && p.0 == pid));
-        let alive = lock.pid.filter(|&pid| proc_locks::alive(pid));
-        match (by_pid, alive) {
+        // The kernel's pid owns a POSIX lock. A `flock` lock belongs to its
+        // open file description, and the pid is only who called `flock()`:
+        // it may have handed its descriptor on and closed its own, or died
+        // and had its pid reused. It is named when nothing better can be
+        // known (its descriptors cannot be read) or when it still maps the
+        // file (a mapping keeps the description, and the lock, alive).
+        let owner = lock.pid.filter(|&pid| {
+            proc_locks::alive(pid)
+                && (lock.family == LockFamily::Posix
+                    || !proc_locks::descriptors_readable(pid)
+                    || proc_locks::maps(pid, file))
+        });
+        match (by_pid, owner) {
             (Some(i), _) => drop(pool.swap_remove(i)),
             (None, Some(pid)) => found.holding.push(holding(pid, lock.family, lock.mode)),
             (None, None) => match pool.iter().position(same) {

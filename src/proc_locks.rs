@@ -218,11 +218,22 @@ pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
             .ok()
             .is_some_and(|t| t.to_string_lossy().starts_with(&name));
         if is_board {
-            let bytes = fs::read(fd.path()).ok()?;
+            // Never more than a board: the memfd is the other process's,
+            // and could be made as large as memory.
+            let mut bytes = Vec::new();
+            fs::File::open(fd.path())
+                .and_then(|f| {
+                    io::Read::read_to_end(&mut io::Read::take(f, board_bytes()), &mut bytes)
+                })
+                .ok()?;
             return crate::os::read_board(&bytes, pid, (file.device(), file.inode()));
         }
     }
     None
+}
+
+fn board_bytes() -> u64 {
+    (crate::os::Board::WORDS * 8) as u64
 }
 
 /// The process's name as the kernel keeps it (`/proc/PID/comm`: at most 15
@@ -231,6 +242,32 @@ pub(crate) fn command(pid: u32) -> Option<String> {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let comm = comm.trim_end_matches('\n');
     (!comm.is_empty()).then(|| comm.to_owned())
+}
+
+/// Whether this process may read the descriptors of process `pid`
+/// (its own user's, or any with the privilege to look).
+pub(crate) fn descriptors_readable(pid: u32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd")).is_ok()
+}
+
+/// Whether process `pid` has `file` mapped into its memory
+/// (`/proc/PID/maps`: `address perms offset major:minor inode path`).
+pub(crate) fn maps(pid: u32, file: Inode) -> bool {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    maps.lines().any(|line| {
+        let mut words = line.split_whitespace().skip(3);
+        let (Some(dev), Some(ino)) = (words.next(), words.next()) else {
+            return false;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            return false;
+        };
+        u64::from_str_radix(major, 16).ok() == Some(file.major)
+            && u64::from_str_radix(minor, 16).ok() == Some(file.minor)
+            && ino.parse::<u64>().ok() == Some(file.ino)
+    })
 }
 
 /// Whether process `pid` exists on this host.

@@ -383,3 +383,42 @@ async fn two_locks_of_one_process_are_both_its_own() {
     assert!(holders.holding.iter().all(|h| h.pid == me), "{holders:?}");
     drop(permits);
 }
+
+/// A `flock` lock is listed under the pid that called `flock()`, which may
+/// have given the lock's descriptor away (to a forked child) and closed its
+/// own, or died and had its pid handed to an unrelated process: such a
+/// process is not named, only the ones whose descriptors (or mappings)
+/// keep the lock. On the old code the parent was named beside its child.
+#[test]
+fn a_process_that_gave_its_descriptor_away_is_not_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("given.lock");
+    let lock = LockMgr::builder(&path).kind(LockKind::Flock).build();
+    let mut parent = Foreign::start("flock", "ex", &path);
+    let child: u32 = parent
+        .command("fork")
+        .strip_prefix("child ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(parent.command("close"), "closed");
+    assert_eq!(
+        held(&lock),
+        [(child, LockFamily::Flock, LockMode::Exclusive)]
+    );
+    assert_eq!(lock.holders().unwrap().unseen, 0);
+    parent.finish();
+
+    // A mapping keeps the open file description, and so the lock: its
+    // process holds it with no descriptor.
+    let path = dir.path().join("mapped.lock");
+    let lock = LockMgr::builder(&path).kind(LockKind::Flock).build();
+    let mut mapper = Foreign::start("flock", "ex", &path);
+    assert_eq!(mapper.command("map"), "mapped");
+    assert_eq!(mapper.command("close"), "closed");
+    assert_eq!(
+        held(&lock),
+        [(mapper.pid(), LockFamily::Flock, LockMode::Exclusive)]
+    );
+    mapper.finish();
+}

@@ -10,6 +10,10 @@
  *   lock     take it again, blocking; prints "locked <pid>"
  *   fork     fork a child that keeps the descriptor open until this
  *            process exits; prints "child <pid>"
+ *   map      map the file into memory (which keeps its open file
+ *            description, and so a flock or OFD lock, alive); prints "mapped"
+ *   close    close the descriptor WITHOUT unlocking (a copy elsewhere, or
+ *            a mapping, keeps a flock or OFD lock); prints "closed"
  * At end of input it exits, which closes the descriptor.
  */
 #define _GNU_SOURCE
@@ -18,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -80,6 +85,15 @@ int main(int argc, char **argv) {
             }
             close(alive[0]);
             printf("child %d\n", (int)child);
+        } else if (!strncmp(line, "map", 3)) {
+            if (mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) {
+                perror("mmap");
+                return 2;
+            }
+            printf("mapped\n");
+        } else if (!strncmp(line, "close", 5)) {
+            close(fd);
+            printf("closed\n");
         }
         fflush(stdout);
     }
