@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
-use lockmgr::{Holder, Holders, LockKind, LockMgr, Status};
+use lockmgr::{Holder, Holders, LockFamily, LockKind, LockMgr, Status};
 use serde::Serialize;
 
 use crate::{fail, StatusArgs};
@@ -33,17 +33,21 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // (its name, as the library compares it): a process of a container on
     // this host, which may share the file, records its pid in its own
     // namespace, not the one the holders are seen in.
+    // Only holders of the family asked about count: a `lockmgr` of the
+    // other family may hold the file too, and its record is then no
+    // account of who holds this lock.
+    let kind: LockKind = args.kind.into();
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
-        let seen_all = holders.unseen == 0 && !holders.holding.is_empty();
+        let seen_all = holders.unseen == 0 && holders.excluding(kind).next().is_some();
         let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
-        if !h.stale && here && seen_all && holders.holding.iter().all(|p| p.pid != h.pid) {
+        if !h.stale && here && seen_all && holders.excluding(kind).all(|p| p.pid != h.pid) {
             h.stale = true;
             old_record = true;
         }
     }
     let on_host = OnHost {
-        kind: args.kind.into(),
+        kind,
         holders: &holders,
         old_record,
     };
@@ -71,9 +75,14 @@ pub(crate) fn host_lines(h: &Holders, asked: Option<LockKind>) -> Vec<String> {
     let mut lines: Vec<String> = h.holding.iter().map(|p| format!("  held by {p}")).collect();
     if let Some(kind) = asked {
         if let Some(other) = h.other_family(kind).next() {
+            // POSIX locks are seen by OFD ones: `--kind ofd` asks about them.
+            let see_it = match other.family {
+                LockFamily::Flock => LockKind::Flock,
+                _ => LockKind::Ofd,
+            };
             lines.push(format!(
                 "  note: held with {family} locks, which {kind} locks do not see: you asked \
-                     for {kind} (--kind {family} asks about the lock that program takes)",
+                     for {kind} (--kind {see_it} asks about the lock that program takes)",
                 family = other.family
             ));
         }

@@ -1468,3 +1468,47 @@ fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
     drop(flock.stdin.take());
     assert!(flock.wait().unwrap().success());
 }
+
+/// A `lockmgr run` (OFD, with its record) and `flock(1)` hold one file,
+/// each in its own family. `status --kind flock` does not name the OFD
+/// holder from its record (on the old code it said "held exclusive by" that
+/// pid, which holds no flock lock); the record is called an old one for
+/// this family. A POSIX holder seen from `--kind flock` is pointed to
+/// `--kind ofd`, which sees POSIX locks (the old code said `--kind posix`,
+/// which does not exist).
+#[test]
+fn status_names_no_holder_from_the_other_familys_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("both.lock");
+    let ofd = holder(&lock, &[]);
+    let (flock, line) = flock_1_holding(&lock, "echo locked; read line || true");
+    assert_eq!(line.trim(), "locked");
+    let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        !said.contains(&format!("held exclusive by pid {}", ofd.id())),
+        "{said}"
+    );
+    assert!(said.contains("which does not hold it"), "{said}");
+    finish(flock);
+    finish(ofd);
+
+    let posix = dir.path().join("posix.lock");
+    let mut foreign = Command::new(common::c_program("holder"))
+        .args(["posix", "ex"])
+        .arg(&posix)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(foreign.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("locked"), "{line}");
+    let out = lockmgr(&["status", "--kind", "flock", s(&posix)]);
+    let said = text(&out.stdout);
+    assert!(said.contains("(--kind ofd asks about"), "{said}");
+    finish(foreign);
+}
