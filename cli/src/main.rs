@@ -299,7 +299,7 @@ fn show_events() {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let shown = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::output::PatientStderr)
         .with_target(false)
         .without_time()
         .with_ansi(false)

@@ -4,7 +4,7 @@
 //! out would mean opening and closing the lock file, and every close wakes
 //! every waiter on the host.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use lockmgr::{Holder, LockId};
@@ -71,13 +71,20 @@ impl Progress {
             let attempt = attempt_at(waited, self.per_attempt, self.attempts);
             line.push_str(&format!(", attempt {attempt}/{}", self.attempts));
         }
-        let mut err = std::io::stderr().lock();
-        let _ = if self.tty {
-            write!(err, "\r\x1b[K{line}")
+        let line = if self.tty {
+            format!("\r\x1b[K{line}")
         } else {
-            writeln!(err, "{line}")
+            format!("{line}\n")
         };
-        let _ = err.flush();
+        // On a terminal, an update that cannot be shown at once is skipped
+        // (the next comes in 500 ms); elsewhere the one line waits as any
+        // other does.
+        let patience = if self.tty {
+            0
+        } else {
+            crate::output::PATIENCE_MS
+        };
+        crate::output::to_stderr(line.as_bytes(), patience);
         self.shown = true;
     }
 

@@ -1512,3 +1512,41 @@ fn status_names_no_holder_from_the_other_familys_record() {
     assert!(said.contains("(--kind ofd asks about"), "{said}");
     finish(foreign);
 }
+
+/// A stderr that takes nothing (a pipe whose reader has stopped reading, a
+/// terminal stopped with Ctrl-S) holds up neither the wait's deadline nor
+/// the signals read between lines: the waiting line is lost, and `-w 1`
+/// ends the run when its second is up. On the old code `lockmgr` hung in
+/// `write(2)` for as long as nobody read, past its deadline and deaf to
+/// SIGTERM and SIGINT.
+#[test]
+fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let held = holder(&lock, &[]);
+    let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    // Filled without blocking, then made blocking again for `lockmgr`.
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut pipe = std::fs::File::from(writer.try_clone().unwrap());
+    while pipe.write(&[b'x'; 4096]).is_ok() {}
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let mut run = Command::new(LOCKMGR)
+        .args(["run", "-w", "1", s(&lock), "--", "true"])
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = run.id();
+    std::thread::spawn(move || tx.send(run.wait().unwrap()));
+    let status = rx.recv_timeout(common::LIVENESS);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    drop(reader);
+    finish(held);
+    let status = status.expect("lockmgr hung writing to a stderr nobody reads");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "timed out: the conflict exit status"
+    );
+}
