@@ -489,6 +489,20 @@ pub(crate) fn write_head(fd: impl AsFd, bytes: &[u8], truncate: bool) -> io::Res
 /// Opens an existing lock file read-only to look at it, never creating it.
 /// `Ok(None)` when there is nothing at the path.
 pub(crate) fn open_existing(path: &Path) -> Result<Option<OwnedFd>, OpenError> {
+    // Looked at before it is opened: opening a FIFO for reading lets a
+    // writer blocked opening it through, to a pipe nobody will read. (The
+    // descriptor is still checked: the path may change in between.) The
+    // open of an acquire saves this call; a lock is not asked for a FIFO.
+    match lstat(path) {
+        Ok(st) => {
+            if let Some(kind) = kind_of(&st) {
+                return Err(OpenError::NotRegular(kind));
+            }
+        }
+        Err(Errno::ENOENT) => return Ok(None),
+        // Let the open say what is wrong (a missing parent, no access).
+        Err(_) => {}
+    }
     match open_checked(path, safe_flags() | OFlag::O_RDONLY) {
         Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         other => other.map(|(fd, _)| Some(fd)),

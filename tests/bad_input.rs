@@ -323,3 +323,29 @@ fn names_that_are_not_utf8_are_shown_escaped() {
     assert!(err.to_string().contains(r"bad\xFF\xFE.lock"), "{err}");
     drop(held);
 }
+
+/// Asking about a FIFO (`status`, `holder`, `lockmgr status`) does not
+/// open it: an open for reading lets a program blocked opening its other
+/// end through, to write into a pipe nobody reads (its line is lost). The
+/// file's open events tell: the old code opened it, then refused it.
+#[test]
+fn a_query_about_a_fifo_does_not_open_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("q");
+    make_fifo(&fifo);
+    let mut opens = inotify::Inotify::init().unwrap();
+    opens
+        .watches()
+        .add(&fifo, inotify::WatchMask::OPEN)
+        .unwrap();
+    let lock = LockMgr::new(&fifo);
+    assert_fifo_refused(&lock.status().unwrap_err(), "status");
+    assert_fifo_refused(&lock.holder().unwrap_err(), "holder");
+    let mut buffer = [0u8; 1024];
+    let seen = match opens.read_events(&mut buffer) {
+        Ok(events) => events.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(seen, 0, "the FIFO was opened");
+}
