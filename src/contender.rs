@@ -320,6 +320,12 @@ pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
     Ok(open_fd(config, LockMode::Exclusive)?.1)
 }
 
+/// The identity of the regular file at the lock's path now, without
+/// opening it (`None` when there is none).
+pub(crate) fn identity_at(config: &LockConfig) -> Option<FileId> {
+    os::file_id_at(&config.path)
+}
+
 /// The identity of the file a guard holds (`None` if the kernel will not
 /// say, which a regular file open here never does).
 pub(crate) fn held_identity(fd: impl AsFd) -> Option<FileId> {

@@ -253,6 +253,12 @@ pub(crate) fn absolute(path: PathBuf) -> PathBuf {
     }
 }
 
+/// How many times [`LockMgr::acquire_all`] starts over in a new order
+/// before it goes on in the one it has: each start over follows a lock
+/// file replaced under it, so more than a few means files are replaced
+/// without end, and each round costs every lock's budget again.
+const MAX_REORDERS: u32 = 16;
+
 impl LockMgr {
     /// A lock on the file at `path`, with default options.
     ///
@@ -491,14 +497,15 @@ impl LockMgr {
     /// come back in the order of `locks`.
     ///
     /// The order is of the files at the paths when the call starts. A file
-    /// waited for may be replaced meanwhile (`remove_on_release`, another
-    /// program's rename), and the one taken in its place may sort after a
-    /// lock still to be waited for: then every lock taken is let go and the
-    /// call starts over in the new order (each lock with its whole budget
-    /// again). One case is not caught: a file replaced, during the wait for
-    /// it, by one that sorts *before* a lock already held, whose holder
-    /// waits for that lock; the two then wait for each other until one's
-    /// budget ends.
+    /// may be replaced meanwhile (`remove_on_release`, another program's
+    /// rename), and the file now at the next path may sort before a lock
+    /// already taken: then, before it is waited for, every lock taken is
+    /// let go and the call starts over in the new order, each lock with its
+    /// whole budget again (at most 16 times; after that it goes on in the
+    /// order it has). One case is not caught: a file replaced *during* the
+    /// wait for it (or created by that wait) by one that sorts before a
+    /// lock already held, whose holder waits for that lock; the two then
+    /// wait for each other until one's budget ends.
     ///
     /// # Errors
     ///
@@ -531,6 +538,7 @@ impl LockMgr {
         wait: bool,
         timeout: Duration,
     ) -> Result<Vec<LockGuard>, LockError> {
+        let mut reorders = 0;
         'order: loop {
             let mut order = Vec::with_capacity(locks.len());
             for (i, lock) in locks.iter().enumerate() {
@@ -547,27 +555,32 @@ impl LockMgr {
                 });
             }
             let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
-            for (k, &(_, i)) in order.iter().enumerate() {
-                // On an error, the guards taken so far drop here: all or none.
-                let guard = locks[i].acquire(wait, timeout).await?;
-                // The file at the path may have been replaced while it was
-                // waited for, by one that sorts after a lock still to wait
-                // for: waiting for that lock while holding this one could
-                // close a circle with a caller that ordered after the
-                // change. Let everything go and start over in the new order.
-                let taken = contender::held_identity(&guard);
-                if let (Some(taken), Some(&(next, _))) = (taken, order.get(k + 1)) {
-                    if taken > next {
+            // The last file of those taken in this round, in the order.
+            let mut highest = None;
+            for &(_, i) in &order {
+                // The file at the path may have been replaced since the
+                // order was taken (`remove_on_release`, a rename), by one
+                // that sorts before a lock already held: waiting for it
+                // then could close a circle with a caller that ordered
+                // after the change. Let everything go and start over in
+                // the new order (a bounded number of times).
+                let now = contender::identity_at(&locks[i].inner);
+                if let (Some(now), Some(held)) = (now, highest) {
+                    if now <= held && reorders < MAX_REORDERS {
+                        reorders += 1;
                         tracing::debug!(
                             lock = %locks[i].inner.id,
-                            "lock file was replaced while waited for and now sorts later; \
+                            "lock file was replaced and now sorts before a lock held; \
                              taking the set again in the new order"
                         );
-                        drop(guard);
                         drop(guards);
                         continue 'order;
                     }
                 }
+                // On an error, the guards taken so far drop here: all or none.
+                let guard = locks[i].acquire(wait, timeout).await?;
+                let taken = contender::held_identity(&guard);
+                highest = highest.max(taken);
                 guards[i] = Some(guard);
             }
             return Ok(guards.into_iter().flatten().collect());

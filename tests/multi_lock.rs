@@ -172,3 +172,43 @@ async fn a_file_replaced_while_waited_for_never_makes_a_circle() {
     assert_eq!(second.await.unwrap().map(|g| g.len()).unwrap(), 2);
     assert_eq!(first.await.unwrap().map(|g| g.len()).unwrap(), 2);
 }
+
+/// A file of the set replaced, while waited for, by another of the set
+/// (`ln -f s f`): the call would hold `s` by one path and wait for it by
+/// the other, for ever against itself. It finds the two are one file
+/// before it waits, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_by_another_of_the_set_is_refused_not_waited_for() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, s) = (dir.path().join("f"), dir.path().join("s"));
+    // Made in an order that sorts `f` first, so that `s` is the lock
+    // still to be waited for when `f` is won.
+    std::fs::write(&f, b"").unwrap();
+    std::fs::write(&s, b"").unwrap();
+    if std::fs::metadata(&f).unwrap().ino() > std::fs::metadata(&s).unwrap().ino() {
+        let tmp = dir.path().join("tmp");
+        std::fs::rename(&f, &tmp).unwrap();
+        std::fs::rename(&s, &f).unwrap();
+        std::fs::rename(&tmp, &s).unwrap();
+    }
+    let lock_f = LockMgr::new(&f);
+    let old_f = lock_f.try_acquire().unwrap();
+    let set = vec![
+        LockMgr::builder(&f).max_attempts(1).build(),
+        LockMgr::builder(&s).max_attempts(1).build(),
+    ];
+    let call =
+        tokio::spawn(async move { LockMgr::acquire_all(&set, true, Duration::from_secs(5)).await });
+    common::until_waiting(&f).await;
+    let link = dir.path().join("link");
+    std::fs::hard_link(&s, &link).unwrap();
+    std::fs::rename(&link, &f).unwrap();
+    drop(old_f);
+    let err = tokio::time::timeout(LIVENESS, call)
+        .await
+        .expect("waited for itself")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, LockError::Invalid { .. }), "{err:?}");
+}
