@@ -1105,7 +1105,8 @@ fn assemble(
             .cloned(),
         waiting: waiting(pid),
     };
-    for (pid, held) in seen.map(|s| s.by_pid).unwrap_or_default() {
+    let (by_pid, uncertain) = seen.map(|s| (s.by_pid, s.uncertain)).unwrap_or_default();
+    for (pid, held) in by_pid {
         if held.is_empty() {
             found.open_without_lock.push(OpenProcess {
                 pid,
@@ -1125,6 +1126,7 @@ fn assemble(
         .iter()
         .map(|h| (h.pid, h.family, h.mode))
         .collect();
+    let mut maybe = uncertain;
     for lock in entries.iter().filter(|e| !e.blocked) {
         let same = |&(_, family, mode): &(u32, LockFamily, LockMode)| {
             family == lock.family && mode == lock.mode
@@ -1132,6 +1134,10 @@ fn assemble(
         let by_pid = lock
             .pid
             .and_then(|pid| pool.iter().position(|p| same(p) && p.0 == pid));
+        if let Some(i) = by_pid {
+            pool.swap_remove(i);
+            continue;
+        }
         // The kernel's pid owns a POSIX lock. A `flock` lock belongs to its
         // open file description, and the pid is only who called `flock()`:
         // it may have handed its descriptor on and closed its own, or died
@@ -1144,13 +1150,18 @@ fn assemble(
                     || !proc_locks::descriptors_readable(pid)
                     || proc_locks::maps(pid, file))
         });
-        match (by_pid, owner) {
-            (Some(i), _) => drop(pool.swap_remove(i)),
-            (None, Some(pid)) => found.holding.push(holding(pid, lock.family, lock.mode)),
-            (None, None) => match pool.iter().position(same) {
-                Some(i) => drop(pool.swap_remove(i)),
-                None => found.unseen += 1,
-            },
+        if let Some(pid) = owner {
+            found.holding.push(holding(pid, lock.family, lock.mode));
+        } else if let Some(i) = pool.iter().position(same) {
+            pool.swap_remove(i);
+        } else if let Some(i) = maybe
+            .iter()
+            .position(|&(_, e)| same(&(0, e.family, e.mode)))
+        {
+            // A further description of a process already named.
+            maybe.swap_remove(i);
+        } else {
+            found.unseen += 1;
         }
     }
     found

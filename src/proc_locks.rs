@@ -131,6 +131,11 @@ pub(crate) struct Descriptors {
     /// however many descriptors share it (none: it has the file open
     /// without holding a lock through it).
     pub(crate) by_pid: BTreeMap<u32, Vec<Entry>>,
+    /// Locks seen on a further descriptor of a process, of the family and
+    /// mode of one already counted, where the kernel would not say whether
+    /// the two descriptors share one open file description (one lock) or
+    /// not (two).
+    pub(crate) uncertain: Vec<(u32, Entry)>,
     /// The file's path, as a descriptor of it names it (`/proc/PID/fd/N`),
     /// unless it was deleted.
     pub(crate) path: Option<PathBuf>,
@@ -185,23 +190,44 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            let held = seen.by_pid.entry(pid).or_default();
             let shown_by = seen_fds.entry((file, pid)).or_default();
             // The locks of one open file description show on each of its
             // descriptors; those of two descriptions are two locks, each a
             // line of /proc/locks to match. A POSIX lock is the process's,
-            // whatever descriptor shows it.
-            let already = |lock: &Entry| {
-                shown_by.iter().any(|&(other, e): &(i32, Entry)| {
-                    e.family == lock.family
-                        && e.mode == lock.mode
-                        && (lock.family == LockFamily::Posix
-                            || crate::os::same_description(pid, other, fd) != Some(false))
-                })
-            };
-            let new: Vec<Entry> = locks.into_iter().filter(|l| !already(l)).collect();
+            // whatever descriptor shows it. Where the kernel will not tell
+            // two descriptions from one (no `kcmp`), the lock is kept
+            // aside, to match a line nothing else does.
+            let mut new = Vec::new();
+            for lock in locks {
+                let (mut same, mut unknown) = (false, false);
+                for &(other, e) in shown_by.iter() {
+                    if e.family != lock.family || e.mode != lock.mode {
+                        continue;
+                    }
+                    if lock.family == LockFamily::Posix {
+                        same = true;
+                        break;
+                    }
+                    match crate::os::same_description(pid, other, fd) {
+                        Some(true) => {
+                            same = true;
+                            break;
+                        }
+                        Some(false) => {}
+                        None => unknown = true,
+                    }
+                }
+                if same {
+                    continue;
+                }
+                if unknown {
+                    seen.uncertain.push((pid, lock));
+                } else {
+                    new.push(lock);
+                }
+            }
             shown_by.extend(new.iter().map(|&e| (fd, e)));
-            held.extend(new);
+            seen.by_pid.entry(pid).or_default().extend(new);
         }
     }
     Ok(found)
@@ -218,15 +244,29 @@ pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
             .ok()
             .is_some_and(|t| t.to_string_lossy().starts_with(&name));
         if is_board {
-            // Never more than a board: the memfd is the other process's,
-            // and could be made as large as memory.
+            // Never more than a board, and never waiting: the file is the
+            // other process's, which could make it as large as memory, or
+            // a FIFO of that name (in a mount namespace of its own).
+            use std::os::unix::fs::OpenOptionsExt;
             let mut bytes = Vec::new();
-            fs::File::open(fd.path())
+            let read = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(fd.path())
                 .and_then(|f| {
+                    if !f.metadata()?.is_file() {
+                        return Err(io::ErrorKind::InvalidData.into());
+                    }
                     io::Read::read_to_end(&mut io::Read::take(f, board_bytes()), &mut bytes)
-                })
-                .ok()?;
-            return crate::os::read_board(&bytes, pid, (file.device(), file.inode()));
+                });
+            // A board the process inherited (a forked child's parent's)
+            // names another pid: look on for its own.
+            if let Some(found) = read
+                .ok()
+                .and_then(|_| crate::os::read_board(&bytes, pid, (file.device(), file.inode())))
+            {
+                return Some(found);
+            }
         }
     }
     None
