@@ -39,20 +39,85 @@ pub(crate) fn say_line(line: Arguments<'_>) {
 /// reads the signals that end it.
 pub(crate) const PATIENCE_MS: u16 = 1000;
 
-/// Writes `bytes` to stderr once it can take some within `patience_ms`;
-/// otherwise they are lost. A line is at most a few hundred bytes, which a
-/// pipe or terminal that can take any takes whole.
+/// Writes `bytes` to stderr, waiting at most `patience_ms` for it to take
+/// them; what it has not taken by then is lost.
+///
+/// A pipe or terminal is written through a descriptor of `lockmgr`'s own
+/// that does not block ([`own_stderr`]): the command shares stderr, and may
+/// fill the pipe between a check that it has room and a blocking write.
+/// Such a write of a line (at most a pipe's atomic 4,096 bytes) goes in
+/// whole or not at all, so it still never interleaves with the command's.
 pub(crate) fn to_stderr(bytes: &[u8], patience_ms: u16) {
-    use nix::poll::{poll, PollFd, PollFlags};
     use std::os::fd::AsFd;
-    let stderr = std::io::stderr();
-    let ready = {
-        let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::POLLOUT)];
-        // A closed or invalid stderr polls ready, and its write fails.
-        matches!(poll(&mut fds, patience_ms), Ok(n) if n > 0)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(patience_ms.into());
+    let Some(mut own) = own_stderr() else {
+        // A file (which always takes a write at once) or a socket.
+        let stderr = std::io::stderr();
+        if writable_by(stderr.as_fd(), deadline) {
+            let _ = stderr.lock().write_all(bytes);
+        }
+        return;
     };
-    if ready {
-        let _ = stderr.lock().write_all(bytes);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match own.write(rest) {
+            Ok(0) => return,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !writable_by(own.as_fd(), deadline) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// A non-blocking descriptor of stderr's pipe or terminal, opened anew
+/// (`/proc/self/fd/2`) so that the flag is `lockmgr`'s alone: set on
+/// stderr itself, it would be the command's too. `None` for a regular file
+/// (a second open would write at its own offset, over the command's lines),
+/// a socket (which cannot be opened so), or where the open fails.
+fn own_stderr() -> Option<&'static std::fs::File> {
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    static OWN: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let st = fstat(std::io::stderr().as_fd()).ok()?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFIFO && kind != SFlag::S_IFCHR {
+            return None;
+        }
+        let own = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open("/proc/self/fd/2")
+            .ok()?;
+        // The same pipe or terminal, not what the name finds now.
+        let again = fstat(own.as_fd()).ok()?;
+        (again.st_dev == st.st_dev && again.st_ino == st.st_ino && again.st_rdev == st.st_rdev)
+            .then_some(own)
+    })
+    .as_ref()
+}
+
+/// Whether `fd` can take a write before `deadline`.
+fn writable_by(fd: std::os::fd::BorrowedFd<'_>, deadline: std::time::Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Rounded up: a wait of less than a millisecond is not no wait.
+        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+        match poll(&mut fds, ms) {
+            // A closed or broken stderr polls ready; its write fails.
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
     }
 }
 
