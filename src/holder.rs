@@ -110,7 +110,9 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// [`since`](Holder::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    /// [`since`](Holder::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC). (A record
+    /// read from a file is never dated past 9999; a time the format cannot
+    /// write is given as `@` and its seconds since the epoch.)
     ///
     /// ```
     /// # use lockmgr::Holder;

@@ -45,7 +45,9 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    /// [`since`](Waiting::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+    /// [`since`](Waiting::since) as `YYYY-MM-DDTHH:MM:SSZ` (UTC), or, for a
+    /// time the format cannot write (another process publishes it, so it
+    /// may be anything), `@` and its seconds since the epoch.
     pub fn since_utc(&self) -> String {
         crate::holder::utc(self.since)
     }

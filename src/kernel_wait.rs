@@ -16,9 +16,10 @@
 //!   *abandons* its wait: when the kernel grants it, the helper gives the
 //!   lock back at once (an unlock and a close), having held it for an
 //!   instant nobody could use;
-//! - until then, the next wait for the same file, family and mode in this process
-//!   *revives* the abandoned one rather than starting another: at most one
-//!   blocked helper per file and mode, however many waits give up in turn;
+//! - until then, the next wait for the same file, family and mode in this
+//!   process *revives* the abandoned one rather than starting another: at
+//!   most one blocked helper per file, family and mode, however many waits
+//!   give up in turn;
 //! - a grant that is not claimed within [`CLAIM_WITHIN`] (the waiter's
 //!   future is kept but no longer polled, its runtime stalled) is given
 //!   back, so a stalled waiter never sits on a free lock; its line's next
@@ -106,7 +107,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits given up on whose helper is still blocked, by file and mode.
+/// Waits given up on whose helper is still blocked, by file, family and
+/// mode.
 type Abandoned = Forkable<HashMap<(FileId, LockKind, LockMode), Arc<Job>>>;
 
 /// The waits given up on, for a new wait to revive.
@@ -117,8 +119,9 @@ fn abandoned() -> MutexGuard<'static, Abandoned> {
 
 impl KernelWait {
     /// Starts waiting, on a helper thread, for `mode` of the `kind` lock on
-    /// the file `file`, open at `fd`. A wait for the same file, family and mode that
-    /// was given up on and whose helper is still blocked is revived instead:
+    /// the file `file`, open at `fd`. A wait for the same file, family and
+    /// mode that was given up on and whose helper is still blocked is
+    /// revived instead:
     /// its descriptor is then the one the lock will be granted to, and
     /// [`KernelWait::fd`] lends it (the caller's own is not needed). Fails
     /// when no descriptor (for the helper's duplicate) or no thread can be
@@ -156,8 +159,8 @@ impl KernelWait {
         Ok(wait)
     }
 
-    /// A wait given up on for this file, family and mode, taken back while its
-    /// helper is still blocked.
+    /// A wait given up on for this file, family and mode, taken back while
+    /// its helper is still blocked.
     fn revive(file: FileId, kind: LockKind, mode: LockMode) -> Option<KernelWait> {
         let job = abandoned().get().remove(&(file, kind, mode))?;
         let mut state = lock(&job.state);

@@ -1,6 +1,7 @@
 //! The Linux calls under the lock: open the lock file safely, take, drop and
 //! probe OFD and `flock(2)` locks, read and write the file's head, compare
-//! identities (of files and of open file descriptions), and tell what kind of file and file system a path is on.
+//! identities (of files and of open file descriptions), and tell what kind
+//! of file and file system a path is on.
 //!
 //! This module knows nothing of [`LockMgr`](crate::LockMgr) or its errors: it
 //! speaks `io::Error` and the crate's vocabulary ([`LockKind`],

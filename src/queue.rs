@@ -6,12 +6,13 @@
 //! Lines are keyed by the file's identity (device and inode), so two paths to
 //! one file share a line, and by the lock family: OFD and `flock` locks do
 //! not see each other, so a task never waits behind one of the other family,
-//! whose lock may be held while its own is free. The head waits in the kernel's own lock queue (see
-//! `kernel_wait`), beside the waiters of other processes: the kernel, not
-//! this process, decides who gets a released lock, so a busy process cannot
-//! keep it to itself. A head that gives up leaves its wait *parked* in the
-//! line ([`park`]) for the next head to take over, so the line keeps one
-//! blocked wait however many of its tasks give up in turn.
+//! whose lock may be held while its own is free. The head waits in the
+//! kernel's own lock queue (see `kernel_wait`), beside the waiters of other
+//! processes: the kernel, not this process, decides who gets a released
+//! lock, so a busy process cannot keep it to itself. A head that gives up
+//! leaves its wait *parked* in the line ([`park`]) for the next head to take
+//! over, so the line keeps one blocked wait however many of its tasks give
+//! up in turn.
 //!
 //! A head whose future is kept but no longer polled (its runtime stalled, a
 //! `select!` that stopped polling it) would keep everyone behind it from a

@@ -35,8 +35,15 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // namespace, not the one the holders are seen in.
     // Only holders of the family asked about count: a `lockmgr` of the
     // other family may hold the file too, and its record is then no
-    // account of who holds this lock.
+    // account of who holds this lock (nor an old one): the holder is
+    // unknown, and the lines below name both.
     let kind: LockKind = args.kind.into();
+    if let Status::Exclusive { holder: Some(h) } = &status {
+        let theirs = |p: &lockmgr::HoldingProcess| p.pid == h.pid;
+        if holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
+            status = Status::Exclusive { holder: None };
+        }
+    }
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
         let seen_all = holders.unseen == 0 && holders.excluding(kind).next().is_some();

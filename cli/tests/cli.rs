@@ -1472,8 +1472,8 @@ fn status_says_an_old_record_is_one_when_another_process_holds_the_lock() {
 /// A `lockmgr run` (OFD, with its record) and `flock(1)` hold one file,
 /// each in its own family. `status --kind flock` does not name the OFD
 /// holder from its record (on the old code it said "held exclusive by" that
-/// pid, which holds no flock lock); the record is called an old one for
-/// this family. A POSIX holder seen from `--kind flock` is pointed to
+/// pid, which holds no flock lock): the holder is unknown, and the lines
+/// under it name both. A POSIX holder seen from `--kind flock` is pointed to
 /// `--kind ofd`, which sees POSIX locks (the old code said `--kind posix`,
 /// which does not exist).
 #[test]
@@ -1490,7 +1490,17 @@ fn status_names_no_holder_from_the_other_familys_record() {
         !said.contains(&format!("held exclusive by pid {}", ofd.id())),
         "{said}"
     );
-    assert!(said.contains("which does not hold it"), "{said}");
+    assert!(said.contains("held exclusive (holder unknown)"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "held by lockmgr pid {}, exclusive ofd lock",
+            ofd.id()
+        )),
+        "{said}"
+    );
+    let out = lockmgr(&["status", "--kind", "flock", "--json", s(&lock)]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["holder"].is_null(), "{json}");
     finish(flock);
     finish(ofd);
 
