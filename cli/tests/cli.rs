@@ -1560,3 +1560,57 @@ fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
         "timed out: the conflict exit status"
     );
 }
+
+/// A file system that refuses locks (`ENOLCK`, as NFS without its lock
+/// daemon gives), made by preloading a library that fails every lock
+/// request so: `run` (waiting or not, either family) and `status` fail at
+/// once, exit 2, with one line that names the lock and says why, and the
+/// command never runs.
+#[test]
+fn a_file_system_that_refuses_locks_is_one_clear_error() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/foreign/nolocks.c");
+    let shim =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nolocks-{}.so", std::process::id()));
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-o"])
+        .arg(&shim)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", s(&ran));
+    for args in [
+        vec!["run", s(&lock), "--", "sh", "-c", &touch],
+        vec![
+            "run",
+            "-n",
+            "--kind",
+            "flock",
+            s(&lock),
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        vec!["run", "--shared", s(&lock), "--", "sh", "-c", &touch],
+        vec!["status", s(&lock)],
+        vec!["status", "--kind", "flock", s(&lock)],
+    ] {
+        let out = Command::new(LOCKMGR)
+            .args(&args)
+            .env("LD_PRELOAD", &shim)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(s(&lock)), "{args:?}: {err}");
+        assert!(err.contains("No locks available"), "{args:?}: {err}");
+    }
+    assert!(!ran.exists(), "a command ran without its lock");
+    let _ = std::fs::remove_file(&shim);
+}
