@@ -640,3 +640,53 @@ async fn a_server_that_stops_answering_fails_requests_in_bounded_time() {
     assert!(lock_rows(&admin, &next).await >= 1);
     taken.release().await.unwrap();
 }
+
+/// Behind PgBouncer (either mode), the connection between the pooler and
+/// the server falls silent while this process's own socket, to the pooler,
+/// stays healthy: no keepalive of this process can see it, while the
+/// server gives that connection up and frees the lock. The holder is told
+/// (`lost()`), by the probe a holding session answers every quarter of
+/// `dead_session_after`. On the old code `lost()` never resolved, and a
+/// waiter held the lock beside the first holder for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_behind_pgbouncer_is_told_to_the_holder() {
+    let Some(url) = common::pg_url() else { return };
+    const DEAD_AFTER: Duration = Duration::from_secs(3);
+    let admin = admin(&url).await;
+    let port: u16 = var("LOCKMGR_PG_PORT").parse().unwrap();
+    for pooled in [
+        "LOCKMGR_PG_BOUNCER_SESSION_URL",
+        "LOCKMGR_PG_BOUNCER_TXN_URL",
+    ] {
+        let name = name("behind-the-pooler");
+        let lock = PgLockMgr::builder(&var(pooled), &name)
+            .label("pooled-holder")
+            .dead_session_after(DEAD_AFTER)
+            .build()
+            .unwrap();
+        let guard = lock.acquire(true, LIVENESS).await.unwrap();
+        let pid = lock.holder().await.unwrap().expect("held").pid;
+        let _partition = Partition::between(port, client_port(&admin, pid).await);
+        let cut = Instant::now();
+        let waiter = PgLockMgr::builder(&url, &name)
+            .label("direct-waiter")
+            .build()
+            .unwrap();
+        let won = tokio::spawn(async move { waiter.acquire(true, LIVENESS).await });
+        tokio::time::timeout(LIVENESS, guard.lost())
+            .await
+            .unwrap_or_else(|_| panic!("{pooled}: lost() did not resolve"));
+        let client_saw = cut.elapsed();
+        let next = tokio::time::timeout(LIVENESS, won)
+            .await
+            .expect("the server kept the lock")
+            .unwrap()
+            .unwrap();
+        eprintln!(
+            "{pooled}: lost() after {client_saw:?}, taken by the waiter after {:?}",
+            cut.elapsed()
+        );
+        assert!(next.fencing_token() > guard.fencing_token());
+        next.release().await.unwrap();
+    }
+}

@@ -42,6 +42,11 @@ impl Hold {
     }
 
     pub(super) fn transaction(session: Arc<Session>, pid: i32, pass: Pass, meter: &Meter) -> Hold {
+        // Counted, so that the session is watched as one holding a lock
+        // (it is never shared, and ends with the lock).
+        session
+            .held
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Hold::new(How::Transaction { pid }, session, pass, meter)
     }
 
@@ -174,8 +179,9 @@ impl PgLockGuard {
     }
 
     /// Resolves when the lock's session ends while the guard is alive: the
-    /// lock is then no longer held. A network that falls silent is noticed
-    /// within [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)
+    /// lock is then no longer held. A network that falls silent (also the
+    /// one between a pooler and the server) is noticed within
+    /// [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)
     /// (30 s by default), by TCP keepalives and `tcp_user_timeout`.
     ///
     /// # Cancel safety

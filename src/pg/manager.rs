@@ -126,9 +126,13 @@ impl PgLockMgrBuilder {
     /// before a session is given up, on both sides: TCP keepalives and
     /// `tcp_user_timeout` on this process's socket, and the same settings
     /// for the server's end of the session (`SET tcp_keepalives_*`,
-    /// `tcp_user_timeout`). So after a partition, a guard's
-    /// [`lost`](PgLockGuard::lost) resolves, and the server frees the
-    /// lock, within about this time. Default 30 s; at least 3 s.
+    /// `tcp_user_timeout`). A session holding locks is also asked a
+    /// `SELECT 1` every quarter of this time (within the request timeout),
+    /// and closed if it does not answer in as long: behind a pooler, the
+    /// connection from the pooler to the server may fall silent while this
+    /// process's socket to the pooler stays healthy. So after a partition,
+    /// a guard's [`lost`](PgLockGuard::lost) resolves, and the server frees
+    /// the lock, within about this time. Default 30 s; at least 3 s.
     pub fn dead_session_after(mut self, after: Duration) -> Self {
         self.dead_after = after.max(Duration::from_secs(3));
         self

@@ -45,7 +45,9 @@
 //!   network is given up by both ends within
 //!   [`dead_session_after`](PgLockMgrBuilder::dead_session_after) (30 s):
 //!   TCP keepalives and `tcp_user_timeout` on this process's sockets, and
-//!   the same settings for the server's end of each session.
+//!   the same settings for the server's end of each session; and a session
+//!   holding locks answers a `SELECT 1` every quarter of that time, which
+//!   sees a pooler's connection to the server fall silent.
 //! - **Poolers.** Behind PgBouncer in session mode, locks work as on a
 //!   direct connection. Behind a transaction-pooling proxy (PgBouncer's
 //!   `pool_mode = transaction`), a session-level lock would stay with a

@@ -410,6 +410,11 @@ impl Server {
             .and_then(|v| v.parse::<i32>().ok())
             .ok_or_else(|| protocol_error(lock, "no backend pid"))?;
         session.pid.store(pid as usize, Ordering::Relaxed);
+        session.runtime.spawn(watch_while_holding(
+            Arc::downgrade(&session),
+            probe_every(self.timeouts),
+            lock.clone(),
+        ));
         Ok(session)
     }
 
@@ -429,6 +434,50 @@ impl Server {
                 tracing::debug!(error = %e, "lockmgr: a cancel request failed");
             }
         });
+    }
+}
+
+/// How often a session that holds locks is asked whether it still lives,
+/// and how long it has to answer: both a quarter of `dead_session_after`
+/// (within `request_timeout`), so that a holder learns of a dead server
+/// connection within half of it, before the server's own keepalives give
+/// that connection up (about two thirds of it) and free the lock.
+fn probe_every(timeouts: Timeouts) -> Duration {
+    (timeouts.dead_after / 4)
+        .min(timeouts.request)
+        .max(Duration::from_millis(250))
+}
+
+/// Asks a session that holds locks, every `every`, to answer a trivial
+/// query within `every`; one that does not is ended, which its holders'
+/// `lost()` tell them. A pooler (PgBouncer) keeps this process's socket
+/// alive while the connection behind it is dead: no keepalive of ours
+/// sees that, and without a request nothing would, while the server frees
+/// the locks. A session that holds nothing is left alone. (A holding
+/// session only ever runs short requests, tries and unlocks, so the probe
+/// never waits behind a lock wait.)
+async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration, id: LockId) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        if session.is_ended() {
+            return;
+        }
+        if session.held.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        if let Err(e) = session.simple("SELECT 1", every, &id).await {
+            tracing::warn!(
+                lock = %id,
+                error = %e,
+                "lockmgr: a session holding locks did not answer; it was closed and its locks \
+                 are lost"
+            );
+            session.end();
+            return;
+        }
     }
 }
 
