@@ -641,12 +641,16 @@ impl PgLockMgr {
             let session = match server.reader(self.id(), deadline).await {
                 Ok(session) => session,
                 // No second connection to be had (a role's `CONNECTION
-                // LIMIT`, the server's or the pooler's maximum): read on a
-                // shared session, as before there was a reader.
-                Err(e) => {
+                // LIMIT`, the server's or the pooler's maximum: the server
+                // said so): read on a shared session, as before there was a
+                // reader. A server that did not answer at all would not
+                // answer a second connect either: that is the error (before,
+                // a read took twice the connect timeout to fail).
+                Err(e) if code(&e).is_some() => {
                     tracing::debug!(lock = %self.id(), error = %e, "lockmgr: no reading session; reading on a shared one");
                     server.shared(self.id(), deadline).await?
                 }
+                Err(e) => return Err(e),
             };
             if !self.inner.table_ready.load(Ordering::Acquire) {
                 match fence::ensure(&session, &self.inner.fence, self.request(), self.id()).await {
