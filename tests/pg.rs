@@ -1050,6 +1050,70 @@ async fn a_role_allowed_one_connection_still_locks() {
     }
 }
 
+/// Where the server allows one connection (a role's `CONNECTION LIMIT
+/// 1`), reads fall back to the shared session that holds this process's
+/// locks. A read the server holds up there (a DBA's lock on the token
+/// table) is ended by the server itself (`statement_timeout`, below the
+/// request timeout), so the session, and the lock held on it, live on. On
+/// the old code the request timeout closed the session, and the lock held
+/// on it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_on_the_only_connection_loses_no_lock() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let role = format!("lockmgr_onecon_slow_{}", std::process::id());
+    let table = format!("public.fence_onecon_slow_{}", std::process::id());
+    as_dba(
+        &admin,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
+             GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
+            lockmgr::pg::fence_table_sql(&table)
+        ),
+    )
+    .await;
+    let config = config_as(&role, "onecon-pw");
+    let build = |name: &str| {
+        PgLockMgr::builder(&config, name)
+            .fence_table(&table)
+            .transaction_pooling(Some(false))
+            .request_timeout(Duration::from_millis(800))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (name("onecon-slow-a"), name("onecon-slow-b"));
+    let mine = build(&a);
+    let held = mine.acquire(true, LIVENESS).await.unwrap();
+    // B is held by another server's session (the DBA's), so that its
+    // status looks its holder up in the token table.
+    let other = PgLockMgr::builder(&url, &b)
+        .fence_table(&table)
+        .build()
+        .unwrap();
+    let b_held = other.acquire(true, LIVENESS).await.unwrap();
+    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let slow = build(&b).status().await;
+    dba.batch_execute("COMMIT").await.unwrap();
+    assert!(slow.is_err(), "{slow:?}");
+    assert!(!held.is_lost(), "A was lost with the slow read's session");
+    assert_eq!(lock_rows(&admin, &mine).await, 1);
+    // Reads go on, on the same session.
+    assert!(matches!(
+        build(&b).status().await.unwrap(),
+        lockmgr::Status::Exclusive { .. }
+    ));
+    held.release().await.unwrap();
+    b_held.release().await.unwrap();
+}
+
 /// A token is drawn only while its lock is held. A waiter wins the lock;
 /// its token statement ends the session holding it (a fault put in the
 /// token table), and is held at a gate while the lock goes to the next

@@ -648,7 +648,9 @@ impl PgLockMgr {
                 // a read took twice the connect timeout to fail).
                 Err(e) if code(&e).is_some() => {
                     tracing::debug!(lock = %self.id(), error = %e, "lockmgr: no reading session; reading on a shared one");
-                    server.shared(self.id(), deadline).await?
+                    let shared = server.shared(self.id(), deadline).await?;
+                    server.bound_reads(&shared, self.id()).await?;
+                    shared
                 }
                 Err(e) => return Err(e),
             };

@@ -278,6 +278,7 @@ impl Server {
                 let users = if Arc::ptr_eq(s, busy) { 2 } else { 1 };
                 !s.is_ended()
                     && s.held.load(Ordering::Acquire) == 0
+                    && !s.reads_bounded.load(Ordering::Acquire)
                     && Arc::strong_count(s) == users
             };
             let at = state
@@ -291,6 +292,33 @@ impl Server {
             Some(session) => Ok(session),
             None => self.connect(lock, deadline).await,
         }
+    }
+
+    /// Makes `session`, a shared one that reads fall back to, end a
+    /// statement the server holds up (a DBA's lock on the token table)
+    /// itself, before the request timeout would close the session and lose
+    /// every lock held on it: `statement_timeout` at three quarters of the
+    /// request timeout, set once. Its other statements, tries and unlocks,
+    /// are short, and it is never made a waiting session. Not behind a
+    /// transaction pooler, where a session's settings would reach other
+    /// clients (and no session is shared).
+    pub(super) async fn bound_reads(
+        &self,
+        session: &Session,
+        lock: &LockId,
+    ) -> Result<(), LockError> {
+        if lock_state(&self.state).pooling == Pooling::Transaction
+            || session.reads_bounded.swap(true, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let ms = (self.timeouts.request.as_millis() * 3 / 4).max(1);
+        let set = format!("SET statement_timeout = {ms}");
+        if let Err(e) = session.simple(&set, self.timeouts.request, lock).await {
+            session.reads_bounded.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A session that won a lock after waiting joins the shared ones.
@@ -398,6 +426,7 @@ impl Server {
             task,
             held: AtomicUsize::new(0),
             in_flight: AtomicBool::new(false),
+            reads_bounded: AtomicBool::new(false),
             given_up: AtomicBool::new(false),
             runtime: home,
         });
@@ -572,6 +601,9 @@ pub(super) struct Session {
     /// Ended by this process: no longer picked, even before its driver
     /// has stopped.
     given_up: AtomicBool,
+    /// Reads fell back to this shared session, which bounds its statements
+    /// on the server (see [`Server::bound_reads`]): never a waiting one.
+    reads_bounded: AtomicBool,
     /// The runtime the session lives on (see [`home`]; also for the work a
     /// guard's drop leaves).
     pub(super) runtime: tokio::runtime::Handle,
