@@ -71,6 +71,13 @@ const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 /// silently ignored (a user who sets them expects them to matter).
 const UNSUPPORTED: [&str; 4] = ["sslpassword", "sslcrl", "sslcrldir", "gssencmode"];
 
+/// Whether `s`, a `key=value` connection string, reads as one: for a
+/// caller that adds a pair of its own, which must not hide the user's
+/// mistake (an unclosed quote would take it in).
+pub(crate) fn reads_as_key_values(s: &str) -> bool {
+    key_values(s).is_ok()
+}
+
 /// Why a connection string was refused. Never contains a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Invalid(pub(crate) String);
@@ -255,7 +262,9 @@ pub(crate) fn carries_password(s: &str) -> bool {
 fn key_values(s: &str) -> Result<BTreeMap<String, String>, Invalid> {
     let mut out = BTreeMap::new();
     let mut chars = s.chars().peekable();
+    let mut word = 0;
     loop {
+        word += 1;
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
@@ -274,7 +283,12 @@ fn key_values(s: &str) -> Result<BTreeMap<String, String>, Invalid> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(Invalid(format!("`{key}` has no `=` after it")));
+            // Not shown: a word where a key should be may be a password
+            // whose `password=` was left out.
+            return Err(Invalid(format!(
+                "word {word} of the connection string has no `=` after it (`key=value` pairs \
+                 are expected; the word is not shown, as it may be a secret)"
+            )));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -553,6 +567,7 @@ mod tests {
             ("host=db sslcert=/c.pem", "sslkey"),
             ("host=db sslpassword=hunter2", "sslpassword"),
             ("host=db password='unclosed", "closing quote"),
+            ("host=db user=app hunter2", "word 3"),
             ("postgres://u:hunter2@db:notaport/app", "parse"),
         ] {
             let e = Connection::parse(s, &Env::default()).err().expect(s);

@@ -275,6 +275,10 @@ fn with_application_name(config: &str, app: &str) -> String {
         let sep = if trimmed.contains('?') { '&' } else { '?' };
         let app = percent_encoding::utf8_percent_encode(app, percent_encoding::NON_ALPHANUMERIC);
         format!("{trimmed}{sep}application_name={app}")
+    } else if !super::config::reads_as_key_values(trimmed) {
+        // Left as it is, so that the error names the user's mistake, not
+        // what an unclosed quote made of the pair added here.
+        trimmed.to_string()
     } else {
         let app = app.replace('\\', "\\\\").replace('\'', "\\'");
         format!("{trimmed} application_name='{app}'")
