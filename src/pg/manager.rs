@@ -1340,6 +1340,17 @@ mod tests {
             with_application_name("host=db", "it's"),
             "host=db application_name='it\\'s'"
         );
+        // An unclosed quote would take the added pair in, and the error
+        // would be about it: nothing is added.
+        assert_eq!(
+            with_application_name("host=db password='unclosed", "lockmgr"),
+            "host=db password='unclosed"
+        );
+        let err = PgLockMgr::builder("host=db password='unclosed", "x")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("lockmgr'"), "{err}");
     }
 
     #[test]
