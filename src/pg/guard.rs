@@ -182,7 +182,8 @@ impl PgLockGuard {
     /// lock is then no longer held. A network that falls silent (also the
     /// one between a pooler and the server) is noticed within
     /// [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)
-    /// (30 s by default), by TCP keepalives and `tcp_user_timeout`.
+    /// (30 s by default), by TCP keepalives and `tcp_user_timeout`, and by
+    /// a `SELECT 1` the session answers every quarter of that time.
     ///
     /// # Cancel safety
     ///
