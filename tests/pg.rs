@@ -1061,8 +1061,84 @@ async fn a_role_allowed_one_connection_still_locks() {
 async fn a_slow_read_on_the_only_connection_loses_no_lock() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let role = format!("lockmgr_onecon_slow_{}", std::process::id());
-    let table = format!("public.fence_onecon_slow_{}", std::process::id());
+    // A short request timeout; then a short `dead_session_after`, whose
+    // liveness probe must not end the session while the read is held up
+    // (the first version of the bound let the probe, queued behind the
+    // read, time out first).
+    let bounds = [
+        (Duration::from_millis(800), Duration::from_secs(30)),
+        (Duration::from_secs(10), Duration::from_secs(3)),
+    ];
+    for (round, (request, dead)) in bounds.into_iter().enumerate() {
+        let role = format!("lockmgr_onecon_slow{round}_{}", std::process::id());
+        let table = format!("public.fence_onecon_slow{round}_{}", std::process::id());
+        as_dba(
+            &admin,
+            &format!(
+                "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
+                 GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
+                lockmgr::pg::fence_table_sql(&table)
+            ),
+        )
+        .await;
+        let config = config_as(&role, "onecon-pw");
+        let build = |name: &str| {
+            PgLockMgr::builder(&config, name)
+                .fence_table(&table)
+                .transaction_pooling(Some(false))
+                .request_timeout(request)
+                .dead_session_after(dead)
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (name("onecon-slow-a"), name("onecon-slow-b"));
+        let mine = build(&a);
+        let held = mine.acquire(true, LIVENESS).await.unwrap();
+        // B is held by another server's session (the DBA's), so that its
+        // status looks its holder up in the token table.
+        let other = PgLockMgr::builder(&url, &b)
+            .fence_table(&table)
+            .build()
+            .unwrap();
+        let b_held = other.acquire(true, LIVENESS).await.unwrap();
+        let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        dba.batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+        let slow = build(&b).status().await;
+        dba.batch_execute("COMMIT").await.unwrap();
+        assert!(slow.is_err(), "{slow:?}");
+        assert!(
+            !held.is_lost(),
+            "round {round}: A was lost with the slow read's session"
+        );
+        assert_eq!(lock_rows(&admin, &mine).await, 1, "round {round}");
+        // Reads go on, on the same session.
+        assert!(matches!(
+            build(&b).status().await.unwrap(),
+            lockmgr::Status::Exclusive { .. }
+        ));
+        held.release().await.unwrap();
+        b_held.release().await.unwrap();
+    }
+}
+
+/// With one connection allowed, the session whose reads are bounded on
+/// the server (above) is also the one a wait runs on: the wait lifts the
+/// bound for itself, and waits as long as the lock is held (here, past the
+/// bound). With the first version of the bound, the session was never made
+/// a waiting one, the second connection was refused, and `acquire` failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_allowed_one_connection_waits_past_its_read_bound() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let role = format!("lockmgr_onecon_wait_{}", std::process::id());
+    let table = format!("public.fence_onecon_wait_{}", std::process::id());
     as_dba(
         &admin,
         &format!(
@@ -1072,46 +1148,57 @@ async fn a_slow_read_on_the_only_connection_loses_no_lock() {
         ),
     )
     .await;
-    let config = config_as(&role, "onecon-pw");
-    let build = |name: &str| {
-        PgLockMgr::builder(&config, name)
-            .fence_table(&table)
-            .transaction_pooling(Some(false))
-            .request_timeout(Duration::from_millis(800))
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (name("onecon-slow-a"), name("onecon-slow-b"));
-    let mine = build(&a);
-    let held = mine.acquire(true, LIVENESS).await.unwrap();
-    // B is held by another server's session (the DBA's), so that its
-    // status looks its holder up in the token table.
-    let other = PgLockMgr::builder(&url, &b)
+    let label = format!("onecon-waiter-{}", std::process::id());
+    let name = name("onecon-wait");
+    let lock = PgLockMgr::builder(&config_as(&role, "onecon-pw"), &name)
+        .fence_table(&table)
+        .label(&label)
+        .transaction_pooling(Some(false))
+        .request_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    // A first holding draws its token on the only session: its reads are
+    // bounded from then on.
+    lock.acquire(true, LIVENESS)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let other = PgLockMgr::builder(&url, &name)
         .fence_table(&table)
         .build()
         .unwrap();
-    let b_held = other.acquire(true, LIVENESS).await.unwrap();
-    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    dba.batch_execute(&format!(
-        "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
-    ))
+    let held = other.acquire(true, LIVENESS).await.unwrap();
+    let waiter = tokio::spawn(async move { lock.acquire(true, LIVENESS).await });
+    // Until the wait has lasted longer than any read bound (400 ms here).
+    tokio::time::timeout(LIVENESS, async {
+        loop {
+            let long: bool = admin
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 \
+                     AND wait_event_type = 'Lock' \
+                     AND clock_timestamp() - query_start > interval '1 second'",
+                    &[&label],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if long {
+                break;
+            }
+        }
+    })
     .await
-    .unwrap();
-    let slow = build(&b).status().await;
-    dba.batch_execute("COMMIT").await.unwrap();
-    assert!(slow.is_err(), "{slow:?}");
-    assert!(!held.is_lost(), "A was lost with the slow read's session");
-    assert_eq!(lock_rows(&admin, &mine).await, 1);
-    // Reads go on, on the same session.
-    assert!(matches!(
-        build(&b).status().await.unwrap(),
-        lockmgr::Status::Exclusive { .. }
-    ));
+    .expect("the one-connection waiter never waited a second on the server");
     held.release().await.unwrap();
-    b_held.release().await.unwrap();
+    let won = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    assert!(won.fencing_token() > 1);
+    won.release().await.unwrap();
 }
 
 /// A token is drawn only while its lock is held. A waiter wins the lock;

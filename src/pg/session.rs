@@ -278,7 +278,6 @@ impl Server {
                 let users = if Arc::ptr_eq(s, busy) { 2 } else { 1 };
                 !s.is_ended()
                     && s.held.load(Ordering::Acquire) == 0
-                    && !s.reads_bounded.load(Ordering::Acquire)
                     && Arc::strong_count(s) == users
             };
             let at = state
@@ -296,23 +295,33 @@ impl Server {
 
     /// Makes `session`, a shared one that reads fall back to, end a
     /// statement the server holds up (a DBA's lock on the token table)
-    /// itself, before the request timeout would close the session and lose
-    /// every lock held on it: `statement_timeout` at three quarters of the
-    /// request timeout, set once. Its other statements, tries and unlocks,
-    /// are short, and it is never made a waiting session. Not behind a
-    /// transaction pooler, where a session's settings would reach other
-    /// clients (and no session is shared).
+    /// itself, before the request timeout, or the liveness probe queued
+    /// behind it, would close the session and lose every lock held on it:
+    /// `statement_timeout` at half the probe's bound (and at most three
+    /// quarters of the request timeout), set once. Its other statements,
+    /// tries and unlocks, are short; a wait on it lifts the bound for
+    /// itself (`sql::set_lock_timeout`). Only where sessions are known to
+    /// be the client's own: through a transaction pooler a session's
+    /// settings would reach other clients (and before the pooling is
+    /// known, no lock is held to lose).
     pub(super) async fn bound_reads(
         &self,
         session: &Session,
         lock: &LockId,
     ) -> Result<(), LockError> {
-        if lock_state(&self.state).pooling == Pooling::Transaction
+        if lock_state(&self.state).pooling != Pooling::Session
             || session.reads_bounded.swap(true, Ordering::AcqRel)
         {
             return Ok(());
         }
-        let ms = (self.timeouts.request.as_millis() * 3 / 4).max(1);
+        let ms = (self.timeouts.request.as_millis() * 3 / 4)
+            .min(probe_every(self.timeouts).as_millis() / 2)
+            .max(1);
+        // A bound too large for the setting (a request timeout of weeks) is
+        // no bound worth setting.
+        if ms > i32::MAX as u128 {
+            return Ok(());
+        }
         let set = format!("SET statement_timeout = {ms}");
         if let Err(e) = session.simple(&set, self.timeouts.request, lock).await {
             session.reads_bounded.store(false, Ordering::Release);
@@ -497,15 +506,22 @@ async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration,
         if session.held.load(Ordering::Acquire) == 0 {
             continue;
         }
-        if let Err(e) = session.simple("SELECT 1", every, &id).await {
-            tracing::warn!(
-                lock = %id,
-                error = %e,
-                "lockmgr: a session holding locks did not answer; it was closed and its locks \
-                 are lost"
-            );
-            session.end();
-            return;
+        match session.simple("SELECT 1", every, &id).await {
+            Ok(_) => {}
+            // Not answered in time (the request was given up and the
+            // session ended), or the session is gone.
+            Err(e) if session.is_ended() || session_gone(&e) => {
+                tracing::warn!(
+                    opened_for = %id,
+                    error = %e,
+                    "lockmgr: a session with the lock server that holds locks did not answer \
+                     its liveness probe; it was closed and its locks are lost"
+                );
+                session.end();
+                return;
+            }
+            // The server answered, if with an error (a stray cancel): alive.
+            Err(e) => tracing::debug!(error = %e, "lockmgr: liveness probe answered with an error"),
         }
     }
 }
@@ -602,7 +618,8 @@ pub(super) struct Session {
     /// has stopped.
     given_up: AtomicBool,
     /// Reads fell back to this shared session, which bounds its statements
-    /// on the server (see [`Server::bound_reads`]): never a waiting one.
+    /// on the server (see [`Server::bound_reads`]; a wait lifts the bound
+    /// for itself).
     reads_bounded: AtomicBool,
     /// The runtime the session lives on (see [`home`]; also for the work a
     /// guard's drop leaves).

@@ -106,9 +106,15 @@ pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration) -> Str
     )
 }
 
-/// Bounds each later wait of the session to one attempt.
+/// Bounds each later wait of the session to one attempt. Sent in one
+/// message with the wait: its `SET LOCAL` lifts, for that message only, a
+/// `statement_timeout` the session may have for reads (see
+/// `Server::bound_reads`), which would otherwise cut the wait short.
 pub(super) fn set_lock_timeout(attempt: Duration) -> String {
-    format!("SET lock_timeout = {}", lock_timeout_ms(attempt))
+    format!(
+        "SET LOCAL statement_timeout = 0; SET lock_timeout = {}",
+        lock_timeout_ms(attempt)
+    )
 }
 
 /// After a wait: later statements of the session, which joins the shared
