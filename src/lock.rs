@@ -502,8 +502,9 @@ impl LockMgr {
     /// already taken: then, before it is waited for, every lock taken is
     /// let go and the call starts over in the new order, each lock with its
     /// whole budget again (at most 16 times; after that it goes on in the
-    /// order it has). One case is not caught: a file replaced *during* the
-    /// wait for it (or created by that wait) by one that sorts before a
+    /// order it has, but for two paths that now name one file, which are
+    /// refused as `Invalid`). One case is not caught: a file replaced
+    /// *during* the wait for it (or created by that wait) by one that sorts before a
     /// lock already held, whose holder waits for that lock; the two then
     /// wait for each other until one's budget ends.
     ///
@@ -556,7 +557,8 @@ impl LockMgr {
             }
             let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
             // The last file of those taken in this round, in the order.
-            let mut highest = None;
+            // The files taken in this round, in the order.
+            let mut taken = Vec::with_capacity(order.len());
             for &(_, i) in &order {
                 // The file at the path may have been replaced since the
                 // order was taken (`remove_on_release`, a rename), by one
@@ -564,9 +566,12 @@ impl LockMgr {
                 // then could close a circle with a caller that ordered
                 // after the change. Let everything go and start over in
                 // the new order (a bounded number of times).
+                // A file held already (two paths to one file now) is always
+                // looked at again: the new order refuses it, where waiting
+                // would wait for itself.
                 let now = contender::identity_at(&locks[i].inner);
-                if let (Some(now), Some(held)) = (now, highest) {
-                    if now <= held && reorders < MAX_REORDERS {
+                if let (Some(now), Some(&held)) = (now, taken.last()) {
+                    if taken.contains(&now) || (now < held && reorders < MAX_REORDERS) {
                         reorders += 1;
                         tracing::debug!(
                             lock = %locks[i].inner.id,
@@ -579,8 +584,10 @@ impl LockMgr {
                 }
                 // On an error, the guards taken so far drop here: all or none.
                 let guard = locks[i].acquire(wait, timeout).await?;
-                let taken = contender::held_identity(&guard);
-                highest = highest.max(taken);
+                if let Some(file) = contender::held_identity(&guard) {
+                    taken.push(file);
+                    taken.sort();
+                }
                 guards[i] = Some(guard);
             }
             return Ok(guards.into_iter().flatten().collect());

@@ -249,9 +249,14 @@ pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
             // a FIFO of that name (in a mount namespace of its own).
             use std::os::unix::fs::OpenOptionsExt;
             let mut bytes = Vec::new();
+            // Looked at before it is opened: opening a device may do
+            // something (the descriptor is checked again once open).
+            if !fs::metadata(fd.path()).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             let read = fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
                 .open(fd.path())
                 .and_then(|f| {
                     if !f.metadata()?.is_file() {

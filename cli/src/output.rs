@@ -51,9 +51,11 @@ pub(crate) fn to_stderr(bytes: &[u8], patience_ms: u16) {
     use std::os::fd::AsFd;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(patience_ms.into());
     let Some(mut own) = own_stderr() else {
-        // A file (which always takes a write at once) or a socket.
         let stderr = std::io::stderr();
-        if writable_by(stderr.as_fd(), deadline) {
+        if is_socket(&stderr) {
+            send_by(stderr.as_fd(), bytes, deadline);
+        } else if writable_by(stderr.as_fd(), deadline) {
+            // A file: it takes a write at once.
             let _ = stderr.lock().write_all(bytes);
         }
         return;
@@ -101,6 +103,41 @@ fn own_stderr() -> Option<&'static std::fs::File> {
             .then_some(own)
     })
     .as_ref()
+}
+
+/// Whether stderr is a socket (systemd's `StandardError=journal`).
+fn is_socket(stderr: &std::io::Stderr) -> bool {
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsFd;
+    fstat(stderr.as_fd())
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK)
+}
+
+/// Sends `bytes` on socket `fd` without blocking (`MSG_DONTWAIT`, a flag
+/// of the call alone: the command's descriptor stays blocking), waiting
+/// for room until `deadline` at most.
+fn send_by(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8], deadline: std::time::Instant) {
+    use nix::errno::Errno;
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match send(
+            fd.as_raw_fd(),
+            rest,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(0) => return,
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                if !writable_by(fd, deadline) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Whether `fd` can take a write before `deadline`.

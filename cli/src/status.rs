@@ -39,8 +39,10 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // unknown, and the lines below name both.
     let kind: LockKind = args.kind.into();
     if let Status::Exclusive { holder: Some(h) } = &status {
+        // Pids compare only for a record of this host (see below).
+        let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
         let theirs = |p: &lockmgr::HoldingProcess| p.pid == h.pid;
-        if holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
+        if here && holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
             status = Status::Exclusive { holder: None };
         }
     }

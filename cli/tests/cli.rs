@@ -1532,33 +1532,48 @@ fn status_names_no_holder_from_the_other_familys_record() {
 #[test]
 fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::OwnedFd;
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("l");
     let held = holder(&lock, &[]);
-    let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-    // Filled without blocking, then made blocking again for `lockmgr`.
-    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-    let mut pipe = std::fs::File::from(writer.try_clone().unwrap());
-    while pipe.write(&[b'x'; 4096]).is_ok() {}
-    fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-    let mut run = Command::new(LOCKMGR)
-        .args(["run", "-w", "1", s(&lock), "--", "true"])
-        .stderr(Stdio::from(writer))
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pid = run.id();
-    std::thread::spawn(move || tx.send(run.wait().unwrap()));
-    let status = rx.recv_timeout(common::LIVENESS);
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    drop(reader);
+    // A pipe, and a stream socket as systemd gives a service for its
+    // journal: (the end nobody reads, the end that is stderr).
+    let pipe = || -> (OwnedFd, OwnedFd) { nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap() };
+    let socket = || -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    };
+    for (what, (reader, writer)) in [("pipe", pipe()), ("socket", socket())] {
+        // Filled without blocking, then made blocking again for `lockmgr`.
+        fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let mut fill = std::fs::File::from(writer.try_clone().unwrap());
+        while fill.write(&[b'x'; 4096]).is_ok() {}
+        fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+        let mut run = Command::new(LOCKMGR)
+            .args(["run", "-w", "1", s(&lock), "--", "true"])
+            .stderr(Stdio::from(writer))
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pid = run.id();
+        std::thread::spawn(move || tx.send(run.wait().unwrap()));
+        let status = rx.recv_timeout(common::LIVENESS);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        drop(reader);
+        let status = status.unwrap_or_else(|_| panic!("{what}: lockmgr hung on its stderr"));
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{what}: timed out, the conflict status"
+        );
+    }
     finish(held);
-    let status = status.expect("lockmgr hung writing to a stderr nobody reads");
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "timed out: the conflict exit status"
-    );
 }
 
 /// A file system that refuses locks (`ENOLCK`, as NFS without its lock

@@ -1350,7 +1350,7 @@ mod tests {
             .build()
             .unwrap_err()
             .to_string();
-        assert!(!err.contains("lockmgr'"), "{err}");
+        assert!(err.contains("`password` has no closing quote"), "{err}");
     }
 
     #[test]
