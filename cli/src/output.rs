@@ -39,123 +39,84 @@ pub(crate) fn say_line(line: Arguments<'_>) {
 /// reads the signals that end it.
 pub(crate) const PATIENCE_MS: u16 = 1000;
 
-/// Writes `bytes` to stderr, waiting at most `patience_ms` for it to take
-/// them; what it has not taken by then is lost.
+/// Writes `bytes` to stderr, waiting at most `patience_ms` for it to be
+/// written; what is not written by then is written later if stderr ever
+/// takes it, or lost with the process.
 ///
-/// A pipe or terminal is written through a descriptor of `lockmgr`'s own
-/// that does not block ([`own_stderr`]): the command shares stderr, and may
-/// fill the pipe between a check that it has room and a blocking write.
-/// Such a write of a line (at most a pipe's atomic 4,096 bytes) goes in
-/// whole or not at all, so it still never interleaves with the command's.
+/// The writes are made by a thread of their own (`lockmgr-stderr`), one
+/// `write` per line as before, so that the caller never blocks in
+/// `write(2)`, whatever stderr is (a pipe or terminal of another user,
+/// which cannot be opened anew without blocking, a socket) and however
+/// little room it has. Once a line was not written in time, the next
+/// ones do not wait until it has been: a stalled stderr costs the first
+/// line's patience, not one per line.
 pub(crate) fn to_stderr(bytes: &[u8], patience_ms: u16) {
-    use std::os::fd::AsFd;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(patience_ms.into());
-    let Some(mut own) = own_stderr() else {
-        let stderr = std::io::stderr();
-        if is_socket(&stderr) {
-            send_by(stderr.as_fd(), bytes, deadline);
-        } else if writable_by(stderr.as_fd(), deadline) {
-            // A file: it takes a write at once.
-            let _ = stderr.lock().write_all(bytes);
-        }
+    use std::sync::atomic::Ordering;
+    let Some(writer) = writer() else {
+        // No thread to be had (a process limit): written here, as before.
+        let _ = std::io::stderr().lock().write_all(bytes);
         return;
     };
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match own.write(rest) {
-            Ok(0) => return,
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if !writable_by(own.as_fd(), deadline) {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
+    let (written, done) = std::sync::mpsc::sync_channel(1);
+    // A queue that is full is a stderr that has not taken its lines for a
+    // while: this one is lost.
+    if writer.try_send((bytes.to_vec(), written)).is_err() {
+        return;
+    }
+    if patience_ms == 0 || STALLED.load(Ordering::Acquire) {
+        return;
+    }
+    let patience = std::time::Duration::from_millis(patience_ms.into());
+    if done.recv_timeout(patience).is_err() {
+        STALLED.store(true, Ordering::Release);
     }
 }
 
-/// A non-blocking descriptor of stderr's pipe or terminal, opened anew
-/// (`/proc/self/fd/2`) so that the flag is `lockmgr`'s alone: set on
-/// stderr itself, it would be the command's too. `None` for a regular file
-/// (a second open would write at its own offset, over the command's lines),
-/// a socket (which cannot be opened so), or where the open fails.
-fn own_stderr() -> Option<&'static std::fs::File> {
-    use nix::sys::stat::{fstat, SFlag};
+/// Writes `bytes` to descriptor 2 itself, not through `std::io::stderr()`:
+/// its lock, held by this thread while stderr takes nothing, would stop
+/// every other thread that touches stderr (a flush before `lockmgr` ends
+/// by a signal, a panic message).
+fn write_all_to_fd2(mut bytes: &[u8]) {
     use std::os::fd::AsFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    static OWN: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
-    OWN.get_or_init(|| {
-        let st = fstat(std::io::stderr().as_fd()).ok()?;
-        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        if kind != SFlag::S_IFIFO && kind != SFlag::S_IFCHR {
-            return None;
-        }
-        let own = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-            .open("/proc/self/fd/2")
-            .ok()?;
-        // The same pipe or terminal, not what the name finds now.
-        let again = fstat(own.as_fd()).ok()?;
-        (again.st_dev == st.st_dev && again.st_ino == st.st_ino && again.st_rdev == st.st_rdev)
-            .then_some(own)
-    })
-    .as_ref()
-}
-
-/// Whether stderr is a socket (systemd's `StandardError=journal`).
-fn is_socket(stderr: &std::io::Stderr) -> bool {
-    use nix::sys::stat::{fstat, SFlag};
-    use std::os::fd::AsFd;
-    fstat(stderr.as_fd())
-        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK)
-}
-
-/// Sends `bytes` on socket `fd` without blocking (`MSG_DONTWAIT`, a flag
-/// of the call alone: the command's descriptor stays blocking), waiting
-/// for room until `deadline` at most.
-fn send_by(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8], deadline: std::time::Instant) {
-    use nix::errno::Errno;
-    use nix::sys::socket::{send, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match send(
-            fd.as_raw_fd(),
-            rest,
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        ) {
+    let stderr = std::io::stderr();
+    while !bytes.is_empty() {
+        match nix::unistd::write(stderr.as_fd(), bytes) {
             Ok(0) => return,
-            Ok(n) => rest = &rest[n..],
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                if !writable_by(fd, deadline) {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Whether `fd` can take a write before `deadline`.
-fn writable_by(fd: std::os::fd::BorrowedFd<'_>, deadline: std::time::Instant) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags};
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        // Rounded up: a wait of less than a millisecond is not no wait.
-        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-        match poll(&mut fds, ms) {
-            // A closed or broken stderr polls ready; its write fails.
-            Ok(n) if n > 0 => return true,
-            Ok(_) => return false,
+            Ok(n) => bytes = &bytes[n..],
             Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return false,
+            Err(_) => return,
         }
     }
+}
+
+/// A line was not written within its patience, and the writer has not
+/// written one since.
+static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+type Line = (Vec<u8>, std::sync::mpsc::SyncSender<()>);
+
+/// The queue of the thread that writes stderr, started with the first
+/// line; `None` if no thread can be started.
+fn writer() -> Option<&'static std::sync::mpsc::SyncSender<Line>> {
+    use std::sync::atomic::Ordering;
+    static WRITER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Line>>> =
+        std::sync::OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(64);
+            std::thread::Builder::new()
+                .name("lockmgr-stderr".into())
+                .spawn(move || {
+                    for (bytes, written) in lines {
+                        write_all_to_fd2(&bytes);
+                        STALLED.store(false, Ordering::Release);
+                        let _ = written.try_send(());
+                    }
+                })
+                .ok()?;
+            Some(queue)
+        })
+        .as_ref()
 }
 
 pub(crate) fn answer_line(line: Arguments<'_>) {

@@ -1572,8 +1572,52 @@ fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
             Some(1),
             "{what}: timed out, the conflict status"
         );
+
+        // A SIGTERM while a line is stuck in the write: `lockmgr` ends by
+        // it at once. (The first version of the writing thread held
+        // stderr's lock while stuck, and the flush before `lockmgr` ends by
+        // a signal waited for it for good.)
+        let (reader, writer) = if what == "pipe" { pipe() } else { socket() };
+        fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let mut fill = std::fs::File::from(writer.try_clone().unwrap());
+        while fill.write(&[b'x'; 4096]).is_ok() {}
+        fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+        let mut run = Command::new(LOCKMGR)
+            .args(["run", "-w", "60", s(&lock), "--", "true"])
+            .stderr(Stdio::from(writer))
+            .spawn()
+            .unwrap();
+        let pid = run.id();
+        let stuck = std::time::Instant::now() + common::LIVENESS;
+        while !stuck_writing(pid) {
+            assert!(
+                std::time::Instant::now() < stuck,
+                "{what}: no line got stuck"
+            );
+            std::thread::yield_now();
+        }
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(run.wait().unwrap()));
+        let status = rx.recv_timeout(common::LIVENESS);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        drop(reader);
+        let status = status.unwrap_or_else(|_| panic!("{what}: SIGTERM did not end lockmgr"));
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{what}");
     }
     finish(held);
+}
+
+/// Whether a thread of process `pid` sleeps in a write to a pipe or
+/// socket (its kernel wait channel says so).
+fn stuck_writing(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("wchan"))
+            .is_ok_and(|w| w.contains("pipe_write") || w.contains("sock") || w.contains("stream"))
+    })
 }
 
 /// A file system that refuses locks (`ENOLCK`, as NFS without its lock
@@ -1628,4 +1672,63 @@ fn a_file_system_that_refuses_locks_is_one_clear_error() {
     }
     assert!(!ran.exists(), "a command ran without its lock");
     let _ = std::fs::remove_file(&shim);
+}
+
+/// `lockmgr` run as another user than the owner of its stderr (a pipe or
+/// terminal it cannot open anew), with a line longer than the room left in
+/// the pipe (a lock path of escaped control bytes): the write blocked
+/// part-way, past the `-w` deadline and deaf to signals, in the version
+/// before lines were written by a thread of their own. Now the run ends
+/// when its wait does.
+#[test]
+fn a_long_line_to_another_users_full_pipe_does_not_hold_up_the_wait() {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    // Root only (it runs `lockmgr` as another user): `/proc/self` is
+    // owned by the process's user.
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Four directories of 200 control bytes each: shown escaped, the
+    // waiting line is longer than a pipe's page.
+    let mut parent = dir.path().to_path_buf();
+    for c in [1u8, 2, 3, 4] {
+        use std::os::unix::ffi::OsStrExt;
+        parent.push(std::ffi::OsStr::from_bytes(&[c; 200]));
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let lock = parent.join("l");
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let held = holder(&lock, &[]);
+    let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    // Full, then one page read off: room for less than the line.
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut fill = std::fs::File::from(writer.try_clone().unwrap());
+    while fill.write(&[b'x'; 4096]).is_ok() {}
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    let mut reader = std::fs::File::from(reader);
+    reader.read_exact(&mut [0u8; 4096]).unwrap();
+    let mut run = Command::new(LOCKMGR)
+        .args(["run", "-w", "1"])
+        .arg(&lock)
+        .args(["--", "true"])
+        .uid(65534)
+        .gid(65534)
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = run.id();
+    std::thread::spawn(move || tx.send(run.wait().unwrap()));
+    let status = rx.recv_timeout(common::LIVENESS);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    drop(reader);
+    finish(held);
+    let status = status.expect("lockmgr hung in a write to its stderr");
+    assert_eq!(status.code(), Some(1), "timed out: the conflict status");
 }
