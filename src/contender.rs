@@ -1119,41 +1119,52 @@ fn assemble(
         }
     }
     // Each lock of /proc/locks is matched with a process whose descriptor
-    // showed it; a lock left over is named by the kernel's pid when that
-    // process lives (a POSIX lock; the caller of flock), or unseen.
+    // showed it: first by the kernel's pid, then, for what is left, by
+    // family and mode. A lock left over is named by the kernel's pid when
+    // that process lives and owns it, or counted unseen.
     let mut pool: Vec<(u32, LockFamily, LockMode)> = found
         .holding
         .iter()
         .map(|h| (h.pid, h.family, h.mode))
         .collect();
     let mut maybe = uncertain;
+    let mut left = Vec::new();
     for lock in entries.iter().filter(|e| !e.blocked) {
+        let by_pid = lock.pid.and_then(|pid| {
+            pool.iter()
+                .position(|&p| p == (pid, lock.family, lock.mode))
+        });
+        match by_pid {
+            Some(i) => drop(pool.swap_remove(i)),
+            None => left.push(lock),
+        }
+    }
+    for lock in left {
         let same = |&(_, family, mode): &(u32, LockFamily, LockMode)| {
             family == lock.family && mode == lock.mode
         };
-        let by_pid = lock
-            .pid
-            .and_then(|pid| pool.iter().position(|p| same(p) && p.0 == pid));
-        if let Some(i) = by_pid {
-            pool.swap_remove(i);
-            continue;
-        }
         // The kernel's pid owns a POSIX lock. A `flock` lock belongs to its
         // open file description, and the pid is only who called `flock()`:
         // it may have handed its descriptor on and closed its own, or died
-        // and had its pid reused. It is named when nothing better can be
-        // known (its descriptors cannot be read) or when it still maps the
-        // file (a mapping keeps the description, and the lock, alive).
-        let owner = lock.pid.filter(|&pid| {
-            proc_locks::alive(pid)
-                && (lock.family == LockFamily::Posix
-                    || !proc_locks::descriptors_readable(pid)
-                    || proc_locks::maps(pid, file))
-        });
-        if let Some(pid) = owner {
+        // and had its pid reused. So a process whose descriptors hold such
+        // a lock is preferred; the caller is named when nothing better can
+        // be known (its descriptors cannot be read) or when it still maps
+        // the file (a mapping keeps the description, and the lock, alive).
+        let owner = |posix_only: bool| {
+            lock.pid.filter(|&pid| {
+                proc_locks::alive(pid)
+                    && (lock.family == LockFamily::Posix
+                        || !posix_only
+                            && (!proc_locks::descriptors_readable(pid)
+                                || proc_locks::maps(pid, file)))
+            })
+        };
+        if let Some(pid) = owner(true) {
             found.holding.push(holding(pid, lock.family, lock.mode));
         } else if let Some(i) = pool.iter().position(same) {
             pool.swap_remove(i);
+        } else if let Some(pid) = owner(false) {
+            found.holding.push(holding(pid, lock.family, lock.mode));
         } else if let Some(i) = maybe
             .iter()
             .position(|&(_, e)| same(&(0, e.family, e.mode)))

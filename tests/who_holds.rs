@@ -407,6 +407,14 @@ fn a_process_that_gave_its_descriptor_away_is_not_named() {
         [(child, LockFamily::Flock, LockMode::Exclusive)]
     );
     assert_eq!(lock.holders().unwrap().unseen, 0);
+    // A mapping of the file through another description of its own holds
+    // no lock: the parent is still not named (it was, in the first version
+    // of the mapping check, which took any mapping for the lock's).
+    assert_eq!(parent.command("mapother"), "mapped");
+    assert_eq!(
+        held(&lock),
+        [(child, LockFamily::Flock, LockMode::Exclusive)]
+    );
     parent.finish();
 
     // A mapping keeps the open file description, and so the lock: its

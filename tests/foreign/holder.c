@@ -12,6 +12,8 @@
  *            process exits; prints "child <pid>"
  *   map      map the file into memory (which keeps its open file
  *            description, and so a flock or OFD lock, alive); prints "mapped"
+ *   mapother map the file through an open file description of its own
+ *            (opened, mapped, closed: it holds no lock); prints "mapped"
  *   close    close the descriptor WITHOUT unlocking (a copy elsewhere, or
  *            a mapping, keeps a flock or OFD lock); prints "closed"
  * At end of input it exits, which closes the descriptor.
@@ -85,6 +87,14 @@ int main(int argc, char **argv) {
             }
             close(alive[0]);
             printf("child %d\n", (int)child);
+        } else if (!strncmp(line, "mapother", 8)) {
+            int other = open(argv[3], O_RDONLY | O_CLOEXEC);
+            if (other < 0 || mmap(NULL, 4096, PROT_READ, MAP_SHARED, other, 0) == MAP_FAILED) {
+                perror("mapother");
+                return 2;
+            }
+            close(other);
+            printf("mapped\n");
         } else if (!strncmp(line, "map", 3)) {
             if (mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) {
                 perror("mmap");
