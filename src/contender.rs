@@ -316,8 +316,13 @@ fn open_unchecked(config: &LockConfig, mode: LockMode) -> Result<os::Opened, Loc
 
 /// The identity of the lock file, opened (and created) as an exclusive
 /// acquire would open it: the order in which several locks are taken.
-pub(crate) fn identity(config: &LockConfig) -> Result<FileId, LockError> {
-    Ok(open_fd(config, LockMode::Exclusive)?.1)
+/// The file stays open while the descriptor returned with it is kept, so
+/// that its inode number is not handed to another file meanwhile (a file
+/// removed and another created can get it at once): identities taken one
+/// after the other then compare as the files do.
+pub(crate) fn identity(config: &LockConfig) -> Result<(OwnedFd, FileId), LockError> {
+    let (fd, file, _) = open_fd(config, LockMode::Exclusive)?;
+    Ok((fd, file))
 }
 
 /// The identity of the regular file at the lock's path now, without

@@ -542,8 +542,12 @@ impl LockMgr {
         let mut reorders = 0;
         'order: loop {
             let mut order = Vec::with_capacity(locks.len());
+            // Kept open until the order is known (see `identity`).
+            let mut open = Vec::with_capacity(locks.len());
             for (i, lock) in locks.iter().enumerate() {
-                order.push((contender::identity(&lock.inner)?, i));
+                let (fd, file) = contender::identity(&lock.inner)?;
+                open.push(fd);
+                order.push((file, i));
             }
             order.sort();
             if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -555,6 +559,7 @@ impl LockMgr {
                     ),
                 });
             }
+            drop(open);
             let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
             // The last file of those taken in this round, in the order.
             // The files taken in this round, in the order.
