@@ -1025,17 +1025,13 @@ async fn a_lock_held_in_a_transaction_costs_no_shared_session() {
     guard.release().await.unwrap();
 }
 
-/// A role allowed one connection (`CONNECTION LIMIT 1`) still locks, with
-/// tokens and holder lookups: reads fall back to the shared session when
-/// their own cannot be had.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_allowed_one_connection_still_locks() {
-    let Some(url) = common::pg_url() else { return };
-    let admin = admin(&url).await;
-    let role = format!("lockmgr_onecon_{}", std::process::id());
-    let table = format!("public.fence_onecon_{}", std::process::id());
+/// A role allowed one connection (`CONNECTION LIMIT 1`), named by `tag`,
+/// with a token table of its own: its connection settings and that table.
+async fn one_connection_role(admin: &tokio_postgres::Client, tag: &str) -> (String, String) {
+    let role = format!("lockmgr_onecon{tag}_{}", std::process::id());
+    let table = format!("public.fence_onecon{tag}_{}", std::process::id());
     as_dba(
-        &admin,
+        admin,
         &format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
              GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
@@ -1043,7 +1039,17 @@ async fn a_role_allowed_one_connection_still_locks() {
         ),
     )
     .await;
-    let config = config_as(&role, "onecon-pw");
+    (config_as(&role, "onecon-pw"), table)
+}
+
+/// A role allowed one connection (`CONNECTION LIMIT 1`) still locks, with
+/// tokens and holder lookups: reads fall back to the shared session when
+/// their own cannot be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_allowed_one_connection_still_locks() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let (config, table) = one_connection_role(&admin, "").await;
     // The pooling probe needs two connections: told instead.
     let lock = PgLockMgr::builder(&config, name("onecon"))
         .fence_table(&table)
@@ -1078,18 +1084,7 @@ async fn a_slow_read_on_the_only_connection_loses_no_lock() {
         (Duration::from_secs(10), Duration::from_secs(3)),
     ];
     for (round, (request, dead)) in bounds.into_iter().enumerate() {
-        let role = format!("lockmgr_onecon_slow{round}_{}", std::process::id());
-        let table = format!("public.fence_onecon_slow{round}_{}", std::process::id());
-        as_dba(
-            &admin,
-            &format!(
-                "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
-                 GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
-                lockmgr::pg::fence_table_sql(&table)
-            ),
-        )
-        .await;
-        let config = config_as(&role, "onecon-pw");
+        let (config, table) = one_connection_role(&admin, &format!("_slow{round}")).await;
         let build = |name: &str| {
             PgLockMgr::builder(&config, name)
                 .fence_table(&table)
@@ -1145,20 +1140,10 @@ async fn a_slow_read_on_the_only_connection_loses_no_lock() {
 async fn a_role_allowed_one_connection_waits_past_its_read_bound() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let role = format!("lockmgr_onecon_wait_{}", std::process::id());
-    let table = format!("public.fence_onecon_wait_{}", std::process::id());
-    as_dba(
-        &admin,
-        &format!(
-            "CREATE ROLE {role} LOGIN PASSWORD 'onecon-pw' CONNECTION LIMIT 1; {}; \
-             GRANT SELECT, INSERT, UPDATE ON {table} TO {role}",
-            lockmgr::pg::fence_table_sql(&table)
-        ),
-    )
-    .await;
+    let (config, table) = one_connection_role(&admin, "_wait").await;
     let label = format!("onecon-waiter-{}", std::process::id());
     let name = name("onecon-wait");
-    let lock = PgLockMgr::builder(&config_as(&role, "onecon-pw"), &name)
+    let lock = PgLockMgr::builder(&config, &name)
         .fence_table(&table)
         .label(&label)
         .transaction_pooling(Some(false))

@@ -51,6 +51,47 @@ fn finish(mut child: Child) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `tests/foreign/holder.c` holding a `family` lock in `mode` on `lock`
+/// (stdin and stdout piped); returns once it holds it, with its output.
+fn c_holder(
+    family: &str,
+    mode: &str,
+    lock: &Path,
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut foreign = Command::new(common::c_program("holder"))
+        .args([family, mode])
+        .arg(lock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(foreign.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("locked"), "{line}");
+    (foreign, said)
+}
+
+/// How `run` ended, if it did within the liveness bound; killed if not.
+fn ended(mut run: Child) -> Option<std::process::ExitStatus> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = run.id();
+    std::thread::spawn(move || tx.send(run.wait().unwrap()));
+    let status = rx.recv_timeout(common::LIVENESS).ok();
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    status
+}
+
+/// Fills the pipe or socket whose writing end is `writer`, and leaves the
+/// descriptor blocking again, as a program given it finds it.
+fn fill(writer: &std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    fcntl(writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut fill = std::fs::File::from(writer.try_clone().unwrap());
+    while fill.write(&[b'x'; 4096]).is_ok() {}
+    fcntl(writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -852,17 +893,8 @@ fn permits_go_with_kind_ofd_only() {
 fn a_run_gets_in_when_a_foreign_holder_unlocks_without_closing() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("l");
-    let mut foreign = Command::new(common::c_program("holder"))
-        .args(["flock", "ex"])
-        .arg(&lock)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = BufReader::new(foreign.stdout.take().unwrap());
+    let (mut foreign, mut said) = c_holder("flock", "ex", &lock);
     let mut line = String::new();
-    said.read_line(&mut line).unwrap();
-    assert!(line.starts_with("locked"), "{line}");
     let mut run = Command::new(LOCKMGR)
         .args(["run", "--kind", "flock", s(&lock), "--", "true"])
         .stderr(Stdio::piped())
@@ -876,11 +908,7 @@ fn a_run_gets_in_when_a_foreign_holder_unlocks_without_closing() {
     line.clear();
     said.read_line(&mut line).unwrap();
     assert_eq!(line, "unlocked\n");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pid = run.id();
-    std::thread::spawn(move || tx.send(run.wait().unwrap()));
-    let status = rx.recv_timeout(common::LIVENESS);
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let status = ended(run);
     let _ = foreign.kill();
     let _ = foreign.wait();
     let status = status.expect("lockmgr run still waits on a free lock");
@@ -1505,18 +1533,7 @@ fn status_names_no_holder_from_the_other_familys_record() {
     finish(ofd);
 
     let posix = dir.path().join("posix.lock");
-    let mut foreign = Command::new(common::c_program("holder"))
-        .args(["posix", "ex"])
-        .arg(&posix)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(foreign.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("locked"), "{line}");
+    let (foreign, _) = c_holder("posix", "ex", &posix);
     let out = lockmgr(&["status", "--kind", "flock", s(&posix)]);
     let said = text(&out.stdout);
     assert!(said.contains("(--kind ofd asks about"), "{said}");
@@ -1531,7 +1548,7 @@ fn status_names_no_holder_from_the_other_familys_record() {
 /// SIGTERM and SIGINT.
 #[test]
 fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::fcntl::OFlag;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::os::fd::OwnedFd;
     let dir = tempfile::tempdir().unwrap();
@@ -1550,23 +1567,15 @@ fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
         .unwrap()
     };
     for (what, (reader, writer)) in [("pipe", pipe()), ("socket", socket())] {
-        // Filled without blocking, then made blocking again for `lockmgr`.
-        fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-        let mut fill = std::fs::File::from(writer.try_clone().unwrap());
-        while fill.write(&[b'x'; 4096]).is_ok() {}
-        fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-        let mut run = Command::new(LOCKMGR)
+        fill(&writer);
+        let run = Command::new(LOCKMGR)
             .args(["run", "-w", "1", s(&lock), "--", "true"])
             .stderr(Stdio::from(writer))
             .spawn()
             .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pid = run.id();
-        std::thread::spawn(move || tx.send(run.wait().unwrap()));
-        let status = rx.recv_timeout(common::LIVENESS);
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let status = ended(run);
         drop(reader);
-        let status = status.unwrap_or_else(|_| panic!("{what}: lockmgr hung on its stderr"));
+        let status = status.unwrap_or_else(|| panic!("{what}: lockmgr hung on its stderr"));
         assert_eq!(
             status.code(),
             Some(1),
@@ -1578,11 +1587,8 @@ fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
         // stderr's lock while stuck, and the flush before `lockmgr` ends by
         // a signal waited for it for good.)
         let (reader, writer) = if what == "pipe" { pipe() } else { socket() };
-        fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-        let mut fill = std::fs::File::from(writer.try_clone().unwrap());
-        while fill.write(&[b'x'; 4096]).is_ok() {}
-        fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
-        let mut run = Command::new(LOCKMGR)
+        fill(&writer);
+        let run = Command::new(LOCKMGR)
             .args(["run", "-w", "60", s(&lock), "--", "true"])
             .stderr(Stdio::from(writer))
             .spawn()
@@ -1597,12 +1603,9 @@ fn a_stderr_nobody_reads_does_not_hold_up_the_wait() {
             std::thread::yield_now();
         }
         kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(run.wait().unwrap()));
-        let status = rx.recv_timeout(common::LIVENESS);
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let status = ended(run);
         drop(reader);
-        let status = status.unwrap_or_else(|_| panic!("{what}: SIGTERM did not end lockmgr"));
+        let status = status.unwrap_or_else(|| panic!("{what}: SIGTERM did not end lockmgr"));
         assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{what}");
     }
     finish(held);
@@ -1682,7 +1685,7 @@ fn a_file_system_that_refuses_locks_is_one_clear_error() {
 /// when its wait does.
 #[test]
 fn a_long_line_to_another_users_full_pipe_does_not_hold_up_the_wait() {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::fcntl::OFlag;
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     // Root only (it runs `lockmgr` as another user): `/proc/self` is
@@ -1707,13 +1710,10 @@ fn a_long_line_to_another_users_full_pipe_does_not_hold_up_the_wait() {
     let held = holder(&lock, &[]);
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     // Full, then one page read off: room for less than the line.
-    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
-    let mut fill = std::fs::File::from(writer.try_clone().unwrap());
-    while fill.write(&[b'x'; 4096]).is_ok() {}
-    fcntl(&writer, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    fill(&writer);
     let mut reader = std::fs::File::from(reader);
     reader.read_exact(&mut [0u8; 4096]).unwrap();
-    let mut run = Command::new(LOCKMGR)
+    let run = Command::new(LOCKMGR)
         .args(["run", "-w", "1"])
         .arg(&lock)
         .args(["--", "true"])
@@ -1722,11 +1722,7 @@ fn a_long_line_to_another_users_full_pipe_does_not_hold_up_the_wait() {
         .stderr(Stdio::from(writer))
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pid = run.id();
-    std::thread::spawn(move || tx.send(run.wait().unwrap()));
-    let status = rx.recv_timeout(common::LIVENESS);
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let status = ended(run);
     drop(reader);
     finish(held);
     let status = status.expect("lockmgr hung in a write to its stderr");
