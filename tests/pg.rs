@@ -984,15 +984,7 @@ async fn a_slow_read_loses_no_lock() {
     let other = build(&b, &format!("{label}-other"));
     let b_held = other.acquire(true, LIVENESS).await.unwrap();
     let asked = build(&b, &label);
-    let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    dba.batch_execute("BEGIN; LOCK TABLE public.lockmgr_fence IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let slow = asked.status().await;
-    dba.batch_execute("COMMIT").await.unwrap();
+    let slow = read_while_locked(&url, "public.lockmgr_fence", asked.status()).await;
     assert!(slow.is_err(), "{slow:?}");
     assert!(!held.is_lost(), "A was lost with the slow read's session");
     let admin = admin(&url).await;
@@ -1023,6 +1015,23 @@ async fn a_lock_held_in_a_transaction_costs_no_shared_session() {
     let (sessions, requests) = left_by(&admin, &label).await;
     assert_eq!((sessions, requests), (2, 1));
     guard.release().await.unwrap();
+}
+
+/// What `read` gives while a DBA holds `table` locked (`LOCK TABLE ... IN
+/// ACCESS EXCLUSIVE MODE`, in an open transaction committed after it).
+async fn read_while_locked<T>(url: &str, table: &str, read: impl Future<Output = T>) -> T {
+    let (dba, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    dba.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let answer = read.await;
+    dba.batch_execute("COMMIT").await.unwrap();
+    answer
 }
 
 /// A role allowed one connection (`CONNECTION LIMIT 1`), named by `tag`,
@@ -1104,17 +1113,7 @@ async fn a_slow_read_on_the_only_connection_loses_no_lock() {
             .build()
             .unwrap();
         let b_held = other.acquire(true, LIVENESS).await.unwrap();
-        let (dba, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        dba.batch_execute(&format!(
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .unwrap();
-        let slow = build(&b).status().await;
-        dba.batch_execute("COMMIT").await.unwrap();
+        let slow = read_while_locked(&url, &table, build(&b).status()).await;
         assert!(slow.is_err(), "{slow:?}");
         assert!(
             !held.is_lost(),
