@@ -103,8 +103,16 @@ fn writer() -> Option<&'static std::sync::mpsc::SyncSender<Line>> {
         std::sync::OnceLock::new();
     WRITER
         .get_or_init(|| {
+            use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
             let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(64);
-            std::thread::Builder::new()
+            // Started with every signal blocked (a thread inherits the mask
+            // of the one that starts it), whenever the first line comes:
+            // a signal for `lockmgr` must never act in this thread, but be
+            // read from the signal queue (see `signals`).
+            let mut mask = SigSet::empty();
+            let blocked =
+                pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut mask));
+            let started = std::thread::Builder::new()
                 .name("lockmgr-stderr".into())
                 .spawn(move || {
                     for (bytes, written) in lines {
@@ -112,8 +120,11 @@ fn writer() -> Option<&'static std::sync::mpsc::SyncSender<Line>> {
                         STALLED.store(false, Ordering::Release);
                         let _ = written.try_send(());
                     }
-                })
-                .ok()?;
+                });
+            if blocked.is_ok() {
+                let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+            }
+            started.ok()?;
             Some(queue)
         })
         .as_ref()
