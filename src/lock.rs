@@ -504,9 +504,9 @@ impl LockMgr {
     /// whole budget again (at most 16 times; after that it goes on in the
     /// order it has, but for two paths that now name one file, which are
     /// refused as `Invalid`). One case is not caught: a file replaced
-    /// *during* the wait for it (or created by that wait) by one that sorts before a
-    /// lock already held, whose holder waits for that lock; the two then
-    /// wait for each other until one's budget ends.
+    /// *during* the wait for it (or created by that wait) by one that sorts
+    /// before a lock already held, whose holder waits for that lock; the two
+    /// then wait for each other until one's budget ends.
     ///
     /// # Errors
     ///
@@ -561,7 +561,6 @@ impl LockMgr {
             }
             drop(open);
             let mut guards: Vec<Option<LockGuard>> = locks.iter().map(|_| None).collect();
-            // The last file of those taken in this round, in the order.
             // The files taken in this round, in the order.
             let mut taken = Vec::with_capacity(order.len());
             for &(_, i) in &order {
@@ -570,10 +569,9 @@ impl LockMgr {
                 // that sorts before a lock already held: waiting for it
                 // then could close a circle with a caller that ordered
                 // after the change. Let everything go and start over in
-                // the new order (a bounded number of times).
-                // A file held already (two paths to one file now) is always
-                // looked at again: the new order refuses it, where waiting
-                // would wait for itself.
+                // the new order (a bounded number of times; always for a
+                // file held already, two paths to one file now, which the
+                // new order refuses where waiting would wait for itself).
                 let now = contender::identity_at(&locks[i].inner);
                 if let (Some(now), Some(&held)) = (now, taken.last()) {
                     if taken.contains(&now) || (now < held && reorders < MAX_REORDERS) {

@@ -38,19 +38,14 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // account of who holds this lock (nor an old one): the holder is
     // unknown, and the lines below name both.
     let kind: LockKind = args.kind.into();
-    if let Status::Exclusive { holder: Some(h) } = &status {
-        // Pids compare only for a record of this host (see below).
-        let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
-        let theirs = |p: &lockmgr::HoldingProcess| p.pid == h.pid;
-        if here && holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
-            status = Status::Exclusive { holder: None };
-        }
-    }
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
-        let seen_all = holders.unseen == 0 && holders.excluding(kind).next().is_some();
         let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
-        if !h.stale && here && seen_all && holders.excluding(kind).all(|p| p.pid != h.pid) {
+        let theirs = |p: &lockmgr::HoldingProcess| p.pid == h.pid;
+        let seen_all = holders.unseen == 0 && holders.excluding(kind).next().is_some();
+        if here && holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
+            status = Status::Exclusive { holder: None };
+        } else if !h.stale && here && seen_all && !holders.excluding(kind).any(theirs) {
             h.stale = true;
             old_record = true;
         }

@@ -492,8 +492,9 @@ fn probe_every(timeouts: Timeouts) -> Duration {
 /// alive while the connection behind it is dead: no keepalive of ours
 /// sees that, and without a request nothing would, while the server frees
 /// the locks. A session that holds nothing is left alone. (A holding
-/// session only ever runs short requests, tries and unlocks, so the probe
-/// never waits behind a lock wait.)
+/// session runs no lock wait, only tries, unlocks and, where reads fall
+/// back to it, reads the server bounds at half the probe's bound: see
+/// `Server::bound_reads`. So the probe never waits behind a long request.)
 async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration, id: LockId) {
     loop {
         tokio::time::sleep(every).await;
