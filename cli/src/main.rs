@@ -159,6 +159,12 @@ pub(crate) struct RunArgs {
     /// No waiting message.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+    /// When a PostgreSQL lock is lost while the command runs, the command
+    /// gets SIGTERM, and SIGKILL if it still runs SECS seconds later (a
+    /// decimal number; `inf`: never).
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_wait)]
+    pub(crate) kill_after: Duration,
     /// Where the PostgreSQL lock is, if it is one.
     #[cfg(feature = "postgres")]
     #[command(flatten)]

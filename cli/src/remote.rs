@@ -111,7 +111,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         &crate::output::shown_path(&args.lockfile),
         Some(token),
         Tie::EndWithParent,
-        guard.lost(),
+        (guard.lost(), args.kill_after),
         &signals,
     )
     .await;
@@ -148,7 +148,7 @@ async fn run_with_permit(
         &crate::output::shown_path(&args.lockfile),
         Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
         Tie::EndWithParent,
-        permit.lost(),
+        (permit.lost(), args.kill_after),
         &signals,
     )
     .await;

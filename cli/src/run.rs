@@ -174,7 +174,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         &crate::output::shown_path(guard.path()),
         token,
         Tie::Inherit(guard.as_fd(), &args.lockfile),
-        std::future::pending(),
+        (std::future::pending(), Duration::MAX),
         &signals,
     )
     .await;
@@ -205,7 +205,7 @@ async fn run_with_permit(
         &crate::output::shown_path(permit.path()),
         Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
         Tie::Inherit(permit.as_fd(), &args.lockfile),
-        std::future::pending(),
+        (std::future::pending(), Duration::MAX),
         &signals,
     )
     .await;
@@ -314,14 +314,15 @@ fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
 /// Runs the command and waits for it, passing on the signals meant for it,
 /// and returns what became of it. `lock` names the lock in a message.
 /// `env` is set in its environment, and no other token or slot `lockmgr`
-/// was started with. If `lost` resolves (the lock is gone while the
-/// command runs), the command gets SIGTERM.
+/// was started with. If `lost.0` resolves (the lock is gone while the
+/// command runs), the command gets SIGTERM, and SIGKILL if it still runs
+/// `lost.1` later: another holder may be at work by then.
 pub(crate) async fn supervise(
     command: &[OsString],
     lock: &str,
     env: Option<(&str, String)>,
     tie: Tie<'_>,
-    lost: impl std::future::Future<Output = ()>,
+    (lost, kill_after): (impl std::future::Future<Output = ()>, Duration),
     signals: &Signals,
 ) -> Outcome {
     let mut cmd = tokio::process::Command::new(&command[0]);
@@ -385,6 +386,7 @@ pub(crate) async fn supervise(
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     tokio::pin!(lost);
     let mut was_lost = false;
+    let mut kill_at = None;
     let mut hearing = true;
     let status = loop {
         tokio::select! {
@@ -407,6 +409,16 @@ pub(crate) async fn supervise(
                 was_lost = true;
                 say!("lockmgr: the lock was lost (its session ended); stopping the command");
                 let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+                kill_at = tokio::time::Instant::now().checked_add(kill_after);
+            }
+            () = sleep_until(kill_at) => {
+                kill_at = None;
+                say!(
+                    "lockmgr: {} (lock {lock}) still runs {:.3}s after its lock was lost; sending SIGKILL",
+                    command[0].to_string_lossy(),
+                    kill_after.as_secs_f64()
+                );
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             }
         }
     };
@@ -423,6 +435,14 @@ pub(crate) async fn supervise(
             "cannot wait for {} (lock {lock}): {e}",
             command[0].to_string_lossy()
         ))),
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

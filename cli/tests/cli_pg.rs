@@ -136,6 +136,64 @@ fn a_lost_session_stops_the_command() {
     });
 }
 
+/// A command that ignores SIGTERM is not left running without its lock:
+/// once the lock is lost, it gets SIGTERM, and SIGKILL a grace period
+/// later (`--kill-after`, 10 s by default).
+#[test]
+fn a_lost_session_kills_a_command_that_ignores_sigterm() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-lost-stubborn-{}", std::process::id());
+    // The ignored SIGTERM is inherited by the program it execs.
+    let mut child = Command::new(LOCKMGR)
+        .args(["run", "--postgres", &url, &name, "--"])
+        .args(["sh", "-c", "trap '' TERM; echo started; exec sleep 600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let lock = PgLockMgr::new(&url, &name).unwrap();
+        let backend = lock.holder().await.unwrap().expect("held").pid as i32;
+        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&backend])
+            .await
+            .unwrap();
+        let pid = child.id() as i32;
+        let waited = tokio::time::timeout(Duration::from_secs(40), async {
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap()
+        })
+        .await;
+        let Ok(status) = waited else {
+            // Ends the command too (it dies with `lockmgr`), and so the test.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("the command runs on without the lock");
+        };
+        let err = text(&status.stderr);
+        assert_eq!(status.status.signal(), Some(9), "{err}");
+        assert!(
+            err.contains("lock was lost") && err.contains("SIGKILL"),
+            "{err}"
+        );
+    });
+}
+
 /// Whether process `pid` still runs (a zombie does not).
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
