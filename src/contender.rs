@@ -649,7 +649,7 @@ impl<'a> FileContender<'a> {
             remember(cached);
             return None;
         }
-        match os::write_head(self.fd(), record.as_bytes(), old_len > record.len()) {
+        match os::replace_head(self.fd(), record.as_bytes(), &head[..old_len]) {
             Ok(()) => {
                 remember(cached);
                 token.filter(|_| drawn)

@@ -467,24 +467,64 @@ pub(crate) fn read_head(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Writes `bytes` at the start of the file, then, with `truncate`, cuts the
-/// file to their length. Writing first means a reader never sees an empty
-/// file between two records.
-pub(crate) fn write_head(fd: impl AsFd, bytes: &[u8], truncate: bool) -> io::Result<()> {
+/// Writes `new` at the start of the file in place of `old` (what the file
+/// held, all of it), then cuts the file to `new`'s length when that is
+/// shorter. Writing first means a reader never sees an empty file between
+/// two records.
+///
+/// A write the file system cuts short leaves the start of `new` over the
+/// end of `old`, which may read as a record of its own (a fencing token cut
+/// from 100 to 10, followed by the old record's newline): on failure what
+/// was overwritten is put back. And a write past the largest file the
+/// process may write (`RLIMIT_FSIZE`) is not begun: the kernel would end
+/// the process with SIGXFSZ between its two parts, before anything could be
+/// put back.
+pub(crate) fn replace_head(fd: impl AsFd, new: &[u8], old: &[u8]) -> io::Result<()> {
     let fd = fd.as_fd();
+    if new.len() > old.len() {
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)?;
+        if soft < new.len() as u64 {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+    }
+    let (written, result) = write_at_start(fd, new);
+    if let Err(e) = result {
+        if written > 0 {
+            let (_, put_back) = write_at_start(fd, &old[..written.min(old.len())]);
+            let put_back = put_back.and_then(|()| {
+                if written > old.len() {
+                    ftruncate(fd, old.len() as libc::off_t)?;
+                }
+                Ok(())
+            });
+            if let Err(again) = put_back {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}; the start of the file, written in part, could not be put back: {again}"),
+                ));
+            }
+        }
+        return Err(e);
+    }
+    if old.len() > new.len() {
+        ftruncate(fd, new.len() as libc::off_t)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at the start of the file: how many were written, and
+/// whether all were.
+fn write_at_start(fd: BorrowedFd<'_>, bytes: &[u8]) -> (usize, io::Result<()>) {
     let mut done = 0;
     while done < bytes.len() {
         match pwrite(fd, &bytes[done..], done as libc::off_t) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return (done, Err(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return (done, Err(e.into())),
         }
     }
-    if truncate {
-        ftruncate(fd, bytes.len() as libc::off_t)?;
-    }
-    Ok(())
+    (done, Ok(()))
 }
 
 /// Opens an existing lock file read-only to look at it, never creating it.
@@ -1023,8 +1063,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l");
         let fd = open(&path);
-        write_head(&fd, b"a longer first record\n", false).unwrap();
-        write_head(&fd, b"short\n", true).unwrap();
+        replace_head(&fd, b"a longer first record\n", b"").unwrap();
+        replace_head(&fd, b"short\n", b"a longer first record\n").unwrap();
         let mut buf = [0u8; 64];
         let n = read_head(&fd, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"short\n");

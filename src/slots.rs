@@ -279,7 +279,7 @@ fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Resul
             if !now.is_empty() {
                 return Ok(now);
             }
-            os::write_head(fd, format!("{TAG}{permits}\n").as_bytes(), false)
+            os::replace_head(fd, format!("{TAG}{permits}\n").as_bytes(), b"")
                 .map_err(|e| io(Operation::Write, e))?;
             read(fd)
         });

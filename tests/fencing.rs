@@ -238,3 +238,91 @@ fn a_garbled_record_never_sends_tokens_back() {
         }
     }
 }
+
+/// Writes the record of token 99 (by a holder that is gone), and returns
+/// its length.
+fn record_99(path: &Path) -> u64 {
+    let lock = LockMgr::builder(path)
+        .fencing_tokens(true)
+        .label("x")
+        .build();
+    std::fs::write(
+        path,
+        "lockmgr-holder/1 pid=1 host=h since=1 label=x token=98\n",
+    )
+    .unwrap();
+    assert_eq!(lock.try_acquire().unwrap().fencing_token(), Some(99));
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// What a helper that tried the lock (fenced, with `opts`, set up by
+/// `configure`) said (`locked <pid>`, with ` token=N` if it drew one), and
+/// how it ended.
+fn try_fenced(
+    path: &Path,
+    opts: &[&str],
+    configure: impl FnOnce(&mut std::process::Command),
+) -> (String, std::process::ExitStatus) {
+    let mut args = vec![path.to_str().unwrap(), "--fencing", "--label=x"];
+    args.extend_from_slice(opts);
+    let mut cmd = common::helper_command("try", args);
+    configure(&mut cmd);
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let said = common::role_lines(out.stdout.as_slice())
+        .collect::<Vec<_>>()
+        .join("; ");
+    (said, out.status)
+}
+
+/// What the next holder draws, and the file it found.
+fn next_token(path: &Path) -> (Option<u64>, String) {
+    let found = std::fs::read_to_string(path).unwrap();
+    let lock = LockMgr::builder(path).fencing_tokens(true).build();
+    (lock.try_acquire().unwrap().fencing_token(), found)
+}
+
+/// A record write that the file system cuts short leaves a new record's
+/// start over the old one's end, which may read as a record with a smaller
+/// token ("token=10" + the old "\n" where 99 was): the old record is put
+/// back, the holder goes without a token, and the next one draws 100.
+#[test]
+fn a_record_write_cut_short_never_sends_tokens_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fenced.lock");
+    record_99(&path);
+    let shim = common::preload_lib("shortwrite");
+    let (said, status) = try_fenced(&path, &[], |cmd| {
+        cmd.env("LD_PRELOAD", &shim);
+    });
+    assert!(status.success(), "{said}: {status:?}");
+    assert!(
+        said.starts_with("locked ") && !said.contains("token="),
+        "{said}"
+    );
+    let (next, found) = next_token(&path);
+    assert_eq!(next, Some(100), "the file held {found:?}");
+}
+
+/// The same cut by the largest file the holder may write (`RLIMIT_FSIZE`,
+/// smaller than its new record): the kernel would end the holder with
+/// SIGXFSZ between the two parts of the write, where nothing could be put
+/// back. Such a record is not written at all.
+#[test]
+fn a_record_longer_than_the_file_size_limit_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fenced.lock");
+    // The next record is at least one byte longer (token 100).
+    let fsize = format!("--fsize={}", record_99(&path));
+    let (said, status) = try_fenced(&path, &[&fsize], |_| {});
+    assert!(status.success(), "{said}: {status:?}");
+    assert!(
+        said.starts_with("locked ") && !said.contains("token="),
+        "{said}"
+    );
+    let (next, found) = next_token(&path);
+    assert_eq!(next, Some(100), "the file held {found:?}");
+}

@@ -33,8 +33,9 @@
 //!   soon as it wins; `all won` at the end.
 //! - `holders PATH`: print `holding <pids, comma-separated> unseen <n>` (or
 //!   `error: ...`), as `LockMgr::holders` finds them.
-//! - `try PATH [OPTIONS]`: one try; `locked <pid>` and hold until stdin
-//!   closes, or `error: <the error's message>`.
+//! - `try PATH [OPTIONS]`: one try; `locked <pid>` (with ` token=<token>`
+//!   when it drew one) and hold until stdin closes, or `error: <the
+//!   error's message>`.
 //!
 //! - `raw-clone-drop PATH` and `raw-clone-record PATH`: before anything
 //!   else starts a thread, win the lock once, then make a child with the
@@ -45,7 +46,9 @@
 //!
 //! OPTIONS: `--shared`, `--flock`, `--remove` (remove_on_release),
 //! `--label=TEXT`, `--no-record`, `--fencing` (fencing tokens; `hold` then
-//! prints `locked <pid> token=<token>`).
+//! prints `locked <pid> token=<token>`), `--fsize=BYTES` (the largest file
+//! the helper may write, `RLIMIT_FSIZE`; beyond it the kernel sends
+//! SIGXFSZ, which ends the helper).
 //!
 //! With the `postgres` feature, for `lockmgr::pg`:
 //!
@@ -67,6 +70,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lockmgr::{LockKind, LockMgr};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 fn usage() -> ! {
     eprintln!(
@@ -92,6 +96,11 @@ fn options(path: &str, opts: &[&str]) -> Options {
             "--no-record" => b = b.record_holder(false),
             "--fencing" => b = b.fencing_tokens(true),
             o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+            o if o.starts_with("--fsize=") => {
+                let bytes = o["--fsize=".len()..].parse().unwrap_or_else(|_| usage());
+                let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).expect("RLIMIT_FSIZE");
+                setrlimit(Resource::RLIMIT_FSIZE, bytes, hard).expect("RLIMIT_FSIZE");
+            }
             _ => usage(),
         }
     }
@@ -115,6 +124,17 @@ fn wait_for_stdin_eof() {
 fn say_locked() {
     println!("locked {}", std::process::id());
     std::io::stdout().flush().expect("flush");
+}
+
+/// `locked <pid>`, with ` token=<token>` when the guard drew one.
+fn say_held(guard: &lockmgr::LockGuard) {
+    match guard.fencing_token() {
+        Some(token) => {
+            println!("locked {} token={token}", std::process::id());
+            std::io::stdout().flush().expect("flush");
+        }
+        None => say_locked(),
+    }
 }
 
 /// `raw-clone-drop`: a raw clone child's drop of the parent's guard leaves
@@ -575,7 +595,6 @@ fn holders(path: &str) {
 /// for a user at its process limit): prints `waiting` once the waiter has
 /// made a few tries, then `locked <what woke the winning try>`.
 fn wait_without_threads(path: &str) {
-    use nix::sys::resource::{setrlimit, Resource};
     let tries = super::TryLog::default();
     let _log = tries.install();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -622,7 +641,7 @@ fn try_hold(o: Options) {
     };
     match got {
         Ok(guard) => {
-            say_locked();
+            say_held(&guard);
             wait_for_stdin_eof();
             guard.release().expect("release");
         }
@@ -640,13 +659,7 @@ async fn hold(o: Options) {
         o.lock.acquire(true, Duration::MAX).await
     }
     .expect("acquire");
-    match guard.fencing_token() {
-        Some(token) => {
-            println!("locked {} token={token}", std::process::id());
-            std::io::stdout().flush().expect("flush");
-        }
-        None => say_locked(),
-    }
+    say_held(&guard);
     // Block (on a blocking thread) until the test closes our stdin.
     tokio::task::spawn_blocking(wait_for_stdin_eof)
         .await

@@ -411,6 +411,24 @@ pub fn foreign_holder_bin() -> std::path::PathBuf {
     .clone()
 }
 
+/// The preloadable library `tests/foreign/NAME.c`, compiled once per
+/// test run (as [`foreign_holder_bin`]): set it as `LD_PRELOAD`.
+pub fn preload_lib(name: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/foreign/{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.so"));
+    let tmp = out.with_extension(format!("{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O1", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc) is needed for the preloaded libraries");
+    assert!(status.success(), "cc failed on {}", src.display());
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
 /// A foreign program holding a lock (`tests/foreign/holder.c`): a plain C
 /// process using `fcntl`/`flock` directly, as other tools do.
 pub struct Foreign {
