@@ -371,9 +371,15 @@ pub(crate) fn share_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
 /// Whether another open file description holds a lock on the byte at
 /// `offset` (`F_OFD_GETLK`: takes nothing).
 pub(crate) fn others_hold_byte(fd: impl AsFd, offset: i64) -> io::Result<bool> {
+    others_lock_range(fd, offset, 1)
+}
+
+/// Whether another open file description locks any of the `len` bytes
+/// from `offset` (in either mode).
+pub(crate) fn others_lock_range(fd: impl AsFd, offset: i64, len: i64) -> io::Result<bool> {
     let mut fl = record(libc::F_WRLCK);
     fl.l_start = offset;
-    fl.l_len = 1;
+    fl.l_len = len;
     loop {
         match fcntl(fd.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)) {
             Ok(_) => return Ok(fl.l_type as libc::c_int != libc::F_UNLCK),

@@ -245,9 +245,10 @@ impl Contender for SlotContender<'_> {
 /// Makes sure the file is a semaphore of `permits` permits: an empty file
 /// becomes one; one of another count, or another file, is refused. False
 /// when the file is empty and its count cannot be written now: another
-/// first user is writing its own, or a program that is no semaphore user
+/// first user is writing its own, a program that is no semaphore user
 /// locks the file whole (`lockf`, a shared or unrecorded `LockMgr` holder),
-/// which also covers every slot. The caller then counts the file as it
+/// which also covers every slot, or the file was emptied while permits are
+/// held. The caller then counts the file as it
 /// counts every permit taken, and checks again once it wins a slot.
 fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Result<bool, LockError> {
     let read = |fd: BorrowedFd<'_>| -> Result<String, LockError> {
@@ -279,12 +280,26 @@ fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Resul
             if !now.is_empty() {
                 return Ok(now);
             }
+            // Emptied while permits are held: their count is gone, and
+            // writing ours would let more in beside them than either count.
+            // Wait as if every permit were taken, until they are given back.
+            let slots = i64::from(MAX_PERMITS);
+            if os::others_lock_range(fd, SLOT_BASE, slots).map_err(|e| io(Operation::Lock, e))? {
+                tracing::warn!(
+                    lock = %config.path.display(),
+                    "semaphore file emptied while permits are held; waiting for them to be given back"
+                );
+                return Ok(now);
+            }
             os::replace_head(fd, format!("{TAG}{permits}\n").as_bytes(), b"")
                 .map_err(|e| io(Operation::Write, e))?;
             read(fd)
         });
         let _ = os::unlock_byte(fd, COUNT_BYTE);
         head = written?;
+        if head.is_empty() {
+            return Ok(false);
+        }
     }
     matches_count(config, &head, permits)
 }

@@ -413,3 +413,30 @@ fn locked_files_tell_a_semaphore_and_its_permits_taken() {
     assert_eq!(of(&metas[1]).semaphore, None);
     drop((permit, guard));
 }
+
+/// A semaphore's file emptied while permits are held (a cleanup script, a
+/// hand edit) gives no one a new count to go by: a user of another count
+/// finds every permit taken until the holders have given theirs back (and
+/// then writes its own), instead of holding one of "its" permits beside
+/// them.
+#[test]
+fn a_file_emptied_while_permits_are_held_lets_no_other_count_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let two = Semaphore::new(&path, 2);
+    let mine = two.try_acquire().unwrap();
+    let other = common::Holder::start_with(&path, "permit-hold", &["2"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let five = Semaphore::new(&path, 5);
+    let refused = five.try_acquire().unwrap_err();
+    assert!(refused.is_contended(), "{refused}");
+    drop(mine);
+    other.finish();
+    let first = five.try_acquire().unwrap();
+    assert!(matches!(two.try_acquire(), Err(LockError::Invalid { .. })));
+    drop(first);
+}
