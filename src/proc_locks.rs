@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use crate::vocab::{LockFamily, LockMode};
+use crate::vocab::{semaphore_bytes, LockFamily, LockMode};
 
 /// A file, as `/proc/locks` names it: device major and minor, and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,7 +72,8 @@ pub(crate) struct Entry {
 }
 
 /// Parses one lock line (`1: FLOCK  ADVISORY  WRITE 812 fe:00:1234 0 EOF`,
-/// `1: -> POSIX ...`); `None` for lines it does not know.
+/// `1: -> POSIX ...`); `None` for lines it does not know, and for a
+/// semaphore's marks.
 fn parse(line: &str) -> Option<(Inode, Entry)> {
     let mut words = line.split_whitespace();
     words.next()?.strip_suffix(':')?;
@@ -100,6 +101,14 @@ fn parse(line: &str) -> Option<(Inode, Entry)> {
     let major = u64::from_str_radix(id.next()?, 16).ok()?;
     let minor = u64::from_str_radix(id.next()?, 16).ok()?;
     let ino = id.next()?.parse().ok()?;
+    // A semaphore's marks (a waiter's, a first user's) hold no permit.
+    let start = words.next().and_then(|w| w.parse::<u64>().ok());
+    let end = words.next().and_then(|w| w.parse::<u64>().ok());
+    if let (Some(start), Some(end)) = (start, end) {
+        if semaphore_bytes::is_semaphore_mark(start, end) {
+            return None;
+        }
+    }
     let entry = Entry {
         family,
         mode,

@@ -20,15 +20,7 @@ use crate::queue::{self, Ticket};
 use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
-/// The first slot's byte: far past any header, so that slots and content
-/// never meet.
-const SLOT_BASE: i64 = 1 << 40;
-/// The byte every waiting process marks with a shared lock while it waits:
-/// a newcomer that sees the mark lets those waiters go first.
-const WAITING_BYTE: i64 = SLOT_BASE - 1;
-/// The byte the first users of a new semaphore file lock, one at a time,
-/// to write its count.
-const COUNT_BYTE: i64 = SLOT_BASE - 2;
+use crate::vocab::semaphore_bytes::{COUNT_BYTE, SLOT_BASE, WAITING_BYTE};
 /// How many times a contender holding a slot tries the count's byte again
 /// while another first user writes the count (see `SlotContender::try_once`).
 const COUNT_RETRIES: u32 = 64;

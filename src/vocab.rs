@@ -181,3 +181,24 @@ pub enum Status {
         taken: u32,
     },
 }
+
+/// Where a semaphore's file keeps what is not content: one permit slot per
+/// byte from [`SLOT_BASE`], far past any content, each taken with an
+/// exclusive OFD lock on its byte; and, just before them, two bytes whose
+/// locks are marks, not permits ([`is_semaphore_mark`]).
+pub(crate) mod semaphore_bytes {
+    /// The first slot's byte.
+    pub(crate) const SLOT_BASE: i64 = 1 << 40;
+    /// The byte every waiting process marks with a shared lock while it
+    /// waits: a newcomer that sees the mark lets those waiters go first.
+    pub(crate) const WAITING_BYTE: i64 = SLOT_BASE - 1;
+    /// The byte the first users of a new semaphore file lock, one at a
+    /// time, to write its count.
+    pub(crate) const COUNT_BYTE: i64 = SLOT_BASE - 2;
+
+    /// Whether a lock on the one byte at `start` is one of those marks: a
+    /// waiter, or a first user writing the count, holds no permit.
+    pub(crate) fn is_semaphore_mark(start: u64, end: u64) -> bool {
+        start == end && (start == WAITING_BYTE as u64 || start == COUNT_BYTE as u64)
+    }
+}

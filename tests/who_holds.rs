@@ -430,3 +430,35 @@ fn a_process_that_gave_its_descriptor_away_is_not_named() {
     );
     mapper.finish();
 }
+
+/// A process waiting for a permit of a semaphore marks itself as waiting
+/// with a shared lock on one byte of the file, and a first user locks
+/// another byte for an instant to write the count: neither is a permit.
+/// The holder of the one permit is the only holder; the waiter has the
+/// file open without holding anything.
+#[test]
+fn a_semaphore_waiter_is_no_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sem");
+    let holder = common::Holder::start_with(&path, "permit-hold", &["1"]);
+    let mut waiter = common::helper_command("permit-hold", [path.to_str().unwrap(), "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::until_watched_by(waiter.id(), &path);
+    let lock = LockMgr::new(&path);
+    let holders = lock.holders().unwrap();
+    let holding: Vec<u32> = holders.holding.iter().map(|h| h.pid).collect();
+    assert_eq!(holding, [holder.pid() as u32], "{holders:?}");
+    assert!(
+        holders
+            .open_without_lock
+            .iter()
+            .any(|p| p.pid == waiter.id()),
+        "{holders:?}"
+    );
+    holder.finish();
+    drop(waiter.stdin.take());
+    assert!(waiter.wait().unwrap().success());
+}
