@@ -83,7 +83,7 @@ const FS_NETWORK: u8 = 2;
 impl LockConfig {
     /// Whether the lock file is known to be on a network (or FUSE) file
     /// system, where any call into it may stall for seconds.
-    fn on_network(&self) -> bool {
+    pub(crate) fn on_network(&self) -> bool {
         self.fs.load(Ordering::Relaxed) == FS_NETWORK
     }
 
@@ -291,6 +291,7 @@ pub(crate) fn open_fd(
     mode: LockMode,
 ) -> Result<(OwnedFd, FileId, bool), LockError> {
     let opened = open_unchecked(config, mode)?;
+    config.learn_fs(&opened.fd);
     let file = match opened.file {
         Some(file) => file,
         None => os::identify(opened.fd.as_fd())
@@ -869,6 +870,26 @@ async fn lock_off_runtime(
     policy: Policy,
     contended: &mut bool,
 ) -> Result<Held, LockError> {
+    let attempt = move |config: &LockConfig, cause| try_lock_for(config, mode, cause);
+    off_runtime(config, policy, contended, "", attempt).await
+}
+
+/// [`lock_off_runtime`]'s loop for any kind of try: `attempt` runs on a
+/// blocking thread, and `WouldBlock` means "try again"; `note` ends the
+/// waiting message. What a try that finishes after its caller gave up
+/// returns is dropped on that thread (a lock or permit won late is given
+/// back there).
+pub(crate) async fn off_runtime<T, F>(
+    config: &Arc<LockConfig>,
+    policy: Policy,
+    contended: &mut bool,
+    note: &str,
+    attempt: F,
+) -> Result<T, LockError>
+where
+    T: Send + 'static,
+    F: Fn(&LockConfig, Cause) -> Result<T, LockError> + Clone + Send + 'static,
+{
     let started = Instant::now();
     let deadline = policy.deadline(started);
     let stalled = || {
@@ -894,7 +915,8 @@ async fn lock_off_runtime(
     let mut cause = Cause::First;
     loop {
         let try_config = config.clone();
-        let attempt = tokio::task::spawn_blocking(move || try_lock_for(&try_config, mode, cause));
+        let try_once = attempt.clone();
+        let attempt = tokio::task::spawn_blocking(move || try_once(&try_config, cause));
         cause = Cause::Poll;
         let tried = match deadline {
             Some(d) => match clock::until_here(d, attempt).await {
@@ -921,7 +943,7 @@ async fn lock_off_runtime(
         if !announced {
             announced = true;
             config.warn_network("network");
-            policy.announce(&config.id, err.holder(), "");
+            policy.announce(&config.id, err.holder(), note);
         }
         let next = Instant::now() + poll;
         if deadline.is_some_and(|d| next >= d) {

@@ -732,7 +732,7 @@ impl LockMgr {
 
     /// The configuration the engine works from (for the other public types
     /// built on a lock file).
-    pub(crate) fn config(&self) -> &LockConfig {
+    pub(crate) fn config(&self) -> &Arc<LockConfig> {
         &self.inner
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct HeldPermit {
     path: Arc<Path>,
     slot: u32,
     owner_pid: u32,
+    /// Given back on a blocking thread when dropped on a runtime: the file
+    /// is on a file system whose calls may stall (see `contender`).
+    off_runtime: bool,
 }
 
 impl HeldPermit {
@@ -76,6 +79,23 @@ impl HeldPermit {
 
 impl Drop for HeldPermit {
     fn drop(&mut self) {
+        if self.off_runtime && self.file.is_some() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut moved = HeldPermit {
+                    file: self.file.take(),
+                    path: self.path.clone(),
+                    slot: self.slot,
+                    owner_pid: self.owner_pid,
+                    off_runtime: false,
+                };
+                rt.spawn_blocking(move || {
+                    if let Err(e) = moved.release() {
+                        tracing::warn!(error = %e, "lockmgr: error while releasing a permit");
+                    }
+                });
+                return;
+            }
+        }
         if let Err(e) = self.release() {
             tracing::warn!(error = %e, "lockmgr: error while releasing a permit");
         }
@@ -156,6 +176,7 @@ impl<'a> SlotContender<'a> {
             path: self.config.path.clone(),
             slot: self.slot.expect("won"),
             owner_pid: os::current_pid(),
+            off_runtime: self.config.on_network(),
         }
     }
 
@@ -380,10 +401,19 @@ pub(crate) fn try_acquire(config: &LockConfig, permits: u32) -> Result<HeldPermi
 /// A permit per `policy`: one try, then (if the policy waits) a place in
 /// this process's line for the file and a wait on its close events.
 pub(crate) async fn acquire(
-    config: &LockConfig,
+    config: &Arc<LockConfig>,
     permits: u32,
     policy: Policy,
 ) -> Result<HeldPermit, LockError> {
+    // As a lock on such a file system (see `contender::lock_off_runtime`):
+    // a stalled mount must not block the runtime, and the budget bounds
+    // the call even while a try is stuck.
+    if config.on_network() {
+        let attempt = move |config: &LockConfig, _| try_acquire(config, permits);
+        let mut contended = false;
+        let note = " (every permit taken)";
+        return contender::off_runtime(config, policy, &mut contended, note, attempt).await;
+    }
     let started = Instant::now();
     let mut ticket = None;
     if policy.waits && queue::anyone_waiting() {

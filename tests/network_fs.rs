@@ -210,3 +210,45 @@ async fn a_stalled_mount_does_not_block_the_runtime() {
     // Once the mount is back, the lock works as before.
     drop(lock.acquire(true, LIVENESS).await.unwrap());
 }
+
+/// The same for a semaphore's permits: once the crate knows the file is on
+/// such a file system, a stalled mount blocks neither the release of a
+/// permit nor the wait for one, and the caller's bound ends the wait.
+#[tokio::test(flavor = "current_thread")]
+#[allow(clippy::await_holding_lock)]
+async fn a_stalled_mount_does_not_block_a_semaphores_runtime() {
+    let _alone = alone();
+    let (_dir, mount, path) = mounted();
+    let sem = lockmgr::Semaphore::builder(&path, 1)
+        .max_attempts(1)
+        .build();
+    drop(sem.try_acquire().unwrap());
+    let permit = sem.acquire(true, Duration::from_secs(5)).await.unwrap();
+
+    let ticks = ticker();
+    let stall = mount.stall();
+    watchdog(mount.pid(), Duration::from_secs(10));
+    drop(permit);
+    let started = tokio::time::Instant::now();
+    let before = ticks.load(Ordering::SeqCst);
+    let err = sem
+        .acquire(true, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let ticked = ticks.load(Ordering::SeqCst) - before;
+    drop(stall);
+    assert!(
+        matches!(&err, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the acquire ran {took:?}: its bound did not end it while the mount was stalled"
+    );
+    assert!(
+        ticked >= 10,
+        "the runtime stood still while the mount was stalled ({ticked} ticks in {took:?})"
+    );
+    drop(sem.acquire(true, LIVENESS).await.unwrap());
+}
