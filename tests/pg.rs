@@ -1581,6 +1581,91 @@ fn a_semaphore_holds_across_processes() {
     assert!(common::all_succeed(procs), "a slot was held twice");
 }
 
+/// The session waiting on the server for `lock` (its backend pid), and
+/// when its current statement began; `None` while none waits.
+async fn waiting_on(
+    admin: &tokio_postgres::Client,
+    lock: &PgLockMgr,
+) -> Option<(i32, std::time::SystemTime)> {
+    let key = lock.key() as u64;
+    let rows = admin
+        .query(
+            "SELECT l.pid, a.query_start FROM pg_locks l JOIN pg_stat_activity a \
+             ON a.pid = l.pid WHERE l.locktype = 'advisory' AND NOT l.granted \
+             AND l.classid::int8 = $1 AND l.objid::int8 = $2",
+            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
+        )
+        .await
+        .unwrap();
+    rows.first().map(|r| (r.get(0), r.get(1)))
+}
+
+/// Whether the backend `pid` is still connected, and when its current (or
+/// last) statement began.
+async fn statement_of(admin: &tokio_postgres::Client, pid: i32) -> Option<std::time::SystemTime> {
+    admin
+        .query_opt(
+            "SELECT query_start FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// A `PgSemaphore` waiter waits on the server a second at a time (then
+/// looks at every slot again): its session lives on from one round to the
+/// next, rather than being closed and a new one logged in (a TLS handshake
+/// and a login a second, for each waiter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_waiter_keeps_its_session_between_rounds() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("semaphore-rounds");
+    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 1).unwrap();
+    // Held by another process: this one's waiter waits on the server.
+    let held = common::Holder::started(
+        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(true, LIVENESS).await }
+    });
+    let slot = PgLockMgr::new(&url, format!("{name}/permit/0")).unwrap();
+    let (pid, began) = tokio::time::timeout(LIVENESS, async {
+        loop {
+            if let Some(waiting) = waiting_on(&admin, &slot).await {
+                break waiting;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiter never queued on the server");
+    // The round ends; the same session goes on with the next statement.
+    let next = tokio::time::timeout(LIVENESS, async {
+        loop {
+            match statement_of(&admin, pid).await {
+                Some(at) if at != began => break Some(at),
+                Some(_) => tokio::task::yield_now().await,
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the first round never ended");
+    assert!(
+        next.is_some(),
+        "the waiting session was closed after its round (a new one logs in for the next)"
+    );
+    held.finish();
+    waiter.await.unwrap().unwrap().release().await.unwrap();
+}
+
 /// A `PgSemaphore` acquire dropped while it waits leaves no wait on the
 /// server, and the permit goes to the next caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

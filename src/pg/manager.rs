@@ -900,6 +900,12 @@ impl PgLockMgr {
                 Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
             }
         }
+        // Every attempt ended on the server's own bound (or none began):
+        // no statement runs, and the session holds nothing. It is kept for
+        // the next wait (a semaphore's next round, a retry) rather than
+        // closed, which would cost that wait a new login.
+        armed.disarm();
+        server.share(&waiter);
         Shared::Done(Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: made,
