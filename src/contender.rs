@@ -52,6 +52,9 @@ pub(crate) struct LockConfig {
     pub(crate) network_warned: AtomicBool,
     /// Whether this lock has warned that it cannot draw fencing tokens.
     pub(crate) unfenced_warned: AtomicBool,
+    /// Whether this semaphore has warned that its file was emptied while
+    /// permits were held.
+    pub(crate) emptied_warned: AtomicBool,
     /// What file system the lock file is on, learnt at its first open:
     /// [`FS_UNKNOWN`], [`FS_LOCAL`] or [`FS_NETWORK`].
     pub(crate) fs: AtomicU8,
@@ -111,6 +114,18 @@ impl LockConfig {
                 "lockmgr: no fencing token can be drawn for lock {}: {why}; its holders go \
                  without one",
                 self.id
+            );
+        }
+    }
+
+    /// Warns, once per semaphore, that its file was found emptied while
+    /// permits are held (its users then wait for them to be given back).
+    pub(crate) fn warn_emptied(&self) {
+        if !self.emptied_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                lock = %self.path.display(),
+                "semaphore file emptied while permits are held: every permit counts as taken \
+                 until they are given back, and the next user writes the count again"
             );
         }
     }
@@ -1338,6 +1353,7 @@ mod tests {
             remove_on_release: false,
             network_warned: AtomicBool::new(false),
             unfenced_warned: AtomicBool::new(false),
+            emptied_warned: AtomicBool::new(false),
             fs: AtomicU8::new(FS_UNKNOWN),
             network_turn: tokio::sync::Mutex::new(()),
             last_record: std::sync::Mutex::new(None),

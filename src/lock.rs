@@ -205,6 +205,7 @@ impl LockMgrBuilder {
                 remove_on_release: self.remove_on_release,
                 network_warned: AtomicBool::new(false),
                 unfenced_warned: AtomicBool::new(false),
+                emptied_warned: AtomicBool::new(false),
                 fs: AtomicU8::new(contender::FS_UNKNOWN),
                 network_turn: tokio::sync::Mutex::new(()),
                 last_record: std::sync::Mutex::new(None),

@@ -481,17 +481,16 @@ pub(crate) fn read_head(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
 /// A write the file system cuts short leaves the start of `new` over the
 /// end of `old`, which may read as a record of its own (a fencing token cut
 /// from 100 to 10, followed by the old record's newline): on failure what
-/// was overwritten is put back. And a write past the largest file the
-/// process may write (`RLIMIT_FSIZE`) is not begun: the kernel would end
-/// the process with SIGXFSZ between its two parts, before anything could be
-/// put back.
+/// was overwritten is put back. And a write that ends past the largest
+/// file the process may write (`RLIMIT_FSIZE`, which bounds where a write
+/// ends, however long the file already is) is not begun: the kernel would
+/// end the process with SIGXFSZ between its two parts, before anything
+/// could be put back.
 pub(crate) fn replace_head(fd: impl AsFd, new: &[u8], old: &[u8]) -> io::Result<()> {
     let fd = fd.as_fd();
-    if new.len() > old.len() {
-        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)?;
-        if soft < new.len() as u64 {
-            return Err(io::Error::from_raw_os_error(libc::EFBIG));
-        }
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)?;
+    if soft < new.len() as u64 {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
     }
     let (written, result) = write_at_start(fd, new);
     if let Err(e) = result {

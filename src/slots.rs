@@ -218,7 +218,11 @@ impl Contender for SlotContender<'_> {
                 // A slot won means no lock covers the whole file now, so
                 // whoever holds the count's byte is another first user
                 // between its read and its write: a few system calls, which
-                // no event will announce (it keeps its descriptor).
+                // no event will announce (it keeps its descriptor). The slot
+                // is let go of meanwhile: a first user about to write the
+                // count takes a slot held for longer for a permit held in a
+                // file emptied under it, and would not write.
+                let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
                 let mut counted = check_permits(self.config, self.fd(), self.permits);
                 for _ in 0..COUNT_RETRIES {
                     if !matches!(counted, Ok(false)) {
@@ -228,15 +232,16 @@ impl Contender for SlotContender<'_> {
                     counted = check_permits(self.config, self.fd(), self.permits);
                 }
                 if !matches!(counted, Ok(true)) {
-                    let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
                     counted?;
-                    // Something else locks the count's byte alone: counted
-                    // as every permit taken, tried again on the next event
-                    // or recheck.
+                    // Something else locks the count's byte alone, or holds
+                    // permits in a file emptied under it: counted as every
+                    // permit taken, tried again on the next event or
+                    // recheck.
                     self.lost = true;
                     return Ok(Try::Held);
                 }
                 self.counted = true;
+                continue;
             }
             self.slot = Some(slot);
             tracing::debug!(lock = %path.display(), attempt, slot, woke = cause.as_str(), "permit won");
@@ -298,10 +303,7 @@ fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Resul
             // Wait as if every permit were taken, until they are given back.
             let slots = i64::from(MAX_PERMITS);
             if os::others_lock_range(fd, SLOT_BASE, slots).map_err(|e| io(Operation::Lock, e))? {
-                tracing::warn!(
-                    lock = %config.path.display(),
-                    "semaphore file emptied while permits are held; waiting for them to be given back"
-                );
+                config.warn_emptied();
                 return Ok(now);
             }
             os::replace_head(fd, format!("{TAG}{permits}\n").as_bytes(), b"")

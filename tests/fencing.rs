@@ -239,20 +239,12 @@ fn a_garbled_record_never_sends_tokens_back() {
     }
 }
 
-/// Writes the record of token 99 (by a holder that is gone), and returns
-/// its length.
-fn record_99(path: &Path) -> u64 {
-    let lock = LockMgr::builder(path)
-        .fencing_tokens(true)
-        .label("x")
-        .build();
-    std::fs::write(
-        path,
-        "lockmgr-holder/1 pid=1 host=h since=1 label=x token=98\n",
-    )
-    .unwrap();
-    assert_eq!(lock.try_acquire().unwrap().fencing_token(), Some(99));
-    std::fs::metadata(path).unwrap().len()
+/// Writes `record`, a record of token 99 by a holder that is gone, and
+/// returns its length.
+fn record_99(path: &Path, record: &str) -> u64 {
+    assert!(record.ends_with(" token=99\n"));
+    std::fs::write(path, record).unwrap();
+    record.len() as u64
 }
 
 /// What a helper that tried the lock (fenced, with `opts`, set up by
@@ -293,7 +285,12 @@ fn next_token(path: &Path) -> (Option<u64>, String) {
 fn a_record_write_cut_short_never_sends_tokens_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fenced.lock");
-    record_99(&path);
+    // Shorter than any record of the helper's: its new record's start,
+    // cut at the old one's last byte, lies over all but that newline.
+    record_99(
+        &path,
+        "lockmgr-holder/1 pid=1 host=h since=1 label=x token=99\n",
+    );
     let shim = common::preload_lib("shortwrite");
     let (said, status) = try_fenced(&path, &[], |cmd| {
         cmd.env("LD_PRELOAD", &shim);
@@ -308,15 +305,19 @@ fn a_record_write_cut_short_never_sends_tokens_back() {
 }
 
 /// The same cut by the largest file the holder may write (`RLIMIT_FSIZE`,
-/// smaller than its new record): the kernel would end the holder with
-/// SIGXFSZ between the two parts of the write, where nothing could be put
-/// back. Such a record is not written at all.
+/// smaller than its new record, which is padded to the old one's length):
+/// the kernel would end the holder with SIGXFSZ between the two parts of
+/// the write, where nothing could be put back. Such a record is not written
+/// at all.
 #[test]
 fn a_record_longer_than_the_file_size_limit_is_not_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fenced.lock");
-    // The next record is at least one byte longer (token 100).
-    let fsize = format!("--fsize={}", record_99(&path));
+    // Longer than the helper's record, which is padded to its length: the
+    // write would not grow the file, and still end past the limit.
+    let label = "x".repeat(80);
+    let old = format!("lockmgr-holder/1 pid=1 host=h since=1 label={label} token=99\n");
+    let fsize = format!("--fsize={}", record_99(&path, &old) - 1);
     let (said, status) = try_fenced(&path, &[&fsize], |_| {});
     assert!(status.success(), "{said}: {status:?}");
     assert!(

@@ -440,3 +440,36 @@ fn a_file_emptied_while_permits_are_held_lets_no_other_count_in() {
     assert!(matches!(two.try_acquire(), Err(LockError::Invalid { .. })));
     drop(first);
 }
+
+/// First users of a new semaphore file who start at once, with a permit
+/// each to be had, all get one: one writes the count, and the others,
+/// seeing the count's byte taken, take a slot and wait the few system
+/// calls for it, without holding that slot meanwhile (a first user that
+/// found another's slot held while it was about to write the count would
+/// take it for a permit of a file emptied under its holder, and write
+/// nothing: both would give up, every permit free).
+#[test]
+fn first_users_starting_together_all_get_a_permit() {
+    let dir = tempfile::tempdir().unwrap();
+    const USERS: usize = 6;
+    for round in 0..300 {
+        let path = dir.path().join(format!("pool-{round}.sem"));
+        let start = std::sync::Barrier::new(USERS);
+        let refused = std::thread::scope(|s| {
+            let users: Vec<_> = (0..USERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        let sem = Semaphore::new(&path, USERS as u32);
+                        start.wait();
+                        sem.try_acquire().map(drop).err()
+                    })
+                })
+                .collect();
+            users
+                .into_iter()
+                .filter_map(|u| u.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert!(refused.is_empty(), "round {round}: {refused:?}");
+    }
+}

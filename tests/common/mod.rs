@@ -414,8 +414,16 @@ pub fn foreign_holder_bin() -> std::path::PathBuf {
 /// The preloadable library `tests/foreign/NAME.c`, compiled once per
 /// test run (as [`foreign_holder_bin`]): set it as `LD_PRELOAD`.
 pub fn preload_lib(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, out)) = built.iter().find(|(n, _)| n == name) {
+        return out.clone();
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/foreign/{name}.c"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.so"));
+    // Built under a name of its own, then renamed: test binaries that run
+    // at once never load a half-written library.
     let tmp = out.with_extension(format!("{}", std::process::id()));
     let status = Command::new("cc")
         .args(["-O1", "-Wall", "-shared", "-fPIC", "-o"])
@@ -426,6 +434,7 @@ pub fn preload_lib(name: &str) -> std::path::PathBuf {
         .expect("a C compiler (cc) is needed for the preloaded libraries");
     assert!(status.success(), "cc failed on {}", src.display());
     std::fs::rename(&tmp, &out).unwrap();
+    built.push((name.to_owned(), out.clone()));
     out
 }
 
