@@ -422,6 +422,14 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<File, LockError>
         .map_err(|e| open_error(path, e, Operation::Open))
 }
 
+/// The file open at `file`, opened anew for appending (see
+/// [`os::reopen_for_append`]); errors name `path`, the name it was opened by.
+pub(crate) fn reopen_for_append(file: &File, path: &Path) -> Result<File, LockError> {
+    os::reopen_for_append(file.as_fd())
+        .map(File::from)
+        .map_err(|e| LockError::io(path, Operation::Open, e))
+}
+
 /// The recorded exclusive holder of the file open at `fd`, if readable.
 fn read_record(fd: impl AsFd) -> Option<Holder> {
     let mut buf = [0u8; MAX_RECORD];

@@ -841,3 +841,10 @@ pub fn locked_files_among<'a>(
 pub(crate) fn open_data_file(path: &Path, mode: u32) -> Result<std::fs::File, LockError> {
     contender::open_for_append(path, mode)
 }
+
+/// The file a guard holds locked, opened anew for appending, whatever is at
+/// its path now: a writer appends to the file it holds the lock of, never
+/// to one another writer may be writing to (the journal's rotation).
+pub(crate) fn reopen_locked_for_append(guard: &LockGuard) -> Result<std::fs::File, LockError> {
+    contender::reopen_for_append(guard.file(), guard.path())
+}

@@ -158,6 +158,25 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<(OwnedFd, FileId
     Ok((fd, file))
 }
 
+/// Opens the very file open at `fd` anew for appending (`O_RDWR |
+/// O_APPEND`), whatever is at its path now (renamed, replaced): through
+/// `/proc/self/fd`, whose links name the open file itself.
+pub(crate) fn reopen_for_append(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let reopened = loop {
+        match open(Path::new(&link), flags, Mode::empty()) {
+            Ok(reopened) => break reopened,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The link is read when opened: it cannot have moved to another file,
+    // but a descriptor number reused meanwhile would; the caller's `fd` is
+    // borrowed for the whole call, so it was not.
+    Ok(reopened)
+}
+
 /// Opens an existing file and checks that it is a regular one.
 fn open_checked(path: &Path, flags: OFlag) -> Result<(OwnedFd, FileId), OpenError> {
     let fd = open_path(path, flags, 0)?;

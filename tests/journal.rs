@@ -328,3 +328,87 @@ async fn bad_journal_paths_are_refused_untouched() {
         "{err}"
     );
 }
+
+/// Writers in three processes append (one with 300 KB records, one whose
+/// lock is a `flock` lock), while the journal is renamed away every 2 ms
+/// (as `logrotate` does, without the lock): every acknowledged record is, whole and once, in one
+/// of the files, the renamed ones or the one at the path. An append writes
+/// to the file it holds locked; before, a writer that found its own file
+/// rotated opened the path, which could name a newer file by then, locked
+/// by another writer, who cut the first one's record, half written, off as
+/// a torn tail.
+#[test]
+fn rotation_under_appends_loses_no_acknowledged_record() {
+    // (records per task, tasks, their options): the last writer's lock is
+    // a `flock` lock, with the default one after it.
+    const WRITERS: [(u32, u32, &[&str]); 3] = [
+        (150, 2, &["--large"]),
+        (2000, 2, &[]),
+        (2000, 1, &["--flock"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rotated.journal");
+    let rotated = dir.path().join("old");
+    std::fs::create_dir(&rotated).unwrap();
+    let writers: Vec<_> = (0..)
+        .zip(WRITERS)
+        .map(|(id, (n, tasks, opts))| {
+            let mut args = vec![
+                path.to_str().unwrap().to_owned(),
+                id.to_string(),
+                tasks.to_string(),
+                n.to_string(),
+            ];
+            args.extend(opts.iter().map(|o| o.to_string()));
+            let mut child = common::helper_command("journal-writer", args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let acked: Vec<String> = common::role_lines(BufReader::new(stdout))
+                    .map(|line| line.strip_prefix("ack ").unwrap().to_owned())
+                    .collect();
+                (acked, child.wait().unwrap())
+            })
+        })
+        .collect();
+    // Every 2 ms: a file stays at the path long enough for a writer to be
+    // appending to it when another finds its own rotated away.
+    let mut renames = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        if std::fs::rename(&path, rotated.join(renames.to_string())).is_ok() {
+            renames += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut acked = Vec::new();
+    for w in writers {
+        let (ids, status) = w.join().unwrap();
+        assert!(status.success(), "{status:?}");
+        acked.extend(ids);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(&rotated)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(path.clone());
+    let mut seen = HashSet::new();
+    for file in files.iter().filter(|f| f.exists()) {
+        for line in std::fs::read(file).unwrap().split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let id = check_line(line);
+            assert!(seen.insert(id.clone()), "record {id} appears twice");
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost in {renames} renames: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::lock::open_data_file;
+use crate::lock::{open_data_file, reopen_locked_for_append};
 use crate::{LockGuard, LockKind, LockMgr, LockMode};
 
 pub use error::{JournalError, JournalOp};
@@ -223,11 +223,13 @@ impl JournalBuilder {
 ///
 /// # Rotation
 ///
-/// Each append (and [`records`](Journal::records)) checks, under the lock,
-/// that its descriptor is still the file at the journal's path, and opens
-/// the path anew when it is not: after `logrotate` renames the journal away
-/// (or something replaces it), records go to the file now at the path, and
-/// the renamed file keeps what it had.
+/// Each append (and [`records`](Journal::records)) writes to the journal
+/// file it holds locked, the one at the journal's path when the lock was
+/// won: after `logrotate` renames the journal away (or something replaces
+/// it), records go to the file now at the path, and the renamed file keeps
+/// what it had. An append whose lock was won just before a rename writes
+/// to the renamed file (never beside another writer, to a file it does not
+/// hold locked).
 ///
 /// ```
 /// use lockmgr::journal::{Journal, SyncPolicy};
@@ -550,26 +552,42 @@ impl Journal {
         Ok(())
     }
 
-    /// Under the lock: the journal's descriptor, opened anew if the file at
-    /// the path is no longer the one it has open (rotated away, replaced).
+    /// Under the lock: the journal file this writer holds locked, which is
+    /// the one at the path when the lock was won. The journal's descriptor
+    /// is opened anew when it is another (the file was rotated away or
+    /// replaced since the last append): on that very file, not on the path,
+    /// which may name a newer file by now, which another writer may be
+    /// writing to under its own lock (and would cut a record of ours, half
+    /// written, as a torn tail).
     fn current_file(&self, held: &Held) -> Result<Arc<File>, JournalError> {
         let inner = &self.inner;
         let mut file = inner.file.lock().unwrap_or_else(|e| e.into_inner());
         let ours = file.metadata().map_err(|e| self.io(JournalOp::Stat, e))?;
-        // With the default lock the guard's descriptor is the file at the
-        // path when the lock was won; otherwise, look at the path.
-        let at_path = if inner.file_lock.is_none() {
-            held.lock.file().metadata().ok()
-        } else {
-            std::fs::symlink_metadata(&inner.path).ok()
-        };
-        let same = at_path.is_some_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
-        if !same {
+        // The default lock, an OFD lock on the journal file itself, which
+        // a writer with another lock also takes (last).
+        let locked = held._file_lock.as_ref().unwrap_or(&held.lock);
+        let theirs = locked
+            .file()
+            .metadata()
+            .map_err(|e| self.io(JournalOp::Stat, e))?;
+        if theirs.nlink() == 0 {
+            // Removed since the lock was won: records written there would
+            // be in no file anyone can read. The next append opens (and
+            // creates) the file at the path.
+            return Err(self.io(
+                JournalOp::Stat,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the journal file was removed while this append waited for it; nothing was written",
+                ),
+            ));
+        }
+        if (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()) {
             tracing::info!(
                 path = %inner.path.display(),
                 "journal file was rotated or replaced; appending to the file now at its path"
             );
-            *file = Arc::new(open_data_file(&inner.path, 0o644).map_err(JournalError::Open)?);
+            *file = Arc::new(reopen_locked_for_append(locked).map_err(JournalError::Open)?);
             inner.entry_synced.store(false, Ordering::Release);
         }
         Ok(file.clone())

@@ -14,10 +14,12 @@
 //!
 //! - `journal-read JOURNAL`: read every record, report `records N bytes B
 //!   peak_kib P` (P: peak resident memory).
-//! - `journal-writer JOURNAL ID TASKS N`: TASKS tasks each append N
-//!   records to the journal, printing `ack <record id>` after each append
-//!   that returned `Ok`. Records carry their length and a checksum, and some
-//!   are larger than a page, so that a kill can tear one.
+//! - `journal-writer JOURNAL ID TASKS N [--large] [--flock]`: TASKS tasks
+//!   each append N records to the journal, printing `ack <record id>` after
+//!   each append that returned `Ok`. Records carry their length and a
+//!   checksum, and some are larger than a page (with `--large`, all, about
+//!   300 KB), so that a kill can tear one. With `--flock`, the journal's lock
+//!   is a `flock` lock (and the default one after it).
 //!
 //! - `wait-without-threads PATH`: wait with no thread to be had (run it as
 //!   an unprivileged user); `waiting`, then `locked <what woke the try>`.
@@ -296,11 +298,13 @@ pub fn run(args: Vec<String>) -> ! {
         ["lead", path, opts @ ..] => rt.block_on(lead(options(path, opts))),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
-        ["journal-writer", path, id, tasks, n] => rt.block_on(journal_writer(
+        ["journal-writer", path, id, tasks, n, opts @ ..] => rt.block_on(journal_writer(
             PathBuf::from(path),
             id.parse().unwrap_or_else(|_| usage()),
             tasks.parse().unwrap_or_else(|_| usage()),
             n.parse().unwrap_or_else(|_| usage()),
+            opts.contains(&"--large"),
+            opts.contains(&"--flock"),
         )),
         ["count", path, counter, marker, iters, tasks, opts @ ..] => rt.block_on(count(
             options(path, opts),
@@ -749,9 +753,16 @@ fn journal_record(id: &str, len: usize) -> String {
     format!("{id} len={len} sum={sum} {payload}")
 }
 
-async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32) {
+async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32, large: bool, flock: bool) {
+    let kind = if flock {
+        LockKind::Flock
+    } else {
+        LockKind::Ofd
+    };
     let journal = lockmgr::journal::Journal::builder(path)
+        .kind(kind)
         .timeout(Duration::from_secs(60))
+        .max_record_len(400_000)
         .open()
         .await
         .expect("open journal");
@@ -762,8 +773,11 @@ async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32) {
         set.spawn(async move {
             for i in 0..n {
                 let rid = format!("w{id}-t{t}-n{i}");
-                // Mostly small records, every 7th larger than a page.
-                let len = if i % 7 == 3 {
+                // Mostly small records, every 7th larger than a page; or
+                // all of them about 300 KB.
+                let len = if large {
+                    300_000 + (i as usize * 37) % 5000
+                } else if i % 7 == 3 {
                     9000 + (i as usize * 37) % 5000
                 } else {
                     20 + (i as usize * 13) % 200
