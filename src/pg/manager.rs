@@ -790,7 +790,7 @@ impl PgLockMgr {
 
     /// Session-level locks on shared sessions: a try on a shared one, then a
     /// wait on a session of its own, which joins the shared ones once it
-    /// holds the lock.
+    /// holds the lock, or once its attempts ended on the server's bound.
     #[allow(clippy::too_many_arguments)]
     async fn lock_shared(
         &self,
@@ -905,7 +905,7 @@ impl PgLockMgr {
         // the next wait (a semaphore's next round, a retry) rather than
         // closed, which would cost that wait a new login.
         armed.disarm();
-        server.share(&waiter);
+        server.share_idle(&waiter);
         Shared::Done(Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: made,

@@ -12,7 +12,8 @@
 //!   (one holding them, one for reads), not 1,000. A try is made on a
 //!   shared session; an acquire that has to wait does so on a session of
 //!   its own (a waiting session can run nothing else), which joins the
-//!   shared ones once it holds the lock. Shared sessions that hold no lock
+//!   shared ones once it holds the lock, or once its wait ended on the
+//!   server's own bound without it. Shared sessions that hold no lock
 //!   are closed beyond
 //!   [`max_idle_sessions`](PgLockMgrBuilder::max_idle_sessions). Reads
 //!   (status, holder lookups, fencing tokens, listings) run on one more

@@ -330,7 +330,8 @@ impl Server {
         Ok(())
     }
 
-    /// A session that won a lock after waiting joins the shared ones.
+    /// A session that won a lock after waiting joins the shared ones (see
+    /// also [`Server::share_idle`]).
     pub(super) fn share(&self, session: &Arc<Session>) {
         let mut state = lock_state(&self.state);
         if state.pooling == Pooling::Session
@@ -350,6 +351,20 @@ impl Server {
         if left > 0 {
             return;
         }
+        self.trim(session);
+    }
+
+    /// A waiting session whose wait ended without the lock (and with no
+    /// statement running) joins the shared ones for the next wait, unless
+    /// more than `max_idle` sessions that hold nothing are open then.
+    pub(super) fn share_idle(&self, session: &Arc<Session>) {
+        self.share(session);
+        self.trim(session);
+    }
+
+    /// Closes `session`, which holds nothing, if more than `max_idle`
+    /// shared sessions hold nothing.
+    fn trim(&self, session: &Arc<Session>) {
         let mut state = lock_state(&self.state);
         let idle = state
             .shared
