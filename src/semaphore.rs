@@ -131,7 +131,10 @@ impl Semaphore {
     /// [`LockError::WouldBlock`] (every permit taken, not waiting),
     /// [`LockError::TimedOut`], [`LockError::Invalid`] (1 to 4096 permits;
     /// a file that holds another number of permits, or other data), and
-    /// the errors of opening the file, as for [`LockMgr::acquire`].
+    /// the errors of opening the file, as for [`LockMgr::acquire`]. On a
+    /// network or FUSE file system (known from the semaphore's first
+    /// open), where the calls run off the runtime, a mount that does not
+    /// answer within the budget gives [`LockError::Io`] of kind `TimedOut`.
     ///
     /// # Cancel safety
     ///

@@ -161,9 +161,11 @@ pub(crate) struct RunArgs {
     pub(crate) quiet: bool,
     /// When a PostgreSQL lock is lost while the command runs, the command
     /// gets SIGTERM, and SIGKILL if it still runs SECS seconds later (a
-    /// decimal number; `inf`: never).
+    /// decimal number; `inf`: never). Both go to the command's own process
+    /// (a script that starts others should `exec` its last one, or pass
+    /// the signal on).
     #[cfg(feature = "postgres")]
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_wait)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
     pub(crate) kill_after: Duration,
     /// Where the PostgreSQL lock is, if it is one.
     #[cfg(feature = "postgres")]
@@ -240,6 +242,12 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
         return Err("the wait must be 0 or more seconds (inf: as long as it takes)".into());
     }
     Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
+/// `--kill-after SECS`: as [`parse_wait`], with its own message.
+#[cfg(feature = "postgres")]
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    parse_wait(s).map_err(|_| "the grace must be 0 or more seconds (inf: never killed)".into())
 }
 
 fn main() -> ExitCode {
