@@ -270,11 +270,18 @@ fn try_fenced(
     (said, out.status)
 }
 
-/// What the next holder draws, and the file it found.
-fn next_token(path: &Path) -> (Option<u64>, String) {
+/// Checks that the helper held the lock without a token (`said`, and how
+/// it ended) and that the next holder draws 100.
+fn held_without_a_token_then_100(path: &Path, said: &str, status: std::process::ExitStatus) {
+    assert!(status.success(), "{said}: {status:?}");
+    assert!(
+        said.starts_with("locked ") && !said.contains("token="),
+        "{said}"
+    );
     let found = std::fs::read_to_string(path).unwrap();
     let lock = LockMgr::builder(path).fencing_tokens(true).build();
-    (lock.try_acquire().unwrap().fencing_token(), found)
+    let next = lock.try_acquire().unwrap().fencing_token();
+    assert_eq!(next, Some(100), "the file held {found:?}");
 }
 
 /// A record write that the file system cuts short leaves a new record's
@@ -295,13 +302,7 @@ fn a_record_write_cut_short_never_sends_tokens_back() {
     let (said, status) = try_fenced(&path, &[], |cmd| {
         cmd.env("LD_PRELOAD", &shim);
     });
-    assert!(status.success(), "{said}: {status:?}");
-    assert!(
-        said.starts_with("locked ") && !said.contains("token="),
-        "{said}"
-    );
-    let (next, found) = next_token(&path);
-    assert_eq!(next, Some(100), "the file held {found:?}");
+    held_without_a_token_then_100(&path, &said, status);
 }
 
 /// The same cut by the largest file the holder may write (`RLIMIT_FSIZE`,
@@ -319,11 +320,5 @@ fn a_record_longer_than_the_file_size_limit_is_not_written() {
     let old = format!("lockmgr-holder/1 pid=1 host=h since=1 label={label} token=99\n");
     let fsize = format!("--fsize={}", record_99(&path, &old) - 1);
     let (said, status) = try_fenced(&path, &[&fsize], |_| {});
-    assert!(status.success(), "{said}: {status:?}");
-    assert!(
-        said.starts_with("locked ") && !said.contains("token="),
-        "{said}"
-    );
-    let (next, found) = next_token(&path);
-    assert_eq!(next, Some(100), "the file held {found:?}");
+    held_without_a_token_then_100(&path, &said, status);
 }

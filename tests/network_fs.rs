@@ -167,6 +167,43 @@ fn watchdog(pid: Pid, after: Duration) {
     });
 }
 
+/// With `mount` stalled (and continued 10 s later whatever happens), drops
+/// what `release` holds, then awaits `acquire`, which must fail: it checks
+/// that the runtime ran on meanwhile and that the call's own 300 ms bound
+/// ended it, with `Io` of kind `TimedOut`, and returns that error.
+async fn bounded_while_stalled<T, F>(mount: &Mount, release: T, acquire: F) -> LockError
+where
+    F: std::future::Future<Output = Result<T, LockError>>,
+    T: std::fmt::Debug,
+{
+    let ticks = ticker();
+    let stall = mount.stall();
+    watchdog(mount.pid(), Duration::from_secs(10));
+    // Releasing on the stalled mount: the close must not block the runtime.
+    drop(release);
+    // Acquiring on it: the open blocks off the runtime, and the caller's own
+    // bound still ends the call.
+    let started = tokio::time::Instant::now();
+    let before = ticks.load(Ordering::SeqCst);
+    let err = acquire.await.unwrap_err();
+    let took = started.elapsed();
+    let ticked = ticks.load(Ordering::SeqCst) - before;
+    drop(stall);
+    assert!(
+        matches!(&err, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the acquire ran {took:?}: its bound did not end it while the mount was stalled"
+    );
+    assert!(
+        ticked >= 10,
+        "the runtime stood still while the mount was stalled ({ticked} ticks in {took:?})"
+    );
+    err
+}
+
 #[tokio::test(flavor = "current_thread")]
 #[allow(clippy::await_holding_lock)]
 async fn a_stalled_mount_does_not_block_the_runtime() {
@@ -177,36 +214,9 @@ async fn a_stalled_mount_does_not_block_the_runtime() {
     // the lock is on.
     drop(lock.try_acquire().unwrap());
     let guard = lock.acquire(true, Duration::from_secs(5)).await.unwrap();
-
-    let ticks = ticker();
-    let stall = mount.stall();
-    watchdog(mount.pid(), Duration::from_secs(10));
-    // Releasing on the stalled mount: the close must not block the runtime.
-    drop(guard);
-    // Acquiring on it: the open blocks off the runtime, and the caller's own
-    // bound still ends the call.
-    let started = tokio::time::Instant::now();
-    let before = ticks.load(Ordering::SeqCst);
-    let err = lock
-        .acquire(true, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    let ticked = ticks.load(Ordering::SeqCst) - before;
-    drop(stall);
-    assert!(
-        matches!(&err, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
-        "{err}"
-    );
+    let bounded = lock.acquire(true, Duration::from_millis(300));
+    let err = bounded_while_stalled(&mount, guard, bounded).await;
     assert!(err.to_string().contains("did not answer"), "{err}");
-    assert!(
-        took < Duration::from_secs(5),
-        "the acquire ran {took:?}: its bound did not end it while the mount was stalled"
-    );
-    assert!(
-        ticked >= 10,
-        "the runtime stood still while the mount was stalled ({ticked} ticks in {took:?})"
-    );
     // Once the mount is back, the lock works as before.
     drop(lock.acquire(true, LIVENESS).await.unwrap());
 }
@@ -224,31 +234,7 @@ async fn a_stalled_mount_does_not_block_a_semaphores_runtime() {
         .build();
     drop(sem.try_acquire().unwrap());
     let permit = sem.acquire(true, Duration::from_secs(5)).await.unwrap();
-
-    let ticks = ticker();
-    let stall = mount.stall();
-    watchdog(mount.pid(), Duration::from_secs(10));
-    drop(permit);
-    let started = tokio::time::Instant::now();
-    let before = ticks.load(Ordering::SeqCst);
-    let err = sem
-        .acquire(true, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    let ticked = ticks.load(Ordering::SeqCst) - before;
-    drop(stall);
-    assert!(
-        matches!(&err, LockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
-        "{err}"
-    );
-    assert!(
-        took < Duration::from_secs(5),
-        "the acquire ran {took:?}: its bound did not end it while the mount was stalled"
-    );
-    assert!(
-        ticked >= 10,
-        "the runtime stood still while the mount was stalled ({ticked} ticks in {took:?})"
-    );
+    let bounded = sem.acquire(true, Duration::from_millis(300));
+    bounded_while_stalled(&mount, permit, bounded).await;
     drop(sem.acquire(true, LIVENESS).await.unwrap());
 }

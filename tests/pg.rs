@@ -1613,19 +1613,22 @@ async fn statement_of(admin: &tokio_postgres::Client, pid: i32) -> Option<std::t
         .map(|r| r.get(0))
 }
 
-/// A `PgSemaphore` waiter waits on the server a second at a time (then
-/// looks at every slot again): its session lives on from one round to the
-/// next, rather than being closed and a new one logged in (a TLS handshake
-/// and a login a second, for each waiter).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_semaphore_waiter_keeps_its_session_between_rounds() {
-    let Some(url) = common::pg_url() else { return };
-    let admin = admin(&url).await;
-    let name = name("semaphore-rounds");
-    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 1).unwrap();
-    // Held by another process: this one's waiter waits on the server.
+/// A one-permit `PgSemaphore` named `name`, its permit held by another
+/// process, a task of this one waiting for it (on the server), and the
+/// lock of its one slot.
+#[allow(clippy::type_complexity)]
+fn semaphore_waiter(
+    url: &str,
+    name: &str,
+) -> (
+    lockmgr::pg::PgSemaphore,
+    common::Holder,
+    tokio::task::JoinHandle<Result<lockmgr::pg::PgPermit, lockmgr::LockError>>,
+    PgLockMgr,
+) {
+    let sem = lockmgr::pg::PgSemaphore::new(url, name, 1).unwrap();
     let held = common::Holder::started(
-        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "1"])
+        common::helper_command("pg-permit-hold", [url, name, "1"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -1635,7 +1638,20 @@ async fn a_semaphore_waiter_keeps_its_session_between_rounds() {
         let sem = sem.clone();
         async move { sem.acquire(true, LIVENESS).await }
     });
-    let slot = PgLockMgr::new(&url, format!("{name}/permit/0")).unwrap();
+    let slot = PgLockMgr::new(url, format!("{name}/permit/0")).unwrap();
+    (sem, held, waiter, slot)
+}
+
+/// A `PgSemaphore` waiter waits on the server a second at a time (then
+/// looks at every slot again): its session lives on from one round to the
+/// next, rather than being closed and a new one logged in (a TLS handshake
+/// and a login a second, for each waiter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_waiter_keeps_its_session_between_rounds() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("semaphore-rounds");
+    let (_sem, held, waiter, slot) = semaphore_waiter(&url, &name);
     let (pid, began) = tokio::time::timeout(LIVENESS, async {
         loop {
             if let Some(waiting) = waiting_on(&admin, &slot).await {
@@ -1673,20 +1689,7 @@ async fn a_dropped_semaphore_wait_leaves_nothing() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
     let name = name("semaphore-drop");
-    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 1).unwrap();
-    // Held by another process: this one's waiter waits on the server.
-    let held = common::Holder::started(
-        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "1"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let waiter = tokio::spawn({
-        let sem = sem.clone();
-        async move { sem.acquire(true, LIVENESS).await }
-    });
-    let slot = PgLockMgr::new(&url, format!("{name}/permit/0")).unwrap();
+    let (sem, held, waiter, slot) = semaphore_waiter(&url, &name);
     tokio::time::timeout(LIVENESS, async {
         while lock_rows(&admin, &slot).await < 2 {
             tokio::task::yield_now().await;

@@ -25,6 +25,14 @@ fn held(lock: &LockMgr) -> Vec<(u32, LockFamily, LockMode)> {
         .collect()
 }
 
+/// Checks that `pid` is listed as having the file open without a lock.
+fn assert_open_without_lock(holders: &lockmgr::Holders, pid: u32) {
+    assert!(
+        holders.open_without_lock.iter().any(|p| p.pid == pid),
+        "{holders:?}"
+    );
+}
+
 fn find(lock: &LockMgr, pid: u32) -> HoldingProcess {
     let holders = lock.holders().unwrap();
     holders
@@ -239,13 +247,7 @@ async fn a_lockmgr_holder_has_its_record_and_its_waiter_is_seen() {
     .expect("the waiter never blocked in the kernel");
     let holders = lock.holders().unwrap();
     assert_eq!(holders.blocked_requests, 1, "{holders:?}");
-    assert!(
-        holders
-            .open_without_lock
-            .iter()
-            .any(|p| p.pid == waiter.id()),
-        "{holders:?}"
-    );
+    assert_open_without_lock(&holders, waiter.id());
     assert_eq!(holders.holding.len(), 1, "{holders:?}");
     drop(holder);
     drop(waiter.stdin.take());
@@ -451,13 +453,7 @@ fn a_semaphore_waiter_is_no_holder() {
     let holders = lock.holders().unwrap();
     let holding: Vec<u32> = holders.holding.iter().map(|h| h.pid).collect();
     assert_eq!(holding, [holder.pid() as u32], "{holders:?}");
-    assert!(
-        holders
-            .open_without_lock
-            .iter()
-            .any(|p| p.pid == waiter.id()),
-        "{holders:?}"
-    );
+    assert_open_without_lock(&holders, waiter.id());
     holder.finish();
     drop(waiter.stdin.take());
     assert!(waiter.wait().unwrap().success());

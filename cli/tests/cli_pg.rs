@@ -88,67 +88,15 @@ fn run_and_status_on_a_postgres_lock() {
     assert!(next > token);
 }
 
-#[test]
-fn a_lost_session_stops_the_command() {
-    let Some(url) = common::pg_url() else { return };
-    let name = format!("cli-lost-{}", std::process::id());
-    let child = Command::new(LOCKMGR)
-        .args(["run", "--postgres", &url, &name, "--"])
-        .args(["sh", "-c", "echo started; exec sleep 600"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = child;
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "started\n");
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let lock = PgLockMgr::new(&url, &name).unwrap();
-        let backend = lock.holder().await.unwrap().expect("held").pid as i32;
-        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        admin
-            .execute("SELECT pg_terminate_backend($1)", &[&backend])
-            .await
-            .unwrap();
-        // The command is stopped, and the lock is free for the next one.
-        let status = tokio::time::timeout(Duration::from_secs(30), async {
-            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-                .await
-                .unwrap()
-        })
-        .await
-        .expect("the command was not stopped");
-        // The command died of the SIGTERM, and lockmgr with it.
-        assert_eq!(status.status.signal(), Some(15), "{}", text(&status.stderr));
-        assert!(text(&status.stderr).contains("lock was lost"));
-        drop(lock.try_acquire().await.unwrap());
-    });
-}
-
-/// A command that ignores SIGTERM is not left running without its lock:
-/// once the lock is lost, it gets SIGTERM, and SIGKILL a grace period
-/// later (`--kill-after`, 10 s by default).
-#[test]
-fn a_lost_session_kills_a_command_that_ignores_sigterm() {
+/// `lockmgr run --postgres` of `script` (which says `started` once it
+/// runs) on the lock `name`, whose session the server then ends: how
+/// `lockmgr` ended (`None`: still running 40 s later, when it is killed,
+/// and its command with it), and the lock, free or not.
+fn run_and_lose_the_session(url: &str, name: &str, script: &str) -> (Option<Output>, PgLockMgr) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let Some(url) = common::pg_url() else { return };
-    let name = format!("cli-lost-stubborn-{}", std::process::id());
-    // The ignored SIGTERM is inherited by the program it execs.
     let mut child = Command::new(LOCKMGR)
-        .args(["run", "--postgres", &url, &name, "--"])
-        .args(["sh", "-c", "trap '' TERM; echo started; exec sleep 600"])
+        .args(["run", "--postgres", url, name, "--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -162,10 +110,10 @@ fn a_lost_session_kills_a_command_that_ignores_sigterm() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let lock = PgLockMgr::new(&url, &name).unwrap();
+    let lock = PgLockMgr::new(url, name).unwrap();
+    let ended = rt.block_on(async {
         let backend = lock.holder().await.unwrap().expect("held").pid as i32;
-        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
@@ -180,18 +128,49 @@ fn a_lost_session_kills_a_command_that_ignores_sigterm() {
                 .unwrap()
         })
         .await;
-        let Ok(status) = waited else {
-            // Ends the command too (it dies with `lockmgr`), and so the test.
+        if waited.is_err() {
+            // Ends the command too (it dies with `lockmgr`).
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            panic!("the command runs on without the lock");
-        };
-        let err = text(&status.stderr);
-        assert_eq!(status.status.signal(), Some(9), "{err}");
-        assert!(
-            err.contains("lock was lost") && err.contains("SIGKILL"),
-            "{err}"
-        );
+        }
+        waited.ok()
     });
+    (ended, lock)
+}
+
+#[test]
+fn a_lost_session_stops_the_command() {
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-lost-{}", std::process::id());
+    let (ended, lock) = run_and_lose_the_session(&url, &name, "echo started; exec sleep 600");
+    let status = ended.expect("the command was not stopped");
+    // The command died of the SIGTERM, and lockmgr with it.
+    assert_eq!(status.status.signal(), Some(15), "{}", text(&status.stderr));
+    assert!(text(&status.stderr).contains("lock was lost"));
+    // The lock is free for the next one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { drop(lock.try_acquire().await.unwrap()) });
+}
+
+/// A command that ignores SIGTERM is not left running without its lock:
+/// once the lock is lost, it gets SIGTERM, and SIGKILL a grace period
+/// later (`--kill-after`, 10 s by default).
+#[test]
+fn a_lost_session_kills_a_command_that_ignores_sigterm() {
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-lost-stubborn-{}", std::process::id());
+    // The ignored SIGTERM is inherited by the program it execs.
+    let script = "trap '' TERM; echo started; exec sleep 600";
+    let (ended, _) = run_and_lose_the_session(&url, &name, script);
+    let status = ended.expect("the command runs on without the lock");
+    let err = text(&status.stderr);
+    assert_eq!(status.status.signal(), Some(9), "{err}");
+    assert!(
+        err.contains("lock was lost") && err.contains("SIGKILL"),
+        "{err}"
+    );
 }
 
 /// Whether process `pid` still runs (a zombie does not).
