@@ -1650,6 +1650,11 @@ fn semaphore_waiter(
 async fn a_semaphore_waiter_keeps_its_session_between_rounds() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
+    // A connection string of its own: sessions no other test of this binary
+    // shares (an idle one of theirs would be taken for the next round, and
+    // this one closed as one idle session too many).
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}application_name=semaphore-rounds");
     let name = name("semaphore-rounds");
     let (_sem, held, waiter, slot) = semaphore_waiter(&url, &name);
     let (pid, began) = tokio::time::timeout(LIVENESS, async {
