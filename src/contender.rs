@@ -423,11 +423,26 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<File, LockError>
 }
 
 /// The file open at `file`, opened anew for appending (see
-/// [`os::reopen_for_append`]); errors name `path`, the name it was opened by.
+/// [`os::reopen_for_append`]), or at `path`, the name it was opened by,
+/// when it is still there and `/proc` cannot be had; an error naming `path`
+/// when neither gives that very file.
 pub(crate) fn reopen_for_append(file: &File, path: &Path) -> Result<File, LockError> {
-    os::reopen_for_append(file.as_fd())
-        .map(File::from)
-        .map_err(|e| LockError::io(path, Operation::Open, e))
+    let io = |e| LockError::io(path, Operation::Open, e);
+    let wanted = os::identify(file.as_fd()).map_err(|e| open_error(path, e, Operation::Open))?;
+    let is_wanted = |f: &File| os::identify(f.as_fd()).is_ok_and(|id| id == wanted);
+    if let Ok(reopened) = os::reopen_for_append(file.as_fd()).map(File::from) {
+        if is_wanted(&reopened) {
+            return Ok(reopened);
+        }
+    }
+    match os::open_existing_for_append(path) {
+        Ok(at_path) if is_wanted(&at_path) => Ok(at_path),
+        Ok(_) | Err(_) => Err(io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the file locked is no longer at this path, and /proc/thread-self/fd cannot \
+             reopen it (is /proc mounted?); nothing was written",
+        ))),
+    }
 }
 
 /// The recorded exclusive holder of the file open at `fd`, if readable.

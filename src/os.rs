@@ -160,9 +160,11 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<(OwnedFd, FileId
 
 /// Opens the very file open at `fd` anew for appending (`O_RDWR |
 /// O_APPEND`), whatever is at its path now (renamed, replaced): through
-/// `/proc/self/fd`, whose links name the open file itself.
+/// `/proc/thread-self/fd`, whose links name the open files of the calling
+/// thread's descriptor table themselves. The caller checks the result is
+/// that file (a `/proc` of another namespace could say otherwise).
 pub(crate) fn reopen_for_append(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
     let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     let reopened = loop {
         match open(Path::new(&link), flags, Mode::empty()) {
@@ -175,6 +177,17 @@ pub(crate) fn reopen_for_append(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // but a descriptor number reused meanwhile would; the caller's `fd` is
     // borrowed for the whole call, so it was not.
     Ok(reopened)
+}
+
+/// Opens the file at `path`, if any, for appending (`O_RDWR | O_APPEND`),
+/// never creating it.
+pub(crate) fn open_existing_for_append(path: &Path) -> io::Result<std::fs::File> {
+    let flags = safe_flags() | OFlag::O_RDWR | OFlag::O_APPEND;
+    match open_path(path, flags, 0) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(OpenError::Io(e)) => Err(e),
+        Err(_) => Err(io::ErrorKind::InvalidInput.into()),
+    }
 }
 
 /// Opens an existing file and checks that it is a regular one.

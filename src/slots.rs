@@ -21,9 +21,11 @@ use crate::vocab::{LockKind, LockMode, Status};
 use crate::wait::{self, Cause, Contender, Failed, Policy, Signal, Try};
 
 use crate::vocab::semaphore_bytes::{COUNT_BYTE, SLOT_BASE, WAITING_BYTE};
-/// How many times a contender holding a slot tries the count's byte again
-/// while another first user writes the count (see `SlotContender::try_once`).
-const COUNT_RETRIES: u32 = 64;
+/// How long a first user that found the count's byte taken keeps looking
+/// for the count another first user is writing (see
+/// `SlotContender::try_once`): a few system calls, unless that user is
+/// descheduled on a busy machine, which a count of tries would not cover.
+const COUNT_PATIENCE: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a newcomer lets the processes already waiting try first.
 const HEAD_START: std::time::Duration = std::time::Duration::from_millis(2);
 /// The most permits a semaphore may have (each try looks at every slot).
@@ -224,15 +226,20 @@ impl Contender for SlotContender<'_> {
                 // file emptied under it, and would not write.
                 let _ = os::unlock_byte(self.fd(), SLOT_BASE + i64::from(slot));
                 let mut counted = check_permits(self.config, self.fd(), self.permits);
-                for _ in 0..COUNT_RETRIES {
-                    if !matches!(counted, Ok(false)) {
-                        break;
-                    }
+                let patience = std::time::Instant::now() + COUNT_PATIENCE;
+                while matches!(counted, Ok(false)) && std::time::Instant::now() < patience {
                     std::thread::yield_now();
                     counted = check_permits(self.config, self.fd(), self.permits);
                 }
                 if !matches!(counted, Ok(true)) {
                     counted?;
+                    // Slots held all that time in a file without a count:
+                    // permits of a file emptied under their holders.
+                    if os::others_lock_range(self.fd(), SLOT_BASE, i64::from(MAX_PERMITS))
+                        .unwrap_or(false)
+                    {
+                        self.config.warn_emptied();
+                    }
                     // Something else locks the count's byte alone, or holds
                     // permits in a file emptied under it: counted as every
                     // permit taken, tried again on the next event or
@@ -303,7 +310,6 @@ fn check_permits(config: &LockConfig, fd: BorrowedFd<'_>, permits: u32) -> Resul
             // Wait as if every permit were taken, until they are given back.
             let slots = i64::from(MAX_PERMITS);
             if os::others_lock_range(fd, SLOT_BASE, slots).map_err(|e| io(Operation::Lock, e))? {
-                config.warn_emptied();
                 return Ok(now);
             }
             os::replace_head(fd, format!("{TAG}{permits}\n").as_bytes(), b"")

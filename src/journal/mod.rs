@@ -25,6 +25,10 @@ pub use records::Records;
 /// The default largest record, in bytes (newline not counted).
 pub const DEFAULT_MAX_RECORD: usize = 64 * 1024;
 
+/// How many times in a row a writer whose two locks are both on the
+/// journal file takes them anew when a rotation put them on two files.
+const MAX_ROTATIONS: u32 = 16;
+
 /// Batches are written in pieces of at most this many bytes (whole records
 /// each), one `write(2)` per piece.
 pub(crate) const MAX_WRITE: usize = 1024 * 1024;
@@ -165,6 +169,7 @@ impl JournalBuilder {
             inner: Arc::new(Inner {
                 path: self.path,
                 file: Mutex::new(Arc::new(file)),
+                both_on_journal: file_lock.is_some() && self.lock_path.is_none(),
                 lock,
                 file_lock,
                 sync: self.sync,
@@ -268,6 +273,9 @@ struct Inner {
     /// The default lock (an OFD lock on the journal file), taken after
     /// `lock` when `lock` is another one.
     file_lock: Option<LockMgr>,
+    /// Whether `lock` is on the journal file too (another lock family):
+    /// both locks must then be had on one file.
+    both_on_journal: bool,
     sync: SyncPolicy,
     /// With [`SyncPolicy::Data`]: whether the directory entry of the file
     /// open now is known to be on disk (its directory synced since it was
@@ -534,15 +542,41 @@ impl Journal {
                 }
             }
         };
-        let lock = take(&inner.lock).await?;
-        let file_lock = match &inner.file_lock {
-            Some(l) => Some(take(l).await?),
-            None => None,
-        };
-        Ok(Held {
-            _file_lock: file_lock,
-            lock,
-        })
+        let mut rotated = 0;
+        loop {
+            let lock = take(&inner.lock).await?;
+            let file_lock = match &inner.file_lock {
+                Some(l) => Some(take(l).await?),
+                None => None,
+            };
+            // The journal rotated between the two (each lock is taken on the
+            // file at the path when it is opened): holding one lock on each
+            // file, this writer would write to one whose other lock it does
+            // not hold, beside a writer that takes only that one (`flock`).
+            if inner.both_on_journal {
+                let same = file_lock.as_ref().is_some_and(|f| {
+                    let ids = |g: &LockGuard| g.file().metadata().map(|m| (m.dev(), m.ino())).ok();
+                    ids(f).is_some() && ids(f) == ids(&lock)
+                });
+                if !same {
+                    rotated += 1;
+                    if rotated == MAX_ROTATIONS {
+                        return Err(self.io(
+                            JournalOp::Stat,
+                            io::Error::other(
+                                "the journal file was replaced between its two locks too many \
+                                 times in a row; nothing was done",
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            }
+            return Ok(Held {
+                _file_lock: file_lock,
+                lock,
+            });
+        }
     }
 
     fn release(&self, held: Held) -> Result<(), JournalError> {
@@ -578,7 +612,7 @@ impl Journal {
                 JournalOp::Stat,
                 io::Error::new(
                     io::ErrorKind::NotFound,
-                    "the journal file was removed while this append waited for it; nothing was written",
+                    "the journal file was removed just after it was locked; nothing was done",
                 ),
             ));
         }
