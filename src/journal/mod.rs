@@ -223,8 +223,9 @@ impl JournalBuilder {
 ///   are in the file, but whether they reached the disk is unknown. A retry
 ///   would write them twice.
 /// - Other `Err(`[`JournalError::Io`]`)`s (stat, read, truncate of a torn
-///   tail before writing), `Err(`[`JournalError::NotAJournal`]`)`: nothing
-///   was written.
+///   tail before writing), `Err(`[`JournalError::NotAJournal`]`)`, and
+///   `Err(`[`JournalError::Open`]`)` (the file locked, rotated since this
+///   journal last wrote, could not be opened again): nothing was written.
 ///
 /// # Rotation
 ///
