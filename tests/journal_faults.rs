@@ -270,3 +270,43 @@ async fn the_longest_record_and_torn_tail_are_still_a_journal() {
     );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), MIB as u64);
 }
+
+/// Without `/proc` (a chroot, a container that does not mount it), a
+/// journal rotated since its last append still appends: the file it holds
+/// locked, which it cannot reopen through `/proc`, is opened at the path,
+/// where it still is (checked to be that very file). The writer runs in a
+/// mount namespace of its own with `/proc` unmounted (needs root).
+#[test]
+fn a_rotated_journal_appends_without_proc() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-proc.journal");
+    let helper = common::helper_command("journal-lines", [path.to_str().unwrap()]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount -l /proc && exec \"$0\" \"$@\"")
+        .arg(helper.get_program())
+        .args(helper.get_args())
+        .envs(helper.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
+    let mut append = |record: &str| {
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        said.next().expect("the writer ended")
+    };
+    assert_eq!(append("first"), "ack");
+    std::fs::rename(&path, dir.path().join("no-proc.journal.1")).unwrap();
+    std::fs::write(&path, "other\n").unwrap();
+    assert_eq!(append("second"), "ack");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("no-proc.journal.1")).unwrap(),
+        "first\n"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "other\nsecond\n");
+}

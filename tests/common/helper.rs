@@ -14,6 +14,8 @@
 //!
 //! - `journal-read JOURNAL`: read every record, report `records N bytes B
 //!   peak_kib P` (P: peak resident memory).
+//! - `journal-lines JOURNAL`: append each line of stdin as a record, and
+//!   say `ack` (or `error: <the error>`) after each.
 //! - `journal-writer JOURNAL ID TASKS N [--large] [--flock]`: TASKS tasks
 //!   each append N records to the journal, printing `ack <record id>` after
 //!   each append that returned `Ok`. Records carry their length and a
@@ -298,6 +300,7 @@ pub fn run(args: Vec<String>) -> ! {
         ["lead", path, opts @ ..] => rt.block_on(lead(options(path, opts))),
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
+        ["journal-lines", path] => rt.block_on(journal_lines(PathBuf::from(path))),
         ["journal-writer", path, id, tasks, n, opts @ ..] => rt.block_on(journal_writer(
             PathBuf::from(path),
             id.parse().unwrap_or_else(|_| usage()),
@@ -751,6 +754,27 @@ fn journal_record(id: &str, len: usize) -> String {
     let payload: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let sum: u64 = payload.bytes().map(u64::from).sum();
     format!("{id} len={len} sum={sum} {payload}")
+}
+
+/// `journal-lines`: appends each line of stdin as a record, printing `ack`
+/// or `error: <the error>` after each.
+async fn journal_lines(path: PathBuf) {
+    let journal = lockmgr::journal::Journal::open(path)
+        .await
+        .expect("open journal");
+    let mut line = String::new();
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .is_ok_and(|n| n > 0)
+    {
+        match journal.append(line.trim_end()).await {
+            Ok(()) => println!("ack"),
+            Err(e) => println!("error: {e}"),
+        }
+        std::io::stdout().flush().expect("flush");
+        line.clear();
+    }
 }
 
 async fn journal_writer(path: PathBuf, id: u32, tasks: u32, n: u32, large: bool, flock: bool) {
