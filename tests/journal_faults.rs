@@ -278,7 +278,7 @@ async fn the_longest_record_and_torn_tail_are_still_a_journal() {
 /// mount namespace of its own with `/proc` unmounted (needs root).
 #[test]
 fn a_rotated_journal_appends_without_proc() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-proc.journal");
     let helper = common::helper_command("journal-lines", [path.to_str().unwrap()]);
