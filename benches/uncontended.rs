@@ -21,6 +21,9 @@ const GROUP: &str = "uncontended";
 const FLOOR: &str = "floor open+F_OFD_SETLK+close";
 /// Only in the interleaved run: `lockmgr`'s own calls, nothing else.
 const CALLS: &str = "its calls alone (+pread+unlock)";
+/// Only in the interleaved run: the calls of a design that was measured and
+/// not built, a descriptor kept open between acquisitions (BENCHMARKS.md).
+const KEPT: &str = "a kept descriptor's calls";
 
 fn raw_floor(path: &Path) {
     drop(open_and_lock(path));
@@ -38,6 +41,35 @@ fn raw_calls(path: &Path) {
     drop(fd);
 }
 
+/// The least a lock that keeps its descriptor open between acquisitions
+/// would have to call: the lock, an `lstat` of the path to learn that it
+/// still names the locked file (renamed away or replaced, it must be let
+/// go), the head's read for the holder record, the unlock, and a one-byte
+/// read after it, so that waiters in other processes, who can no longer
+/// wake on the close, wake on its `IN_ACCESS` event.
+fn kept_calls(path: &Path, fd: &std::os::fd::OwnedFd) {
+    let mut fl = whole_file(libc::F_WRLCK);
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    std::hint::black_box(nix::sys::stat::lstat(path).unwrap());
+    let mut head = [0u8; 1024];
+    std::hint::black_box(nix::sys::uio::pread(fd, &mut head, 0).unwrap());
+    fl.l_type = libc::F_UNLCK as libc::c_short;
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    std::hint::black_box(nix::sys::uio::pread(fd, &mut head[..1], 0).unwrap());
+}
+
+/// The whole file's lock of type `l_type`.
+fn whole_file(l_type: libc::c_int) -> libc::flock {
+    // Every field set (the struct has no others on x86_64 and aarch64).
+    libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
 /// `open(O_CREAT)` and `F_OFD_SETLK` of the whole file: the descriptor, and
 /// the lock's description.
 fn open_and_lock(path: &Path) -> (std::os::fd::OwnedFd, libc::flock) {
@@ -47,14 +79,7 @@ fn open_and_lock(path: &Path) -> (std::os::fd::OwnedFd, libc::flock) {
         Mode::from_bits_truncate(0o644),
     )
     .unwrap();
-    // Every field set (the struct has no others on x86_64 and aarch64).
-    let fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
+    let fl = whole_file(libc::F_WRLCK);
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     (fd, fl)
 }
@@ -116,9 +141,16 @@ mod support;
 /// per call).
 fn interleaved(rounds: usize) {
     let (_dir, path, lock, rt) = setup();
-    const NAMES: [&str; 5] = [
+    let kept = open(
+        &path,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    const NAMES: [&str; 6] = [
         FLOOR,
         CALLS,
+        KEPT,
         "try_acquire+drop",
         "acquire(true)+drop",
         "acquire(true)+release",
@@ -133,8 +165,9 @@ fn interleaved(rounds: usize) {
                 match at {
                     0 => raw_floor(&path),
                     1 => raw_calls(&path),
-                    2 => drop(lock.try_acquire().unwrap()),
-                    3 => drop(lock.acquire(true, Duration::from_secs(1)).await.unwrap()),
+                    2 => kept_calls(&path, &kept),
+                    3 => drop(lock.try_acquire().unwrap()),
+                    4 => drop(lock.acquire(true, Duration::from_secs(1)).await.unwrap()),
                     _ => lock
                         .acquire(true, Duration::from_secs(1))
                         .await
