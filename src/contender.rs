@@ -422,6 +422,22 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<File, LockError>
         .map_err(|e| open_error(path, e, Operation::Open))
 }
 
+/// Whether an open for writing failed only because the file may not be
+/// written here (see [`os::is_write_refused`]).
+pub(crate) fn is_write_refused(e: &io::Error) -> bool {
+    os::is_write_refused(e)
+}
+
+/// Opens an existing data file for reading only (where it may not be
+/// written), with the refusals and errors of [`open_for_append`]; never
+/// creates it.
+pub(crate) fn open_for_reading(path: &Path) -> Result<File, LockError> {
+    check_path(path)?;
+    with_parent(path, false, || os::open_for_reading(path))?
+        .map(|(fd, _)| File::from(fd))
+        .map_err(|e| open_error(path, e, Operation::Open))
+}
+
 /// The file open at `file`, opened anew for appending (see
 /// [`os::reopen_for_append`]), or at `path`, the name it was opened by,
 /// when it is still there and `/proc` cannot be had; an error naming `path`

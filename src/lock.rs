@@ -842,6 +842,23 @@ pub(crate) fn open_data_file(path: &Path, mode: u32) -> Result<std::fs::File, Lo
     contender::open_for_append(path, mode)
 }
 
+/// Opens an existing data file for reading only, refusing what
+/// [`open_data_file`] refuses.
+pub(crate) fn open_data_file_for_reading(path: &Path) -> Result<std::fs::File, LockError> {
+    contender::open_for_reading(path)
+}
+
+/// The error number of `e`, from [`open_data_file`], when it says only that
+/// the file may not be written by this process.
+pub(crate) fn write_refused(e: &LockError) -> Option<i32> {
+    match e {
+        LockError::Io { source, .. } if contender::is_write_refused(source) => {
+            source.raw_os_error()
+        }
+        _ => None,
+    }
+}
+
 /// The file a guard holds locked, opened anew for appending, whatever is at
 /// its path now: a writer appends to the file it holds the lock of, never
 /// to one another writer may be writing to (the journal's rotation).

@@ -126,15 +126,7 @@ pub(crate) fn open_lock_file(
             file: None,
             writable: true,
         }),
-        // No write access (EACCES), a read-only mount (EROFS), or an
-        // immutable or append-only file (EPERM, even for root): a file that
-        // may only be read.
-        Err(OpenError::Io(e))
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
-            ) =>
-        {
+        Err(OpenError::Io(e)) if is_write_refused(&e) => {
             match open_checked(path, safe_flags() | OFlag::O_RDONLY) {
                 Ok((fd, file)) if read_only_ok => Ok(Opened {
                     fd,
@@ -147,6 +139,22 @@ pub(crate) fn open_lock_file(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether an open for writing failed only because the file may not be
+/// written here: no write access (`EACCES`), a read-only mount (`EROFS`),
+/// or an immutable or append-only file (`EPERM`, even for root).
+pub(crate) fn is_write_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+    )
+}
+
+/// Opens an existing data file for reading only, with the same refusals
+/// as [`open_lock_file`], checked at once.
+pub(crate) fn open_for_reading(path: &Path) -> Result<(OwnedFd, FileId), OpenError> {
+    open_checked(path, safe_flags() | OFlag::O_RDONLY)
 }
 
 /// Opens (creating if needed, never truncating) a data file for appending

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -411,4 +411,70 @@ fn rotation_under_appends_loses_no_acknowledged_record() {
         acked.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// A journal this process may read but not write (another user's, a
+/// read-only mount): an operator's tool reads its records, torn tail and
+/// all, under the shared lock, and an append is refused with a typed error
+/// that changes nothing. Before, it could not even be opened.
+#[test]
+fn a_journal_only_readable_here_is_read_and_refuses_appends() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("journal");
+    // Two records and the start of a third, its writer killed mid-write.
+    let written = b"one\ntwo\npartial".to_vec();
+    std::fs::write(&path, &written).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |path: &std::path::Path| {
+        let out = common::helper_command("journal-look", [path])
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        common::role_lines(&out.stdout[..]).collect::<Vec<_>>()
+    };
+    let said = as_nobody(&path);
+    assert_eq!(said.len(), 4, "{said:?}");
+    assert_eq!(said[..3], ["torn: 7", "one", "two"], "{said:?}");
+    assert!(
+        said[3].starts_with("error: ReadOnly") && said[3].contains("journal"),
+        "{said:?}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        written,
+        "the journal changed"
+    );
+
+    // Rotated after the reader opened it: the reader reads the file now at
+    // the path (and still may not write it).
+    let mut reader = common::helper_command("journal-look", [path.to_str().unwrap(), "--wait"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = common::role_lines(BufReader::new(reader.stdout.take().unwrap()));
+    assert_eq!(said.next().as_deref(), Some("opened"));
+    std::fs::rename(&path, dir.path().join("journal.1")).unwrap();
+    std::fs::write(&path, b"three\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    writeln!(reader.stdin.take().unwrap()).unwrap();
+    let said: Vec<String> = said.collect();
+    assert!(reader.wait().unwrap().success());
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[0], "three", "{said:?}");
+    assert!(said[1].starts_with("error: ReadOnly"), "{said:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+
+    // One that does not exist and may not be made here: no journal to read.
+    let said = as_nobody(&dir.path().join("missing"));
+    assert!(said[0].starts_with("open error: "), "{said:?}");
+    assert!(!dir.path().join("missing").exists());
 }

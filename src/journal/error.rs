@@ -72,6 +72,15 @@ pub enum JournalError {
         /// Where the bytes without a line end begin (at the latest).
         offset: u64,
     },
+    /// The journal may only be read by this process (no write permission,
+    /// a read-only mount, an immutable file): it was opened for reading,
+    /// and this append was refused. Nothing was written.
+    ReadOnly {
+        /// The journal file.
+        path: PathBuf,
+        /// Why the journal could not be opened for writing.
+        source: io::Error,
+    },
     /// A system call on the journal file failed.
     Io {
         /// The journal file.
@@ -110,6 +119,12 @@ impl fmt::Display for JournalError {
                  byte {offset}, which no append leaves; nothing was cut or written",
                 ShownPath(path)
             ),
+            JournalError::ReadOnly { path, source } => write!(
+                f,
+                "cannot append to journal {}: this process may only read it ({source}); \
+                 nothing was written",
+                ShownPath(path)
+            ),
             JournalError::Io { path, op, source } => {
                 write!(f, "cannot {op} journal {}: {source}", ShownPath(path))
             }
@@ -121,7 +136,7 @@ impl std::error::Error for JournalError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             JournalError::Open(e) | JournalError::Lock(e) => Some(e),
-            JournalError::Io { source, .. } => Some(source),
+            JournalError::Io { source, .. } | JournalError::ReadOnly { source, .. } => Some(source),
             _ => None,
         }
     }

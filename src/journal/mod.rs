@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::lock::{open_data_file, reopen_locked_for_append};
+use crate::lock::{
+    open_data_file, open_data_file_for_reading, reopen_locked_for_append, write_refused,
+};
 use crate::{LockGuard, LockKind, LockMgr, LockMode};
 
 pub use error::{JournalError, JournalOp};
@@ -111,6 +113,11 @@ impl JournalBuilder {
     /// journal's, the lock file's) are taken against the current directory
     /// now, and keep naming those files if the process changes directory.
     ///
+    /// A journal this process may read but not write (another user's file,
+    /// a read-only mount, an immutable file) is opened for reading:
+    /// [`records`](Journal::records) works, under the shared lock, and every
+    /// append is refused with [`JournalError::ReadOnly`].
+    ///
     /// # Errors
     ///
     /// [`JournalError::Open`] carrying [`LockError::NotAFile`] when the
@@ -132,7 +139,25 @@ impl JournalBuilder {
         // `LockMgrBuilder::build`).
         self.path = crate::lock::absolute(self.path);
         self.lock_path = self.lock_path.map(crate::lock::absolute);
-        let file = open_data_file(&self.path, 0o644).map_err(JournalError::Open)?;
+        let (file, read_only) = match open_data_file(&self.path, 0o644) {
+            Ok(file) => (file, None),
+            // Another user's journal, a read-only mount: still readable
+            // (under the shared lock, which needs no write access).
+            Err(refused) => match write_refused(&refused) {
+                Some(errno) => match open_data_file_for_reading(&self.path) {
+                    Ok(file) => {
+                        tracing::info!(
+                            path = %self.path.display(),
+                            error = %refused,
+                            "journal may only be read here: opened for reading"
+                        );
+                        (file, Some(errno))
+                    }
+                    Err(_) => return Err(JournalError::Open(refused)),
+                },
+                None => return Err(JournalError::Open(refused)),
+            },
+        };
         // A lock file that is the journal itself (by this name or another)
         // is the default lock: locked a second time, through another
         // descriptor, it would wait for itself, and get a holder record.
@@ -174,6 +199,7 @@ impl JournalBuilder {
                 file_lock,
                 sync: self.sync,
                 entry_synced: AtomicBool::new(false),
+                read_only,
                 timeout: self.timeout,
                 max_record: self.max_record,
             }),
@@ -211,7 +237,8 @@ impl JournalBuilder {
 /// - `Ok(())`: the records are in the journal file (on disk, with
 ///   [`SyncPolicy::Data`]).
 /// - `Err(`[`JournalError::Lock`]`)`, `Err(`[`JournalError::NewlineInRecord`]`)`,
-///   `Err(`[`JournalError::RecordTooLong`]`)`: nothing was written.
+///   `Err(`[`JournalError::RecordTooLong`]`)`, `Err(`[`JournalError::ReadOnly`]`)`
+///   (a journal this process may only read): nothing was written.
 /// - `Err(`[`JournalError::Io`]`)` with [`JournalOp::Write`] (a full disk,
 ///   a file too large, an I/O error part-way): none of the records is in
 ///   the journal. What was written was cut off again under the lock, before
@@ -283,6 +310,9 @@ struct Inner {
     /// opened). A file just created is in its directory only in memory:
     /// `fdatasync` of the file does not write the entry.
     entry_synced: AtomicBool,
+    /// Why the journal could not be opened for writing (an error number),
+    /// when it was opened for reading instead: appends are refused.
+    read_only: Option<i32>,
     timeout: Duration,
     max_record: usize,
 }
@@ -361,6 +391,8 @@ impl Journal {
     ///
     /// [`JournalError::NewlineInRecord`] and
     /// [`JournalError::RecordTooLong`] before anything is locked or written;
+    /// [`JournalError::ReadOnly`], likewise, for a journal this process may
+    /// only read (see [`JournalBuilder::open`]);
     /// [`JournalError::Lock`] when the lock cannot be had;
     /// [`JournalError::NotAJournal`] when the file ends with more bytes
     /// without a line end than an append could leave (nothing is cut or
@@ -429,6 +461,12 @@ impl Journal {
         let pieces = self.encode(records)?;
         if pieces.is_empty() {
             return Ok(());
+        }
+        if let Some(errno) = self.inner.read_only {
+            return Err(JournalError::ReadOnly {
+                path: self.inner.path.clone(),
+                source: io::Error::from_raw_os_error(errno),
+            });
         }
         let held = self.lock(LockMode::Exclusive).await?;
         let file = self.current_file(&held)?;
@@ -622,7 +660,17 @@ impl Journal {
                 path = %inner.path.display(),
                 "journal file was rotated or replaced; appending to the file now at its path"
             );
-            *file = Arc::new(reopen_locked_for_append(locked).map_err(JournalError::Open)?);
+            let reopened = if inner.read_only.is_some() {
+                // Read only: the locked file itself, through a descriptor
+                // of its own (records are read after the lock is let go).
+                locked
+                    .file()
+                    .try_clone()
+                    .map_err(|e| self.io(JournalOp::Read, e))?
+            } else {
+                reopen_locked_for_append(locked).map_err(JournalError::Open)?
+            };
+            *file = Arc::new(reopened);
             inner.entry_synced.store(false, Ordering::Release);
         }
         Ok(file.clone())

@@ -14,6 +14,8 @@
 //!
 //! - `journal-read JOURNAL`: read every record, report `records N bytes B
 //!   peak_kib P` (P: peak resident memory).
+//! - `journal-look JOURNAL [--wait]`: print the records, then try one
+//!   append (see `journal_look`).
 //! - `journal-lines JOURNAL`: append each line of stdin as a record, and
 //!   say `ack` (or `error: <the error>`) after each.
 //! - `journal-writer JOURNAL ID TASKS N [--large] [--flock]`: TASKS tasks
@@ -301,6 +303,9 @@ pub fn run(args: Vec<String>) -> ! {
         ["posix-hold", path] => posix_hold(path),
         ["journal-read", path] => rt.block_on(journal_read(PathBuf::from(path))),
         ["journal-lines", path] => rt.block_on(journal_lines(PathBuf::from(path))),
+        ["journal-look", path, opts @ ..] => {
+            rt.block_on(journal_look(PathBuf::from(path), opts.contains(&"--wait")))
+        }
         ["journal-writer", path, id, tasks, n, opts @ ..] => rt.block_on(journal_writer(
             PathBuf::from(path),
             id.parse().unwrap_or_else(|_| usage()),
@@ -774,6 +779,45 @@ async fn journal_lines(path: PathBuf) {
         }
         std::io::stdout().flush().expect("flush");
         line.clear();
+    }
+}
+
+/// `journal-look`: opens the journal at `path` (with `wait`, then says
+/// `opened` and waits for a line on stdin), prints its records one per
+/// line (after `torn: N`, a torn tail's length), then tries to append
+/// `appended` and prints `ack` or `error: <Debug of the error>`; `open
+/// error: ...` if it cannot be opened.
+async fn journal_look(path: PathBuf, wait: bool) {
+    let journal = match lockmgr::journal::Journal::open(path).await {
+        Ok(journal) => journal,
+        Err(e) => {
+            println!("open error: {e}");
+            return;
+        }
+    };
+    if wait {
+        println!("opened");
+        std::io::stdout().flush().expect("flush");
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).expect("stdin");
+    }
+    match journal.records().await {
+        Ok(records) => {
+            if let Some(torn) = records.torn_tail() {
+                println!("torn: {}", torn.len());
+            }
+            for record in records {
+                match record {
+                    Ok(record) => println!("{}", String::from_utf8_lossy(&record)),
+                    Err(e) => println!("read error: {e}"),
+                }
+            }
+        }
+        Err(e) => println!("records error: {e}"),
+    }
+    match journal.append("appended").await {
+        Ok(()) => println!("ack"),
+        Err(e) => println!("error: {e:?}"),
     }
 }
 
