@@ -133,6 +133,14 @@ impl PgLockMgrBuilder {
     /// process's socket to the pooler stays healthy. So after a partition,
     /// a guard's [`lost`](PgLockGuard::lost) resolves, and the server frees
     /// the lock, within about this time. Default 30 s; at least 3 s.
+    ///
+    /// Behind a pooler, a partition between this process and the pooler is
+    /// the exception: the server's connection is the pooler's, which stays
+    /// healthy, so the server frees the lock only once the pooler gives
+    /// this client up, by its own keepalives. Set them to about this time
+    /// (PgBouncer: `tcp_keepalive = 1`, `tcp_keepidle`, `tcp_keepintvl`,
+    /// `tcp_keepcnt`, `tcp_user_timeout`); with the kernel's defaults that
+    /// takes over two hours, while `lost` still resolves in time here.
     pub fn dead_session_after(mut self, after: Duration) -> Self {
         self.dead_after = after.max(Duration::from_secs(3));
         self
@@ -951,7 +959,19 @@ impl PgLockMgr {
                 .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
                 .await;
         }
-        let holder = self.holder_on().await.ok().flatten();
+        let holder = match self.holder_via(&own).await {
+            Ok(holder) => holder,
+            // The failed read aborted the transaction: a new one, if the
+            // wait goes on.
+            Err(_) if policy.waits => {
+                let rows = own
+                    .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
+                    .await?;
+                pid = backend(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+                None
+            }
+            Err(_) => None,
+        };
         if !policy.waits {
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
@@ -994,7 +1014,7 @@ impl PgLockMgr {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_on().await.ok().flatten(),
+            holder: self.holder_via(&own).await.ok().flatten(),
         })
     }
 
@@ -1089,7 +1109,15 @@ impl PgLockMgr {
 
     /// The recorded exclusive holder, from the server's lock table.
     async fn holder_on(&self) -> Result<Option<Holder>, LockError> {
-        let session = self.reads(None).await?;
+        self.holder_via(&*self.reads(None).await?).await
+    }
+
+    /// The exclusive holder, asked on `session`: in transaction mode, a
+    /// try's own session, whose open transaction already has a server
+    /// connection. Asked on another session, it would need a second one
+    /// from the pooler, which may have none left: each of the others may
+    /// be a try that waits for one too.
+    async fn holder_via(&self, session: &Session) -> Result<Option<Holder>, LockError> {
         let (hi, lo) = self.key_halves();
         let rows = session
             .typed(
