@@ -303,6 +303,10 @@ impl Job {
                 .and_then(|fd| os::lock_blocking(&fd, self.kind, self.mode));
             let mut state = lock(&self.state);
             if matches!(state.phase, Phase::Abandoned) {
+                // Done with, before the mutex goes: a new wait must not
+                // revive a helper that is about to give its grant back and
+                // leave (it would wait for a grant that never comes).
+                state.phase = Phase::Finished;
                 drop(state);
                 if waited.is_ok() {
                     self.give_back("nobody waits for it any more");

@@ -285,6 +285,11 @@ pub fn run(args: Vec<String>) -> ! {
             file,
         )),
         ["wait-without-threads", path] => wait_without_threads(path),
+        ["revive-rounds", path, rounds, files] => revive_rounds(
+            path,
+            rounds.parse().unwrap_or_else(|_| usage()),
+            files.parse().unwrap_or_else(|_| usage()),
+        ),
         ["holders", path] => holders(path),
         ["crowd", path, tasks] => {
             rt.block_on(crowd(path, tasks.parse().unwrap_or_else(|_| usage())))
@@ -601,6 +606,100 @@ fn holders(path: &str) {
         }
         Err(e) => println!("error: {e}"),
     }
+}
+
+/// With every inotify instance of its user taken (so that each wait goes
+/// to the kernel's queue at once), `rounds` times: takes the lock; lets a
+/// second task wait for it a moment and give up (its kernel wait is
+/// abandoned, its helper still blocked); releases it (the kernel grants the
+/// abandoned wait, whose helper gives it back) and at once acquires it
+/// again, which must win: the lock is free but for an instant. As many
+/// times at once on `files` lock files (`PATH.0`, `PATH.1`, ...), with
+/// every event logged to stderr, as an operator's debug log would. Prints
+/// `no inotify` once the instances are taken, then `failed N` (re-acquires
+/// that did not win within 2 s, all files together).
+fn revive_rounds(path: &str, rounds: u32, files: u32) {
+    tracing::subscriber::set_global_default(DebugLog).expect("the only subscriber");
+    let mut taken = Vec::new();
+    while let Ok(instance) = inotify::Inotify::init() {
+        taken.push(instance);
+        assert!(taken.len() < 100_000, "no limit on inotify instances");
+    }
+    println!("no inotify");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let failed: u32 = rt.block_on(async {
+        let each = (0..files).map(|i| tokio::spawn(revive_round(format!("{path}.{i}"), rounds)));
+        let mut failed = 0;
+        for file in each.collect::<Vec<_>>() {
+            failed += file.await.expect("task");
+        }
+        failed
+    });
+    println!("failed {failed}");
+    drop(taken);
+}
+
+/// Every event, on every thread, written to stderr as a line: what an
+/// operator who turned on debug logging gets (stderr is a pipe here).
+struct DebugLog;
+
+impl tracing::Subscriber for DebugLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut line = Line(format!(
+            "{:?} {}",
+            std::time::SystemTime::now(),
+            event.metadata().target()
+        ));
+        event.record(&mut line);
+        eprintln!("{}", line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// `rounds` rounds of [`revive_rounds`] on the lock file `path`: how many
+/// re-acquires failed.
+async fn revive_round(path: String, rounds: u32) -> u32 {
+    let lock = LockMgr::builder(path).max_attempts(1).build();
+    let mut failed = 0;
+    for _ in 0..rounds {
+        let held = lock
+            .acquire(true, Duration::from_secs(2))
+            .await
+            .expect("the lock at the round's start");
+        let second = lock.clone();
+        let gave_up = tokio::spawn(async move {
+            second
+                .acquire(true, Duration::from_millis(20))
+                .await
+                .map(drop)
+        });
+        assert!(gave_up.await.expect("task").is_err(), "two holders");
+        drop(held);
+        match lock.acquire(true, Duration::from_secs(2)).await {
+            Ok(again) => drop(again),
+            Err(_) => failed += 1,
+        }
+    }
+    failed
 }
 
 /// Waits for the lock with no thread to be had (`RLIMIT_NPROC` reached, as
