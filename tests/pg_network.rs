@@ -334,6 +334,125 @@ async fn more_tries_than_the_pool_has_connections_all_name_the_holder() {
     drop(holder);
 }
 
+/// Returns once a session labelled `label` waits on the server for an
+/// advisory lock; panics if `task` ends first.
+async fn until_waiting_on_server<T: std::fmt::Debug>(
+    admin: &tokio_postgres::Client,
+    label: &str,
+    task: &mut tokio::task::JoinHandle<T>,
+) {
+    tokio::time::timeout(LIVENESS, async {
+        loop {
+            tokio::select! {
+                out = &mut *task => panic!("{label} ended instead of waiting: {out:?}"),
+                waits = waits_on_server(admin, label) => if waits { return },
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{label} never waited on the server"));
+}
+
+/// A wait behind PgBouncer in transaction mode looks the holder up in the
+/// transaction that goes on to hold the lock: before, the tables that
+/// lookup read (the fencing-token table among them) stayed locked for as
+/// long as the lock was held, and a DBA's `ALTER TABLE` of the token table
+/// (and, queued behind it, every token draw) waited for that. Now the
+/// lookup's locks go with it (a savepoint rolled back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_behind_pgbouncer_keeps_no_table_locked_while_it_holds() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_TXN_URL");
+    let name = name("no-table-kept");
+    // A token table of its own: other tests' draws are not held up.
+    let table = format!("public.lockmgr_fence_kept_{}", std::process::id());
+    let first = pg_holder(
+        &pooled,
+        &name,
+        &["--label=kept-first", &format!("--fence={table}")],
+    );
+    let waiter = PgLockMgr::builder(&pooled, &name)
+        .label("kept-waiter")
+        .fence_table(&table)
+        .build()
+        .unwrap();
+    let mut waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire(true, LIVENESS).await }
+    });
+    until_waiting_on_server(&admin, "kept-waiter", &mut waiting).await;
+    first.finish();
+    let guard = waiting.await.unwrap().unwrap();
+    let pid = waiter.holder().await.unwrap().expect("held").pid as i32;
+    let kept: Vec<String> = admin
+        .query(
+            "SELECT c.relname::text FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE l.pid = $1 AND l.locktype = 'relation' AND c.relname LIKE 'lockmgr_fence%'",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "the holding transaction keeps {kept:?} locked"
+    );
+    guard.release().await.unwrap();
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A wait behind PgBouncer in transaction mode whose lookup of the holder
+/// fails (a DBA holds the token table locked, longer than the request
+/// timeout): the wait goes on without the holder's name and wins once the
+/// lock is free. Before, the lookup, in the wait's own transaction, ran
+/// into the request timeout, which ended the session, and the acquire
+/// failed with `Connect` (before that, the lookup was on another session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_goes_on_when_its_holder_cannot_be_looked_up() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_TXN_URL");
+    let name = name("lookup-fails");
+    let table = format!("public.lockmgr_fence_lookup_{}", std::process::id());
+    let holder = pg_holder(
+        &pooled,
+        &name,
+        &["--label=lookup-holder", &format!("--fence={table}")],
+    );
+    let dba = pg_common::admin(&url).await;
+    dba.batch_execute(&format!(
+        "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let waiter = PgLockMgr::builder(&pooled, &name)
+        .label("lookup-waiter")
+        .fence_table(&table)
+        .request_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let mut waiting = tokio::spawn(async move { waiter.acquire(true, LIVENESS).await });
+    until_waiting_on_server(&admin, "lookup-waiter", &mut waiting).await;
+    dba.batch_execute("COMMIT").await.unwrap();
+    holder.finish();
+    let guard = tokio::time::timeout(LIVENESS, waiting)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 /// Acquires dropped while they wait behind PgBouncer in transaction mode:
 /// each sends a cancel request through it. PgBouncer before 1.20 exits when
 /// a cancel request's client closes before the request has been handled

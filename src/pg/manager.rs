@@ -959,18 +959,12 @@ impl PgLockMgr {
                 .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
                 .await;
         }
-        let holder = match self.holder_via(&own).await {
+        // A lookup that failed is no holder's name, as on a reading
+        // session; only a session gone ends a wait here (it would wait on).
+        let holder = match self.holder_in_transaction(&own).await {
             Ok(holder) => holder,
-            // The failed read aborted the transaction: a new one, if the
-            // wait goes on.
-            Err(_) if policy.waits => {
-                let rows = own
-                    .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
-                    .await?;
-                pid = backend(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
-                None
-            }
-            Err(_) => None,
+            Err(_) if !policy.waits => None,
+            Err(e) => return Err(e),
         };
         if !policy.waits {
             return Err(LockError::WouldBlock {
@@ -1014,8 +1008,38 @@ impl PgLockMgr {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_via(&own).await.ok().flatten(),
+            holder: self.holder_in_transaction(&own).await.ok().flatten(),
         })
+    }
+
+    /// The exclusive holder, asked in the open transaction of `own` (a
+    /// try's or a wait's, in transaction mode), in a savepoint rolled back
+    /// after it: the locks the lookup takes (on the fence table, the
+    /// catalogs) go with it, rather than being kept for as long as the
+    /// transaction goes on to hold the lock, and a failed lookup leaves the
+    /// transaction as it was. Bounded on the server, within half the
+    /// request timeout, so that it fails as a statement rather than ending
+    /// the session. `Err` only when the session can no longer be used.
+    async fn holder_in_transaction(&self, own: &Session) -> Result<Option<Holder>, LockError> {
+        let id = self.id();
+        let bound = (self.request().as_millis() / 2).clamp(1, i32::MAX as u128);
+        own.simple(
+            &format!(
+                "SAVEPOINT lockmgr_holder; SET LOCAL statement_timeout = {bound}; \
+                 SET LOCAL lock_timeout = {bound}"
+            ),
+            self.request(),
+            id,
+        )
+        .await?;
+        let holder = self.holder_via(own).await;
+        own.simple(
+            "ROLLBACK TO SAVEPOINT lockmgr_holder; RELEASE SAVEPOINT lockmgr_holder",
+            self.request(),
+            id,
+        )
+        .await?;
+        Ok(holder.ok().flatten())
     }
 
     /// Draws the fencing token for a lock just won (in an autocommit

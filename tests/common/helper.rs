@@ -372,6 +372,7 @@ mod pg {
             match *opt {
                 "--shared" => shared = true,
                 o if o.starts_with("--label=") => b = b.label(&o["--label=".len()..]),
+                o if o.starts_with("--fence=") => b = b.fence_table(&o["--fence=".len()..]),
                 _ => super::usage(),
             }
         }

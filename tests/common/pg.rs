@@ -113,7 +113,7 @@ pub async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> boo
 }
 
 /// A helper process holding the lock `name` (`opts`: `--shared`,
-/// `--label=L`) until its stdin closes.
+/// `--label=L`, `--fence=TABLE`) until its stdin closes.
 pub fn pg_holder(url: &str, name: &str, opts: &[&str]) -> Holder {
     let mut args = vec![url, name];
     args.extend_from_slice(opts);
