@@ -41,6 +41,8 @@ pub(crate) struct LockConfig {
     pub(crate) id: LockId,
     pub(crate) max_attempts: u32,
     pub(crate) create_dirs: bool,
+    /// Whether a missing lock file is created (else it is `NotFound`).
+    pub(crate) create_file: bool,
     pub(crate) mode: u32,
     pub(crate) kind: LockKind,
     pub(crate) label: Option<String>,
@@ -324,8 +326,9 @@ fn open_unchecked(config: &LockConfig, mode: LockMode) -> Result<os::Opened, Loc
     // access: a file that may only be read will do, as for flock(1). An OFD
     // write lock needs a descriptor open for writing.
     let read_only_ok = mode == LockMode::Shared || config.kind == LockKind::Flock;
+    let create = config.create_file.then_some(config.mode);
     let opened = with_parent(path, config.create_dirs, || {
-        os::open_lock_file(path, config.mode, read_only_ok)
+        os::open_lock_file(path, create, read_only_ok)
     })?;
     opened.map_err(|e| open_error(path, e, Operation::Open))
 }
@@ -439,25 +442,52 @@ pub(crate) fn open_for_reading(path: &Path) -> Result<File, LockError> {
 }
 
 /// The file open at `file`, opened anew for appending (see
-/// [`os::reopen_for_append`]), or at `path`, the name it was opened by,
-/// when it is still there and `/proc` cannot be had; an error naming `path`
-/// when neither gives that very file.
+/// [`os::reopen`]), or at `path`, the name it was opened by, when it is
+/// still there and `/proc` cannot be had; an error naming `path` when
+/// neither gives that very file.
 pub(crate) fn reopen_for_append(file: &File, path: &Path) -> Result<File, LockError> {
-    let io = |e| LockError::io(path, Operation::Open, e);
+    reopen(file, path, true)
+}
+
+/// As [`reopen_for_append`], for reading only: a descriptor of its own
+/// (never a duplicate of `file`'s, whose close must stay the last of its
+/// open file description, for the waiters that watch for it).
+pub(crate) fn reopen_for_reading(file: &File, path: &Path) -> Result<File, LockError> {
+    reopen(file, path, false)
+}
+
+fn reopen(file: &File, path: &Path, append: bool) -> Result<File, LockError> {
     let wanted = os::identify(file.as_fd()).map_err(|e| open_error(path, e, Operation::Open))?;
     let is_wanted = |f: &File| os::identify(f.as_fd()).is_ok_and(|id| id == wanted);
-    if let Ok(reopened) = os::reopen_for_append(file.as_fd()).map(File::from) {
-        if is_wanted(&reopened) {
-            return Ok(reopened);
-        }
+    // The file the lock is on may not be opened so by this process (a
+    // journal rotated to a file it may not write): that, not /proc, is
+    // then the error.
+    let mut refused = None;
+    match os::reopen(file.as_fd(), append).map(File::from) {
+        Ok(reopened) if is_wanted(&reopened) => return Ok(reopened),
+        Err(e) if os::is_write_refused(&e) => refused = Some(e),
+        Ok(_) | Err(_) => {}
     }
-    match os::open_existing_for_append(path) {
-        Ok(at_path) if is_wanted(&at_path) => Ok(at_path),
-        Ok(_) | Err(_) => Err(io(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the file locked is no longer at this path, and /proc/thread-self/fd cannot \
-             reopen it (is /proc mounted?); nothing was written",
-        ))),
+    let at_path = if append {
+        os::open_existing_for_append(path).ok()
+    } else {
+        os::open_for_reading(path)
+            .ok()
+            .map(|(fd, _)| File::from(fd))
+    };
+    match at_path {
+        Some(at_path) if is_wanted(&at_path) => Ok(at_path),
+        _ => Err(LockError::io(
+            path,
+            Operation::Open,
+            refused.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the file locked is no longer at this path, and /proc/thread-self/fd cannot \
+                     reopen it (is /proc mounted?); nothing was done",
+                )
+            }),
+        )),
     }
 }
 
@@ -1383,6 +1413,7 @@ mod tests {
             id: LockId::file(path),
             max_attempts: 10,
             create_dirs: false,
+            create_file: true,
             mode: 0o644,
             kind: LockKind::Ofd,
             label: None,

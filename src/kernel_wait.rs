@@ -251,6 +251,11 @@ impl KernelWait {
 
 impl Drop for KernelWait {
     fn drop(&mut self) {
+        // The map first (as `revive` takes them): the wait is put there in
+        // the same step as it is abandoned, so its helper, which removes it
+        // once done, cannot be done before it is there (it would stay, its
+        // descriptor open, until the next wait for that file).
+        let mut map = abandoned();
         let mut state = lock(&self.job.state);
         match state.phase {
             Phase::Waiting => {
@@ -259,7 +264,7 @@ impl Drop for KernelWait {
                 drop(state);
                 // Revivable until its helper is done with it.
                 let key = (self.job.file, self.job.kind, self.job.mode);
-                abandoned().get().insert(key, self.job.clone());
+                map.get().insert(key, self.job.clone());
             }
             Phase::Granted(_) | Phase::Stalled => {
                 state.phase = Phase::Abandoned;
@@ -284,6 +289,8 @@ impl Job {
     fn run(self: &Arc<Self>) {
         self.serve();
         lock(&self.state).phase = Phase::Finished;
+        // Nobody lends or claims it any more.
+        drop(lock(&self.fd).take());
         let mut abandoned = abandoned();
         let map = abandoned.get();
         if map

@@ -62,9 +62,18 @@ pub struct LockMgrBuilder {
     fencing: bool,
     record_holder: bool,
     remove_on_release: bool,
+    create_file: bool,
 }
 
 impl LockMgrBuilder {
+    /// Whether a missing lock file is created (the default) or is an error
+    /// (`NotFound`): for a reader that must never leave a file where
+    /// another program's would be (the journal opened read-only).
+    pub(crate) fn create_file(mut self, create: bool) -> Self {
+        self.create_file = create;
+        self
+    }
+
     /// How many timed attempts [`LockMgr::acquire`] makes before it gives up
     /// with [`LockError::TimedOut`]. Default 10; 0 is taken as 1.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -197,6 +206,7 @@ impl LockMgrBuilder {
                 path: path.into(),
                 max_attempts: self.max_attempts,
                 create_dirs: self.create_dirs,
+                create_file: self.create_file,
                 mode: self.mode,
                 kind: self.kind,
                 label: self.label,
@@ -298,6 +308,7 @@ impl LockMgr {
             fencing: false,
             record_holder: true,
             remove_on_release: false,
+            create_file: true,
         }
     }
 
@@ -864,4 +875,10 @@ pub(crate) fn write_refused(e: &LockError) -> Option<i32> {
 /// to one another writer may be writing to (the journal's rotation).
 pub(crate) fn reopen_locked_for_append(guard: &LockGuard) -> Result<std::fs::File, LockError> {
     contender::reopen_for_append(guard.file(), guard.path())
+}
+
+/// The file a guard holds locked, opened anew for reading only, through a
+/// descriptor of its own (see [`reopen_locked_for_append`]).
+pub(crate) fn reopen_locked_for_reading(guard: &LockGuard) -> Result<std::fs::File, LockError> {
+    contender::reopen_for_reading(guard.file(), guard.path())
 }

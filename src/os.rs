@@ -101,8 +101,8 @@ fn open_or_create(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenE
     Err(OpenError::Io(last.into()))
 }
 
-/// Opens (creating if needed, never truncating) the lock file at `path`,
-/// for reading and writing, without checking what kind of file it is
+/// Opens (creating if needed with `create`'s mode, never truncating) the
+/// lock file at `path`, for reading and writing, without checking what kind of file it is
 /// (`Opened::file` is `None`): the caller calls [`identify`] before it
 /// reads or writes the file, waits for it or keeps it. The opening flags
 /// already make opening anything else harmless (see `safe_flags`), and a
@@ -117,10 +117,14 @@ fn open_or_create(path: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, OpenE
 /// that is no file gives the writable open's error, as it always did.
 pub(crate) fn open_lock_file(
     path: &Path,
-    mode: u32,
+    create: Option<u32>,
     read_only_ok: bool,
 ) -> Result<Opened, OpenError> {
-    match open_or_create(path, safe_flags() | OFlag::O_RDWR, mode) {
+    let writable = match create {
+        Some(mode) => open_or_create(path, safe_flags() | OFlag::O_RDWR, mode),
+        None => open_path(path, safe_flags() | OFlag::O_RDWR, 0),
+    };
+    match writable {
         Ok(fd) => Ok(Opened {
             fd,
             file: None,
@@ -166,14 +170,20 @@ pub(crate) fn open_for_append(path: &Path, mode: u32) -> Result<(OwnedFd, FileId
     Ok((fd, file))
 }
 
-/// Opens the very file open at `fd` anew for appending (`O_RDWR |
-/// O_APPEND`), whatever is at its path now (renamed, replaced): through
-/// `/proc/thread-self/fd`, whose links name the open files of the calling
-/// thread's descriptor table themselves. The caller checks the result is
-/// that file (a `/proc` of another namespace could say otherwise).
-pub(crate) fn reopen_for_append(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+/// Opens the very file open at `fd` anew, for appending (`O_RDWR |
+/// O_APPEND`) or for reading only, whatever is at its path now (renamed,
+/// replaced): through `/proc/thread-self/fd`, whose links name the open
+/// files of the calling thread's descriptor table themselves. The caller
+/// checks the result is that file (a `/proc` of another namespace could
+/// say otherwise).
+pub(crate) fn reopen(fd: BorrowedFd<'_>, append: bool) -> io::Result<OwnedFd> {
     let link = format!("/proc/thread-self/fd/{}", fd.as_raw_fd());
-    let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let access = if append {
+        OFlag::O_RDWR | OFlag::O_APPEND
+    } else {
+        OFlag::O_RDONLY
+    };
+    let flags = access | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     let reopened = loop {
         match open(Path::new(&link), flags, Mode::empty()) {
             Ok(reopened) => break reopened,
@@ -1072,7 +1082,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> OwnedFd {
-        open_lock_file(path, 0o644, false).unwrap().fd
+        open_lock_file(path, Some(0o644), false).unwrap().fd
     }
 
     #[test]

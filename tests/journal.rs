@@ -478,3 +478,90 @@ fn a_journal_only_readable_here_is_read_and_refuses_appends() {
     assert!(said[0].starts_with("open error: "), "{said:?}");
     assert!(!dir.path().join("missing").exists());
 }
+
+/// A journal this process may only read, rotated after it was opened: with
+/// no new file at the path yet, reading fails and makes none (before, the
+/// reader's lock created an empty journal there, its own, which the
+/// writers, as another user, could then not lock); with the writers' new
+/// file there, it is read through a descriptor of the reader's own, so the
+/// reader's release is the last close of its lock's open file description
+/// and sends the close event writers waiting for the lock watch for
+/// (before, a duplicate of the lock's descriptor was kept, and no close
+/// event came).
+#[test]
+fn a_rotated_journal_only_readable_here_is_read_without_a_trace() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The reader may make files here, as in a directory shared with the
+    // writers' group.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("journal");
+    let readable = |contents: &[u8]| {
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    readable(b"one\n");
+    let reader = || {
+        let mut child = common::helper_command("journal-look", [path.to_str().unwrap(), "--wait"])
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(said.next().as_deref(), Some("opened"));
+        (child, said)
+    };
+
+    // Rotated away, nothing at the path yet.
+    let (mut child, mut said) = reader();
+    std::fs::rename(&path, dir.path().join("journal.1")).unwrap();
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    let read = said.next().unwrap();
+    assert!(read.starts_with("records error: "), "{read}");
+    assert!(said.next().unwrap().starts_with("error: ReadOnly"));
+    assert!(!path.exists(), "the reader made a journal file");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+
+    // Rotated, the writers' new file there.
+    readable(b"one\n");
+    let (mut child, mut said) = reader();
+    std::fs::rename(&path, dir.path().join("journal.2")).unwrap();
+    readable(b"two\n");
+    let mut closes = inotify::Inotify::init().unwrap();
+    closes
+        .watches()
+        .add(&path, inotify::WatchMask::CLOSE_NOWRITE)
+        .unwrap();
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(said.next().as_deref(), Some("two"));
+    assert!(said.next().unwrap().starts_with("error: ReadOnly"));
+    // The reader still has the journal open, its lock released.
+    let mut buf = [0u8; 1024];
+    let events = match closes.read_events(&mut buf) {
+        Ok(events) => events.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(events >= 1, "the reader's release sent no close event");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+
+    // A journal this process made, so may write, rotated to a file it may
+    // not: the error says so (before, it blamed /proc).
+    std::fs::remove_file(&path).unwrap();
+    let (mut child, mut said) = reader();
+    std::fs::rename(&path, dir.path().join("journal.3")).unwrap();
+    readable(b"three\n");
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    let read = said.next().unwrap();
+    assert!(
+        read.starts_with("records error: ") && read.contains("Permission denied"),
+        "{read}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}

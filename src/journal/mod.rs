@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::lock::{
-    open_data_file, open_data_file_for_reading, reopen_locked_for_append, write_refused,
+    open_data_file, open_data_file_for_reading, reopen_locked_for_append,
+    reopen_locked_for_reading, write_refused,
 };
 use crate::{LockGuard, LockKind, LockMgr, LockMode};
 
@@ -178,6 +179,9 @@ impl JournalBuilder {
             .max_attempts(self.max_attempts)
             // Nothing but records goes into the journal file.
             .record_holder(self.lock_path.is_some())
+            // A reader that may not write the journal never makes one
+            // (after a rotation, before the writers' new file is there).
+            .create_file(read_only.is_none())
             .build();
         // Writers configured with another lock (family or file) must still
         // exclude the default ones, and each other: every writer also takes
@@ -188,6 +192,7 @@ impl JournalBuilder {
             LockMgr::builder(&self.path)
                 .max_attempts(self.max_attempts)
                 .record_holder(false)
+                .create_file(read_only.is_none())
                 .build()
         });
         Ok(Journal {
@@ -325,6 +330,7 @@ impl fmt::Debug for Journal {
             .field("sync", &self.inner.sync)
             .field("timeout", &self.inner.timeout)
             .field("max_record", &self.inner.max_record)
+            .field("read_only", &self.is_read_only())
             .finish()
     }
 }
@@ -372,6 +378,13 @@ impl Journal {
             timeout: Duration::from_secs(10),
             max_record: DEFAULT_MAX_RECORD,
         }
+    }
+
+    /// Whether this process may only read the journal (see
+    /// [`JournalBuilder::open`]): every append is then refused with
+    /// [`JournalError::ReadOnly`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only.is_some()
     }
 
     /// The journal file's path.
@@ -661,15 +674,11 @@ impl Journal {
                 "journal file was rotated or replaced; appending to the file now at its path"
             );
             let reopened = if inner.read_only.is_some() {
-                // Read only: the locked file itself, through a descriptor
-                // of its own (records are read after the lock is let go).
-                locked
-                    .file()
-                    .try_clone()
-                    .map_err(|e| self.io(JournalOp::Read, e))?
+                reopen_locked_for_reading(locked)
             } else {
-                reopen_locked_for_append(locked).map_err(JournalError::Open)?
+                reopen_locked_for_append(locked)
             };
+            let reopened = reopened.map_err(JournalError::Open)?;
             *file = Arc::new(reopened);
             inner.entry_synced.store(false, Ordering::Release);
         }

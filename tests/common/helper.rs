@@ -621,11 +621,20 @@ fn holders(path: &str) {
 /// that did not win within 2 s, all files together).
 fn revive_rounds(path: &str, rounds: u32, files: u32) {
     tracing::subscriber::set_global_default(DebugLog).expect("the only subscriber");
+    // Room for every instance and the runtime's descriptors after them,
+    // so that the instances run out before the descriptors do.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("RLIMIT_NOFILE");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("RLIMIT_NOFILE");
     let mut taken = Vec::new();
     while let Ok(instance) = inotify::Inotify::init() {
         taken.push(instance);
         assert!(taken.len() < 100_000, "no limit on inotify instances");
     }
+    assert!(
+        (taken.len() as u64) + 64 < hard,
+        "descriptors ran out before inotify instances ({} taken)",
+        taken.len()
+    );
     println!("no inotify");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -885,8 +894,9 @@ async fn journal_lines(path: PathBuf) {
 /// `journal-look`: opens the journal at `path` (with `wait`, then says
 /// `opened` and waits for a line on stdin), prints its records one per
 /// line (after `torn: N`, a torn tail's length), then tries to append
-/// `appended` and prints `ack` or `error: <Debug of the error>`; `open
-/// error: ...` if it cannot be opened.
+/// `appended` and prints `ack` or `error: <Debug of the error>` (with
+/// `wait`, then keeps the journal open until stdin ends); `open error:
+/// ...` if it cannot be opened.
 async fn journal_look(path: PathBuf, wait: bool) {
     let journal = match lockmgr::journal::Journal::open(path).await {
         Ok(journal) => journal,
@@ -918,6 +928,10 @@ async fn journal_look(path: PathBuf, wait: bool) {
     match journal.append("appended").await {
         Ok(()) => println!("ack"),
         Err(e) => println!("error: {e:?}"),
+    }
+    if wait {
+        std::io::stdout().flush().expect("flush");
+        wait_for_stdin_eof();
     }
 }
 
