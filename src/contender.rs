@@ -469,26 +469,26 @@ fn reopen(file: &File, path: &Path, append: bool) -> Result<File, LockError> {
         Ok(_) | Err(_) => {}
     }
     let at_path = if append {
-        os::open_existing_for_append(path).ok()
+        os::open_existing_for_append(path)
     } else {
-        os::open_for_reading(path)
-            .ok()
-            .map(|(fd, _)| File::from(fd))
+        os::open_existing_for_reading(path)
     };
     match at_path {
-        Some(at_path) if is_wanted(&at_path) => Ok(at_path),
-        _ => Err(LockError::io(
-            path,
-            Operation::Open,
-            refused.unwrap_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the file locked is no longer at this path, and /proc/thread-self/fd cannot \
-                     reopen it (is /proc mounted?); nothing was done",
-                )
-            }),
-        )),
+        Ok(at_path) if is_wanted(&at_path) => return Ok(at_path),
+        Err(e) if refused.is_none() && os::is_write_refused(&e) => refused = Some(e),
+        Ok(_) | Err(_) => {}
     }
+    Err(LockError::io(
+        path,
+        Operation::Open,
+        refused.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the file locked is no longer at this path, and /proc/thread-self/fd cannot \
+                 reopen it (is /proc mounted?); nothing was done",
+            )
+        }),
+    ))
 }
 
 /// The recorded exclusive holder of the file open at `fd`, if readable.

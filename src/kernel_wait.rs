@@ -289,8 +289,6 @@ impl Job {
     fn run(self: &Arc<Self>) {
         self.serve();
         lock(&self.state).phase = Phase::Finished;
-        // Nobody lends or claims it any more.
-        drop(lock(&self.fd).take());
         let mut abandoned = abandoned();
         let map = abandoned.get();
         if map

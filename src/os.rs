@@ -200,8 +200,16 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>, append: bool) -> io::Result<OwnedFd> {
 /// Opens the file at `path`, if any, for appending (`O_RDWR | O_APPEND`),
 /// never creating it.
 pub(crate) fn open_existing_for_append(path: &Path) -> io::Result<std::fs::File> {
-    let flags = safe_flags() | OFlag::O_RDWR | OFlag::O_APPEND;
-    match open_path(path, flags, 0) {
+    open_existing_with(path, OFlag::O_RDWR | OFlag::O_APPEND)
+}
+
+/// Opens the file at `path`, if any, for reading only.
+pub(crate) fn open_existing_for_reading(path: &Path) -> io::Result<std::fs::File> {
+    open_existing_with(path, OFlag::O_RDONLY)
+}
+
+fn open_existing_with(path: &Path, access: OFlag) -> io::Result<std::fs::File> {
+    match open_path(path, safe_flags() | access, 0) {
         Ok(fd) => Ok(std::fs::File::from(fd)),
         Err(OpenError::Io(e)) => Err(e),
         Err(_) => Err(io::ErrorKind::InvalidInput.into()),

@@ -359,9 +359,12 @@ async fn until_waiting_on_server<T: std::fmt::Debug>(
 /// long as the lock was held, and a DBA's `ALTER TABLE` of the token table
 /// (and, queued behind it, every token draw) waited for that. Now the
 /// lookup's locks go with it (a savepoint rolled back).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_wait_behind_pgbouncer_keeps_no_table_locked_while_it_holds() {
     let Some(url) = common::pg_url() else { return };
+    // Events read (on this thread, where the acquire runs): the holder is
+    // looked up before a wait only for an operator who reads them.
+    let _events = common::TryLog::default().install();
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_TXN_URL");
     let name = name("no-table-kept");
@@ -413,9 +416,12 @@ async fn a_wait_behind_pgbouncer_keeps_no_table_locked_while_it_holds() {
 /// lock is free. Before, the lookup, in the wait's own transaction, ran
 /// into the request timeout, which ended the session, and the acquire
 /// failed with `Connect` (before that, the lookup was on another session).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn a_wait_goes_on_when_its_holder_cannot_be_looked_up() {
     let Some(url) = common::pg_url() else { return };
+    // Events read (on this thread, where the acquire runs): the holder is
+    // looked up before a wait only for an operator who reads them.
+    let _events = common::TryLog::default().install();
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_TXN_URL");
     let name = name("lookup-fails");

@@ -117,7 +117,11 @@ impl JournalBuilder {
     /// A journal this process may read but not write (another user's file,
     /// a read-only mount, an immutable file) is opened for reading:
     /// [`records`](Journal::records) works, under the shared lock, and every
-    /// append is refused with [`JournalError::ReadOnly`].
+    /// append is refused with [`JournalError::ReadOnly`]. Such a reader
+    /// never creates a file: the journal rotated away with no new file yet,
+    /// or a separate [`lock_file`](JournalBuilder::lock_file) that is
+    /// missing (cleared from `/run/lock` at boot, say), makes `records` fail
+    /// ([`JournalError::Lock`], `NotFound`) until a writer makes it.
     ///
     /// # Errors
     ///

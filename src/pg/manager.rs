@@ -959,21 +959,24 @@ impl PgLockMgr {
                 .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
                 .await;
         }
-        // A lookup that failed is no holder's name, as on a reading
-        // session; only a session gone ends a wait here (it would wait on).
-        let holder = match self.holder_in_transaction(&own).await {
-            Ok(holder) => holder,
-            Err(_) if !policy.waits => None,
-            Err(e) => return Err(e),
-        };
         if !policy.waits {
+            // The session ends with this try: its transaction need not be
+            // kept as it was.
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
-                holder,
+                holder: self.holder_in_transaction(&own, false).await.ok().flatten(),
             });
         }
         *contended = true;
-        policy.announce(id, holder.as_ref(), "");
+        // As in session mode: every round trip before the wait is queued is
+        // time in which the releaser can win the lock back, so the holder
+        // is looked up only for an operator who reads the event. A lookup
+        // that failed is no holder's name; only a session gone ends the
+        // wait here.
+        if tracing::enabled!(tracing::Level::INFO) {
+            let holder = self.holder_in_transaction(&own, true).await?;
+            policy.announce(id, holder.as_ref(), "");
+        }
         let bound = policy.timeout.saturating_add(self.request());
         let mut made = 0;
         for attempt in 1..=policy.max_attempts {
@@ -1008,37 +1011,49 @@ impl PgLockMgr {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_in_transaction(&own).await.ok().flatten(),
+            holder: self.holder_in_transaction(&own, false).await.ok().flatten(),
         })
     }
 
     /// The exclusive holder, asked in the open transaction of `own` (a
-    /// try's or a wait's, in transaction mode), in a savepoint rolled back
-    /// after it: the locks the lookup takes (on the fence table, the
+    /// try's or a wait's, in transaction mode). Bounded on the server,
+    /// within half the request timeout, so that it fails as a statement
+    /// rather than ending the session. With `keep`, in a savepoint rolled
+    /// back after it: the locks the lookup takes (on the fence table, the
     /// catalogs) go with it, rather than being kept for as long as the
     /// transaction goes on to hold the lock, and a failed lookup leaves the
-    /// transaction as it was. Bounded on the server, within half the
-    /// request timeout, so that it fails as a statement rather than ending
-    /// the session. `Err` only when the session can no longer be used.
-    async fn holder_in_transaction(&self, own: &Session) -> Result<Option<Holder>, LockError> {
+    /// transaction as it was (a transaction about to end needs neither).
+    /// `Err` when the session cannot be used any more (or, in theory, the
+    /// server refuses a savepoint).
+    async fn holder_in_transaction(
+        &self,
+        own: &Session,
+        keep: bool,
+    ) -> Result<Option<Holder>, LockError> {
         let id = self.id();
         let bound = (self.request().as_millis() / 2).clamp(1, i32::MAX as u128);
+        let savepoint = if keep {
+            "SAVEPOINT lockmgr_holder; "
+        } else {
+            ""
+        };
         own.simple(
             &format!(
-                "SAVEPOINT lockmgr_holder; SET LOCAL statement_timeout = {bound}; \
-                 SET LOCAL lock_timeout = {bound}"
+                "{savepoint}SET LOCAL statement_timeout = {bound}; SET LOCAL lock_timeout = {bound}"
             ),
             self.request(),
             id,
         )
         .await?;
         let holder = self.holder_via(own).await;
-        own.simple(
-            "ROLLBACK TO SAVEPOINT lockmgr_holder; RELEASE SAVEPOINT lockmgr_holder",
-            self.request(),
-            id,
-        )
-        .await?;
+        if keep {
+            own.simple(
+                "ROLLBACK TO SAVEPOINT lockmgr_holder; RELEASE SAVEPOINT lockmgr_holder",
+                self.request(),
+                id,
+            )
+            .await?;
+        }
         Ok(holder.ok().flatten())
     }
 
