@@ -413,6 +413,22 @@ fn rotation_under_appends_loses_no_acknowledged_record() {
     );
 }
 
+/// A `journal-look --wait` helper as `nobody` on the journal at `path`,
+/// once it has opened it, and its lines.
+fn reader_as_nobody(path: &std::path::Path) -> (std::process::Child, impl Iterator<Item = String>) {
+    use std::os::unix::process::CommandExt;
+    let mut child = common::helper_command("journal-look", [path.to_str().unwrap(), "--wait"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(said.next().as_deref(), Some("opened"));
+    (child, said)
+}
+
 /// A journal this process may read but not write (another user's, a
 /// read-only mount): an operator's tool reads its records, torn tail and
 /// all, under the shared lock, and an append is refused with a typed error
@@ -453,15 +469,7 @@ fn a_journal_only_readable_here_is_read_and_refuses_appends() {
 
     // Rotated after the reader opened it: the reader reads the file now at
     // the path (and still may not write it).
-    let mut reader = common::helper_command("journal-look", [path.to_str().unwrap(), "--wait"])
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = common::role_lines(BufReader::new(reader.stdout.take().unwrap()));
-    assert_eq!(said.next().as_deref(), Some("opened"));
+    let (mut reader, said) = reader_as_nobody(&path);
     std::fs::rename(&path, dir.path().join("journal.1")).unwrap();
     std::fs::write(&path, b"three\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -491,7 +499,6 @@ fn a_journal_only_readable_here_is_read_and_refuses_appends() {
 #[test]
 fn a_rotated_journal_only_readable_here_is_read_without_a_trace() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     // The reader may make files here, as in a directory shared with the
     // writers' group.
@@ -502,18 +509,7 @@ fn a_rotated_journal_only_readable_here_is_read_without_a_trace() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     };
     readable(b"one\n");
-    let reader = || {
-        let mut child = common::helper_command("journal-look", [path.to_str().unwrap(), "--wait"])
-            .uid(65534)
-            .gid(65534)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
-        assert_eq!(said.next().as_deref(), Some("opened"));
-        (child, said)
-    };
+    let reader = || reader_as_nobody(&path);
 
     // Rotated away, nothing at the path yet.
     let (mut child, mut said) = reader();
