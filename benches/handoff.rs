@@ -33,7 +33,7 @@ use lockmgr::{LockKind, LockMgr};
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use nix::time::{clock_gettime, ClockId};
-use support::{median_p99, percentile};
+use support::{median_p99, percentile, whole_file};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -45,16 +45,6 @@ const PARK: Duration = Duration::from_millis(2);
 fn now_ns() -> i64 {
     let t = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap();
     t.tv_sec() * 1_000_000_000 + t.tv_nsec()
-}
-
-fn whole_file(kind: libc::c_int) -> libc::flock {
-    libc::flock {
-        l_type: kind as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    }
 }
 
 /// The other process. Waiter roles: on each "go" line, wait for the lock,

@@ -48,7 +48,7 @@ fn raw_calls(path: &Path) {
 /// read after it, so that waiters in other processes, who can no longer
 /// wake on the close, wake on its `IN_ACCESS` event.
 fn kept_calls(path: &Path, fd: &std::os::fd::OwnedFd) {
-    let mut fl = whole_file(libc::F_WRLCK);
+    let mut fl = support::whole_file(libc::F_WRLCK);
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     std::hint::black_box(nix::sys::stat::lstat(path).unwrap());
     let mut head = [0u8; 1024];
@@ -56,18 +56,6 @@ fn kept_calls(path: &Path, fd: &std::os::fd::OwnedFd) {
     fl.l_type = libc::F_UNLCK as libc::c_short;
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     std::hint::black_box(nix::sys::uio::pread(fd, &mut head[..1], 0).unwrap());
-}
-
-/// The whole file's lock of type `l_type`.
-fn whole_file(l_type: libc::c_int) -> libc::flock {
-    // Every field set (the struct has no others on x86_64 and aarch64).
-    libc::flock {
-        l_type: l_type as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    }
 }
 
 /// `open(O_CREAT)` and `F_OFD_SETLK` of the whole file: the descriptor, and
@@ -79,7 +67,7 @@ fn open_and_lock(path: &Path) -> (std::os::fd::OwnedFd, libc::flock) {
         Mode::from_bits_truncate(0o644),
     )
     .unwrap();
-    let fl = whole_file(libc::F_WRLCK);
+    let fl = support::whole_file(libc::F_WRLCK);
     fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     (fd, fl)
 }

@@ -1,5 +1,5 @@
 //! Reading back what criterion measured in this run, to report ratios
-//! against a baseline measured in the same run.
+//! against a baseline measured in the same run; and what the benches share.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
@@ -65,4 +65,16 @@ pub fn percentile(sorted: &[i64], p: f64) -> f64 {
 pub fn median_p99(samples: &mut [i64]) -> (f64, f64) {
     samples.sort_unstable();
     (percentile(samples, 0.5), percentile(samples, 0.99))
+}
+
+/// The whole file's lock of type `l_type` (`F_WRLCK`, `F_UNLCK`, ...).
+pub fn whole_file(l_type: nix::libc::c_int) -> nix::libc::flock {
+    // Every field set (the struct has no others on x86_64 and aarch64).
+    nix::libc::flock {
+        l_type: l_type as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
 }
