@@ -159,8 +159,10 @@ struct FileContender<'a> {
     /// Whether `fd` may be written (a holder record needs it).
     writable: bool,
     /// The kernel's wait for the lock on `fd`, when one was started. Shared
-    /// with the waiting loop's [`Signal`]; the wait is abandoned (for a next
-    /// wait to revive) when the last of them goes unclaimed.
+    /// with the waiting loop's [`Signal`] (and, once won by a try while its
+    /// helper is still in the kernel, with the [`Held`]); the wait is
+    /// abandoned (for a next wait to revive) when the last of them goes
+    /// unclaimed.
     kernel: Option<Arc<KernelWait>>,
     /// The fencing token drawn when the lock was won.
     token: Option<u64>,
@@ -228,7 +230,19 @@ impl Contender for FileContender<'_> {
             // check can see); one that was waited for may have been renamed
             // away or replaced meanwhile, and anyone opening the path now
             // gets the new file.
-            if (self.lost || self.config.remove_on_release) && !self.still_at_path()? {
+            let here = if self.lost || self.config.remove_on_release {
+                self.still_at_path()
+            } else {
+                Ok(true)
+            };
+            let here = match here {
+                Ok(here) => here,
+                Err(e) => {
+                    self.let_go();
+                    return Err(e);
+                }
+            };
+            if !here {
                 // Won a file that no longer has the lock's name: it guards
                 // nothing. Let it go and contend for the file at the path.
                 if self.config.remove_on_release {
@@ -240,28 +254,27 @@ impl Contender for FileContender<'_> {
                          waiting for the file now at the path"
                     );
                 }
-                // Unlocked before the close, as a release is: the other
-                // waiters for the old file wake at its close event, which
-                // the kernel sends before it drops the lock. Best effort:
-                // the close drops it anyway.
-                let _ = os::unlock(self.fd(), self.config.kind);
+                self.let_go();
                 let opened = open_unchecked(self.config, self.mode)?;
-                // The old file's kernel wait, if any, was claimed: its end
-                // is the end of its descriptor.
-                self.kernel = None;
                 (self.fd, self.file, self.writable, self.lost) =
                     (Some(opened.fd), opened.file, opened.writable, false);
                 moved = true;
                 continue;
             }
-            if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
-                self.token = self.write_record()?;
-            } else {
-                if self.mode == LockMode::Exclusive && !self.writable {
-                    self.config
-                        .warn_unfenced("the file may only be read here (no record can be written)");
-                }
-                self.file()?;
+            let kept =
+                if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
+                    self.write_record().map(|token| self.token = token)
+                } else {
+                    if self.mode == LockMode::Exclusive && !self.writable {
+                        self.config.warn_unfenced(
+                            "the file may only be read here (no record can be written)",
+                        );
+                    }
+                    self.file().map(drop)
+                };
+            if let Err(e) = kept {
+                self.let_go();
+                return Err(e);
             }
             return Ok(Try::Won);
         }
@@ -555,7 +568,15 @@ impl<'a> FileContender<'a> {
         }
         let kernel = Arc::new(kernel);
         self.kernel = Some(kernel.clone());
-        Ok(Signal::Kernel(kernel))
+        Ok(Signal::Kernel(kernel, None))
+    }
+
+    /// Lets go of a lock a try won but will not keep (its file renamed
+    /// away, or an error after the win), as a release does; the kernel wait,
+    /// if any, is over (claimed, or its lock taken by a try).
+    fn let_go(&mut self) {
+        let kernel = self.kernel.take();
+        let _ = unlock(self.fd(), self.config.kind, kernel.as_deref());
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -567,8 +588,10 @@ impl<'a> FileContender<'a> {
 
     fn into_held(mut self) -> Result<Held, LockError> {
         // Won (through a claimed kernel wait, or a try): the lock is held
-        // through this descriptor; a helper's duplicate closes at once.
-        self.kernel = None;
+        // through this descriptor; a helper's duplicate closes at once,
+        // unless the helper has yet to return (the lock taken by a try
+        // beside its wait): the release must then tell it.
+        let kernel = self.kernel.take().filter(|k| k.helper_pending());
         let fd = self
             .fd
             .take()
@@ -582,6 +605,7 @@ impl<'a> FileContender<'a> {
             mode: self.mode,
             remove: self.config.remove_on_release && self.mode == LockMode::Exclusive,
             token: self.token,
+            kernel,
             #[cfg(feature = "metrics")]
             held_since: Some((self.config.meter.clone(), Instant::now())),
         })
@@ -1295,6 +1319,25 @@ fn assemble(
     found
 }
 
+/// Unlocks the lock held through `fd`, before the descriptor is closed:
+/// the waiters that watch the file wake at its close event, which the kernel
+/// sends before it drops the lock, so a close alone would wake them too
+/// soon. `kernel` is the wait whose try took the lock, if any: it is told
+/// first, so that its helper gives back what its call returns with after
+/// this; and while that helper still holds a copy of the descriptor, the
+/// caller's close will not be the open file description's last, so a
+/// descriptor of its own is opened and closed here, after the unlock, for
+/// the close event.
+fn unlock(fd: BorrowedFd<'_>, kind: LockKind, kernel: Option<&KernelWait>) -> io::Result<()> {
+    let pending = kernel.is_some_and(KernelWait::releasing);
+    let unlocked = os::unlock(fd, kind);
+    if pending {
+        // Best effort: without it, the waiters notice within RECHECK.
+        drop(os::reopen(fd, false));
+    }
+    unlocked
+}
+
 /// A held file lock: the open file description that holds it, and what
 /// releasing it takes.
 #[derive(Debug)]
@@ -1311,6 +1354,10 @@ pub(crate) struct Held {
     remove: bool,
     /// The fencing token drawn when the lock was won.
     pub(crate) token: Option<u64>,
+    /// The kernel wait whose lock a try took while its helper was still in
+    /// the kernel: told when the lock is let go, so that the helper gives
+    /// back what its call returns with after that.
+    kernel: Option<Arc<KernelWait>>,
     /// Where the time held goes, and since when.
     #[cfg(feature = "metrics")]
     held_since: Option<(Meter, Instant)>,
@@ -1348,6 +1395,7 @@ impl Held {
         };
         let mut result = Ok(());
         let owner = os::current_pid() == self.owner_pid;
+        let kernel = self.kernel.take();
         // A forked child shares the open file description: unlocking (or
         // removing the file) there would pull the lock from under the parent.
         // Closing the child's copy does neither.
@@ -1358,9 +1406,14 @@ impl Held {
                 result = os::unlink_if_same(&file, &self.path)
                     .map_err(|e| LockError::io(&self.path, Operation::Remove, e));
             }
-            let unlocked = os::unlock(&file, self.kind)
+            let unlocked = unlock(file.as_fd(), self.kind, kernel.as_deref())
                 .map_err(|e| LockError::io(&self.path, Operation::Unlock, e));
             result = result.and(unlocked);
+        } else if let Some(kernel) = kernel {
+            // A forked child's copy of the wait: its helper is the parent's,
+            // and its mutexes may have been held by a parent thread at the
+            // fork. Not touched.
+            std::mem::forget(kernel);
         }
         let closed = nix::unistd::close(file)
             .map_err(|e| LockError::io(&self.path, Operation::Close, e.into()));
@@ -1386,6 +1439,7 @@ impl Drop for Held {
                     mode: self.mode,
                     remove: self.remove,
                     token: self.token,
+                    kernel: self.kernel.take(),
                     #[cfg(feature = "metrics")]
                     held_since: self.held_since.take(),
                 };

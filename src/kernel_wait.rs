@@ -11,6 +11,19 @@
 //! which *claims* the grant. Waiting costs no CPU at all: no timer, no
 //! poll; just a thread asleep in the kernel.
 //!
+//! A settled wait also keeps its inotify watch, and on a close of the file
+//! *tries* for the lock itself ([`KernelWait::try_now`]), on the same open
+//! file description: a holder that unlocks and then closes (as this crate
+//! and most programs do) is then followed by the waiter's own runtime
+//! thread, woken by the close, rather than by the helper and then, in
+//! series, the runtime. Both ways end in the same lock, held by the same
+//! open file description; the helper's call, woken by the unlock, retries
+//! and returns with the lock the waiter took (a request never conflicts
+//! with its own open file description's lock), and the helper leaves it
+//! alone (see [`Phase::Won`]). A holder that closes without unlocking (a
+//! process that dies) is still followed by the helper: the kernel sends the
+//! close event before it drops the lock, so the event's try loses.
+//!
 //! A blocked system call cannot be called off. So:
 //! - a waiter that gives up (its budget spent, its future dropped)
 //!   *abandons* its wait: when the kernel grants it, the helper gives the
@@ -19,7 +32,8 @@
 //! - until then, the next wait for the same file, family and mode in this
 //!   process *revives* the abandoned one rather than starting another: at
 //!   most one blocked helper per file, family and mode, however many waits
-//!   give up in turn;
+//!   give up in turn (a wait won by a try is never revived: see
+//!   [`KernelWait::releasing`]);
 //! - a grant that is not claimed within [`CLAIM_WITHIN`] (the waiter's
 //!   future is kept but no longer polled, its runtime stalled) is given
 //!   back, so a stalled waiter never sits on a free lock; its line's next
@@ -52,7 +66,9 @@ use crate::vocab::{LockKind, LockMode};
 pub(crate) const CLAIM_WITHIN: Duration = Duration::from_millis(250);
 
 /// A blocked lock request on a helper thread. Dropping it abandons the
-/// request (see the module docs), unless the lock was claimed.
+/// request (see the module docs), unless the lock was claimed or taken by
+/// a try ([`KernelWait::try_now`]); a lock so taken and never handed to a
+/// holder is given back by the helper.
 pub(crate) struct KernelWait {
     job: Arc<Job>,
     revived: bool,
@@ -62,9 +78,11 @@ struct Job {
     /// The helper's own duplicate of the waiter's descriptor: the same open
     /// file description, kept open for as long as the helper may use it
     /// (the waiter's own may be closed meanwhile), and closed when the
-    /// grant is claimed: the claimant's release must be the last close of
-    /// the open file description, or the waiters of other processes that
-    /// watch for the close would not hear of it.
+    /// grant is claimed, or the lock taken by the waiter's try: the
+    /// holder's release must be the last close of the open file
+    /// description, or the waiters that watch for the close would not hear
+    /// of it. (A helper still in its call when that holder lets go keeps a
+    /// copy open: the release then sends the close event itself.)
     fd: Mutex<Option<OwnedFd>>,
     file: FileId,
     kind: LockKind,
@@ -88,6 +106,16 @@ enum Phase {
     Waiting,
     /// The kernel granted the lock, at this instant; not yet claimed.
     Granted(Instant),
+    /// The waiter took the lock with a try of its own on the same open
+    /// file description while the helper was in (or on its way into) the
+    /// kernel's wait. The helper's call, once woken, returns with the lock
+    /// (the owner's own), which the helper must leave alone: the waiter
+    /// holds it. (A helper that had not made its copy yet makes no call.)
+    Won,
+    /// As [`Phase::Won`], and the waiter has since let the lock go: what
+    /// the helper's call returns with is a lock nobody holds (granted
+    /// after the waiter's unlock), to be given back.
+    WonThenReleased,
     /// The waiter took the lock; the helper is done with it.
     Claimed,
     /// A grant went unclaimed and was given back: the helper waits for its
@@ -244,8 +272,77 @@ impl KernelWait {
                 self.job.decided.notify_all();
                 None
             }
-            Phase::Waiting | Phase::Abandoned | Phase::Finished => None,
+            Phase::Won => Some(Ok(())),
+            Phase::Waiting | Phase::Abandoned | Phase::WonThenReleased | Phase::Finished => None,
         }
+    }
+
+    /// Tries for the lock now, on the wait's open file description, without
+    /// waiting for the helper (an event said it may be free): `Some(Ok)`
+    /// when this try took the lock, which is then held through that open
+    /// file description; `None` while someone else holds it, and whenever
+    /// the helper is not waiting (a grant there is claimed through
+    /// [`KernelWait::granted`]).
+    ///
+    /// The try is made under the wait's mutex and only while the helper is
+    /// waiting: a helper that gives a grant back does so under the same
+    /// mutex, so a try can never succeed on a grant that is about to be
+    /// given back (it would succeed at once, on the same owner's lock).
+    pub(crate) fn try_now(&self) -> Option<io::Result<()>> {
+        let mut state = lock(&self.job.state);
+        if !matches!(state.phase, Phase::Waiting) {
+            return None;
+        }
+        let mut fd = lock(&self.job.fd);
+        let won = os::try_lock(fd.as_ref()?, self.job.kind, self.job.mode);
+        match won {
+            Ok(true) => {
+                state.phase = Phase::Won;
+                // The waiter's descriptor holds the lock from now; the
+                // helper's copy in its call goes when the call returns.
+                // Not revivable once given up (see `releasing`).
+                drop(fd.take());
+                Some(Ok(()))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Whether the lock was taken by [`KernelWait::try_now`] and the helper
+    /// has not returned yet: the holder must then say when it lets the lock
+    /// go ([`KernelWait::releasing`]).
+    pub(crate) fn helper_pending(&self) -> bool {
+        matches!(lock(&self.job.state).phase, Phase::Won)
+    }
+
+    /// Says that the lock taken by [`KernelWait::try_now`] is being let go
+    /// (the holder's critical section is over): whatever the helper's call
+    /// returns with from now on is given back. Returns whether the helper
+    /// has yet to return: its copy of the descriptor is then still open, so
+    /// the holder's close will not be the last close of the open file
+    /// description, and the waiters that watch for a close must be told
+    /// otherwise.
+    ///
+    /// Such a wait is not revived by the next wait for the file: what its
+    /// call returns with may be the lock this holder held, and let go.
+    pub(crate) fn releasing(&self) -> bool {
+        let mut state = lock(&self.job.state);
+        let pending = matches!(state.phase, Phase::Won);
+        if pending {
+            state.phase = Phase::WonThenReleased;
+        }
+        pending
+    }
+}
+
+impl std::fmt::Debug for KernelWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelWait")
+            .field("file", &self.job.file)
+            .field("kind", &self.job.kind)
+            .field("mode", &self.job.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -271,7 +368,14 @@ impl Drop for KernelWait {
                 state.promise = None;
                 self.job.decided.notify_all();
             }
-            Phase::Claimed | Phase::Failed(_) | Phase::Abandoned | Phase::Finished => {}
+            // Taken by a try and not handed to a holder (the try's win was
+            // not kept): nobody will hold it.
+            Phase::Won => state.phase = Phase::WonThenReleased,
+            Phase::Claimed
+            | Phase::Failed(_)
+            | Phase::Abandoned
+            | Phase::WonThenReleased
+            | Phase::Finished => {}
         }
     }
 }
@@ -302,11 +406,40 @@ impl Job {
     fn serve(self: &Arc<Self>) {
         loop {
             // A duplicate of its own for the blocking call, so that the
-            // descriptor's lock is never held across it.
-            let waited = self
-                .dup_fd()
-                .and_then(|fd| os::lock_blocking(&fd, self.kind, self.mode));
+            // descriptor's lock is never held across it; kept until the
+            // outcome is settled, to give back through. (None once the
+            // waiter took the lock with a try: there is nothing to wait for.)
+            let own = self.dup_fd();
+            let waited = match &own {
+                Ok(fd) => os::lock_blocking(fd, self.kind, self.mode),
+                Err(_) => Ok(()),
+            };
             let mut state = lock(&self.state);
+            match state.phase {
+                // The waiter's try took the lock first: it holds it through
+                // the same open file description, which this call's grant
+                // (the owner's own lock) changed nothing of.
+                Phase::Won => {
+                    state.phase = Phase::Finished;
+                    return;
+                }
+                // ... and has let it go since: this grant came after the
+                // waiter's unlock, or is the same lock being let go. Given
+                // back before this copy closes, so that the close event
+                // comes after the unlock.
+                Phase::WonThenReleased => {
+                    state.phase = Phase::Finished;
+                    drop(state);
+                    if let (Ok(fd), Ok(())) = (&own, &waited) {
+                        if let Err(e) = os::unlock(fd, self.kind) {
+                            tracing::warn!(error = %e, "lockmgr: cannot give a granted lock back; it goes with its descriptor");
+                        }
+                    }
+                    return;
+                }
+                _ => {}
+            }
+            let waited = own.and(waited);
             if matches!(state.phase, Phase::Abandoned) {
                 // Done with, before the mutex goes: a new wait must not
                 // revive a helper that is about to give its grant back and
@@ -358,6 +491,16 @@ impl Job {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             };
+            if outcome.is_none() {
+                // Not claimed in time: the waiter is not running. Give the
+                // lock back for others (its line's next task takes its
+                // place), and wait in the kernel again only once the waiter
+                // asks again. Given back under the mutex: a waiter that runs
+                // again meanwhile must not try (see `try_now`) on a grant
+                // not yet given back.
+                state.phase = Phase::Stalled;
+                self.give_back("its waiter did not claim it in time");
+            }
             drop(state);
             pool().unlinger(self);
             if let Some(gave_up) = outcome {
@@ -366,13 +509,6 @@ impl Job {
                 }
                 return;
             }
-            let mut state = lock(&self.state);
-            // Not claimed in time: the waiter is not running. Give the lock
-            // back for others (its line's next task takes its place), and
-            // wait in the kernel again only once the waiter asks again.
-            state.phase = Phase::Stalled;
-            drop(state);
-            self.give_back("its waiter did not claim it in time");
             let mut state = lock(&self.state);
             loop {
                 match state.phase {

@@ -194,11 +194,13 @@ pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 /// that closes; but releases that close nothing are then only seen by a try every
 /// [`RECHECK`], and on a virtual machine each timer wake-up costs 50 to
 /// 150 us of CPU. The kernel's wait sees every release at once and costs
-/// nothing while it lasts, but it wakes a helper thread first, which makes a
-/// handoff about twice as slow (measured, `benches/handoff.rs`). Short
-/// waits, the common case of a contended lock, get the fast handoff; long
-/// ones cost no CPU. Both stages see a release without a close within
-/// [`RECHECK`].
+/// nothing while it lasts, but its helper thread is woken at every release,
+/// beside the task's runtime, which made a short wait's handoff about twice
+/// as slow (measured, `benches/handoff.rs`). Short waits, the common case
+/// of a contended lock, get the watch alone; long ones cost no CPU. A
+/// settled wait keeps its watch, so a holder that closes still wakes the
+/// task's runtime directly (see [`Signal::Kernel`]). Both stages see a
+/// release without a close within [`RECHECK`].
 pub(crate) const SETTLE_AFTER: Duration = RECHECK;
 
 /// Polling when no event source is available: start fast, back off to a cap
@@ -209,9 +211,15 @@ pub(crate) const POLL_CAP: Duration = Duration::from_millis(50);
 /// Where a waiter learns that the lock may have been released.
 pub(crate) enum Signal {
     /// The kernel's own wait, on a helper thread: it resolves with the lock
-    /// already granted (see `kernel_wait`). A long wait's second stage, and
-    /// the whole wait when inotify cannot be had.
-    Kernel(Arc<KernelWait>),
+    /// already granted (see `kernel_wait`). A long wait's second stage,
+    /// which keeps the first stage's watch: a close of the file is then
+    /// followed by a try in the waiter's own runtime (see
+    /// [`KernelWait::try_now`]), which takes the lock from a holder that
+    /// unlocked before closing as the first stage does; the kernel's grant
+    /// catches every other release (a close without an unlock sends its
+    /// event before the lock goes). Without a watch, the whole wait when
+    /// inotify cannot be had.
+    Kernel(Arc<KernelWait>, Option<Watch>),
     /// inotify events on the lock file's inode, with a try every
     /// [`RECHECK`]: a wait's first stage, and the whole wait when no helper
     /// thread could be had. The kernel timer, when one is set, is the first
@@ -257,12 +265,18 @@ impl Signal {
     /// of on this runtime once the caller has resumed with its lock:
     /// removing the watch and its registration takes the kernel tens of
     /// microseconds (it frees the watch's mark), measured as a third of a
-    /// handoff, which the new holder need not wait for. Any other signal
-    /// goes at once (a kernel wait's end is its claim's end).
+    /// handoff, which the new holder need not wait for (a settled wait's
+    /// watch too). The rest goes at once: a kernel wait's share here ends
+    /// with its claim (a lock its try took lives on with the holder, see
+    /// `contender::Held`).
     pub(crate) fn retire(self) {
         match (self, tokio::runtime::Handle::try_current()) {
             (Signal::Watch(watch, timer), Ok(rt)) => {
                 drop(rt.spawn(async move { drop((watch, timer)) }))
+            }
+            (Signal::Kernel(kernel, Some(watch)), Ok(rt)) => {
+                drop(kernel);
+                drop(rt.spawn(async move { drop(watch) }))
             }
             (other, _) => drop(other),
         }
@@ -302,7 +316,7 @@ impl Signal {
     async fn changed(&mut self) -> Woke {
         match self {
             // Not used for the kernel's wait, which has a loop of its own.
-            Signal::Kernel(_) => std::future::pending().await,
+            Signal::Kernel(..) => std::future::pending().await,
             Signal::Watch(w, timer) if w.is_live() => {
                 tokio::select! {
                     biased;
@@ -381,9 +395,9 @@ pub(crate) async fn wait<C: Contender>(
 ) -> Result<(), Failed<C::Error>> {
     loop {
         let done = match signal {
-            Signal::Kernel(kernel) => {
+            Signal::Kernel(kernel, watch) => {
                 let kernel = kernel.clone();
-                in_kernel(contender, &kernel, policy, started).await
+                in_kernel(contender, &kernel, watch.as_mut(), policy, started).await
             }
             _ => on_events(contender, signal, ticket, policy, started).await,
         };
@@ -407,19 +421,22 @@ enum Done<E> {
 }
 
 /// The wait in the kernel: sleeps until the helper thread has the lock
-/// granted (the contender's try then confirms it: the open file description
-/// already holds it) or the budget is spent. No timers but the deadline:
-/// waiting costs no CPU.
+/// granted, or a close of the file (`watch`) let a try on the same open
+/// file description take it first (the contender's try then confirms it:
+/// the open file description already holds it), or the budget is spent.
+/// No timers but the deadline: waiting costs no CPU.
 async fn in_kernel<C: Contender>(
     contender: &mut C,
     kernel: &KernelWait,
+    watch: Option<&mut Watch>,
     policy: Policy,
     started: Instant,
 ) -> Done<C::Error> {
     let deadline = policy.deadline(started);
+    let mut cause = Cause::Kernel;
     let granted = match deadline {
-        Some(d) => before(d, kernel.granted()).await,
-        None => Some(kernel.granted().await),
+        Some(d) => before(d, held_in_kernel(kernel, watch, &mut cause)).await,
+        None => Some(held_in_kernel(kernel, watch, &mut cause).await),
     };
     let granted = match granted {
         Some(granted) => granted,
@@ -438,7 +455,7 @@ async fn in_kernel<C: Contender>(
         return Done::Finished(Err(Failed::Error(contender.fail(e))));
     }
     let attempt = policy.attempt_at(started.elapsed());
-    match contender.try_once(attempt, Cause::Kernel) {
+    match contender.try_once(attempt, cause) {
         Ok(Try::Won) => Done::Finished(Ok(())),
         Ok(Try::Moved) => Done::Moved,
         // The descriptor holds the lock, so its own try cannot lose; if it
@@ -446,6 +463,37 @@ async fn in_kernel<C: Contender>(
         Ok(Try::Held) => Done::Moved,
         Err(e) => Done::Finished(Err(Failed::Error(e))),
     }
+}
+
+/// Resolves once the lock is held through the kernel wait's open file
+/// description: granted by the kernel, or taken by a try on a close of the
+/// file, whichever comes first (`cause` says which); or the wait failed.
+/// A close wakes this task's runtime thread directly, where the grant wakes
+/// the helper first and the runtime after it.
+///
+/// Cancel safe, as [`KernelWait::granted`]: a try's win is returned in the
+/// poll that makes it.
+async fn held_in_kernel(
+    kernel: &KernelWait,
+    watch: Option<&mut Watch>,
+    cause: &mut Cause,
+) -> std::io::Result<()> {
+    let Some(watch) = watch else {
+        return kernel.granted().await;
+    };
+    while watch.is_live() {
+        tokio::select! {
+            biased;
+            granted = kernel.granted() => return granted,
+            // Read or not, an event may be the lock file's: try.
+            _ = watch.changed() => if let Some(held) = kernel.try_now() {
+                *cause = Cause::Event;
+                return held;
+            },
+        }
+    }
+    // The file went (removed, or its watch dropped): the grant still comes.
+    kernel.granted().await
 }
 
 /// `fut`'s output, or `None` once `deadline` has passed. A wait in the
@@ -514,8 +562,14 @@ async fn on_events<C: Contender>(
         // just made came before the kernel's wait started, and the kernel
         // grants a lock that is free by then at once.
         if matches!(signal, Signal::Watch(..)) && (settle_due || Instant::now() >= settle_at) {
-            if let Some(settled) = contender.settle(ticket.map(Ticket::promise)) {
+            if let Some(mut settled) = contender.settle(ticket.map(Ticket::promise)) {
                 tracing::debug!("lockmgr: a long wait settles into the kernel's queue");
+                // The watch stays (its settling timer goes): see Signal::Kernel.
+                if let (Signal::Kernel(_, kept), Signal::Watch(watch, _timer)) =
+                    (&mut settled, std::mem::replace(signal, Signal::poll()))
+                {
+                    *kept = Some(watch);
+                }
                 *signal = settled;
                 return Done::Settled;
             }

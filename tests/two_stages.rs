@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Holder, TryLog, LIVENESS};
+use common::{Foreign, Holder, TryLog, LIVENESS};
 use lockmgr::LockMgr;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -30,24 +30,29 @@ fn threads() -> Vec<String> {
 
 /// A task of this process waiting for the lock at `path`, which a helper
 /// process holds, with its tries logged.
-struct Waiting {
+struct Waiting<H = Holder> {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     tries: TryLog,
     _log: tracing::subscriber::DefaultGuard,
-    holder: Holder,
+    holder: H,
     waiter: tokio::task::JoinHandle<Result<lockmgr::LockGuard, lockmgr::LockError>>,
 }
 
-/// Starts a holder process and a waiting task (on the calling thread's
-/// runtime, whose tries are logged), and returns once the task sleeps on
-/// the lock.
+/// Starts a holder process (this crate's, which unlocks and then closes)
+/// and a waiting task (on the calling thread's runtime, whose tries are
+/// logged), and returns once the task sleeps on the lock.
 async fn waiting() -> Waiting {
+    waiting_behind(Holder::start).await
+}
+
+/// [`waiting`], with the holder process that `start` starts.
+async fn waiting_behind<H>(start: impl FnOnce(&std::path::Path) -> H) -> Waiting<H> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
     let tries = TryLog::default();
     let log = tries.install();
-    let holder = Holder::start(&path);
+    let holder = start(&path);
     let lock = LockMgr::new(&path);
     let waiter = tokio::spawn(async move { lock.acquire(true, LIVENESS).await });
     common::until_waiting(&path).await;
@@ -88,24 +93,41 @@ async fn a_short_wait_is_woken_by_the_close_in_its_own_runtime() {
     assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_long_wait_settles_into_the_kernel_queue() {
-    let _serial = SERIAL.lock().await;
-    // Kept whole: its temporary directory and log live to the end.
-    let w = waiting().await;
-    let (path, tries) = (&w.path, &w.tries);
-    let (holder, waiter) = (w.holder, w.waiter);
-    assert_eq!(common::waiting_on(path), (1, 1, 0), "watching first");
-    // Settled: its helper's copies of the descriptor (one kept, one in the
-    // blocked call) blocked in the kernel, the watch gone.
+/// Returns once the wait for `path` has settled into the kernel's queue:
+/// its helper's copies of the descriptor (one kept, one in the blocked
+/// call) blocked in the kernel, the watch kept.
+async fn until_settled(path: &std::path::Path) {
     tokio::time::timeout(LIVENESS, async {
-        while common::waiting_on(path) != (3, 0, 1) {
+        while common::waiting_on(path) != (3, 1, 1) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
     .unwrap_or_else(|_| panic!("never settled: {:?}", common::waiting_on(path)));
-    holder.finish();
+}
+
+/// Returns once `path` has `n` descriptors of this process open on it.
+async fn until_fds_on(path: &std::path::Path, n: usize) {
+    tokio::time::timeout(LIVENESS, async {
+        while common::fds_on(path) != n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} descriptors, not {n}", common::fds_on(path)));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_wait_settles_into_the_kernel_queue() {
+    let _serial = SERIAL.lock().await;
+    // A holder that unlocks and keeps its descriptor: no close event, so
+    // only the kernel can tell.
+    let w = waiting_behind(|path| Foreign::start("ofd", "ex", path)).await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (mut holder, waiter) = (w.holder, w.waiter);
+    assert_eq!(common::waiting_on(path), (1, 1, 0), "watching first");
+    until_settled(path).await;
+    assert_eq!(holder.command("unlock"), "unlocked");
     let guard = common::won(waiter, "the settled waiter missed the release").await;
     assert_eq!(tries.winner_woken_by(), "kernel", "{:?}", tries.tries());
     // The helper's copy of the descriptor went with the claim: the guard's
@@ -118,6 +140,203 @@ async fn a_long_wait_settles_into_the_kernel_queue() {
         common::fd_targets()
     );
     drop(guard);
+}
+
+/// Keeps this process's helper threads (`lockmgr-wait`) from running while
+/// it lives: each is bound to one CPU, where a real-time (`SCHED_FIFO`)
+/// thread spins, which no thread of the normal class can preempt (the
+/// kernel lets them have the CPU again only after the real-time thread has
+/// had it for most of a second, longer than any use here). Unbound on drop.
+struct Starved {
+    helpers: Vec<nix::unistd::Pid>,
+    cpus: nix::sched::CpuSet,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    spinner: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Starved {
+    fn helpers() -> Starved {
+        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let helpers: Vec<Pid> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| name.trim() == "lockmgr-wait")
+            })
+            .map(|t| Pid::from_raw(t.file_name().to_str().unwrap().parse().unwrap()))
+            .collect();
+        assert!(!helpers.is_empty(), "no helper thread: {:?}", threads());
+        let cpus = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let mut allowed = (0..CpuSet::count()).filter(|&c| cpus.is_set(c).unwrap());
+        let cpu = allowed.next().unwrap();
+        assert!(
+            allowed.next().is_some(),
+            "two CPUs are needed: one to starve, one to run the test"
+        );
+        let mut one = CpuSet::new();
+        one.set(cpu).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (spinning, started) = std::sync::mpsc::channel();
+        let spinner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+                spinning.send(nix::unistd::gettid()).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let spinner_tid = started.recv().unwrap();
+        for &tid in &helpers {
+            sched_setaffinity(tid, &one).unwrap();
+        }
+        let status = std::process::Command::new("chrt")
+            .args(["--fifo", "-p", "1", &spinner_tid.to_string()])
+            .status();
+        let starved = Starved {
+            helpers,
+            cpus,
+            stop,
+            spinner: Some(spinner),
+        };
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "chrt: {status:?} (util-linux's chrt, and the right to use SCHED_FIFO, are needed)"
+        );
+        starved
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(spinner) = self.spinner.take() {
+            spinner.join().unwrap();
+        }
+        for &tid in &self.helpers {
+            // The thread may have exited meanwhile.
+            let _ = nix::sched::sched_setaffinity(tid, &self.cpus);
+        }
+    }
+}
+
+/// A settled wait keeps its watch: a holder that unlocks and then closes
+/// (this crate's holder) is followed by a try in the waiter's own runtime,
+/// woken by the close, without waiting for the helper thread (which the
+/// kernel woke at the unlock, and which is kept from running here). The
+/// lock so taken stays held when the helper's call returns with it (the
+/// same open file description's own lock), and is free after the release.
+#[tokio::test(flavor = "current_thread")]
+async fn a_settled_wait_is_woken_by_the_close_in_its_own_runtime() {
+    let _serial = SERIAL.lock().await;
+    let w = waiting().await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (holder, waiter) = (w.holder, w.waiter);
+    until_settled(path).await;
+    let starved = Starved::helpers();
+    // Off this runtime's thread, which must be free to run at the close.
+    let finished = tokio::task::spawn_blocking(move || holder.finish());
+    let guard = common::won(waiter, "the settled waiter missed the release").await;
+    finished.await.unwrap();
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    // The helper, let run, returns with the lock its open file description
+    // already holds, closes its copy and leaves the lock alone.
+    drop(starved);
+    until_fds_on(path, 1).await;
+    assert!(
+        matches!(
+            LockMgr::new(path).try_acquire(),
+            Err(lockmgr::LockError::WouldBlock { .. })
+        ),
+        "the lock was let go under its holder"
+    );
+    drop(guard);
+    drop(
+        LockMgr::new(path)
+            .try_acquire()
+            .expect("free after the release"),
+    );
+}
+
+/// As above, with the lock released (and taken by another) before the
+/// helper's call returns: the helper's call then waits behind the new
+/// holder, and what it is granted after that is given back, its copy
+/// closed: the lock is free again, nothing of the wait left.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lock_taken_beside_a_settled_wait_and_released_leaves_nothing() {
+    let _serial = SERIAL.lock().await;
+    let w = waiting().await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (holder, waiter) = (w.holder, w.waiter);
+    until_settled(path).await;
+    let starved = Starved::helpers();
+    // Off this runtime's thread, which must be free to run at the close.
+    let finished = tokio::task::spawn_blocking(move || holder.finish());
+    let guard = common::won(waiter, "the settled waiter missed the release").await;
+    finished.await.unwrap();
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    drop(guard);
+    let next = LockMgr::new(path)
+        .try_acquire()
+        .expect("free after the release");
+    drop(starved);
+    // The helper's call, let run, finds the new holder's lock and waits.
+    tokio::time::timeout(LIVENESS, async {
+        while common::blocked_on(path) != 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the helper's call never waited again");
+    drop(next);
+    until_fds_on(path, 0).await;
+    assert_eq!(common::blocked_on(path), 0);
+    drop(LockMgr::new(path).try_acquire().expect("free at the end"));
+}
+
+/// A lock taken beside a settled wait and released while the helper's call
+/// still holds a copy of the descriptor: the release is not the last close
+/// of the open file description, so it sends a close event of its own, and
+/// the next waiter (here the next task in line, watching the file) is woken
+/// by it, not by its next periodic try.
+#[tokio::test(flavor = "current_thread")]
+async fn a_release_beside_a_helper_still_in_the_kernel_wakes_the_next_waiter() {
+    let _serial = SERIAL.lock().await;
+    let w = waiting().await;
+    let (path, tries) = (&w.path, &w.tries);
+    let (holder, waiter) = (w.holder, w.waiter);
+    until_settled(path).await;
+    let next = {
+        let lock = LockMgr::new(path);
+        tokio::spawn(async move { lock.acquire(true, LIVENESS).await })
+    };
+    let starved = Starved::helpers();
+    let finished = tokio::task::spawn_blocking(move || holder.finish());
+    let guard = common::won(waiter, "the settled waiter missed the release").await;
+    finished.await.unwrap();
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    // The next in line is now first: it tries, loses, watches, tries again.
+    let won_at = tries.tries().iter().rposition(|(won, _)| *won).unwrap() + 1;
+    tokio::time::timeout(LIVENESS, async {
+        while tries.tries()[won_at..]
+            .iter()
+            .filter(|(won, _)| !won)
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the next in line never tried");
+    drop(guard);
+    let next = common::won(next, "the next in line missed the release").await;
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    drop(starved);
+    drop(next);
 }
 
 /// A lock file held by a helper process, and a lock of it whose budget is
@@ -141,7 +360,7 @@ async fn a_settled_wait_ends_at_its_deadline() {
     let waiter = tokio::spawn(async move { lock.acquire(true, BUDGET).await });
     // Settled before the deadline (the first stage lasts 500 ms).
     tokio::time::timeout(LIVENESS, async {
-        while common::waiting_on(&path) != (3, 0, 1) {
+        while common::waiting_on(&path) != (3, 1, 1) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -206,7 +425,7 @@ fn a_settled_wait_moved_to_another_runtime_ends_at_its_deadline() {
         .unwrap();
     first.block_on(async {
         let settled = async {
-            while common::waiting_on(&path) != (3, 0, 1) {
+            while common::waiting_on(&path) != (3, 1, 1) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -321,7 +540,7 @@ fn first_stage_moved(paused: bool, shut: bool) {
         .unwrap();
     second.block_on(async {
         let settled = tokio::time::timeout(LIVENESS, async {
-            while common::waiting_on(&path) != (3, 0, 1) {
+            while common::waiting_on(&path) != (3, 1, 1) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
