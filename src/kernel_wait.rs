@@ -8,10 +8,11 @@
 //! that closes nothing, a holder killed, any family that conflicts; and it
 //! grants the lock to the open file description in the same step, so there
 //! is no race to lose after the wake-up. The thread then tells the waiter,
-//! which *claims* the grant. Waiting costs no CPU at all: no timer, no
-//! poll; just a thread asleep in the kernel.
+//! which *claims* the grant. Waiting needs no timer and no poll: a thread
+//! asleep in the kernel (and the waiter's watch, which wakes it only when
+//! the file is closed or changed).
 //!
-//! A settled wait also keeps its inotify watch, and on a close of the file
+//! A settled wait also keeps its inotify watch, and on an event of the file
 //! *tries* for the lock itself ([`KernelWait::try_now`]), on the same open
 //! file description: a holder that unlocks and then closes (as this crate
 //! and most programs do) is then followed by the waiter's own runtime
@@ -278,23 +279,26 @@ impl KernelWait {
     }
 
     /// Tries for the lock now, on the wait's open file description, without
-    /// waiting for the helper (an event said it may be free): `Some(Ok)`
-    /// when this try took the lock, which is then held through that open
-    /// file description; `None` while someone else holds it, and whenever
-    /// the helper is not waiting (a grant there is claimed through
-    /// [`KernelWait::granted`]).
+    /// waiting for the helper (an event said it may be free): `true` when
+    /// this try took the lock, which is then held through that open file
+    /// description; `false` while someone else holds it, when the try
+    /// failed (the helper's wait goes on), and whenever the helper is not
+    /// waiting (a grant there is claimed through [`KernelWait::granted`]).
     ///
     /// The try is made under the wait's mutex and only while the helper is
     /// waiting: a helper that gives a grant back does so under the same
     /// mutex, so a try can never succeed on a grant that is about to be
     /// given back (it would succeed at once, on the same owner's lock).
-    pub(crate) fn try_now(&self) -> Option<io::Result<()>> {
+    pub(crate) fn try_now(&self) -> bool {
         let mut state = lock(&self.job.state);
         if !matches!(state.phase, Phase::Waiting) {
-            return None;
+            return false;
         }
         let mut fd = lock(&self.job.fd);
-        let won = os::try_lock(fd.as_ref()?, self.job.kind, self.job.mode);
+        let Some(own) = fd.as_ref() else {
+            return false;
+        };
+        let won = os::try_lock(own, self.job.kind, self.job.mode);
         match won {
             Ok(true) => {
                 state.phase = Phase::Won;
@@ -302,10 +306,15 @@ impl KernelWait {
                 // helper's copy in its call goes when the call returns.
                 // Not revivable once given up (see `releasing`).
                 drop(fd.take());
-                Some(Ok(()))
+                true
             }
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
+            Ok(false) => false,
+            // The helper's wait goes on, and will say whether the lock can
+            // be had: a try beside it is only a shortcut.
+            Err(e) => {
+                tracing::debug!(error = %e, "lockmgr: a try beside a wait in the kernel failed");
+                false
+            }
         }
     }
 

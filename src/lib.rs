@@ -9,7 +9,8 @@
 //! release that closes nothing (an unlock that keeps the descriptor) is
 //! seen within 500 ms. A wait that lasts longer settles into the kernel's
 //! own lock queue (`F_OFD_SETLKW`, on a helper thread), which sees every
-//! release at once and costs no CPU. Dropping the guard releases the lock.
+//! release at once with no timer and no poll, while the close events still
+//! wake the task. Dropping the guard releases the lock.
 //!
 //! # Semantics
 //!

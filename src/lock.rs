@@ -346,8 +346,9 @@ impl LockMgr {
     ///   the wait settles into the kernel's own lock queue (`F_OFD_SETLKW`,
     ///   or a blocking `flock`, on a helper thread), which wakes it, with
     ///   the lock granted, the moment the lock can be had, however it was
-    ///   released, and costs no CPU meanwhile; a release that closes the
-    ///   file still wakes this task's runtime thread first. It polls only on network
+    ///   released, with no timer and no poll meanwhile; a release that
+    ///   closes the file also wakes this task's runtime thread directly,
+    ///   and whichever of the two comes first hands the lock over. It polls only on network
     ///   file systems (and when neither inotify nor a helper thread can be
     ///   had). The attempts state the budget, not a schedule of tries: the
     ///   total wait is bounded by `timeout * max_attempts`, and a product

@@ -424,7 +424,8 @@ enum Done<E> {
 /// granted, or a close of the file (`watch`) let a try on the same open
 /// file description take it first (the contender's try then confirms it:
 /// the open file description already holds it), or the budget is spent.
-/// No timers but the deadline: waiting costs no CPU.
+/// No timers but the deadline: waiting costs no CPU but a try at each event
+/// of the file.
 async fn in_kernel<C: Contender>(
     contender: &mut C,
     kernel: &KernelWait,
@@ -486,9 +487,9 @@ async fn held_in_kernel(
             biased;
             granted = kernel.granted() => return granted,
             // Read or not, an event may be the lock file's: try.
-            _ = watch.changed() => if let Some(held) = kernel.try_now() {
+            _ = watch.changed() => if kernel.try_now() {
                 *cause = Cause::Event;
-                return held;
+                return Ok(());
             },
         }
     }

@@ -3,8 +3,8 @@
 //! wakes the waiting task's runtime thread and no other (no helper thread
 //! blocked in the kernel, no reader thread), the fastest handoff. After
 //! that the wait settles into the kernel's own queue, on a helper thread,
-//! where it costs no CPU. The holders are other processes, so that only the
-//! kernel can tell the waiter of the release. The tests take turns
+//! where it needs no timer, and keeps its watch. The holders are other
+//! processes, so that only the kernel can tell the waiter of the release. The tests take turns
 //! (`SERIAL`): two install a thread-local log of the tries, which misses
 //! events when another thread meets the same `tracing` call sites first,
 //! at the same time.
@@ -158,14 +158,9 @@ impl Starved {
     fn helpers() -> Starved {
         use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
         use nix::unistd::Pid;
-        let helpers: Vec<Pid> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|name| name.trim() == "lockmgr-wait")
-            })
-            .map(|t| Pid::from_raw(t.file_name().to_str().unwrap().parse().unwrap()))
+        let helpers: Vec<Pid> = helper_threads()
+            .into_iter()
+            .map(|(tid, _)| Pid::from_raw(tid))
             .collect();
         assert!(!helpers.is_empty(), "no helper thread: {:?}", threads());
         let cpus = sched_getaffinity(Pid::from_raw(0)).unwrap();
@@ -184,14 +179,19 @@ impl Starved {
             std::thread::spawn(move || {
                 sched_setaffinity(Pid::from_raw(0), &one).unwrap();
                 spinning.send(nix::unistd::gettid()).unwrap();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Bounded, should a test fail while it spins.
+                let until = std::time::Instant::now() + Duration::from_secs(3);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < until
+                {
                     std::hint::spin_loop();
                 }
             })
         };
         let spinner_tid = started.recv().unwrap();
         for &tid in &helpers {
-            sched_setaffinity(tid, &one).unwrap();
+            // An idle helper may have exited meanwhile.
+            let _ = sched_setaffinity(tid, &one);
         }
         let status = std::process::Command::new("chrt")
             .args(["--fifo", "-p", "1", &spinner_tid.to_string()])
@@ -210,6 +210,36 @@ impl Starved {
     }
 }
 
+/// This process's helper threads, with their state (`R` runnable, `S`
+/// asleep, ...).
+fn helper_threads() -> Vec<(i32, char)> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "lockmgr-wait")
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // "tid (comm) S ...": the state follows the command's name.
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some((t.file_name().to_str()?.parse().ok()?, state))
+        })
+        .collect()
+}
+
+/// Asserts that a helper thread was woken and is kept from running (the
+/// premise of the tests that starve it; the kernel lets a starved thread
+/// run after a second or so).
+fn assert_helper_kept_off() {
+    assert!(
+        helper_threads().iter().any(|&(_, state)| state == 'R'),
+        "no helper is kept waiting to run: {:?}",
+        helper_threads()
+    );
+}
+
 impl Drop for Starved {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -221,6 +251,25 @@ impl Drop for Starved {
             let _ = nix::sched::sched_setaffinity(tid, &self.cpus);
         }
     }
+}
+
+/// Lets `holder` release (an unlock, then a close) while the settled
+/// `waiter`'s helper thread is kept from running, and returns the waiter's
+/// guard, won by a try on the close event in its own runtime, with the
+/// helper still kept.
+async fn won_at_the_close(
+    tries: &TryLog,
+    holder: Holder,
+    waiter: tokio::task::JoinHandle<Result<lockmgr::LockGuard, lockmgr::LockError>>,
+) -> (lockmgr::LockGuard, Starved) {
+    let starved = Starved::helpers();
+    // Off this runtime's thread, which must be free to run at the close.
+    let finished = tokio::task::spawn_blocking(move || holder.finish());
+    let guard = common::won(waiter, "the settled waiter missed the release").await;
+    finished.await.unwrap();
+    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    assert_helper_kept_off();
+    (guard, starved)
 }
 
 /// A settled wait keeps its watch: a holder that unlocks and then closes
@@ -236,12 +285,7 @@ async fn a_settled_wait_is_woken_by_the_close_in_its_own_runtime() {
     let (path, tries) = (&w.path, &w.tries);
     let (holder, waiter) = (w.holder, w.waiter);
     until_settled(path).await;
-    let starved = Starved::helpers();
-    // Off this runtime's thread, which must be free to run at the close.
-    let finished = tokio::task::spawn_blocking(move || holder.finish());
-    let guard = common::won(waiter, "the settled waiter missed the release").await;
-    finished.await.unwrap();
-    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    let (guard, starved) = won_at_the_close(tries, holder, waiter).await;
     // The helper, let run, returns with the lock its open file description
     // already holds, closes its copy and leaves the lock alone.
     drop(starved);
@@ -272,13 +316,9 @@ async fn a_lock_taken_beside_a_settled_wait_and_released_leaves_nothing() {
     let (path, tries) = (&w.path, &w.tries);
     let (holder, waiter) = (w.holder, w.waiter);
     until_settled(path).await;
-    let starved = Starved::helpers();
-    // Off this runtime's thread, which must be free to run at the close.
-    let finished = tokio::task::spawn_blocking(move || holder.finish());
-    let guard = common::won(waiter, "the settled waiter missed the release").await;
-    finished.await.unwrap();
-    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    let (guard, starved) = won_at_the_close(tries, holder, waiter).await;
     drop(guard);
+    assert_helper_kept_off();
     let next = LockMgr::new(path)
         .try_acquire()
         .expect("free after the release");
@@ -313,11 +353,7 @@ async fn a_release_beside_a_helper_still_in_the_kernel_wakes_the_next_waiter() {
         let lock = LockMgr::new(path);
         tokio::spawn(async move { lock.acquire(true, LIVENESS).await })
     };
-    let starved = Starved::helpers();
-    let finished = tokio::task::spawn_blocking(move || holder.finish());
-    let guard = common::won(waiter, "the settled waiter missed the release").await;
-    finished.await.unwrap();
-    assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
+    let (guard, starved) = won_at_the_close(tries, holder, waiter).await;
     // The next in line is now first: it tries, loses, watches, tries again.
     let won_at = tries.tries().iter().rposition(|(won, _)| *won).unwrap() + 1;
     tokio::time::timeout(LIVENESS, async {
@@ -332,6 +368,7 @@ async fn a_release_beside_a_helper_still_in_the_kernel_wakes_the_next_waiter() {
     })
     .await
     .expect("the next in line never tried");
+    assert_helper_kept_off();
     drop(guard);
     let next = common::won(next, "the next in line missed the release").await;
     assert_eq!(tries.winner_woken_by(), "event", "{:?}", tries.tries());
