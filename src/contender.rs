@@ -1332,7 +1332,8 @@ fn unlock(fd: BorrowedFd<'_>, kind: LockKind, kernel: Option<&KernelWait>) -> io
     let pending = kernel.is_some_and(KernelWait::releasing);
     let unlocked = os::unlock(fd, kind);
     if pending {
-        // Best effort: without it, the waiters notice within RECHECK.
+        // Best effort: without it, the waiters hear of the release when the
+        // helper's copy closes (or, should that not come, at a RECHECK).
         drop(os::reopen(fd, false));
     }
     unlocked

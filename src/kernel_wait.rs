@@ -416,8 +416,8 @@ impl Job {
         loop {
             // A duplicate of its own for the blocking call, so that the
             // descriptor's lock is never held across it; kept until the
-            // outcome is settled, to give back through. (None once the
-            // waiter took the lock with a try: there is nothing to wait for.)
+            // outcome is settled, to give back through. (None to be had once
+            // the waiter took the lock with a try: nothing to wait for.)
             let own = self.dup_fd();
             let waited = match &own {
                 Ok(fd) => os::lock_blocking(fd, self.kind, self.mode),
