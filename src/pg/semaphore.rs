@@ -11,7 +11,7 @@ use super::fence;
 use super::guard::PgLockGuard;
 use super::manager::PgLockMgr;
 use super::session::with_op;
-use crate::error::{LockError, Operation};
+use crate::error::{LockError, LockId, Operation};
 use crate::wait::Policy;
 
 /// The most permits a PostgreSQL semaphore may have.
@@ -47,6 +47,8 @@ const ROUND: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct PgSemaphore {
     name: String,
+    /// The semaphore, on the server its slots reach: what its errors name.
+    id: LockId,
     slots: Vec<PgLockMgr>,
     max_attempts: u32,
 }
@@ -70,9 +72,12 @@ impl PgSemaphore {
     /// connection string that does not parse.
     pub fn new(config: &str, name: impl Into<String>, permits: u32) -> Result<Self, LockError> {
         let name = name.into();
+        // A lock of the semaphore's own name is never taken; it parses the
+        // connection string into the semaphore's identity.
+        let id = PgLockMgr::new(config, name.clone())?.inner().id.clone();
         if permits == 0 || permits > MAX_PERMITS {
             return Err(LockError::Invalid {
-                lock: crate::error::LockId::postgres("", "", &name),
+                lock: id,
                 reason: format!("a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"),
             });
         }
@@ -85,6 +90,7 @@ impl PgSemaphore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PgSemaphore {
             name,
+            id,
             slots,
             max_attempts: 10,
         })
@@ -135,7 +141,7 @@ impl PgSemaphore {
                     Err(e) => return Err(e),
                 }
             }
-            let id = self.slots[0].inner().id.clone();
+            let id = self.id.clone();
             if !policy.waits {
                 return Err(LockError::WouldBlock {
                     lock: id,
@@ -188,7 +194,7 @@ impl PgSemaphore {
                 ),
                 &[(&key, Type::TEXT), (&permits, Type::INT8)],
                 first.request(),
-                &inner.id,
+                &self.id,
             )
             .await
             .map_err(read)?;
@@ -197,7 +203,7 @@ impl PgSemaphore {
                 &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
                 &[(&key, Type::TEXT)],
                 first.request(),
-                &inner.id,
+                &self.id,
             )
             .await
             .map_err(read)?;
@@ -205,7 +211,7 @@ impl PgSemaphore {
         match recorded {
             Some(n) if n == permits => Ok(()),
             Some(n) => Err(LockError::Invalid {
-                lock: inner.id.clone(),
+                lock: self.id.clone(),
                 reason: format!(
                     "the semaphore {} has {n} permits, and this one asks for {permits}: every \
                      user of a semaphore must give the same number",
@@ -213,7 +219,7 @@ impl PgSemaphore {
                 ),
             }),
             None => Err(LockError::Server {
-                lock: inner.id.clone(),
+                lock: self.id.clone(),
                 op: Operation::Fence,
                 source: "the permit count was not recorded".into(),
             }),
