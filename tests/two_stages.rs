@@ -4,8 +4,8 @@
 //! blocked in the kernel, no reader thread), the fastest handoff. After
 //! that the wait settles into the kernel's own queue, on a helper thread,
 //! where it needs no timer, and keeps its watch. The holders are other
-//! processes, so that only the kernel can tell the waiter of the release. The tests take turns
-//! (`SERIAL`): two install a thread-local log of the tries, which misses
+//! processes, so that only the kernel can tell the waiter of the release.
+//! The tests take turns (`SERIAL`): two install a thread-local log of the tries, which misses
 //! events when another thread meets the same `tracing` call sites first,
 //! at the same time.
 
