@@ -910,3 +910,266 @@ async fn a_silent_link_behind_pgbouncer_is_told_to_the_holder() {
         next.release().await.unwrap();
     }
 }
+
+/// The tests that steer statements between the three backends of
+/// `LOCKMGR_PG_BOUNCER_SMALL_URL` take it in turn.
+static SMALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The backend that holds `lock`.
+async fn holder_pid(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i32 {
+    let key = lock.key() as u64;
+    admin
+        .query_one(
+            "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+             AND l.objsubid = 1 AND l.classid::int8 = $1 AND l.objid::int8 = $2",
+            &[&((key >> 32) as i64), &((key & 0xFFFF_FFFF) as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An open transaction of a new client of the small pool, and its backend.
+async fn pinned(pooled: &str) -> (tokio_postgres::Client, i32) {
+    let client = pg_common::admin(pooled).await;
+    let rows = client
+        .simple_query("BEGIN; SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    let pid = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap();
+    (client, pid)
+}
+
+/// Open transactions on each of the small pool's three backends (PgBouncer
+/// opens the ones it has not yet): the one on `on` first, then the others.
+async fn pin_all(pooled: &str, on: i32) -> (tokio_postgres::Client, Vec<tokio_postgres::Client>) {
+    let mut others = Vec::new();
+    let mut found = None;
+    while found.is_none() || others.len() < 2 {
+        let (client, pid) = pinned(pooled).await;
+        if pid == on {
+            found = Some(client);
+        } else {
+            others.push(client);
+        }
+    }
+    (found.unwrap(), others)
+}
+
+/// A lock held the session way (`transaction_pooling(Some(false))`, or a
+/// probe that guessed wrong) behind a transaction pooler, whose unlock runs
+/// on another backend than the lock: before, the unlock found nothing to
+/// let go, and the lock stayed on the pooled backend, held by nobody, for
+/// as long as PgBouncer kept that server connection. Now the unlock notices
+/// it ran elsewhere, the backend holding the lock is ended (which lets it
+/// go), the release says what happened, and the process holds its later
+/// locks in transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
+    let Some(url) = common::pg_url() else { return };
+    let _small = SMALL.lock().await;
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    let lock = PgLockMgr::builder(&pooled, name("stranded"))
+        .label("forced-session")
+        .transaction_pooling(Some(false))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(
+        holder_state(&admin, &lock).await,
+        "idle",
+        "a session-level lock"
+    );
+    let backend = holder_pid(&admin, &lock).await;
+    // The holding backend busy in another client's transaction, the others
+    // free: the release runs on one of those.
+    let (on_holder, others) = pin_all(&pooled, backend).await;
+    for client in &others {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let released = guard.release().await;
+    assert!(
+        matches!(
+            released,
+            Err(LockError::Server {
+                op: lockmgr::Operation::Unlock,
+                ..
+            })
+        ),
+        "{released:?}"
+    );
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lock was left held on the pooled backend");
+    drop((on_holder, others));
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(holder_state(&admin, &lock).await, "idle in transaction");
+    guard.release().await.unwrap();
+}
+
+/// A transaction behind a pooler that runs on the backend holding a
+/// session-level lock of the same name (another process's, taken the
+/// session way by force or by a probe that guessed wrong): PostgreSQL
+/// grants a backend a lock it already holds, so before, the transaction's
+/// try won, and two holders had the lock at once. Now a transaction does
+/// not take a lock its backend already holds: the try finds it held, and a
+/// wait fails at once (it could only be granted there), saying why. (Each
+/// ends its connection in the middle of its transaction, on which PgBouncer
+/// closes the server connection, and with it the other's lock: a lock held
+/// the session way behind a transaction pooler is at the mercy of every
+/// client. Hence a new holder for each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_on_the_backend_of_a_session_lock_does_not_share_it() {
+    let Some(url) = common::pg_url() else { return };
+    let _small = SMALL.lock().await;
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    let name = name("shared-backend");
+    for waits in [false, true] {
+        let session_way = PgLockMgr::builder(&pooled, &name)
+            .label(format!("forced-session-{waits}"))
+            .transaction_pooling(Some(false))
+            .build()
+            .unwrap();
+        let held = session_way.acquire(true, LIVENESS).await.unwrap();
+        assert_eq!(holder_state(&admin, &session_way).await, "idle");
+        let backend = holder_pid(&admin, &session_way).await;
+        // One other backend busy, and the holder's given back last:
+        // PgBouncer serves the next transaction on the backend it got back
+        // last (its default, LIFO), the holder's, and the third stays free
+        // for anything a winner does on a connection of its own.
+        let (on_holder, mut others) = pin_all(&pooled, backend).await;
+        let third = others.pop().unwrap();
+        third.batch_execute("COMMIT").await.unwrap();
+        on_holder.batch_execute("COMMIT").await.unwrap();
+        let other = PgLockMgr::builder(&pooled, &name)
+            .label(format!("transaction-way-{waits}"))
+            .transaction_pooling(Some(true))
+            .build()
+            .unwrap();
+        if waits {
+            let waited = other.acquire(true, LIVENESS).await;
+            assert!(
+                matches!(
+                    waited,
+                    Err(LockError::Server {
+                        op: lockmgr::Operation::Lock,
+                        ..
+                    })
+                ),
+                "a second holder: {waited:?}"
+            );
+        } else {
+            let tried = other.try_acquire().await;
+            assert!(
+                matches!(tried, Err(LockError::WouldBlock { .. })),
+                "a second holder: {tried:?}"
+            );
+        }
+        drop((held, third, others));
+        tokio::time::timeout(LIVENESS, async {
+            while lock_rows(&admin, &session_way).await != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the lock was left held");
+    }
+}
+
+/// Two clients forced to take locks the session way behind a transaction
+/// pooler, whose sessions start on one backend: before, the second took
+/// the first one's backend for its own (its lock statements checked the
+/// backend's pid only), PostgreSQL granted it the lock that backend
+/// already held, and two holders had it at once. Now a session does not
+/// take over a backend another session of ours has marked: the second
+/// finds the pooler at its start, holds its locks in transactions, and its
+/// try finds the lock held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold() {
+    let Some(url) = common::pg_url() else { return };
+    let _small = SMALL.lock().await;
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    let name = name("one-backend");
+    let forced = |label: &str| {
+        PgLockMgr::builder(&pooled, &name)
+            .label(label)
+            .transaction_pooling(Some(false))
+            .build()
+            .unwrap()
+    };
+    let first = forced("forced-first");
+    let held = first.acquire(true, LIVENESS).await.unwrap();
+    let backend = holder_pid(&admin, &first).await;
+    // The holder's backend given back last: the next client's session
+    // starts there (PgBouncer's default, LIFO).
+    let (on_holder, others) = pin_all(&pooled, backend).await;
+    for client in &others {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    on_holder.batch_execute("COMMIT").await.unwrap();
+    let second = forced("forced-second");
+    let tried = second.try_acquire().await;
+    assert!(
+        matches!(tried, Err(LockError::WouldBlock { .. })),
+        "a second holder: {tried:?}"
+    );
+    // (The try ended its connection in the middle of its transaction, on
+    // the holder's backend, which PgBouncer then closed: the first's lock
+    // may be gone already, and its release say so.)
+    drop(held);
+    let guard = second.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(holder_state(&admin, &second).await, "idle in transaction");
+    guard.release().await.unwrap();
+}
+
+/// A lock held the session way behind a transaction pooler, whose backend
+/// PgBouncer closes (another client left in the middle of its transaction
+/// there): the lock is gone with the backend. Before, the holder never
+/// learned of it: its liveness probe ran on another backend, and answered.
+/// Now the probe asks whether it runs on the session's own backend, and
+/// the guard reports the lock lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
+    let Some(url) = common::pg_url() else { return };
+    let _small = SMALL.lock().await;
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    let lock = PgLockMgr::builder(&pooled, name("closed-backend"))
+        .label("forced-session")
+        .transaction_pooling(Some(false))
+        .dead_session_after(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let backend = holder_pid(&admin, &lock).await;
+    let (on_holder, others) = pin_all(&pooled, backend).await;
+    for client in &others {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    // Gone in the middle of its transaction: PgBouncer closes the backend.
+    drop(on_holder);
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(&admin, &lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the backend was not closed");
+    tokio::time::timeout(LIVENESS, guard.lost())
+        .await
+        .expect("the holder was not told its lock is gone");
+    drop((guard, others));
+}

@@ -9,9 +9,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::gate::Pass;
 use super::manager::PgLockMgr;
-use super::session::{first_row, with_op, Server, Session};
-use super::sql;
-use crate::error::{LockError, Operation};
+use super::session::{with_op, Server, Session};
+use crate::error::{LockError, LockId, Operation};
 use crate::telemetry::Meter;
 use crate::vocab::LockMode;
 
@@ -91,16 +90,19 @@ impl Hold {
     /// holding transaction's session ended (the server rolls it back). The
     /// pass goes back once the unlock has been answered, which the returned
     /// handle tells; the unlock goes out whether or not it is awaited.
-    pub(super) fn give_up(mut self, server: &Arc<Server>, key: i64) -> Option<JoinHandle<()>> {
+    pub(super) fn give_up(
+        mut self,
+        server: &Arc<Server>,
+        key: i64,
+        id: &LockId,
+    ) -> Option<JoinHandle<()>> {
         let pass = self.settle();
         match self.how {
             How::Shared { mode } => {
-                let server = server.clone();
+                let (server, id) = (server.clone(), id.clone());
                 let session = self.session.clone();
                 Some(session.runtime.clone().spawn(async move {
-                    let id = crate::error::LockId::postgres("", "", "");
-                    let bound = server.timeouts.request;
-                    if let Err(e) = session.simple(&sql::unlock(mode, key), bound, &id).await {
+                    if let Err(e) = server.unlock(&session, mode, key, &id).await {
                         tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
                     }
                     server.released_one(&session);
@@ -218,21 +220,17 @@ impl PgLockGuard {
         // The hold stays in the guard until the server has answered: if this
         // future is dropped first, the guard's drop lets the lock go.
         let answer = match hold.how {
-            How::Shared { mode } => {
-                session
-                    .simple(&sql::unlock(mode, inner.key), bound, id)
-                    .await
-            }
-            How::Transaction { .. } => session.simple("COMMIT", bound, id).await,
+            How::Shared { mode } => inner.server.unlock(&session, mode, inner.key, id).await,
+            How::Transaction { .. } => session.simple("COMMIT", bound, id).await.map(|_| true),
         };
         let Some(mut hold) = self.hold.take() else {
             return Ok(());
         };
         let pass = hold.settle();
         let result = match (&hold.how, answer) {
-            (How::Shared { .. }, Ok(rows)) => {
+            (How::Shared { .. }, Ok(held)) => {
                 inner.server.released_one(&session);
-                if first_row(&rows).and_then(|r| r.get(0)) == Some("t") {
+                if held {
                     Ok(())
                 } else {
                     Err(LockError::Server {
@@ -264,7 +262,7 @@ impl Drop for PgLockGuard {
             let inner = self.lock.inner();
             inner.meter.released(self.won_at.elapsed());
             // The unlock goes out from a task of its own.
-            drop(hold.give_up(&inner.server, inner.key));
+            drop(hold.give_up(&inner.server, inner.key, &inner.id));
         }
     }
 }

@@ -170,9 +170,14 @@ impl PgLockMgrBuilder {
     /// `Some(false)` shares session-level locks on a few sessions. Default
     /// `None`: found out by a probe before the first lock (two sessions of
     /// this process that land on one server backend can only be pooled per
-    /// transaction). `Some(false)` behind a transaction pooler is unsafe:
-    /// sessions that one backend serves in turn all take its session lock
-    /// as their own, and two holders follow.
+    /// transaction). Evidence of a transaction pooler found later (a
+    /// statement of a session that ran on another backend than its own)
+    /// overrides `Some(false)`. Do not force `Some(false)` behind a
+    /// transaction pooler: a lock statement then acts only on its session's
+    /// own backend, and no transaction of ours takes a lock its backend
+    /// holds, but any client of the pool that leaves in the middle of a
+    /// transaction on that backend makes PgBouncer close it, and the lock
+    /// goes with it (the guard learns it at the next liveness probe).
     pub fn transaction_pooling(mut self, pooled: Option<bool>) -> Self {
         self.transaction_pooling = pooled;
         self
@@ -623,8 +628,7 @@ impl PgLockMgr {
 
     /// The key as `pg_locks` shows it: (`classid`, `objid`).
     fn key_halves(&self) -> (i64, i64) {
-        let key = self.inner.key as u64;
-        ((key >> 32) as i64, (key & 0xFFFF_FFFF) as i64)
+        sql::halves(self.inner.key)
     }
 
     fn id(&self) -> &LockId {
@@ -813,7 +817,7 @@ impl PgLockMgr {
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
-        let rows = match SharedTry::start(shared, mode, key, self.request(), id)
+        let rows = match SharedTry::start(&self.inner.server, shared, mode, key, id)
             .answer()
             .await
         {
@@ -824,11 +828,11 @@ impl PgLockMgr {
             }
             Err(e) => return Shared::Done(Err(e)),
         };
-        let (won, pid) = match lock_answer(&rows) {
+        let (won, ours) = match lock_answer(&rows) {
             Some(answer) => answer,
             None => return Shared::Done(Err(self.odd(Operation::Lock, "no lock result"))),
         };
-        if pid != shared.pid() {
+        if !ours {
             // Nothing was taken: the statement makes sure of that.
             return Shared::Pooled(pass);
         }
@@ -877,14 +881,14 @@ impl PgLockMgr {
             let statement = format!(
                 "{}; {}",
                 sql::set_lock_timeout(policy.timeout),
-                sql::wait_lock(mode, key, waiter.pid())
+                sql::wait_lock(mode, key, waiter.pid(), waiter.claim())
             );
             match waiter.simple(&statement, bound, id).await {
                 Ok(rows) => {
-                    let Some((_, pid)) = lock_answer(&rows) else {
+                    let Some((_, ours)) = lock_answer(&rows) else {
                         return Shared::Done(Err(self.odd(Operation::Lock, "no lock result")));
                     };
-                    if pid != waiter.pid() {
+                    if !ours {
                         return Shared::Pooled(pass);
                     }
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
@@ -988,6 +992,21 @@ impl PgLockMgr {
                 .simple(&sql::wait_xact_lock(mode, key, policy.timeout), bound, id)
                 .await
             {
+                Ok(rows) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
+                    // No wait on a backend that holds the lock: it would be
+                    // granted at once (see `sql::not_held_here`).
+                    return Err(LockError::Server {
+                        lock: id.clone(),
+                        op: Operation::Lock,
+                        source: format!(
+                            "the transaction runs on backend {pid}, which already holds the \
+                             lock as a session-level lock (another client holds locks the \
+                             session way behind this transaction pooler); waiting there would \
+                             make a second holder"
+                        )
+                        .into(),
+                    });
+                }
                 Ok(_) => {
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
                     armed.disarm();
@@ -1141,7 +1160,7 @@ impl PgLockMgr {
     /// error is returned: the next try of this process finds it free.
     /// Dropped midway, the unlock still goes out.
     async fn let_go(&self, hold: Hold) {
-        if let Some(unlocking) = hold.give_up(&self.inner.server, self.inner.key) {
+        if let Some(unlocking) = hold.give_up(&self.inner.server, self.inner.key, self.id()) {
             let _ = unlocking.await;
         }
     }
@@ -1212,10 +1231,11 @@ fn spent(attempt: u32, deadline: Option<Instant>) -> bool {
     attempt > 1 && deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-/// `(won, backend pid)` from a lock statement's answer.
-fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, i32)> {
+/// A session-level lock statement's answer: whether it won, and whether it
+/// ran on the session's own backend (see `sql::try_lock`).
+fn lock_answer(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<(bool, bool)> {
     let row = first_row(rows)?;
-    Some((row.get(0) == Some("t"), row.get(1)?.parse().ok()?))
+    Some((row.get(0) == Some("t"), row.get(1)? == "t"))
 }
 
 /// How a try on a shared session ended.
@@ -1238,31 +1258,32 @@ struct SharedTry {
     task:
         Option<tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError>>>,
     session: Arc<Session>,
+    server: Arc<Server>,
     mode: LockMode,
     key: i64,
-    bound: Duration,
     id: LockId,
 }
 
 impl SharedTry {
     fn start(
+        server: &Arc<Server>,
         session: &Arc<Session>,
         mode: LockMode,
         key: i64,
-        bound: Duration,
         id: &LockId,
     ) -> Self {
+        let bound = server.timeouts.request;
         let task = session.runtime.spawn({
             let (session, id) = (session.clone(), id.clone());
-            let statement = sql::try_lock(mode, key, session.pid());
+            let statement = sql::try_lock(mode, key, session.pid(), session.claim());
             async move { session.simple(&statement, bound, &id).await }
         });
         SharedTry {
             task: Some(task),
             session: session.clone(),
+            server: server.clone(),
             mode,
             key,
-            bound,
             id: id.clone(),
         }
     }
@@ -1290,18 +1311,18 @@ impl Drop for SharedTry {
         let Some(task) = self.task.take() else {
             return;
         };
-        let (session, mode, key, bound, id) = (
+        let (session, server, mode, key, id) = (
             self.session.clone(),
+            self.server.clone(),
             self.mode,
             self.key,
-            self.bound,
             self.id.clone(),
         );
         session.runtime.clone().spawn(async move {
             let Ok(Ok(rows)) = task.await else { return };
-            if lock_answer(&rows) == Some((true, session.pid())) {
+            if lock_answer(&rows) == Some((true, true)) {
                 tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a dropped try");
-                let _ = session.simple(&sql::unlock(mode, key), bound, &id).await;
+                let _ = server.unlock(&session, mode, key, &id).await;
             }
         });
     }
@@ -1318,7 +1339,7 @@ impl Drop for Unclaimed<'_> {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
             let inner = self.lock.inner();
-            drop(hold.give_up(&inner.server, inner.key));
+            drop(hold.give_up(&inner.server, inner.key, &inner.id));
         }
     }
 }

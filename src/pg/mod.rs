@@ -61,6 +61,10 @@
 //!   found out before the first lock: two sessions of this process that land
 //!   on one backend can only be pooled per transaction. It can also be set
 //!   with [`transaction_pooling`](PgLockMgrBuilder::transaction_pooling).
+//!   Either way, a session-level lock's statements act only on the backend
+//!   its session marked as its own when it started, and a transaction never
+//!   takes a lock its backend already holds: a wrong guess is found at the
+//!   next statement, and does not make two holders.
 //!   Statement pooling is not supported (it allows no transactions).
 //! - **TLS** with rustls, to libpq's `sslmode` meanings: `disable`; `allow`
 //!   and `prefer` (the default: TLS whenever the server offers it);

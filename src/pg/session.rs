@@ -22,7 +22,8 @@ use super::config::{Connection, Env};
 use super::gate::Gates;
 use super::sql;
 use super::tls;
-use crate::error::{LockError, LockId};
+use crate::error::{LockError, LockId, Operation};
+use crate::vocab::LockMode;
 
 /// The least time a waiting acquire gives its connection, however little
 /// of its wait is left: a short wait on a loaded machine must end in
@@ -150,6 +151,17 @@ impl Server {
 
     /// How the server is reached, probed once: two sessions of ours that see
     /// the same backend can only be behind a transaction-pooling proxy.
+    /// Each session marks its backend when it starts (see `sql::setup`), so
+    /// a second one landing there is seen at once; then both ask for their
+    /// backend in turn, in one order and then the other, for several
+    /// rounds. A pooler that reuses its most recent backend (PgBouncer's
+    /// default) serves the second asker on the first one's backend, and one
+    /// that goes round moves both; only a pooler that kept each session on
+    /// its own backend through every round, while other clients took and
+    /// gave back backends between the rounds, could pass for sessions. Such
+    /// a guess is safe, if costly: every statement of a session-level lock
+    /// runs only on its session's marked backend, and a transaction never
+    /// takes a lock its backend holds (see `sql`).
     pub(super) async fn pooling(
         &self,
         lock: &LockId,
@@ -164,19 +176,24 @@ impl Server {
         }
         let a = self.connect(lock, deadline).await?;
         let b = self.connect(lock, deadline).await?;
-        // A pooler that reuses its most recent backend (PgBouncer's default)
-        // gives both the same one; one that goes round gives each session
-        // a backend other than the one it logged in on.
         let mut pooling = Pooling::Session;
-        for _ in 0..3 {
-            let pa = a.backend_pid(self, lock).await?;
-            let pb = b.backend_pid(self, lock).await?;
-            if pa == pb || pa != a.pid() || pb != b.pid() {
+        for round in 0..PROBE_ROUNDS {
+            let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let p1 = first.backend_pid(self, lock).await?;
+            let p2 = second.backend_pid(self, lock).await?;
+            if p1 == p2 || p1 != first.pid() || p2 != second.pid() {
                 pooling = Pooling::Transaction;
                 break;
             }
         }
+        let mut state = lock_state(&self.state);
+        // A session's start may have found the pooler already.
+        if state.pooling == Pooling::Transaction {
+            pooling = Pooling::Transaction;
+        }
+        state.pooling = pooling;
         if pooling == Pooling::Transaction {
+            drop(state);
             tracing::info!(
                 lock = %lock,
                 "lockmgr: the lock server is behind a transaction-pooling proxy: each lock is \
@@ -185,12 +202,90 @@ impl Server {
             drop((a, b));
         } else {
             // Not pooled per transaction: these are real sessions, to share.
-            let mut state = lock_state(&self.state);
             state.shared.push(a);
+            drop(state);
             drop(b);
         }
-        lock_state(&self.state).pooling = pooling;
         Ok(pooling)
+    }
+
+    /// Lets one hold of a session-level lock on `session` go, and reports
+    /// whether the server found it held.
+    ///
+    /// The unlock runs only on the session's own backend. Where it ran on
+    /// another, the server is behind a transaction pooler after all, and
+    /// the lock sits on a pooled backend that other clients use, out of
+    /// the session's reach: the session is ended (its other locks are lost
+    /// with it), that backend is ended if it still holds the lock (which
+    /// lets go of every lock on it), later locks are held in transactions,
+    /// and the answer is an error that says so.
+    pub(super) async fn unlock(
+        &self,
+        session: &Session,
+        mode: LockMode,
+        key: i64,
+        lock: &LockId,
+    ) -> Result<bool, LockError> {
+        let statement = sql::unlock(mode, key, session.pid(), session.claim());
+        let rows = session
+            .simple(&statement, self.timeouts.request, lock)
+            .await?;
+        let row = first_row(&rows).ok_or_else(|| protocol_error(lock, "no unlock result"))?;
+        if row.get(1) == Some("t") {
+            return Ok(row.get(0) == Some("t"));
+        }
+        session.end();
+        self.found_transaction_pooling();
+        let backend = session.pid();
+        let ended = self.end_backend_holding(backend, key, lock).await;
+        tracing::warn!(
+            lock = %lock,
+            backend,
+            ended = ended.as_ref().is_ok_and(|e| *e),
+            "lockmgr: an unlock ran on another backend than the lock's: the server is behind \
+             a transaction pooler; the lock's backend is ended to let it go, and later locks \
+             are held in transactions"
+        );
+        let what = match ended {
+            Ok(true) => format!("backend {backend} was ended to let the lock go"),
+            Ok(false) => format!("backend {backend} no longer held the lock"),
+            Err(e) => {
+                format!("the lock may still be held by backend {backend}: ending it failed: {e}")
+            }
+        };
+        Err(LockError::Server {
+            lock: lock.clone(),
+            op: Operation::Unlock,
+            source: format!(
+                "the unlock ran on another backend than the lock's (the server is behind a \
+                 transaction pooler; later locks are held in transactions): {what}"
+            )
+            .into(),
+        })
+    }
+
+    /// Ends backend `pid` if it holds `key`, from the reader session (once
+    /// more on a new one if the first was the backend itself, or ended).
+    async fn end_backend_holding(
+        &self,
+        pid: i32,
+        key: i64,
+        lock: &LockId,
+    ) -> Result<bool, LockError> {
+        let statement = sql::end_backend_holding(pid, sql::halves(key));
+        let mut tries = 2;
+        loop {
+            tries -= 1;
+            let reader = self.reader(lock, None).await?;
+            match reader.simple(&statement, self.timeouts.request, lock).await {
+                Ok(rows) => return Ok(first_value(&rows) == Some("t")),
+                Err(e) if tries > 0 => {
+                    tracing::debug!(lock = %lock, error = %e, "lockmgr: ending a backend, once more");
+                    reader.end();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Statements hopped between backends on one session of ours: a
@@ -442,10 +537,16 @@ impl Server {
             }
             let _ = ended_tx.send(true);
         });
+        // Sessions that may take session-level locks mark their backend.
+        let claim = match lock_state(&self.state).pooling {
+            Pooling::Transaction => String::new(),
+            Pooling::Session | Pooling::Unknown => new_claim(),
+        };
         let session = Arc::new(Session {
             cancel: client.cancel_token(),
             client,
             pid: 0.into(),
+            claim,
             ended,
             task,
             held: AtomicUsize::new(0),
@@ -457,12 +558,27 @@ impl Server {
         // Server side: give a silent client up as the client gives a silent
         // server up, notice a client gone in the middle of a wait, and do
         // not end a session for being idle (see `sql::server_side`).
-        let setup = format!("SELECT pg_backend_pid(), {}", sql::server_side(dead, false));
+        let claim = Some(session.claim.as_str()).filter(|c| !c.is_empty());
+        let setup = sql::setup(dead, claim);
         let rows = session.simple(&setup, self.timeouts.request, lock).await?;
-        let pid = first_value(&rows)
+        let row = first_row(&rows);
+        let pid = row
+            .and_then(|r| r.get(0))
             .and_then(|v| v.parse::<i32>().ok())
             .ok_or_else(|| protocol_error(lock, "no backend pid"))?;
         session.pid.store(pid as usize, Ordering::Relaxed);
+        if row.and_then(|r| r.get(2)) != Some("t") {
+            // The backend is marked by another session of ours: it serves
+            // more than one client.
+            self.found_transaction_pooling();
+            tracing::info!(
+                lock = %lock,
+                backend = pid,
+                "lockmgr: a new session landed on a backend another session of this process \
+                 or another uses: the server is behind a transaction pooler; holding locks in \
+                 transactions"
+            );
+        }
         session.runtime.spawn(watch_while_holding(
             Arc::downgrade(&session),
             probe_every(self.timeouts),
@@ -488,6 +604,25 @@ impl Server {
             }
         });
     }
+}
+
+/// Rounds of the pooling probe (see [`Server::pooling`]): two round trips
+/// each, once per server and process.
+const PROBE_ROUNDS: usize = 8;
+
+/// A mark for a session's backend, unique to the session: a number drawn
+/// from the OS's randomness once per process (std's hasher keys), and a
+/// count.
+fn new_claim() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let process = PROCESS.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    format!("{process:016x}.{}", COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// How often a session that holds locks is asked whether it still lives,
@@ -522,7 +657,22 @@ async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration,
         if session.held.load(Ordering::Acquire) == 0 {
             continue;
         }
-        match session.simple("SELECT 1", every, &id).await {
+        let probe = match session.claim() {
+            "" => "SELECT 1".to_owned(),
+            claim => sql::still_ours(session.pid(), claim),
+        };
+        match session.simple(&probe, every, &id).await {
+            Ok(rows) if first_value(&rows) == Some("f") => {
+                tracing::warn!(
+                    opened_for = %id,
+                    backend = session.pid(),
+                    "lockmgr: a session that holds locks found its statements on another \
+                     backend than its own (a transaction pooler; its backend may be gone): it \
+                     was closed and its locks are lost"
+                );
+                session.end();
+                return;
+            }
             Ok(_) => {}
             // Not answered in time (the request was given up and the
             // session ended), or the session is gone.
@@ -619,6 +769,9 @@ pub(super) struct Session {
     client: Client,
     /// The backend pid when the session was made.
     pid: AtomicUsize,
+    /// The mark the session set on that backend (see `sql::setup`); empty
+    /// for a session made to hold locks in transactions.
+    claim: String,
     /// Turns true when the connection has ended.
     pub(super) ended: watch::Receiver<bool>,
     /// The connection's driver: aborting it closes the socket at once, which
@@ -645,6 +798,11 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed) as i32
+    }
+
+    /// The mark the session set on its backend (see `sql::setup`).
+    pub(super) fn claim(&self) -> &str {
+        &self.claim
     }
 
     pub(super) fn is_ended(&self) -> bool {

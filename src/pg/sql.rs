@@ -7,42 +7,119 @@ use std::time::Duration;
 
 use crate::vocab::LockMode;
 
-/// One non-blocking try of a session-level lock, made only on backend
-/// `pid` (the session's own), and the backend that ran the statement: a
-/// pooler that moves statements between backends is noticed, and no lock is
-/// ever taken on a backend that is not ours.
-pub(super) fn try_lock(mode: LockMode, key: i64, pid: i32) -> String {
+/// The setting a session of ours marks its backend with, at its start
+/// (see [`setup`]): a session-level lock is taken and let go only where
+/// the mark is the session's own.
+const CLAIM: &str = "lockmgr.claim";
+
+/// Whether a statement runs on the backend of the session that made
+/// `claim` on backend `pid`: behind a transaction pooler it may run
+/// anywhere, on a backend other clients (and other sessions of ours) use.
+fn ours(pid: i32, claim: &str) -> String {
+    if claim.is_empty() {
+        // A session made for transactions marked nothing.
+        return "false".to_owned();
+    }
+    format!("(pg_backend_pid() = {pid} AND coalesce(current_setting('{CLAIM}', true) = '{claim}', false))")
+}
+
+/// A session's first statement: its backend pid, the server-side settings
+/// (see [`server_side`]), and, with `claim`, whether it marked the backend
+/// as its own. A backend already marked by another session of ours is not
+/// taken over: two sessions on one backend can only be a transaction
+/// pooler's doing. (PgBouncer in session mode resets a server connection's
+/// settings, `DISCARD ALL`, before it serves another client.)
+pub(super) fn setup(dead: Duration, claim: Option<&str>) -> String {
+    let claimed = match claim {
+        Some(claim) => format!(
+            "set_config('{CLAIM}', CASE WHEN coalesce(current_setting('{CLAIM}', true), '') = '' \
+             THEN '{claim}' ELSE current_setting('{CLAIM}', true) END, false) = '{claim}'"
+        ),
+        None => "true".to_owned(),
+    };
+    format!(
+        "SELECT pg_backend_pid(), {}, {claimed}",
+        server_side(dead, false)
+    )
+}
+
+/// A liveness probe of a session that holds session-level locks: whether
+/// it still runs on its own backend. Behind a transaction pooler its next
+/// statement may run anywhere, and its backend may be gone (PgBouncer
+/// closes a server connection whose client left in the middle of a
+/// transaction), its locks with it.
+pub(super) fn still_ours(pid: i32, claim: &str) -> String {
+    format!("SELECT {}", ours(pid, claim))
+}
+
+/// One non-blocking try of a session-level lock, made only on the backend
+/// of the session that made `claim` on `pid`, and whether it ran there: a
+/// pooler that moves statements between backends is noticed, and no lock
+/// is ever taken on a backend that is not ours.
+pub(super) fn try_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_try_advisory_lock",
         LockMode::Shared => "pg_try_advisory_lock_shared",
     };
-    format!(
-        "SELECT coalesce(CASE WHEN pg_backend_pid() = {pid} THEN {f}({key}) END, false), \
-         pg_backend_pid()"
-    )
+    let ours = ours(pid, claim);
+    format!("SELECT coalesce(CASE WHEN {ours} THEN {f}({key}) END, false), {ours}")
 }
 
 /// One wait for a session-level lock, bounded by the session's
-/// `lock_timeout`, made only on backend `pid`, and the backend that ran the
-/// statement. (The wait function returns `void`, which is not null.)
-pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32) -> String {
+/// `lock_timeout`, made only on the session's own backend (as
+/// [`try_lock`]), and whether it ran there. (The wait function returns
+/// `void`, which is not null.)
+pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_advisory_lock",
         LockMode::Shared => "pg_advisory_lock_shared",
     };
-    format!(
-        "SELECT CASE WHEN pg_backend_pid() = {pid} THEN {f}({key}) END IS NOT NULL, \
-         pg_backend_pid()"
-    )
+    let ours = ours(pid, claim);
+    format!("SELECT CASE WHEN {ours} THEN {f}({key}) END IS NOT NULL, {ours}")
 }
 
-/// Releases one hold of a session-level lock.
-pub(super) fn unlock(mode: LockMode, key: i64) -> String {
+/// Releases one hold of a session-level lock, only on the session's own
+/// backend (as [`try_lock`]): whether it was held (null where the
+/// statement ran elsewhere), and whether it ran there.
+pub(super) fn unlock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_advisory_unlock",
         LockMode::Shared => "pg_advisory_unlock_shared",
     };
-    format!("SELECT {f}({key})")
+    let ours = ours(pid, claim);
+    format!("SELECT CASE WHEN {ours} THEN {f}({key}) END, {ours}")
+}
+
+/// Ends backend `pid` if it still holds the key (`classid`, `objid`): a
+/// session-level lock left on a pooled backend after its session's
+/// statements moved to others, which only the backend's end lets go.
+pub(super) fn end_backend_holding(pid: i32, (hi, lo): (i64, i64)) -> String {
+    format!(
+        "SELECT coalesce(bool_or(pg_terminate_backend(h.pid)), false) FROM \
+         (SELECT DISTINCT pid FROM pg_locks WHERE pid = {pid} AND locktype = 'advisory' \
+         AND granted AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}) AS h"
+    )
+}
+
+/// The key as `pg_locks` shows it: (`classid`, `objid`).
+pub(super) fn halves(key: i64) -> (i64, i64) {
+    let key = key as u64;
+    ((key >> 32) as i64, (key & 0xFFFF_FFFF) as i64)
+}
+
+/// Whether the backend a transaction runs on does not hold the key
+/// already. Behind a transaction pooler it may be a backend marked by a
+/// session of ours, that holds the key as a session-level lock (the
+/// session way forced, or a probe that guessed wrong): PostgreSQL grants a
+/// backend a lock it holds, and the transaction would be a second holder.
+/// The lock table is read only on such a backend.
+fn not_held_here(key: i64) -> String {
+    let (hi, lo) = halves(key);
+    format!(
+        "(coalesce(current_setting('{CLAIM}', true), '') = '' OR NOT EXISTS (SELECT 1 \
+         FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted \
+         AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}))"
+    )
 }
 
 /// The server side of a session: give a silent client up as the client
@@ -55,7 +132,7 @@ pub(super) fn unlock(mode: LockMode, key: i64) -> String {
 /// connections would take the lock away with it. Settings the server lacks
 /// are skipped. A subquery counting what it set; `local` for the current
 /// transaction only.
-pub(super) fn server_side(dead: Duration, local: bool) -> String {
+fn server_side(dead: Duration, local: bool) -> String {
     let ms = |d: Duration| d.as_millis().max(1);
     let secs = |d: Duration| d.as_secs().max(1);
     format!(
@@ -85,24 +162,32 @@ pub(super) fn begin_holding(dead: Duration) -> String {
     )
 }
 
-/// One non-blocking try of a transaction-level lock.
+/// One non-blocking try of a transaction-level lock (never one its backend
+/// already holds: see [`not_held_here`]).
 pub(super) fn try_xact_lock(mode: LockMode, key: i64) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_try_advisory_xact_lock",
         LockMode::Shared => "pg_try_advisory_xact_lock_shared",
     };
-    format!("SELECT {f}({key})")
+    format!(
+        "SELECT CASE WHEN {} THEN {f}({key}) ELSE false END",
+        not_held_here(key)
+    )
 }
 
-/// One wait for a transaction-level lock, bounded by `attempt`.
+/// One wait for a transaction-level lock, bounded by `attempt`: true once
+/// won, false at once where the backend already holds the key (see
+/// [`not_held_here`]).
 pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_advisory_xact_lock",
         LockMode::Shared => "pg_advisory_xact_lock_shared",
     };
     format!(
-        "SET LOCAL lock_timeout = {}; SELECT {f}({key})",
-        lock_timeout_ms(attempt)
+        "SET LOCAL lock_timeout = {}; SELECT CASE WHEN {} THEN {f}({key}) IS NOT NULL \
+         ELSE false END",
+        lock_timeout_ms(attempt),
+        not_held_here(key)
     )
 }
 
