@@ -946,6 +946,27 @@ async fn pinned(pooled: &str) -> (tokio_postgres::Client, i32) {
     (client, pid)
 }
 
+/// The small pool's three backends without the marks sessions of earlier
+/// tests left on them (a transaction pooler resets no setting): a session
+/// of a new test that started on a marked backend would find the pooler at
+/// once, and hold its locks in transactions.
+async fn unmark_small_pool(pooled: &str) {
+    let mut pins = Vec::new();
+    for _ in 0..3 {
+        let (client, _) = pinned(pooled).await;
+        client
+            .batch_execute("SELECT set_config('lockmgr.claim', '', false); COMMIT")
+            .await
+            .unwrap();
+        // Kept open, so that the next one lands on another backend.
+        client.batch_execute("BEGIN").await.unwrap();
+        pins.push(client);
+    }
+    for client in &pins {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
 /// Open transactions on each of the small pool's three backends (PgBouncer
 /// opens the ones it has not yet): the one on `on` first, then the others.
 async fn pin_all(pooled: &str, on: i32) -> (tokio_postgres::Client, Vec<tokio_postgres::Client>) {
@@ -976,6 +997,7 @@ async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
     let _small = SMALL.lock().await;
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    unmark_small_pool(&pooled).await;
     let lock = PgLockMgr::builder(&pooled, name("stranded"))
         .label("forced-session")
         .transaction_pooling(Some(false))
@@ -1022,70 +1044,65 @@ async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
 /// session-level lock of the same name (another process's, taken the
 /// session way by force or by a probe that guessed wrong): PostgreSQL
 /// grants a backend a lock it already holds, so before, the transaction's
-/// try won, and two holders had the lock at once. Now a transaction does
+/// try won, and two holders had the lock at once (here the winner then
+/// waited `request_timeout` for a backend to draw its fencing token on, and
+/// failed with `Connect`). Now a transaction does
 /// not take a lock its backend already holds: the try finds it held, and a
-/// wait fails at once (it could only be granted there), saying why. (Each
-/// ends its connection in the middle of its transaction, on which PgBouncer
-/// closes the server connection, and with it the other's lock: a lock held
-/// the session way behind a transaction pooler is at the mercy of every
-/// client. Hence a new holder for each.)
+/// wait fails at once (it could only be granted there), saying why; each
+/// rolls its transaction back before it leaves, so PgBouncer keeps that
+/// backend, and the holder its lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_on_the_backend_of_a_session_lock_does_not_share_it() {
     let Some(url) = common::pg_url() else { return };
     let _small = SMALL.lock().await;
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    unmark_small_pool(&pooled).await;
     let name = name("shared-backend");
-    for waits in [false, true] {
-        let session_way = PgLockMgr::builder(&pooled, &name)
-            .label(format!("forced-session-{waits}"))
-            .transaction_pooling(Some(false))
-            .build()
-            .unwrap();
-        let held = session_way.acquire(true, LIVENESS).await.unwrap();
-        assert_eq!(holder_state(&admin, &session_way).await, "idle");
-        let backend = holder_pid(&admin, &session_way).await;
-        // One other backend busy, and the holder's given back last:
-        // PgBouncer serves the next transaction on the backend it got back
-        // last (its default, LIFO), the holder's, and the third stays free
-        // for anything a winner does on a connection of its own.
-        let (on_holder, mut others) = pin_all(&pooled, backend).await;
-        let third = others.pop().unwrap();
-        third.batch_execute("COMMIT").await.unwrap();
-        on_holder.batch_execute("COMMIT").await.unwrap();
-        let other = PgLockMgr::builder(&pooled, &name)
-            .label(format!("transaction-way-{waits}"))
-            .transaction_pooling(Some(true))
-            .build()
-            .unwrap();
-        if waits {
-            let waited = other.acquire(true, LIVENESS).await;
-            assert!(
-                matches!(
-                    waited,
-                    Err(LockError::Server {
-                        op: lockmgr::Operation::Lock,
-                        ..
-                    })
-                ),
-                "a second holder: {waited:?}"
-            );
-        } else {
-            let tried = other.try_acquire().await;
-            assert!(
-                matches!(tried, Err(LockError::WouldBlock { .. })),
-                "a second holder: {tried:?}"
-            );
-        }
-        drop((held, third, others));
-        tokio::time::timeout(LIVENESS, async {
-            while lock_rows(&admin, &session_way).await != 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the lock was left held");
-    }
+    let session_way = PgLockMgr::builder(&pooled, &name)
+        .label("forced-session")
+        .transaction_pooling(Some(false))
+        .build()
+        .unwrap();
+    let held = session_way.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(holder_state(&admin, &session_way).await, "idle");
+    let backend = holder_pid(&admin, &session_way).await;
+    // The two other backends busy: every statement of the pool runs on the
+    // holder's.
+    let (on_holder, others) = pin_all(&pooled, backend).await;
+    on_holder.batch_execute("COMMIT").await.unwrap();
+    let other = PgLockMgr::builder(&pooled, &name)
+        .label("transaction-way")
+        .transaction_pooling(Some(true))
+        .build()
+        .unwrap();
+    let tried = other.try_acquire().await;
+    assert!(
+        matches!(tried, Err(LockError::WouldBlock { .. })),
+        "a second holder: {tried:?}"
+    );
+    let waited = other.acquire(true, LIVENESS).await;
+    assert!(
+        matches!(
+            waited,
+            Err(LockError::Server {
+                op: lockmgr::Operation::Lock,
+                ..
+            })
+        ),
+        "a second holder: {waited:?}"
+    );
+    assert_eq!(lock_rows(&admin, &session_way).await, 1, "one holder");
+    assert_eq!(
+        holder_pid(&admin, &session_way).await,
+        backend,
+        "still held"
+    );
+    drop(others);
+    held.release().await.unwrap();
+    let guard = other.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(holder_state(&admin, &other).await, "idle in transaction");
+    guard.release().await.unwrap();
 }
 
 /// Two clients forced to take locks the session way behind a transaction
@@ -1102,6 +1119,7 @@ async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold()
     let _small = SMALL.lock().await;
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    unmark_small_pool(&pooled).await;
     let name = name("one-backend");
     let forced = |label: &str| {
         PgLockMgr::builder(&pooled, &name)
@@ -1112,6 +1130,11 @@ async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold()
     };
     let first = forced("forced-first");
     let held = first.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(
+        holder_state(&admin, &first).await,
+        "idle",
+        "a session-level lock"
+    );
     let backend = holder_pid(&admin, &first).await;
     // The holder's backend given back last: the next client's session
     // starts there (PgBouncer's default, LIFO).
@@ -1126,10 +1149,7 @@ async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold()
         matches!(tried, Err(LockError::WouldBlock { .. })),
         "a second holder: {tried:?}"
     );
-    // (The try ended its connection in the middle of its transaction, on
-    // the holder's backend, which PgBouncer then closed: the first's lock
-    // may be gone already, and its release say so.)
-    drop(held);
+    held.release().await.unwrap();
     let guard = second.acquire(true, LIVENESS).await.unwrap();
     assert_eq!(holder_state(&admin, &second).await, "idle in transaction");
     guard.release().await.unwrap();
@@ -1147,6 +1167,7 @@ async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
     let _small = SMALL.lock().await;
     let admin = admin(&url).await;
     let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    unmark_small_pool(&pooled).await;
     let lock = PgLockMgr::builder(&pooled, name("closed-backend"))
         .label("forced-session")
         .transaction_pooling(Some(false))
@@ -1154,6 +1175,11 @@ async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
         .build()
         .unwrap();
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    assert_eq!(
+        holder_state(&admin, &lock).await,
+        "idle",
+        "a session-level lock"
+    );
     let backend = holder_pid(&admin, &lock).await;
     let (on_holder, others) = pin_all(&pooled, backend).await;
     for client in &others {

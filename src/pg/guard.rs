@@ -185,7 +185,10 @@ impl PgLockGuard {
     /// one between a pooler and the server) is noticed within
     /// [`dead_session_after`](super::PgLockMgrBuilder::dead_session_after)
     /// (30 s by default), by TCP keepalives and `tcp_user_timeout`, and by
-    /// a `SELECT 1` the session answers every quarter of that time.
+    /// a trivial query the session answers every quarter of that time.
+    /// Behind a transaction pooler, a session-level lock whose backend the
+    /// pooler closed or no longer serves the session on is lost too, and
+    /// told by the same query.
     ///
     /// # Cancel safety
     ///

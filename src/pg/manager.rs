@@ -171,8 +171,9 @@ impl PgLockMgrBuilder {
     /// `None`: found out by a probe before the first lock (two sessions of
     /// this process that land on one server backend can only be pooled per
     /// transaction). Evidence of a transaction pooler found later (a
-    /// statement of a session that ran on another backend than its own)
-    /// overrides `Some(false)`. Do not force `Some(false)` behind a
+    /// session that starts on a backend another session of lockmgr marked,
+    /// or a statement of a session that ran on another backend than its
+    /// own) overrides `Some(false)`. Do not force `Some(false)` behind a
     /// transaction pooler: a lock statement then acts only on its session's
     /// own backend, and no transaction of ours takes a lock its backend
     /// holds, but any client of the pool that leaves in the middle of a
@@ -789,8 +790,9 @@ impl PgLockMgr {
                     self.inner.server.found_transaction_pooling();
                     tracing::warn!(
                         lock = %self.id(),
-                        "lockmgr: statements of one session ran on different backends: the \
-                         server is behind a transaction pooler; holding locks in transactions"
+                        "lockmgr: a session's lock statement ran on another backend than the one \
+                         it marked as its own: the server is behind a transaction pooler; \
+                         holding locks in transactions"
                     );
                     return self
                         .lock_in_transaction(mode, policy, started, deadline, back, contended)
@@ -893,12 +895,6 @@ impl PgLockMgr {
                     }
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
                     armed.disarm();
-                    if let Err(e) = waiter
-                        .simple(sql::RESET_LOCK_TIMEOUT, self.request(), id)
-                        .await
-                    {
-                        return Shared::Done(Err(e));
-                    }
                     waiter.held.fetch_add(1, Ordering::AcqRel);
                     server.share(&waiter);
                     return Shared::Done(
@@ -945,15 +941,17 @@ impl PgLockMgr {
         let own = server.connect(id, deadline).await?;
         let mut armed = Armed::new(server, own.clone());
         let begin = sql::begin_holding(server.timeouts.dead_after);
-        let backend = |rows: &[tokio_postgres::SimpleQueryMessage]| {
-            first_row(rows)
-                .and_then(|r| r.get(0))
-                .and_then(|v| v.parse::<i32>().ok())
+        // The transaction's backend, and whether a session of ours marked
+        // it (see `sql::begin_holding`).
+        let begun = |rows: &[tokio_postgres::SimpleQueryMessage]| {
+            let row = first_row(rows)?;
+            Some((row.get(0)?.parse::<i32>().ok()?, row.get(2)? == "t"))
         };
         let rows = own.simple(&begin, self.request(), id).await?;
-        let mut pid = backend(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+        let (mut pid, mut marked) =
+            begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
         let rows = own
-            .simple(&sql::try_xact_lock(mode, key), self.request(), id)
+            .simple(&sql::try_xact_lock(mode, key, marked), self.request(), id)
             .await?;
         let won = first_row(&rows).and_then(|r| r.get(0)) == Some("t");
         tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
@@ -964,11 +962,11 @@ impl PgLockMgr {
                 .await;
         }
         if !policy.waits {
-            // The session ends with this try: its transaction need not be
-            // kept as it was.
+            let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
+            self.end_transaction(&own, &mut armed).await;
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
-                holder: self.holder_in_transaction(&own, false).await.ok().flatten(),
+                holder,
             });
         }
         *contended = true;
@@ -989,12 +987,17 @@ impl PgLockMgr {
             }
             made = attempt;
             match own
-                .simple(&sql::wait_xact_lock(mode, key, policy.timeout), bound, id)
+                .simple(
+                    &sql::wait_xact_lock(mode, key, policy.timeout, marked),
+                    bound,
+                    id,
+                )
                 .await
             {
                 Ok(rows) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
                     // No wait on a backend that holds the lock: it would be
-                    // granted at once (see `sql::not_held_here`).
+                    // granted at once (see `sql::held_here`).
+                    self.end_transaction(&own, &mut armed).await;
                     return Err(LockError::Server {
                         lock: id.clone(),
                         op: Operation::Lock,
@@ -1020,18 +1023,37 @@ impl PgLockMgr {
                     let rows = own
                         .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
                         .await?;
-                    pid = backend(&rows)
-                        .ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+                    (pid, marked) =
+                        begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
                 }
                 Err(e) => return Err(with_op(e, Operation::Lock)),
             }
         }
+        let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
+        self.end_transaction(&own, &mut armed).await;
         Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: made,
             waited: started.elapsed(),
-            holder: self.holder_in_transaction(&own, false).await.ok().flatten(),
+            holder,
         })
+    }
+
+    /// Ends a transaction that won no lock, and its session: rolled back
+    /// first, so that a pooler gets its server connection back clean. (A
+    /// client that leaves in the middle of a transaction makes PgBouncer
+    /// close that server connection, and with it any session-level lock
+    /// another client holds there; and the next client pays for a new
+    /// one.) If the rollback fails, the session is ended as it is.
+    async fn end_transaction(&self, own: &Session, armed: &mut Armed<'_>) {
+        if own
+            .simple("ROLLBACK", self.request(), self.id())
+            .await
+            .is_ok()
+        {
+            armed.disarm();
+        }
+        own.end();
     }
 
     /// The exclusive holder, asked in the open transaction of `own` (a

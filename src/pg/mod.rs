@@ -47,8 +47,9 @@
 //!   [`dead_session_after`](PgLockMgrBuilder::dead_session_after) (30 s):
 //!   TCP keepalives and `tcp_user_timeout` on this process's sockets, and
 //!   the same settings for the server's end of each session; and a session
-//!   holding locks answers a `SELECT 1` every quarter of that time, which
-//!   sees a pooler's connection to the server fall silent.
+//!   holding locks answers a trivial query every quarter of that time, which
+//!   sees a pooler's connection to the server fall silent (and, for
+//!   session-level locks, asks whether it still runs on its own backend).
 //! - **Poolers.** Behind PgBouncer in session mode, locks work as on a
 //!   direct connection. Behind a transaction-pooling proxy (PgBouncer's
 //!   `pool_mode = transaction`), a session-level lock would stay with a
@@ -62,9 +63,10 @@
 //!   on one backend can only be pooled per transaction. It can also be set
 //!   with [`transaction_pooling`](PgLockMgrBuilder::transaction_pooling).
 //!   Either way, a session-level lock's statements act only on the backend
-//!   its session marked as its own when it started, and a transaction never
-//!   takes a lock its backend already holds: a wrong guess is found at the
-//!   next statement, and does not make two holders.
+//!   its session marked as its own when it started, and a transaction on a
+//!   marked backend never takes a lock that backend already holds: a wrong
+//!   guess is found at a session's start or its next statement (README
+//!   says what this does not cover).
 //!   Statement pooling is not supported (it allows no transactions).
 //! - **TLS** with rustls, to libpq's `sslmode` meanings: `disable`; `allow`
 //!   and `prefer` (the default: TLS whenever the server offers it);

@@ -73,6 +73,8 @@ pub(super) struct Server {
     reader_connect: tokio::sync::Mutex<()>,
     /// The in-process gate of each key.
     pub(super) gates: Arc<Gates>,
+    /// This server, for the liveness probes of its sessions.
+    me: Weak<Server>,
 }
 
 struct State {
@@ -121,7 +123,8 @@ impl Server {
         let conn = Connection::parse(config, &env).map_err(|e| e.0)?;
         let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
         let connector = tls::connector(&conn.tls, home.as_deref()).map_err(|e| e.0)?;
-        let server = Arc::new(Server {
+        let server = Arc::new_cyclic(|me| Server {
+            me: me.clone(),
             cancel_target: Target::of(&conn.config),
             conn,
             connector,
@@ -177,7 +180,13 @@ impl Server {
         let a = self.connect(lock, deadline).await?;
         let b = self.connect(lock, deadline).await?;
         let mut pooling = Pooling::Session;
-        for round in 0..PROBE_ROUNDS {
+        // (A session's start may have found the pooler: no rounds then.)
+        let rounds = if lock_state(&self.state).pooling == Pooling::Transaction {
+            0
+        } else {
+            PROBE_ROUNDS
+        };
+        for round in 0..rounds {
             let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
             let p1 = first.backend_pid(self, lock).await?;
             let p2 = second.backend_pid(self, lock).await?;
@@ -237,7 +246,7 @@ impl Server {
         session.end();
         self.found_transaction_pooling();
         let backend = session.pid();
-        let ended = self.end_backend_holding(backend, key, lock).await;
+        let ended = self.end_backend_holding(backend, Some(key), lock).await;
         tracing::warn!(
             lock = %lock,
             backend,
@@ -248,7 +257,9 @@ impl Server {
         );
         let what = match ended {
             Ok(true) => format!("backend {backend} was ended to let the lock go"),
-            Ok(false) => format!("backend {backend} no longer held the lock"),
+            Ok(false) => {
+                format!("backend {backend} no longer held the lock (or was ended already)")
+            }
             Err(e) => {
                 format!("the lock may still be held by backend {backend}: ending it failed: {e}")
             }
@@ -264,22 +275,24 @@ impl Server {
         })
     }
 
-    /// Ends backend `pid` if it holds `key`, from the reader session (once
-    /// more on a new one if the first was the backend itself, or ended).
-    async fn end_backend_holding(
+    /// Ends backend `pid` if it holds `key` (`None`: any key of lockmgr's),
+    /// from the reader session: once more on a new one if that session was
+    /// gone (behind a pooler it may have run on that very backend). The
+    /// backend lets its locks go as it exits, a moment later.
+    pub(super) async fn end_backend_holding(
         &self,
         pid: i32,
-        key: i64,
+        key: Option<i64>,
         lock: &LockId,
     ) -> Result<bool, LockError> {
-        let statement = sql::end_backend_holding(pid, sql::halves(key));
+        let statement = sql::end_backend_holding(pid, key);
         let mut tries = 2;
         loop {
             tries -= 1;
             let reader = self.reader(lock, None).await?;
             match reader.simple(&statement, self.timeouts.request, lock).await {
                 Ok(rows) => return Ok(first_value(&rows) == Some("t")),
-                Err(e) if tries > 0 => {
+                Err(e) if tries > 0 && session_gone(&e) => {
                     tracing::debug!(lock = %lock, error = %e, "lockmgr: ending a backend, once more");
                     reader.end();
                 }
@@ -312,7 +325,13 @@ impl Server {
             return Ok(s);
         }
         let session = self.connect(lock, deadline).await?;
-        lock_state(&self.state).shared.push(session.clone());
+        let mut state = lock_state(&self.state);
+        // Its start may have found a transaction pooler: then it is used
+        // once (its try finds the same), and not shared.
+        if state.pooling != Pooling::Transaction {
+            state.shared.push(session.clone());
+        }
+        drop(state);
         Ok(session)
     }
 
@@ -333,7 +352,8 @@ impl Server {
         if let Some(s) = self.live_reader() {
             return Ok(s);
         }
-        let session = self.connect(lock, deadline).await?;
+        // It takes no lock: it marks no backend.
+        let session = self.connect_as(lock, deadline, false).await?;
         lock_state(&self.state).reader = Some(session.clone());
         Ok(session)
     }
@@ -417,7 +437,9 @@ impl Server {
         if ms > i32::MAX as u128 {
             return Ok(());
         }
-        let set = format!("SET statement_timeout = {ms}");
+        // Only on its own backend: elsewhere the setting would stay with a
+        // pooled backend that other clients use.
+        let set = sql::set_session_statement_timeout(ms, session.pid(), session.claim());
         if let Err(e) = session.simple(&set, self.timeouts.request, lock).await {
             session.reads_bounded.store(false, Ordering::Release);
             return Err(e);
@@ -473,11 +495,24 @@ impl Server {
     }
 
     /// A new session, within the rest of the wait ending at `deadline` (but
-    /// no less than [`CONNECT_FLOOR`]), or within the connect timeout.
+    /// no less than [`CONNECT_FLOOR`]), or within the connect timeout. Until
+    /// the server is known to be behind a transaction pooler, it marks its
+    /// backend (see `sql::setup`), for the session-level locks it may take.
     pub(super) async fn connect(
         &self,
         lock: &LockId,
         deadline: Option<Instant>,
+    ) -> Result<Arc<Session>, LockError> {
+        let claim = lock_state(&self.state).pooling != Pooling::Transaction;
+        self.connect_as(lock, deadline, claim).await
+    }
+
+    /// [`Server::connect`], marking the backend only with `claim`.
+    async fn connect_as(
+        &self,
+        lock: &LockId,
+        deadline: Option<Instant>,
+        claim: bool,
     ) -> Result<Arc<Session>, LockError> {
         let bound = match deadline {
             Some(d) => d
@@ -537,11 +572,7 @@ impl Server {
             }
             let _ = ended_tx.send(true);
         });
-        // Sessions that may take session-level locks mark their backend.
-        let claim = match lock_state(&self.state).pooling {
-            Pooling::Transaction => String::new(),
-            Pooling::Session | Pooling::Unknown => new_claim(),
-        };
+        let claim = if claim { new_claim() } else { String::new() };
         let session = Arc::new(Session {
             cancel: client.cancel_token(),
             client,
@@ -574,12 +605,13 @@ impl Server {
             tracing::info!(
                 lock = %lock,
                 backend = pid,
-                "lockmgr: a new session landed on a backend another session of this process \
-                 or another uses: the server is behind a transaction pooler; holding locks in \
-                 transactions"
+                "lockmgr: a new session started on a backend that another session of lockmgr \
+                 marked as its own: the server is behind a transaction pooler (or a session \
+                 pooler that does not reset its connections); holding locks in transactions"
             );
         }
-        session.runtime.spawn(watch_while_holding(
+        session.runtime.spawn(watcher(
+            self.me.clone(),
             Arc::downgrade(&session),
             probe_every(self.timeouts),
             lock.clone(),
@@ -611,18 +643,35 @@ impl Server {
 const PROBE_ROUNDS: usize = 8;
 
 /// A mark for a session's backend, unique to the session: a number drawn
-/// from the OS's randomness once per process (std's hasher keys), and a
-/// count.
+/// once per process (std's hasher keys, from the OS's randomness, mixed
+/// with the time: a forked child, which inherits those keys, draws its own
+/// at its first mark), the process id, and a count.
 fn new_claim() -> String {
     use std::hash::{BuildHasher, Hasher};
-    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static PROCESS: Mutex<Option<(u32, u64)>> = Mutex::new(None);
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let process = PROCESS.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish()
-    });
-    format!("{process:016x}.{}", COUNT.fetch_add(1, Ordering::Relaxed))
+    let pid = std::process::id();
+    let drawn = {
+        let mut process = lock(&PROCESS);
+        match *process {
+            Some((of, drawn)) if of == pid => drawn,
+            _ => {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(pid);
+                if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+                {
+                    h.write_u128(now.as_nanos());
+                }
+                let drawn = h.finish();
+                *process = Some((pid, drawn));
+                drawn
+            }
+        }
+    };
+    format!(
+        "{drawn:016x}.{pid}.{}",
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// How often a session that holds locks is asked whether it still lives,
@@ -636,16 +685,37 @@ fn probe_every(timeouts: Timeouts) -> Duration {
         .max(Duration::from_millis(250))
 }
 
+/// [`watch_while_holding`], boxed: it may connect (to end a backend), and
+/// a connect starts a watcher, so the future's type names itself.
+fn watcher(
+    server: Weak<Server>,
+    session: Weak<Session>,
+    every: Duration,
+    id: LockId,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(watch_while_holding(server, session, every, id))
+}
+
 /// Asks a session that holds locks, every `every`, to answer a trivial
 /// query within `every`; one that does not is ended, which its holders'
 /// `lost()` tell them. A pooler (PgBouncer) keeps this process's socket
 /// alive while the connection behind it is dead: no keepalive of ours
 /// sees that, and without a request nothing would, while the server frees
-/// the locks. A session that holds nothing is left alone. (A holding
-/// session runs no lock wait, only tries, unlocks and, where reads fall
-/// back to it, reads the server bounds at half the probe's bound: see
-/// `Server::bound_reads`. So the probe never waits behind a long request.)
-async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration, id: LockId) {
+/// the locks. A session that holds session-level locks is asked whether it
+/// still runs on the backend it marked (see `sql::still_ours`): behind a
+/// transaction pooler that closed that backend, or serves the session
+/// elsewhere, it is ended too, the process turns to transactions, and the
+/// backend is ended if it still holds locks of ours. A session that holds
+/// nothing is left alone. (A holding session runs no lock wait, only
+/// tries, unlocks and, where reads fall back to it, reads the server
+/// bounds at half the probe's bound: see `Server::bound_reads`. So the
+/// probe never waits behind a long request.)
+async fn watch_while_holding(
+    server: Weak<Server>,
+    session: Weak<Session>,
+    every: Duration,
+    id: LockId,
+) {
     loop {
         tokio::time::sleep(every).await;
         let Some(session) = session.upgrade() else {
@@ -666,11 +736,19 @@ async fn watch_while_holding(session: std::sync::Weak<Session>, every: Duration,
                 tracing::warn!(
                     opened_for = %id,
                     backend = session.pid(),
-                    "lockmgr: a session that holds locks found its statements on another \
-                     backend than its own (a transaction pooler; its backend may be gone): it \
-                     was closed and its locks are lost"
+                    "lockmgr: a session that holds locks found its statement on another backend \
+                     than its own (a transaction pooler; its backend may be gone, or serve \
+                     others): it was closed and its locks are lost; its backend is ended if it \
+                     still holds them"
                 );
                 session.end();
+                if let Some(server) = server.upgrade() {
+                    server.found_transaction_pooling();
+                    let ended = server.end_backend_holding(session.pid(), None, &id).await;
+                    if let Err(e) = ended {
+                        tracing::warn!(opened_for = %id, error = %e, "lockmgr: ending the backend failed");
+                    }
+                }
                 return;
             }
             Ok(_) => {}

@@ -90,14 +90,35 @@ pub(super) fn unlock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String 
     format!("SELECT CASE WHEN {ours} THEN {f}({key}) END, {ours}")
 }
 
-/// Ends backend `pid` if it still holds the key (`classid`, `objid`): a
-/// session-level lock left on a pooled backend after its session's
-/// statements moved to others, which only the backend's end lets go.
-pub(super) fn end_backend_holding(pid: i32, (hi, lo): (i64, i64)) -> String {
+/// Ends backend `pid` if it still holds `key` (`None`: any key of
+/// lockmgr's, whose top 16 bits are `"LM"`): session-level locks left on a
+/// pooled backend after their session's statements moved to others, which
+/// only the backend's end lets go. Whatever else that backend serves at
+/// the moment (another client's transaction) ends with it.
+pub(super) fn end_backend_holding(pid: i32, key: Option<i64>) -> String {
+    let which = match key {
+        Some(key) => {
+            let (hi, lo) = halves(key);
+            format!("objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}")
+        }
+        None => format!(
+            "objsubid = 1 AND classid::int8 >> 16 = {}",
+            super::NAMESPACE >> 48
+        ),
+    };
     format!(
         "SELECT coalesce(bool_or(pg_terminate_backend(h.pid)), false) FROM \
          (SELECT DISTINCT pid FROM pg_locks WHERE pid = {pid} AND locktype = 'advisory' \
-         AND granted AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}) AS h"
+         AND granted AND {which}) AS h"
+    )
+}
+
+/// `statement_timeout` for the session, set only on its own backend (as
+/// [`try_lock`]).
+pub(super) fn set_session_statement_timeout(ms: u128, pid: i32, claim: &str) -> String {
+    format!(
+        "SELECT CASE WHEN {} THEN set_config('statement_timeout', '{ms}', false) END",
+        ours(pid, claim)
     )
 }
 
@@ -107,18 +128,23 @@ pub(super) fn halves(key: i64) -> (i64, i64) {
     ((key >> 32) as i64, (key & 0xFFFF_FFFF) as i64)
 }
 
-/// Whether the backend a transaction runs on does not hold the key
-/// already. Behind a transaction pooler it may be a backend marked by a
-/// session of ours, that holds the key as a session-level lock (the
-/// session way forced, or a probe that guessed wrong): PostgreSQL grants a
-/// backend a lock it holds, and the transaction would be a second holder.
-/// The lock table is read only on such a backend.
-fn not_held_here(key: i64) -> String {
+/// Whether the backend a transaction runs on holds the key already in a
+/// mode that conflicts with `mode`. Behind a transaction pooler it may be
+/// a backend marked by a session of ours that holds the key as a
+/// session-level lock (the session way forced, or a probe that guessed
+/// wrong): PostgreSQL grants a backend a lock it holds, and the
+/// transaction would be a second holder. (Reading the lock table costs
+/// about 0.1 ms a statement, so it is read only on a marked backend: see
+/// [`begin_holding`].)
+fn held_here(mode: LockMode, key: i64) -> String {
     let (hi, lo) = halves(key);
+    let conflicting = match mode {
+        LockMode::Exclusive => "",
+        LockMode::Shared => " AND mode = 'ExclusiveLock'",
+    };
     format!(
-        "(coalesce(current_setting('{CLAIM}', true), '') = '' OR NOT EXISTS (SELECT 1 \
-         FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND granted \
-         AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}))"
+        "EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
+         AND granted AND objsubid = 1 AND classid::int8 = {hi} AND objid::int8 = {lo}{conflicting})"
     )
 }
 
@@ -154,57 +180,65 @@ fn server_side(dead: Duration, local: bool) -> String {
 /// the one that set up the session, gets the session's server-side
 /// settings for the transaction: a client gone in the middle of a wait is
 /// noticed there too, even when its cancel request finds nothing.
+/// The third column: whether a session of ours marked the backend (see
+/// [`held_here`]), which serves the transaction to its end.
 pub(super) fn begin_holding(dead: Duration) -> String {
     format!(
         "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; \
-         SELECT pg_backend_pid(), {}",
+         SELECT pg_backend_pid(), {}, coalesce(current_setting('{CLAIM}', true), '') <> ''",
         server_side(dead, true)
     )
 }
 
-/// One non-blocking try of a transaction-level lock (never one its backend
-/// already holds: see [`not_held_here`]).
-pub(super) fn try_xact_lock(mode: LockMode, key: i64) -> String {
+/// One non-blocking try of a transaction-level lock; on a `marked`
+/// backend, never one the backend already holds (see [`held_here`]).
+pub(super) fn try_xact_lock(mode: LockMode, key: i64, marked: bool) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_try_advisory_xact_lock",
         LockMode::Shared => "pg_try_advisory_xact_lock_shared",
     };
+    if !marked {
+        return format!("SELECT {f}({key})");
+    }
     format!(
-        "SELECT CASE WHEN {} THEN {f}({key}) ELSE false END",
-        not_held_here(key)
+        "SELECT CASE WHEN {} THEN false ELSE {f}({key}) END",
+        held_here(mode, key)
     )
 }
 
 /// One wait for a transaction-level lock, bounded by `attempt`: true once
-/// won, false at once where the backend already holds the key (see
-/// [`not_held_here`]).
-pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration) -> String {
+/// won; on a `marked` backend that already holds the key, false at once
+/// (see [`held_here`]).
+pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration, marked: bool) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_advisory_xact_lock",
         LockMode::Shared => "pg_advisory_xact_lock_shared",
     };
+    let guard = if marked {
+        held_here(mode, key)
+    } else {
+        "false".to_owned()
+    };
     format!(
-        "SET LOCAL lock_timeout = {}; SELECT CASE WHEN {} THEN {f}({key}) IS NOT NULL \
-         ELSE false END",
+        "SET LOCAL lock_timeout = {}; SELECT CASE WHEN {guard} THEN false \
+         ELSE {f}({key}) IS NOT NULL END",
         lock_timeout_ms(attempt),
-        not_held_here(key)
     )
 }
 
-/// Bounds each later wait of the session to one attempt. Sent in one
-/// message with the wait: its `SET LOCAL` lifts, for that message only, a
-/// `statement_timeout` the session may have for reads (see
-/// `Server::bound_reads`), which would otherwise cut the wait short.
+/// Bounds a session-level wait to one attempt, sent in one message with
+/// it (one implicit transaction): `SET LOCAL`, so that nothing stays with
+/// the backend (behind a pooler that moved the message, one other clients
+/// use), and no later statement of the session is bounded by it. It also
+/// lifts, for that message only, a `statement_timeout` the session may
+/// have for reads (see `Server::bound_reads`), which would otherwise cut
+/// the wait short.
 pub(super) fn set_lock_timeout(attempt: Duration) -> String {
     format!(
-        "SET LOCAL statement_timeout = 0; SET lock_timeout = {}",
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {}",
         lock_timeout_ms(attempt)
     )
 }
-
-/// After a wait: later statements of the session, which joins the shared
-/// ones, are not bounded by it.
-pub(super) const RESET_LOCK_TIMEOUT: &str = "RESET lock_timeout";
 
 /// Whether key (`hi` = classid, `lo` = objid) is held exclusively, and by
 /// how many sessions.
