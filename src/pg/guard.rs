@@ -86,10 +86,10 @@ impl Hold {
     }
 
     /// Lets the lock go without waiting for an answer: an unlock sent on
-    /// the shared session (from a task of the session's runtime), or the
-    /// holding transaction's session ended (the server rolls it back). The
-    /// pass goes back once the unlock has been answered, which the returned
-    /// handle tells; the unlock goes out whether or not it is awaited.
+    /// the shared session, or the holding transaction rolled back and its
+    /// session ended, from a task of the session's runtime. The pass goes
+    /// back once the server has answered, which the returned handle tells;
+    /// the request goes out whether or not it is awaited.
     pub(super) fn give_up(
         mut self,
         server: &Arc<Server>,
@@ -97,9 +97,9 @@ impl Hold {
         id: &LockId,
     ) -> Option<JoinHandle<()>> {
         let pass = self.settle();
+        let (server, id) = (server.clone(), id.clone());
         match self.how {
             How::Shared { mode } => {
-                let (server, id) = (server.clone(), id.clone());
                 let session = self.session.clone();
                 Some(session.runtime.clone().spawn(async move {
                     if let Err(e) = server.unlock(&session, mode, key, &id).await {
@@ -110,9 +110,19 @@ impl Hold {
                 }))
             }
             How::Transaction { .. } => {
-                self.session.end();
-                drop(pass);
-                None
+                // Rolled back before the session ends: a client that leaves
+                // in the middle of a transaction makes PgBouncer close that
+                // server connection (and the next client pays for a new
+                // one). Ended as it is if the rollback fails.
+                let session = self.session.clone();
+                Some(session.runtime.clone().spawn(async move {
+                    if !session.is_ended() {
+                        let bound = server.timeouts.request;
+                        let _ = session.simple("ROLLBACK", bound, &id).await;
+                    }
+                    session.end();
+                    drop(pass);
+                }))
             }
         }
     }
@@ -126,7 +136,7 @@ fn take(slot: &Mutex<Option<Pass>>) -> Option<Pass> {
 ///
 /// Dropping the guard lets the lock go at once without waiting for an
 /// answer (an unlock sent on its session; behind a transaction pooler, its
-/// transaction's session closed, which the server rolls back);
+/// transaction rolled back and its session closed);
 /// [`release`](PgLockGuard::release) waits for the server and reports
 /// errors. If the lock's session ends while the guard is alive (the backend
 /// terminated, the connection lost, a network silent for longer than

@@ -878,8 +878,8 @@ impl PgLockMgr {
                 break;
             }
             made = attempt;
-            // The attempt's bound goes with the wait, in one round trip (and
-            // with each: a failed wait rolls its statement's setting back).
+            // The attempt's bound goes with the wait, in one message, for
+            // that message only (`SET LOCAL`).
             let statement = format!(
                 "{}; {}",
                 sql::set_lock_timeout(policy.timeout),
@@ -935,11 +935,37 @@ impl PgLockMgr {
         pass: Pass,
         contended: &mut bool,
     ) -> Result<PgLockGuard, LockError> {
+        let server = &self.inner.server;
+        let own = server.connect(self.id(), deadline).await?;
+        let mut armed = Armed::new(server, own.clone());
+        let result = self
+            .lock_in_transaction_on(
+                &own, &mut armed, mode, policy, started, deadline, pass, contended,
+            )
+            .await;
+        if result.is_err() {
+            // Whatever went wrong, the transaction won nothing.
+            self.end_transaction(&own, &mut armed).await;
+        }
+        result
+    }
+
+    /// [`PgLockMgr::lock_in_transaction`] on its session `own`.
+    #[allow(clippy::too_many_arguments)]
+    async fn lock_in_transaction_on(
+        &self,
+        own: &Arc<Session>,
+        armed: &mut Armed<'_>,
+        mode: LockMode,
+        policy: Policy,
+        started: Instant,
+        deadline: Option<Instant>,
+        pass: Pass,
+        contended: &mut bool,
+    ) -> Result<PgLockGuard, LockError> {
         let id = self.id();
         let key = self.inner.key;
         let server = &self.inner.server;
-        let own = server.connect(id, deadline).await?;
-        let mut armed = Armed::new(server, own.clone());
         let begin = sql::begin_holding(server.timeouts.dead_after);
         // The transaction's backend, and whether a session of ours marked
         // it (see `sql::begin_holding`).
@@ -958,12 +984,15 @@ impl PgLockMgr {
         if won {
             armed.disarm();
             return self
-                .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
+                .won(
+                    Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                    mode,
+                )
                 .await;
         }
         if !policy.waits {
-            let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
-            self.end_transaction(&own, &mut armed).await;
+            let holder = self.holder_in_transaction(own, false).await.ok().flatten();
+            self.end_transaction(own, armed).await;
             return Err(LockError::WouldBlock {
                 lock: id.clone(),
                 holder,
@@ -976,7 +1005,7 @@ impl PgLockMgr {
         // that failed is no holder's name; only a session gone ends the
         // wait here.
         if tracing::enabled!(tracing::Level::INFO) {
-            let holder = self.holder_in_transaction(&own, true).await?;
+            let holder = self.holder_in_transaction(own, true).await?;
             policy.announce(id, holder.as_ref(), "");
         }
         let bound = policy.timeout.saturating_add(self.request());
@@ -997,7 +1026,7 @@ impl PgLockMgr {
                 Ok(rows) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
                     // No wait on a backend that holds the lock: it would be
                     // granted at once (see `sql::held_here`).
-                    self.end_transaction(&own, &mut armed).await;
+                    self.end_transaction(own, armed).await;
                     return Err(LockError::Server {
                         lock: id.clone(),
                         op: Operation::Lock,
@@ -1014,7 +1043,10 @@ impl PgLockMgr {
                     tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
                     armed.disarm();
                     return self
-                        .won(Hold::transaction(own, pid, pass, &self.inner.meter), mode)
+                        .won(
+                            Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                            mode,
+                        )
                         .await;
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
@@ -1029,8 +1061,8 @@ impl PgLockMgr {
                 Err(e) => return Err(with_op(e, Operation::Lock)),
             }
         }
-        let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
-        self.end_transaction(&own, &mut armed).await;
+        let holder = self.holder_in_transaction(own, false).await.ok().flatten();
+        self.end_transaction(own, armed).await;
         Err(LockError::TimedOut {
             lock: id.clone(),
             attempts: made,
@@ -1044,12 +1076,15 @@ impl PgLockMgr {
     /// client that leaves in the middle of a transaction makes PgBouncer
     /// close that server connection, and with it any session-level lock
     /// another client holds there; and the next client pays for a new
-    /// one.) If the rollback fails, the session is ended as it is.
+    /// one.) If the rollback fails, or the session has ended (a request
+    /// given up), the session is ended as it is, and `armed` cancels what
+    /// may still run.
     async fn end_transaction(&self, own: &Session, armed: &mut Armed<'_>) {
-        if own
-            .simple("ROLLBACK", self.request(), self.id())
-            .await
-            .is_ok()
+        if !own.is_ended()
+            && own
+                .simple("ROLLBACK", self.request(), self.id())
+                .await
+                .is_ok()
         {
             armed.disarm();
         }

@@ -162,9 +162,10 @@ impl Server {
     /// that goes round moves both; only a pooler that kept each session on
     /// its own backend through every round, while other clients took and
     /// gave back backends between the rounds, could pass for sessions. Such
-    /// a guess is safe, if costly: every statement of a session-level lock
-    /// runs only on its session's marked backend, and a transaction never
-    /// takes a lock its backend holds (see `sql`).
+    /// a guess is found at the next statement of a session-level lock,
+    /// which runs only on its session's marked backend, and a transaction
+    /// on a marked backend never takes a lock that backend holds (see
+    /// `sql`; README says what this does not cover).
     pub(super) async fn pooling(
         &self,
         lock: &LockId,
@@ -195,25 +196,29 @@ impl Server {
                 break;
             }
         }
-        let mut state = lock_state(&self.state);
-        // A session's start may have found the pooler already.
-        if state.pooling == Pooling::Transaction {
-            pooling = Pooling::Transaction;
+        {
+            let mut state = lock_state(&self.state);
+            // A session's start may have found the pooler already.
+            if state.pooling == Pooling::Transaction {
+                pooling = Pooling::Transaction;
+            }
+            state.pooling = pooling;
+            if pooling == Pooling::Session {
+                // Not pooled per transaction: real sessions, to share.
+                state.shared.push(a.clone());
+            }
         }
-        state.pooling = pooling;
         if pooling == Pooling::Transaction {
-            drop(state);
             tracing::info!(
                 lock = %lock,
                 "lockmgr: the lock server is behind a transaction-pooling proxy: each lock is \
                  held in an open transaction of a connection of its own"
             );
-            drop((a, b));
-        } else {
-            // Not pooled per transaction: these are real sessions, to share.
-            state.shared.push(a);
-            drop(state);
-            drop(b);
+            for probe in [&a, &b] {
+                let _ = probe
+                    .simple(&sql::unmark(probe.claim()), self.timeouts.request, lock)
+                    .await;
+            }
         }
         Ok(pooling)
     }
@@ -440,11 +445,19 @@ impl Server {
         // Only on its own backend: elsewhere the setting would stay with a
         // pooled backend that other clients use.
         let set = sql::set_session_statement_timeout(ms, session.pid(), session.claim());
-        if let Err(e) = session.simple(&set, self.timeouts.request, lock).await {
-            session.reads_bounded.store(false, Ordering::Release);
-            return Err(e);
+        match session.simple(&set, self.timeouts.request, lock).await {
+            // Ran elsewhere: nothing was set (the next lock statement finds
+            // the pooler).
+            Ok(rows) if first_row(&rows).and_then(|r| r.get(1)) != Some("t") => {
+                session.reads_bounded.store(false, Ordering::Release);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                session.reads_bounded.store(false, Ordering::Release);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// A session that won a lock after waiting joins the shared ones (see

@@ -65,8 +65,8 @@ pub(super) fn try_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> Strin
     format!("SELECT coalesce(CASE WHEN {ours} THEN {f}({key}) END, false), {ours}")
 }
 
-/// One wait for a session-level lock, bounded by the session's
-/// `lock_timeout`, made only on the session's own backend (as
+/// One wait for a session-level lock, bounded by the `lock_timeout` set
+/// in the same message ([`set_lock_timeout`]), made only on the session's own backend (as
 /// [`try_lock`]), and whether it ran there. (The wait function returns
 /// `void`, which is not null.)
 pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String {
@@ -114,11 +114,23 @@ pub(super) fn end_backend_holding(pid: i32, key: Option<i64>) -> String {
 }
 
 /// `statement_timeout` for the session, set only on its own backend (as
-/// [`try_lock`]).
+/// [`try_lock`]), and whether it ran there.
 pub(super) fn set_session_statement_timeout(ms: u128, pid: i32, claim: &str) -> String {
     format!(
-        "SELECT CASE WHEN {} THEN set_config('statement_timeout', '{ms}', false) END",
-        ours(pid, claim)
+        "SELECT CASE WHEN {ours} THEN set_config('statement_timeout', '{ms}', false) END, {ours}",
+        ours = ours(pid, claim)
+    )
+}
+
+/// Takes a session's mark off the backend the statement runs on, if it is
+/// that session's: best effort, for sessions that will take no
+/// session-level lock after all (a probe that found a transaction pooler,
+/// where nothing resets a backend's settings), so that transactions on
+/// that backend need not read the lock table (see [`held_here`]).
+pub(super) fn unmark(claim: &str) -> String {
+    format!(
+        "SELECT CASE WHEN current_setting('{CLAIM}', true) = '{claim}' \
+         THEN set_config('{CLAIM}', '', false) END"
     )
 }
 
