@@ -66,9 +66,9 @@ pub(super) fn try_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> Strin
 }
 
 /// One wait for a session-level lock, bounded by the `lock_timeout` set
-/// in the same message ([`set_lock_timeout`]), made only on the session's own backend (as
-/// [`try_lock`]), and whether it ran there. (The wait function returns
-/// `void`, which is not null.)
+/// in the same message ([`set_lock_timeout`]), made only on the session's
+/// own backend (as [`try_lock`]), and whether it ran there. (The wait
+/// function returns `void`, which is not null.)
 pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String {
     let f = match mode {
         LockMode::Exclusive => "pg_advisory_lock",
@@ -191,8 +191,8 @@ fn server_side(dead: Duration, local: bool) -> String {
 /// idle (it is idle on purpose), and the backend serving it, which is not
 /// the one that set up the session, gets the session's server-side
 /// settings for the transaction: a client gone in the middle of a wait is
-/// noticed there too, even when its cancel request finds nothing.
-/// The third column: whether a session of ours marked the backend (see
+/// noticed there too, even when its cancel request finds nothing. Its
+/// third column says whether a session of ours marked the backend (see
 /// [`held_here`]), which serves the transaction to its end.
 pub(super) fn begin_holding(dead: Duration) -> String {
     format!(
