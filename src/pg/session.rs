@@ -251,7 +251,9 @@ impl Server {
         session.end();
         self.found_transaction_pooling();
         let backend = session.pid();
-        let ended = self.end_backend_holding(backend, Some(key), lock).await;
+        let ended = self
+            .end_backend_holding(backend, session.started(), Some(key), lock)
+            .await;
         tracing::warn!(
             lock = %lock,
             backend,
@@ -280,17 +282,19 @@ impl Server {
         })
     }
 
-    /// Ends backend `pid` if it holds `key` (`None`: any key of lockmgr's),
-    /// from the reader session: once more on a new one if that session was
-    /// gone (behind a pooler it may have run on that very backend). The
-    /// backend lets its locks go as it exits, a moment later.
+    /// Ends backend `pid`, started at `started`, if it holds `key` (`None`:
+    /// any key of lockmgr's), from the reader session: once more on a new
+    /// one if that session was gone (behind a pooler it may have run on
+    /// that very backend). The backend lets its locks go as it exits, a
+    /// moment later.
     pub(super) async fn end_backend_holding(
         &self,
         pid: i32,
+        started: Option<&str>,
         key: Option<i64>,
         lock: &LockId,
     ) -> Result<bool, LockError> {
-        let statement = sql::end_backend_holding(pid, key);
+        let statement = sql::end_backend_holding(pid, started, key);
         let mut tries = 2;
         loop {
             tries -= 1;
@@ -591,6 +595,7 @@ impl Server {
             client,
             pid: 0.into(),
             claim,
+            started: OnceLock::new(),
             ended,
             task,
             held: AtomicUsize::new(0),
@@ -611,6 +616,9 @@ impl Server {
             .and_then(|v| v.parse::<i32>().ok())
             .ok_or_else(|| protocol_error(lock, "no backend pid"))?;
         session.pid.store(pid as usize, Ordering::Relaxed);
+        if let Some(started) = row.and_then(|r| r.get(3)) {
+            let _ = session.started.set(started.to_owned());
+        }
         if row.and_then(|r| r.get(2)) != Some("t") {
             // The backend is marked by another session of ours: it serves
             // more than one client.
@@ -757,7 +765,9 @@ async fn watch_while_holding(
                 session.end();
                 if let Some(server) = server.upgrade() {
                     server.found_transaction_pooling();
-                    let ended = server.end_backend_holding(session.pid(), None, &id).await;
+                    let ended = server
+                        .end_backend_holding(session.pid(), session.started(), None, &id)
+                        .await;
                     if let Err(e) = ended {
                         tracing::warn!(opened_for = %id, error = %e, "lockmgr: ending the backend failed");
                     }
@@ -863,6 +873,9 @@ pub(super) struct Session {
     /// The mark the session set on that backend (see `sql::setup`); empty
     /// for a session made to hold locks in transactions.
     claim: String,
+    /// When that backend started, as the server tells it (marked sessions
+    /// only).
+    started: OnceLock<String>,
     /// Turns true when the connection has ended.
     pub(super) ended: watch::Receiver<bool>,
     /// The connection's driver: aborting it closes the socket at once, which
@@ -894,6 +907,11 @@ impl Session {
     /// The mark the session set on its backend (see `sql::setup`).
     pub(super) fn claim(&self) -> &str {
         &self.claim
+    }
+
+    /// When the session's backend started (see `sql::setup`).
+    pub(super) fn started(&self) -> Option<&str> {
+        self.started.get().map(String::as_str)
     }
 
     pub(super) fn is_ended(&self) -> bool {

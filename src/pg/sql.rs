@@ -29,19 +29,33 @@ fn ours(pid: i32, claim: &str) -> String {
 /// taken over: two sessions on one backend can only be a transaction
 /// pooler's doing. (PgBouncer in session mode resets a server connection's
 /// settings, `DISCARD ALL`, before it serves another client.)
+///
+/// The fourth column, with `claim`: when the backend started (Unix seconds,
+/// as text), so that a backend is ended only if it is still the one the
+/// session marked (see [`end_backend_holding`]), never another that
+/// reused its pid.
 pub(super) fn setup(dead: Duration, claim: Option<&str>) -> String {
-    let claimed = match claim {
-        Some(claim) => format!(
-            "set_config('{CLAIM}', CASE WHEN coalesce(current_setting('{CLAIM}', true), '') = '' \
-             THEN '{claim}' ELSE current_setting('{CLAIM}', true) END, false) = '{claim}'"
+    let (claimed, started) = match claim {
+        Some(claim) => (
+            format!(
+                "set_config('{CLAIM}', CASE WHEN coalesce(current_setting('{CLAIM}', true), '') \
+                 = '' THEN '{claim}' ELSE current_setting('{CLAIM}', true) END, false) = '{claim}'"
+            ),
+            // The function, not the view: one backend's row, without the
+            // view's joins (0.05 ms where the view took 0.33).
+            format!("(SELECT {STARTED} FROM pg_stat_get_activity(pg_backend_pid()))"),
         ),
-        None => "true".to_owned(),
+        None => ("true".to_owned(), "NULL".to_owned()),
     };
     format!(
-        "SELECT pg_backend_pid(), {}, {claimed}",
+        "SELECT pg_backend_pid(), {}, {claimed}, {started}",
         server_side(dead, false)
     )
 }
+
+/// A backend's start, as [`setup`] reads it and [`end_backend_holding`]
+/// compares it.
+const STARTED: &str = "extract(epoch FROM backend_start)::text";
 
 /// A liveness probe of a session that holds session-level locks: whether
 /// it still runs on its own backend. Behind a transaction pooler its next
@@ -95,7 +109,10 @@ pub(super) fn unlock(mode: LockMode, key: i64, pid: i32, claim: &str) -> String 
 /// pooled backend after their session's statements moved to others, which
 /// only the backend's end lets go. Whatever else that backend serves at
 /// the moment (another client's transaction) ends with it.
-pub(super) fn end_backend_holding(pid: i32, key: Option<i64>) -> String {
+///
+/// `started` (from [`setup`]; digits and a point only) pins the backend to
+/// the one that was marked; `None` when unknown.
+pub(super) fn end_backend_holding(pid: i32, started: Option<&str>, key: Option<i64>) -> String {
     let which = match key {
         Some(key) => {
             let (hi, lo) = halves(key);
@@ -106,10 +123,19 @@ pub(super) fn end_backend_holding(pid: i32, key: Option<i64>) -> String {
             super::NAMESPACE >> 48
         ),
     };
+    let same = match started {
+        Some(started)
+            if !started.is_empty() && started.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+        {
+            let activity = format!("pg_stat_get_activity({pid})");
+            format!(" AND pid IN (SELECT pid FROM {activity} WHERE {STARTED} = '{started}')")
+        }
+        _ => String::new(),
+    };
     format!(
         "SELECT coalesce(bool_or(pg_terminate_backend(h.pid)), false) FROM \
          (SELECT DISTINCT pid FROM pg_locks WHERE pid = {pid} AND locktype = 'advisory' \
-         AND granted AND {which}) AS h"
+         AND granted AND {which}{same}) AS h"
     )
 }
 
