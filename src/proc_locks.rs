@@ -75,8 +75,19 @@ pub(crate) struct Entry {
 /// `1: -> POSIX ...`); `None` for lines it does not know, and for a
 /// semaphore's marks.
 fn parse(line: &str) -> Option<(Inode, Entry)> {
+    parse_unnumbered(unnumbered(line)?)
+}
+
+/// A lock line without its leading number (`1:`), which only tells the
+/// line's place in the list.
+fn unnumbered(line: &str) -> Option<&str> {
+    let (number, rest) = line.trim_start().split_once(':')?;
+    number.bytes().all(|b| b.is_ascii_digit()).then_some(rest)
+}
+
+/// [`parse`], after the line's number.
+fn parse_unnumbered(line: &str) -> Option<(Inode, Entry)> {
     let mut words = line.split_whitespace();
-    words.next()?.strip_suffix(':')?;
     let mut word = words.next()?;
     let blocked = word == "->";
     if blocked {
@@ -127,10 +138,43 @@ pub(crate) fn entries(file: Inode) -> io::Result<Vec<Entry>> {
         .collect())
 }
 
+/// How many times `/proc/locks` is read at most, while its reads disagree.
+const READS: usize = 4;
+
 /// Every lock and blocked request of the host, by file.
+///
+/// The kernel makes `/proc/locks` a page at a time, each under its lock of
+/// the lock list, but finds where the next page starts by its number of
+/// lines: a lock let go between two pages shifts the rest up, and the next
+/// page starts a line late, so a lock held all along can be missing from
+/// one read. So the file is read until two reads agree (at most [`READS`]
+/// times), and every line any read showed counts, each as many times as
+/// one read showed it (two locks can make identical lines). A line can then
+/// stand for a lock let go between the reads: those who read the result
+/// look at the processes' descriptors too.
 pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
-    let text = fs::read_to_string("/proc/locks")?;
-    Ok(text.lines().filter_map(parse).collect())
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last: Option<BTreeMap<String, usize>> = None;
+    for _ in 0..READS {
+        let text = fs::read_to_string("/proc/locks")?;
+        let mut read: BTreeMap<String, usize> = BTreeMap::new();
+        for line in text.lines().filter_map(unnumbered) {
+            *read.entry(line.trim().to_owned()).or_default() += 1;
+        }
+        for (line, &n) in &read {
+            let most = seen.entry(line.clone()).or_default();
+            *most = (*most).max(n);
+        }
+        if last.as_ref() == Some(&read) {
+            break;
+        }
+        last = Some(read);
+    }
+    Ok(seen
+        .iter()
+        .flat_map(|(line, &n)| std::iter::repeat_n(line, n))
+        .filter_map(|line| parse_unnumbered(line))
+        .collect())
 }
 
 /// What the processes' descriptors show about one file.
