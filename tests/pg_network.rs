@@ -266,13 +266,7 @@ async fn behind_pgbouncer(pooled: &str, held_in: &str) {
         assert!(lock.try_acquire().await.unwrap_err().is_contended());
         second.release().await.unwrap();
     }
-    tokio::time::timeout(LIVENESS, async {
-        while lock_rows(&admin, &lock).await != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("a lock was left held by nobody");
+    until_free(&admin, &lock, "a lock was left held by nobody").await;
 
     contend(pooled, &name, 4, 25);
     assert_eq!(lock_rows(&admin, &lock).await, 0, "left held");
@@ -925,6 +919,34 @@ fn quiet(builder: lockmgr::pg::PgLockMgrBuilder) -> lockmgr::pg::PgLockMgrBuilde
         .request_timeout(Duration::from_secs(60))
 }
 
+/// Returns once no row of `pg_locks` is left for `lock`; panics with
+/// `what` after [`LIVENESS`].
+async fn until_free(admin: &tokio_postgres::Client, lock: &PgLockMgr, what: &str) {
+    tokio::time::timeout(LIVENESS, async {
+        while lock_rows(admin, lock).await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect(what);
+}
+
+/// The small pool, this test's alone (while the guard lives) and without
+/// the marks of earlier tests, with an admin session on the server; `None`
+/// without a test server.
+async fn small_pool() -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
+    tokio_postgres::Client,
+    String,
+)> {
+    let url = common::pg_url()?;
+    let small = SMALL.lock().await;
+    let admin = admin(&url).await;
+    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
+    unmark_small_pool(&pooled).await;
+    Some((small, admin, pooled))
+}
+
 /// The backend that holds `lock`.
 async fn holder_pid(admin: &tokio_postgres::Client, lock: &PgLockMgr) -> i32 {
     let key = lock.key() as u64;
@@ -1003,11 +1025,9 @@ async fn pin_all(pooled: &str, on: i32) -> (tokio_postgres::Client, Vec<tokio_po
 /// locks in transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
-    let Some(url) = common::pg_url() else { return };
-    let _small = SMALL.lock().await;
-    let admin = admin(&url).await;
-    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
-    unmark_small_pool(&pooled).await;
+    let Some((_small, admin, pooled)) = small_pool().await else {
+        return;
+    };
     let lock = quiet(PgLockMgr::builder(&pooled, name("stranded")))
         .label("forced-session")
         .transaction_pooling(Some(false))
@@ -1037,13 +1057,12 @@ async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
         ),
         "{released:?}"
     );
-    tokio::time::timeout(LIVENESS, async {
-        while lock_rows(&admin, &lock).await != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the lock was left held on the pooled backend");
+    until_free(
+        &admin,
+        &lock,
+        "the lock was left held on the pooled backend",
+    )
+    .await;
     drop((on_holder, others));
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
     assert_eq!(holder_state(&admin, &lock).await, "idle in transaction");
@@ -1056,18 +1075,16 @@ async fn a_release_that_runs_on_another_backend_leaves_nothing_held() {
 /// grants a backend a lock it already holds, so before, the transaction's
 /// try won, and two holders had the lock at once (here the winner then
 /// waited `request_timeout` for a backend to draw its fencing token on, and
-/// failed with `Connect`). Now a transaction does
-/// not take a lock its backend already holds: the try finds it held, and a
-/// wait fails at once (it could only be granted there), saying why; each
-/// rolls its transaction back before it leaves, so PgBouncer keeps that
-/// backend, and the holder its lock.
+/// failed with `Connect`). Now a transaction does not take a lock its
+/// backend already holds: the try finds it held, and a wait fails at once
+/// (it could only be granted there), saying why; each rolls its
+/// transaction back before it leaves, so PgBouncer keeps that backend, and
+/// the holder its lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_on_the_backend_of_a_session_lock_does_not_share_it() {
-    let Some(url) = common::pg_url() else { return };
-    let _small = SMALL.lock().await;
-    let admin = admin(&url).await;
-    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
-    unmark_small_pool(&pooled).await;
+    let Some((_small, admin, pooled)) = small_pool().await else {
+        return;
+    };
     let name = name("shared-backend");
     let session_way = quiet(PgLockMgr::builder(&pooled, &name))
         .label("forced-session")
@@ -1125,11 +1142,9 @@ async fn a_transaction_on_the_backend_of_a_session_lock_does_not_share_it() {
 /// try finds the lock held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold() {
-    let Some(url) = common::pg_url() else { return };
-    let _small = SMALL.lock().await;
-    let admin = admin(&url).await;
-    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
-    unmark_small_pool(&pooled).await;
+    let Some((_small, admin, pooled)) = small_pool().await else {
+        return;
+    };
     let name = name("one-backend");
     let forced = |label: &str| {
         quiet(PgLockMgr::builder(&pooled, &name))
@@ -1173,11 +1188,9 @@ async fn two_sessions_forced_the_session_way_onto_one_backend_do_not_both_hold()
 /// the guard reports the lock lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
-    let Some(url) = common::pg_url() else { return };
-    let _small = SMALL.lock().await;
-    let admin = admin(&url).await;
-    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
-    unmark_small_pool(&pooled).await;
+    let Some((_small, admin, pooled)) = small_pool().await else {
+        return;
+    };
     let lock = PgLockMgr::builder(&pooled, name("closed-backend"))
         .label("forced-session")
         .transaction_pooling(Some(false))
@@ -1197,13 +1210,7 @@ async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
     }
     // Gone in the middle of its transaction: PgBouncer closes the backend.
     drop(on_holder);
-    tokio::time::timeout(LIVENESS, async {
-        while lock_rows(&admin, &lock).await != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the backend was not closed");
+    until_free(&admin, &lock, "the backend was not closed").await;
     tokio::time::timeout(LIVENESS, guard.lost())
         .await
         .expect("the holder was not told its lock is gone");
@@ -1223,11 +1230,9 @@ async fn a_session_lock_whose_pooled_backend_closes_is_reported_lost() {
 /// on it), and the next client got another backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_guard_behind_pgbouncer_gives_its_server_connection_back() {
-    let Some(url) = common::pg_url() else { return };
-    let _small = SMALL.lock().await;
-    let admin = admin(&url).await;
-    let pooled = var("LOCKMGR_PG_BOUNCER_SMALL_URL");
-    unmark_small_pool(&pooled).await;
+    let Some((_small, admin, pooled)) = small_pool().await else {
+        return;
+    };
     let lock = quiet(PgLockMgr::builder(&pooled, name("dropped-in-transaction")))
         .transaction_pooling(Some(true))
         .build()
@@ -1235,13 +1240,7 @@ async fn a_dropped_guard_behind_pgbouncer_gives_its_server_connection_back() {
     let guard = lock.acquire(true, LIVENESS).await.unwrap();
     let backend = holder_pid(&admin, &lock).await;
     drop(guard);
-    tokio::time::timeout(LIVENESS, async {
-        while lock_rows(&admin, &lock).await != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the lock was not let go");
+    until_free(&admin, &lock, "the lock was not let go").await;
     // The backend PgBouncer got back last serves the next transaction.
     let (_next, pid) = pinned(&pooled).await;
     assert_eq!(pid, backend, "the server connection was closed");

@@ -938,137 +938,121 @@ impl PgLockMgr {
         let server = &self.inner.server;
         let own = server.connect(self.id(), deadline).await?;
         let mut armed = Armed::new(server, own.clone());
-        let result = self
-            .lock_in_transaction_on(
-                &own, &mut armed, mode, policy, started, deadline, pass, contended,
-            )
-            .await;
+        // The acquire's own steps; whatever error ends them, the
+        // transaction won nothing.
+        let result: Result<PgLockGuard, LockError> = async {
+            let id = self.id();
+            let key = self.inner.key;
+            let server = &self.inner.server;
+            let begin = sql::begin_holding(server.timeouts.dead_after);
+            // The transaction's backend, and whether a session of ours marked
+            // it (see `sql::begin_holding`).
+            let begun = |rows: &[tokio_postgres::SimpleQueryMessage]| {
+                let row = first_row(rows)?;
+                Some((row.get(0)?.parse::<i32>().ok()?, row.get(2)? == "t"))
+            };
+            let rows = own.simple(&begin, self.request(), id).await?;
+            let (mut pid, mut marked) =
+                begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+            let rows = own
+                .simple(&sql::try_xact_lock(mode, key, marked), self.request(), id)
+                .await?;
+            let won = first_row(&rows).and_then(|r| r.get(0)) == Some("t");
+            tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
+            if won {
+                armed.disarm();
+                return self
+                    .won(
+                        Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                        mode,
+                    )
+                    .await;
+            }
+            if !policy.waits {
+                let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
+                self.end_transaction(&own, &mut armed).await;
+                return Err(LockError::WouldBlock {
+                    lock: id.clone(),
+                    holder,
+                });
+            }
+            *contended = true;
+            // As in session mode: every round trip before the wait is queued is
+            // time in which the releaser can win the lock back, so the holder
+            // is looked up only for an operator who reads the event. A lookup
+            // that failed is no holder's name; only a session gone ends the
+            // wait here.
+            if tracing::enabled!(tracing::Level::INFO) {
+                let holder = self.holder_in_transaction(&own, true).await?;
+                policy.announce(id, holder.as_ref(), "");
+            }
+            let bound = policy.timeout.saturating_add(self.request());
+            let mut made = 0;
+            for attempt in 1..=policy.max_attempts {
+                if spent(attempt, deadline) {
+                    break;
+                }
+                made = attempt;
+                match own
+                    .simple(
+                        &sql::wait_xact_lock(mode, key, policy.timeout, marked),
+                        bound,
+                        id,
+                    )
+                    .await
+                {
+                    Ok(rows) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
+                        // No wait on a backend that holds the lock: it would be
+                        // granted at once (see `sql::held_here`).
+                        self.end_transaction(&own, &mut armed).await;
+                        return Err(LockError::Server {
+                            lock: id.clone(),
+                            op: Operation::Lock,
+                            source: format!(
+                                "the transaction runs on backend {pid}, which already holds the \
+                                 lock as a session-level lock (another client holds locks the \
+                                 session way behind this transaction pooler); waiting there would \
+                                 make a second holder"
+                            )
+                            .into(),
+                        });
+                    }
+                    Ok(_) => {
+                        tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
+                        armed.disarm();
+                        return self
+                            .won(
+                                Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                                mode,
+                            )
+                            .await;
+                    }
+                    Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
+                        tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
+                        // The failed wait aborted the transaction: a new one.
+                        let rows = own
+                            .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
+                            .await?;
+                        (pid, marked) =
+                            begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
+                    }
+                    Err(e) => return Err(with_op(e, Operation::Lock)),
+                }
+            }
+            let holder = self.holder_in_transaction(&own, false).await.ok().flatten();
+            self.end_transaction(&own, &mut armed).await;
+            Err(LockError::TimedOut {
+                lock: id.clone(),
+                attempts: made,
+                waited: started.elapsed(),
+                holder,
+            })
+        }
+        .await;
         if result.is_err() {
-            // Whatever went wrong, the transaction won nothing.
             self.end_transaction(&own, &mut armed).await;
         }
         result
-    }
-
-    /// [`PgLockMgr::lock_in_transaction`] on its session `own`.
-    #[allow(clippy::too_many_arguments)]
-    async fn lock_in_transaction_on(
-        &self,
-        own: &Arc<Session>,
-        armed: &mut Armed<'_>,
-        mode: LockMode,
-        policy: Policy,
-        started: Instant,
-        deadline: Option<Instant>,
-        pass: Pass,
-        contended: &mut bool,
-    ) -> Result<PgLockGuard, LockError> {
-        let id = self.id();
-        let key = self.inner.key;
-        let server = &self.inner.server;
-        let begin = sql::begin_holding(server.timeouts.dead_after);
-        // The transaction's backend, and whether a session of ours marked
-        // it (see `sql::begin_holding`).
-        let begun = |rows: &[tokio_postgres::SimpleQueryMessage]| {
-            let row = first_row(rows)?;
-            Some((row.get(0)?.parse::<i32>().ok()?, row.get(2)? == "t"))
-        };
-        let rows = own.simple(&begin, self.request(), id).await?;
-        let (mut pid, mut marked) =
-            begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
-        let rows = own
-            .simple(&sql::try_xact_lock(mode, key, marked), self.request(), id)
-            .await?;
-        let won = first_row(&rows).and_then(|r| r.get(0)) == Some("t");
-        tracing::debug!(lock = %id, attempt = 1, won, mode = %mode, woke = "first", "lock try");
-        if won {
-            armed.disarm();
-            return self
-                .won(
-                    Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
-                    mode,
-                )
-                .await;
-        }
-        if !policy.waits {
-            let holder = self.holder_in_transaction(own, false).await.ok().flatten();
-            self.end_transaction(own, armed).await;
-            return Err(LockError::WouldBlock {
-                lock: id.clone(),
-                holder,
-            });
-        }
-        *contended = true;
-        // As in session mode: every round trip before the wait is queued is
-        // time in which the releaser can win the lock back, so the holder
-        // is looked up only for an operator who reads the event. A lookup
-        // that failed is no holder's name; only a session gone ends the
-        // wait here.
-        if tracing::enabled!(tracing::Level::INFO) {
-            let holder = self.holder_in_transaction(own, true).await?;
-            policy.announce(id, holder.as_ref(), "");
-        }
-        let bound = policy.timeout.saturating_add(self.request());
-        let mut made = 0;
-        for attempt in 1..=policy.max_attempts {
-            if spent(attempt, deadline) {
-                break;
-            }
-            made = attempt;
-            match own
-                .simple(
-                    &sql::wait_xact_lock(mode, key, policy.timeout, marked),
-                    bound,
-                    id,
-                )
-                .await
-            {
-                Ok(rows) if first_row(&rows).and_then(|r| r.get(0)) != Some("t") => {
-                    // No wait on a backend that holds the lock: it would be
-                    // granted at once (see `sql::held_here`).
-                    self.end_transaction(own, armed).await;
-                    return Err(LockError::Server {
-                        lock: id.clone(),
-                        op: Operation::Lock,
-                        source: format!(
-                            "the transaction runs on backend {pid}, which already holds the \
-                             lock as a session-level lock (another client holds locks the \
-                             session way behind this transaction pooler); waiting there would \
-                             make a second holder"
-                        )
-                        .into(),
-                    });
-                }
-                Ok(_) => {
-                    tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
-                    armed.disarm();
-                    return self
-                        .won(
-                            Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
-                            mode,
-                        )
-                        .await;
-                }
-                Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
-                    tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
-                    // The failed wait aborted the transaction: a new one.
-                    let rows = own
-                        .simple(&format!("ROLLBACK; {begin}"), self.request(), id)
-                        .await?;
-                    (pid, marked) =
-                        begun(&rows).ok_or_else(|| self.odd(Operation::Lock, "no backend pid"))?;
-                }
-                Err(e) => return Err(with_op(e, Operation::Lock)),
-            }
-        }
-        let holder = self.holder_in_transaction(own, false).await.ok().flatten();
-        self.end_transaction(own, armed).await;
-        Err(LockError::TimedOut {
-            lock: id.clone(),
-            attempts: made,
-            waited: started.elapsed(),
-            holder,
-        })
     }
 
     /// Ends a transaction that won no lock, and its session: rolled back
