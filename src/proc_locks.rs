@@ -145,15 +145,18 @@ const READS: usize = 4;
 ///
 /// The kernel makes `/proc/locks` a page at a time, each under its lock of
 /// the lock list, but finds where the next page starts by its number of
-/// lines: a lock let go between two pages shifts the rest up, and the next
-/// page starts a line late, so a lock held all along can be missing from
-/// one read. So the file is read until two reads agree (at most [`READS`]
-/// times), and every line any read showed counts, each as many times as
-/// one read showed it (two locks can make identical lines). A line can then
-/// stand for a lock let go between the reads: those who read the result
-/// look at the processes' descriptors too.
+/// lines: a lock let go before that place shifts the rest up, and the next
+/// page starts a line late (a lock held all along is missing from that
+/// read); a lock taken there shifts it down, and lines come twice. So the
+/// file is read until two reads agree, which only a list that did not
+/// change between them can give, and that read is the answer. If none
+/// agree (at most [`READS`] reads), every line any read showed counts, as
+/// many times as every read that showed it did at least (two locks can
+/// make identical lines). A line can then stand for a lock let go between
+/// the reads: those who read the result look at the processes'
+/// descriptors too.
 pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fewest: BTreeMap<String, usize> = BTreeMap::new();
     let mut last: Option<BTreeMap<String, usize>> = None;
     for _ in 0..READS {
         let text = fs::read_to_string("/proc/locks")?;
@@ -161,16 +164,19 @@ pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
         for line in text.lines().filter_map(unnumbered) {
             *read.entry(line.trim().to_owned()).or_default() += 1;
         }
-        for (line, &n) in &read {
-            let most = seen.entry(line.clone()).or_default();
-            *most = (*most).max(n);
-        }
         if last.as_ref() == Some(&read) {
+            fewest = read;
             break;
+        }
+        for (line, &n) in &read {
+            fewest
+                .entry(line.clone())
+                .and_modify(|least| *least = (*least).min(n))
+                .or_insert(n);
         }
         last = Some(read);
     }
-    Ok(seen
+    Ok(fewest
         .iter()
         .flat_map(|(line, &n)| std::iter::repeat_n(line, n))
         .filter_map(|line| parse_unnumbered(line))
