@@ -250,6 +250,16 @@ fn a_command_killed_by_a_signal_leaves_the_lock_with_what_it_started() {
         .read_line(&mut line)
         .unwrap();
     let worker = Pid::from_raw(line.trim().parse().unwrap());
+    // The shell's child is named `sleep` once it has run it (before, it is
+    // a copy of the shell).
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(
+            started.elapsed() < common::LIVENESS,
+            "the worker never ran sleep"
+        );
+        std::thread::yield_now();
+    }
     // Passed on to the shell alone, which it kills; `sleep` works on.
     kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(first.wait().unwrap().signal(), Some(15));
