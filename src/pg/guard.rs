@@ -110,17 +110,11 @@ impl Hold {
                 }))
             }
             How::Transaction { .. } => {
-                // Rolled back before the session ends: a client that leaves
-                // in the middle of a transaction makes PgBouncer close that
-                // server connection (and the next client pays for a new
-                // one). Ended as it is if the rollback fails.
                 let session = self.session.clone();
                 Some(session.runtime.clone().spawn(async move {
-                    if !session.is_ended() {
-                        let bound = server.timeouts.request;
-                        let _ = session.simple("ROLLBACK", bound, &id).await;
-                    }
-                    session.end();
+                    session
+                        .roll_back_and_end(server.timeouts.request, &id)
+                        .await;
                     drop(pass);
                 }))
             }

@@ -1055,24 +1055,13 @@ impl PgLockMgr {
         result
     }
 
-    /// Ends a transaction that won no lock, and its session: rolled back
-    /// first, so that a pooler gets its server connection back clean. (A
-    /// client that leaves in the middle of a transaction makes PgBouncer
-    /// close that server connection, and with it any session-level lock
-    /// another client holds there; and the next client pays for a new
-    /// one.) If the rollback fails, or the session has ended (a request
-    /// given up), the session is ended as it is, and `armed` cancels what
-    /// may still run.
+    /// Ends a transaction that won no lock, and its session (see
+    /// `Session::roll_back_and_end`); if it was not rolled back, `armed`
+    /// cancels what may still run.
     async fn end_transaction(&self, own: &Session, armed: &mut Armed<'_>) {
-        if !own.is_ended()
-            && own
-                .simple("ROLLBACK", self.request(), self.id())
-                .await
-                .is_ok()
-        {
+        if own.roll_back_and_end(self.request(), self.id()).await {
             armed.disarm();
         }
-        own.end();
     }
 
     /// The exclusive holder, asked in the open transaction of `own` (a

@@ -918,6 +918,18 @@ impl Session {
         self.given_up.load(Ordering::Acquire) || *self.ended.borrow() || self.client.is_closed()
     }
 
+    /// Rolls the session's open transaction back, then ends the session;
+    /// whether the rollback was answered. A client that leaves in the
+    /// middle of a transaction makes PgBouncer close that server connection
+    /// (with any session-level lock another client holds on it), and the
+    /// next client pays for a new one. A session already ended, or one
+    /// whose rollback fails, is ended as it is.
+    pub(super) async fn roll_back_and_end(&self, bound: Duration, lock: &LockId) -> bool {
+        let rolled_back = !self.is_ended() && self.simple("ROLLBACK", bound, lock).await.is_ok();
+        self.end();
+        rolled_back
+    }
+
     /// Ends the session now: the socket closes, and the server drops its
     /// locks (and, with `client_connection_check_interval`, any wait).
     pub(super) fn end(&self) {
