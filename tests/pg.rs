@@ -1576,6 +1576,44 @@ async fn a_semaphore_admits_at_most_n_holders() {
     );
 }
 
+/// The status of a `PgSemaphore`'s name tells its permits and how many are
+/// taken, by any process: before, it said free with every permit held (and
+/// `lockmgr status` exited 0, "free").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_of_a_semaphores_name_counts_its_permits_taken() {
+    use lockmgr::Status;
+    let Some(url) = common::pg_url() else { return };
+    let name = name("semaphore-status");
+    let sem = lockmgr::pg::PgSemaphore::new(&url, &name, 2).unwrap();
+    let lock = PgLockMgr::new(&url, &name).unwrap();
+    let taken = |taken| Status::Semaphore { permits: 2, taken };
+    let other = common::Holder::started(
+        common::helper_command("pg-permit-hold", [url.as_str(), name.as_str(), "2"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(lock.status().await.unwrap(), taken(1));
+    let mine = sem.try_acquire().await.unwrap();
+    assert_eq!(lock.status().await.unwrap(), taken(2));
+    assert_eq!(lock.holder().await.unwrap(), None);
+    other.kill(Signal::SIGKILL);
+    let until = Instant::now() + LIVENESS;
+    while lock.status().await.unwrap() != taken(1) {
+        assert!(
+            Instant::now() < until,
+            "the killed holder's permit still counted"
+        );
+        tokio::task::yield_now().await;
+    }
+    mine.release().await.unwrap();
+    assert_eq!(lock.status().await.unwrap(), taken(0));
+    // A plain lock's name is no semaphore's.
+    let plain = PgLockMgr::new(&url, name.clone() + "-plain").unwrap();
+    assert_eq!(plain.status().await.unwrap(), Status::Free);
+}
+
 /// `PgSemaphore` across processes: four processes take one of two permits
 /// 15 times each; no slot is ever held by two (an `O_EXCL` marker per
 /// slot), and every process gets through.

@@ -749,8 +749,26 @@ fn permits_on_postgres() {
         "true",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // `status` of the semaphore's name counts its permits (before: "free",
+    // exit 0, with the only permit held).
+    let out = lockmgr(&["status", "--postgres", &url, &name]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("a semaphore of 1 permits, 1 taken"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = lockmgr(&["status", "--postgres", &url, "--json", &name]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["state"], "semaphore", "{json}");
+    assert_eq!(
+        (json["permits"].as_u64(), json["taken"].as_u64()),
+        (Some(1), Some(1))
+    );
     drop(first.stdin.take());
     assert!(first.wait().unwrap().success());
+    let out = lockmgr(&["status", "--postgres", &url, &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = lockmgr(&[
         "run",
         "--permits",

@@ -510,7 +510,10 @@ impl PgLockMgr {
 
     /// Whether the lock is free, held exclusively (and by which session)
     /// or held shared, as the server's lock table says at this moment.
-    /// Never [`Status::Missing`].
+    /// Never [`Status::Missing`]. Asked of a [`PgSemaphore`](super::PgSemaphore)'s
+    /// name (one whose count of permits the token table keeps), and no lock
+    /// of that very name held: [`Status::Semaphore`], with the permits held
+    /// now by any session.
     ///
     /// # Errors
     ///
@@ -548,7 +551,9 @@ impl PgLockMgr {
         } else if holders > 0 {
             Status::Shared
         } else {
-            Status::Free
+            super::semaphore::status(self, &session, &self.inner.name)
+                .await?
+                .unwrap_or(Status::Free)
         })
     }
 

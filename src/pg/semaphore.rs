@@ -10,9 +10,11 @@ use tokio_postgres::types::Type;
 use super::fence;
 use super::guard::PgLockGuard;
 use super::manager::PgLockMgr;
-use super::session::with_op;
+use super::session::{with_op, Session};
+use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::wait::Policy;
+use crate::Status;
 
 /// The most permits a PostgreSQL semaphore may have.
 const MAX_PERMITS: u32 = 1024;
@@ -83,7 +85,7 @@ impl PgSemaphore {
         }
         let slots = (0..permits)
             .map(|i| {
-                PgLockMgr::builder(config, format!("{name}/permit/{i}"))
+                PgLockMgr::builder(config, slot_name(&name, i))
                     .max_attempts(1)
                     .build()
             })
@@ -225,6 +227,62 @@ impl PgSemaphore {
             }),
         }
     }
+}
+
+/// The name of a semaphore's permit slot `slot`: the lock taken for it.
+pub(super) fn slot_name(semaphore: &str, slot: u32) -> String {
+    format!("{semaphore}/permit/{slot}")
+}
+
+/// The status of the semaphore named `name`, read on `session`, if the
+/// token table keeps a count of permits for that name: how many of its
+/// slots are held now, by any session on the server.
+pub(super) async fn status(
+    lock: &PgLockMgr,
+    session: &Session,
+    name: &str,
+) -> Result<Option<Status>, LockError> {
+    let inner = lock.inner();
+    let table = fence::quoted(&inner.fence);
+    let row = format!("{name}{}", super::manager::COUNT_ROW);
+    let read = |e| with_op(e, Operation::Read);
+    let rows = session
+        .typed(
+            &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
+            &[(&row, Type::TEXT)],
+            lock.request(),
+            &inner.id,
+        )
+        .await
+        .map_err(read)?;
+    let Some(recorded) = rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) else {
+        return Ok(None);
+    };
+    // A count this crate never writes (another program's row): no
+    // semaphore to speak of, rather than a thousand slots read for it.
+    let Some(permits) = u32::try_from(recorded)
+        .ok()
+        .filter(|n| (1..=MAX_PERMITS).contains(n))
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<i64> = (0..permits)
+        .map(|slot| super::advisory_key(&slot_name(name, slot)))
+        .collect();
+    let rows = session
+        .typed(
+            sql::held_among(),
+            &[(&keys, Type::INT8_ARRAY)],
+            lock.request(),
+            &inner.id,
+        )
+        .await
+        .map_err(read)?;
+    let taken: i64 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
+    Ok(Some(Status::Semaphore {
+        permits,
+        taken: u32::try_from(taken).unwrap_or(permits).min(permits),
+    }))
 }
 
 impl PgPermit {

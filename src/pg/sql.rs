@@ -288,6 +288,15 @@ pub(super) fn state(hi: i64, lo: i64) -> String {
     )
 }
 
+/// How many of the keys `$1` (an `int8[]`; every key of lockmgr's has
+/// its high bit clear, so the halves join back without overflow) are held
+/// now, in any mode, by any session.
+pub(super) fn held_among() -> &'static str {
+    "SELECT count(DISTINCT (classid, objid))::int8 FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+     AND ((classid::int8 << 32) | objid::int8) = ANY($1)"
+}
+
 /// The exclusive holder of key (`hi`, `lo`), with its start from the fence
 /// table (`$1`: the lock's name): backend pid, client address, application
 /// name, since (Unix seconds), each cast to the type read back.
