@@ -460,6 +460,41 @@ async fn shared_holders_exclude_an_exclusive_one() {
     writer.release().await.unwrap();
 }
 
+/// A `release()` dropped after its unlock went out sends no second one.
+/// Two shared holds of one process stack on one session, where the server
+/// counts them: a second unlock let go of the other task's hold too (before,
+/// that task's own release then found nothing held, and another process
+/// could have taken the lock exclusively meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_dropped_after_its_unlock_went_out_unlocks_once() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("release-dropped");
+    let lock = PgLockMgr::new(&url, &name).unwrap();
+    for round in 0..20 {
+        let a = lock.acquire_shared(true, LIVENESS).await.unwrap();
+        let c = lock.acquire_shared(true, LIVENESS).await.unwrap();
+        assert_eq!(lock_rows(&admin, &lock).await, 1, "two sessions hold it");
+        let mut release = Box::pin(a.release());
+        // Polled once, so that the unlock goes out, then dropped.
+        tokio::select! {
+            biased;
+            r = &mut release => panic!("the release was answered without a round trip: {r:?}"),
+            () = std::future::ready(()) => drop(release),
+        }
+        // A third hold, whose try goes out after whatever the drop sent.
+        let d = lock.acquire_shared(true, LIVENESS).await.unwrap();
+        assert_eq!(lock_rows(&admin, &lock).await, 1, "two sessions hold it");
+        for (guard, which) in [(c, "second"), (d, "third")] {
+            assert!(!guard.is_lost());
+            guard.release().await.unwrap_or_else(|e| {
+                panic!("round {round}: the {which} hold had been let go by the first's: {e}")
+            });
+        }
+        assert_eq!(lock_rows(&admin, &lock).await, 0);
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_is_down_or_refuses_the_login_is_a_typed_error() {
     let Some(url) = common::pg_url() else { return };

@@ -85,41 +85,72 @@ impl Hold {
         take(&self.pass)
     }
 
-    /// Lets the lock go without waiting for an answer: an unlock sent on
-    /// the shared session, or the holding transaction rolled back and its
-    /// session ended, from a task of the session's runtime. The pass goes
-    /// back once the server has answered, which the returned handle tells;
-    /// the request goes out whether or not it is awaited.
-    pub(super) fn give_up(
+    /// Lets the lock go from a task of the session's runtime, so that it
+    /// goes out once and whole whether or not the returned handle is
+    /// awaited: an unlock sent on the shared session, or the holding
+    /// transaction ended (committed for a [`Ending::Release`], rolled back
+    /// otherwise) and its session closed. The pass goes back once the
+    /// server has answered. The handle tells what the server said.
+    pub(super) fn end(
         mut self,
         server: &Arc<Server>,
         key: i64,
         id: &LockId,
-    ) -> Option<JoinHandle<()>> {
+        ending: Ending,
+    ) -> JoinHandle<Result<(), LockError>> {
         let pass = self.settle();
         let (server, id) = (server.clone(), id.clone());
+        let session = self.session.clone();
         match self.how {
-            How::Shared { mode } => {
-                let session = self.session.clone();
-                Some(session.runtime.clone().spawn(async move {
-                    if let Err(e) = server.unlock(&session, mode, key, &id).await {
-                        tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
+            How::Shared { mode } => session.runtime.clone().spawn(async move {
+                let answer = server.unlock(&session, mode, key, &id).await;
+                server.released_one(&session);
+                drop(pass);
+                if let (Ending::GiveUp, Err(e)) = (&ending, &answer) {
+                    tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
+                }
+                match answer {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(LockError::Server {
+                        lock: id,
+                        op: Operation::Unlock,
+                        source: "the session did not hold the lock".into(),
+                    }),
+                    Err(e) => {
+                        session.end();
+                        Err(with_op(e, Operation::Unlock))
                     }
-                    server.released_one(&session);
-                    drop(pass);
-                }))
-            }
-            How::Transaction { .. } => {
-                let session = self.session.clone();
-                Some(session.runtime.clone().spawn(async move {
-                    session
-                        .roll_back_and_end(server.timeouts.request, &id)
-                        .await;
-                    drop(pass);
-                }))
-            }
+                }
+            }),
+            How::Transaction { .. } => session.runtime.clone().spawn(async move {
+                let bound = server.timeouts.request;
+                let result = match ending {
+                    Ending::Release => session
+                        .simple("COMMIT", bound, &id)
+                        .await
+                        .map(drop)
+                        .map_err(|e| with_op(e, Operation::Unlock)),
+                    Ending::GiveUp => {
+                        session.roll_back_and_end(bound, &id).await;
+                        Ok(())
+                    }
+                };
+                session.end();
+                drop(pass);
+                result
+            }),
         }
     }
+}
+
+/// How a hold ends.
+pub(super) enum Ending {
+    /// [`PgLockGuard::release`]: a holding transaction is committed, and
+    /// what goes wrong is told.
+    Release,
+    /// A guard dropped, or a lock won that cannot be handed out: a holding
+    /// transaction is rolled back, and what goes wrong is only logged.
+    GiveUp,
 }
 
 fn take(slot: &Mutex<Option<Pass>>) -> Option<Pass> {
@@ -218,47 +249,27 @@ impl PgLockGuard {
     ///
     /// Dropping the future lets the lock go as dropping the guard does.
     pub async fn release(mut self) -> Result<(), LockError> {
-        let Some(hold) = self.hold.as_ref() else {
+        let Some(hold) = self.hold.take() else {
             return Ok(());
         };
         let inner = self.lock.inner();
-        let (id, bound) = (&inner.id, inner.server.timeouts.request);
-        let session = hold.session.clone();
-        // The hold stays in the guard until the server has answered: if this
-        // future is dropped first, the guard's drop lets the lock go.
-        let answer = match hold.how {
-            How::Shared { mode } => inner.server.unlock(&session, mode, inner.key, id).await,
-            How::Transaction { .. } => session.simple("COMMIT", bound, id).await.map(|_| true),
-        };
-        let Some(mut hold) = self.hold.take() else {
-            return Ok(());
-        };
-        let pass = hold.settle();
-        let result = match (&hold.how, answer) {
-            (How::Shared { .. }, Ok(held)) => {
-                inner.server.released_one(&session);
-                if held {
-                    Ok(())
-                } else {
-                    Err(LockError::Server {
-                        lock: id.clone(),
-                        op: Operation::Unlock,
-                        source: "the session did not hold the lock".into(),
-                    })
-                }
-            }
-            (How::Transaction { .. }, Ok(_)) => {
-                session.end();
-                Ok(())
-            }
-            (_, Err(e)) => {
-                session.end();
-                Err(with_op(e, Operation::Unlock))
-            }
-        };
-        drop(pass);
         inner.meter.released(self.won_at.elapsed());
-        tracing::debug!(lock = %id, mode = %self.mode, "released lock");
+        // The unlock runs in a task of its own: this future dropped before
+        // the answer, it still goes out, once (a second unlock on a session
+        // where this process holds the lock twice, shared, would let the
+        // other hold go too).
+        let result = match hold
+            .end(&inner.server, inner.key, &inner.id, Ending::Release)
+            .await
+        {
+            Ok(result) => result,
+            Err(e) => Err(LockError::Server {
+                lock: inner.id.clone(),
+                op: Operation::Unlock,
+                source: format!("the unlock did not finish: {e}").into(),
+            }),
+        };
+        tracing::debug!(lock = %inner.id, mode = %self.mode, "released lock");
         result
     }
 }
@@ -269,7 +280,7 @@ impl Drop for PgLockGuard {
             let inner = self.lock.inner();
             inner.meter.released(self.won_at.elapsed());
             // The unlock goes out from a task of its own.
-            drop(hold.give_up(&inner.server, inner.key, &inner.id));
+            drop(hold.end(&inner.server, inner.key, &inner.id, Ending::GiveUp));
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 use super::advisory_key;
 use super::fence;
 use super::gate::{Pass, Shut};
-use super::guard::{Hold, PgLockGuard};
+use super::guard::{Ending, Hold, PgLockGuard};
 use super::session::{code, first_row, session_gone, with_op, Pooling, Server, Session, Timeouts};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
@@ -1195,9 +1195,13 @@ impl PgLockMgr {
     /// error is returned: the next try of this process finds it free.
     /// Dropped midway, the unlock still goes out.
     async fn let_go(&self, hold: Hold) {
-        if let Some(unlocking) = hold.give_up(&self.inner.server, self.inner.key, self.id()) {
-            let _ = unlocking.await;
-        }
+        let unlocking = hold.end(
+            &self.inner.server,
+            self.inner.key,
+            self.id(),
+            Ending::GiveUp,
+        );
+        let _ = unlocking.await;
     }
 
     /// The recorded exclusive holder, from the server's lock table.
@@ -1374,7 +1378,7 @@ impl Drop for Unclaimed<'_> {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
             let inner = self.lock.inner();
-            drop(hold.give_up(&inner.server, inner.key, &inner.id));
+            drop(hold.end(&inner.server, inner.key, &inner.id, Ending::GiveUp));
         }
     }
 }
