@@ -460,6 +460,26 @@ async fn shared_holders_exclude_an_exclusive_one() {
     writer.release().await.unwrap();
 }
 
+/// A forked child of a process that used a lock takes it, and reads it, on
+/// sessions of its own. Before, it picked the parent's idle session, whose
+/// connection no thread of the child drives: its try never returned.
+#[tokio::test]
+async fn a_forked_child_locks_on_sessions_of_its_own() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("forked");
+    let out = common::helper_command("pg-fork", [url.as_str(), name.as_str()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("child: ok"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{:?}", out.status);
+}
+
 /// A `release()` dropped after its unlock went out sends no second one.
 /// Two shared holds of one process stack on one session, where the server
 /// counts them: a second unlock let go of the other task's hold too (before,

@@ -18,6 +18,8 @@ use crate::vocab::LockMode;
 /// the key's in-process gate, given back once the lock is let go or lost.
 pub(super) struct Hold {
     how: How,
+    /// The server whose session holds the lock.
+    server: Arc<Server>,
     session: Arc<Session>,
     /// Taken by whoever comes first: the letting go, or the loss watcher.
     pass: Arc<Mutex<Option<Pass>>>,
@@ -36,20 +38,38 @@ enum How {
 }
 
 impl Hold {
-    pub(super) fn shared(session: Arc<Session>, mode: LockMode, pass: Pass, meter: &Meter) -> Hold {
-        Hold::new(How::Shared { mode }, session, pass, meter)
+    pub(super) fn shared(
+        server: &Arc<Server>,
+        session: Arc<Session>,
+        mode: LockMode,
+        pass: Pass,
+        meter: &Meter,
+    ) -> Hold {
+        Hold::new(How::Shared { mode }, server, session, pass, meter)
     }
 
-    pub(super) fn transaction(session: Arc<Session>, pid: i32, pass: Pass, meter: &Meter) -> Hold {
+    pub(super) fn transaction(
+        server: &Arc<Server>,
+        session: Arc<Session>,
+        pid: i32,
+        pass: Pass,
+        meter: &Meter,
+    ) -> Hold {
         // Counted, so that the session is watched as one holding a lock
         // (it is never shared, and ends with the lock).
         session
             .held
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Hold::new(How::Transaction { pid }, session, pass, meter)
+        Hold::new(How::Transaction { pid }, server, session, pass, meter)
     }
 
-    fn new(how: How, session: Arc<Session>, pass: Pass, meter: &Meter) -> Hold {
+    fn new(
+        how: How,
+        server: &Arc<Server>,
+        session: Arc<Session>,
+        pass: Pass,
+        meter: &Meter,
+    ) -> Hold {
         let pass = Arc::new(Mutex::new(Some(pass)));
         let mut ended = session.ended.clone();
         let slot = pass.clone();
@@ -63,6 +83,7 @@ impl Hold {
         });
         Hold {
             how,
+            server: server.clone(),
             session,
             pass,
             watcher: Some(watcher.abort_handle()),
@@ -93,14 +114,12 @@ impl Hold {
     /// server has answered. The handle tells what the server said.
     pub(super) fn end(
         mut self,
-        server: &Arc<Server>,
         key: i64,
         id: &LockId,
         ending: Ending,
     ) -> JoinHandle<Result<(), LockError>> {
         let pass = self.settle();
-        let (server, id) = (server.clone(), id.clone());
-        let session = self.session.clone();
+        let (server, session, id) = (self.server.clone(), self.session.clone(), id.clone());
         match self.how {
             How::Shared { mode } => session.runtime.clone().spawn(async move {
                 let answer = server.unlock(&session, mode, key, &id).await;
@@ -258,10 +277,7 @@ impl PgLockGuard {
         // the answer, it still goes out, once (a second unlock on a session
         // where this process holds the lock twice, shared, would let the
         // other hold go too).
-        let result = match hold
-            .end(&inner.server, inner.key, &inner.id, Ending::Release)
-            .await
-        {
+        let result = match hold.end(inner.key, &inner.id, Ending::Release).await {
             Ok(result) => result,
             Err(e) => Err(LockError::Server {
                 lock: inner.id.clone(),
@@ -280,7 +296,7 @@ impl Drop for PgLockGuard {
             let inner = self.lock.inner();
             inner.meter.released(self.won_at.elapsed());
             // The unlock goes out from a task of its own.
-            drop(hold.end(&inner.server, inner.key, &inner.id, Ending::GiveUp));
+            drop(hold.end(inner.key, &inner.id, Ending::GiveUp));
         }
     }
 }

@@ -14,7 +14,9 @@ use super::advisory_key;
 use super::fence;
 use super::gate::{Pass, Shut};
 use super::guard::{Ending, Hold, PgLockGuard};
-use super::session::{code, first_row, session_gone, with_op, Pooling, Server, Session, Timeouts};
+use super::session::{
+    code, first_row, session_gone, with_op, Failure, Pooling, Server, Session, Timeouts,
+};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::holder::Holder;
@@ -628,11 +630,22 @@ impl PgLockMgr {
     /// The session for a quick read (without making sure of the fence
     /// table), and the bound of a request.
     pub(super) async fn quick_session(&self) -> Result<(Arc<Session>, Duration), LockError> {
-        let server = &self.inner.server;
+        let server = self.server()?;
         Ok((server.reader(self.id(), None).await?, self.request()))
     }
 
     /// The key as `pg_locks` shows it: (`classid`, `objid`).
+    /// The lock's server as this process reaches it: in a forked child,
+    /// the child's own (see `Server::here`).
+    pub(super) fn server(&self) -> Result<Arc<Server>, LockError> {
+        self.inner.server.here().map_err(|e| LockError::Connect {
+            lock: self.id().clone(),
+            source: Box::new(Failure::plain(format!(
+                "a forked child cannot reach the lock server its parent did: {e}"
+            ))),
+        })
+    }
+
     fn key_halves(&self) -> (i64, i64) {
         sql::halves(self.inner.key)
     }
@@ -657,7 +670,7 @@ impl PgLockMgr {
     /// holds no lock, so a read the server holds up costs none), with the
     /// fence table known to exist.
     pub(super) async fn reads(&self, deadline: Option<Instant>) -> Result<Arc<Session>, LockError> {
-        let server = &self.inner.server;
+        let server = self.server()?;
         let mut again = true;
         loop {
             let session = match server.reader(self.id(), deadline).await {
@@ -729,10 +742,9 @@ impl PgLockMgr {
         } else {
             None
         };
+        let server = self.server()?;
         // Other tasks of this process that hold or take this key go first.
-        let pass = match self
-            .inner
-            .server
+        let pass = match server
             .gates
             .enter(self.inner.key, mode, policy.waits, deadline)
             .await
@@ -762,17 +774,18 @@ impl PgLockMgr {
         loop {
             // Behind a transaction pooler, no shared session is needed (the
             // lock is held in a connection of its own; reads have theirs).
-            if self.inner.server.pooling(self.id(), deadline).await? == Pooling::Transaction {
+            if server.pooling(self.id(), deadline).await? == Pooling::Transaction {
                 return self
-                    .lock_in_transaction(mode, policy, started, deadline, pass, contended)
+                    .lock_in_transaction(&server, mode, policy, started, deadline, pass, contended)
                     .await;
             }
             // A session picked after the gate: the one the last holder used
             // may have ended.
-            let shared = self.inner.server.shared(self.id(), deadline).await?;
+            let shared = server.shared(self.id(), deadline).await?;
             tries_left -= 1;
             match self
                 .lock_shared(
+                    &server,
                     &shared,
                     mode,
                     policy,
@@ -792,7 +805,7 @@ impl PgLockMgr {
                 // Statements hopped between backends: a transaction
                 // pooler after all, found before any lock was won.
                 Shared::Pooled(back) => {
-                    self.inner.server.found_transaction_pooling();
+                    server.found_transaction_pooling();
                     tracing::warn!(
                         lock = %self.id(),
                         "lockmgr: a session's lock statement ran on another backend than the one \
@@ -800,7 +813,9 @@ impl PgLockMgr {
                          holding locks in transactions"
                     );
                     return self
-                        .lock_in_transaction(mode, policy, started, deadline, back, contended)
+                        .lock_in_transaction(
+                            &server, mode, policy, started, deadline, back, contended,
+                        )
                         .await;
                 }
             }
@@ -813,6 +828,7 @@ impl PgLockMgr {
     #[allow(clippy::too_many_arguments)]
     async fn lock_shared(
         &self,
+        server: &Arc<Server>,
         shared: &Arc<Session>,
         mode: LockMode,
         policy: Policy,
@@ -824,7 +840,7 @@ impl PgLockMgr {
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
-        let rows = match SharedTry::start(&self.inner.server, shared, mode, key, id)
+        let rows = match SharedTry::start(server, shared, mode, key, id)
             .answer()
             .await
         {
@@ -848,7 +864,7 @@ impl PgLockMgr {
             shared.held.fetch_add(1, Ordering::AcqRel);
             return Shared::Done(
                 self.won(
-                    Hold::shared(shared.clone(), mode, pass, &self.inner.meter),
+                    Hold::shared(server, shared.clone(), mode, pass, &self.inner.meter),
                     mode,
                 )
                 .await,
@@ -868,7 +884,6 @@ impl PgLockMgr {
             let holder = self.holder_on().await.ok().flatten();
             policy.announce(id, holder.as_ref(), "");
         }
-        let server = &self.inner.server;
         let waiter = match server.waiting_session(id, deadline, shared).await {
             Ok(w) => w,
             Err(e) => return Shared::Done(Err(e)),
@@ -903,8 +918,11 @@ impl PgLockMgr {
                     waiter.held.fetch_add(1, Ordering::AcqRel);
                     server.share(&waiter);
                     return Shared::Done(
-                        self.won(Hold::shared(waiter, mode, pass, &self.inner.meter), mode)
-                            .await,
+                        self.won(
+                            Hold::shared(server, waiter, mode, pass, &self.inner.meter),
+                            mode,
+                        )
+                        .await,
                     );
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
@@ -933,6 +951,7 @@ impl PgLockMgr {
     #[allow(clippy::too_many_arguments)]
     async fn lock_in_transaction(
         &self,
+        server: &Arc<Server>,
         mode: LockMode,
         policy: Policy,
         started: Instant,
@@ -940,7 +959,6 @@ impl PgLockMgr {
         pass: Pass,
         contended: &mut bool,
     ) -> Result<PgLockGuard, LockError> {
-        let server = &self.inner.server;
         let own = server.connect(self.id(), deadline).await?;
         let mut armed = Armed::new(server, own.clone());
         // The acquire's own steps; whatever error ends them, the
@@ -948,7 +966,6 @@ impl PgLockMgr {
         let result: Result<PgLockGuard, LockError> = async {
             let id = self.id();
             let key = self.inner.key;
-            let server = &self.inner.server;
             let begin = sql::begin_holding(server.timeouts.dead_after);
             // The transaction's backend, and whether a session of ours marked
             // it (see `sql::begin_holding`).
@@ -968,7 +985,7 @@ impl PgLockMgr {
                 armed.disarm();
                 return self
                     .won(
-                        Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                        Hold::transaction(server, own.clone(), pid, pass, &self.inner.meter),
                         mode,
                     )
                     .await;
@@ -1027,7 +1044,7 @@ impl PgLockMgr {
                         armed.disarm();
                         return self
                             .won(
-                                Hold::transaction(own.clone(), pid, pass, &self.inner.meter),
+                                Hold::transaction(server, own.clone(), pid, pass, &self.inner.meter),
                                 mode,
                             )
                             .await;
@@ -1195,12 +1212,7 @@ impl PgLockMgr {
     /// error is returned: the next try of this process finds it free.
     /// Dropped midway, the unlock still goes out.
     async fn let_go(&self, hold: Hold) {
-        let unlocking = hold.end(
-            &self.inner.server,
-            self.inner.key,
-            self.id(),
-            Ending::GiveUp,
-        );
+        let unlocking = hold.end(self.inner.key, self.id(), Ending::GiveUp);
         let _ = unlocking.await;
     }
 
@@ -1378,7 +1390,7 @@ impl Drop for Unclaimed<'_> {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
             let inner = self.lock.inner();
-            drop(hold.end(&inner.server, inner.key, &inner.id, Ending::GiveUp));
+            drop(hold.end(inner.key, &inner.id, Ending::GiveUp));
         }
     }
 }

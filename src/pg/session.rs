@@ -23,6 +23,7 @@ use super::gate::Gates;
 use super::sql;
 use super::tls;
 use crate::error::{LockError, LockId, Operation};
+use crate::forkable::Forkable;
 use crate::vocab::LockMode;
 
 /// The least time a waiting acquire gives its connection, however little
@@ -75,6 +76,11 @@ pub(super) struct Server {
     pub(super) gates: Arc<Gates>,
     /// This server, for the liveness probes of its sessions.
     me: Weak<Server>,
+    /// The process whose server this is (its sessions run on that
+    /// process's `lockmgr-pg` thread), and the settings it was made with,
+    /// from which a forked child makes its own (see [`Server::here`]).
+    pid: u32,
+    settings: Key,
 }
 
 struct State {
@@ -89,8 +95,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// This process's servers, by their settings.
+type Servers = HashMap<Key, Weak<Server>>;
+
 /// The settings that make two `PgLockMgr`s share a server.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     config: String,
     timeouts: Timeouts,
@@ -107,14 +116,16 @@ impl Server {
         max_idle: usize,
         transaction_pooling: Option<bool>,
     ) -> Result<Arc<Server>, String> {
-        static SERVERS: OnceLock<Mutex<HashMap<Key, Weak<Server>>>> = OnceLock::new();
+        // A forked child forgets the parent's servers (see `Server::here`).
+        static SERVERS: Mutex<Forkable<Option<Servers>>> = Mutex::new(Forkable::NONE);
         let key = Key {
             config: config.to_owned(),
             timeouts,
             max_idle,
             pooling: transaction_pooling,
         };
-        let mut servers = lock(SERVERS.get_or_init(Default::default));
+        let mut servers = lock(&SERVERS);
+        let servers = servers.get().get_or_insert_with(HashMap::new);
         servers.retain(|_, s| s.strong_count() > 0);
         if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
             return Ok(server);
@@ -142,9 +153,23 @@ impl Server {
             probing: tokio::sync::Mutex::new(()),
             reader_connect: tokio::sync::Mutex::new(()),
             gates: Arc::default(),
+            pid: crate::os::current_pid(),
+            settings: key.clone(),
         });
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
+    }
+
+    /// This server as the calling process reaches it: itself, or, in a
+    /// forked child, the child's own, with the same settings. The parent's
+    /// sessions are driven by a thread the child does not have: a statement
+    /// sent on one would wait forever for its answer.
+    pub(super) fn here(self: &Arc<Self>) -> Result<Arc<Server>, String> {
+        if self.pid == crate::os::current_pid() {
+            return Ok(self.clone());
+        }
+        let k = &self.settings;
+        Server::get(&k.config, k.timeouts, k.max_idle, k.pooling)
     }
 
     /// The server as `HOST:PORT`, and the database.
@@ -1000,6 +1025,19 @@ impl Session {
                     ))),
                 })
             }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // In a forked child the sessions are the parent's: their tasks
+        // belong to the runtime of a thread the child does not have, so they
+        // are forgotten rather than ended from here.
+        if self.pid != crate::os::current_pid() {
+            let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            std::mem::forget(std::mem::take(&mut state.shared));
+            std::mem::forget(state.reader.take());
         }
     }
 }

@@ -331,6 +331,8 @@ pub fn run(args: Vec<String>) -> ! {
         #[cfg(feature = "postgres")]
         ["pg-lead", url, name] => rt.block_on(pg::lead(url, name)),
         #[cfg(feature = "postgres")]
+        ["pg-fork", url, name] => pg::fork(url, name),
+        #[cfg(feature = "postgres")]
         ["pg-permits", url, name, n, iters, dir] => rt.block_on(pg::permits(
             url,
             name,
@@ -389,6 +391,56 @@ mod pg {
             .await
             .expect("stdin reader");
         guard.release().await.expect("release");
+    }
+
+    /// Takes the lock NAME and lets it go (which leaves an idle session and
+    /// the thread that drives it), then forks; the child takes the lock and
+    /// reads its status, each within 20 s, and prints `child: ok`, or what
+    /// went wrong. Exits as the child did.
+    pub fn fork(url: &str, name: &str) {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        };
+        let lock = PgLockMgr::new(url, name).expect("lock");
+        runtime().block_on(async {
+            let guard = lock.try_acquire().await.expect("the parent's try");
+            guard.release().await.expect("the parent's release");
+        });
+        // SAFETY: the child makes a runtime and threads of its own, as a
+        // pre-forking server would; no lock of this process's other threads
+        // is held now (the parent's runtime is idle).
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let bound = Duration::from_secs(20);
+                let said = runtime().block_on(async {
+                    let guard = match tokio::time::timeout(bound, lock.try_acquire()).await {
+                        Err(_) => return "the try did not return".to_string(),
+                        Ok(Err(e)) => return format!("the try failed: {e}"),
+                        Ok(Ok(guard)) => guard,
+                    };
+                    if let Err(e) = guard.release().await {
+                        return format!("the release failed: {e}");
+                    }
+                    match tokio::time::timeout(bound, lock.status()).await {
+                        Err(_) => "the status did not return".to_string(),
+                        Ok(Err(e)) => format!("the status failed: {e}"),
+                        Ok(Ok(_)) => "ok".to_string(),
+                    }
+                });
+                println!("child: {said}");
+                std::io::stdout().flush().expect("flush");
+                std::process::exit(i32::from(said != "ok"));
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => std::process::exit(code),
+                    other => panic!("the child: {other:?}"),
+                }
+            }
+        }
     }
 
     /// Campaigns; while leading prints `leading <fencing token>` and leads
