@@ -460,6 +460,41 @@ async fn shared_holders_exclude_an_exclusive_one() {
     writer.release().await.unwrap();
 }
 
+/// Tasks that reach a server which never answers (a listener that accepts
+/// nobody: the login waits forever) each fail within their own connect
+/// timeout, tries and reads alike. Before, they queued for one connect at a
+/// time: the fourth try failed after four timeouts. No server is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_to_a_server_that_never_answers_fail_each_within_its_bound() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("host=127.0.0.1 port={port} user=nobody dbname=x sslmode=disable");
+    let bound = Duration::from_secs(1);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let lock = PgLockMgr::builder(&url, format!("silent-{i}"))
+            .connect_timeout(bound)
+            .request_timeout(bound)
+            .build()
+            .unwrap();
+        let reads = lock.clone();
+        tasks.spawn(async move { ("try", lock.try_acquire().await.map(drop), started.elapsed()) });
+        tasks.spawn(async move { ("status", reads.status().await.map(drop), started.elapsed()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (what, result, after) = done.unwrap();
+        assert!(
+            matches!(result, Err(LockError::Connect { .. })),
+            "{what}: {result:?}"
+        );
+        // A second's timeout, and a second more for a loaded machine: the
+        // old queue took four.
+        assert!(after < bound * 3, "a {what} failed after {after:?}");
+    }
+    drop(listener);
+}
+
 /// A forked child of a process that used a lock takes it, and reads it, on
 /// sessions of its own. Before, it picked the parent's idle session, whose
 /// connection no thread of the child drives: its try never returned.

@@ -199,12 +199,12 @@ impl Server {
         if let p @ (Pooling::Session | Pooling::Transaction) = lock_state(&self.state).pooling {
             return Ok(p);
         }
-        let _probing = self.probing.lock().await;
+        let (_probing, until) = self.turn(&self.probing, lock, deadline).await?;
         if let p @ (Pooling::Session | Pooling::Transaction) = lock_state(&self.state).pooling {
             return Ok(p);
         }
-        let a = self.connect(lock, deadline).await?;
-        let b = self.connect(lock, deadline).await?;
+        let a = self.connect_until(lock, until).await?;
+        let b = self.connect_until(lock, until).await?;
         let mut pooling = Pooling::Session;
         // (A session's start may have found the pooler: no rounds then.)
         let rounds = if lock_state(&self.state).pooling == Pooling::Transaction {
@@ -354,11 +354,11 @@ impl Server {
         if let Some(s) = self.pick_shared() {
             return Ok(s);
         }
-        let _connecting = self.probing.lock().await;
+        let (_connecting, until) = self.turn(&self.probing, lock, deadline).await?;
         if let Some(s) = self.pick_shared() {
             return Ok(s);
         }
-        let session = self.connect(lock, deadline).await?;
+        let session = self.connect_until(lock, until).await?;
         let mut state = lock_state(&self.state);
         // Its start may have found a transaction pooler: then it is used
         // once (its try finds the same), and not shared.
@@ -382,14 +382,52 @@ impl Server {
         if let Some(s) = self.live_reader() {
             return Ok(s);
         }
-        let _connecting = self.reader_connect.lock().await;
+        let (_connecting, until) = self.turn(&self.reader_connect, lock, deadline).await?;
         if let Some(s) = self.live_reader() {
             return Ok(s);
         }
         // It takes no lock: it marks no backend.
-        let session = self.connect_as(lock, deadline, false).await?;
+        let bound = until.saturating_duration_since(Instant::now());
+        let session = self.connect_as(lock, bound, false).await?;
         lock_state(&self.state).reader = Some(session.clone());
         Ok(session)
+    }
+
+    /// The caller's turn to connect (`connecting`: one connect of a kind at
+    /// a time), and when its connect must be done by: the turn and the
+    /// connect both within the bound the caller's connect has (see
+    /// [`connect_bound`](Server::connect_bound)), so that tasks queued
+    /// behind a connect to a server that does not answer fail within their
+    /// own bound, not one bound after another.
+    async fn turn<'a>(
+        &self,
+        connecting: &'a tokio::sync::Mutex<()>,
+        lock: &LockId,
+        deadline: Option<Instant>,
+    ) -> Result<(tokio::sync::MutexGuard<'a, ()>, Instant), LockError> {
+        let bound = self.connect_bound(deadline);
+        let until = Instant::now() + bound;
+        match tokio::time::timeout_at(until, connecting.lock()).await {
+            Ok(turn) => Ok((turn, until)),
+            Err(_) => Err(LockError::Connect {
+                lock: lock.clone(),
+                source: Box::new(Failure::plain(format!(
+                    "timed out after {bound:?} behind another connect of this process to the \
+                     server, which has not finished"
+                ))),
+            }),
+        }
+    }
+
+    /// How long a connect may take: what is left of the caller's wait, but
+    /// no less than [`CONNECT_FLOOR`]; without a wait, the connect timeout.
+    fn connect_bound(&self, deadline: Option<Instant>) -> Duration {
+        match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .max(CONNECT_FLOOR),
+            None => self.timeouts.connect,
+        }
     }
 
     fn live_reader(&self) -> Option<Arc<Session>> {
@@ -546,22 +584,28 @@ impl Server {
         deadline: Option<Instant>,
     ) -> Result<Arc<Session>, LockError> {
         let claim = lock_state(&self.state).pooling != Pooling::Transaction;
-        self.connect_as(lock, deadline, claim).await
+        self.connect_as(lock, self.connect_bound(deadline), claim)
+            .await
     }
 
-    /// [`Server::connect`], marking the backend only with `claim`.
+    /// [`Server::connect`], done by `until` (a turn's).
+    async fn connect_until(
+        &self,
+        lock: &LockId,
+        until: Instant,
+    ) -> Result<Arc<Session>, LockError> {
+        let claim = lock_state(&self.state).pooling != Pooling::Transaction;
+        let bound = until.saturating_duration_since(Instant::now());
+        self.connect_as(lock, bound, claim).await
+    }
+
+    /// A new session within `bound`, marking its backend only with `claim`.
     async fn connect_as(
         &self,
         lock: &LockId,
-        deadline: Option<Instant>,
+        bound: Duration,
         claim: bool,
     ) -> Result<Arc<Session>, LockError> {
-        let bound = match deadline {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .max(CONNECT_FLOOR),
-            None => self.timeouts.connect,
-        };
         let mut config = self.conn.config.clone();
         let dead = self.timeouts.dead_after;
         config
