@@ -1107,6 +1107,47 @@ async fn a_lock_held_in_a_transaction_costs_no_shared_session() {
     guard.release().await.unwrap();
 }
 
+/// A `statement_timeout` of the role or the database (common in
+/// production) does not cut a wait in a transaction short (the way behind a
+/// transaction pooler, here forced on a direct server): the wait lifts it
+/// for itself, as a session-level wait does. Before, the wait failed with a
+/// `Server` error (57014) once that timeout passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_does_not_cut_a_wait_in_a_transaction_short() {
+    let Some(url) = common::pg_url() else { return };
+    let name = name("statement-timeout");
+    let label = format!("statement-timeout-{}", std::process::id());
+    let holder = pg_holder(&url, &name, &[]);
+    let lock = PgLockMgr::builder(
+        &format!("{url}?options=-c%20statement_timeout%3D200"),
+        &name,
+    )
+    .label(&label)
+    .transaction_pooling(Some(true))
+    .max_attempts(1)
+    .build()
+    .unwrap();
+    let e = lock.acquire(true, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, LockError::TimedOut { .. }), "{e:?}");
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, LIVENESS).await }
+    });
+    let admin = admin(&url).await;
+    let until = Instant::now() + LIVENESS;
+    while !waits_on_server(&admin, &label).await {
+        assert!(Instant::now() < until, "the waiter never waited on the server");
+        tokio::task::yield_now().await;
+    }
+    holder.finish();
+    let guard = tokio::time::timeout(LIVENESS, waiter)
+        .await
+        .expect("the waiter was not let in")
+        .unwrap()
+        .unwrap();
+    guard.release().await.unwrap();
+}
+
 /// What `read` gives while a DBA holds `table` locked (`LOCK TABLE ... IN
 /// ACCESS EXCLUSIVE MODE`, in an open transaction committed after it).
 async fn read_while_locked<T>(url: &str, table: &str, read: impl Future<Output = T>) -> T {

@@ -257,9 +257,11 @@ pub(super) fn wait_xact_lock(mode: LockMode, key: i64, attempt: Duration, marked
     } else {
         "false".to_owned()
     };
+    // A `statement_timeout` of the role or database would cut the wait
+    // short: lifted, for the rest of this transaction only.
     format!(
-        "SET LOCAL lock_timeout = {}; SELECT CASE WHEN {guard} THEN false \
-         ELSE {f}({key}) IS NOT NULL END",
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {}; \
+         SELECT CASE WHEN {guard} THEN false ELSE {f}({key}) IS NOT NULL END",
         lock_timeout_ms(attempt),
     )
 }
