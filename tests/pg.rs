@@ -526,16 +526,21 @@ async fn a_release_dropped_after_its_unlock_went_out_unlocks_once() {
     let admin = admin(&url).await;
     let name = name("release-dropped");
     let lock = PgLockMgr::new(&url, &name).unwrap();
+    let mut cancelled = 0;
     for round in 0..20 {
         let a = lock.acquire_shared(true, LIVENESS).await.unwrap();
         let c = lock.acquire_shared(true, LIVENESS).await.unwrap();
         assert_eq!(lock_rows(&admin, &lock).await, 1, "two sessions hold it");
         let mut release = Box::pin(a.release());
-        // Polled once, so that the unlock goes out, then dropped.
+        // Polled once, so that the unlock goes out, then dropped (unless a
+        // preempted test thread found it answered already).
         tokio::select! {
             biased;
-            r = &mut release => panic!("the release was answered without a round trip: {r:?}"),
-            () = std::future::ready(()) => drop(release),
+            r = &mut release => r.unwrap(),
+            () = std::future::ready(()) => {
+                cancelled += 1;
+                drop(release);
+            }
         }
         // A third hold, whose try goes out after whatever the drop sent.
         let d = lock.acquire_shared(true, LIVENESS).await.unwrap();
@@ -548,6 +553,7 @@ async fn a_release_dropped_after_its_unlock_went_out_unlocks_once() {
         }
         assert_eq!(lock_rows(&admin, &lock).await, 0);
     }
+    assert!(cancelled > 0, "no release was dropped before its answer");
 }
 
 #[tokio::test]
@@ -715,6 +721,43 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
         "{text}"
     );
     assert!(!text.contains("db error"), "{text}");
+}
+
+/// `status()` and `holder()` only read: a role that may not make the token
+/// table (a monitoring role, or any role on a standby), on a database where
+/// the table is not there yet, still learns that a free lock is free and
+/// who holds a held one. Before, both failed with a `Server` error (42501),
+/// from making the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_not_make_the_token_table_still_reads_the_status() {
+    use lockmgr::Status;
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let role = format!("lockmgr_monitor_{}", std::process::id());
+    as_dba(
+        &admin,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'monitor-pw'; \
+             REVOKE CREATE ON SCHEMA public FROM {role}"
+        ),
+    )
+    .await;
+    let name = name("monitor");
+    let watcher = PgLockMgr::builder(&config_as(&role, "monitor-pw"), &name)
+        .fence_table(format!("public.absent_{}", std::process::id()))
+        .build()
+        .unwrap();
+    assert_eq!(watcher.status().await.unwrap(), Status::Free);
+    let holder = pg_holder(&url, &name, &["--label=the-holder"]);
+    match watcher.status().await.unwrap() {
+        Status::Exclusive { holder: Some(h) } => {
+            assert_eq!(h.label.as_deref(), Some("the-holder"), "{h:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let named = watcher.holder().await.unwrap();
+    assert!(named.is_some_and(|h| h.label.as_deref() == Some("the-holder")));
+    holder.finish();
 }
 
 /// A DBA's table with other column types than ours works where the values
@@ -1127,7 +1170,10 @@ async fn a_statement_timeout_does_not_cut_a_wait_in_a_transaction_short() {
     .max_attempts(1)
     .build()
     .unwrap();
-    let e = lock.acquire(true, Duration::from_secs(1)).await.unwrap_err();
+    let e = lock
+        .acquire(true, Duration::from_secs(1))
+        .await
+        .unwrap_err();
     assert!(matches!(e, LockError::TimedOut { .. }), "{e:?}");
     let waiter = tokio::spawn({
         let lock = lock.clone();
@@ -1136,7 +1182,10 @@ async fn a_statement_timeout_does_not_cut_a_wait_in_a_transaction_short() {
     let admin = admin(&url).await;
     let until = Instant::now() + LIVENESS;
     while !waits_on_server(&admin, &label).await {
-        assert!(Instant::now() < until, "the waiter never waited on the server");
+        assert!(
+            Instant::now() < until,
+            "the waiter never waited on the server"
+        );
         tokio::task::yield_now().await;
     }
     holder.finish();

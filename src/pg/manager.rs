@@ -537,7 +537,9 @@ impl PgLockMgr {
     /// # Ok(()) }
     /// ```
     pub async fn status(&self) -> Result<Status, LockError> {
-        let session = self.reads(None).await?;
+        // Only reads: the token table is not made for it (a role may not
+        // be allowed to, a standby cannot).
+        let session = self.read_session(None).await?;
         let (hi, lo) = self.key_halves();
         let rows = session
             .simple(&sql::state(hi, lo), self.request(), self.id())
@@ -548,7 +550,7 @@ impl PgLockMgr {
         let holders: i64 = row.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(if exclusive {
             Status::Exclusive {
-                holder: self.holder_on().await?,
+                holder: self.holder_via(&session).await?,
             }
         } else if holders > 0 {
             Status::Shared
@@ -627,6 +629,28 @@ impl PgLockMgr {
         Ok(guards.into_iter().flatten().collect())
     }
 
+    /// The session reads run on (the fence table not looked at): the
+    /// reader, or a shared session where no second connection is to be had.
+    async fn read_session(&self, deadline: Option<Instant>) -> Result<Arc<Session>, LockError> {
+        let server = self.server()?;
+        match server.reader(self.id(), deadline).await {
+            Ok(session) => Ok(session),
+            // No second connection to be had (a role's `CONNECTION LIMIT`,
+            // the server's or the pooler's maximum: the server said so):
+            // read on a shared session, as before there was a reader. A
+            // server that did not answer at all would not answer a second
+            // connect either: that is the error (before, a read took twice
+            // the connect timeout to fail).
+            Err(e) if code(&e).is_some() => {
+                tracing::debug!(lock = %self.id(), error = %e, "lockmgr: no reading session; reading on a shared one");
+                let shared = server.shared(self.id(), deadline).await?;
+                server.bound_reads(&shared, self.id()).await?;
+                Ok(shared)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The session for a quick read (without making sure of the fence
     /// table), and the bound of a request.
     pub(super) async fn quick_session(&self) -> Result<(Arc<Session>, Duration), LockError> {
@@ -670,25 +694,9 @@ impl PgLockMgr {
     /// holds no lock, so a read the server holds up costs none), with the
     /// fence table known to exist.
     pub(super) async fn reads(&self, deadline: Option<Instant>) -> Result<Arc<Session>, LockError> {
-        let server = self.server()?;
         let mut again = true;
         loop {
-            let session = match server.reader(self.id(), deadline).await {
-                Ok(session) => session,
-                // No second connection to be had (a role's `CONNECTION
-                // LIMIT`, the server's or the pooler's maximum: the server
-                // said so): read on a shared session, as before there was a
-                // reader. A server that did not answer at all would not
-                // answer a second connect either: that is the error (before,
-                // a read took twice the connect timeout to fail).
-                Err(e) if code(&e).is_some() => {
-                    tracing::debug!(lock = %self.id(), error = %e, "lockmgr: no reading session; reading on a shared one");
-                    let shared = server.shared(self.id(), deadline).await?;
-                    server.bound_reads(&shared, self.id()).await?;
-                    shared
-                }
-                Err(e) => return Err(e),
-            };
+            let session = self.read_session(deadline).await?;
             if !self.inner.table_ready.load(Ordering::Acquire) {
                 match fence::ensure(&session, &self.inner.fence, self.request(), self.id()).await {
                     Ok(()) => self.inner.table_ready.store(true, Ordering::Release),
@@ -1228,15 +1236,29 @@ impl PgLockMgr {
     /// be a try that waits for one too.
     async fn holder_via(&self, session: &Session) -> Result<Option<Holder>, LockError> {
         let (hi, lo) = self.key_halves();
-        let rows = session
+        let fence = fence::quoted(&self.inner.fence);
+        let name: &(dyn tokio_postgres::types::ToSql + Sync) = &self.inner.name;
+        let mut rows = session
             .typed(
-                &sql::holder(&fence::quoted(&self.inner.fence), hi, lo),
-                &[(&self.inner.name, Type::TEXT)],
+                &sql::holder(Some(&fence), hi, lo),
+                &[(name, Type::TEXT)],
                 self.request(),
                 self.id(),
             )
-            .await
-            .map_err(|e| with_op(e, Operation::Read))?;
+            .await;
+        // No token table (yet), and none made by a read: the holder's start
+        // is its backend's.
+        if matches!(&rows, Err(e) if code(e).as_deref() == Some(SqlState::UNDEFINED_TABLE.code())) {
+            rows = session
+                .typed(
+                    &sql::holder(None, hi, lo),
+                    &[(name, Type::TEXT)],
+                    self.request(),
+                    self.id(),
+                )
+                .await;
+        }
+        let rows = rows.map_err(|e| with_op(e, Operation::Read))?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };

@@ -5,12 +5,13 @@ use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::fence;
 use super::guard::PgLockGuard;
 use super::manager::PgLockMgr;
-use super::session::{with_op, Session};
+use super::session::{code, with_op, Session};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::wait::Policy;
@@ -246,7 +247,7 @@ pub(super) async fn status(
     let table = fence::quoted(&inner.fence);
     let row = format!("{name}{}", super::manager::COUNT_ROW);
     let read = |e| with_op(e, Operation::Read);
-    let rows = session
+    let rows = match session
         .typed(
             &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
             &[(&row, Type::TEXT)],
@@ -254,7 +255,11 @@ pub(super) async fn status(
             &inner.id,
         )
         .await
-        .map_err(read)?;
+    {
+        // No token table: no semaphore has been used with it.
+        Err(e) if code(&e).as_deref() == Some(SqlState::UNDEFINED_TABLE.code()) => return Ok(None),
+        rows => rows.map_err(read)?,
+    };
     let Some(recorded) = rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) else {
         return Ok(None);
     };

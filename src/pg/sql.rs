@@ -300,14 +300,21 @@ pub(super) fn held_among() -> &'static str {
 }
 
 /// The exclusive holder of key (`hi`, `lo`), with its start from the fence
-/// table (`$1`: the lock's name): backend pid, client address, application
-/// name, since (Unix seconds), each cast to the type read back.
-pub(super) fn holder(fence: &str, hi: i64, lo: i64) -> String {
+/// table (`$1`: the lock's name) when there is one (`None`: no table, and
+/// the holder's start is its backend's): backend pid, client address,
+/// application name, since (Unix seconds), each cast to the type read back.
+pub(super) fn holder(fence: Option<&str>, hi: i64, lo: i64) -> String {
+    let (since, join) = match fence {
+        Some(fence) => (
+            "coalesce(f.since, a.backend_start)",
+            format!("LEFT JOIN {fence} f ON f.name = $1 AND f.holder_pid = l.pid"),
+        ),
+        None => ("a.backend_start", "AND $1::text IS NOT NULL".to_owned()),
+    };
     format!(
         "SELECT a.pid::int4, host(a.client_addr)::text, a.application_name::text, \
-         extract(epoch FROM coalesce(f.since, a.backend_start))::float8 \
-         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-         LEFT JOIN {fence} f ON f.name = $1 AND f.holder_pid = l.pid \
+         extract(epoch FROM {since})::float8 \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid {join} \
          WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' \
          AND l.objsubid = 1 AND l.classid::int8 = {hi} AND l.objid::int8 = {lo} \
          LIMIT 1"
