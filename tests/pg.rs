@@ -495,6 +495,41 @@ async fn connects_to_a_server_that_never_answers_fail_each_within_its_bound() {
     drop(listener);
 }
 
+/// Sessions let go as idle are never ones a try is still using: tasks of
+/// one process that take and let go different locks at once, with no idle
+/// session kept (so that every release that leaves a session holding
+/// nothing ends it), all get their locks, and keep them. Before, a release
+/// could end the session another task's try was running on: that try
+/// failed (twice: `Connect`), or won on a session that was then ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_let_go_as_idle_is_never_one_a_try_uses() {
+    let Some(url) = common::pg_url() else { return };
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..4 {
+        let lock = PgLockMgr::builder(&url, name(&format!("idle-trim-{t}")))
+            .max_idle_sessions(0)
+            .build()
+            .unwrap();
+        tasks.spawn(async move {
+            for round in 0..150 {
+                let guard = lock
+                    .try_acquire()
+                    .await
+                    .unwrap_or_else(|e| panic!("task {t}, round {round}: {e}"));
+                assert!(!guard.is_lost(), "task {t}, round {round}: lost at once");
+                tokio::task::yield_now().await;
+                guard
+                    .release()
+                    .await
+                    .unwrap_or_else(|e| panic!("task {t}, round {round}: {e}"));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
 /// A forked child of a process that used a lock takes it, and reads it, on
 /// sessions of its own. Before, it picked the parent's idle session, whose
 /// connection no thread of the child drives: its try never returned.

@@ -119,8 +119,16 @@ impl Hold {
         ending: Ending,
     ) -> JoinHandle<Result<(), LockError>> {
         let pass = self.settle();
-        let (server, session, id) = (self.server.clone(), self.session.clone(), id.clone());
-        match self.how {
+        // Moved, not copied: the task's is then the only hand on the
+        // session besides the list's, which lets `Server::trim` close it.
+        let Hold {
+            how,
+            server,
+            session,
+            ..
+        } = self;
+        let id = id.clone();
+        match how {
             How::Shared { mode } => session.runtime.clone().spawn(async move {
                 let answer = server.unlock(&session, mode, key, &id).await;
                 server.released_one(&session);

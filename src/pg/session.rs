@@ -559,8 +559,8 @@ impl Server {
         self.trim(session);
     }
 
-    /// Closes `session`, which holds nothing, if more than `max_idle`
-    /// shared sessions hold nothing.
+    /// Closes `session`, which holds nothing and which only the caller
+    /// uses, if more than `max_idle` shared sessions hold nothing.
     fn trim(&self, session: &Arc<Session>) {
         let mut state = lock_state(&self.state);
         let idle = state
@@ -568,7 +568,10 @@ impl Server {
             .iter()
             .filter(|s| s.held.load(Ordering::Relaxed) == 0)
             .count();
-        if idle > self.max_idle {
+        // Only a session in nobody's hands but the list's and the caller's:
+        // a task may have picked one that holds nothing for its try, which
+        // would fail, or win on a session about to end.
+        if idle > self.max_idle && Arc::strong_count(session) <= 2 {
             state.shared.retain(|s| !Arc::ptr_eq(s, session));
             session.end();
         }
