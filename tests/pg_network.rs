@@ -978,7 +978,8 @@ async fn pinned(pooled: &str) -> (tokio_postgres::Client, i32) {
     (client, pid)
 }
 
-/// The small pool's three backends without the marks sessions of earlier
+/// The small pool's three backends without the marks (and any other
+/// setting) sessions of earlier
 /// tests left on them (a transaction pooler resets no setting): a session
 /// of a new test that started on a marked backend would find the pooler at
 /// once, and hold its locks in transactions.
@@ -986,10 +987,8 @@ async fn unmark_small_pool(pooled: &str) {
     let mut pins = Vec::new();
     for _ in 0..3 {
         let (client, _) = pinned(pooled).await;
-        client
-            .batch_execute("SELECT set_config('lockmgr.claim', '', false); COMMIT")
-            .await
-            .unwrap();
+        // (And the settings sessions of older code left there.)
+        client.batch_execute("RESET ALL; COMMIT").await.unwrap();
         // Kept open, so that the next one lands on another backend.
         client.batch_execute("BEGIN").await.unwrap();
         pins.push(client);
@@ -1244,4 +1243,46 @@ async fn a_dropped_guard_behind_pgbouncer_gives_its_server_connection_back() {
     // The backend PgBouncer got back last serves the next transaction.
     let (_next, pid) = pinned(&pooled).await;
     assert_eq!(pid, backend, "the server connection was closed");
+}
+
+/// lockmgr's server-side settings of a session (keepalives,
+/// `tcp_user_timeout`, `client_connection_check_interval`,
+/// `idle_session_timeout` and `transaction_timeout` at 0) do not stay with
+/// the backends of a transaction pooler, which every client of the pool
+/// shares: a process that finds the pooler and takes a lock through it
+/// leaves each backend's settings as it found them. Before, its probe's two
+/// sessions set them for good on the backends they ran on (a role's
+/// `transaction_timeout` was then off there for everybody).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockmgr_settings_do_not_stay_with_the_pools_backends() {
+    let Some((_small, _admin, pooled)) = small_pool().await else {
+        return;
+    };
+    // A label of its own: a server of its own in this process, whose
+    // pooling is not known yet, so that it probes.
+    let lock = PgLockMgr::builder(&pooled, name("settings-left"))
+        .label(format!("settings-left-{}", std::process::id()))
+        .build()
+        .unwrap();
+    lock.acquire(true, LIVENESS)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(lock.status().await.unwrap(), lockmgr::Status::Free);
+    let mut pins = Vec::new();
+    for _ in 0..3 {
+        let (client, pid) = pinned(&pooled).await;
+        let rows = client
+            .simple_query("SHOW client_connection_check_interval")
+            .await
+            .unwrap();
+        let shown = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(shown.as_deref(), Some("0"), "backend {pid}");
+        pins.push(client);
+    }
 }

@@ -680,7 +680,12 @@ impl Server {
         // server up, notice a client gone in the middle of a wait, and do
         // not end a session for being idle (see `sql::server_side`).
         let claim = Some(session.claim.as_str()).filter(|c| !c.is_empty());
-        let setup = sql::setup(dead, claim);
+        // Not on a backend a transaction pooler may give other clients: a
+        // session that marks one (it may take session-level locks there, and
+        // is the only client there until found otherwise), or any session
+        // once the server is known to be reached straight.
+        let settings = claim.is_some() || lock_state(&self.state).pooling == Pooling::Session;
+        let setup = sql::setup(dead, claim, settings);
         let rows = session.simple(&setup, self.timeouts.request, lock).await?;
         let row = first_row(&rows);
         let pid = row

@@ -34,7 +34,11 @@ fn ours(pid: i32, claim: &str) -> String {
 /// as text), so that a backend is ended only if it is still the one the
 /// session marked (see [`end_backend_holding`]), never another that
 /// reused its pid.
-pub(super) fn setup(dead: Duration, claim: Option<&str>) -> String {
+///
+/// The server-side settings are made only with `settings` (not on a
+/// transaction pooler's backend, which other clients of the pool share),
+/// and only on a backend the session marked, or, without `claim`, on any.
+pub(super) fn setup(dead: Duration, claim: Option<&str>, settings: bool) -> String {
     let (claimed, started) = match claim {
         Some(claim) => (
             format!(
@@ -47,9 +51,15 @@ pub(super) fn setup(dead: Duration, claim: Option<&str>) -> String {
         ),
         None => ("true".to_owned(), "NULL".to_owned()),
     };
-    format!(
-        "SELECT pg_backend_pid(), {}, {claimed}, {started}",
+    let applied = if settings {
         server_side(dead, false)
+    } else {
+        "0".to_owned()
+    };
+    // `OFFSET 0`: the mark is made once, before the settings ask for it.
+    format!(
+        "SELECT pg_backend_pid(), CASE WHEN c.ours THEN {applied} END, c.ours, {started} \
+         FROM (SELECT {claimed} AS ours OFFSET 0) AS c"
     )
 }
 
@@ -149,14 +159,18 @@ pub(super) fn set_session_statement_timeout(ms: u128, pid: i32, claim: &str) -> 
 }
 
 /// Takes a session's mark off the backend the statement runs on, if it is
-/// that session's: best effort, for sessions that will take no
+/// that session's, and puts the settings its start made back as they were
+/// (see [`setup`]): best effort, for sessions that will take no
 /// session-level lock after all (a probe that found a transaction pooler,
 /// where nothing resets a backend's settings), so that transactions on
-/// that backend need not read the lock table (see [`held_here`]).
+/// that backend need not read the lock table (see [`held_here`]), and the
+/// pool's other clients do not inherit the settings.
 pub(super) fn unmark(claim: &str) -> String {
     format!(
         "SELECT CASE WHEN current_setting('{CLAIM}', true) = '{claim}' \
-         THEN set_config('{CLAIM}', '', false) END"
+         THEN set_config('{CLAIM}', '', false) || ( \
+         SELECT count(set_config(s.name, s.reset_val, false))::text FROM pg_settings s \
+         WHERE s.name IN ({SETTINGS})) END"
     )
 }
 
@@ -196,6 +210,11 @@ fn held_here(mode: LockMode, key: i64) -> String {
 /// connections would take the lock away with it. Settings the server lacks
 /// are skipped. A subquery counting what it set; `local` for the current
 /// transaction only.
+/// The settings [`server_side`] makes, as an SQL list.
+const SETTINGS: &str = "'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', \
+     'tcp_user_timeout', 'client_connection_check_interval', 'idle_session_timeout', \
+     'transaction_timeout'";
+
 fn server_side(dead: Duration, local: bool) -> String {
     let ms = |d: Duration| d.as_millis().max(1);
     let secs = |d: Duration| d.as_secs().max(1);
