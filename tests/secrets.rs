@@ -66,6 +66,25 @@ async fn no_password_without_a_server() {
     }
 }
 
+/// A password with an `@` not written `%40` in a URL: the URL's user part
+/// ends at the first `@` (as libpq reads it), so the rest of the password
+/// would be taken for the host, and shown in every lock id, error and log
+/// line. Such a URL is refused, and the refusal shows no piece of it.
+#[test]
+fn a_password_with_a_bare_at_sign_in_a_url_is_refused_unseen() {
+    for (config, piece) in [
+        ("postgres://app:hunter2@Secret@db.internal/app", "Secret@db"),
+        ("postgres://app:hunter2@Secret@db.internal:5433/app", "Secret@db"),
+    ] {
+        let err = PgLockMgr::new(config, "jobs").unwrap_err();
+        assert!(matches!(err, lockmgr::LockError::Invalid { .. }), "{err:?}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains(piece) && !shown.contains("Secret"), "{shown}");
+        }
+        assert!(err.to_string().contains("%40"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn no_password_with_a_server() {
     let Some(url) = common::pg_url() else { return };

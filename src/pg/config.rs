@@ -127,6 +127,20 @@ impl Connection {
             None => join(&pairs),
         };
         let mut config = Config::from_str(&rest).map_err(|e| Invalid(describe(&e)))?;
+        // A URL's user part ends at its first `@`: the rest of a password
+        // that holds a bare one would be taken for the host, and shown in
+        // every lock id, error and log line. No host name holds an `@`.
+        let at_in_host = config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Tcp(h) if h.contains('@')));
+        if at_in_host {
+            return Err(Invalid(
+                "a host name holds an `@`: a password (or user name) with an `@` in a URL must \
+                 write it `%40`"
+                    .into(),
+            ));
+        }
         env.complete(&mut config);
         config.ssl_mode(match mode {
             SslMode::Disable => PgSslMode::Disable,
