@@ -530,9 +530,11 @@ async fn a_session_let_go_as_idle_is_never_one_a_try_uses() {
     }
 }
 
-/// A forked child of a process that used a lock takes it, and reads it, on
-/// sessions of its own. Before, it picked the parent's idle session, whose
-/// connection no thread of the child drives: its try never returned.
+/// A forked child of a process that holds a lock takes locks, and reads
+/// them, on sessions of its own, and cannot let go of the parent's lock
+/// through the guard it inherited (its release says so at once). Before,
+/// its try picked the parent's session, whose connection no thread of the
+/// child drives, and never returned.
 #[tokio::test]
 async fn a_forked_child_locks_on_sessions_of_its_own() {
     let Some(url) = common::pg_url() else { return };

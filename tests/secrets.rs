@@ -74,12 +74,18 @@ async fn no_password_without_a_server() {
 fn a_password_with_a_bare_at_sign_in_a_url_is_refused_unseen() {
     for (config, piece) in [
         ("postgres://app:hunter2@Secret@db.internal/app", "Secret@db"),
-        ("postgres://app:hunter2@Secret@db.internal:5433/app", "Secret@db"),
+        (
+            "postgres://app:hunter2@Secret@db.internal:5433/app",
+            "Secret@db",
+        ),
     ] {
         let err = PgLockMgr::new(config, "jobs").unwrap_err();
         assert!(matches!(err, lockmgr::LockError::Invalid { .. }), "{err:?}");
         for shown in [err.to_string(), format!("{err:?}")] {
-            assert!(!shown.contains(piece) && !shown.contains("Secret"), "{shown}");
+            assert!(
+                !shown.contains(piece) && !shown.contains("Secret"),
+                "{shown}"
+            );
         }
         assert!(err.to_string().contains("%40"), "{err}");
     }

@@ -119,8 +119,9 @@ impl Hold {
         ending: Ending,
     ) -> JoinHandle<Result<(), LockError>> {
         let pass = self.settle();
-        // Moved, not copied: the task's is then the only hand on the
-        // session besides the list's, which lets `Server::trim` close it.
+        // Moved, not copied: once the task gives its hand up (with the
+        // hold's count), only the list's is left, which lets
+        // `Server::trim` close an idle session.
         let Hold {
             how,
             server,
@@ -131,11 +132,16 @@ impl Hold {
         match how {
             How::Shared { mode } => session.runtime.clone().spawn(async move {
                 let answer = server.unlock(&session, mode, key, &id).await;
-                server.released_one(&session);
-                drop(pass);
-                if let (Ending::GiveUp, Err(e)) = (&ending, &answer) {
-                    tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
+                if let Err(e) = &answer {
+                    if let Ending::GiveUp = ending {
+                        tracing::debug!(error = %e, "lockmgr: unlock after a dropped guard failed");
+                    }
+                    // The lock may still be held there: the session goes,
+                    // and the lock with it.
+                    session.end();
                 }
+                server.released_one(session);
+                drop(pass);
                 match answer {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(LockError::Server {
@@ -143,10 +149,7 @@ impl Hold {
                         op: Operation::Unlock,
                         source: "the session did not hold the lock".into(),
                     }),
-                    Err(e) => {
-                        session.end();
-                        Err(with_op(e, Operation::Unlock))
-                    }
+                    Err(e) => Err(with_op(e, Operation::Unlock)),
                 }
             }),
             How::Transaction { .. } => session.runtime.clone().spawn(async move {
@@ -176,7 +179,8 @@ pub(super) enum Ending {
     /// what goes wrong is told.
     Release,
     /// A guard dropped, or a lock won that cannot be handed out: a holding
-    /// transaction is rolled back, and what goes wrong is only logged.
+    /// transaction is rolled back, and what goes wrong is logged (an unlock
+    /// that failed closes its session, as for a release).
     GiveUp,
 }
 
@@ -280,6 +284,19 @@ impl PgLockGuard {
             return Ok(());
         };
         let inner = self.lock.inner();
+        if !hold.server.is_here() {
+            // The hold came over a fork: its session is the parent's, driven
+            // by a thread this process does not have. It is the parent's to
+            // let go; nothing here may touch it.
+            std::mem::forget(hold);
+            return Err(LockError::Server {
+                lock: inner.id.clone(),
+                op: Operation::Unlock,
+                source: "the lock was taken before this process was forked: only the process \
+                         that took it can let it go"
+                    .into(),
+            });
+        }
         inner.meter.released(self.won_at.elapsed());
         // The unlock runs in a task of its own: this future dropped before
         // the answer, it still goes out, once (a second unlock on a session
@@ -301,6 +318,11 @@ impl PgLockGuard {
 impl Drop for PgLockGuard {
     fn drop(&mut self) {
         if let Some(hold) = self.hold.take() {
+            if !hold.server.is_here() {
+                // Came over a fork: the parent's to let go (see `release`).
+                std::mem::forget(hold);
+                return;
+            }
             let inner = self.lock.inner();
             inner.meter.released(self.won_at.elapsed());
             // The unlock goes out from a task of its own.

@@ -81,6 +81,9 @@ pub(super) struct Server {
     /// from which a forked child makes its own (see [`Server::here`]).
     pid: u32,
     settings: Key,
+    /// In a forked child: the child's own server for these settings, kept
+    /// for the child's later calls.
+    forked: Mutex<Forkable<Option<Arc<Server>>>>,
 }
 
 struct State {
@@ -155,6 +158,7 @@ impl Server {
             gates: Arc::default(),
             pid: crate::os::current_pid(),
             settings: key.clone(),
+            forked: Mutex::new(Forkable::NONE),
         });
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
@@ -165,11 +169,24 @@ impl Server {
     /// sessions are driven by a thread the child does not have: a statement
     /// sent on one would wait forever for its answer.
     pub(super) fn here(self: &Arc<Self>) -> Result<Arc<Server>, String> {
-        if self.pid == crate::os::current_pid() {
+        if self.is_here() {
             return Ok(self.clone());
         }
+        let mut forked = lock(&self.forked);
+        let slot = forked.get();
+        if let Some(server) = slot {
+            return Ok(server.clone());
+        }
         let k = &self.settings;
-        Server::get(&k.config, k.timeouts, k.max_idle, k.pooling)
+        let server = Server::get(&k.config, k.timeouts, k.max_idle, k.pooling)?;
+        *slot = Some(server.clone());
+        Ok(server)
+    }
+
+    /// Whether this server is the calling process's (not inherited over a
+    /// fork).
+    pub(super) fn is_here(&self) -> bool {
+        self.pid == crate::os::current_pid()
     }
 
     /// The server as `HOST:PORT`, and the database.
@@ -538,43 +555,49 @@ impl Server {
         }
     }
 
-    /// A shared session holds one lock fewer: one that holds none is closed
-    /// if more than `max_idle` such sessions are open.
-    pub(super) fn released_one(&self, session: &Arc<Session>) {
+    /// A shared session holds one lock fewer (the caller's hand on it given
+    /// up with it): idle sessions beyond `max_idle` are closed (see
+    /// [`trim`](Server::trim)).
+    pub(super) fn released_one(&self, session: Arc<Session>) {
         let left = session
             .held
             .fetch_sub(1, Ordering::AcqRel)
             .saturating_sub(1);
-        if left > 0 {
-            return;
+        drop(session);
+        if left == 0 {
+            self.trim();
         }
-        self.trim(session);
     }
 
     /// A waiting session whose wait ended without the lock (and with no
-    /// statement running) joins the shared ones for the next wait, unless
-    /// more than `max_idle` sessions that hold nothing are open then.
+    /// statement running) joins the shared ones for the next wait; idle
+    /// sessions beyond `max_idle` are closed (see [`trim`](Server::trim)).
     pub(super) fn share_idle(&self, session: &Arc<Session>) {
         self.share(session);
-        self.trim(session);
+        self.trim();
     }
 
-    /// Closes `session`, which holds nothing and which only the caller
-    /// uses, if more than `max_idle` shared sessions hold nothing.
-    fn trim(&self, session: &Arc<Session>) {
+    /// Closes shared sessions that hold nothing, beyond `max_idle` of them,
+    /// among those in nobody's hands but the list's: a task may have picked
+    /// one that holds nothing for its try, which would fail, or win on a
+    /// session about to end. One still in hand stays open (idle ones are
+    /// picked first) until a later release finds it unused.
+    fn trim(&self) {
         let mut state = lock_state(&self.state);
-        let idle = state
+        let mut idle = state
             .shared
             .iter()
             .filter(|s| s.held.load(Ordering::Relaxed) == 0)
             .count();
-        // Only a session in nobody's hands but the list's and the caller's:
-        // a task may have picked one that holds nothing for its try, which
-        // would fail, or win on a session about to end.
-        if idle > self.max_idle && Arc::strong_count(session) <= 2 {
-            state.shared.retain(|s| !Arc::ptr_eq(s, session));
-            session.end();
-        }
+        state.shared.retain(|s| {
+            let unused = s.held.load(Ordering::Relaxed) == 0 && Arc::strong_count(s) == 1;
+            if idle > self.max_idle && unused {
+                idle -= 1;
+                s.end();
+                return false;
+            }
+            true
+        });
     }
 
     /// A new session, within the rest of the wait ending at `deadline` (but
@@ -1086,7 +1109,7 @@ impl Drop for Server {
         // In a forked child the sessions are the parent's: their tasks
         // belong to the runtime of a thread the child does not have, so they
         // are forgotten rather than ended from here.
-        if self.pid != crate::os::current_pid() {
+        if !self.is_here() {
             let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
             std::mem::forget(std::mem::take(&mut state.shared));
             std::mem::forget(state.reader.take());

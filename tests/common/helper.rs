@@ -393,10 +393,13 @@ mod pg {
         guard.release().await.expect("release");
     }
 
-    /// Takes the lock NAME and lets it go (which leaves an idle session and
-    /// the thread that drives it), then forks; the child takes the lock and
-    /// reads its status, each within 20 s, and prints `child: ok`, or what
-    /// went wrong. Exits as the child did.
+    /// Holds the lock NAME, on a shared session driven by a thread of this
+    /// process, and forks. The child, each step within 20 s: takes and
+    /// lets go NAME-b; finds NAME held (by the parent); fails to release the
+    /// guard it inherited (it is the parent's); still finds NAME held, and
+    /// its status exclusive. It prints `child: ok`, or what went wrong, and
+    /// the parent, which then lets NAME go on its own session, exits as the
+    /// child did (3 if its own release failed).
     pub fn fork(url: &str, name: &str) {
         let runtime = || {
             tokio::runtime::Builder::new_current_thread()
@@ -405,10 +408,10 @@ mod pg {
                 .expect("runtime")
         };
         let lock = PgLockMgr::new(url, name).expect("lock");
-        runtime().block_on(async {
-            let guard = lock.try_acquire().await.expect("the parent's try");
-            guard.release().await.expect("the parent's release");
-        });
+        let other = PgLockMgr::new(url, format!("{name}-b")).expect("lock");
+        let guard = runtime()
+            .block_on(lock.try_acquire())
+            .expect("the parent's try");
         // SAFETY: the child makes a runtime and threads of its own, as a
         // pre-forking server would; no lock of this process's other threads
         // is held now (the parent's runtime is idle).
@@ -416,18 +419,38 @@ mod pg {
             nix::unistd::ForkResult::Child => {
                 let bound = Duration::from_secs(20);
                 let said = runtime().block_on(async {
-                    let guard = match tokio::time::timeout(bound, lock.try_acquire()).await {
-                        Err(_) => return "the try did not return".to_string(),
+                    let within = |what: &str| format!("{what} did not return");
+                    match tokio::time::timeout(bound, other.try_acquire()).await {
+                        Err(_) => return within("the try"),
                         Ok(Err(e)) => return format!("the try failed: {e}"),
-                        Ok(Ok(guard)) => guard,
+                        Ok(Ok(g)) => {
+                            if let Err(e) = g.release().await {
+                                return format!("the release failed: {e}");
+                            }
+                        }
+                    }
+                    let held = || async {
+                        match tokio::time::timeout(bound, lock.try_acquire()).await {
+                            Err(_) => Some(within("the try of the parent's lock")),
+                            Ok(Err(e)) if e.is_contended() => None,
+                            Ok(other) => Some(format!("the parent's lock: {other:?}")),
+                        }
                     };
-                    if let Err(e) = guard.release().await {
-                        return format!("the release failed: {e}");
+                    if let Some(wrong) = held().await {
+                        return wrong;
+                    }
+                    match tokio::time::timeout(bound, guard.release()).await {
+                        Err(_) => return within("the inherited guard's release"),
+                        Ok(Ok(())) => return "the inherited guard's release said ok".into(),
+                        Ok(Err(_)) => {}
+                    }
+                    if let Some(wrong) = held().await {
+                        return format!("after the inherited guard's release: {wrong}");
                     }
                     match tokio::time::timeout(bound, lock.status()).await {
-                        Err(_) => "the status did not return".to_string(),
-                        Ok(Err(e)) => format!("the status failed: {e}"),
-                        Ok(Ok(_)) => "ok".to_string(),
+                        Err(_) => within("the status"),
+                        Ok(Ok(lockmgr::Status::Exclusive { .. })) => "ok".into(),
+                        Ok(other) => format!("the status: {other:?}"),
                     }
                 });
                 println!("child: {said}");
@@ -435,7 +458,11 @@ mod pg {
                 std::process::exit(i32::from(said != "ok"));
             }
             nix::unistd::ForkResult::Parent { child } => {
-                match nix::sys::wait::waitpid(child, None).expect("waitpid") {
+                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                if runtime().block_on(guard.release()).is_err() {
+                    std::process::exit(3);
+                }
+                match status {
                     nix::sys::wait::WaitStatus::Exited(_, code) => std::process::exit(code),
                     other => panic!("the child: {other:?}"),
                 }
