@@ -562,7 +562,13 @@ async fn a_release_dropped_after_its_unlock_went_out_unlocks_once() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
     let name = name("release-dropped");
-    let lock = PgLockMgr::new(&url, &name).unwrap();
+    // A server of its own in this process (the label makes it one), so
+    // that other tests' sessions are not in its list: the three holds must
+    // stack on one session.
+    let lock = PgLockMgr::builder(&url, &name)
+        .label(format!("release-dropped-{}", std::process::id()))
+        .build()
+        .unwrap();
     let mut cancelled = 0;
     for round in 0..20 {
         let a = lock.acquire_shared(true, LIVENESS).await.unwrap();
@@ -762,9 +768,9 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
 
 /// `status()` and `holder()` only read: a role that may not make the token
 /// table (a monitoring role, or any role on a standby), on a database where
-/// the table is not there yet, still learns that a free lock is free and
-/// who holds a held one. Before, both failed with a `Server` error (42501),
-/// from making the table.
+/// the table is not there yet, or may not read it, still learns that a free
+/// lock is free and who holds a held one. Before, both failed with a
+/// `Server` error (42501), from making the table or reading it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_may_not_make_the_token_table_still_reads_the_status() {
     use lockmgr::Status;
@@ -779,22 +785,37 @@ async fn a_role_that_may_not_make_the_token_table_still_reads_the_status() {
         ),
     )
     .await;
+    let can_create: bool = admin
+        .query_one(
+            &format!("SELECT has_schema_privilege('{role}', 'public', 'CREATE')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!can_create);
+    // A table the DBA made for the application's role only: there, but
+    // not readable by this one.
+    let unreadable = format!("public.fence_unreadable_{}", std::process::id());
+    as_dba(&admin, &lockmgr::pg::fence_table_sql(&unreadable)).await;
     let name = name("monitor");
-    let watcher = PgLockMgr::builder(&config_as(&role, "monitor-pw"), &name)
-        .fence_table(format!("public.absent_{}", std::process::id()))
-        .build()
-        .unwrap();
-    assert_eq!(watcher.status().await.unwrap(), Status::Free);
-    let holder = pg_holder(&url, &name, &["--label=the-holder"]);
-    match watcher.status().await.unwrap() {
-        Status::Exclusive { holder: Some(h) } => {
-            assert_eq!(h.label.as_deref(), Some("the-holder"), "{h:?}");
+    for table in [format!("public.absent_{}", std::process::id()), unreadable] {
+        let watcher = PgLockMgr::builder(&config_as(&role, "monitor-pw"), &name)
+            .fence_table(&table)
+            .build()
+            .unwrap();
+        assert_eq!(watcher.status().await.unwrap(), Status::Free, "{table}");
+        let holder = pg_holder(&url, &name, &["--label=the-holder"]);
+        match watcher.status().await.unwrap() {
+            Status::Exclusive { holder: Some(h) } => {
+                assert_eq!(h.label.as_deref(), Some("the-holder"), "{h:?}");
+            }
+            other => panic!("{table}: {other:?}"),
         }
-        other => panic!("{other:?}"),
+        let named = watcher.holder().await.unwrap();
+        assert!(named.is_some_and(|h| h.label.as_deref() == Some("the-holder")));
+        holder.finish();
     }
-    let named = watcher.holder().await.unwrap();
-    assert!(named.is_some_and(|h| h.label.as_deref() == Some("the-holder")));
-    holder.finish();
 }
 
 /// A DBA's table with other column types than ours works where the values

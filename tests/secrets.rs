@@ -74,6 +74,10 @@ async fn no_password_without_a_server() {
 fn a_password_with_a_bare_at_sign_in_a_url_is_refused_unseen() {
     for (config, piece) in [
         ("postgres://app:hunter2@Secret@db.internal/app", "Secret@db"),
+        // The rest of the password read as a host and a database.
+        ("postgres://app:hunter2@Se/cret@db.internal/app", "cret@db"),
+        // ... or as a parameter's name.
+        ("postgres://app:hunter2?Secret@db.internal/app", "Secret@db"),
         (
             "postgres://app:hunter2@Secret@db.internal:5433/app",
             "Secret@db",

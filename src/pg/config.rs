@@ -232,6 +232,23 @@ fn split(s: &str) -> Result<(BTreeMap<String, String>, Option<Url>), Invalid> {
             Some((b, q)) => (b.to_string(), q),
             None => (trimmed.to_string(), ""),
         };
+        // A password with a bare `@`, `/` or `?` splits where libpq splits:
+        // its pieces would be read as a host, a database or a parameter's
+        // name, and shown in every lock id and error. None of those holds an
+        // `@`, and no parameter's name holds anything but letters, digits
+        // and `_`. The refusal quotes nothing.
+        let odd_name = query.split('&').any(|part| {
+            let name = part.split_once('=').map_or(part, |(k, _)| k);
+            !percent_encoding::percent_decode_str(name)
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if base.matches('@').count() > 1 || odd_name {
+            return Err(Invalid(
+                "the URL does not parse as one: a password (or user name) with an `@`, `/` or `?` \
+                 in a URL must write it percent-encoded (`%40`, `%2F`, `%3F`)"
+                    .into(),
+            ));
+        }
         let mut pairs = BTreeMap::new();
         let mut list = Vec::new();
         for part in query.split('&').filter(|p| !p.is_empty()) {

@@ -15,7 +15,7 @@ use super::fence;
 use super::gate::{Pass, Shut};
 use super::guard::{Ending, Hold, PgLockGuard};
 use super::session::{
-    code, first_row, session_gone, with_op, Failure, Pooling, Server, Session, Timeouts,
+    code, first_row, session_gone, unreadable, with_op, Failure, Pooling, Server, Session, Timeouts,
 };
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
@@ -1246,9 +1246,9 @@ impl PgLockMgr {
                 self.id(),
             )
             .await;
-        // No token table (yet), and none made by a read: the holder's start
-        // is its backend's.
-        if matches!(&rows, Err(e) if code(e).as_deref() == Some(SqlState::UNDEFINED_TABLE.code())) {
+        // No token table (yet), and none made by a read, or one this role
+        // may not read: the holder's start is its backend's.
+        if matches!(&rows, Err(e) if unreadable(e)) {
             rows = session
                 .typed(
                     &sql::holder(None, hi, lo),

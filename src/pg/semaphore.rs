@@ -5,13 +5,12 @@ use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::fence;
 use super::guard::PgLockGuard;
 use super::manager::PgLockMgr;
-use super::session::{code, with_op, Session};
+use super::session::{unreadable, with_op, Session};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
 use crate::wait::Policy;
@@ -256,8 +255,9 @@ pub(super) async fn status(
         )
         .await
     {
-        // No token table: no semaphore has been used with it.
-        Err(e) if code(&e).as_deref() == Some(SqlState::UNDEFINED_TABLE.code()) => return Ok(None),
+        // No token table (no semaphore has been used with it), or one this
+        // role may not read: no semaphore it can tell of.
+        Err(e) if unreadable(&e) => return Ok(None),
         rows => rows.map_err(read)?,
     };
     let Some(recorded) = rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) else {

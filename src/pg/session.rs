@@ -220,8 +220,8 @@ impl Server {
         if let p @ (Pooling::Session | Pooling::Transaction) = lock_state(&self.state).pooling {
             return Ok(p);
         }
-        let a = self.connect_until(lock, until).await?;
-        let b = self.connect_until(lock, until).await?;
+        let a = self.connect_until(lock, until, deadline).await?;
+        let b = self.connect_until(lock, until, deadline).await?;
         let mut pooling = Pooling::Session;
         // (A session's start may have found the pooler: no rounds then.)
         let rounds = if lock_state(&self.state).pooling == Pooling::Transaction {
@@ -375,7 +375,7 @@ impl Server {
         if let Some(s) = self.pick_shared() {
             return Ok(s);
         }
-        let session = self.connect_until(lock, until).await?;
+        let session = self.connect_until(lock, until, deadline).await?;
         let mut state = lock_state(&self.state);
         // Its start may have found a transaction pooler: then it is used
         // once (its try finds the same), and not shared.
@@ -404,8 +404,9 @@ impl Server {
             return Ok(s);
         }
         // It takes no lock: it marks no backend.
-        let bound = until.saturating_duration_since(Instant::now());
-        let session = self.connect_as(lock, bound, false).await?;
+        let session = self
+            .connect_as(lock, Self::bound_until(until, deadline), false)
+            .await?;
         lock_state(&self.state).reader = Some(session.clone());
         Ok(session)
     }
@@ -614,15 +615,28 @@ impl Server {
             .await
     }
 
-    /// [`Server::connect`], done by `until` (a turn's).
+    /// [`Server::connect`] after a turn: done by the turn's `until` (see
+    /// [`bound_until`](Server::bound_until)).
     async fn connect_until(
         &self,
         lock: &LockId,
         until: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Arc<Session>, LockError> {
         let claim = lock_state(&self.state).pooling != Pooling::Transaction;
-        let bound = until.saturating_duration_since(Instant::now());
-        self.connect_as(lock, bound, claim).await
+        self.connect_as(lock, Self::bound_until(until, deadline), claim)
+            .await
+    }
+
+    /// The bound of a connect made after a turn that ends at `until`: what
+    /// is left of it, but for a caller that waits (`deadline`), no less
+    /// than [`CONNECT_FLOOR`], as any of its connects.
+    fn bound_until(until: Instant, deadline: Option<Instant>) -> Duration {
+        let left = until.saturating_duration_since(Instant::now());
+        match deadline {
+            Some(_) => left.max(CONNECT_FLOOR),
+            None => left,
+        }
     }
 
     /// A new session within `bound`, marking its backend only with `claim`.
@@ -1268,6 +1282,15 @@ pub(super) fn session_gone(e: &LockError) -> bool {
 }
 
 /// The SQLSTATE of a request's failure, if the server gave one.
+/// Whether `e` says the token table cannot be read here: it is not there,
+/// or this role may not read it (or its schema).
+pub(super) fn unreadable(e: &LockError) -> bool {
+    let c = code(e);
+    [SqlState::UNDEFINED_TABLE, SqlState::INSUFFICIENT_PRIVILEGE]
+        .iter()
+        .any(|s| c.as_deref() == Some(s.code()))
+}
+
 pub(super) fn code(e: &LockError) -> Option<String> {
     let source = match e {
         LockError::Server { source, .. } | LockError::Connect { source, .. } => source,
