@@ -308,6 +308,15 @@ impl Contender for FileContender<'_> {
         self.wait_in_kernel(promise).ok()
     }
 
+    fn unsettle(&mut self, _promise: Option<Promise>) -> Signal {
+        // The kernel wait is over (it failed): nothing of it to claim or
+        // tell at the release. Back to the events (which settle again
+        // later), or to polling: not straight into another kernel wait,
+        // which would fail as this one did, at once, again and again.
+        self.kernel = None;
+        Signal::try_watch(self.fd(), &self.config.path).unwrap_or_else(|_| Signal::poll())
+    }
+
     fn fail(&self, e: io::Error) -> LockError {
         self.lock_error(e)
     }

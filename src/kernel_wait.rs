@@ -401,7 +401,14 @@ impl Job {
     /// it back), until the waiter claims it, gives up, or the wait fails.
     fn run(self: &Arc<Self>) {
         self.serve();
-        lock(&self.state).phase = Phase::Finished;
+        // A failure stays for its waiter to read: overwritten, the waiter
+        // would wait on for a grant that cannot come (and no longer try on
+        // events, which only a waiting helper allows).
+        let mut state = lock(&self.state);
+        if !matches!(state.phase, Phase::Failed(_)) {
+            state.phase = Phase::Finished;
+        }
+        drop(state);
         let mut abandoned = abandoned();
         let map = abandoned.get();
         if map

@@ -745,6 +745,14 @@ impl KernelTimer {
     }
 }
 
+/// Whether `e` says the process is short of a resource (descriptors, the
+/// system's file table, memory) rather than anything about a lock.
+pub(crate) fn is_shortage(e: &io::Error) -> bool {
+    [libc::EMFILE, libc::ENFILE, libc::ENOMEM]
+        .iter()
+        .any(|&n| e.raw_os_error() == Some(n))
+}
+
 /// The id of the calling process: to tell a guard's owner from a child
 /// that inherited the guard when it releases (where a wrong answer would
 /// drop a lock another process holds), and to name the holder in its

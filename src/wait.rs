@@ -100,6 +100,11 @@ pub(crate) trait Contender {
     fn settle(&mut self, _promise: Option<Promise>) -> Option<Signal> {
         None
     }
+    /// The signal a settled wait goes back to when its kernel wait could
+    /// not go on for want of resources (see [`Done::Unsettled`]).
+    fn unsettle(&mut self, promise: Option<Promise>) -> Signal {
+        self.signal(promise)
+    }
 }
 
 /// The waiting budget of one call: whether it waits at all, and if so up to
@@ -393,6 +398,7 @@ pub(crate) async fn wait<C: Contender>(
     policy: Policy,
     started: Instant,
 ) -> Result<(), Failed<C::Error>> {
+    let mut told = false;
     loop {
         let done = match signal {
             Signal::Kernel(kernel, watch) => {
@@ -407,6 +413,20 @@ pub(crate) async fn wait<C: Contender>(
             // before the try that covers it.
             Done::Moved => *signal = contender.signal(ticket.map(Ticket::promise)),
             Done::Settled => {}
+            Done::Unsettled(e) => {
+                if told {
+                    tracing::debug!(error = %e, "lockmgr: a kernel wait could not go on; waiting on events");
+                } else {
+                    tracing::warn!(
+                        error = %e,
+                        "lockmgr: the kernel wait for a lock could not go on (the process is short of \
+                         descriptors or memory); the wait goes on with the lock file's events and a \
+                         try every second, and tries the kernel wait again later"
+                    );
+                    told = true;
+                }
+                *signal = contender.unsettle(ticket.map(Ticket::promise));
+            }
         }
     }
 }
@@ -418,6 +438,11 @@ enum Done<E> {
     Moved,
     /// The wait goes on with the signal it settled into.
     Settled,
+    /// The kernel wait's helper could not go on for want of resources (no
+    /// descriptor for its copy, no memory): not the lock's failure. The wait
+    /// goes back to the events it settled from (and settles again later),
+    /// rather than failing, or waiting for a grant that cannot come.
+    Unsettled(std::io::Error),
 }
 
 /// The wait in the kernel: sleeps until the helper thread has the lock
@@ -453,6 +478,9 @@ async fn in_kernel<C: Contender>(
         },
     };
     if let Err(e) = granted {
+        if os::is_shortage(&e) {
+            return Done::Unsettled(e);
+        }
         return Done::Finished(Err(Failed::Error(contender.fail(e))));
     }
     let attempt = policy.attempt_at(started.elapsed());

@@ -70,3 +70,50 @@ async fn unlock_while_a_forked_child_keeps_the_descriptor() {
     waiter_notices_unlock_without_close("ofd", LockKind::Ofd, Some("fork")).await;
     waiter_notices_unlock_without_close("flock", LockKind::Flock, Some("fork")).await;
 }
+
+/// A wait whose kernel helper cannot get a descriptor of its own (the
+/// process at its descriptor limit) goes on waiting on the file's events
+/// and rechecks: a release without a close still reaches it. Before, the
+/// helper's failure (`EMFILE`) went unheard (a wait with no deadline then
+/// waited for ever on a free lock), or failed the acquire.
+#[tokio::test(flavor = "current_thread")]
+async fn a_settled_wait_whose_helper_gets_no_descriptor_still_notices_a_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    let mut holder = Foreign::start("ofd", "ex", &path);
+    let mut waiter = common::helper_command("wait-few-fds", [path.to_str().unwrap(), FREE])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = waiter.id();
+    let mut said = common::role_lines(std::io::BufReader::new(waiter.stdout.take().unwrap()));
+    assert_eq!(said.next().as_deref(), Some("waiting"));
+    // The wait settles after 500 ms: its helper thread starts, and finds
+    // no descriptor for its copy.
+    let until = Instant::now() + common::LIVENESS;
+    while !common::has_thread(pid, "lockmgr-wait") {
+        assert!(Instant::now() < until, "the wait never settled");
+        std::thread::yield_now();
+    }
+    assert_eq!(holder.command("unlock"), "unlocked");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(said.next());
+    });
+    let outcome = rx.recv_timeout(common::LIVENESS);
+    let _ = waiter.kill();
+    let _ = waiter.wait();
+    let outcome = outcome.ok().flatten();
+    assert_eq!(
+        outcome.as_deref(),
+        Some("locked"),
+        "the waiter missed the release: {outcome:?}"
+    );
+    holder.finish();
+}
+
+/// Descriptors left to the waiter once it waits: none. As its wait
+/// settles, it closes the timer of its first stage, and that descriptor
+/// goes to the kernel wait's own copy: none is left for the helper's.
+/// (Were none freed, the wait would not settle, and the test would say so.)
+const FREE: &str = "0";

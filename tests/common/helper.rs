@@ -285,6 +285,9 @@ pub fn run(args: Vec<String>) -> ! {
             file,
         )),
         ["wait-without-threads", path] => wait_without_threads(path),
+        ["wait-few-fds", path, free] => {
+            wait_few_fds(path, free.parse().unwrap_or_else(|_| usage()))
+        }
         ["revive-rounds", path, rounds, files] => revive_rounds(
             path,
             rounds.parse().unwrap_or_else(|_| usage()),
@@ -789,6 +792,53 @@ async fn revive_round(path: String, rounds: u32) -> u32 {
         }
     }
     failed
+}
+
+/// Waits for the lock; once the waiter has made its first try (its lock
+/// file open, its watch set), takes every descriptor but `free` (under a
+/// limit of 256), and prints `waiting`; then prints `locked`, or
+/// `failed: <error>`.
+fn wait_few_fds(path: &str, free: usize) {
+    let tries = super::TryLog::default();
+    let _log = tries.install();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("RLIMIT_NOFILE");
+    setrlimit(Resource::RLIMIT_NOFILE, 256.min(soft), hard).expect("RLIMIT_NOFILE");
+    let mut filler = Vec::new();
+    let lock = LockMgr::new(path);
+    rt.block_on(async {
+        let acquire = lock.acquire(true, Duration::MAX);
+        tokio::pin!(acquire);
+        let mut said = false;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut acquire => break r,
+                _ = tokio::task::yield_now(), if !said => {
+                    if !tries.tries().is_empty() {
+                        while let Ok(f) = std::fs::File::open("/dev/null") {
+                            filler.push(f);
+                        }
+                        filler.truncate(filler.len().saturating_sub(free));
+                        println!("waiting");
+                        std::io::stdout().flush().expect("flush");
+                        said = true;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(guard) => {
+                println!("locked");
+                drop(guard);
+            }
+            Err(e) => println!("failed: {e}"),
+        }
+        std::io::stdout().flush().expect("flush");
+    });
+    drop(filler);
 }
 
 /// Waits for the lock with no thread to be had (`RLIMIT_NPROC` reached, as

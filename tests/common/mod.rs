@@ -222,6 +222,17 @@ pub async fn until_waiting(path: &Path) {
     .expect("no waiter went to sleep on the lock file");
 }
 
+/// Whether a thread of process `pid` is named `name`.
+#[allow(dead_code)]
+pub fn has_thread(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
 /// Returns once process `pid` waits for the file at `path`: a `lockmgr`
 /// waiter there found the lock held and went to sleep on it (in the
 /// kernel's wait, which `/proc/locks` shows, or on inotify events).
