@@ -86,7 +86,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("leader", &["error", "lock"]),
     ("semaphore", &["error", "lock", "permit", "slots", "wait"]),
     ("permit", &["error", "slots"]),
-    ("pg", &["error", "holder", "telemetry", "vocab", "wait"]),
+    // Its sessions belong to one process: the process id (cached, reset in
+    // a child) and the process-wide state a fork must not carry over.
+    (
+        "pg",
+        &[
+            "error",
+            "forkable",
+            "holder",
+            "os",
+            "telemetry",
+            "vocab",
+            "wait",
+        ],
+    ),
     // A user of the face: the public items and the face's safe open.
     ("journal", &["error", "lock"]),
 ];
