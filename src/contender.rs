@@ -520,6 +520,26 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
     Holder::parse(&buf[..n]).map(|h| h.checked(os::hostname(), os::pid_alive))
 }
 
+/// The record at the head of the file, when it may name the exclusive
+/// holder of now. Records stay after a release (erasing one would cost
+/// every release a write), so a holder that writes none (another program,
+/// `record_holder(false)`) leaves the last one in place: a record whose
+/// process, running on this host, holds no exclusive lock on the file is
+/// an old one, and names nobody. (Where that process's descriptors cannot
+/// be read, the record is taken at its word.)
+fn current_record(fd: impl AsFd) -> Option<Holder> {
+    let fd = fd.as_fd();
+    let holder = read_record(fd)?;
+    if holder.stale || holder.host != os::hostname() {
+        return Some(holder);
+    }
+    let file = proc_locks::Inode::of(fd).ok();
+    match file.and_then(|file| proc_locks::holds_exclusively(holder.pid, file)) {
+        Some(false) => None,
+        _ => Some(holder),
+    }
+}
+
 impl<'a> FileContender<'a> {
     fn open(config: &'a LockConfig, mode: LockMode) -> Result<Self, LockError> {
         let opened = open_unchecked(config, mode)?;
@@ -790,7 +810,9 @@ impl<'a> FileContender<'a> {
                 Ok(Probe::Held(LockMode::Exclusive))
             ),
         };
-        exclusive_holder.then(|| read_record(self.fd())).flatten()
+        exclusive_holder
+            .then(|| current_record(self.fd()))
+            .flatten()
     }
 
     fn would_block(&self) -> LockError {
@@ -1129,7 +1151,7 @@ pub(crate) fn status_at(config: &LockConfig, fd: &OwnedFd) -> Result<Status, Loc
     let state = os::probe(fd, config.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
     Ok(match state {
         Probe::Held(LockMode::Exclusive) => Status::Exclusive {
-            holder: read_record(fd),
+            holder: current_record(fd),
         },
         Probe::Held(LockMode::Shared) => Status::Shared,
         Probe::Free => Status::Free,

@@ -458,3 +458,50 @@ fn a_semaphore_waiter_is_no_holder() {
     drop(waiter.stdin.take());
     assert!(waiter.wait().unwrap().success());
 }
+
+/// A record left by a process that let the lock go, and runs on, names no
+/// holder once another holds the lock without writing one (a foreign
+/// program of each family, or `lockmgr` with `record_holder(false)`):
+/// `holder()`, `status()` and a try's `WouldBlock` say nobody known, not
+/// the old record's process. Before, they named this very process, which
+/// held nothing.
+#[test]
+fn an_old_record_of_a_live_process_names_no_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    for (family, kind) in [
+        ("ofd", LockKind::Ofd),
+        ("posix", LockKind::Ofd),
+        ("flock", LockKind::Flock),
+    ] {
+        let path = dir.path().join(format!("{family}.lock"));
+        let lock = LockMgr::builder(&path).kind(kind).build();
+        // This process's record stays in the file after its release.
+        drop(lock.try_acquire().unwrap());
+        let holder = Foreign::start(family, "ex", &path);
+        assert_eq!(lock.holder().unwrap(), None, "{family}");
+        assert_eq!(
+            lock.status().unwrap(),
+            Status::Exclusive { holder: None },
+            "{family}"
+        );
+        match lock.try_acquire() {
+            Err(lockmgr::LockError::WouldBlock { holder, .. }) => {
+                assert_eq!(holder, None, "{family}");
+            }
+            other => panic!("{family}: {other:?}"),
+        }
+        holder.finish();
+    }
+    // A lockmgr holder in another process that writes no record.
+    let path = dir.path().join("unrecorded.lock");
+    let lock = LockMgr::new(&path);
+    drop(lock.try_acquire().unwrap());
+    let other = common::Holder::start_with(&path, "hold", &["--no-record"]);
+    assert_eq!(lock.holder().unwrap(), None);
+    other.finish();
+    // The record of the process that does hold the lock still names it.
+    let held = lock.try_acquire().unwrap();
+    let named = LockMgr::new(&path).holder().unwrap().expect("a record");
+    assert_eq!(named.pid, std::process::id());
+    drop(held);
+}
