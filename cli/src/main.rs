@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lockmgr run [--shared | --permits N] [--kind ofd|flock] [--nonblock | --wait SECS] [--attempts N]
-//!             [--label TEXT] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
+//!             [--label TEXT | --no-record] [--conflict-exit-code N] [--quiet] [PG] LOCKFILE -- COMMAND [ARGS...]
 //! lockmgr status [--kind ofd|flock] [--json] [PG] LOCKFILE
 //! lockmgr list [--json] [PG | DIR]
 //!
@@ -148,6 +148,12 @@ pub(crate) struct RunArgs {
     /// A label for the holder record (default: the command's name).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Write no holder record into the file (for a file whose content is
+    /// another program's, such as an empty `lockmgr` journal, which would
+    /// otherwise get the record as its first line). The command then gets
+    /// no fencing token.
+    #[arg(long, conflicts_with_all = ["label", "permits"])]
+    pub(crate) no_record: bool,
     /// Take one of N permits of a semaphore file (at most N commands at
     /// once; every user must give the same N) instead of the lock; the
     /// command learns its slot in LOCKMGR_PERMIT_SLOT.

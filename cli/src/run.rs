@@ -149,7 +149,9 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         .kind(args.kind.into())
         .max_attempts(attempts)
         .label(label(&args))
-        // The command gets its token in LOCKMGR_FENCING_TOKEN.
+        .record_holder(!args.no_record)
+        // The command gets its token in LOCKMGR_FENCING_TOKEN (none
+        // without a record, which keeps it).
         .fencing_tokens(true)
         .build();
     let lock_mode = mode(&args);

@@ -1738,3 +1738,29 @@ fn a_long_line_to_another_users_full_pipe_does_not_hold_up_the_wait() {
     let status = status.expect("lockmgr hung in a write to its stderr");
     assert_eq!(status.code(), Some(1), "timed out: the conflict status");
 }
+
+/// `run --no-record` writes no holder record: an empty file (a new
+/// `lockmgr` journal, which would take the record for its first record)
+/// stays empty, and the command gets no fencing token. Without it, the
+/// record is the file's first line.
+#[test]
+fn no_record_leaves_an_empty_file_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("journal");
+    std::fs::write(&file, b"").unwrap();
+    let out = lockmgr(&[
+        "run",
+        "--no-record",
+        s(&file),
+        "--",
+        "sh",
+        "-c",
+        "test -z \"$LOCKMGR_FENCING_TOKEN\"",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    let out = lockmgr(&["run", s(&file), "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.starts_with("lockmgr-holder/1 "), "{written}");
+}
