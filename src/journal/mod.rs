@@ -238,7 +238,8 @@ impl JournalBuilder {
 /// OFD lock on the journal file itself (with no holder record); another
 /// family ([`JournalBuilder::kind`]) or a separate lock file
 /// ([`JournalBuilder::lock_file`]) may be named, for other programs that
-/// lock the journal their way. Such a writer takes the default lock too, so
+/// lock the journal their way (`lockmgr run --no-record JOURNAL -- ...`
+/// locks it as appends do, and writes no holder record into it). Such a writer takes the default lock too, so
 /// writers that disagree on the lock still never write at the same time.
 ///
 /// # What an append's result means
