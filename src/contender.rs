@@ -526,7 +526,7 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 /// `record_holder(false)`) leaves the last one in place: a record whose
 /// process, running on this host, holds no exclusive lock on the file is
 /// an old one, and names nobody. (Where that process's descriptors cannot
-/// be read, the record is taken at its word.)
+/// be read, or are too many to look at, the record is taken at its word.)
 fn current_record(fd: impl AsFd) -> Option<Holder> {
     let fd = fd.as_fd();
     let holder = read_record(fd)?;
@@ -933,7 +933,11 @@ async fn lock_here(
         *contended = true;
         if !announced {
             announced = true;
-            policy.announce(lock_id, contender.holder().as_ref(), "");
+            // The holder is looked up only for an operator who reads the
+            // event: it costs a look at the holder's descriptors.
+            if tracing::enabled!(tracing::Level::INFO) {
+                policy.announce(lock_id, contender.holder().as_ref(), "");
+            }
         }
         let file = contender.file()?;
         let t = match ticket.take() {
