@@ -38,13 +38,6 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     // account of who holds this lock (nor an old one): the holder is
     // unknown, and the lines below name both.
     let kind: LockKind = args.kind.into();
-    // The library names a record's process only while it holds the file:
-    // a record it passed over is read here, to be told as an old one.
-    if let Status::Exclusive { holder: None } = &status {
-        if let Some(h) = record_in(path) {
-            status = Status::Exclusive { holder: Some(h) };
-        }
-    }
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
         let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
@@ -63,18 +56,6 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         old_record,
     };
     report(path, args.kind.name(), status, Some(on_host), args.json)
-}
-
-/// The holder record at the head of the file at `path`, as written.
-fn record_in(path: &Path) -> Option<Holder> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(4096)
-        .read_to_end(&mut head)
-        .ok()?;
-    String::from_utf8_lossy(&head).parse().ok()
 }
 
 /// What `/proc` says about a lock file, and the family that was asked about.
