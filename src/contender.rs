@@ -522,20 +522,20 @@ fn read_record(fd: impl AsFd) -> Option<Holder> {
 
 /// The record at the head of the file, when it may name the exclusive
 /// holder of now. Records stay after a release (erasing one would cost
-/// every release a write), so a holder that writes none (another program,
-/// `record_holder(false)`) leaves the last one in place: a record whose
-/// process, running on this host, holds no exclusive lock on the file is
-/// an old one, and names nobody. (Where that process's descriptors cannot
-/// be read, or are too many to look at, the record is taken at its word.)
-fn current_record(fd: impl AsFd) -> Option<Holder> {
+/// every release a write), so a holder that writes none leaves the last one
+/// in place. Where the kernel names the holder itself (a POSIX lock, which
+/// `F_OFD_GETLK` reports with its process), a record of another process is
+/// an old one, and names nobody. (An OFD or `flock` holder is not named by
+/// the kernel: its record is taken at its word.)
+fn current_record(fd: impl AsFd, kind: LockKind) -> Option<Holder> {
     let fd = fd.as_fd();
     let holder = read_record(fd)?;
-    if holder.stale || holder.host != os::hostname() {
-        return Some(holder);
-    }
-    let file = proc_locks::Inode::of(fd).ok();
-    match file.and_then(|file| proc_locks::holds_exclusively(holder.pid, file)) {
-        Some(false) => None,
+    let posix = match kind {
+        LockKind::Ofd => os::posix_holder(fd).ok().flatten(),
+        LockKind::Flock => None,
+    };
+    match posix {
+        Some(pid) if !holder.stale && holder.host == os::hostname() && pid != holder.pid => None,
         _ => Some(holder),
     }
 }
@@ -811,7 +811,7 @@ impl<'a> FileContender<'a> {
             ),
         };
         exclusive_holder
-            .then(|| current_record(self.fd()))
+            .then(|| current_record(self.fd(), self.config.kind))
             .flatten()
     }
 
@@ -933,11 +933,7 @@ async fn lock_here(
         *contended = true;
         if !announced {
             announced = true;
-            // The holder is looked up only for an operator who reads the
-            // event: it costs a look at the holder's descriptors.
-            if tracing::enabled!(tracing::Level::INFO) {
-                policy.announce(lock_id, contender.holder().as_ref(), "");
-            }
+            policy.announce(lock_id, contender.holder().as_ref(), "");
         }
         let file = contender.file()?;
         let t = match ticket.take() {
@@ -1155,7 +1151,7 @@ pub(crate) fn status_at(config: &LockConfig, fd: &OwnedFd) -> Result<Status, Loc
     let state = os::probe(fd, config.kind).map_err(|e| LockError::io(path, Operation::Read, e))?;
     Ok(match state {
         Probe::Held(LockMode::Exclusive) => Status::Exclusive {
-            holder: current_record(fd),
+            holder: current_record(fd, config.kind),
         },
         Probe::Held(LockMode::Shared) => Status::Shared,
         Probe::Free => Status::Free,

@@ -498,6 +498,24 @@ pub(crate) fn probe(fd: impl AsFd, kind: LockKind) -> io::Result<Probe> {
     }
 }
 
+/// The process of a POSIX lock that keeps an exclusive lock out of `fd`'s
+/// file, as `F_OFD_GETLK` reports it (in this process's pid namespace);
+/// `None` when the lock in the way is an OFD lock (which belongs to no
+/// process), when nothing is, or when the holder's process is not visible
+/// here.
+pub(crate) fn posix_holder(fd: impl AsFd) -> io::Result<Option<u32>> {
+    let mut fl = record(libc::F_WRLCK);
+    loop {
+        match fcntl(fd.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let held = fl.l_type as libc::c_int != libc::F_UNLCK;
+    Ok(u32::try_from(fl.l_pid).ok().filter(|&pid| held && pid > 0))
+}
+
 /// True when `fd` is still the file at `path` (same device and inode).
 /// `Ok(false)` when the path is gone or names another file.
 pub(crate) fn is_file_at(fd: impl AsFd, path: &Path) -> io::Result<bool> {

@@ -374,45 +374,6 @@ pub(crate) fn maps(pid: u32, file: Inode) -> bool {
     })
 }
 
-/// Whether process `pid` holds `file` exclusively through one of its
-/// descriptors (an OFD or `flock` lock, which the descriptor's fdinfo
-/// shows): `None` when its descriptors cannot be read, or when it has more
-/// than [`MAX_LOOKED_AT`] of them. One `stat` per descriptor of the
-/// process, and one read of the fdinfo of each that is the file.
-pub(crate) fn holds_exclusively(pid: u32, file: Inode) -> Option<bool> {
-    let fds: Vec<_> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .flatten()
-        .take(MAX_LOOKED_AT + 1)
-        .collect();
-    if fds.len() > MAX_LOOKED_AT {
-        return None;
-    }
-    for fd in fds {
-        let Ok(st) = nix::sys::stat::stat(&fd.path()) else {
-            continue;
-        };
-        if Inode::from_stat(&st) != file {
-            continue;
-        }
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        let holds = fs::read_to_string(info)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("lock:"))
-            .filter_map(parse)
-            .any(|(i, e)| i == file && !e.blocked && e.mode == LockMode::Exclusive);
-        if holds {
-            return Some(true);
-        }
-    }
-    Some(false)
-}
-
-/// The most descriptors of one process [`holds_exclusively`] looks at (a
-/// `stat` each): beyond, a contention error would cost milliseconds.
-const MAX_LOOKED_AT: usize = 256;
-
 /// Whether process `pid` exists on this host.
 pub(crate) fn alive(pid: u32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()

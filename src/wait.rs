@@ -420,8 +420,9 @@ pub(crate) async fn wait<C: Contender>(
                     tracing::warn!(
                         error = %e,
                         "lockmgr: the kernel wait for a lock could not go on (the process is short of \
-                         descriptors or memory); the wait goes on with the lock file's events and a \
-                         try every second, and tries the kernel wait again later"
+                         descriptors or memory); the wait goes on with the lock file's events and \
+                         its periodic tries (or polls, without inotify), and tries the kernel wait \
+                         again later where it can"
                     );
                     told = true;
                 }

@@ -460,46 +460,28 @@ fn a_semaphore_waiter_is_no_holder() {
 }
 
 /// A record left by a process that let the lock go, and runs on, names no
-/// holder once another holds the lock without writing one (a foreign
-/// program of each family, or `lockmgr` with `record_holder(false)`):
-/// `holder()`, `status()` and a try's `WouldBlock` say nobody known, not
-/// the old record's process. Before, they named this very process, which
-/// held nothing.
+/// holder once a POSIX lock holds the file (Python's `fcntl.lockf`,
+/// SQLite, a C program's `F_SETLK`), which the kernel names itself:
+/// `holder()`, `status()` and a try's `WouldBlock` say nobody known, not the
+/// old record's process. Before, they named this very process, which held
+/// nothing. (An OFD or `flock` holder is not named by the kernel; its
+/// record, or an old one, is taken at its word.)
 #[test]
-fn an_old_record_of_a_live_process_names_no_holder() {
+fn an_old_record_names_no_holder_where_the_kernel_names_another() {
     let dir = tempfile::tempdir().unwrap();
-    for (family, kind) in [
-        ("ofd", LockKind::Ofd),
-        ("posix", LockKind::Ofd),
-        ("flock", LockKind::Flock),
-    ] {
-        let path = dir.path().join(format!("{family}.lock"));
-        let lock = LockMgr::builder(&path).kind(kind).build();
-        // This process's record stays in the file after its release.
-        drop(lock.try_acquire().unwrap());
-        let holder = Foreign::start(family, "ex", &path);
-        assert_eq!(lock.holder().unwrap(), None, "{family}");
-        assert_eq!(
-            lock.status().unwrap(),
-            Status::Exclusive { holder: None },
-            "{family}"
-        );
-        match lock.try_acquire() {
-            Err(lockmgr::LockError::WouldBlock { holder, .. }) => {
-                assert_eq!(holder, None, "{family}");
-            }
-            other => panic!("{family}: {other:?}"),
-        }
-        holder.finish();
-    }
-    // A lockmgr holder in another process that writes no record.
-    let path = dir.path().join("unrecorded.lock");
+    let path = dir.path().join("posix.lock");
     let lock = LockMgr::new(&path);
+    // This process's record stays in the file after its release.
     drop(lock.try_acquire().unwrap());
-    let other = common::Holder::start_with(&path, "hold", &["--no-record"]);
+    let holder = Foreign::start("posix", "ex", &path);
     assert_eq!(lock.holder().unwrap(), None);
-    other.finish();
-    // The record of the process that does hold the lock still names it.
+    assert_eq!(lock.status().unwrap(), Status::Exclusive { holder: None });
+    match lock.try_acquire() {
+        Err(lockmgr::LockError::WouldBlock { holder, .. }) => assert_eq!(holder, None),
+        other => panic!("{other:?}"),
+    }
+    holder.finish();
+    // The record of a process that does hold the lock still names it.
     let held = lock.try_acquire().unwrap();
     let named = LockMgr::new(&path).holder().unwrap().expect("a record");
     assert_eq!(named.pid, std::process::id());

@@ -153,6 +153,7 @@ pub(crate) struct RunArgs {
     /// otherwise get the record as its first line). The command then gets
     /// no fencing token.
     #[arg(long, conflicts_with_all = ["label", "permits"])]
+    #[cfg_attr(feature = "postgres", arg(conflicts_with = "pg"))]
     pub(crate) no_record: bool,
     /// Take one of N permits of a semaphore file (at most N commands at
     /// once; every user must give the same N) instead of the lock; the

@@ -1763,4 +1763,22 @@ fn no_record_leaves_an_empty_file_empty() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let written = std::fs::read_to_string(&file).unwrap();
     assert!(written.starts_with("lockmgr-holder/1 "), "{written}");
+    // A PostgreSQL lock has no record to leave out: refused, not ignored.
+    if cfg!(feature = "postgres") {
+        let out = lockmgr(&[
+            "run",
+            "--no-record",
+            "--postgres",
+            "host=db",
+            "x",
+            "--",
+            "true",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("cannot be used with"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }
