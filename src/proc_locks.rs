@@ -138,6 +138,13 @@ pub(crate) fn entries(file: Inode) -> io::Result<Vec<Entry>> {
         .collect())
 }
 
+/// Whether any lock line names a file of inode number `ino`, on any device:
+/// on btrfs the lock lists give the file system's device, not the one
+/// `stat` gives, so a file found in none by its device may still be locked.
+pub(crate) fn any_of_inode(ino: u64) -> io::Result<bool> {
+    Ok(all_entries()?.iter().any(|(i, _)| i.ino == ino))
+}
+
 /// How many times `/proc/locks` is read at most, while its reads disagree.
 const READS: usize = 4;
 
@@ -198,6 +205,10 @@ pub(crate) struct Descriptors {
     /// The file's path, as a descriptor of it names it (`/proc/PID/fd/N`),
     /// unless it was deleted.
     pub(crate) path: Option<PathBuf>,
+    /// The file as the kernel's lock lists name it, when a descriptor's
+    /// locks showed it: with its file system's device, which on btrfs is
+    /// not the subvolume's device `stat` gives.
+    pub(crate) listed_as: Option<Inode>,
 }
 
 /// Every process of this host that has one of `files` open, and the locks
@@ -232,15 +243,21 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
                 continue;
             }
             let info = proc_entry.path().join("fdinfo").join(fd.file_name());
-            let locks: Vec<Entry> = fs::read_to_string(info)
+            // A descriptor's fdinfo shows only locks of its own open file:
+            // the inode number is enough, and the device is the one the
+            // lock lists use (on btrfs, not the one `stat` gives).
+            let lines: Vec<(Inode, Entry)> = fs::read_to_string(info)
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| l.strip_prefix("lock:"))
                 .filter_map(parse)
-                .filter(|(i, e)| *i == file && !e.blocked)
-                .map(|(_, e)| e)
+                .filter(|(i, e)| i.ino == file.ino && !e.blocked)
                 .collect();
             let seen = found.entry(file).or_default();
+            if let Some((listed, _)) = lines.first() {
+                seen.listed_as.get_or_insert(*listed);
+            }
+            let locks: Vec<Entry> = lines.into_iter().map(|(_, e)| e).collect();
             if seen.path.is_none() {
                 seen.path = fs::read_link(fd.path())
                     .ok()

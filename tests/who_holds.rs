@@ -487,3 +487,57 @@ fn an_old_record_names_no_holder_where_the_kernel_names_another() {
     assert_eq!(named.pid, std::process::id());
     drop(held);
 }
+
+/// On btrfs the kernel's lock lists (`/proc/locks`, fdinfo) name a file by
+/// its file system's device, where `stat` gives its subvolume's: a holder
+/// there is still named. Before, the file was found in no lock list, and
+/// `holders()` said it was free while `flock(1)` held it. (A loop-mounted
+/// btrfs; `scripts/test` installs `btrfs-progs`.)
+#[test]
+fn a_holder_on_btrfs_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("btrfs.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let made = Command::new("mkfs.btrfs").arg("-q").arg(&image).status();
+    assert!(
+        made.is_ok_and(|s| s.success()),
+        "mkfs.btrfs (btrfs-progs) is needed"
+    );
+    let mounted = Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&image)
+        .arg(&mnt)
+        .status();
+    assert!(
+        mounted.is_ok_and(|s| s.success()),
+        "cannot loop-mount btrfs"
+    );
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    for (family, kind, want) in [
+        ("flock", LockKind::Flock, LockFamily::Flock),
+        ("ofd", LockKind::Ofd, LockFamily::Ofd),
+    ] {
+        let path = mnt.join(format!("{family}.lock"));
+        let lock = LockMgr::builder(&path).kind(kind).build();
+        let holder = Foreign::start(family, "ex", &path);
+        assert_eq!(
+            held(&lock),
+            [(holder.pid(), want, LockMode::Exclusive)],
+            "{family} on btrfs"
+        );
+        holder.finish();
+        assert!(lock.holders().unwrap().is_free(), "{family}");
+    }
+}
