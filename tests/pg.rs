@@ -655,6 +655,18 @@ async fn a_server_that_is_down_or_refuses_the_login_is_a_typed_error() {
 }
 
 /// Runs `sql` as the superuser (DBA work for a test).
+/// Whether `role` may create tables in schema `public`.
+async fn may_create(admin: &tokio_postgres::Client, role: &str) -> bool {
+    admin
+        .query_one(
+            &format!("SELECT has_schema_privilege('{role}', 'public', 'CREATE')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn as_dba(admin: &tokio_postgres::Client, sql: &str) {
     admin
         .batch_execute(sql)
@@ -718,15 +730,7 @@ async fn a_role_without_create_uses_the_table_a_dba_made() {
         ),
     )
     .await;
-    let can_create: bool = admin
-        .query_one(
-            &format!("SELECT has_schema_privilege('{role}', 'public', 'CREATE')"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!can_create);
+    assert!(!may_create(&admin, &role).await);
     let config = config_as(&role, "nocreate-pw");
     for table in [&table, &capitals] {
         let lock = PgLockMgr::builder(&config, name("nocreate"))
@@ -785,15 +789,7 @@ async fn a_role_that_may_not_make_the_token_table_still_reads_the_status() {
         ),
     )
     .await;
-    let can_create: bool = admin
-        .query_one(
-            &format!("SELECT has_schema_privilege('{role}', 'public', 'CREATE')"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!can_create);
+    assert!(!may_create(&admin, &role).await);
     // A table the DBA made for the application's role only: there, but
     // not readable by this one.
     let unreadable = format!("public.fence_unreadable_{}", std::process::id());

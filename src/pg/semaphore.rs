@@ -200,16 +200,9 @@ impl PgSemaphore {
             )
             .await
             .map_err(read)?;
-        let rows = session
-            .typed(
-                &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
-                &[(&key, Type::TEXT)],
-                first.request(),
-                &self.id,
-            )
+        let recorded = recorded_count(first, &session, &self.name, &self.id)
             .await
             .map_err(read)?;
-        let recorded: Option<i64> = rows.first().and_then(|r| r.try_get(0).ok());
         match recorded {
             Some(n) if n == permits => Ok(()),
             Some(n) => Err(LockError::Invalid {
@@ -234,6 +227,27 @@ pub(super) fn slot_name(semaphore: &str, slot: u32) -> String {
     format!("{semaphore}/permit/{slot}")
 }
 
+/// The count of permits the token table keeps for the semaphore named
+/// `name` (its row `NAME/permits`), read on `session`.
+async fn recorded_count(
+    lock: &PgLockMgr,
+    session: &Session,
+    name: &str,
+    id: &LockId,
+) -> Result<Option<i64>, LockError> {
+    let table = fence::quoted(&lock.inner().fence);
+    let row = format!("{name}{}", super::manager::COUNT_ROW);
+    let rows = session
+        .typed(
+            &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
+            &[(&row, Type::TEXT)],
+            lock.request(),
+            id,
+        )
+        .await?;
+    Ok(rows.first().and_then(|r| r.try_get(0).ok()))
+}
+
 /// The status of the semaphore named `name`, read on `session`, if the
 /// token table keeps a count of permits for that name: how many of its
 /// slots are held now, by any session on the server.
@@ -243,24 +257,14 @@ pub(super) async fn status(
     name: &str,
 ) -> Result<Option<Status>, LockError> {
     let inner = lock.inner();
-    let table = fence::quoted(&inner.fence);
-    let row = format!("{name}{}", super::manager::COUNT_ROW);
     let read = |e| with_op(e, Operation::Read);
-    let rows = match session
-        .typed(
-            &format!("SELECT token::int8 FROM {table} WHERE name = $1"),
-            &[(&row, Type::TEXT)],
-            lock.request(),
-            &inner.id,
-        )
-        .await
-    {
+    let recorded = match recorded_count(lock, session, name, &inner.id).await {
         // No token table (no semaphore has been used with it), or one this
         // role may not read: no semaphore it can tell of.
         Err(e) if unreadable(&e) => return Ok(None),
-        rows => rows.map_err(read)?,
+        counted => counted.map_err(read)?,
     };
-    let Some(recorded) = rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) else {
+    let Some(recorded) = recorded else {
         return Ok(None);
     };
     // A count this crate never writes (another program's row): no
