@@ -1214,9 +1214,15 @@ pub(crate) fn locked_files(
     among: Option<&BTreeSet<(u64, u64)>>,
     semaphore: impl Fn(&OwnedFd) -> Option<Status>,
 ) -> io::Result<Vec<LockedFile>> {
+    // The lock lists name a file on btrfs by its file system's device, not
+    // by the one `stat` gives (which `among` has): a line of an inode asked
+    // about is kept, and must then be tied to it by a descriptor.
+    let inos: BTreeSet<u64> = among
+        .map(|a| a.iter().map(|&(_, ino)| ino).collect())
+        .unwrap_or_default();
     let mut by_file: BTreeMap<proc_locks::Inode, Vec<proc_locks::Entry>> = BTreeMap::new();
     for (file, entry) in proc_locks::all_entries()? {
-        if among.is_some_and(|a| !a.contains(&(file.device(), file.inode()))) {
+        if among.is_some() && !inos.contains(&file.inode()) {
             continue;
         }
         by_file.entry(file).or_default().push(entry);
@@ -1225,14 +1231,20 @@ pub(crate) fn locked_files(
     let mut seen = proc_locks::descriptors(&files)?;
     Ok(by_file
         .into_iter()
-        .map(|(file, entries)| {
+        .filter_map(|(file, entries)| {
             let seen = seen.remove(&file);
+            // The file as `stat` names it: a descriptor's, else the lock
+            // lists' own name (the same, but on btrfs).
+            let stat_as = seen.as_ref().and_then(|s| s.stat_as).unwrap_or(file);
+            if among.is_some_and(|a| !a.contains(&(stat_as.device(), stat_as.inode()))) {
+                return None;
+            }
             let path = seen.as_ref().and_then(|s| s.path.clone());
             // The record (or a semaphore's count), read through the path
             // only when it is still the locked file.
             let fd = path.as_deref().and_then(|p| {
                 let fd = os::open_existing(p).ok()??;
-                (proc_locks::Inode::of(&fd).ok()? == file).then_some(fd)
+                (proc_locks::Inode::of(&fd).ok()? == stat_as).then_some(fd)
             });
             let record = fd.as_ref().and_then(read_record);
             // A file with a holder record is no semaphore's: one read of
@@ -1241,13 +1253,13 @@ pub(crate) fn locked_files(
                 None => fd.as_ref().and_then(&semaphore),
                 Some(_) => None,
             };
-            LockedFile {
+            Some(LockedFile {
                 path,
-                device: file.device(),
-                inode: file.inode(),
-                holders: assemble(file, &entries, seen, record.as_ref()),
+                device: stat_as.device(),
+                inode: stat_as.inode(),
+                holders: assemble(stat_as, &entries, seen, record.as_ref()),
                 semaphore,
-            }
+            })
         })
         .collect())
 }

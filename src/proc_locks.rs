@@ -209,6 +209,8 @@ pub(crate) struct Descriptors {
     /// locks showed it: with its file system's device, which on btrfs is
     /// not the subvolume's device `stat` gives.
     pub(crate) listed_as: Option<Inode>,
+    /// The file as `stat` of a descriptor of it names it (see `listed_as`).
+    pub(crate) stat_as: Option<Inode>,
 }
 
 /// Every process of this host that has one of `files` open, and the locks
@@ -218,6 +220,7 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
     let mut found: HashMap<Inode, Descriptors> = HashMap::new();
     // Which descriptor of a process showed which lock of a file.
     let mut seen_fds: HashMap<(Inode, u32), Vec<(i32, Entry)>> = HashMap::new();
+    let inos: std::collections::HashSet<u64> = files.iter().map(|f| f.ino).collect();
     for proc_entry in fs::read_dir("/proc")? {
         let Ok(proc_entry) = proc_entry else { continue };
         let Some(pid) = proc_entry
@@ -238,8 +241,9 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             let Ok(st) = nix::sys::stat::stat(&fd.path()) else {
                 continue;
             };
-            let file = Inode::from_stat(&st);
-            if !files.contains(&file) {
+            let stat_file = Inode::from_stat(&st);
+            let exact = files.contains(&stat_file);
+            if !exact && !inos.contains(&stat_file.ino) {
                 continue;
             }
             let info = proc_entry.path().join("fdinfo").join(fd.file_name());
@@ -251,12 +255,23 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
                 .lines()
                 .filter_map(|l| l.strip_prefix("lock:"))
                 .filter_map(parse)
-                .filter(|(i, e)| i.ino == file.ino && !e.blocked)
+                .filter(|(i, e)| i.ino == stat_file.ino && !e.blocked)
                 .collect();
+            // Asked about by the lock lists' name of it (btrfs): a lock line
+            // of this descriptor is what ties the two names.
+            let file = if exact {
+                stat_file
+            } else {
+                match lines.iter().map(|(i, _)| *i).find(|i| files.contains(i)) {
+                    Some(listed) => listed,
+                    None => continue,
+                }
+            };
             let seen = found.entry(file).or_default();
             if let Some((listed, _)) = lines.first() {
                 seen.listed_as.get_or_insert(*listed);
             }
+            seen.stat_as.get_or_insert(stat_file);
             let locks: Vec<Entry> = lines.into_iter().map(|(_, e)| e).collect();
             if seen.path.is_none() {
                 seen.path = fs::read_link(fd.path())

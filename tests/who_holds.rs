@@ -490,8 +490,9 @@ fn an_old_record_names_no_holder_where_the_kernel_names_another() {
 
 /// On btrfs the kernel's lock lists (`/proc/locks`, fdinfo) name a file by
 /// its file system's device, where `stat` gives its subvolume's: a holder
-/// there is still named. Before, the file was found in no lock list, and
-/// `holders()` said it was free while `flock(1)` held it. (A loop-mounted
+/// there is still named, and the file listed. Before, the file was found in
+/// no lock list: `holders()` said it was free while `flock(1)` held it, and
+/// `locked_files_among` left it out. (A loop-mounted
 /// btrfs; `scripts/test` installs `btrfs-progs`.)
 #[test]
 fn a_holder_on_btrfs_is_named() {
@@ -536,6 +537,21 @@ fn a_holder_on_btrfs_is_named() {
             held(&lock),
             [(holder.pid(), want, LockMode::Exclusive)],
             "{family} on btrfs"
+        );
+        // Listed too, with its path, and found among the files asked about.
+        let meta = std::fs::metadata(&path).unwrap();
+        let listed = lockmgr::locked_files_among([&meta]).unwrap();
+        assert_eq!(listed.len(), 1, "{family}: {listed:?}");
+        assert!(listed[0].is(&meta), "{family}: {listed:?}");
+        assert_eq!(listed[0].path.as_deref(), Some(path.as_path()), "{family}");
+        let pids: Vec<u32> = listed[0].holders.holding.iter().map(|h| h.pid).collect();
+        assert_eq!(pids, [holder.pid()], "{family}");
+        assert!(
+            lockmgr::locked_files()
+                .unwrap()
+                .iter()
+                .any(|f| f.path.as_deref() == Some(path.as_path())),
+            "{family}"
         );
         holder.finish();
         assert!(lock.holders().unwrap().is_free(), "{family}");
