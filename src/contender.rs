@@ -1166,9 +1166,11 @@ pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
     // A regular file is looked at without opening it: no close event for
     // the waiters watching it, and nothing more than /proc/locks when it is
     // free. Anything else is opened, for the error that names it.
+    // (By inode number: btrfs lists a file under its file system's device,
+    // where `stat` gives its subvolume's.)
     if let Some(id) = os::file_id_at(path) {
         let file = proc_locks::Inode::from_numbers(id.numbers());
-        if !listed(file).map_err(read_error)? {
+        if !proc_locks::any_of_inode(file.inode()).map_err(read_error)? {
             return Ok(Holders::default());
         }
     }
@@ -1184,27 +1186,23 @@ pub(crate) fn holders(config: &LockConfig) -> Result<Holders, LockError> {
         )
         // The descriptor closes here: it is not one of the open ones.
     };
-    let mut entries = proc_locks::entries(file).map_err(read_error)?;
-    if entries.is_empty() && !listed(file).map_err(read_error)? {
+    // One read of the lock list, for every question asked of it.
+    let all = proc_locks::all_entries().map_err(read_error)?;
+    if !all.iter().any(|(i, _)| i.inode() == file.inode()) {
         return Ok(Holders::default());
     }
     let mut seen = proc_locks::descriptors(&[file]).map_err(read_error)?;
     let seen = seen.remove(&file);
-    if entries.is_empty() {
-        // Listed under another device (btrfs): the locks a descriptor showed
-        // tell which. Without one, only the holders seen are known.
-        if let Some(listed_as) = seen.as_ref().and_then(|s| s.listed_as) {
-            entries = proc_locks::entries(listed_as).map_err(read_error)?;
-        }
-    }
+    // The file as the lock list names it, which a descriptor's locks show:
+    // on btrfs, under another device than `stat`'s. Without such a
+    // descriptor (on btrfs), only the holders seen are known.
+    let listed_as = seen.as_ref().and_then(|s| s.listed_as).unwrap_or(file);
+    let entries: Vec<_> = all
+        .into_iter()
+        .filter(|(i, _)| *i == listed_as)
+        .map(|(_, e)| e)
+        .collect();
     Ok(assemble(file, &entries, seen, record.as_ref()))
-}
-
-/// Whether the kernel's lock list may hold a line for `file`: one of its
-/// device and inode, or, since btrfs lists a file under its file system's
-/// device where `stat` gives its subvolume's, one of its inode number.
-fn listed(file: proc_locks::Inode) -> io::Result<bool> {
-    proc_locks::any_of_inode(file.inode())
 }
 
 /// Every file of this host that is locked, or has a request blocked on it;

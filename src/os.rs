@@ -470,14 +470,7 @@ pub(crate) fn probe(fd: impl AsFd, kind: LockKind) -> io::Result<Probe> {
     let fd = fd.as_fd();
     match kind {
         LockKind::Ofd => {
-            let mut fl = record(libc::F_WRLCK);
-            loop {
-                match fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl)) {
-                    Ok(_) => break,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let fl = in_the_way(fd)?;
             Ok(match fl.l_type as libc::c_int {
                 libc::F_UNLCK => Probe::Free,
                 libc::F_RDLCK => Probe::Held(LockMode::Shared),
@@ -504,16 +497,22 @@ pub(crate) fn probe(fd: impl AsFd, kind: LockKind) -> io::Result<Probe> {
 /// process), when nothing is, or when the holder's process is not visible
 /// here.
 pub(crate) fn posix_holder(fd: impl AsFd) -> io::Result<Option<u32>> {
+    let fl = in_the_way(fd.as_fd())?;
+    let held = fl.l_type as libc::c_int != libc::F_UNLCK;
+    Ok(u32::try_from(fl.l_pid).ok().filter(|&pid| held && pid > 0))
+}
+
+/// What keeps an exclusive whole-file OFD lock out of `fd`'s file, as
+/// `F_OFD_GETLK` reports it (`F_UNLCK`: nothing).
+fn in_the_way(fd: BorrowedFd<'_>) -> io::Result<libc::flock> {
     let mut fl = record(libc::F_WRLCK);
     loop {
-        match fcntl(fd.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)) {
-            Ok(_) => break,
+        match fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl)) {
+            Ok(_) => return Ok(fl),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    let held = fl.l_type as libc::c_int != libc::F_UNLCK;
-    Ok(u32::try_from(fl.l_pid).ok().filter(|&pid| held && pid > 0))
 }
 
 /// True when `fd` is still the file at `path` (same device and inode).

@@ -129,15 +129,6 @@ fn parse_unnumbered(line: &str) -> Option<(Inode, Entry)> {
     Some((Inode { major, minor, ino }, entry))
 }
 
-/// The locks and blocked requests on `file`, from `/proc/locks`.
-pub(crate) fn entries(file: Inode) -> io::Result<Vec<Entry>> {
-    Ok(all_entries()?
-        .into_iter()
-        .filter(|(i, _)| *i == file)
-        .map(|(_, e)| e)
-        .collect())
-}
-
 /// Whether any lock line names a file of inode number `ino`, on any device:
 /// on btrfs the lock lists give the file system's device, not the one
 /// `stat` gives, so a file found in none by its device may still be locked.
