@@ -907,7 +907,7 @@ async fn lock_here(
     let mut ticket = None;
     if policy.waits && queue::anyone_waiting() {
         ticket = os::file_id_at(&config.path)
-            .and_then(|file| Ticket::join_if_waiting(file, config.kind));
+            .and_then(|file| Ticket::join_if_waiting(file, config.kind, mode));
         if ticket.is_some() {
             policy.announce(lock_id, None, ", behind other tasks of this process");
         }
@@ -943,7 +943,7 @@ async fn lock_here(
             // have got to the front first; then wait behind them (the
             // contender's descriptor is closed meanwhile).
             _ => {
-                let t = Ticket::join(file, config.kind);
+                let t = Ticket::join(file, config.kind, mode);
                 if !t.is_head() {
                     ticket = Some(t);
                     continue;

@@ -4,9 +4,12 @@
 //! at the OS level.
 //!
 //! Lines are keyed by the file's identity (device and inode), so two paths to
-//! one file share a line, and by the lock family: OFD and `flock` locks do
-//! not see each other, so a task never waits behind one of the other family,
-//! whose lock may be held while its own is free. The head waits in the
+//! one file share a line, by the lock family and by the mode: OFD and
+//! `flock` locks do not see each other, and a shared lock may be free for a
+//! reader while a writer waits, so a task never waits behind one whose lock
+//! may be held while its own is free (a reader is granted the lock beside
+//! other readers while this process's writer waits, as the kernel grants
+//! it to a reader of another process). The head waits in the
 //! kernel's own lock queue (see `kernel_wait`), beside the waiters of other
 //! processes: the kernel, not this process, decides who gets a released
 //! lock, so a busy process cannot keep it to itself. A head that gives up
@@ -50,10 +53,10 @@ use crate::board;
 use crate::clock::until_here;
 use crate::forkable::Forkable;
 use crate::os::FileId;
-use crate::vocab::LockKind;
+use crate::vocab::{LockKind, LockMode};
 
-/// What a line is for: one file, in one lock family.
-type Key = (FileId, LockKind);
+/// What a line is for: one file, in one lock family and mode.
+type Key = (FileId, LockKind, LockMode);
 
 /// How late past its promise a head may be before the next in line takes
 /// its place: room for a busy runtime to get round to it.
@@ -89,15 +92,17 @@ struct Slot {
     joined_ms: u64,
 }
 
-/// Tells the waiting board how many wait for `file`, in both families'
-/// lines, and since when: as the earlier front joined (a line only grows
+/// Tells the waiting board how many wait for `file`, in all its lines
+/// (both families, both modes), and since when: as the earlier front joined (a line only grows
 /// at its back, so its front joined first, unless the watch passed over a
 /// head, which then waits at the back). O(1): it runs at every join and
 /// leave.
 fn publish(lines: &HashMap<Key, Line>, file: FileId) {
     let (mut tasks, mut since) = (0, u64::MAX);
-    for kind in [LockKind::Ofd, LockKind::Flock] {
-        if let Some(line) = lines.get(&(file, kind)) {
+    let modes = [LockMode::Exclusive, LockMode::Shared];
+    let keys = [LockKind::Ofd, LockKind::Flock].map(|kind| modes.map(|mode| (file, kind, mode)));
+    for key in keys.as_flattened() {
+        if let Some(line) = lines.get(key) {
             tasks += line.slots.len();
             if let Some(front) = line.slots.front() {
                 since = since.min(front.joined_ms);
@@ -238,7 +243,7 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A place in the line for one file and lock family. Dropping it leaves the
+/// A place in the line for one file, lock family and mode. Dropping it leaves the
 /// line; if it was the head, the next waiter becomes the head and is woken.
 pub(crate) struct Ticket {
     key: Key,
@@ -246,26 +251,29 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// Takes a place at the back of the line for `file` in `kind`.
-    pub(crate) fn join(file: FileId, kind: LockKind) -> Ticket {
+    /// Takes a place at the back of the line for `file` in `kind` and
+    /// `mode`.
+    pub(crate) fn join(file: FileId, kind: LockKind, mode: LockMode) -> Ticket {
         let mut lines = lines();
-        let line = lines.entry((file, kind)).or_insert_with(|| {
+        let key = (file, kind, mode);
+        let line = lines.entry(key).or_insert_with(|| {
             LINES_IN_USE.fetch_add(1, Ordering::AcqRel);
             Line::default()
         });
-        let ticket = Ticket::push(line, (file, kind));
+        let ticket = Ticket::push(line, key);
         publish(&lines, file);
         ticket
     }
 
-    /// Takes a place at the back of the line for `file` in `kind` only if
-    /// tasks are already waiting in it.
-    pub(crate) fn join_if_waiting(file: FileId, kind: LockKind) -> Option<Ticket> {
+    /// Takes a place at the back of the line for `file` in `kind` and
+    /// `mode` only if tasks are already waiting in it.
+    pub(crate) fn join_if_waiting(file: FileId, kind: LockKind, mode: LockMode) -> Option<Ticket> {
         if !anyone_waiting() {
             return None;
         }
         let mut lines = lines();
-        let ticket = Ticket::push(lines.get_mut(&(file, kind))?, (file, kind));
+        let key = (file, kind, mode);
+        let ticket = Ticket::push(lines.get_mut(&key)?, key);
         publish(&lines, file);
         Some(ticket)
     }
@@ -582,7 +590,7 @@ mod watch {
         let mut passed: Vec<Duration> = Vec::new();
         let mut changed: Vec<FileId> = Vec::new();
         let mut lines = lines();
-        for (&(file, _), line) in lines.iter_mut() {
+        for (&(file, _, _), line) in lines.iter_mut() {
             if line.slots.len() < 2 {
                 continue;
             }
@@ -646,6 +654,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    const EX: LockMode = LockMode::Exclusive;
+
     fn some_file(dir: &Path, name: &str) -> FileId {
         let path = dir.join(name);
         std::fs::write(&path, b"").unwrap();
@@ -657,12 +667,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = some_file(dir.path(), "a");
         assert!(
-            Ticket::join_if_waiting(file, LockKind::Ofd).is_none(),
+            Ticket::join_if_waiting(file, LockKind::Ofd, EX).is_none(),
             "no line yet"
         );
-        let first = Ticket::join(file, LockKind::Ofd);
-        let second = Ticket::join(file, LockKind::Ofd);
-        let third = Ticket::join_if_waiting(file, LockKind::Ofd).expect("a line exists");
+        let first = Ticket::join(file, LockKind::Ofd, EX);
+        let second = Ticket::join(file, LockKind::Ofd, EX);
+        let third = Ticket::join_if_waiting(file, LockKind::Ofd, EX).expect("a line exists");
         assert!(first.is_head());
         assert!(!second.is_head() && !third.is_head());
 
@@ -679,7 +689,7 @@ mod tests {
         assert!(third.is_head());
         drop(third);
         assert!(
-            Ticket::join_if_waiting(file, LockKind::Ofd).is_none(),
+            Ticket::join_if_waiting(file, LockKind::Ofd, EX).is_none(),
             "the line is gone"
         );
     }
@@ -687,8 +697,8 @@ mod tests {
     #[test]
     fn lines_of_different_files_are_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Ticket::join(some_file(dir.path(), "c"), LockKind::Ofd);
-        let b = Ticket::join(some_file(dir.path(), "d"), LockKind::Ofd);
+        let a = Ticket::join(some_file(dir.path(), "c"), LockKind::Ofd, EX);
+        let b = Ticket::join(some_file(dir.path(), "d"), LockKind::Ofd, EX);
         assert!(a.is_head() && b.is_head());
         assert_ne!(a.file(), b.file());
     }
@@ -697,13 +707,24 @@ mod tests {
     fn lines_of_different_lock_families_are_apart() {
         let dir = tempfile::tempdir().unwrap();
         let file = some_file(dir.path(), "e");
-        let ofd = Ticket::join(file, LockKind::Ofd);
-        assert!(Ticket::join_if_waiting(file, LockKind::Flock).is_none());
-        let flock = Ticket::join(file, LockKind::Flock);
+        let ofd = Ticket::join(file, LockKind::Ofd, EX);
+        assert!(Ticket::join_if_waiting(file, LockKind::Flock, EX).is_none());
+        let flock = Ticket::join(file, LockKind::Flock, EX);
         assert!(ofd.is_head() && flock.is_head());
-        let second = Ticket::join_if_waiting(file, LockKind::Flock).expect("a flock line");
+        let second = Ticket::join_if_waiting(file, LockKind::Flock, EX).expect("a flock line");
         assert!(!second.is_head());
         drop(flock);
         assert!(second.is_head() && ofd.is_head());
+    }
+
+    #[test]
+    fn lines_of_different_modes_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = some_file(dir.path(), "f");
+        let writer = Ticket::join(file, LockKind::Ofd, EX);
+        let shared = LockMode::Shared;
+        assert!(Ticket::join_if_waiting(file, LockKind::Ofd, shared).is_none());
+        let reader = Ticket::join(file, LockKind::Ofd, shared);
+        assert!(writer.is_head() && reader.is_head());
     }
 }

@@ -424,9 +424,12 @@ pub(crate) async fn acquire(
     }
     let started = Instant::now();
     let mut ticket = None;
+    // A permit is one slot held exclusively: its waiters line up with the
+    // exclusive ones.
+    let mode = LockMode::Exclusive;
     if policy.waits && queue::anyone_waiting() {
         ticket = os::file_id_at(&config.path)
-            .and_then(|file| Ticket::join_if_waiting(file, config.kind));
+            .and_then(|file| Ticket::join_if_waiting(file, config.kind, mode));
     }
     let mut announced = false;
     loop {
@@ -454,7 +457,7 @@ pub(crate) async fn acquire(
         let t = match ticket.take() {
             Some(t) if t.file() == contender.file => t,
             _ => {
-                let t = Ticket::join(contender.file, config.kind);
+                let t = Ticket::join(contender.file, config.kind, mode);
                 if !t.is_head() {
                     ticket = Some(t);
                     continue;

@@ -750,3 +750,35 @@ async fn a_line_of_one_lock_family_never_holds_up_the_other() {
     foreign.finish();
     drop(flock_waiter.await.unwrap().unwrap());
 }
+
+/// A shared acquire is granted while only shared holders hold the lock,
+/// even while a task of its own process waits in line to hold it
+/// exclusively: as the kernel grants it, and as a reader of another
+/// process gets it (README, "Readers can starve a writer"). The line is one
+/// per mode. Here the reader's own task holds a shared lock too, so a
+/// reader that waited behind the writer would wait for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_acquire_never_waits_behind_an_exclusive_waiter_of_its_process() {
+    let _serial = serial().await;
+    for (kind, family) in [(LockKind::Ofd, "ofd"), (LockKind::Flock, "flock")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let other = common::Foreign::start(family, "sh", &path);
+        let lock = LockMgr::builder(&path).kind(kind).build();
+        let own = lock.acquire_shared(true, LIVENESS).await.unwrap();
+        let writer = {
+            let lock = lock.clone();
+            tokio::spawn(async move { lock.acquire(true, LIVENESS).await })
+        };
+        common::until_waiting(&path).await;
+        let reader = LockMgr::builder(&path).kind(kind).max_attempts(1).build();
+        let reader = reader
+            .acquire_shared(true, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| panic!("{family}: {e}"));
+        assert!(!writer.is_finished(), "{family}: the readers still hold it");
+        drop((own, reader));
+        other.finish();
+        drop(common::won(writer, "the writer was stranded").await);
+    }
+}
