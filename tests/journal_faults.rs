@@ -310,3 +310,47 @@ fn a_rotated_journal_appends_without_proc() {
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "other\nsecond\n");
 }
+
+/// An unlock that fails once the records are written (an NFS server's EIO
+/// or ENOLCK) does not make the append say "nothing was written"
+/// (`JournalError::Lock`), which a caller would retry, writing the records
+/// twice: the close that follows drops the lock, and the append returns
+/// `Ok`. A read is likewise not failed after it was done. The journal's
+/// user runs with a preloaded library that fails every OFD unlock.
+#[test]
+fn an_unlock_that_fails_after_the_work_is_done_fails_neither_append_nor_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unlock.journal");
+    let shim = common::preload_lib("failunlock");
+    let mut child = common::helper_command("journal-lines", [path.to_str().unwrap()])
+        .env("LD_PRELOAD", &shim)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
+    let mut append = |record: &str| {
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        said.next().expect("the writer ended")
+    };
+    assert_eq!(append("first"), "ack");
+    assert_eq!(append("second"), "ack", "the first append's lock was kept");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\n");
+
+    let out = common::helper_command("journal-look", [path.to_str().unwrap()])
+        .env("LD_PRELOAD", &shim)
+        .output()
+        .unwrap();
+    let said: Vec<String> = common::role_lines(BufReader::new(&out.stdout[..])).collect();
+    assert_eq!(
+        said,
+        ["first", "second", "ack"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

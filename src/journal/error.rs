@@ -42,7 +42,9 @@ pub enum JournalError {
     /// The journal file cannot be opened: not a regular file, a missing
     /// directory, no permission. Nothing was created or changed.
     Open(LockError),
-    /// Taking or releasing the lock failed (timed out, for example).
+    /// Taking the lock failed (timed out, for example); nothing was done.
+    /// (A release that fails once the work is done is logged instead: the
+    /// descriptor is closed even then, and the lock with it.)
     Lock(LockError),
     /// A record contains a newline; nothing was written.
     NewlineInRecord {

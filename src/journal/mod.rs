@@ -529,7 +529,8 @@ impl Journal {
             .map_err(|e| self.io(JournalOp::Sync, e))?;
             self.inner.entry_synced.store(true, Ordering::Release);
         }
-        self.release(held)
+        self.release(held);
+        Ok(())
     }
 
     /// Reads the journal back: its complete records, one by one (see
@@ -574,7 +575,7 @@ impl Journal {
         let mut tail = vec![0u8; (len - end) as usize];
         file.read_exact_at(&mut tail, end)
             .map_err(|e| self.io(JournalOp::Read, e))?;
-        self.release(held)?;
+        self.release(held);
         // Everything before `end` was written by appends that finished
         // before the shared lock was had; later appends only add after it
         // (or cut back to at most `len`), so it is read without the lock.
@@ -636,11 +637,22 @@ impl Journal {
         }
     }
 
-    fn release(&self, held: Held) -> Result<(), JournalError> {
+    /// Releases the locks once the work is done. A release that fails
+    /// (an unlock or close refused by a network file system) is logged, not
+    /// returned: the descriptor is closed even then, and the lock with it,
+    /// and the caller must not be told that records it wrote were not, or
+    /// be made to read again what it read.
+    fn release(&self, held: Held) {
         let Held { _file_lock, lock } = held;
         drop(_file_lock);
-        lock.release()?;
-        Ok(())
+        if let Err(error) = lock.release() {
+            tracing::warn!(
+                path = %self.inner.path.display(),
+                %error,
+                "journal: releasing the lock failed after the work was done (the \
+                 descriptor is closed even so, and the lock with it)"
+            );
+        }
     }
 
     /// Under the lock: the journal file this writer holds locked, which is
