@@ -36,7 +36,11 @@ impl LockMgr {
     /// # Errors
     ///
     /// The errors of [`acquire`](LockMgr::acquire) other than a timeout
-    /// (the campaign has no deadline), and of the release after the work.
+    /// (the campaign has no deadline). The release after the work is the
+    /// guard's drop: it runs off the runtime on a network file system (a
+    /// stalled mount does not freeze the runtime), and an error there is
+    /// logged, not returned (the descriptor is closed even then, and the
+    /// lock with it), so the work's output is never lost to it.
     ///
     /// # Cancel safety
     ///
@@ -73,7 +77,7 @@ impl LockMgr {
             fencing_token: guard.fencing_token(),
         };
         let out = work(term).await;
-        guard.release()?;
+        drop(guard);
         tracing::info!(lock = %self.path().display(), "stepped down");
         Ok(out)
     }

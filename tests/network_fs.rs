@@ -238,3 +238,32 @@ async fn a_stalled_mount_does_not_block_a_semaphores_runtime() {
     bounded_while_stalled(&mount, permit, bounded).await;
     drop(sem.acquire(true, LIVENESS).await.unwrap());
 }
+
+/// A leader that steps down on a stalled mount does not block its runtime:
+/// the release after its work (here with the file's removal, which goes to
+/// the mount's daemon) runs off the runtime, as a dropped guard's does.
+/// (The work stalls the mount and returns the stall, which continues the
+/// mount when dropped, after the check.)
+#[tokio::test(flavor = "current_thread")]
+#[allow(clippy::await_holding_lock)]
+async fn a_leader_stepping_down_on_a_stalled_mount_does_not_block_the_runtime() {
+    let _alone = alone();
+    let (_dir, mount, path) = mounted();
+    let lock = LockMgr::builder(&path)
+        .max_attempts(1)
+        .remove_on_release(true)
+        .build();
+    // A first use, on a healthy mount, tells the crate what file system
+    // the lock is on.
+    drop(lock.try_acquire().unwrap());
+    watchdog(mount.pid(), Duration::from_secs(10));
+    let started = tokio::time::Instant::now();
+    let stall = lock.lead(|_| std::future::ready(mount.stall())).await;
+    let took = started.elapsed();
+    drop(stall);
+    assert!(
+        took < Duration::from_secs(5),
+        "stepping down took {took:?}: the release blocked the runtime on the stalled mount"
+    );
+    drop(lock.acquire(true, LIVENESS).await.unwrap());
+}

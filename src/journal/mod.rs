@@ -340,7 +340,13 @@ impl fmt::Debug for Journal {
     }
 }
 
-/// The locks an append or a read holds, released in reverse order.
+/// The locks an append or a read holds, released in reverse order when
+/// dropped, as their guards' drops release them: off the runtime on a
+/// network file system, so that a stalled mount does not freeze it, and a
+/// release that fails (an unlock or close refused by such a file system)
+/// is logged, not returned: the descriptor is closed even then, and the
+/// lock with it, and the caller must not be told that records it wrote
+/// were not, or be made to read again what it read.
 struct Held {
     _file_lock: Option<LockGuard>,
     lock: LockGuard,
@@ -529,7 +535,7 @@ impl Journal {
             .map_err(|e| self.io(JournalOp::Sync, e))?;
             self.inner.entry_synced.store(true, Ordering::Release);
         }
-        self.release(held);
+        drop(held);
         Ok(())
     }
 
@@ -575,7 +581,7 @@ impl Journal {
         let mut tail = vec![0u8; (len - end) as usize];
         file.read_exact_at(&mut tail, end)
             .map_err(|e| self.io(JournalOp::Read, e))?;
-        self.release(held);
+        drop(held);
         // Everything before `end` was written by appends that finished
         // before the shared lock was had; later appends only add after it
         // (or cut back to at most `len`), so it is read without the lock.
@@ -634,24 +640,6 @@ impl Journal {
                 _file_lock: file_lock,
                 lock,
             });
-        }
-    }
-
-    /// Releases the locks once the work is done. A release that fails
-    /// (an unlock or close refused by a network file system) is logged, not
-    /// returned: the descriptor is closed even then, and the lock with it,
-    /// and the caller must not be told that records it wrote were not, or
-    /// be made to read again what it read.
-    fn release(&self, held: Held) {
-        let Held { _file_lock, lock } = held;
-        drop(_file_lock);
-        if let Err(error) = lock.release() {
-            tracing::warn!(
-                path = %self.inner.path.display(),
-                %error,
-                "journal: releasing the lock failed after the work was done (the \
-                 descriptor is closed even so, and the lock with it)"
-            );
         }
     }
 
