@@ -71,8 +71,10 @@ impl LockGuard {
         self.held.path()
     }
 
-    /// The locked file, open for reading and writing (never truncated by the
-    /// crate). Writes go through `&File`.
+    /// The locked file (never truncated by the crate). Writes go through
+    /// `&File`. It is open for reading and writing, except for a shared
+    /// lock on a file this process may only read, which is opened for
+    /// reading only (writes then fail with `EBADF`).
     ///
     /// # Examples
     ///
