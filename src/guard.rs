@@ -72,9 +72,9 @@ impl LockGuard {
     }
 
     /// The locked file (never truncated by the crate). Writes go through
-    /// `&File`. It is open for reading and writing, except for a shared
-    /// lock on a file this process may only read, which is opened for
-    /// reading only (writes then fail with `EBADF`).
+    /// `&File`. It is open for reading and writing, except where this
+    /// process may only read the file and the lock needs no more: a shared
+    /// lock, or any `flock` lock (writes then fail with `EBADF`).
     ///
     /// # Examples
     ///
