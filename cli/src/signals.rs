@@ -15,12 +15,17 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tokio::io::unix::AsyncFd;
 
 /// The signals `lockmgr` passes on to its command, or dies of while it
-/// waits for the lock.
-const HANDLED: [Signal; 4] = [
+/// waits for the lock. SIGUSR1 and SIGUSR2 are among them: a service
+/// manager or a log rotation that knows `lockmgr`'s pid sends its "reopen
+/// your logs" there, and their default action would end `lockmgr` and
+/// leave the command running unsupervised.
+const HANDLED: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 /// `si_code` of a signal the kernel sent itself (a terminal's Ctrl-C,

@@ -392,6 +392,42 @@ fn sigterm_is_forwarded_to_the_command() {
         .success());
 }
 
+/// SIGUSR1 and SIGUSR2 sent to lockmgr (a log rotation's "reopen your
+/// logs" aimed at the pid a service manager knows, which is lockmgr's) are
+/// passed on, and the command runs on. Before, they ended lockmgr (their
+/// default action) and left the command running without its supervisor.
+#[test]
+fn user_signals_are_passed_on_and_the_command_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let mut child = Command::new(LOCKMGR)
+        .args(["run", s(&lock), "--", "sh", "-c"])
+        // Bounded, so that a failure cannot leave it running for ever.
+        .arg(
+            "trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; \
+             trap 'echo got TERM; exit 42' TERM; echo ready; \
+             i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    for (signal, said) in [
+        (Signal::SIGUSR1, "got USR1\n"),
+        (Signal::SIGUSR2, "got USR2\n"),
+        (Signal::SIGTERM, "got TERM\n"),
+    ] {
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, said, "after {signal}");
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+}
+
 #[test]
 fn the_command_does_not_inherit_the_lock() {
     let dir = tempfile::tempdir().unwrap();
