@@ -255,9 +255,9 @@ pub(crate) fn budget(wait: Option<Duration>, attempts: u32) -> (Duration, u32) {
 
 /// Takes the lock with the library's waiting, showing the wait on stderr:
 /// one try, then, unless `--nonblock`, a wait split into attempts. A
-/// SIGINT, SIGTERM, SIGHUP or SIGQUIT while it tries or waits (connecting
-/// to a server, say) ends `lockmgr` by that signal, as it would end
-/// `flock(1)`.
+/// signal it would pass on to the command (see `signals::HANDLED`) that
+/// comes while it tries or waits (connecting to a server, say) ends
+/// `lockmgr` by that signal, as it would end `flock(1)`.
 pub(crate) async fn take<G, F>(
     acquire: impl Fn(bool, Duration) -> F,
     args: &RunArgs,
