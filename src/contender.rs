@@ -1358,6 +1358,7 @@ fn assemble(
             maybe.swap_remove(i);
         } else {
             found.unseen += 1;
+            found.unseen_exclusive += usize::from(lock.mode == LockMode::Exclusive);
         }
     }
     found

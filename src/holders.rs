@@ -130,6 +130,9 @@ pub struct Holders {
     /// another user (whose descriptors only a privileged caller can read),
     /// or to another host of a network file system.
     pub unseen: usize,
+    /// How many of the [`unseen`](Holders::unseen) locks are exclusive:
+    /// the file is then held exclusively although no holder is named.
+    pub unseen_exclusive: usize,
     /// Requests blocked in the kernel for this file (`F_SETLKW`,
     /// `F_OFD_SETLKW`, a blocking `flock`): `lockmgr` waiters (one helper
     /// thread per waiting process, file and mode), `flock(1)` without `-n`.
@@ -145,6 +148,12 @@ impl Holders {
     /// Whether no lock of any family is held on the file.
     pub fn is_free(&self) -> bool {
         self.holding.is_empty() && self.unseen == 0
+    }
+
+    /// Whether an exclusive lock of either family is held on the file, by
+    /// a process named or [`unseen`](Holders::unseen).
+    pub fn held_exclusively(&self) -> bool {
+        self.unseen_exclusive > 0 || self.holding.iter().any(|p| p.mode == LockMode::Exclusive)
     }
 
     /// The holders whose lock keeps out a lock of `kind`.

@@ -98,11 +98,7 @@ fn state(l: &LockedFile) -> String {
         format!("a semaphore of {permits} permits, {taken} taken")
     } else if h.is_free() {
         "free, with requests waiting".into()
-    } else if h
-        .holding
-        .iter()
-        .any(|p| p.mode == lockmgr::LockMode::Exclusive)
-    {
+    } else if h.held_exclusively() {
         "held exclusive".into()
     } else {
         "held shared".into()
@@ -186,13 +182,7 @@ impl<'a> FileJson<'a> {
             _ if semaphore.is_some() => "semaphore",
             None => "free",
             Some(h) if h.is_free() => "waited-for",
-            Some(h)
-                if h.holding
-                    .iter()
-                    .any(|p| p.mode == lockmgr::LockMode::Exclusive) =>
-            {
-                "exclusive"
-            }
+            Some(h) if h.held_exclusively() => "exclusive",
             Some(_) => "shared",
         };
         FileJson {

@@ -897,6 +897,43 @@ fn list_shows_a_semaphore_with_its_permits_taken() {
     finish(holder);
 }
 
+/// A lock held exclusively by a process the caller cannot see (an OFD
+/// lock, which the kernel ties to no process, of another user's process:
+/// here root's, listed by `nobody`) is listed as held exclusive. (Before:
+/// "held shared", JSON state "shared": a lock whose holder was unseen
+/// counted as no exclusive holder.)
+#[test]
+fn list_shows_an_unseen_exclusive_holder_as_exclusive() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = dir.path().join("ofd.lock");
+    let (mut holder, _said) = c_holder("ofd", "ex", &lock);
+    let as_nobody = |json: bool| {
+        let mut args = vec!["list"];
+        args.extend(json.then_some("--json"));
+        args.push(s(dir.path()));
+        let out = Command::new(LOCKMGR)
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let said = as_nobody(false);
+    assert!(
+        said.contains(&format!("{}: held exclusive\n", lock.display())),
+        "{said}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&as_nobody(true)).unwrap();
+    assert_eq!(listed[0]["state"], "exclusive", "{listed}");
+    assert_eq!(listed[0]["unseen"], 1, "{listed}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
 /// `--permits` takes OFD locks: `--kind ofd` beside it is accepted (the
 /// synopsis lists both), `--kind flock` refused with one line.
 #[test]
