@@ -386,6 +386,12 @@ pub(crate) async fn supervise(
         )));
     };
     let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // A terminal's hang-up goes to the session's leader alone (the group
+    // in the foreground gets one only once the leader exits), where its
+    // Ctrl-C goes to that whole group: `lockmgr` leads its session when a
+    // shell execs it (`ssh -t host 'lockmgr run ...'`, a tmux pane), and
+    // must then pass a hang-up on like a `kill`.
+    let leads_session = nix::unistd::getsid(None).is_ok_and(|sid| sid == nix::unistd::getpid());
     tokio::pin!(lost);
     let mut was_lost = false;
     let mut kill_at = None;
@@ -395,7 +401,9 @@ pub(crate) async fn supervise(
             status = child.wait() => break status,
             sig = signals.recv(), if hearing => match sig {
                 // The terminal's own signal reached the command too.
-                Ok(received) if received.from_terminal => {}
+                Ok(received)
+                    if received.from_terminal
+                        && !(leads_session && received.signal == Signal::SIGHUP) => {}
                 Ok(received) => {
                     let _ = nix::sys::signal::kill(pid, received.signal);
                 }

@@ -617,6 +617,50 @@ fn one_ctrl_c_reaches_the_command_once() {
     assert_eq!(all.matches("INT").count(), 1, "{all:?}");
 }
 
+/// A terminal's hang-up reaches the command when `lockmgr` leads the
+/// terminal's session (a shell that execs it, as `ssh -t host 'lockmgr run
+/// ...'` does): the kernel sends a hang-up to the session's leader alone,
+/// where it sends a Ctrl-C to the whole foreground group, so `lockmgr`
+/// must pass this one on. (Before: it took it for one the command had got
+/// too, and the command ran on, holding the lock.)
+#[test]
+fn a_hang_up_reaches_the_command_when_lockmgr_leads_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let marker = dir.path().join("hung-up");
+    let (mut term, mut out) = on_a_terminal(&format!(
+        "exec {LOCKMGR} run {} -- sh -c 'trap \"echo > {}; exit 0\" HUP; echo ready; \
+         i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done'",
+        lock.display(),
+        marker.display()
+    ));
+    out.until("ready", 1);
+    let lockmgr = pid_of_child_of(term.id());
+    // The end of `script` closes the terminal's other side: a hang-up.
+    term.kill().unwrap();
+    term.wait().unwrap();
+    let deadline = std::time::Instant::now() + common::LIVENESS;
+    while is_running(lockmgr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lockmgr still runs after the hang-up"
+        );
+        std::thread::yield_now();
+    }
+    assert!(marker.exists(), "the command never got the hang-up");
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
 /// Held by a test while it runs `lockmgr list` without a directory, which
 /// opens every locked file of the host to read its record, and by the
 /// tests that count the opens of a lock file of theirs.
