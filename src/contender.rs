@@ -535,7 +535,11 @@ fn current_record(fd: impl AsFd, kind: LockKind) -> Option<Holder> {
         LockKind::Flock => None,
     };
     match posix {
-        Some(pid) if !holder.stale && holder.host == os::hostname() && pid != holder.pid => None,
+        Some(pid)
+            if !holder.stale && holder.host == os::hostname() && !holder.names_process(pid) =>
+        {
+            None
+        }
         _ => Some(holder),
     }
 }
@@ -767,6 +771,7 @@ impl<'a> FileContender<'a> {
         let record = padded(
             record_line(
                 pid,
+                proc_locks::own_pid_namespace(),
                 os::hostname(),
                 since,
                 self.config.label.as_deref(),
@@ -1286,7 +1291,7 @@ fn assemble(
         family,
         mode,
         record: record
-            .filter(|r| r.pid == pid && !r.stale && mode == LockMode::Exclusive)
+            .filter(|r| !r.stale && mode == LockMode::Exclusive && r.names_process(pid))
             .cloned(),
         waiting: waiting(pid),
     };

@@ -77,7 +77,10 @@ pub(crate) fn recorded_token(record: &[u8]) -> Result<Option<u64>, ()> {
 /// lockmgr-holder/1 pid=4242 host=web-3 since=1763917331 label=nightly%20backup
 /// ```
 ///
-/// - `pid`: the holder's process id, decimal.
+/// - `pid`: the holder's process id, decimal, in its own pid namespace.
+/// - `pidns`: optional, that pid namespace (the inode `/proc/self/ns/pid`
+///   names): a holder in a container that shares the host's name records
+///   the pid it has there, which is not the host's process of that number.
 /// - `host`: the holder's host name (`gethostname`).
 /// - `since`: when the lock was won, in Unix seconds (UTC).
 /// - `label`: optional, the builder's [`label`](crate::LockMgrBuilder::label).
@@ -92,7 +95,7 @@ pub(crate) fn recorded_token(record: &[u8]) -> Result<Option<u64>, ()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holder {
-    /// The holder's process id (on its host).
+    /// The holder's process id (on its host, in its pid namespace).
     pub pid: u32,
     /// The holder's host name.
     pub host: String,
@@ -107,6 +110,12 @@ pub struct Holder {
     /// The fencing token of the latest exclusive holder that drew one
     /// (see [`LockMgrBuilder::fencing_tokens`](crate::LockMgrBuilder::fencing_tokens)).
     pub token: Option<u64>,
+    /// The record's pid belongs to a pid namespace other than the
+    /// reader's (its `pidns` field): a holder in a container that shares
+    /// the host's name. Its pid is then not this host's process of that
+    /// number: the record is never called stale, is shown as such, and is
+    /// tied to the holding process whose own pid it is.
+    pub(crate) other_pid_namespace: bool,
 }
 
 impl Holder {
@@ -133,6 +142,7 @@ impl Holder {
             .as_secs();
         record_line(
             self.pid,
+            None,
             &self.host,
             secs,
             self.label.as_deref(),
@@ -150,6 +160,7 @@ impl Holder {
             return None;
         }
         let (mut pid, mut host, mut since, mut label, mut token) = (None, None, None, None, None);
+        let mut pid_namespace: Option<std::num::NonZeroU32> = None;
         for field in fields {
             let (key, value) = field.split_once('=')?;
             match key {
@@ -158,6 +169,9 @@ impl Holder {
                 "since" => since = Some(value.parse::<u64>().ok()?),
                 "label" => label = Some(decode(value)?),
                 "token" => token = Some(value.parse::<u64>().ok()?),
+                // The kernel's namespace numbers are 32 bits; one this
+                // version cannot read only goes unshown.
+                "pidns" => pid_namespace = value.parse().ok(),
                 _ => {}
             }
         }
@@ -165,8 +179,11 @@ impl Holder {
         // wrote: garbled, like any other.
         let since = since.filter(|&s| s <= LAST_SECOND)?;
         let since = UNIX_EPOCH + Duration::from_secs(since);
+        let other_pid_namespace = pid_namespace
+            .is_some_and(|ns| crate::proc_locks::own_pid_namespace().is_some_and(|own| own != ns));
         Some(Holder {
             pid: pid?,
+            other_pid_namespace,
             host: host?,
             since,
             label,
@@ -176,10 +193,29 @@ impl Holder {
     }
 
     /// Whether the record names a process of `this_host` (per
-    /// `running`) that no longer runs.
+    /// `running`) that no longer runs. A pid of another pid namespace
+    /// cannot be looked up here: never stale.
     pub(crate) fn checked(mut self, this_host: &str, running: impl Fn(u32) -> bool) -> Holder {
-        self.stale = self.host == this_host && !running(self.pid);
+        self.stale = self.host == this_host && !self.in_other_pid_namespace() && !running(self.pid);
         self
+    }
+
+    /// Whether the record's pid belongs to a pid namespace other than the
+    /// reader's.
+    pub(crate) fn in_other_pid_namespace(&self) -> bool {
+        self.other_pid_namespace
+    }
+
+    /// Whether the record is process `pid`'s, as this process sees it: the
+    /// same pid, or, for a record of another pid namespace, a process of
+    /// that namespace whose own pid it is.
+    pub(crate) fn names_process(&self, pid: u32) -> bool {
+        if !self.in_other_pid_namespace() {
+            return self.pid == pid;
+        }
+        let own = crate::proc_locks::own_pid_namespace();
+        crate::proc_locks::pid_namespace(pid).is_some_and(|ns| Some(ns) != own)
+            && crate::proc_locks::innermost_pid(pid) == Some(self.pid)
     }
 }
 
@@ -207,10 +243,13 @@ impl std::error::Error for InvalidRecord {}
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if self.in_other_pid_namespace() {
+            f.write_str(" of another pid namespace")?;
+        }
         write!(
             f,
-            "pid {} on host {} since {}",
-            self.pid,
+            " on host {} since {}",
             Shown(&self.host),
             self.since_utc()
         )?;
@@ -264,6 +303,7 @@ impl fmt::Display for Shown<'_> {
 /// this runs on every exclusive acquire.
 pub(crate) fn record_line(
     pid: u32,
+    pid_namespace: Option<std::num::NonZeroU32>,
     host: &str,
     secs: u64,
     label: Option<&str>,
@@ -273,6 +313,10 @@ pub(crate) fn record_line(
     s.push_str(V1);
     s.push_str(" pid=");
     s.push_str(&pid.to_string());
+    if let Some(ns) = pid_namespace {
+        s.push_str(" pidns=");
+        s.push_str(&ns.to_string());
+    }
     s.push_str(" host=");
     encode_into(&mut s, host);
     s.push_str(" since=");
@@ -349,6 +393,7 @@ mod tests {
         assert_eq!(shown("txt.\u{202e}exe"), r#""txt.\u{202e}exe""#);
         let h = Holder {
             pid: 1,
+            other_pid_namespace: false,
             host: "h\x1b]0;title\x07".into(),
             since: UNIX_EPOCH,
             label: Some("job\nforged".into()),
@@ -360,10 +405,34 @@ mod tests {
         assert!(text.contains(r#"("job\nforged")"#), "{text}");
     }
 
+    /// A record of another pid namespace (a container's `pid=1`) is never
+    /// stale, whatever the host's process of that number does, and says
+    /// where its pid belongs; one of the reader's own namespace is checked
+    /// as before.
+    #[test]
+    fn a_record_of_another_pid_namespace_is_never_stale() {
+        let own = crate::proc_locks::own_pid_namespace().expect("/proc/self/ns/pid");
+        let other = own.checked_add(1).unwrap();
+        let record = |ns| record_line(1 << 30, Some(ns), "h", 1, None, None);
+        let theirs = Holder::parse(record(other).as_bytes()).unwrap();
+        assert!(theirs.in_other_pid_namespace());
+        let theirs = theirs.checked("h", |_| false);
+        assert!(!theirs.stale);
+        assert!(theirs
+            .to_string()
+            .starts_with("pid 1073741824 of another pid namespace on host h"));
+        let ours = Holder::parse(record(own).as_bytes())
+            .unwrap()
+            .checked("h", |_| false);
+        assert!(ours.stale);
+        assert!(ours.to_string().starts_with("pid 1073741824 on host h"));
+    }
+
     #[test]
     fn record_round_trips_with_awkward_labels() {
         let h = Holder {
             pid: 4242,
+            other_pid_namespace: false,
             host: "web-3".into(),
             since: UNIX_EPOCH + Duration::from_secs(1_763_917_331),
             label: Some("nightly backup = 100% \u{e9}\nsecond line".into()),
@@ -419,6 +488,7 @@ mod tests {
     fn dates_are_rfc3339_utc() {
         let at = |secs| Holder {
             pid: 1,
+            other_pid_namespace: false,
             host: "a".into(),
             since: UNIX_EPOCH + Duration::from_secs(secs),
             label: None,

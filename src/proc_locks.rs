@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
@@ -361,6 +362,53 @@ pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
 
 fn board_bytes() -> u64 {
     (crate::os::Board::WORDS * 8) as u64
+}
+
+/// The pid namespace of process `pid` (the inode its `/proc/PID/ns/pid`
+/// names); `None` where it cannot be read (another user's process, for a
+/// caller without privilege).
+pub(crate) fn pid_namespace(pid: u32) -> Option<NonZeroU32> {
+    namespace_at(&format!("/proc/{pid}/ns/pid"))
+}
+
+/// The calling process's pid namespace, read once per process (a forked
+/// child asks again: `clone(CLONE_NEWPID)` gives it another).
+pub(crate) fn own_pid_namespace() -> Option<NonZeroU32> {
+    static OWN: std::sync::Mutex<Option<(u32, Option<NonZeroU32>)>> = std::sync::Mutex::new(None);
+    let pid = crate::os::current_pid();
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    match *own {
+        Some((asked_by, ns)) if asked_by == pid => ns,
+        _ => {
+            let ns = namespace_at("/proc/self/ns/pid");
+            *own = Some((pid, ns));
+            ns
+        }
+    }
+}
+
+/// The namespace a `/proc/.../ns/pid` link names (`pid:[4026531836]`).
+fn namespace_at(link: &str) -> Option<NonZeroU32> {
+    let target = fs::read_link(link).ok()?;
+    target
+        .to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The pid process `pid` has in its own pid namespace (the last of the
+/// `NSpid:` line of its status): what it records as its pid.
+pub(crate) fn innermost_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// The process's name as the kernel keeps it (`/proc/PID/comm`: at most 15

@@ -41,7 +41,9 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     let mut old_record = false;
     if let Status::Exclusive { holder: Some(h) } = &mut status {
         let here = nix::unistd::gethostname().is_ok_and(|name| *name == *h.host);
-        let theirs = |p: &lockmgr::HoldingProcess| p.pid == h.pid;
+        // The process the record names, as the library tied it (a
+        // record of another pid namespace names a pid of its own).
+        let theirs = |p: &lockmgr::HoldingProcess| p.record.is_some();
         let seen_all = holders.unseen == 0 && holders.excluding(kind).next().is_some();
         if here && holders.other_family(kind).any(theirs) && !holders.excluding(kind).any(theirs) {
             status = Status::Exclusive { holder: None };

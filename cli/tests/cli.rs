@@ -650,6 +650,50 @@ fn a_hang_up_reaches_the_command_when_lockmgr_leads_the_session() {
     assert!(marker.exists(), "the command never got the hang-up");
 }
 
+/// A holder in a pid namespace of its own (a container that shares the
+/// host's name: Kubernetes' `hostNetwork`, `unshare --pid`) records the pid
+/// it has there, 1 here. `status` does not call that record old or stale,
+/// nor take it for the host's process 1: it ties it to the holding process
+/// it names. (Before: "the record in the file names pid 1 on host ...,
+/// which does not hold it (an old record)", JSON `"stale": true`.)
+#[test]
+fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("ns.lock");
+    let mut holder = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", LOCKMGR, "run", s(&lock)])
+        .args(["--", "sh", "-c", "echo ready; exec cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux unshare(1)");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let out = lockmgr(&["status", s(&lock)]);
+    let said = text(&out.stdout);
+    assert!(said.contains("held exclusive by pid 1 "), "{said}");
+    assert!(!said.contains("old record"), "{said}");
+    assert!(!said.contains("stale"), "{said}");
+    let out = lockmgr(&["status", "--json", s(&lock)]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["holder"]["pid"], 1, "{json}");
+    assert_eq!(json["holder"]["stale"], false, "{json}");
+    let named: Vec<_> = json["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["record"].is_null())
+        .collect();
+    assert_eq!(named.len(), 1, "the record is tied to one holder: {json}");
+    assert_ne!(named[0]["pid"], 1, "{json}");
+    holder.stdin.take().unwrap().write_all(b"").unwrap();
+    assert!(holder.wait().unwrap().success());
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn is_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

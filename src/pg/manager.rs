@@ -1286,6 +1286,7 @@ pub(super) fn session_holder(
 ) -> Holder {
     Holder {
         pid: pid as u32,
+        other_pid_namespace: false,
         host: addr.unwrap_or_else(|| "local".into()),
         since: since
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
