@@ -55,6 +55,18 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
             }
             Ok(s.to_owned())
         }
+        // A connection string given for the name (`:`, `@`, `/` and `=`
+        // are in every URL and keyword string, and in no variable's name)
+        // would be shown in the message, password and all.
+        PgSource::UrlVar(var)
+            if var.contains(['=', ':', '/', '@']) || var.contains(char::is_whitespace) =>
+        {
+            Err(
+                "--postgres-url-var takes the name of an environment variable, not a connection \
+             string (what was given is not shown)"
+                    .into(),
+            )
+        }
         PgSource::UrlVar(var) => match std::env::var(var) {
             Ok(s) if !s.trim().is_empty() => Ok(s),
             Ok(_) => Err(format!(
@@ -70,10 +82,28 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
     }
 }
 
+/// Refuses a lock name that is a connection string carrying a password
+/// (`--postgres-env URL ...` takes the URL for the name), without showing
+/// it: the name goes into every message.
+fn check_name(name: &std::ffi::OsStr) -> Result<(), String> {
+    if lockmgr::pg::carries_password(&name.to_string_lossy()) {
+        return Err(
+            "the lock name is a connection string that carries a password (not shown): \
+             give the server with --postgres, --postgres-env or --postgres-url-var, then the \
+             lock's name"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let Some(source) = args.pg.source() else {
         return fail("no PostgreSQL server given");
     };
+    if let Err(e) = check_name(args.lockfile.as_os_str()) {
+        return fail(&e);
+    }
     let url = match connection(source) {
         Ok(url) => url,
         Err(e) => return fail(&e),
@@ -163,6 +193,9 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
     let Some(source) = args.pg.source() else {
         return fail("no PostgreSQL server given");
     };
+    if let Err(e) = check_name(args.lockfile.as_os_str()) {
+        return fail(&e);
+    }
     let url = match connection(source) {
         Ok(url) => url,
         Err(e) => return fail(&e),

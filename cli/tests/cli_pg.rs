@@ -536,6 +536,31 @@ fn a_missing_url_variable_is_a_usage_error() {
     }
 }
 
+/// A connection string given where a variable's name or a lock's name
+/// belongs (`--postgres-url-var postgres://...`, or after `--postgres-env`)
+/// is refused, and its password is shown nowhere: stderr goes to cron
+/// mail, CI logs and journald. Needs no server: both are refused before
+/// any connection. (Before: "the environment variable postgres://app:S3cret@db/app
+/// is not set", and the lock named by the URL in every message.)
+#[test]
+fn a_connection_string_in_the_wrong_place_is_refused_unseen() {
+    let home = tempfile::tempdir().unwrap();
+    let url = "postgres://app:S3cret@db.invalid/app";
+    for args in [
+        &["status", "--postgres-url-var", url, "jobs"][..],
+        &["run", "--postgres-url-var", url, "jobs", "--", "true"][..],
+        &["status", "--postgres-env", url][..],
+        &["run", "--postgres-env", url, "--", "true"][..],
+        &["run", "--postgres-env", "--permits", "2", url, "--", "true"][..],
+    ] {
+        let out = output(&mut bare(home.path()), args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("S3cret"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_password_on_the_command_line_draws_one_warning() {
     let Some(pg) = server() else { return };
