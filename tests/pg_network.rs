@@ -1286,3 +1286,47 @@ async fn lockmgr_settings_do_not_stay_with_the_pools_backends() {
         pins.push(client);
     }
 }
+
+/// Behind a transaction pooler a lock is held by an open transaction, and
+/// any error in that transaction aborts it, which lets the lock go at once
+/// while the connection stays. Here cancels are sent to the holding backend
+/// until one hits a statement of the holder's (its liveness probe). The
+/// holder is told (`lost()`), and its `release()` fails. On the old code
+/// the probe's error counted as "alive": the guard never said lost,
+/// `release()` returned `Ok`, and another process could hold the lock
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holding_transaction_aborted_by_an_error_is_told_to_the_holder() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let name = name("aborted-holder");
+    let lock = PgLockMgr::builder(&var("LOCKMGR_PG_BOUNCER_TXN_URL"), &name)
+        .dead_session_after(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let guard = lock.acquire(true, LIVENESS).await.unwrap();
+    let pid = holder_pid(&admin, &lock).await;
+    // A cancel reaches a backend only while it runs a statement: sent in a
+    // loop on the server until the lock is gone (or 20 s have passed).
+    admin
+        .batch_execute(&format!(
+            "DO $$ DECLARE until timestamptz := clock_timestamp() + interval '20 s'; BEGIN \
+             WHILE clock_timestamp() < until AND EXISTS (SELECT 1 FROM pg_locks WHERE \
+             locktype = 'advisory' AND granted AND pid = {pid}) LOOP \
+             PERFORM pg_cancel_backend({pid}); END LOOP; END $$"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        lock_rows(&admin, &lock).await,
+        0,
+        "no cancel hit a statement of the holding transaction in 20 s"
+    );
+    tokio::time::timeout(LIVENESS, guard.lost())
+        .await
+        .expect("the holder was not told that its transaction, and the lock, had gone");
+    assert!(guard.release().await.is_err());
+    // The lock is free for others.
+    let next = lock.try_acquire().await.unwrap();
+    next.release().await.unwrap();
+}

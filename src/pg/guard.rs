@@ -155,8 +155,12 @@ impl Hold {
             How::Transaction { .. } => session.runtime.clone().spawn(async move {
                 let bound = server.timeouts.request;
                 let result = match ending {
+                    // A COMMIT of a transaction an error aborted rolls back
+                    // without a word: the statement before it fails there
+                    // ("current transaction is aborted"), and tells that the
+                    // lock had gone with it.
                     Ending::Release => session
-                        .simple("COMMIT", bound, &id)
+                        .simple("SELECT 1; COMMIT", bound, &id)
                         .await
                         .map(drop)
                         .map_err(|e| with_op(e, Operation::Unlock)),

@@ -901,7 +901,23 @@ async fn watch_while_holding(
                 session.end();
                 return;
             }
-            // The server answered, if with an error (a stray cancel): alive.
+            // Behind a transaction pooler the locks are the holding
+            // transaction's, and any error in it (a cancel, a timeout)
+            // aborts it, which let them go at once while the connection
+            // stays: lost.
+            Err(e) if session.claim().is_empty() => {
+                tracing::warn!(
+                    opened_for = %id,
+                    error = %e,
+                    "lockmgr: the transaction that holds a lock behind a transaction pooler \
+                     failed its liveness probe, which aborted it: its lock is lost, and its \
+                     session closed"
+                );
+                session.end();
+                return;
+            }
+            // The server answered, if with an error (a stray cancel): a
+            // session-level lock outlives it. Alive.
             Err(e) => tracing::debug!(error = %e, "lockmgr: liveness probe answered with an error"),
         }
     }
