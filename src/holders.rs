@@ -117,8 +117,10 @@ impl fmt::Display for OpenProcess {
 ///
 /// Found without taking or disturbing any lock. A file nobody locks costs
 /// an `lstat` and one read of `/proc/locks`, and is not opened; otherwise
-/// every process's open descriptors are looked at (one `stat` each), as
-/// util-linux `lslocks` does.
+/// every process's open descriptors are looked at (a `readlink` each, and
+/// a read of the fdinfo of each open file), as util-linux `lslocks` does.
+/// Only a descriptor of the file's inode number is `stat`ed: a file open
+/// on a stalled mount elsewhere does not hold the look up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holders {

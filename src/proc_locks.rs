@@ -229,6 +229,30 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
         };
         for fd in fds {
             let Ok(fd) = fd else { continue };
+            // Neither the link nor the fdinfo asks the descriptor's file
+            // system anything, where a `stat` of the link does: a process
+            // with a file open on a stalled mount (a dead NFS server, a
+            // stopped FUSE daemon) would hang this look at every other
+            // file. So a descriptor is `stat`ed only once those two said it
+            // may be one of `files`: not a socket, pipe or other object
+            // without a path, and of one of their inode numbers.
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !target.is_absolute() {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let Ok(info) = fs::read_to_string(info) else {
+                continue;
+            };
+            let ino = info
+                .lines()
+                .find_map(|l| l.strip_prefix("ino:"))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            if ino.is_some_and(|ino| !inos.contains(&ino)) {
+                continue;
+            }
             // `stat` follows the descriptor's link to the open file.
             let Ok(st) = nix::sys::stat::stat(&fd.path()) else {
                 continue;
@@ -238,12 +262,10 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             if !exact && !inos.contains(&stat_file.ino) {
                 continue;
             }
-            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
             // A descriptor's fdinfo shows only locks of its own open file:
             // the inode number is enough, and the device is the one the
             // lock lists use (on btrfs, not the one `stat` gives).
-            let lines: Vec<(Inode, Entry)> = fs::read_to_string(info)
-                .unwrap_or_default()
+            let lines: Vec<(Inode, Entry)> = info
                 .lines()
                 .filter_map(|l| l.strip_prefix("lock:"))
                 .filter_map(parse)
@@ -265,10 +287,8 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             }
             seen.stat_as.get_or_insert(stat_file);
             let locks: Vec<Entry> = lines.into_iter().map(|(_, e)| e).collect();
-            if seen.path.is_none() {
-                seen.path = fs::read_link(fd.path())
-                    .ok()
-                    .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
+            if seen.path.is_none() && !target.to_string_lossy().ends_with(" (deleted)") {
+                seen.path = Some(target);
             }
             let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;

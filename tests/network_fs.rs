@@ -43,8 +43,14 @@ struct Mount {
 
 impl Mount {
     fn bindfs(src: &Path, dst: &Path) -> Mount {
+        Mount::bindfs_with(src, dst, &[])
+    }
+
+    /// [`Mount::bindfs`] with more options for `bindfs`.
+    fn bindfs_with(src: &Path, dst: &Path, options: &[&str]) -> Mount {
         let daemon = Command::new("bindfs")
             .arg("-f")
+            .args(options)
             .arg(src)
             .arg(dst)
             .stdout(Stdio::null())
@@ -266,4 +272,43 @@ async fn a_leader_stepping_down_on_a_stalled_mount_does_not_block_the_runtime() 
         "stepping down took {took:?}: the release blocked the runtime on the stalled mount"
     );
     drop(lock.acquire(true, LIVENESS).await.unwrap());
+}
+
+/// `holders()` of a lock file on a healthy file system does not hang while
+/// a process has a file open on a stalled mount: a descriptor is sorted
+/// out by its link and its fdinfo, which ask no file system, before any is
+/// `stat`ed. (Before: every descriptor of the host was `stat`ed, and the
+/// one on the stalled mount blocked the call until the mount came back.)
+/// The mount keeps no attributes (`attr_timeout=0`), so that every `stat`
+/// of a file there asks its daemon.
+#[test]
+fn holders_pass_over_a_descriptor_of_a_stalled_mount() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Mount::bindfs_with(&src, &mnt, &["-o", "attr_timeout=0"]);
+    // Held open by this very process, one of those `holders()` looks at.
+    let open_there = std::fs::File::create(mnt.join("open")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let path = local.path().join("l");
+    let holder = Holder::start(&path);
+    let lock = LockMgr::new(&path);
+    watchdog(mount.pid(), Duration::from_secs(10));
+    let stall = mount.stall();
+    let started = std::time::Instant::now();
+    let holders = lock.holders();
+    let took = started.elapsed();
+    drop(stall);
+    // Closed once the mount is back: its close asks the daemon too.
+    drop(open_there);
+    let holders = holders.unwrap();
+    assert!(
+        took < Duration::from_secs(5),
+        "holders() took {took:?}: it waited for the stalled mount"
+    );
+    let pids: Vec<i32> = holders.holding.iter().map(|h| h.pid as i32).collect();
+    assert_eq!(pids, [holder.pid()], "{holders:?}");
+    holder.finish();
 }
