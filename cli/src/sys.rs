@@ -2,9 +2,11 @@
 //! compiler cannot check: preparing the child between `fork` and `exec`
 //! (its signal mask and dispositions; its death with `lockmgr`),
 //! registering the signal descriptor with the runtime, reading and
-//! resetting signal dispositions, and dying of a signal.
+//! resetting signal dispositions (one read before `main`), and dying of a
+//! signal.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::prctl::set_pdeathsig;
 use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
@@ -27,16 +29,18 @@ pub(crate) fn async_signalfd(fd: SignalFd) -> io::Result<AsyncFd<SignalFd>> {
 /// that lives in `lockmgr`'s own session (PostgreSQL), whose death frees the
 /// lock at once.
 /// With `ignore_sigchld`, the command gets SIGCHLD ignored, as `lockmgr`
-/// was started with it (see [`default_sigchld`]).
+/// was started with it (see [`default_sigchld`]); SIGPIPE likewise (see
+/// [`sigpipe_was_ignored`]).
 pub(crate) fn prepare_child(
     cmd: &mut tokio::process::Command,
     end_with_parent: bool,
     ignore_sigchld: bool,
 ) {
     let parent = Pid::this();
+    let ignore_sigpipe = sigpipe_was_ignored();
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: it makes at most four
-    // system calls (rt_sigprocmask, rt_sigaction, prctl, getppid) and
+    // only async-signal-safe calls are allowed: it makes at most five
+    // system calls (rt_sigprocmask, rt_sigaction twice, prctl, getppid) and
     // allocates nothing (its error is a bare errno). SIG_IGN installs no
     // handler.
     unsafe {
@@ -44,6 +48,9 @@ pub(crate) fn prepare_child(
             SigSet::empty().thread_set_mask()?;
             if ignore_sigchld {
                 signal(Signal::SIGCHLD, SigHandler::SigIgn)?;
+            }
+            if ignore_sigpipe {
+                signal(Signal::SIGPIPE, SigHandler::SigIgn)?;
             }
             if end_with_parent {
                 set_pdeathsig(Signal::SIGKILL)?;
@@ -57,6 +64,32 @@ pub(crate) fn prepare_child(
             Ok(())
         });
     }
+}
+
+/// Whether `lockmgr` was started with SIGPIPE ignored (systemd starts
+/// services so), read before Rust's runtime ignores it for its own sake
+/// (see [`note_sigpipe`]).
+static SIGPIPE_IGNORED_AT_START: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether SIGPIPE came ignored. Rust's runtime sets it ignored in
+/// `main`'s preamble, after the program's constructors, of which this is
+/// one: the disposition it reads is still the inherited one.
+extern "C" fn note_sigpipe() {
+    SIGPIPE_IGNORED_AT_START.store(is_ignored(Signal::SIGPIPE), Ordering::Relaxed);
+}
+
+// SAFETY (of the attribute): the entry is a plain `extern "C" fn()` with
+// no arguments read, which the C library calls once, before `main`, on
+// the one thread there is; it only reads a disposition and stores a flag.
+#[used]
+#[link_section = ".init_array"]
+static NOTE_SIGPIPE: extern "C" fn() = note_sigpipe;
+
+/// Whether `lockmgr` was started with SIGPIPE ignored: its command gets it
+/// ignored too, as under `flock(1)` (Rust's runtime would give it the
+/// default).
+pub(crate) fn sigpipe_was_ignored() -> bool {
+    SIGPIPE_IGNORED_AT_START.load(Ordering::Relaxed)
 }
 
 /// Whether `sig` is ignored (`SIG_IGN`) in this process: inherited from

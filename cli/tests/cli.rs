@@ -694,6 +694,41 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
     assert!(holder.wait().unwrap().success());
 }
 
+/// A SIGPIPE `lockmgr` was started with ignored (systemd starts services
+/// so: `IgnoreSIGPIPE=yes`) stays ignored for its command, as under
+/// `flock(1)`; one at its default stays so. Rust's runtime ignores SIGPIPE
+/// in `lockmgr` itself, and gives its children the default unless told
+/// otherwise. (Before: the command always got the default.)
+#[test]
+fn an_ignored_sigpipe_stays_ignored_for_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let command = ["run", s(&lock), "--", "grep", "SigIgn", "/proc/self/status"];
+    let sigpipe_ignored = |out: &Output| {
+        let said = text(&out.stdout);
+        let mask = said.split_whitespace().last().expect("SigIgn: MASK");
+        let mask = u64::from_str_radix(mask, 16).unwrap();
+        mask & (1 << (Signal::SIGPIPE as u32 - 1)) != 0
+    };
+    let mut ignoring = Command::new(LOCKMGR);
+    ignoring.args(command);
+    // SAFETY: runs between fork and exec: one `sigaction` call, which is
+    // async-signal-safe, and no allocation (the error is a bare errno).
+    unsafe {
+        ignoring.pre_exec(|| {
+            nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = ignoring.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(sigpipe_ignored(&out), "{}", text(&out.stdout));
+    let out = lockmgr(&command);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!sigpipe_ignored(&out), "{}", text(&out.stdout));
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn is_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
