@@ -517,7 +517,20 @@ fn reopen(file: &File, path: &Path, append: bool) -> Result<File, LockError> {
 fn read_record(fd: impl AsFd) -> Option<Holder> {
     let mut buf = [0u8; MAX_RECORD];
     let n = os::read_head(fd, &mut buf).ok()?;
-    Holder::parse(&buf[..n]).map(|h| h.checked(os::hostname(), os::pid_alive))
+    Holder::parse(&buf[..n], proc_locks::own_pid_namespace())
+        .map(|h| h.checked(os::hostname(), os::pid_alive))
+}
+
+/// Whether `record` is process `pid`'s, as this process sees it: the same
+/// pid, or, for a record of another pid namespace (a container's), a
+/// process of another namespace whose own pid it is.
+fn names_process(record: &Holder, pid: u32) -> bool {
+    if !record.in_other_pid_namespace() {
+        return record.pid == pid;
+    }
+    let own = proc_locks::own_pid_namespace();
+    proc_locks::pid_namespace(pid).is_some_and(|ns| Some(ns) != own)
+        && proc_locks::innermost_pid(pid) == Some(record.pid)
 }
 
 /// The record at the head of the file, when it may name the exclusive
@@ -536,7 +549,7 @@ fn current_record(fd: impl AsFd, kind: LockKind) -> Option<Holder> {
     };
     match posix {
         Some(pid)
-            if !holder.stale && holder.host == os::hostname() && !holder.names_process(pid) =>
+            if !holder.stale && holder.host == os::hostname() && !names_process(&holder, pid) =>
         {
             None
         }
@@ -1291,7 +1304,7 @@ fn assemble(
         family,
         mode,
         record: record
-            .filter(|r| !r.stale && mode == LockMode::Exclusive && r.names_process(pid))
+            .filter(|r| !r.stale && mode == LockMode::Exclusive && names_process(r, pid))
             .cloned(),
         waiting: waiting(pid),
     };

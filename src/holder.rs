@@ -150,9 +150,13 @@ impl Holder {
         )
     }
 
-    /// Parses the head of a lock file. `None` for anything that is not a
+    /// Parses the head of a lock file, read by a process of pid namespace
+    /// `own_pid_namespace` (if known). `None` for anything that is not a
     /// complete version-1 record: a reader never fails on a garbled record.
-    pub(crate) fn parse(head: &[u8]) -> Option<Holder> {
+    pub(crate) fn parse(
+        head: &[u8],
+        own_pid_namespace: Option<std::num::NonZeroU32>,
+    ) -> Option<Holder> {
         let end = head.iter().position(|&b| b == b'\n')?;
         let line = std::str::from_utf8(&head[..end]).ok()?;
         let mut fields = line.split(' ');
@@ -179,8 +183,8 @@ impl Holder {
         // wrote: garbled, like any other.
         let since = since.filter(|&s| s <= LAST_SECOND)?;
         let since = UNIX_EPOCH + Duration::from_secs(since);
-        let other_pid_namespace = pid_namespace
-            .is_some_and(|ns| crate::proc_locks::own_pid_namespace().is_some_and(|own| own != ns));
+        let other_pid_namespace =
+            pid_namespace.is_some_and(|ns| own_pid_namespace.is_some_and(|own| own != ns));
         Some(Holder {
             pid: pid?,
             other_pid_namespace,
@@ -205,18 +209,6 @@ impl Holder {
     pub(crate) fn in_other_pid_namespace(&self) -> bool {
         self.other_pid_namespace
     }
-
-    /// Whether the record is process `pid`'s, as this process sees it: the
-    /// same pid, or, for a record of another pid namespace, a process of
-    /// that namespace whose own pid it is.
-    pub(crate) fn names_process(&self, pid: u32) -> bool {
-        if !self.in_other_pid_namespace() {
-            return self.pid == pid;
-        }
-        let own = crate::proc_locks::own_pid_namespace();
-        crate::proc_locks::pid_namespace(pid).is_some_and(|ns| Some(ns) != own)
-            && crate::proc_locks::innermost_pid(pid) == Some(self.pid)
-    }
 }
 
 impl std::str::FromStr for Holder {
@@ -225,7 +217,7 @@ impl std::str::FromStr for Holder {
     /// Parses a version-1 holder record (see [`Holder`]); `stale` is left
     /// false.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Holder::parse(s.as_bytes()).ok_or(InvalidRecord)
+        Holder::parse(s.as_bytes(), None).ok_or(InvalidRecord)
     }
 }
 
@@ -411,17 +403,17 @@ mod tests {
     /// as before.
     #[test]
     fn a_record_of_another_pid_namespace_is_never_stale() {
-        let own = crate::proc_locks::own_pid_namespace().expect("/proc/self/ns/pid");
+        let own = std::num::NonZeroU32::new(4_026_531_836).unwrap();
         let other = own.checked_add(1).unwrap();
         let record = |ns| record_line(1 << 30, Some(ns), "h", 1, None, None);
-        let theirs = Holder::parse(record(other).as_bytes()).unwrap();
+        let theirs = Holder::parse(record(other).as_bytes(), Some(own)).unwrap();
         assert!(theirs.in_other_pid_namespace());
         let theirs = theirs.checked("h", |_| false);
         assert!(!theirs.stale);
         assert!(theirs
             .to_string()
             .starts_with("pid 1073741824 of another pid namespace on host h"));
-        let ours = Holder::parse(record(own).as_bytes())
+        let ours = Holder::parse(record(own).as_bytes(), Some(own))
             .unwrap()
             .checked("h", |_| false);
         assert!(ours.stale);
@@ -442,7 +434,7 @@ mod tests {
         let rec = h.to_record();
         assert_eq!(rec.matches('\n').count(), 1, "{rec}");
         assert!(rec.starts_with("lockmgr-holder/1 pid=4242 host=web-3 since=1763917331 label="));
-        assert_eq!(Holder::parse(rec.as_bytes()), Some(h));
+        assert_eq!(Holder::parse(rec.as_bytes(), None), Some(h));
     }
 
     #[test]
@@ -459,14 +451,14 @@ mod tests {
             b"some data file\n",
         ] {
             assert_eq!(
-                Holder::parse(bad),
+                Holder::parse(bad, None),
                 None,
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
         // Unknown fields are skipped, for later versions' additions.
-        assert!(Holder::parse(b"lockmgr-holder/1 pid=1 host=a since=2 cmd=x\n").is_some());
+        assert!(Holder::parse(b"lockmgr-holder/1 pid=1 host=a since=2 cmd=x\n", None).is_some());
     }
 
     #[test]
