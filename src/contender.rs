@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -513,24 +514,44 @@ fn reopen(file: &File, path: &Path, append: bool) -> Result<File, LockError> {
     ))
 }
 
-/// The recorded exclusive holder of the file open at `fd`, if readable.
-fn read_record(fd: impl AsFd) -> Option<Holder> {
-    let mut buf = [0u8; MAX_RECORD];
-    let n = os::read_head(fd, &mut buf).ok()?;
-    Holder::parse(&buf[..n], proc_locks::own_pid_namespace())
-        .map(|h| h.checked(os::hostname(), os::pid_alive))
+/// A holder record, with the pid namespace it names.
+struct Recorded {
+    holder: Holder,
+    pid_namespace: Option<NonZeroU32>,
 }
 
-/// Whether `record` is process `pid`'s, as this process sees it: the same
-/// pid, or, for a record of another pid namespace (a container's), a
-/// process of another namespace whose own pid it is.
-fn names_process(record: &Holder, pid: u32) -> bool {
-    if !record.in_other_pid_namespace() {
-        return record.pid == pid;
+impl Recorded {
+    /// Whether the record is process `pid`'s, as this process sees it: the
+    /// same pid, or, for a record of another pid namespace (a container's),
+    /// the process of that namespace whose own pid it is. Where that
+    /// namespace cannot be read (another user's process, for a caller
+    /// without privilege), a process of a namespace nested below this
+    /// one's, whose own pid it is, is taken for it.
+    fn names_process(&self, pid: u32) -> bool {
+        let record = &self.holder;
+        if !record.in_other_pid_namespace() {
+            return record.pid == pid;
+        }
+        if proc_locks::nested_pid(pid) != Some(record.pid) {
+            return false;
+        }
+        match proc_locks::pid_namespace(pid) {
+            Some(ns) => Some(ns) == self.pid_namespace,
+            None => true,
+        }
     }
-    let own = proc_locks::own_pid_namespace();
-    proc_locks::pid_namespace(pid).is_some_and(|ns| Some(ns) != own)
-        && proc_locks::innermost_pid(pid) == Some(record.pid)
+}
+
+/// The recorded exclusive holder of the file open at `fd`, if readable.
+fn read_record(fd: impl AsFd) -> Option<Recorded> {
+    let mut buf = [0u8; MAX_RECORD];
+    let n = os::read_head(fd, &mut buf).ok()?;
+    let (holder, pid_namespace) =
+        Holder::parse_with_namespace(&buf[..n], proc_locks::own_pid_namespace())?;
+    Some(Recorded {
+        holder: holder.checked(os::hostname(), os::pid_alive),
+        pid_namespace,
+    })
 }
 
 /// The record at the head of the file, when it may name the exclusive
@@ -542,18 +563,19 @@ fn names_process(record: &Holder, pid: u32) -> bool {
 /// the kernel: its record is taken at its word.)
 fn current_record(fd: impl AsFd, kind: LockKind) -> Option<Holder> {
     let fd = fd.as_fd();
-    let holder = read_record(fd)?;
+    let record = read_record(fd)?;
     let posix = match kind {
         LockKind::Ofd => os::posix_holder(fd).ok().flatten(),
         LockKind::Flock => None,
     };
+    let holder = &record.holder;
     match posix {
         Some(pid)
-            if !holder.stale && holder.host == os::hostname() && !names_process(&holder, pid) =>
+            if !holder.stale && holder.host == os::hostname() && !record.names_process(pid) =>
         {
             None
         }
-        _ => Some(holder),
+        _ => Some(record.holder),
     }
 }
 
@@ -1286,7 +1308,7 @@ fn assemble(
     file: proc_locks::Inode,
     entries: &[proc_locks::Entry],
     seen: Option<proc_locks::Descriptors>,
-    record: Option<&Holder>,
+    record: Option<&Recorded>,
 ) -> Holders {
     let mut found = Holders {
         blocked_requests: entries.iter().filter(|e| e.blocked).count(),
@@ -1304,8 +1326,8 @@ fn assemble(
         family,
         mode,
         record: record
-            .filter(|r| !r.stale && mode == LockMode::Exclusive && names_process(r, pid))
-            .cloned(),
+            .filter(|r| !r.holder.stale && mode == LockMode::Exclusive && r.names_process(pid))
+            .map(|r| r.holder.clone()),
         waiting: waiting(pid),
     };
     let (by_pid, uncertain) = seen.map(|s| (s.by_pid, s.uncertain)).unwrap_or_default();

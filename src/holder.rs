@@ -157,6 +157,16 @@ impl Holder {
         head: &[u8],
         own_pid_namespace: Option<std::num::NonZeroU32>,
     ) -> Option<Holder> {
+        Holder::parse_with_namespace(head, own_pid_namespace).map(|(h, _)| h)
+    }
+
+    /// [`parse`](Holder::parse), with the pid namespace the record names
+    /// (kept apart: a [`Holder`] is carried by every contention error, and
+    /// stays as small as it was).
+    pub(crate) fn parse_with_namespace(
+        head: &[u8],
+        own_pid_namespace: Option<std::num::NonZeroU32>,
+    ) -> Option<(Holder, Option<std::num::NonZeroU32>)> {
         let end = head.iter().position(|&b| b == b'\n')?;
         let line = std::str::from_utf8(&head[..end]).ok()?;
         let mut fields = line.split(' ');
@@ -185,7 +195,7 @@ impl Holder {
         let since = UNIX_EPOCH + Duration::from_secs(since);
         let other_pid_namespace =
             pid_namespace.is_some_and(|ns| own_pid_namespace.is_some_and(|own| own != ns));
-        Some(Holder {
+        let holder = Holder {
             pid: pid?,
             other_pid_namespace,
             host: host?,
@@ -193,7 +203,8 @@ impl Holder {
             label,
             stale: false,
             token,
-        })
+        };
+        Some((holder, pid_namespace))
     }
 
     /// Whether the record names a process of `this_host` (per

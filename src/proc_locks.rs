@@ -419,16 +419,20 @@ fn namespace_at(link: &str) -> Option<NonZeroU32> {
 }
 
 /// The pid process `pid` has in its own pid namespace (the last of the
-/// `NSpid:` line of its status): what it records as its pid.
-pub(crate) fn innermost_pid(pid: u32) -> Option<u32> {
+/// `NSpid:` line of its status, which anyone may read), when that
+/// namespace is nested below the one this `/proc` shows (more than one
+/// entry): what it records as its pid.
+pub(crate) fn nested_pid(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+    let ids: Vec<&str> = status
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))?
         .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
+        .collect();
+    match ids[..] {
+        [_, .., last] => last.parse().ok(),
+        _ => None,
+    }
 }
 
 /// The process's name as the kernel keeps it (`/proc/PID/comm`: at most 15

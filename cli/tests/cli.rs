@@ -694,6 +694,99 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
     assert!(holder.wait().unwrap().success());
 }
 
+/// The same seen by a user who may not read the holder's namespace
+/// (`/proc/PID/ns/pid` of another user's process): the holder's own pid,
+/// which its status shows to anyone, ties the record to it. Here a `flock`
+/// lock, whose holder `/proc/locks` names to anyone.
+#[test]
+fn a_holder_in_another_pid_namespace_is_not_an_old_record_to_other_users() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = dir.path().join("ns.lock");
+    let mut holder = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            LOCKMGR,
+            "run",
+            "--kind",
+            "flock",
+        ])
+        .args([
+            s(&lock),
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec cat >/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux unshare(1)");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let out = Command::new(LOCKMGR)
+        .args(["status", "--kind", "flock", s(&lock)])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("held exclusive by pid 1 of another pid namespace"),
+        "{said}"
+    );
+    assert!(!said.contains("old record"), "{said}");
+    holder.stdin.take().unwrap().write_all(b"").unwrap();
+    assert!(holder.wait().unwrap().success());
+}
+
+/// The record a holder of one pid namespace left (pid 1 there) is not tied
+/// to the holder of another namespace whose own pid is 1 too (two
+/// containers that share the host's name): it is an old record. Here the
+/// second holder is `flock(1)`, which writes none.
+#[test]
+fn a_record_of_one_container_is_not_tied_to_the_pid_1_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("ns.lock");
+    let contained = |args: &[&str]| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc"]).args(args);
+        cmd
+    };
+    let left = contained(&[LOCKMGR, "run", "--kind", "flock", s(&lock), "--", "true"])
+        .output()
+        .expect("util-linux unshare(1)");
+    assert!(left.status.success(), "{}", text(&left.stderr));
+    assert!(std::fs::read_to_string(&lock).unwrap().contains(" pid=1 "));
+    let mut holder = contained(&["flock", "-x", s(&lock), "sh", "-c", "echo ready; exec cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
+    let said = text(&out.stdout);
+    assert!(said.contains("(an old record)"), "{said}");
+    let out = lockmgr(&["status", "--kind", "flock", "--json", s(&lock)]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holders = json["holders"].as_array().unwrap();
+    assert!(!holders.is_empty(), "{json}");
+    assert!(holders.iter().all(|p| p["record"].is_null()), "{json}");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+}
+
 /// A SIGPIPE `lockmgr` was started with ignored (systemd starts services
 /// so: `IgnoreSIGPIPE=yes`) stays ignored for its command, as under
 /// `flock(1)`; one at its default stays so. Rust's runtime ignores SIGPIPE
