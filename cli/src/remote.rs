@@ -86,7 +86,11 @@ pub(crate) fn connection(source: PgSource<'_>) -> Result<String, String> {
 /// (`--postgres-env URL ...` takes the URL for the name), without showing
 /// it: the name goes into every message.
 fn check_name(name: &std::ffi::OsStr) -> Result<(), String> {
-    if lockmgr::pg::carries_password(&name.to_string_lossy()) {
+    let name = name.to_string_lossy();
+    // Only what can be a connection string: a URL, or `key=value` pairs (a
+    // plain name that merely says "password", `password-rotation`, is one).
+    let connection_like = name.contains("://") || name.contains('=');
+    if connection_like && lockmgr::pg::carries_password(&name) {
         return Err(
             "the lock name is a connection string that carries a password (not shown): \
              give the server with --postgres, --postgres-env or --postgres-url-var, then the \

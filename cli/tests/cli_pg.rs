@@ -559,6 +559,21 @@ fn a_connection_string_in_the_wrong_place_is_refused_unseen() {
         assert!(!err.contains("S3cret"), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
+    // A plain name that says "password" is a name.
+    let out = output(
+        &mut bare(home.path()),
+        &[
+            "status",
+            "--postgres-url-var",
+            "NO_SUCH_VAR",
+            "password-rotation",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("NO_SUCH_VAR") && err.contains("not set"),
+        "{err}"
+    );
 }
 
 #[test]
