@@ -236,10 +236,10 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             // file. So a descriptor is `stat`ed only once those two said it
             // may be one of `files`: not a socket, pipe or other object
             // without a path, and of one of their inode numbers.
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            if !target.is_absolute() {
+            // (A link too long to read, a path past PATH_MAX, is no reason
+            // to pass the descriptor over: its fdinfo decides.)
+            let target = fs::read_link(fd.path()).ok();
+            if target.as_ref().is_some_and(|t| !t.is_absolute()) {
                 continue;
             }
             let info = proc_entry.path().join("fdinfo").join(fd.file_name());
@@ -287,8 +287,8 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
             }
             seen.stat_as.get_or_insert(stat_file);
             let locks: Vec<Entry> = lines.into_iter().map(|(_, e)| e).collect();
-            if seen.path.is_none() && !target.to_string_lossy().ends_with(" (deleted)") {
-                seen.path = Some(target);
+            if seen.path.is_none() {
+                seen.path = target.filter(|t| !t.to_string_lossy().ends_with(" (deleted)"));
             }
             let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;

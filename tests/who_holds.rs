@@ -557,3 +557,51 @@ fn a_holder_on_btrfs_is_named() {
         assert!(lock.holders().unwrap().is_free(), "{family}");
     }
 }
+
+/// A holder whose descriptor's path is too long to be read back (past
+/// PATH_MAX: `/proc/PID/fd/N` cannot be read as a link) is still named: its
+/// fdinfo tells the file. Python opens the lock file under a hard link deep
+/// in a tree it walks into one directory at a time, and holds an OFD lock.
+#[test]
+fn a_holder_whose_path_is_too_long_to_read_is_named() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    std::fs::write(&path, b"").unwrap();
+    let script = r#"
+import fcntl, os, struct, sys
+os.chdir(sys.argv[1])
+for _ in range(24):
+    os.mkdir("d" * 200)
+    os.chdir("d" * 200)
+os.link(sys.argv[2], "l")
+fd = os.open("l", os.O_RDWR)
+fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))  # F_OFD_SETLK
+print("locked", flush=True)
+sys.stdin.read()
+"#;
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path())
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(python.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n");
+    let fd_link = std::fs::read_dir(format!("/proc/{}/fd", python.id()))
+        .unwrap()
+        .flatten()
+        .map(|fd| std::fs::read_link(fd.path()))
+        .find(|l| l.is_err());
+    assert!(fd_link.is_some(), "no descriptor link too long to read");
+    let holders = LockMgr::new(&path).holders().unwrap();
+    let pids: Vec<u32> = holders.holding.iter().map(|h| h.pid).collect();
+    assert_eq!(pids, [python.id()], "{holders:?}");
+    drop(python.stdin.take());
+    assert!(python.wait().unwrap().success());
+}
