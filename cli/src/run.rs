@@ -404,6 +404,10 @@ pub(crate) async fn supervise(
                 Ok(received)
                     if received.from_terminal
                         && !(leads_session && received.signal == Signal::SIGHUP) => {}
+                // The command's own, to its parent (a readiness ping):
+                // not meant for the command, which would die of its own
+                // SIGUSR1, or ping-pong with a handler that signals back.
+                Ok(received) if i32::try_from(received.sender) == Ok(pid.as_raw()) => {}
                 Ok(received) => {
                     let _ = nix::sys::signal::kill(pid, received.signal);
                 }

@@ -75,6 +75,8 @@ pub(crate) fn sigchld_was_ignored() -> bool {
 pub(crate) struct Received {
     pub(crate) signal: Signal,
     pub(crate) from_terminal: bool,
+    /// The process that sent it (0 for the kernel's own).
+    pub(crate) sender: u32,
 }
 
 /// The queue of handled signals.
@@ -95,6 +97,7 @@ impl Signals {
                 return Some(Received {
                     signal,
                     from_terminal: info.ssi_code == SI_KERNEL,
+                    sender: info.ssi_pid,
                 });
             }
         }
@@ -112,6 +115,7 @@ impl Signals {
                     return Ok(Received {
                         signal,
                         from_terminal: info.ssi_code == SI_KERNEL,
+                        sender: info.ssi_pid,
                     });
                 }
                 Ok(None) => ready.clear_ready(),

@@ -428,6 +428,36 @@ fn user_signals_are_passed_on_and_the_command_runs_on() {
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
 
+/// A signal the command sends to its parent (`kill -USR1 $PPID`, a
+/// readiness ping) is not sent back to it: it was not meant for it. One
+/// sent to `lockmgr` by another process after it still is.
+#[test]
+fn a_signal_from_the_command_is_not_sent_back_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let mut child = Command::new(LOCKMGR)
+        .args(["run", s(&lock), "--", "sh", "-c"])
+        .arg(
+            "trap 'echo got USR1' USR1; trap 'echo got USR2; exit 0' USR2; \
+             kill -USR1 $PPID; echo sent; \
+             i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "sent\n");
+    // lockmgr reads its signals in turn: a USR1 passed back would reach
+    // the command before this USR2.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR2).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got USR2\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 #[test]
 fn the_command_does_not_inherit_the_lock() {
     let dir = tempfile::tempdir().unwrap();
