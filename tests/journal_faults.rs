@@ -271,6 +271,29 @@ async fn the_longest_record_and_torn_tail_are_still_a_journal() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), MIB as u64);
 }
 
+/// Starts `cmd`, a `journal-lines` helper (or a wrapper that execs one),
+/// and returns it with a function that appends one record through it and
+/// returns what it said (`ack`, or the error). Dropping the function closes
+/// the helper's input, which ends it.
+fn journal_lines(
+    mut cmd: std::process::Command,
+) -> (std::process::Child, impl FnMut(&str) -> String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
+    let append = move |record: &str| {
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        said.next().expect("the writer ended")
+    };
+    (child, append)
+}
+
 /// Without `/proc` (a chroot, a container that does not mount it), a
 /// journal rotated since its last append still appends: the file it holds
 /// locked, which it cannot reopen through `/proc`, is opened at the path,
@@ -278,7 +301,6 @@ async fn the_longest_record_and_torn_tail_are_still_a_journal() {
 /// mount namespace of its own with `/proc` unmounted (needs root).
 #[test]
 fn a_rotated_journal_appends_without_proc() {
-    use std::io::{BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-proc.journal");
     let helper = common::helper_command("journal-lines", [path.to_str().unwrap()]);
@@ -287,22 +309,13 @@ fn a_rotated_journal_appends_without_proc() {
         .arg("umount -l /proc && exec \"$0\" \"$@\"")
         .arg(helper.get_program())
         .args(helper.get_args())
-        .envs(helper.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
-    let mut append = |record: &str| {
-        writeln!(stdin, "{record}").unwrap();
-        stdin.flush().unwrap();
-        said.next().expect("the writer ended")
-    };
+        .envs(helper.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let (mut child, mut append) = journal_lines(cmd);
     assert_eq!(append("first"), "ack");
     std::fs::rename(&path, dir.path().join("no-proc.journal.1")).unwrap();
     std::fs::write(&path, "other\n").unwrap();
     assert_eq!(append("second"), "ack");
-    drop(stdin);
+    drop(append);
     assert!(child.wait().unwrap().success());
     assert_eq!(
         std::fs::read_to_string(dir.path().join("no-proc.journal.1")).unwrap(),
@@ -319,26 +332,15 @@ fn a_rotated_journal_appends_without_proc() {
 /// user runs with a preloaded library that fails every OFD unlock.
 #[test]
 fn an_unlock_that_fails_after_the_work_is_done_fails_neither_append_nor_read() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("unlock.journal");
     let shim = common::preload_lib("failunlock");
-    let mut child = common::helper_command("journal-lines", [path.to_str().unwrap()])
-        .env("LD_PRELOAD", &shim)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut said = common::role_lines(BufReader::new(child.stdout.take().unwrap()));
-    let mut append = |record: &str| {
-        writeln!(stdin, "{record}").unwrap();
-        stdin.flush().unwrap();
-        said.next().expect("the writer ended")
-    };
+    let mut writer = common::helper_command("journal-lines", [path.to_str().unwrap()]);
+    writer.env("LD_PRELOAD", &shim);
+    let (mut child, mut append) = journal_lines(writer);
     assert_eq!(append("first"), "ack");
     assert_eq!(append("second"), "ack", "the first append's lock was kept");
-    drop(stdin);
+    drop(append);
     assert!(child.wait().unwrap().success());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\n");
 

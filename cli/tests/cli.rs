@@ -365,26 +365,38 @@ fn errors_are_one_line_and_exit_2() {
     );
 }
 
-#[test]
-fn sigterm_is_forwarded_to_the_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("l");
+/// `lockmgr run LOCK -- sh -c SCRIPT` with the script's stdout piped, once
+/// the script has said its first line (`first`). The script is bounded by
+/// a 30 s loop of its own at the end, so that a failure cannot leave it
+/// running for ever.
+fn supervising(lock: &Path, script: &str, first: &str) -> (Child, impl FnMut() -> String) {
     let mut child = Command::new(LOCKMGR)
-        .args(["run", s(&lock), "--", "sh", "-c"])
-        // Bounded, so that a failure cannot leave it running for ever.
-        .arg("trap 'echo got TERM; exit 42' TERM; echo ready; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done")
+        .args(["run", s(lock), "--", "sh", "-c"])
+        .arg(format!(
+            "{script}; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+        ))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let mut next = move || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line
+    };
+    assert_eq!(next(), format!("{first}\n"));
+    (child, next)
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let script = "trap 'echo got TERM; exit 42' TERM; echo ready";
+    let (mut child, mut next) = supervising(&lock, script, "ready");
     // Only lockmgr gets the signal; the command hears of it from lockmgr.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "got TERM\n");
+    assert_eq!(next(), "got TERM\n");
     assert_eq!(child.wait().unwrap().code(), Some(42));
     // And the lock went with it.
     assert!(lockmgr(&["run", "-n", s(&lock), "--", "true"])
@@ -399,31 +411,16 @@ fn sigterm_is_forwarded_to_the_command() {
 #[test]
 fn user_signals_are_passed_on_and_the_command_runs_on() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("l");
-    let mut child = Command::new(LOCKMGR)
-        .args(["run", s(&lock), "--", "sh", "-c"])
-        // Bounded, so that a failure cannot leave it running for ever.
-        .arg(
-            "trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; \
-             trap 'echo got TERM; exit 42' TERM; echo ready; \
-             i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let script = "trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; \
+                  trap 'echo got TERM; exit 42' TERM; echo ready";
+    let (mut child, mut next) = supervising(&dir.path().join("l"), script, "ready");
     for (signal, said) in [
         (Signal::SIGUSR1, "got USR1\n"),
         (Signal::SIGUSR2, "got USR2\n"),
         (Signal::SIGTERM, "got TERM\n"),
     ] {
         kill(Pid::from_raw(child.id() as i32), signal).unwrap();
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, said, "after {signal}");
+        assert_eq!(next(), said, "after {signal}");
     }
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
@@ -434,27 +431,13 @@ fn user_signals_are_passed_on_and_the_command_runs_on() {
 #[test]
 fn a_signal_from_the_command_is_not_sent_back_to_it() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("l");
-    let mut child = Command::new(LOCKMGR)
-        .args(["run", s(&lock), "--", "sh", "-c"])
-        .arg(
-            "trap 'echo got USR1' USR1; trap 'echo got USR2; exit 0' USR2; \
-             kill -USR1 $PPID; echo sent; \
-             i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "sent\n");
+    let script = "trap 'echo got USR1' USR1; trap 'echo got USR2; exit 0' USR2; \
+                  kill -USR1 $PPID; echo sent";
+    let (mut child, mut next) = supervising(&dir.path().join("l"), script, "sent");
     // lockmgr reads its signals in turn: a USR1 passed back would reach
     // the command before this USR2.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGUSR2).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "got USR2\n");
+    assert_eq!(next(), "got USR2\n");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
