@@ -663,20 +663,19 @@ fn a_hang_up_reaches_the_command_when_lockmgr_leads_the_session() {
     assert!(marker.exists(), "the command never got the hang-up");
 }
 
-/// A holder in a pid namespace of its own (a container that shares the
-/// host's name: Kubernetes' `hostNetwork`, `unshare --pid`) records the pid
-/// it has there, 1 here. `status` does not call that record old or stale,
-/// nor take it for the host's process 1: it ties it to the holding process
-/// it names. (Before: "the record in the file names pid 1 on host ...,
-/// which does not hold it (an old record)", JSON `"stale": true`.)
-#[test]
-fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("ns.lock");
-    let mut holder = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", LOCKMGR, "run", s(&lock)])
-        .args(["--", "sh", "-c", "echo ready; exec cat >/dev/null"])
+/// `ARGS` run in a pid namespace of its own (`unshare --pid --fork
+/// --mount-proc`, root), as a container that shares the host's name runs
+/// it: `ARGS[0]` is pid 1 there.
+fn contained(args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"]).args(args);
+    cmd
+}
+
+/// [`contained`] `ARGS`, whose command says `ready` (then reads its stdin
+/// to the end) once it holds the lock; returned then.
+fn contained_holder(args: &[&str]) -> Child {
+    let mut holder = contained(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -686,6 +685,27 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
+    holder
+}
+
+/// Ends a [`contained_holder`]: its stdin closes.
+fn end_contained(mut holder: Child) {
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+}
+
+/// A holder in a pid namespace of its own (a container that shares the
+/// host's name: Kubernetes' `hostNetwork`, `unshare --pid`) records the pid
+/// it has there, 1 here. `status` does not call that record old or stale,
+/// nor take it for the host's process 1: it ties it to the holding process
+/// it names. (Before: "the record in the file names pid 1 on host ...,
+/// which does not hold it (an old record)", JSON `"stale": true`.)
+#[test]
+fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("ns.lock");
+    let script = "echo ready; exec cat >/dev/null";
+    let holder = contained_holder(&[LOCKMGR, "run", s(&lock), "--", "sh", "-c", script]);
     let out = lockmgr(&["status", s(&lock)]);
     let said = text(&out.stdout);
     assert!(said.contains("held exclusive by pid 1 "), "{said}");
@@ -703,8 +723,7 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
         .collect();
     assert_eq!(named.len(), 1, "the record is tied to one holder: {json}");
     assert_ne!(named[0]["pid"], 1, "{json}");
-    holder.stdin.take().unwrap().write_all(b"").unwrap();
-    assert!(holder.wait().unwrap().success());
+    end_contained(holder);
 }
 
 /// The same seen by a user who may not read the holder's namespace
@@ -713,37 +732,23 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record() {
 /// lock, whose holder `/proc/locks` names to anyone.
 #[test]
 fn a_holder_in_another_pid_namespace_is_not_an_old_record_to_other_users() {
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let lock = dir.path().join("ns.lock");
-    let mut holder = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            LOCKMGR,
-            "run",
-            "--kind",
-            "flock",
-        ])
-        .args([
-            s(&lock),
-            "--",
-            "sh",
-            "-c",
-            "echo ready; exec cat >/dev/null",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("util-linux unshare(1)");
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let script = "echo ready; exec cat >/dev/null";
+    let run = [
+        LOCKMGR,
+        "run",
+        "--kind",
+        "flock",
+        s(&lock),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let holder = contained_holder(&run);
     let out = Command::new(LOCKMGR)
         .args(["status", "--kind", "flock", s(&lock)])
         .uid(65534)
@@ -756,8 +761,7 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record_to_other_users() {
         "{said}"
     );
     assert!(!said.contains("old record"), "{said}");
-    holder.stdin.take().unwrap().write_all(b"").unwrap();
-    assert!(holder.wait().unwrap().success());
+    end_contained(holder);
 }
 
 /// The record a holder of one pid namespace left (pid 1 there) is not tied
@@ -768,26 +772,12 @@ fn a_holder_in_another_pid_namespace_is_not_an_old_record_to_other_users() {
 fn a_record_of_one_container_is_not_tied_to_the_pid_1_of_another() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("ns.lock");
-    let contained = |args: &[&str]| {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--mount-proc"]).args(args);
-        cmd
-    };
     let left = contained(&[LOCKMGR, "run", "--kind", "flock", s(&lock), "--", "true"])
         .output()
         .expect("util-linux unshare(1)");
     assert!(left.status.success(), "{}", text(&left.stderr));
     assert!(std::fs::read_to_string(&lock).unwrap().contains(" pid=1 "));
-    let mut holder = contained(&["flock", "-x", s(&lock), "sh", "-c", "echo ready; exec cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let holder = contained_holder(&["flock", "-x", s(&lock), "sh", "-c", "echo ready; exec cat"]);
     let out = lockmgr(&["status", "--kind", "flock", s(&lock)]);
     let said = text(&out.stdout);
     assert!(said.contains("(an old record)"), "{said}");
@@ -796,8 +786,7 @@ fn a_record_of_one_container_is_not_tied_to_the_pid_1_of_another() {
     let holders = json["holders"].as_array().unwrap();
     assert!(!holders.is_empty(), "{json}");
     assert!(holders.iter().all(|p| p["record"].is_null()), "{json}");
-    drop(holder.stdin.take());
-    assert!(holder.wait().unwrap().success());
+    end_contained(holder);
 }
 
 /// A SIGPIPE `lockmgr` was started with ignored (systemd starts services
