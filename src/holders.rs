@@ -119,8 +119,9 @@ impl fmt::Display for OpenProcess {
 /// an `lstat` and one read of `/proc/locks`, and is not opened; otherwise
 /// every process's open descriptors are looked at (a `readlink` each, and
 /// a read of the fdinfo of each open file), as util-linux `lslocks` does.
-/// Only a descriptor of the file's inode number is `stat`ed: a file open
-/// on a stalled mount elsewhere does not hold the look up (on a kernel
+/// Only a descriptor of the file's inode number, and not on a network or
+/// FUSE mount of another device, is `stat`ed: a file open on a stalled
+/// mount elsewhere does not hold the look up (on a kernel
 /// whose fdinfo shows the inode number, `ino:`, as 6.1 does and 5.2 did
 /// not; elsewhere every open file is `stat`ed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

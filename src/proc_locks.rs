@@ -213,6 +213,8 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
     // Which descriptor of a process showed which lock of a file.
     let mut seen_fds: HashMap<(Inode, u32), Vec<(i32, Entry)>> = HashMap::new();
     let inos: std::collections::HashSet<u64> = files.iter().map(|f| f.ino).collect();
+    let devices: std::collections::HashSet<(u64, u64)> =
+        files.iter().map(|f| (f.major, f.minor)).collect();
     for proc_entry in fs::read_dir("/proc")? {
         let Ok(proc_entry) = proc_entry else { continue };
         let Some(pid) = proc_entry
@@ -251,6 +253,19 @@ pub(crate) fn descriptors(files: &[Inode]) -> io::Result<HashMap<Inode, Descript
                 .find_map(|l| l.strip_prefix("ino:"))
                 .and_then(|n| n.trim().parse::<u64>().ok());
             if ino.is_some_and(|ino| !inos.contains(&ino)) {
+                continue;
+            }
+            // Inode numbers are the file system's own: a network or FUSE
+            // mount (a passthrough view of the lock file's own directory,
+            // say) may have one of the same number, and a `stat` there
+            // would wait for it. Its device, which its process's mount
+            // list tells without asking it, settles that.
+            let mount = info
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .and_then(|id| remote_mount_device(pid, id));
+            if mount.is_some_and(|device| !devices.contains(&device)) {
                 continue;
             }
             // `stat` follows the descriptor's link to the open file.
@@ -382,6 +397,30 @@ pub(crate) fn waiting(pid: u32, file: Inode) -> Option<(u64, u64)> {
 
 fn board_bytes() -> u64 {
     (crate::os::Board::WORDS * 8) as u64
+}
+
+/// The device (major, minor) of mount `id` of process `pid`, from its
+/// mount list (which asks no file system), when that mount is of a network
+/// or FUSE file system: where a `stat` may wait for a server or a daemon.
+/// (Their devices are the ones `stat` and the lock lists give; a local file
+/// system's, btrfs's, may not be.)
+fn remote_mount_device(pid: u32, id: u64) -> Option<(u64, u64)> {
+    let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    mounts.lines().find_map(|line| {
+        // `ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE ...`
+        let mut words = line.split_whitespace();
+        if words.next()?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        let (major, minor) = words.nth(1)?.split_once(':')?;
+        let fstype = words.skip_while(|&w| w != "-").nth(1)?;
+        let remote = fstype.starts_with("fuse")
+            || matches!(
+                fstype,
+                "nfs" | "nfs4" | "cifs" | "smb3" | "9p" | "ceph" | "afs" | "glusterfs" | "lustre"
+            );
+        remote.then_some((major.parse().ok()?, minor.parse().ok()?))
+    })
 }
 
 /// The pid namespace of process `pid` (the inode its `/proc/PID/ns/pid`

@@ -276,11 +276,15 @@ async fn a_leader_stepping_down_on_a_stalled_mount_does_not_block_the_runtime() 
 
 /// `holders()` of a lock file on a healthy file system does not hang while
 /// a process has a file open on a stalled mount: a descriptor is sorted
-/// out by its link and its fdinfo, which ask no file system, before any is
-/// `stat`ed. (Before: every descriptor of the host was `stat`ed, and the
-/// one on the stalled mount blocked the call until the mount came back.)
-/// The mount keeps no attributes (`attr_timeout=0`), so that every `stat`
-/// of a file there asks its daemon.
+/// out by its link, its fdinfo and its process's mount list, which ask no
+/// file system, before any is `stat`ed. (Before: every descriptor of the
+/// host was `stat`ed, and the one on the stalled mount blocked the call
+/// until the mount came back.) The mount is a passthrough view of the lock
+/// file's own directory, so that a file open there has the lock file's very
+/// inode number (the first version of this fix, which went by that number
+/// alone, still hung there: found by an adversarial test). It keeps no
+/// attributes (`attr_timeout=0`), so that every `stat` there asks its
+/// daemon.
 #[test]
 fn holders_pass_over_a_descriptor_of_a_stalled_mount() {
     let _alone = alone();
@@ -288,12 +292,15 @@ fn holders_pass_over_a_descriptor_of_a_stalled_mount() {
     let (src, mnt) = (dir.path().join("src"), dir.path().join("mnt"));
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let mount = Mount::bindfs_with(&src, &mnt, &["-o", "attr_timeout=0"]);
-    // Held open by this very process, one of those `holders()` looks at.
-    let open_there = std::fs::File::create(mnt.join("open")).unwrap();
-    let local = tempfile::tempdir().unwrap();
-    let path = local.path().join("l");
+    let path = src.join("l");
     let holder = Holder::start(&path);
+    let mount = Mount::bindfs_with(&src, &mnt, &["-o", "attr_timeout=0"]);
+    // Held open by this very process, one of those `holders()` looks at:
+    // the lock file seen through the mount, and another file there.
+    let open_there = [
+        std::fs::File::open(mnt.join("l")).unwrap(),
+        std::fs::File::create(mnt.join("open")).unwrap(),
+    ];
     let lock = LockMgr::new(&path);
     watchdog(mount.pid(), Duration::from_secs(10));
     let stall = mount.stall();
