@@ -121,9 +121,9 @@ impl fmt::Display for OpenProcess {
 /// a read of the fdinfo of each open file), as util-linux `lslocks` does.
 /// Only a descriptor of the file's inode number, and not on a network or
 /// FUSE mount of another device, is `stat`ed: a file open on a stalled
-/// mount elsewhere does not hold the look up (on a kernel
-/// whose fdinfo shows the inode number, `ino:`, as 6.1 does and 5.2 did
-/// not; elsewhere every open file is `stat`ed).
+/// mount elsewhere does not hold the look up. (Where fdinfo shows no inode
+/// number, `ino:`, as 5.2's did not and 6.1's does, every open file on a
+/// local file system is `stat`ed.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holders {
