@@ -33,12 +33,19 @@ fn holder(lock: &Path, opts: &[&str]) -> Child {
 /// util-linux `flock LOCK sh -c SCRIPT`, stdin and stdout piped; returns
 /// once the script has printed its first line, with that line.
 fn flock_1_holding(lock: &Path, script: &str) -> (Child, String) {
-    let mut child = Command::new("flock")
-        .args([s(lock), "sh", "-c", script])
+    let mut flock = Command::new("flock");
+    flock.args([s(lock), "sh", "-c", script]);
+    started_saying(flock)
+}
+
+/// `cmd` started with its stdin and stdout piped, and the first line it
+/// said.
+fn started_saying(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -675,23 +682,14 @@ fn contained(args: &[&str]) -> Command {
 /// [`contained`] `ARGS`, whose command says `ready` (then reads its stdin
 /// to the end) once it holds the lock; returned then.
 fn contained_holder(args: &[&str]) -> Child {
-    let mut holder = contained(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("util-linux unshare(1)");
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (holder, line) = started_saying(contained(args));
     assert_eq!(line, "ready\n");
     holder
 }
 
 /// Ends a [`contained_holder`]: its stdin closes.
-fn end_contained(mut holder: Child) {
-    drop(holder.stdin.take());
-    assert!(holder.wait().unwrap().success());
+fn end_contained(holder: Child) {
+    assert!(finish(holder).status.success());
 }
 
 /// A holder in a pid namespace of its own (a container that shares the
