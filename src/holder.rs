@@ -113,7 +113,8 @@ pub struct Holder {
     /// The record's pid belongs to a pid namespace other than the
     /// reader's (its `pidns` field): a holder in a container that shares
     /// the host's name. Its pid is then not this host's process of that
-    /// number: the record is never called stale, is shown as such, and is
+    /// number: the record is not called stale for that pid not running
+    /// here, is shown as such, and is
     /// tied to the holding process whose own pid it is.
     pub(crate) other_pid_namespace: bool,
 }
