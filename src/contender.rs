@@ -77,6 +77,9 @@ pub(crate) struct LockConfig {
 pub(crate) struct LastRecord {
     /// Which process wrote it: a forked child writes its own.
     pid: u32,
+    /// In which pid namespace: a child made in a new one may have its
+    /// parent's pid (1).
+    pid_namespace: Option<NonZeroU32>,
     /// The second it says the holding began.
     since: u64,
     bytes: Box<[u8]>,
@@ -706,6 +709,7 @@ impl<'a> FileContender<'a> {
     fn write_record(&mut self) -> Result<Option<u64>, LockError> {
         let config = self.config;
         let pid = os::current_pid();
+        let pid_namespace = proc_locks::own_pid_namespace();
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -720,9 +724,12 @@ impl<'a> FileContender<'a> {
         // if nobody wrote since, the record already says exactly what we
         // would write (a token drawn each time never repeats, so fencing
         // always writes).
-        let recent = cached
-            .as_ref()
-            .filter(|last| !config.fencing && last.pid == pid && last.since == since);
+        let recent = cached.as_ref().filter(|last| {
+            !config.fencing
+                && last.pid == pid
+                && last.pid_namespace == pid_namespace
+                && last.since == since
+        });
         // Nothing is read from a file not known to be a regular one, except
         // just after this lock wrote its record there: a device put in its
         // place within that second is the only thing read before the check.
@@ -741,7 +748,7 @@ impl<'a> FileContender<'a> {
             }
         }
         self.file()?;
-        Ok(self.replace_record(&head, read, pid, since, cached))
+        Ok(self.replace_record(&head, read, (pid, pid_namespace), since, cached))
     }
 
     /// [`FileContender::write_record`] past the checks: replaces the record
@@ -751,7 +758,7 @@ impl<'a> FileContender<'a> {
         &self,
         head: &[u8],
         read: io::Result<usize>,
-        pid: u32,
+        (pid, pid_namespace): (u32, Option<NonZeroU32>),
         since: u64,
         cached: &mut Option<LastRecord>,
     ) -> Option<u64> {
@@ -806,7 +813,7 @@ impl<'a> FileContender<'a> {
         let record = padded(
             record_line(
                 pid,
-                proc_locks::own_pid_namespace(),
+                pid_namespace,
                 os::hostname(),
                 since,
                 self.config.label.as_deref(),
@@ -817,6 +824,7 @@ impl<'a> FileContender<'a> {
         let remember = |cached: &mut Option<LastRecord>| {
             *cached = Some(LastRecord {
                 pid,
+                pid_namespace,
                 since,
                 bytes: record.as_bytes().into(),
             });

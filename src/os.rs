@@ -799,6 +799,19 @@ pub(crate) fn current_pid() -> u32 {
     }
 }
 
+/// The word of this process's wipe-on-fork page (see [`current_pid`]) that
+/// keeps the number of its pid namespace, 0 until it is known: a child that
+/// does not share memory finds 0 there and asks again. By pid alone it
+/// could not tell: pid 1 of a container that makes a child in a pid
+/// namespace of its own (`unshare(CLONE_NEWPID)` and `fork`, no `exec`)
+/// makes another pid 1. `None` where the page cannot be had.
+pub(crate) fn pid_namespace_word() -> Option<&'static AtomicU32> {
+    // SAFETY: the page is at least 4096 bytes, so the next word is inside
+    // it, aligned as the first is, and, like it, only ever accessed as this
+    // atomic.
+    pid_word().map(|word| unsafe { &*std::ptr::from_ref(word).add(1) })
+}
+
 /// The word of the wipe-on-fork page that keeps [`current_pid`], once made
 /// (null before).
 static PID_WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
@@ -860,6 +873,8 @@ extern "C" fn forget_pid() {
         // SAFETY: as in `pid_word`: a published page is never unmapped,
         // and the child has its copy at the same address.
         unsafe { &*word }.store(0, Ordering::Relaxed);
+        // SAFETY: as above, and as in `pid_namespace_word`.
+        unsafe { &*word.add(1) }.store(0, Ordering::Relaxed);
     }
 }
 

@@ -430,20 +430,44 @@ pub(crate) fn pid_namespace(pid: u32) -> Option<NonZeroU32> {
     namespace_at(&format!("/proc/{pid}/ns/pid"))
 }
 
-/// The calling process's pid namespace, read once per process (a forked
-/// child asks again: `clone(CLONE_NEWPID)` gives it another).
+/// The calling process's pid namespace, read once per process: a child
+/// that does not share memory, which may be in another one
+/// (`clone(CLONE_NEWPID)`), asks again (see [`crate::os::pid_namespace_word`]).
+/// Where that page cannot be had (before Linux 4.14), it is remembered by
+/// pid, as the best that can be told.
 pub(crate) fn own_pid_namespace() -> Option<NonZeroU32> {
-    static OWN: std::sync::Mutex<Option<(u32, Option<NonZeroU32>)>> = std::sync::Mutex::new(None);
+    let Some(word) = crate::os::pid_namespace_word() else {
+        return own_pid_namespace_by_pid();
+    };
+    if let Some(ns) = NonZeroU32::new(word.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Some(ns);
+    }
+    let ns = namespace_at("/proc/self/ns/pid");
+    if let Some(ns) = ns {
+        word.store(ns.get(), std::sync::atomic::Ordering::Relaxed);
+    }
+    ns
+}
+
+/// [`own_pid_namespace`] without the wipe-on-fork page: remembered with the
+/// pid that read it, in one word (a lock could be left held by a thread
+/// that a `fork` does not copy).
+fn own_pid_namespace_by_pid() -> Option<NonZeroU32> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static OWN: AtomicU64 = AtomicU64::new(0);
     let pid = crate::os::current_pid();
-    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    match *own {
-        Some((asked_by, ns)) if asked_by == pid => ns,
-        _ => {
-            let ns = namespace_at("/proc/self/ns/pid");
-            *own = Some((pid, ns));
-            ns
+    let known = OWN.load(Ordering::Relaxed);
+    if known >> 32 == u64::from(pid) {
+        if let Some(ns) = NonZeroU32::new(known as u32) {
+            return Some(ns);
         }
     }
+    let ns = namespace_at("/proc/self/ns/pid")?;
+    OWN.store(
+        u64::from(pid) << 32 | u64::from(ns.get()),
+        Ordering::Relaxed,
+    );
+    Some(ns)
 }
 
 /// The namespace a `/proc/.../ns/pid` link names (`pid:[4026531836]`).

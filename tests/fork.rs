@@ -203,11 +203,37 @@ fn a_raw_clone_child_records_itself_as_the_holder() {
     assert_eq!(raw_clone_helper("raw-clone-record"), "ok");
 }
 
+/// pid 1 of a pid namespace (a container's first process) that makes a
+/// child in a pid namespace of its own, pid 1 there too, without `exec`:
+/// the child's record names its own namespace, not the one its parent
+/// remembered (needs root, for `unshare --pid`). Before, the namespace was
+/// remembered by pid, and both are pid 1.
+#[test]
+fn a_child_in_a_new_pid_namespace_records_its_own_namespace() {
+    let said = helper_said("nested-pid-namespace-record", |helper| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork"])
+            .arg(helper.get_program())
+            .args(helper.get_args())
+            .envs(helper.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        cmd
+    });
+    assert_eq!(said, "ok");
+}
+
 /// What the helper process in `role` says of its raw clone child.
 fn raw_clone_helper(role: &str) -> String {
+    helper_said(role, |helper| helper)
+}
+
+/// What the helper process in `role`, started by `start` from the plain
+/// helper command, says of its child.
+fn helper_said(role: &str, start: impl FnOnce(Command) -> Command) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l.lock");
-    let out = common::helper_command(role, [&path]).output().unwrap();
+    let out = start(common::helper_command(role, [&path]))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let said = common::role_lines(&out.stdout[..]).next();
     said.unwrap_or_default()

@@ -185,6 +185,38 @@ fn raw_clone_record(path: &str) -> ! {
     })
 }
 
+/// `nested-pid-namespace-record`, run as pid 1 of a pid namespace: a raw
+/// clone child made in a pid namespace of its own, pid 1 there too, records
+/// its own namespace as its holder's, not its parent's.
+fn nested_pid_namespace_record(path: &str) -> ! {
+    let lock = won_once(path);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).expect("unshare(CLONE_NEWPID)");
+    let Some(child) = raw_clone() else {
+        if std::process::id() != 1 {
+            exit_child(3);
+        }
+        let Ok(guard) = lock.try_acquire() else {
+            exit_child(2);
+        };
+        let record = std::fs::read_to_string(path).unwrap_or_default();
+        let own = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+        let own = own.to_string_lossy();
+        let own = own.trim_start_matches("pid:[").trim_end_matches(']');
+        drop(guard);
+        exit_child(if record.contains(&format!(" pidns={own} ")) {
+            0
+        } else {
+            1
+        });
+    };
+    say_and_exit(match child_status(child) {
+        0 => "ok",
+        1 => "failed: the child's holder record named its parent's pid namespace",
+        3 => "failed: the child is not pid 1 (run this as pid 1 of a pid namespace)",
+        _ => "failed: the child could not take the lock",
+    })
+}
+
 /// The lock at `path`, won and released once, so that whatever this
 /// process remembers of itself is set before it makes a child.
 fn won_once(path: &str) -> LockMgr {
@@ -264,6 +296,7 @@ pub fn run(args: Vec<String>) -> ! {
     {
         ["raw-clone-drop", path] => raw_clone_drop(path),
         ["raw-clone-record", path] => raw_clone_record(path),
+        ["nested-pid-namespace-record", path] => nested_pid_namespace_record(path),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
