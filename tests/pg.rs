@@ -2003,3 +2003,53 @@ async fn a_dropped_semaphore_wait_leaves_nothing() {
     held.finish();
     sem.try_acquire().await.unwrap().release().await.unwrap();
 }
+
+/// The builder's bounds at their extremes (`Duration::MAX` for "no bound",
+/// a `dead_session_after` of a year) neither panic nor break the sessions:
+/// a try, a status, a wait with no bound, a release all work. On the old
+/// code `connect_timeout(Duration::MAX)` panicked (`Instant` overflow), and
+/// a `dead_session_after` beyond what TCP's and the server's settings take
+/// failed every connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_builder_bounds_neither_panic_nor_break_sessions() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let builds: [(
+        &str,
+        fn(lockmgr::pg::PgLockMgrBuilder) -> lockmgr::pg::PgLockMgrBuilder,
+    ); 4] = [
+        ("connect_timeout", |b| b.connect_timeout(Duration::MAX)),
+        ("request_timeout", |b| b.request_timeout(Duration::MAX)),
+        ("dead_session_after", |b| {
+            b.dead_session_after(Duration::MAX)
+        }),
+        ("dead_session_after a year", |b| {
+            b.dead_session_after(Duration::from_secs(365 * 24 * 3600))
+        }),
+    ];
+    for (what, build) in builds {
+        let lock = build(PgLockMgr::builder(&url, name("absurd-bounds")))
+            .build()
+            .unwrap();
+        let held = lock
+            .try_acquire()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(lock_rows(&admin, &lock).await, 1, "{what}");
+        assert!(
+            matches!(lock.status().await, Ok(lockmgr::Status::Exclusive { .. })),
+            "{what}"
+        );
+        held.release()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let held = lock
+            .acquire(true, Duration::MAX)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        held.release()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(lock_rows(&admin, &lock).await, 0, "{what}");
+    }
+}

@@ -134,7 +134,9 @@ impl PgLockMgrBuilder {
     /// connection from the pooler to the server may fall silent while this
     /// process's socket to the pooler stays healthy. So after a partition,
     /// a guard's [`lost`](PgLockGuard::lost) resolves, and the server frees
-    /// the lock, within about this time. Default 30 s; at least 3 s.
+    /// the lock, within about this time. Default 30 s; at least 3 s, at
+    /// most 24 h (TCP takes a keepalive time of at most 32,767 s, and this
+    /// process's is a third of this).
     ///
     /// Behind a pooler, a partition between this process and the pooler is
     /// the exception: the server's connection is the pooler's, which stays
@@ -144,7 +146,7 @@ impl PgLockMgrBuilder {
     /// `tcp_keepcnt`, `tcp_user_timeout`); with the kernel's defaults that
     /// takes over two hours, while `lost` still resolves in time here.
     pub fn dead_session_after(mut self, after: Duration) -> Self {
-        self.dead_after = after.max(Duration::from_secs(3));
+        self.dead_after = after.clamp(Duration::from_secs(3), Duration::from_secs(24 * 3600));
         self
     }
 

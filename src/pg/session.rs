@@ -424,7 +424,12 @@ impl Server {
         deadline: Option<Instant>,
     ) -> Result<(tokio::sync::MutexGuard<'a, ()>, Instant), LockError> {
         let bound = self.connect_bound(deadline);
-        let until = Instant::now() + bound;
+        // A bound past what an `Instant` can hold (`Duration::MAX`, for no
+        // bound) is one that never comes.
+        let now = Instant::now();
+        let until = now
+            .checked_add(bound)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
         match tokio::time::timeout_at(until, connecting.lock()).await {
             Ok(turn) => Ok((turn, until)),
             Err(_) => Err(LockError::Connect {
