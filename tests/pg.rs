@@ -2014,10 +2014,8 @@ async fn a_dropped_semaphore_wait_leaves_nothing() {
 async fn absurd_builder_bounds_neither_panic_nor_break_sessions() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let builds: [(
-        &str,
-        fn(lockmgr::pg::PgLockMgrBuilder) -> lockmgr::pg::PgLockMgrBuilder,
-    ); 4] = [
+    type Bounded = fn(lockmgr::pg::PgLockMgrBuilder) -> lockmgr::pg::PgLockMgrBuilder;
+    let builds: [(&str, Bounded); 4] = [
         ("connect_timeout", |b| b.connect_timeout(Duration::MAX)),
         ("request_timeout", |b| b.request_timeout(Duration::MAX)),
         ("dead_session_after", |b| {
