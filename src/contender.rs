@@ -1089,14 +1089,22 @@ where
             ),
         )
     };
+    // A call that does not wait, or has no time to, makes one try, as on a
+    // local file system (`WouldBlock` if it loses): it takes no turn, which
+    // a waiting task of this lock keeps for its whole wait.
+    let waits = policy.waits && deadline.is_none_or(|d| d > started);
     // One task of this lock polls at a time; the others wait their turn.
     let _turn = match deadline {
+        _ if !waits => None,
         Some(d) => match clock::until_here(d, config.network_turn.lock()).await {
-            Some(turn) => turn,
+            Some(turn) => Some(turn),
             None => return Err(timed_out(config, policy, started, None)),
         },
-        None => config.network_turn.lock().await,
+        None => Some(config.network_turn.lock().await),
     };
+    // The first try is given time to be answered even past a shorter
+    // budget (a zero one too): the mount is not known to stall before it.
+    let mut bound = deadline.map(|d| d.max(Instant::now() + wait::FIRST_TRY_OFF_RUNTIME));
     let mut poll = wait::POLL_FIRST;
     let mut announced = false;
     let mut cause = Cause::First;
@@ -1105,7 +1113,7 @@ where
         let try_once = attempt.clone();
         let attempt = tokio::task::spawn_blocking(move || try_once(&try_config, cause));
         cause = Cause::Poll;
-        let tried = match deadline {
+        let tried = match bound {
             Some(d) => match clock::until_here(d, attempt).await {
                 Some(tried) => tried,
                 None => return Err(stalled()),
@@ -1123,9 +1131,10 @@ where
                 ))
             }
         };
-        if !policy.waits || !err.is_contended() {
+        if !waits || !err.is_contended() {
             return Err(err);
         }
+        bound = deadline;
         *contended = true;
         if !announced {
             announced = true;

@@ -361,7 +361,8 @@ impl LockMgr {
     /// file system (from its first open), where any call may stall for
     /// seconds, they run on blocking threads instead, so a stalled mount
     /// never blocks a runtime thread and the wait's budget still bounds the
-    /// call (the error is then [`LockError::Io`] with `TimedOut`).
+    /// call (the error is then [`LockError::Io`] with `TimedOut`), though
+    /// the first try is given 1 s to be answered whatever the budget.
     ///
     /// Waiters of one process line up first come, first served (per file,
     /// whatever path names it). Only the first in line opens the file and

@@ -134,7 +134,8 @@ impl Semaphore {
     /// the errors of opening the file, as for [`LockMgr::acquire`]. On a
     /// network or FUSE file system (known from the semaphore's first
     /// open), where the calls run off the runtime, a mount that does not
-    /// answer within the budget gives [`LockError::Io`] of kind `TimedOut`.
+    /// answer within the budget (but no less than 1 s for the first try)
+    /// gives [`LockError::Io`] of kind `TimedOut`.
     ///
     /// # Cancel safety
     ///

@@ -212,6 +212,10 @@ pub(crate) const SETTLE_AFTER: Duration = RECHECK;
 /// (the interval Python `filelock` uses by default).
 pub(crate) const POLL_FIRST: Duration = Duration::from_millis(1);
 pub(crate) const POLL_CAP: Duration = Duration::from_millis(50);
+/// How long the first try of a call on a file system that may stall
+/// (network, FUSE) is given to be answered, whatever the call's budget:
+/// one round trip to a healthy server, and more.
+pub(crate) const FIRST_TRY_OFF_RUNTIME: Duration = Duration::from_secs(1);
 
 /// Where a waiter learns that the lock may have been released.
 pub(crate) enum Signal {

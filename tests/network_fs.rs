@@ -147,6 +147,48 @@ async fn waiting_on_a_network_class_file_system_polls() {
     drop(g);
 }
 
+/// On such a file system too, a call that does not wait (`acquire(false,
+/// _)`, or a budget of zero) makes one try and says `WouldBlock`: it does
+/// not wait behind a task of its process that waits for the lock, and a
+/// zero budget leaves its try time to be answered. On the old code the
+/// first waited for the waiting task's turn until its own budget ran out
+/// (`TimedOut`), and the others raced a deadline already past ("the file
+/// system did not answer within the wait", even with the lock free).
+#[tokio::test(flavor = "current_thread")]
+#[allow(clippy::await_holding_lock)]
+async fn a_call_that_does_not_wait_tries_once_on_a_network_class_file_system() {
+    let _alone = alone();
+    let (_dir, _mount, path) = mounted();
+    let lock = LockMgr::builder(&path).max_attempts(1).build();
+    // A first use, on a healthy mount, tells the crate what file system
+    // the lock is on.
+    drop(lock.try_acquire().unwrap());
+    drop(lock.acquire(true, Duration::ZERO).await.unwrap());
+    drop(lock.acquire(false, Duration::ZERO).await.unwrap());
+    let holder = Holder::start(&path);
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::from_secs(60)).await }
+    });
+    // On a current-thread runtime one yield runs the waiter into its wait,
+    // which holds the process's turn at polling this lock.
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    for (wait, budget) in [
+        (false, Duration::from_secs(10)),
+        (false, Duration::ZERO),
+        (true, Duration::ZERO),
+    ] {
+        let err = lock.acquire(wait, budget).await.unwrap_err();
+        assert!(
+            matches!(err, LockError::WouldBlock { .. }),
+            "acquire({wait}, {budget:?}): {err}"
+        );
+    }
+    holder.finish();
+    drop(common::won(waiter, "the polling waiter missed the release").await);
+}
+
 /// Counts the ticks of a 10 ms interval on the test's runtime, which only
 /// tick while nothing blocks that runtime's one thread.
 fn ticker() -> Arc<AtomicUsize> {
@@ -175,8 +217,9 @@ fn watchdog(pid: Pid, after: Duration) {
 
 /// With `mount` stalled (and continued 10 s later whatever happens), drops
 /// what `release` holds, then awaits `acquire`, which must fail: it checks
-/// that the runtime ran on meanwhile and that the call's own 300 ms bound
-/// ended it, with `Io` of kind `TimedOut`, and returns that error.
+/// that the runtime ran on meanwhile and that the call's own bound ended
+/// it (300 ms, but 1 s for a first try), with `Io` of kind `TimedOut`, and
+/// returns that error.
 async fn bounded_while_stalled<T, F>(mount: &Mount, release: T, acquire: F) -> LockError
 where
     F: std::future::Future<Output = Result<T, LockError>>,
