@@ -2051,3 +2051,40 @@ async fn absurd_builder_bounds_neither_panic_nor_break_sessions() {
         assert_eq!(lock_rows(&admin, &lock).await, 0, "{what}");
     }
 }
+
+/// A reader of this process does not wait behind an exclusive waiter of
+/// this process while the lock is held only shared, as a reader of another
+/// process does not (the server grants it at once), and as for file locks.
+/// On the old code the in-process gate was a fair `RwLock`: the try said
+/// `WouldBlock`, and a waiting reader waited for the writer, which waited
+/// for the first reader (for ever with `Duration::MAX`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_shared_acquire_never_waits_behind_an_exclusive_waiter_of_its_process() {
+    let Some(url) = common::pg_url() else { return };
+    let lock = PgLockMgr::new(&url, name("reader-past-writer")).unwrap();
+    let first = lock.acquire_shared(true, LIVENESS).await.unwrap();
+    let writer = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire(true, Duration::MAX).await }
+    });
+    // On a current-thread runtime one yield runs the writer to the
+    // process's gate of the key, where it waits for the reader.
+    tokio::task::yield_now().await;
+    assert!(!writer.is_finished());
+    let tried = lock.try_acquire_shared().await;
+    assert!(tried.is_ok(), "{:?}", tried.err());
+    let waited = lock.acquire_shared(true, Duration::from_secs(5)).await;
+    assert!(waited.is_ok(), "{:?}", waited.err());
+    assert!(!writer.is_finished(), "the writer got in beside readers");
+    drop((first, tried, waited));
+    let held = tokio::time::timeout(LIVENESS, writer)
+        .await
+        .expect("the writer never got the lock once the readers left")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        lock.try_acquire_shared().await,
+        Err(LockError::WouldBlock { .. })
+    ));
+    held.release().await.unwrap();
+}

@@ -3,18 +3,27 @@
 //!
 //! It is needed for correctness, not only economy: a session that holds an
 //! advisory lock is granted the same lock again (PostgreSQL counts holds
-//! per session), so two tasks that tried one key on one shared session would
-//! both win. Behind the gate only one exclusive contender of this process
-//! reaches the server per key (shared ones pass together, and may stack on
-//! one session, which is sound for shared holds). It also keeps a thousand
-//! waiting tasks of one process from costing a thousand waiting sessions:
-//! they wait here, in FIFO order (tokio's `RwLock` is fair), and only the
-//! first of them waits on the server.
+//! per session, and a session never conflicts with itself), so two tasks
+//! that tried one key on one shared session would both win. Behind the gate
+//! only one exclusive contender of this process reaches the server per key,
+//! and never beside a shared one (shared ones pass together, and may stack
+//! on one session, which is sound for shared holds). It also keeps a
+//! thousand waiting tasks of one process from costing a thousand waiting
+//! sessions: exclusive contenders wait here in FIFO order (a fair mutex),
+//! and only the first of them waits for the gate to empty, then on the
+//! server.
+//!
+//! A shared contender passes whenever no exclusive one is through, even
+//! past an exclusive one waiting for the shared ones to leave, as a reader
+//! of another process would (the server grants a shared hold beside shared
+//! holds at once): waiting there, it would wait for a writer that waits for
+//! the readers, its own task's among them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::vocab::LockMode;
@@ -23,7 +32,70 @@ use crate::vocab::LockMode;
 /// it.
 #[derive(Default)]
 pub(super) struct Gates {
-    keys: Mutex<HashMap<i64, Arc<RwLock<()>>>>,
+    keys: Mutex<HashMap<i64, Arc<Gate>>>,
+}
+
+/// One key's gate.
+#[derive(Default)]
+struct Gate {
+    /// Who is through.
+    through: Mutex<Through>,
+    /// Told whenever a pass is given back.
+    left: Notify,
+    /// The line of exclusive contenders that wait (FIFO): only its first
+    /// waits for the gate to empty.
+    writers: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Through {
+    shared: usize,
+    exclusive: bool,
+}
+
+impl Gate {
+    /// Goes through at once in `mode`, if the gate lets it.
+    fn try_pass(&self, mode: LockMode) -> bool {
+        let mut through = self.through.lock().unwrap_or_else(PoisonError::into_inner);
+        match mode {
+            LockMode::Exclusive if !through.exclusive && through.shared == 0 => {
+                through.exclusive = true;
+                true
+            }
+            LockMode::Shared if !through.exclusive => {
+                through.shared += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Goes through in `mode` once the gate lets it. Cancel safe: nothing
+    /// changes until it passes, in the same poll.
+    async fn pass(&self, mode: LockMode) {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            // Registered before looking, so that a pass given back between
+            // the look and the wait is not missed.
+            left.as_mut().enable();
+            if self.try_pass(mode) {
+                return;
+            }
+            left.await;
+        }
+    }
+
+    fn leave(&self, mode: LockMode) {
+        {
+            let mut through = self.through.lock().unwrap_or_else(PoisonError::into_inner);
+            match mode {
+                LockMode::Exclusive => through.exclusive = false,
+                LockMode::Shared => through.shared -= 1,
+            }
+        }
+        self.left.notify_waiters();
+    }
 }
 
 /// A task's pass through a key's gate: exclusive, or shared with other
@@ -31,15 +103,12 @@ pub(super) struct Gates {
 pub(super) struct Pass {
     key: i64,
     gates: Arc<Gates>,
-    held: Option<Held>,
+    gate: Arc<Gate>,
+    /// The mode it went through in; `None` until it has.
+    mode: Option<LockMode>,
     /// Whether the pass was waited for (another task of this process held
     /// or was taking the key).
     pub(super) waited: bool,
-}
-
-enum Held {
-    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
-    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
 }
 
 /// Why no pass was given.
@@ -76,54 +145,64 @@ impl Gates {
         let mut pass = Pass {
             key,
             gates: self.clone(),
-            held: None,
+            gate,
+            mode: None,
             waited: false,
         };
-        let held = if !wait {
-            match mode {
-                LockMode::Exclusive => gate.try_write_owned().map(Held::Exclusive),
-                LockMode::Shared => gate.try_read_owned().map(Held::Shared),
+        let gate = &pass.gate;
+        // A gate that lets it through now. (An exclusive contender does not
+        // wait for those in line before it: a try never lines up, and a
+        // waiting one finds nobody in line when the gate is free.)
+        if !gate.try_pass(mode) {
+            if !wait {
+                return Err(Shut::Busy);
             }
-            .map_err(|_| Shut::Busy)?
-        } else if let Some(free) = match mode {
-            // A gate that is free now (nobody in it, nobody queued).
-            LockMode::Exclusive => gate.clone().try_write_owned().ok().map(Held::Exclusive),
-            LockMode::Shared => gate.clone().try_read_owned().ok().map(Held::Shared),
-        } {
-            free
-        } else {
             pass.waited = true;
             let entering = async {
                 match mode {
-                    LockMode::Exclusive => Held::Exclusive(gate.write_owned().await),
-                    LockMode::Shared => Held::Shared(gate.read_owned().await),
+                    LockMode::Exclusive => {
+                        let _first = gate.writers.lock().await;
+                        gate.pass(mode).await;
+                    }
+                    LockMode::Shared => gate.pass(mode).await,
                 }
             };
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, entering)
-                    .await
-                    .map_err(|_| Shut::TimedOut)?,
-                None => entering.await,
-            }
-        };
-        pass.held = Some(held);
+            within(deadline, entering).await?;
+        }
+        pass.mode = Some(mode);
         Ok(pass)
+    }
+}
+
+/// `entering`, or [`Shut::TimedOut`] at `deadline`.
+async fn within(deadline: Option<Instant>, entering: impl Future<Output = ()>) -> Result<(), Shut> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, entering)
+            .await
+            .map_err(|_| Shut::TimedOut),
+        None => {
+            entering.await;
+            Ok(())
+        }
     }
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        drop(self.held.take());
+        if let Some(mode) = self.mode.take() {
+            self.gate.leave(mode);
+        }
         let mut keys = self
             .gates
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Only the map refers to a gate nobody is at (clones are made under
-        // this mutex, so the count cannot rise behind our back).
+        // Only the map and this pass refer to a gate nobody else is at
+        // (clones are made under this mutex, so the count cannot rise
+        // behind our back).
         if keys
             .get(&self.key)
-            .is_some_and(|g| Arc::strong_count(g) == 1)
+            .is_some_and(|g| Arc::ptr_eq(g, &self.gate) && Arc::strong_count(g) == 2)
         {
             keys.remove(&self.key);
         }
@@ -159,6 +238,31 @@ mod tests {
         let b = gates.enter(7, LockMode::Shared, false, None).await;
         assert!(a.is_ok() && b.is_ok());
         drop((a, b));
+        assert!(gates.keys.lock().unwrap().is_empty());
+    }
+
+    /// A shared pass is given past an exclusive contender that waits for
+    /// the shared passes to leave; the exclusive one goes through once they
+    /// have, and then alone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn shared_passes_go_past_a_waiting_exclusive_one() {
+        let gates = Arc::new(Gates::default());
+        let reader = gates.enter(7, LockMode::Shared, false, None).await;
+        let writer = tokio::spawn({
+            let gates = gates.clone();
+            async move {
+                gates
+                    .enter(7, LockMode::Exclusive, true, None)
+                    .await
+                    .is_ok()
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        let second = gates.enter(7, LockMode::Shared, false, None).await;
+        assert!(second.is_ok());
+        drop((reader, second));
+        assert!(writer.await.unwrap());
         assert!(gates.keys.lock().unwrap().is_empty());
     }
 }

@@ -24,7 +24,11 @@
 //!   of one process take a name in turn, in FIFO order, before they ask the
 //!   server (a session that holds a lock is granted it again, so two tasks
 //!   must never ask on one session): a thousand tasks waiting for one name
-//!   cost one waiting session. A lock whose session is lost lets the next
+//!   cost one waiting session. Shared acquires of the process pass together
+//!   whenever no exclusive one of it is through, even past one waiting, as
+//!   the server lets readers of other processes past a waiting writer (so
+//!   a process's own readers can keep its writer out, as in "Readers can
+//!   starve a writer" of the README). A lock whose session is lost lets the next
 //!   task of the process in at once. Sessions run on a thread of their own
 //!   (`lockmgr-pg`), so that they serve every runtime of the process and
 //!   outlive the one that made them.
