@@ -25,11 +25,18 @@ struct Row<'a> {
 pub(crate) fn list(args: ListArgs) -> ExitCode {
     let mut files = Vec::new();
     if let Some(dir) = &args.dir {
-        if let Err(e) = walk(dir, &mut files) {
+        let mut cut = false;
+        if let Err(e) = walk(dir, &mut files, &mut cut) {
             return fail(&format!(
                 "cannot list {}: {e}",
                 crate::output::shown_path(dir)
             ));
+        }
+        if cut {
+            eprintln!(
+                "lockmgr: only the first {MAX_FILES} files under {} were looked at",
+                crate::output::shown_path(dir)
+            );
         }
     }
     let locked = match &args.dir {
@@ -109,7 +116,12 @@ fn state(l: &LockedFile) -> String {
 /// entry that goes while it is looked at (lock files come and go:
 /// `remove_on_release`, `/run/lock`) is not listed, and a directory below
 /// `dir` that cannot be read is skipped; only `dir` itself must be read.
-fn walk(dir: &Path, files: &mut Vec<(PathBuf, fs::Metadata)>) -> std::io::Result<()> {
+/// At [`MAX_FILES`] it stops, and sets `cut`.
+fn walk(
+    dir: &Path,
+    files: &mut Vec<(PathBuf, fs::Metadata)>,
+    cut: &mut bool,
+) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let meta = match entry.metadata() {
@@ -118,10 +130,11 @@ fn walk(dir: &Path, files: &mut Vec<(PathBuf, fs::Metadata)>) -> std::io::Result
             Err(e) => return Err(e),
         };
         if files.len() >= MAX_FILES {
+            *cut = true;
             return Ok(());
         }
         if meta.is_dir() {
-            let _ = walk(&entry.path(), files);
+            let _ = walk(&entry.path(), files, cut);
         } else if meta.is_file() {
             files.push((entry.path(), meta));
         }

@@ -1322,6 +1322,30 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
     assert!(!lockmgr(&["list", "/nonexistent-dir"]).status.success());
 }
 
+/// `list DIR` of more files than it looks at (100,000) says so on stderr,
+/// naming the directory, rather than list a part as if it were all.
+/// (Before: the listing stopped there in silence.)
+#[test]
+fn list_of_a_directory_too_large_to_look_at_whole_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..100_001 {
+        std::fs::File::create(dir.path().join(format!("f{i}"))).unwrap();
+    }
+    let out = lockmgr(&["list", s(dir.path())]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("only the first 100000 files") && said.contains(s(dir.path())),
+        "{said:?}"
+    );
+    let few = tempfile::tempdir().unwrap();
+    for i in 0..100 {
+        std::fs::File::create(few.path().join(format!("f{i}"))).unwrap();
+    }
+    let out = lockmgr(&["list", s(few.path())]);
+    assert_eq!(text(&out.stderr), "");
+}
+
 /// `list DIR` while lock files under it come and go (`remove_on_release`,
 /// `/run/lock`): every run lists what stays. (Before: a file removed
 /// between reading the directory and looking at the file failed the whole
