@@ -269,7 +269,12 @@ impl Contender for FileContender<'_> {
                 if self.mode == LockMode::Exclusive && self.config.record_holder && self.writable {
                     self.write_record().map(|token| self.token = token)
                 } else {
-                    if self.mode == LockMode::Exclusive && !self.writable {
+                    if self.mode == LockMode::Exclusive && !self.config.record_holder {
+                        self.config.warn_unfenced(
+                            "holder records are turned off (record_holder(false)), and a \
+                             token is kept in its record",
+                        );
+                    } else if self.mode == LockMode::Exclusive && !self.writable {
                         self.config.warn_unfenced(
                             "the file may only be read here (no record can be written)",
                         );

@@ -229,7 +229,9 @@ pub enum LockError {
     TimedOut {
         /// The lock.
         lock: LockId,
-        /// How many attempts were made (the builder's `max_attempts`).
+        /// How many attempts were made: the builder's `max_attempts` for a
+        /// lock file; for `lockmgr::pg`, those begun before the deadline
+        /// (fewer when connecting took part of the budget).
         attempts: u32,
         /// How long the call waited in all.
         waited: Duration,

@@ -159,7 +159,8 @@ impl LockMgrBuilder {
     /// The record is written without `fsync`: a machine that loses power
     /// may lose the latest tokens. No token is drawn when no record can be
     /// written: [`record_holder(false)`](LockMgrBuilder::record_holder), a
-    /// file opened read-only, a file holding other data.
+    /// file opened read-only, a file holding other data; a `warn` event
+    /// names the lock and why, once per `LockMgr`.
     ///
     /// # Examples
     ///
@@ -389,6 +390,9 @@ impl LockMgr {
     /// - [`LockError::NotAFile`], [`LockError::MissingParent`],
     ///   [`LockError::Invalid`]: the path cannot be a lock file;
     ///   nothing was touched.
+    /// - [`LockError::ReadOnly`]: an exclusive OFD lock on a file this
+    ///   process may only read (shared locks and `flock` locks need no
+    ///   write access).
     /// - [`LockError::Unsupported`]: the file system refuses this lock kind.
     /// - [`LockError::Io`]: a system call failed; the error names it.
     ///

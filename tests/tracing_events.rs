@@ -180,9 +180,10 @@ fn a_fencing_token_at_its_largest_is_warned_of() {
 }
 
 /// Fencing asked for and no token to be had, because the lock file holds
-/// another program's data or may only be read here: one warning per lock
-/// naming it and why, not silence (before: a debug event, or nothing, and
-/// every holder went without a token).
+/// another program's data or may only be read here, or records are turned
+/// off: one warning per lock naming it and why, not silence (before: a
+/// debug event, or nothing, and every holder went without a token; with
+/// records turned off, nothing until the last case was added).
 #[test]
 fn a_lock_that_cannot_draw_fencing_tokens_warns_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,9 +199,16 @@ fn a_lock_that_cannot_draw_fencing_tokens_warns_once() {
         .write(true)
         .open(&read_only)
         .is_ok();
-    for (path, kind, why) in [
-        (&data, lockmgr::LockKind::Ofd, "other data"),
-        (&read_only, lockmgr::LockKind::Flock, "only be read"),
+    let no_record = dir.path().join("no-record.lock");
+    for (path, kind, record, why) in [
+        (&data, lockmgr::LockKind::Ofd, true, "other data"),
+        (&read_only, lockmgr::LockKind::Flock, true, "only be read"),
+        (
+            &no_record,
+            lockmgr::LockKind::Ofd,
+            false,
+            "record_holder(false)",
+        ),
     ] {
         if writable && path == &read_only {
             continue;
@@ -208,6 +216,7 @@ fn a_lock_that_cannot_draw_fencing_tokens_warns_once() {
         let lock = LockMgr::builder(path)
             .kind(kind)
             .fencing_tokens(true)
+            .record_holder(record)
             .build();
         let recorder = Recorder::default();
         tracing::subscriber::with_default(recorder.clone(), || {
