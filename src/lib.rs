@@ -181,3 +181,8 @@ pub use lock::{locked_files, locked_files_among, LockMgr, LockMgrBuilder};
 pub use permit::Permit;
 pub use semaphore::{Semaphore, SemaphoreBuilder};
 pub use vocab::{FileKind, LockFamily, LockKind, LockMode, Status};
+
+/// The README's examples, compiled (and run, where they can be) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
