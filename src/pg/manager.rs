@@ -859,7 +859,10 @@ impl PgLockMgr {
                 shared.end();
                 return Shared::Ended(pass);
             }
-            Err(e) => return Shared::Done(Err(e)),
+            Err(e) => {
+                give_back_unknown(server, shared, mode, key, id).await;
+                return Shared::Done(Err(e));
+            }
         };
         let (won, ours) = match lock_answer(&rows) {
             Some(answer) => answer,
@@ -1395,13 +1398,53 @@ impl Drop for SharedTry {
             self.id.clone(),
         );
         session.runtime.clone().spawn(async move {
-            let Ok(Ok(rows)) = task.await else { return };
+            let rows = match task.await {
+                Ok(Ok(rows)) => rows,
+                // Failed, it may still have won (see `give_back_unknown`);
+                // its pass is gone, so another task of this process may
+                // hold the key on this session by now: only ending the
+                // session gives back for certain.
+                Ok(Err(_)) => {
+                    session.end();
+                    return;
+                }
+                Err(_) => return,
+            };
             if lock_answer(&rows) == Some((true, true)) {
                 tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a dropped try");
                 let _ = server.unlock(&session, mode, key, &id).await;
             }
         });
     }
+}
+
+/// Gives back what a try on `session` that failed may have won: the server
+/// can fail a statement after the lock was granted (a cancel, looked for
+/// again after the grant), and a session-level lock outlives the statement
+/// that took it. Called while the try's pass is held. An exclusive try's
+/// key has no other hold of this process (the pass excludes them), so one
+/// unlock gives back exactly what it may have won (and finds nothing
+/// otherwise). A shared try's key may have other holds of this process on
+/// the same session, which one unlock cannot be told from: the session is
+/// ended, and its locks with it (their guards are told, through `lost`).
+/// So is an exclusive one whose unlock fails.
+async fn give_back_unknown(
+    server: &Arc<Server>,
+    session: &Arc<Session>,
+    mode: LockMode,
+    key: i64,
+    id: &LockId,
+) {
+    if mode == LockMode::Exclusive {
+        if let Ok(won) = server.unlock(session, mode, key, id).await {
+            if won {
+                tracing::debug!(lock = %id, "lockmgr: a failed try had won its lock: given back");
+            }
+            return;
+        }
+    }
+    tracing::debug!(lock = %id, "lockmgr: a failed try may have won its lock: its session is ended");
+    session.end();
 }
 
 /// A lock won but not yet handed out in a guard: dropped so (its acquire
