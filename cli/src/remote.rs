@@ -143,7 +143,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let outcome = supervise(
         &args.command,
         &crate::output::shown_path(&args.lockfile),
-        Some(token),
+        &[token],
         Tie::EndWithParent,
         (guard.lost(), args.kill_after),
         &signals,
@@ -180,7 +180,10 @@ async fn run_with_permit(
     let outcome = supervise(
         &args.command,
         &crate::output::shown_path(&args.lockfile),
-        Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
+        &[
+            ("LOCKMGR_PERMIT_SLOT", permit.slot().to_string()),
+            ("LOCKMGR_FENCING_TOKEN", permit.fencing_token().to_string()),
+        ],
         Tie::EndWithParent,
         (permit.lost(), args.kill_after),
         &signals,

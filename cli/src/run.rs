@@ -174,7 +174,7 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let outcome = supervise(
         &args.command,
         &crate::output::shown_path(guard.path()),
-        token,
+        token.as_slice(),
         Tie::Inherit(guard.as_fd(), &args.lockfile),
         (std::future::pending(), Duration::MAX),
         &signals,
@@ -205,7 +205,7 @@ async fn run_with_permit(
     let outcome = supervise(
         &args.command,
         &crate::output::shown_path(permit.path()),
-        Some(("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())),
+        &[("LOCKMGR_PERMIT_SLOT", permit.slot().to_string())],
         Tie::Inherit(permit.as_fd(), &args.lockfile),
         (std::future::pending(), Duration::MAX),
         &signals,
@@ -322,7 +322,7 @@ fn end_by(sig: std::io::Result<crate::signals::Received>) -> ! {
 pub(crate) async fn supervise(
     command: &[OsString],
     lock: &str,
-    env: Option<(&str, String)>,
+    env: &[(&str, String)],
     tie: Tie<'_>,
     (lost, kill_after): (impl std::future::Future<Output = ()>, Duration),
     signals: &Signals,
@@ -333,7 +333,7 @@ pub(crate) async fn supervise(
     // is not the command's: it gets only what this run gives it.
     cmd.env_remove("LOCKMGR_FENCING_TOKEN")
         .env_remove("LOCKMGR_PERMIT_SLOT");
-    if let Some((key, value)) = env {
+    for (key, value) in env {
         cmd.env(key, value);
     }
     // The inherited copy of the lock: a duplicate has no close-on-exec

@@ -766,17 +766,19 @@ fn list_names_the_servers_locks_their_holders_and_their_queue() {
     );
 }
 
-/// `run --permits 1 --postgres URL NAME`: the command gets its slot; a
-/// second, without waiting, is turned away while the first runs.
+/// `run --permits 1 --postgres URL NAME`: the command gets its slot and
+/// its permit's fencing token (before: no token); a second, without
+/// waiting, is turned away while the first runs.
 #[test]
 fn permits_on_postgres() {
     let Some(url) = common::pg_url() else { return };
     let name = format!("cli-permits-{}", std::process::id());
     let (mut first, said) = common::run_until_said(
         &["--permits", "1", "--postgres", &url, &name],
-        "echo slot=$LOCKMGR_PERMIT_SLOT; exec cat >/dev/null",
+        "echo slot=$LOCKMGR_PERMIT_SLOT token=${LOCKMGR_FENCING_TOKEN:-none}; exec cat >/dev/null",
     );
-    assert_eq!(said, "slot=0");
+    let token = said.strip_prefix("slot=0 token=").map(str::parse::<u64>);
+    assert!(matches!(token, Some(Ok(t)) if t > 0), "{said}");
     let out = lockmgr(&[
         "run",
         "--permits",
