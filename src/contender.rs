@@ -578,11 +578,8 @@ fn current_record(fd: impl AsFd, kind: LockKind) -> Option<Holder> {
     };
     let holder = &record.holder;
     match posix {
-        Some(pid)
-            if !holder.stale && holder.host == os::hostname() && !record.names_process(pid) =>
-        {
-            None
-        }
+        // Stale or not: a record of a process that has ended is as old.
+        Some(pid) if holder.host == os::hostname() && !record.names_process(pid) => None,
         _ => Some(record.holder),
     }
 }

@@ -488,6 +488,26 @@ fn an_old_record_names_no_holder_where_the_kernel_names_another() {
     drop(held);
 }
 
+/// The same for the record of a process that has ended since (the usual
+/// old record: a `lockmgr run` that is over): it names no holder once a
+/// POSIX lock of another process holds the file. Before, a record whose
+/// process was gone was taken at its word, so `holder()` and a try's
+/// `WouldBlock` named the dead process ("stale record"), not nobody.
+#[test]
+fn an_old_record_of_an_ended_process_names_no_holder_where_the_kernel_names_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posix.lock");
+    common::Holder::start(&path).finish();
+    let lock = LockMgr::new(&path);
+    let holder = Foreign::start("posix", "ex", &path);
+    assert_eq!(lock.holder().unwrap(), None);
+    match lock.try_acquire() {
+        Err(lockmgr::LockError::WouldBlock { holder, .. }) => assert_eq!(holder, None),
+        other => panic!("{other:?}"),
+    }
+    holder.finish();
+}
+
 /// On btrfs the kernel's lock lists (`/proc/locks`, fdinfo) name a file by
 /// its file system's device, where `stat` gives its subvolume's: a holder
 /// there is still named, and the file listed. Before, the file was found in
