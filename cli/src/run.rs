@@ -436,6 +436,15 @@ pub(crate) async fn supervise(
         }
     };
     match status {
+        // Its work ran on past the lock's end: not a success, even where
+        // it took the SIGTERM for a graceful shutdown.
+        Ok(s) if was_lost && s.success() => {
+            say!(
+                "lockmgr: {} exited 0, but its lock was lost while it ran; exit status 2",
+                command[0].to_string_lossy()
+            );
+            Outcome::Code(ExitCode::from(2))
+        }
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;
             match (s.code(), s.signal()) {

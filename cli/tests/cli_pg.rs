@@ -154,6 +154,22 @@ fn a_lost_session_stops_the_command() {
     rt.block_on(async { drop(lock.try_acquire().await.unwrap()) });
 }
 
+/// A command that ends well on the SIGTERM of a lost lock (a graceful
+/// shutdown, exit 0) does not make `lockmgr run` say success: its work ran
+/// on past the lock's end, which a `lockmgr run ... && next` must not take
+/// for done. It ends with status 2, and says why. (Before: 0.)
+#[test]
+fn a_command_that_exits_0_after_its_lock_was_lost_is_not_a_success() {
+    let Some(url) = common::pg_url() else { return };
+    let name = format!("cli-lost-graceful-{}", std::process::id());
+    let script = "trap 'kill $!; exit 0' TERM; echo started; sleep 600 >/dev/null 2>&1 & wait";
+    let (ended, _) = run_and_lose_the_session(&url, &name, script);
+    let status = ended.expect("the command was not stopped");
+    let err = text(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{err}");
+    assert!(err.contains("lock was lost"), "{err}");
+}
+
 /// A command that ignores SIGTERM is not left running without its lock:
 /// once the lock is lost, it gets SIGTERM, and SIGKILL a grace period
 /// later (`--kill-after`, 10 s by default).
