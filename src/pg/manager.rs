@@ -850,19 +850,13 @@ impl PgLockMgr {
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
-        let rows = match SharedTry::start(server, shared, mode, key, id)
-            .answer()
+        let (rows, pass) = match SharedTry::start(server, shared, mode, key, id, pass)
+            .answer(may_retry)
             .await
         {
-            Ok(rows) => rows,
-            Err(e) if may_retry && session_gone(&e) => {
-                shared.end();
-                return Shared::Ended(pass);
-            }
-            Err(e) => {
-                give_back_unknown(server, shared, mode, key, id).await;
-                return Shared::Done(Err(e));
-            }
+            Answer::Rows(rows, pass) => (rows, pass),
+            Answer::Ended(pass) => return Shared::Ended(pass),
+            Answer::Failed(e) => return Shared::Done(Err(e)),
         };
         let (won, ours) = match lock_answer(&rows) {
             Some(answer) => answer,
@@ -1332,15 +1326,37 @@ enum Shared {
 /// future that sent it, and only its answer tells whether it won: dropped
 /// before the answer came, the task waits for it and gives a lock it won
 /// back (one unlock for the one grant, so that other holds of this
-/// process on the same session are untouched).
+/// process on the same session are untouched). It keeps the try's pass
+/// through the key's gate until then, so that no other task of this
+/// process takes the key meanwhile.
 struct SharedTry {
     task:
         Option<tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError>>>,
+    pass: Option<Pass>,
     session: Arc<Session>,
     server: Arc<Server>,
     mode: LockMode,
     key: i64,
     id: LockId,
+}
+
+/// What a [`SharedTry`] came to.
+enum Answer {
+    /// The statement's answer, and the pass.
+    Rows(Vec<tokio_postgres::SimpleQueryMessage>, Pass),
+    /// The session ended under the try, which took nothing: the pass, for
+    /// a try on another session.
+    Ended(Pass),
+    /// The try failed; whatever it may have won is given back.
+    Failed(LockError),
+}
+
+/// Whether a try may have won before it failed.
+#[derive(Clone, Copy)]
+enum Won {
+    Yes,
+    Maybe,
+    No,
 }
 
 impl SharedTry {
@@ -1350,6 +1366,7 @@ impl SharedTry {
         mode: LockMode,
         key: i64,
         id: &LockId,
+        pass: Pass,
     ) -> Self {
         let bound = server.timeouts.request;
         let task = session.runtime.spawn({
@@ -1359,6 +1376,7 @@ impl SharedTry {
         });
         SharedTry {
             task: Some(task),
+            pass: Some(pass),
             session: session.clone(),
             server: server.clone(),
             mode,
@@ -1367,14 +1385,52 @@ impl SharedTry {
         }
     }
 
-    async fn answer(mut self) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError> {
+    /// The try's answer. A failed try that may have won first (see
+    /// [`may_have_won`]) has it given back, by a task that keeps the pass
+    /// until it is done, whatever becomes of this future.
+    async fn answer(mut self, may_retry: bool) -> Answer {
         let answer = match self.task.as_mut() {
             Some(task) => task.await,
-            None => return Err(self.lost_task("the try was answered already")),
+            None => return Answer::Failed(self.lost_task("the try was answered already")),
         };
         // Answered: whatever it says is the caller's now.
         self.task = None;
-        answer.unwrap_or_else(|e| Err(self.lost_task(&e.to_string())))
+        let Some(pass) = self.pass.take() else {
+            return Answer::Failed(self.lost_task("the try's pass was given up"));
+        };
+        match answer.unwrap_or_else(|e| Err(self.lost_task(&e.to_string()))) {
+            Ok(rows) => Answer::Rows(rows, pass),
+            Err(e) if may_retry && session_gone(&e) => {
+                self.session.end();
+                Answer::Ended(pass)
+            }
+            Err(e) => {
+                let won = if may_have_won(&e) {
+                    Won::Maybe
+                } else {
+                    Won::No
+                };
+                let settling = self.give_back(won, pass);
+                let _ = settling.await;
+                Answer::Failed(e)
+            }
+        }
+    }
+
+    /// Gives back, in a task of its own that holds `pass` until it is done,
+    /// what the try won (or may have).
+    fn give_back(&self, won: Won, pass: Pass) -> tokio::task::JoinHandle<()> {
+        let (session, server, mode, key, id) = (
+            self.session.clone(),
+            self.server.clone(),
+            self.mode,
+            self.key,
+            self.id.clone(),
+        );
+        self.session.runtime.spawn(async move {
+            give_back(&server, &session, mode, key, &id, won).await;
+            drop(pass);
+        })
     }
 
     fn lost_task(&self, what: &str) -> LockError {
@@ -1390,60 +1446,72 @@ impl Drop for SharedTry {
         let Some(task) = self.task.take() else {
             return;
         };
-        let (session, server, mode, key, id) = (
+        let (session, server, mode, key, id, pass) = (
             self.session.clone(),
             self.server.clone(),
             self.mode,
             self.key,
             self.id.clone(),
+            self.pass.take(),
         );
         session.runtime.clone().spawn(async move {
-            let rows = match task.await {
-                Ok(Ok(rows)) => rows,
-                // Failed, it may still have won (see `give_back_unknown`);
-                // its pass is gone, so another task of this process may
-                // hold the key on this session by now: only ending the
-                // session gives back for certain.
-                Ok(Err(_)) => {
-                    session.end();
-                    return;
-                }
-                Err(_) => return,
+            let won = match task.await {
+                Ok(Ok(rows)) if lock_answer(&rows) == Some((true, true)) => Won::Yes,
+                Ok(Ok(_)) => Won::No,
+                Ok(Err(e)) if may_have_won(&e) => Won::Maybe,
+                Ok(Err(_)) => Won::No,
+                Err(_) => Won::Maybe,
             };
-            if lock_answer(&rows) == Some((true, true)) {
-                tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a dropped try");
-                let _ = server.unlock(&session, mode, key, &id).await;
-            }
+            give_back(&server, &session, mode, key, &id, won).await;
+            drop(pass);
         });
     }
 }
 
-/// Gives back what a try on `session` that failed may have won: the server
-/// can fail a statement after the lock was granted (a cancel, looked for
-/// again after the grant), and a session-level lock outlives the statement
-/// that took it. Called while the try's pass is held. An exclusive try's
-/// key has no other hold of this process (the pass excludes them), so one
-/// unlock gives back exactly what it may have won (and finds nothing
-/// otherwise). A shared try's key may have other holds of this process on
-/// the same session, which one unlock cannot be told from: the session is
-/// ended, and its locks with it (their guards are told, through `lost`).
-/// So is an exclusive one whose unlock fails.
-async fn give_back_unknown(
+/// Whether a try that failed with `e` may have been granted first: a
+/// session-level lock outlives the statement that took it, and the server
+/// can fail a statement after the grant (a cancel, looked for again
+/// then). A failure with no SQLSTATE (the connection, a timeout) or of
+/// class 57 (operator intervention: a cancel, `statement_timeout`, a
+/// shutdown) may come after it; any other error is raised before the
+/// lock function runs, or by it, granting nothing.
+fn may_have_won(e: &LockError) -> bool {
+    code(e).is_none_or(|c| c.starts_with("57"))
+}
+
+/// Gives back what a try on `session` won (or may have), while its pass
+/// is held. An exclusive try's key has no other hold of this process
+/// meanwhile (the pass excludes them, and is kept until what they won is
+/// given back), so one unlock gives back exactly what it won, and finds
+/// nothing if it won nothing. A shared try's key may have other holds of
+/// this process on the same session, which one unlock of a grant that may
+/// not have been made could take away: the session is ended, and its locks
+/// with it (their guards are told, through `lost`). So is any session
+/// whose unlock fails.
+async fn give_back(
     server: &Arc<Server>,
     session: &Arc<Session>,
     mode: LockMode,
     key: i64,
     id: &LockId,
+    won: Won,
 ) {
-    if mode == LockMode::Exclusive {
-        if let Ok(won) = server.unlock(session, mode, key, id).await {
-            if won {
-                tracing::debug!(lock = %id, "lockmgr: a failed try had won its lock: given back");
+    let unlock = match (won, mode) {
+        (Won::No, _) => return,
+        (Won::Yes, _) | (Won::Maybe, LockMode::Exclusive) => true,
+        (Won::Maybe, LockMode::Shared) => false,
+    };
+    if unlock {
+        match server.unlock(session, mode, key, id).await {
+            Ok(true) => {
+                tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a try that did not return it");
+                return;
             }
-            return;
+            Ok(false) => return,
+            Err(_) => {}
         }
     }
-    tracing::debug!(lock = %id, "lockmgr: a failed try may have won its lock: its session is ended");
+    tracing::debug!(lock = %id, "lockmgr: a try that may have won its lock ended in doubt: its session is ended");
     session.end();
 }
 
