@@ -13,11 +13,11 @@
 //! and only the first of them waits for the gate to empty, then on the
 //! server.
 //!
-//! A shared contender passes whenever no exclusive one is through, even
-//! past an exclusive one waiting for the shared ones to leave, as a reader
-//! of another process would (the server grants a shared hold beside shared
-//! holds at once): waiting there, it would wait for a writer that waits for
-//! the readers, its own task's among them.
+//! A shared contender passes whenever no exclusive one of this process is
+//! through, even past an exclusive one waiting for the shared ones to
+//! leave: waiting there, it would wait for a writer that waits for the
+//! readers, its own task's among them. (On the server, a shared request
+//! does queue behind a waiting exclusive one, of any process.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,7 +103,9 @@ impl Gate {
 pub(super) struct Pass {
     key: i64,
     gates: Arc<Gates>,
-    gate: Arc<Gate>,
+    /// Its key's gate; taken (and dropped) only under the map's mutex, when
+    /// the pass drops, so that the last pass of a key to go sees it last.
+    gate: Option<Arc<Gate>>,
     /// The mode it went through in; `None` until it has.
     mode: Option<LockMode>,
     /// Whether the pass was waited for (another task of this process held
@@ -145,15 +147,25 @@ impl Gates {
         let mut pass = Pass {
             key,
             gates: self.clone(),
-            gate,
+            gate: Some(gate),
             mode: None,
             waited: false,
         };
-        let gate = &pass.gate;
-        // A gate that lets it through now. (An exclusive contender does not
-        // wait for those in line before it: a try never lines up, and a
-        // waiting one finds nobody in line when the gate is free.)
-        if !gate.try_pass(mode) {
+        let Some(gate) = pass.gate.as_deref() else {
+            return Err(Shut::Busy);
+        };
+        // A gate that lets it through now. A waiting exclusive contender
+        // takes it so only with nobody in line before it (FIFO: one woken
+        // at the head of the line is not handed the gate, and a newcomer
+        // could take it first); a try never lines up, and may.
+        let passed = match mode {
+            LockMode::Exclusive if wait => gate
+                .writers
+                .try_lock()
+                .is_ok_and(|_first| gate.try_pass(mode)),
+            _ => gate.try_pass(mode),
+        };
+        if !passed {
             if !wait {
                 return Err(Shut::Busy);
             }
@@ -189,20 +201,21 @@ async fn within(deadline: Option<Instant>, entering: impl Future<Output = ()>) -
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        if let Some(mode) = self.mode.take() {
-            self.gate.leave(mode);
+        if let (Some(mode), Some(gate)) = (self.mode.take(), &self.gate) {
+            gate.leave(mode);
         }
         let mut keys = self
             .gates
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Only the map and this pass refer to a gate nobody else is at
-        // (clones are made under this mutex, so the count cannot rise
-        // behind our back).
+        drop(self.gate.take());
+        // Only the map refers to a gate nobody is at (clones are made, and
+        // passes let theirs go, under this mutex, so the count cannot
+        // change behind our back).
         if keys
             .get(&self.key)
-            .is_some_and(|g| Arc::ptr_eq(g, &self.gate) && Arc::strong_count(g) == 2)
+            .is_some_and(|g| Arc::strong_count(g) == 1)
         {
             keys.remove(&self.key);
         }
@@ -264,5 +277,40 @@ mod tests {
         drop((reader, second));
         assert!(writer.await.unwrap());
         assert!(gates.keys.lock().unwrap().is_empty());
+    }
+
+    /// Waiting exclusive contenders go through in the order they came: one
+    /// woken at the head of the line when the gate empties is not passed by
+    /// a newcomer that finds it empty first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_exclusive_passes_go_first_come_first_served() {
+        use std::future::Future;
+        let gates = Arc::new(Gates::default());
+        let holder = gates.enter(7, LockMode::Exclusive, false, None).await;
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let gates = gates.clone();
+            async move {
+                let pass = gates.enter(7, LockMode::Exclusive, true, None).await;
+                let _ = left.await;
+                pass.is_ok()
+            }
+        });
+        tokio::task::yield_now().await;
+        drop(holder);
+        // The head of the line is woken, not yet run: a newcomer now.
+        let newcomer = gates.enter(7, LockMode::Exclusive, true, None);
+        tokio::pin!(newcomer);
+        let at_once = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(newcomer.as_mut().poll(cx).is_ready())
+        })
+        .await;
+        assert!(
+            !at_once,
+            "a newcomer went through before the head of the line"
+        );
+        drop(leave);
+        assert!(first.await.unwrap());
+        assert!(newcomer.await.is_ok());
     }
 }

@@ -25,10 +25,11 @@
 //!   server (a session that holds a lock is granted it again, so two tasks
 //!   must never ask on one session): a thousand tasks waiting for one name
 //!   cost one waiting session. Shared acquires of the process pass together
-//!   whenever no exclusive one of it is through, even past one waiting, as
-//!   the server lets readers of other processes past a waiting writer (so
-//!   a process's own readers can keep its writer out, as in "Readers can
-//!   starve a writer" of the README). A lock whose session is lost lets the next
+//!   whenever no exclusive one of it is through, even past one waiting for
+//!   the process's own readers to leave, which it would otherwise wait for
+//!   while they waited for it (so a process's own readers can keep its
+//!   writer out). On the server, a shared request queues behind a waiting
+//!   exclusive one, of any process. A lock whose session is lost lets the next
 //!   task of the process in at once. Sessions run on a thread of their own
 //!   (`lockmgr-pg`), so that they serve every runtime of the process and
 //!   outlive the one that made them.
