@@ -806,10 +806,14 @@ pub(crate) fn current_pid() -> u32 {
 /// namespace of its own (`unshare(CLONE_NEWPID)` and `fork`, no `exec`)
 /// makes another pid 1. `None` where the page cannot be had.
 pub(crate) fn pid_namespace_word() -> Option<&'static AtomicU32> {
-    // SAFETY: the page is at least 4096 bytes, so the next word is inside
-    // it, aligned as the first is, and, like it, only ever accessed as this
+    pid_word()?;
+    let page = PID_WORD.load(Ordering::Acquire);
+    // SAFETY: `pid_word` returned a word, so `PID_WORD` holds the start of
+    // the page (published, never unmapped); the pointer is the mapping's
+    // own, valid for all of its 4096 bytes, so the next word is inside it,
+    // aligned as the first is, and, like it, only ever accessed as this
     // atomic.
-    pid_word().map(|word| unsafe { &*std::ptr::from_ref(word).add(1) })
+    Some(unsafe { &*page.add(1) })
 }
 
 /// The word of the wipe-on-fork page that keeps [`current_pid`], once made
