@@ -116,7 +116,7 @@ fn state(l: &LockedFile) -> String {
 /// entry that goes while it is looked at (lock files come and go:
 /// `remove_on_release`, `/run/lock`) is not listed, and a directory below
 /// `dir` that cannot be read is skipped; only `dir` itself must be read.
-/// At [`MAX_FILES`] it stops, and sets `cut`.
+/// At a regular file past [`MAX_FILES`] it stops, and sets `cut`.
 fn walk(
     dir: &Path,
     files: &mut Vec<(PathBuf, fs::Metadata)>,
@@ -129,13 +129,16 @@ fn walk(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if files.len() >= MAX_FILES {
-            *cut = true;
-            return Ok(());
-        }
         if meta.is_dir() {
             let _ = walk(&entry.path(), files, cut);
+            if *cut {
+                return Ok(());
+            }
         } else if meta.is_file() {
+            if files.len() >= MAX_FILES {
+                *cut = true;
+                return Ok(());
+            }
             files.push((entry.path(), meta));
         }
     }

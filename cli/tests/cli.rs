@@ -1324,13 +1324,19 @@ fn status_and_list_name_a_flock_1_holder_and_tell_the_family() {
 
 /// `list DIR` of more files than it looks at (100,000) says so on stderr,
 /// naming the directory, rather than list a part as if it were all.
-/// (Before: the listing stopped there in silence.)
+/// (Before: the listing stopped there in silence.) With exactly that many
+/// files, and an empty directory beside them, it says nothing.
 #[test]
 fn list_of_a_directory_too_large_to_look_at_whole_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    for i in 0..100_001 {
+    for i in 0..100_000 {
         std::fs::File::create(dir.path().join(format!("f{i}"))).unwrap();
     }
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let out = lockmgr(&["list", s(dir.path())]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stderr), "");
+    std::fs::File::create(dir.path().join("empty").join("one-more")).unwrap();
     let out = lockmgr(&["list", s(dir.path())]);
     assert!(out.status.success(), "{out:?}");
     let said = text(&out.stderr);
