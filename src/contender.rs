@@ -1106,7 +1106,14 @@ where
     };
     // The first try is given time to be answered even past a shorter
     // budget (a zero one too): the mount is not known to stall before it.
-    let mut bound = deadline.map(|d| d.max(Instant::now() + wait::FIRST_TRY_OFF_RUNTIME));
+    // A call that does not wait has no budget (`acquire(false, _)`): that
+    // time bounds its one try.
+    let first_bound = Instant::now() + wait::FIRST_TRY_OFF_RUNTIME;
+    let mut bound = match deadline {
+        _ if !waits => Some(first_bound),
+        Some(d) => Some(d.max(first_bound)),
+        None => None,
+    };
     let mut poll = wait::POLL_FIRST;
     let mut announced = false;
     let mut cause = Cause::First;

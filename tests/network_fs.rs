@@ -270,6 +270,24 @@ async fn a_stalled_mount_does_not_block_the_runtime() {
     drop(lock.acquire(true, LIVENESS).await.unwrap());
 }
 
+/// A call that does not wait has no budget to end it on a stalled mount:
+/// its one try is given 1 s, whatever timeout it was passed
+/// (`acquire(false, _)`), `Duration::MAX` too. On the old code it waited
+/// `timeout * max_attempts`, for ever with `Duration::MAX` (until the
+/// test's watchdog continued the mount).
+#[tokio::test(flavor = "current_thread")]
+#[allow(clippy::await_holding_lock)]
+async fn a_call_that_does_not_wait_is_not_held_up_by_a_stalled_mount() {
+    let _alone = alone();
+    let (_dir, mount, path) = mounted();
+    let lock = LockMgr::new(&path);
+    drop(lock.try_acquire().unwrap());
+    let guard = lock.acquire(true, Duration::from_secs(5)).await.unwrap();
+    let once = lock.acquire(false, Duration::MAX);
+    let err = bounded_while_stalled(&mount, guard, once).await;
+    assert!(err.to_string().contains("did not answer"), "{err}");
+}
+
 /// The same for a semaphore's permits: once the crate knows the file is on
 /// such a file system, a stalled mount blocks neither the release of a
 /// permit nor the wait for one, and the caller's bound ends the wait.
