@@ -1408,3 +1408,70 @@ async fn a_try_cancelled_after_its_grant_leaves_no_lock_held() {
     assert!(cancelled > 0 && won > 0, "won {won}, cancelled {cancelled}");
     lock.try_acquire().await.unwrap().release().await.unwrap();
 }
+
+/// A wait whose attempt the server ends with `lock_timeout` just as it
+/// grants the lock ("canceling statement due to lock timeout" after the
+/// grant) must not leave the lock held: a session-level lock outlives the
+/// statement. Here another session takes and lets go of the lock every
+/// millisecond or so, while this process waits for it in attempts of 1 ms,
+/// exclusively and shared in turn, for 10 s; after every call (its guard,
+/// if any, released) none of this process's sessions may hold it. On the
+/// old code one soon did, with no guard, for as long as the process lived
+/// (the adversarial tester saw it within 1 to 869 calls, 8 runs of 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let label = format!("granted-at-timeout-{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, name("granted-at-timeout"))
+        .label(&label)
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let key = lock.key();
+    let flapper = pg_common::admin(&url).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Load, not synchronisation: the other session's holds come and go at
+    // varying moments, some of them just as an attempt times out.
+    let flapping = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                flapper
+                    .simple_query(&format!("SELECT pg_advisory_lock({key})"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(200 + (i * 7919) % 1500)).await;
+                flapper
+                    .simple_query(&format!("SELECT pg_advisory_unlock({key})"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(100 + (i * 104_729) % 800)).await;
+            }
+        }
+    });
+    let ours = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = '{label}'"
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut calls = 0;
+    while Instant::now() < until {
+        calls += 1;
+        let got = if calls % 2 == 0 {
+            lock.acquire(true, Duration::from_millis(1)).await
+        } else {
+            lock.acquire_shared(true, Duration::from_millis(1)).await
+        };
+        if let Ok(guard) = got {
+            guard.release().await.unwrap();
+        }
+        let held: i64 = admin.query_one(&ours, &[]).await.unwrap().get(0);
+        assert_eq!(held, 0, "held with no guard after call {calls}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flapping.await.unwrap();
+}

@@ -934,6 +934,19 @@ impl PgLockMgr {
                 }
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
                     tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
+                    // The server may have granted the lock as the timeout
+                    // fired: a session-level lock outlives the statement.
+                    // The session is this wait's alone and held nothing
+                    // (see `waiting_session`), so one unlock gives back
+                    // exactly that, and finds nothing otherwise.
+                    match server.unlock(&waiter, mode, key, id).await {
+                        Ok(granted) => {
+                            if granted {
+                                tracing::debug!(lock = %id, attempt, "lockmgr: a lock granted as its wait timed out: given back");
+                            }
+                        }
+                        Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
+                    }
                 }
                 Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
             }
