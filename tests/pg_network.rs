@@ -1475,3 +1475,98 @@ async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flapping.await.unwrap();
 }
+
+/// Counts, on the thread it is the default of, the crate's "waiting for
+/// lock" events: one per call that has to wait.
+#[derive(Clone, Default)]
+struct Announced(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for Announced {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}").starts_with("waiting for lock");
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Shared waiters of one process cost one waiting session, as exclusive
+/// ones do: here 30 tasks wait, shared, for a lock another session holds
+/// exclusively, and once it lets go they all hold it, on a few sessions.
+/// On the old code every shared waiter opened a waiting session of its own
+/// (1,000 of them used up the server's `max_connections`).
+#[tokio::test(flavor = "current_thread")]
+async fn shared_waiters_of_a_process_share_one_waiting_session() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    let label = format!("shared-waiters-{}", std::process::id());
+    let lock = PgLockMgr::builder(&url, name("shared-waiters"))
+        .label(&label)
+        .build()
+        .unwrap();
+    let holder = pg_common::admin(&url).await;
+    holder
+        .simple_query(&format!("SELECT pg_advisory_lock({})", lock.key()))
+        .await
+        .unwrap();
+    let announced = Announced::default();
+    let _log = tracing::subscriber::set_default(announced.clone());
+    tracing::callsite::rebuild_interest_cache();
+    const WAITERS: usize = 30;
+    let (done, mut held) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..WAITERS {
+        let (lock, done) = (lock.clone(), done.clone());
+        tokio::spawn(async move {
+            let _ = done.send(lock.acquire_shared(true, LIVENESS).await);
+        });
+    }
+    // Every waiter has tried, lost, and said it waits.
+    let deadline = Instant::now() + LIVENESS;
+    while announced.0.load(std::sync::atomic::Ordering::SeqCst) < WAITERS {
+        assert!(Instant::now() < deadline, "the waiters never all waited");
+        tokio::task::yield_now().await;
+    }
+    holder
+        .simple_query("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    let mut guards = Vec::new();
+    for _ in 0..WAITERS {
+        guards.push(held.recv().await.unwrap().unwrap());
+    }
+    let sessions: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&label],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The try's shared session, the one that waited, and the reads'.
+    assert!(
+        sessions <= 3,
+        "{WAITERS} shared waiters used {sessions} sessions"
+    );
+    for guard in guards {
+        guard.release().await.unwrap();
+    }
+}

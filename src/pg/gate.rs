@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 use crate::vocab::LockMode;
@@ -45,6 +45,10 @@ struct Gate {
     /// The line of exclusive contenders that wait (FIFO): only its first
     /// waits for the gate to empty.
     writers: tokio::sync::Mutex<()>,
+    /// The line of shared contenders that wait on the server (FIFO): only
+    /// its first waits there, on a session of its own; once it holds the
+    /// lock, the next tries again, which shares a session with it.
+    shared_waits: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -111,6 +115,33 @@ pub(super) struct Pass {
     /// Whether the pass was waited for (another task of this process held
     /// or was taking the key).
     pub(super) waited: bool,
+}
+
+impl Pass {
+    /// A shared contender's turn to wait on the server for its key, kept
+    /// as long as the guard lives: at once (`false`) if nobody of this
+    /// process waits there, else once those before it are done (`true`:
+    /// the lock may be held shared by now, and worth a try), within
+    /// `deadline`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped wait leaves the line.
+    pub(super) async fn server_turn(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(OwnedMutexGuard<()>, bool), Shut> {
+        let Some(gate) = &self.gate else {
+            return Err(Shut::Busy);
+        };
+        let line = gate.shared_waits.clone();
+        if let Ok(turn) = line.clone().try_lock_owned() {
+            return Ok((turn, false));
+        }
+        let mut turn = None;
+        within(deadline, async { turn = Some(line.lock_owned().await) }).await?;
+        turn.map(|t| (t, true)).ok_or(Shut::TimedOut)
+    }
 }
 
 /// Why no pass was given.

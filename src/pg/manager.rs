@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -781,6 +782,9 @@ impl PgLockMgr {
         };
         let mut pass = pass;
         let mut tries_left = 2;
+        // A shared waiter's turn to wait on the server, once it has one:
+        // kept until the call returns.
+        let mut turn = None;
         loop {
             // Behind a transaction pooler, no shared session is needed (the
             // lock is held in a connection of its own; reads have theirs).
@@ -803,11 +807,17 @@ impl PgLockMgr {
                     deadline,
                     pass,
                     tries_left > 0,
-                    contended,
+                    (contended, &mut turn),
                 )
                 .await
             {
                 Shared::Done(result) => return result,
+                // Its turn to wait came after another shared waiter's,
+                // which may hold the lock now: a try first.
+                Shared::Again(back) => {
+                    pass = back;
+                    tries_left += 1;
+                }
                 // The shared session ended under the try (terminated,
                 // or its network lost): nothing was taken; once more on
                 // another.
@@ -846,7 +856,7 @@ impl PgLockMgr {
         deadline: Option<Instant>,
         pass: Pass,
         may_retry: bool,
-        contended: &mut bool,
+        (contended, turn): (&mut bool, &mut Option<OwnedMutexGuard<()>>),
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
@@ -890,6 +900,27 @@ impl PgLockMgr {
         if tracing::enabled!(tracing::Level::INFO) {
             let holder = self.holder_on().await.ok().flatten();
             policy.announce(id, holder.as_ref(), "");
+        }
+        // Shared waiters of this process wait on the server one at a time,
+        // so that a thousand cost one waiting session: once the first holds
+        // the lock, the next one's try shares a session with it.
+        if mode == LockMode::Shared && turn.is_none() {
+            match pass.server_turn(deadline).await {
+                Ok((first, waited)) => {
+                    *turn = Some(first);
+                    if waited {
+                        return Shared::Again(pass);
+                    }
+                }
+                Err(_) => {
+                    return Shared::Done(Err(LockError::TimedOut {
+                        lock: id.clone(),
+                        attempts: policy.max_attempts,
+                        waited: started.elapsed(),
+                        holder: self.holder_on().await.ok().flatten(),
+                    }))
+                }
+            }
         }
         let waiter = match server.waiting_session(id, deadline, shared).await {
             Ok(w) => w,
@@ -1332,6 +1363,8 @@ enum Shared {
     Ended(Pass),
     /// Statements ran on different backends: a transaction pooler.
     Pooled(Pass),
+    /// A shared waiter's turn to wait came after another's: try again.
+    Again(Pass),
 }
 
 /// The first try on a shared session, run in a task of its own. Its
