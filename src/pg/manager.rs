@@ -825,6 +825,9 @@ impl PgLockMgr {
                 // Statements hopped between backends: a transaction
                 // pooler after all, found before any lock was won.
                 Shared::Pooled(back) => {
+                    // Behind a transaction pooler each waiter waits in a
+                    // connection of its own: the turn is not needed.
+                    drop(turn.take());
                     server.found_transaction_pooling();
                     tracing::warn!(
                         lock = %self.id(),
