@@ -1458,7 +1458,7 @@ async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
          WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = '{label}'"
     );
     let until = Instant::now() + Duration::from_secs(10);
-    let mut calls = 0;
+    let (mut calls, mut won, mut timed_out) = (0, 0, 0);
     while Instant::now() < until {
         calls += 1;
         let got = if calls % 2 == 0 {
@@ -1466,14 +1466,22 @@ async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
         } else {
             lock.acquire_shared(true, Duration::from_millis(1)).await
         };
-        if let Ok(guard) = got {
-            guard.release().await.unwrap();
+        match got {
+            Ok(guard) => {
+                won += 1;
+                guard.release().await.unwrap();
+            }
+            Err(LockError::TimedOut { .. }) => timed_out += 1,
+            Err(e) => panic!("call {calls}: {e}"),
         }
         let held: i64 = admin.query_one(&ours, &[]).await.unwrap().get(0);
         assert_eq!(held, 0, "held with no guard after call {calls}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flapping.await.unwrap();
+    // Both outcomes came up: the attempts' ends met the other session's
+    // holds.
+    assert!(won > 0 && timed_out > 0, "won {won}, timed out {timed_out}");
 }
 
 /// Counts, on the thread it is the default of, the crate's "waiting for
@@ -1511,9 +1519,14 @@ impl tracing::Subscriber for Announced {
 
 /// Shared waiters of one process cost one waiting session, as exclusive
 /// ones do: here 30 tasks wait, shared, for a lock another session holds
-/// exclusively, and once it lets go they all hold it, on a few sessions.
-/// On the old code every shared waiter opened a waiting session of its own
-/// (1,000 of them used up the server's `max_connections`).
+/// exclusively, and once it lets go they all hold it, on a few sessions,
+/// although yet another session queued for it exclusively meanwhile (the
+/// server grants a shared try beside that queued request only to a session
+/// that holds the lock already). On the old code every shared waiter
+/// opened a waiting session of its own (1,000 of them used up the server's
+/// `max_connections`); on the first version of the fix the waiters after
+/// the first tried on another session, failed, and queued behind the
+/// writer, which waited for the first.
 #[tokio::test(flavor = "current_thread")]
 async fn shared_waiters_of_a_process_share_one_waiting_session() {
     let Some(url) = common::pg_url() else { return };
@@ -1545,13 +1558,47 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
         assert!(Instant::now() < deadline, "the waiters never all waited");
         tokio::task::yield_now().await;
     }
+    // The first waiter waits on the server; a writer of another session
+    // queues behind it.
+    let on_server = |application: String| {
+        let admin = &admin;
+        async move {
+            let deadline = Instant::now() + LIVENESS;
+            loop {
+                let waiting: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                        &[&application],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if waiting > 0 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{application} never waited");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    on_server(label.clone()).await;
+    let writer_label = format!("{label}-writer");
+    let writer = PgLockMgr::builder(&url, lock.name())
+        .label(&writer_label)
+        .build()
+        .unwrap();
+    let writing = tokio::spawn(async move { writer.acquire(true, LIVENESS).await });
+    on_server(writer_label).await;
     holder
         .simple_query("SELECT pg_advisory_unlock_all()")
         .await
         .unwrap();
     let mut guards = Vec::new();
     for _ in 0..WAITERS {
-        guards.push(held.recv().await.unwrap().unwrap());
+        let got = tokio::time::timeout(LIVENESS, held.recv()).await;
+        let got = got.expect("a shared waiter never got the lock beside the others");
+        guards.push(got.unwrap().unwrap());
     }
     let sessions: i64 = admin
         .query_one(
@@ -1569,4 +1616,5 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
     for guard in guards {
         guard.release().await.unwrap();
     }
+    writing.await.unwrap().unwrap().release().await.unwrap();
 }

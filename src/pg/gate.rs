@@ -21,11 +21,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
+use super::session::Session;
 use crate::vocab::LockMode;
 
 /// The gates of one server's keys; a key's gate exists while a task is at
@@ -46,10 +47,16 @@ struct Gate {
     /// waits for the gate to empty.
     writers: tokio::sync::Mutex<()>,
     /// The line of shared contenders that wait on the server (FIFO): only
-    /// its first waits there, on a session of its own; once it holds the
-    /// lock, the next tries again, which shares a session with it.
-    shared_waits: Arc<tokio::sync::Mutex<()>>,
+    /// its first waits there, on a session of its own. The one that wins
+    /// leaves the session it won on here: the next ones try again there,
+    /// where the server grants a shared hold again at once, even with an
+    /// exclusive request of another process queued behind it.
+    shared_waits: Arc<tokio::sync::Mutex<Option<Weak<Session>>>>,
 }
+
+/// A shared contender's turn to wait on the server, with the session the
+/// last one that won on it left (see [`Pass::server_turn`]).
+pub(super) type Turn = OwnedMutexGuard<Option<Weak<Session>>>;
 
 #[derive(Default)]
 struct Through {
@@ -130,7 +137,7 @@ impl Pass {
     pub(super) async fn server_turn(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<(OwnedMutexGuard<()>, bool), Shut> {
+    ) -> Result<(Turn, bool), Shut> {
         let Some(gate) = &self.gate else {
             return Err(Shut::Busy);
         };

@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::advisory_key;
 use super::fence;
-use super::gate::{Pass, Shut};
+use super::gate::{Pass, Shut, Turn};
 use super::guard::{Ending, Hold, PgLockGuard};
 use super::session::{
     code, first_row, session_gone, unreadable, with_op, Failure, Pooling, Server, Session, Timeouts,
@@ -773,7 +772,9 @@ impl PgLockMgr {
                     },
                     Shut::TimedOut => LockError::TimedOut {
                         lock: self.id().clone(),
-                        attempts: policy.max_attempts,
+                        // Timed out behind this process's other tasks: no
+                        // attempt reached the server.
+                        attempts: 0,
                         waited: started.elapsed(),
                         holder,
                     },
@@ -782,20 +783,26 @@ impl PgLockMgr {
         };
         let mut pass = pass;
         let mut tries_left = 2;
-        // A shared waiter's turn to wait on the server, once it has one:
-        // kept until the call returns.
+        // A shared waiter's turn to wait on the server, once it has one
+        // (see `lock_shared`), and the session to try on next, where
+        // another shared waiter of this process won.
         let mut turn = None;
+        let mut next: Option<Arc<Session>> = None;
         loop {
             // Behind a transaction pooler, no shared session is needed (the
             // lock is held in a connection of its own; reads have theirs).
             if server.pooling(self.id(), deadline).await? == Pooling::Transaction {
+                drop(turn.take());
                 return self
                     .lock_in_transaction(&server, mode, policy, started, deadline, pass, contended)
                     .await;
             }
             // A session picked after the gate: the one the last holder used
             // may have ended.
-            let shared = server.shared(self.id(), deadline).await?;
+            let shared = match next.take().filter(|s| !s.is_ended()) {
+                Some(session) => session,
+                None => server.shared(self.id(), deadline).await?,
+            };
             tries_left -= 1;
             match self
                 .lock_shared(
@@ -813,10 +820,14 @@ impl PgLockMgr {
             {
                 Shared::Done(result) => return result,
                 // Its turn to wait came after another shared waiter's,
-                // which may hold the lock now: a try first.
+                // which may hold the lock now: a try first, on the session
+                // it won on. The turn goes on at once, so that the waiters
+                // behind try too, together; one whose try loses takes a
+                // turn again.
                 Shared::Again(back) => {
                     pass = back;
                     tries_left += 1;
+                    next = turn.take().and_then(|t| t.as_ref()?.upgrade());
                 }
                 // The shared session ended under the try (terminated,
                 // or its network lost): nothing was taken; once more on
@@ -859,7 +870,7 @@ impl PgLockMgr {
         deadline: Option<Instant>,
         pass: Pass,
         may_retry: bool,
-        (contended, turn): (&mut bool, &mut Option<OwnedMutexGuard<()>>),
+        (contended, turn): (&mut bool, &mut Option<Turn>),
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
@@ -896,33 +907,37 @@ impl PgLockMgr {
                 holder: self.holder_on().await.ok().flatten(),
             }));
         }
-        *contended = true;
-        // Every round trip before the wait is queued on the server is time
-        // in which the releaser, asking again, can win the lock back: the
-        // holder is only looked up for an operator who reads the event.
-        if tracing::enabled!(tracing::Level::INFO) {
+        // Once per call (a shared waiter may come here again, after its
+        // turn). Every round trip before the wait is queued on the server
+        // is time in which the releaser, asking again, can win the lock
+        // back: the holder is only looked up for an operator who reads the
+        // event.
+        if !std::mem::replace(contended, true) && tracing::enabled!(tracing::Level::INFO) {
             let holder = self.holder_on().await.ok().flatten();
             policy.announce(id, holder.as_ref(), "");
         }
         // Shared waiters of this process wait on the server one at a time,
         // so that a thousand cost one waiting session: once the first holds
-        // the lock, the next one's try shares a session with it.
+        // the lock, the others try again on the session it won on.
         if mode == LockMode::Shared && turn.is_none() {
-            match pass.server_turn(deadline).await {
-                Ok((first, waited)) => {
+            let timed_out = match pass.server_turn(deadline).await {
+                Ok((first, true)) => {
                     *turn = Some(first);
-                    if waited {
-                        return Shared::Again(pass);
-                    }
+                    return Shared::Again(pass);
                 }
-                Err(_) => {
-                    return Shared::Done(Err(LockError::TimedOut {
-                        lock: id.clone(),
-                        attempts: policy.max_attempts,
-                        waited: started.elapsed(),
-                        holder: self.holder_on().await.ok().flatten(),
-                    }))
+                Ok((first, false)) => {
+                    *turn = Some(first);
+                    deadline.is_some_and(|d| Instant::now() >= d)
                 }
+                Err(_) => true,
+            };
+            if timed_out {
+                return Shared::Done(Err(LockError::TimedOut {
+                    lock: id.clone(),
+                    attempts: 0,
+                    waited: started.elapsed(),
+                    holder: self.holder_on().await.ok().flatten(),
+                }));
             }
         }
         let waiter = match server.waiting_session(id, deadline, shared).await {
@@ -946,44 +961,51 @@ impl PgLockMgr {
                 sql::set_lock_timeout(policy.timeout),
                 sql::wait_lock(mode, key, waiter.pid(), waiter.claim())
             );
-            match waiter.simple(&statement, bound, id).await {
-                Ok(rows) => {
-                    let Some((_, ours)) = lock_answer(&rows) else {
-                        return Shared::Done(Err(self.odd(Operation::Lock, "no lock result")));
-                    };
-                    if !ours {
-                        return Shared::Pooled(pass);
-                    }
-                    tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
-                    armed.disarm();
-                    waiter.held.fetch_add(1, Ordering::AcqRel);
-                    server.share(&waiter);
-                    return Shared::Done(
-                        self.won(
-                            Hold::shared(server, waiter, mode, pass, &self.inner.meter),
-                            mode,
-                        )
-                        .await,
-                    );
-                }
+            let answer = match waiter.simple(&statement, bound, id).await {
+                Ok(rows) => lock_answer(&rows),
                 Err(e) if code(&e).as_deref() == Some(SqlState::LOCK_NOT_AVAILABLE.code()) => {
-                    tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
                     // The server may have granted the lock as the timeout
                     // fired: a session-level lock outlives the statement.
                     // The session is this wait's alone and held nothing
-                    // (see `waiting_session`), so one unlock gives back
-                    // exactly that, and finds nothing otherwise.
-                    match server.unlock(&waiter, mode, key, id).await {
-                        Ok(granted) => {
-                            if granted {
-                                tracing::debug!(lock = %id, attempt, "lockmgr: a lock granted as its wait timed out: given back");
+                    // (see `waiting_session`): if it holds the lock now,
+                    // it won it, once.
+                    let (hi, lo) = self.key_halves();
+                    let holds = sql::holds(mode, hi, lo, waiter.pid(), waiter.claim());
+                    match waiter.simple(&holds, self.request(), id).await {
+                        Ok(rows) => match lock_answer(&rows) {
+                            Some((false, true)) => {
+                                tracing::debug!(lock = %id, attempt, won = false, mode = %mode, "lock wait");
+                                continue;
                             }
-                        }
+                            answer => answer,
+                        },
                         Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
                     }
                 }
                 Err(e) => return Shared::Done(Err(with_op(e, Operation::Lock))),
+            };
+            let Some((_, ours)) = answer else {
+                return Shared::Done(Err(self.odd(Operation::Lock, "no lock result")));
+            };
+            if !ours {
+                return Shared::Pooled(pass);
             }
+            tracing::debug!(lock = %id, attempt, won = true, mode = %mode, woke = "server", "lock wait");
+            armed.disarm();
+            waiter.held.fetch_add(1, Ordering::AcqRel);
+            server.share(&waiter);
+            // The shared waiters behind try again on this session, where
+            // the server grants them the lock again at once.
+            if let Some(mut first) = turn.take() {
+                *first = Some(Arc::downgrade(&waiter));
+            }
+            return Shared::Done(
+                self.won(
+                    Hold::shared(server, waiter, mode, pass, &self.inner.meter),
+                    mode,
+                )
+                .await,
+            );
         }
         // Every attempt ended on the server's own bound (or none began):
         // no statement runs, and the session holds nothing. It is kept for

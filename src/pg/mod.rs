@@ -24,7 +24,8 @@
 //!   of one process take a name in turn, in FIFO order, before they ask the
 //!   server (a session that holds a lock is granted it again, so two tasks
 //!   must never ask on one session): a thousand tasks waiting for one name
-//!   cost one waiting session, shared or exclusive. Shared acquires of the process pass together
+//!   cost one waiting session, shared or exclusive (behind a transaction
+//!   pooler, where a lock is held in a transaction, each waits in one). Shared acquires of the process pass together
 //!   whenever no exclusive one of it is through, even past one waiting for
 //!   the process's own readers to leave, which it would otherwise wait for
 //!   while they waited for it (so a process's own readers can keep its

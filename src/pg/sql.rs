@@ -102,6 +102,24 @@ pub(super) fn wait_lock(mode: LockMode, key: i64, pid: i32, claim: &str) -> Stri
     format!("SELECT CASE WHEN {ours} THEN {f}({key}) END IS NOT NULL, {ours}")
 }
 
+/// Whether the session's own backend holds key (`hi`, `lo`) in `mode`
+/// (granted), asked only there (as [`try_lock`]), and whether it ran there:
+/// a wait that the server ended at its `lock_timeout` may have been
+/// granted just then.
+pub(super) fn holds(mode: LockMode, hi: i64, lo: i64, pid: i32, claim: &str) -> String {
+    let held = match mode {
+        LockMode::Exclusive => "ExclusiveLock",
+        LockMode::Shared => "ShareLock",
+    };
+    let ours = ours(pid, claim);
+    format!(
+        "SELECT CASE WHEN {ours} THEN EXISTS (SELECT 1 FROM pg_locks WHERE \
+         locktype = 'advisory' AND granted AND pid = pg_backend_pid() AND objsubid = 1 \
+         AND classid::int8 = {hi} AND objid::int8 = {lo} AND mode = '{held}') END IS TRUE, \
+         {ours}"
+    )
+}
+
 /// Releases one hold of a session-level lock, only on the session's own
 /// backend (as [`try_lock`]): whether it was held (null where the
 /// statement ran elsewhere), and whether it ran there.
