@@ -1618,3 +1618,69 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
     }
     writing.await.unwrap().unwrap().release().await.unwrap();
 }
+
+/// A call that first waits behind another task of its process (at the
+/// gate, or for a shared waiter's turn) still ends within its budget,
+/// `timeout * max_attempts`: its attempt on the server is cut to what is
+/// left. On the old code it then made a full attempt, and ended about one
+/// `timeout` late (6 s with a budget of 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waited_in_its_process_ends_within_its_budget() {
+    let Some(url) = common::pg_url() else { return };
+    let admin = admin(&url).await;
+    // The second call's budget ends half a second after the first's, so
+    // that it has some left once the first gives up.
+    let (budget, second_budget) = (Duration::from_secs(3), Duration::from_millis(3500));
+    for shared in [false, true] {
+        let label = format!("budget-{shared}-{}", std::process::id());
+        let lock = PgLockMgr::builder(&url, name(&format!("budget-{shared}")))
+            .label(&label)
+            .max_attempts(1)
+            .build()
+            .unwrap();
+        let holder = pg_common::admin(&url).await;
+        holder
+            .simple_query(&format!("SELECT pg_advisory_lock({})", lock.key()))
+            .await
+            .unwrap();
+        let call = |lock: PgLockMgr, budget: Duration| async move {
+            let started = Instant::now();
+            let got = if shared {
+                lock.acquire_shared(true, budget).await
+            } else {
+                lock.acquire(true, budget).await
+            };
+            (got.map(drop), started.elapsed())
+        };
+        let first = tokio::spawn(call(lock.clone(), budget));
+        // The first waits on the server; the second then waits behind it,
+        // in the process.
+        let deadline = Instant::now() + LIVENESS;
+        loop {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&label],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the first never waited");
+            tokio::task::yield_now().await;
+        }
+        let (second, took) = call(lock.clone(), second_budget).await;
+        assert!(
+            matches!(second, Err(LockError::TimedOut { .. })),
+            "{second:?}"
+        );
+        assert!(
+            took < second_budget + Duration::from_millis(1500),
+            "shared: {shared}: a budget of {second_budget:?} ran {took:?}"
+        );
+        assert!(first.await.unwrap().0.is_err());
+    }
+}

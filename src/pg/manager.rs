@@ -946,19 +946,20 @@ impl PgLockMgr {
         };
         // Dropped mid-wait, this cancels the wait and ends its session.
         let mut armed = Armed::new(server, waiter.clone());
-        // The server bounds each attempt; the client allows it a margin.
-        let bound = policy.timeout.saturating_add(self.request());
         let mut made = 0;
         for attempt in 1..=policy.max_attempts {
             if spent(attempt, deadline) {
                 break;
             }
             made = attempt;
+            // The server bounds each attempt; the client allows it a margin.
+            let length = attempt_length(policy, deadline);
+            let bound = length.saturating_add(self.request());
             // The attempt's bound goes with the wait, in one message, for
             // that message only (`SET LOCAL`).
             let statement = format!(
                 "{}; {}",
-                sql::set_lock_timeout(policy.timeout),
+                sql::set_lock_timeout(length),
                 sql::wait_lock(mode, key, waiter.pid(), waiter.claim())
             );
             let answer = match waiter.simple(&statement, bound, id).await {
@@ -1084,16 +1085,17 @@ impl PgLockMgr {
                 let holder = self.holder_in_transaction(&own, true).await?;
                 policy.announce(id, holder.as_ref(), "");
             }
-            let bound = policy.timeout.saturating_add(self.request());
             let mut made = 0;
             for attempt in 1..=policy.max_attempts {
                 if spent(attempt, deadline) {
                     break;
                 }
                 made = attempt;
+                let length = attempt_length(policy, deadline);
+                let bound = length.saturating_add(self.request());
                 match own
                     .simple(
-                        &sql::wait_xact_lock(mode, key, policy.timeout, marked),
+                        &sql::wait_xact_lock(mode, key, length, marked),
                         bound,
                         id,
                     )
@@ -1369,6 +1371,20 @@ pub(super) fn session_holder(
 /// is a round trip to the server, and one shorter than that (a wait of
 /// 1 ms cut into 1,000 attempts) would otherwise make the call last
 /// attempts x round trips. The first attempt is always made.
+/// How long the server may wait in one attempt: the policy's attempt, but
+/// no longer than what is left of the call's budget (a call that waited
+/// behind another task of its process first still ends within it), and at
+/// least 1 ms.
+fn attempt_length(policy: Policy, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => policy
+            .timeout
+            .min(d.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1)),
+        None => policy.timeout,
+    }
+}
+
 fn spent(attempt: u32, deadline: Option<Instant>) -> bool {
     attempt > 1 && deadline.is_some_and(|d| Instant::now() >= d)
 }
