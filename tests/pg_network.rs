@@ -1560,36 +1560,14 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
     }
     // The first waiter waits on the server; a writer of another session
     // queues behind it.
-    let on_server = |application: String| {
-        let admin = &admin;
-        async move {
-            let deadline = Instant::now() + LIVENESS;
-            loop {
-                let waiting: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity \
-                         WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                        &[&application],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if waiting > 0 {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{application} never waited");
-                tokio::task::yield_now().await;
-            }
-        }
-    };
-    on_server(label.clone()).await;
+    pg_common::until_waiting_on_server(&admin, &label).await;
     let writer_label = format!("{label}-writer");
     let writer = PgLockMgr::builder(&url, lock.name())
         .label(&writer_label)
         .build()
         .unwrap();
     let writing = tokio::spawn(async move { writer.acquire(true, LIVENESS).await });
-    on_server(writer_label).await;
+    pg_common::until_waiting_on_server(&admin, &writer_label).await;
     holder
         .simple_query("SELECT pg_advisory_unlock_all()")
         .await
@@ -1655,23 +1633,7 @@ async fn a_call_that_waited_in_its_process_ends_within_its_budget() {
         let first = tokio::spawn(call(lock.clone(), budget));
         // The first waits on the server; the second then waits behind it,
         // in the process.
-        let deadline = Instant::now() + LIVENESS;
-        loop {
-            let waiting: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                    &[&label],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the first never waited");
-            tokio::task::yield_now().await;
-        }
+        pg_common::until_waiting_on_server(&admin, &label).await;
         let (second, took) = call(lock.clone(), second_budget).await;
         assert!(
             matches!(second, Err(LockError::TimedOut { .. })),

@@ -874,10 +874,14 @@ impl PgLockMgr {
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
-        let (rows, pass) = match SharedTry::start(server, shared, mode, key, id, pass)
-            .answer(may_retry)
-            .await
-        {
+        let tried = Tried {
+            server: server.clone(),
+            session: shared.clone(),
+            mode,
+            key,
+            id: id.clone(),
+        };
+        let (rows, pass) = match SharedTry::start(tried, pass).answer(may_retry).await {
             Answer::Rows(rows, pass) => (rows, pass),
             Answer::Ended(pass) => return Shared::Ended(pass),
             Answer::Failed(e) => return Shared::Done(Err(e)),
@@ -1420,8 +1424,14 @@ struct SharedTry {
     task:
         Option<tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, LockError>>>,
     pass: Option<Pass>,
-    session: Arc<Session>,
+    of: Tried,
+}
+
+/// What a try was made on, and for: what giving back what it won needs.
+#[derive(Clone)]
+struct Tried {
     server: Arc<Server>,
+    session: Arc<Session>,
     mode: LockMode,
     key: i64,
     id: LockId,
@@ -1447,28 +1457,17 @@ enum Won {
 }
 
 impl SharedTry {
-    fn start(
-        server: &Arc<Server>,
-        session: &Arc<Session>,
-        mode: LockMode,
-        key: i64,
-        id: &LockId,
-        pass: Pass,
-    ) -> Self {
-        let bound = server.timeouts.request;
-        let task = session.runtime.spawn({
-            let (session, id) = (session.clone(), id.clone());
-            let statement = sql::try_lock(mode, key, session.pid(), session.claim());
+    fn start(of: Tried, pass: Pass) -> Self {
+        let bound = of.server.timeouts.request;
+        let task = of.session.runtime.spawn({
+            let (session, id) = (of.session.clone(), of.id.clone());
+            let statement = sql::try_lock(of.mode, of.key, session.pid(), session.claim());
             async move { session.simple(&statement, bound, &id).await }
         });
         SharedTry {
             task: Some(task),
             pass: Some(pass),
-            session: session.clone(),
-            server: server.clone(),
-            mode,
-            key,
-            id: id.clone(),
+            of,
         }
     }
 
@@ -1488,7 +1487,7 @@ impl SharedTry {
         match answer.unwrap_or_else(|e| Err(self.lost_task(&e.to_string()))) {
             Ok(rows) => Answer::Rows(rows, pass),
             Err(e) if may_retry && session_gone(&e) => {
-                self.session.end();
+                self.of.session.end();
                 Answer::Ended(pass)
             }
             Err(e) => {
@@ -1497,32 +1496,22 @@ impl SharedTry {
                 } else {
                     Won::No
                 };
-                let settling = self.give_back(won, pass);
+                // In a task of its own, which holds the pass until it is
+                // done, whatever becomes of this future.
+                let of = self.of.clone();
+                let settling = self.of.session.runtime.spawn(async move {
+                    of.give_back(won).await;
+                    drop(pass);
+                });
                 let _ = settling.await;
                 Answer::Failed(e)
             }
         }
     }
 
-    /// Gives back, in a task of its own that holds `pass` until it is done,
-    /// what the try won (or may have).
-    fn give_back(&self, won: Won, pass: Pass) -> tokio::task::JoinHandle<()> {
-        let (session, server, mode, key, id) = (
-            self.session.clone(),
-            self.server.clone(),
-            self.mode,
-            self.key,
-            self.id.clone(),
-        );
-        self.session.runtime.spawn(async move {
-            give_back(&server, &session, mode, key, &id, won).await;
-            drop(pass);
-        })
-    }
-
     fn lost_task(&self, what: &str) -> LockError {
         LockError::Connect {
-            lock: self.id.clone(),
+            lock: self.of.id.clone(),
             source: format!("the lock try did not finish: {what}").into(),
         }
     }
@@ -1533,15 +1522,8 @@ impl Drop for SharedTry {
         let Some(task) = self.task.take() else {
             return;
         };
-        let (session, server, mode, key, id, pass) = (
-            self.session.clone(),
-            self.server.clone(),
-            self.mode,
-            self.key,
-            self.id.clone(),
-            self.pass.take(),
-        );
-        session.runtime.clone().spawn(async move {
+        let (of, pass) = (self.of.clone(), self.pass.take());
+        self.of.session.runtime.spawn(async move {
             let won = match task.await {
                 Ok(Ok(rows)) if lock_answer(&rows) == Some((true, true)) => Won::Yes,
                 Ok(Ok(_)) => Won::No,
@@ -1549,7 +1531,7 @@ impl Drop for SharedTry {
                 Ok(Err(_)) => Won::No,
                 Err(_) => Won::Maybe,
             };
-            give_back(&server, &session, mode, key, &id, won).await;
+            of.give_back(won).await;
             drop(pass);
         });
     }
@@ -1566,40 +1548,43 @@ fn may_have_won(e: &LockError) -> bool {
     code(e).is_none_or(|c| c.starts_with("57"))
 }
 
-/// Gives back what a try on `session` won (or may have), while its pass
-/// is held. An exclusive try's key has no other hold of this process
-/// meanwhile (the pass excludes them, and is kept until what they won is
-/// given back), so one unlock gives back exactly what it won, and finds
-/// nothing if it won nothing. A shared try's key may have other holds of
-/// this process on the same session, which one unlock of a grant that may
-/// not have been made could take away: the session is ended, and its locks
-/// with it (their guards are told, through `lost`). So is any session
-/// whose unlock fails.
-async fn give_back(
-    server: &Arc<Server>,
-    session: &Arc<Session>,
-    mode: LockMode,
-    key: i64,
-    id: &LockId,
-    won: Won,
-) {
-    let unlock = match (won, mode) {
-        (Won::No, _) => return,
-        (Won::Yes, _) | (Won::Maybe, LockMode::Exclusive) => true,
-        (Won::Maybe, LockMode::Shared) => false,
-    };
-    if unlock {
-        match server.unlock(session, mode, key, id).await {
-            Ok(true) => {
-                tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a try that did not return it");
-                return;
+impl Tried {
+    /// Gives back what the try on `session` won (or may have), while its pass
+    /// is held. An exclusive try's key has no other hold of this process
+    /// meanwhile (the pass excludes them, and is kept until what they won is
+    /// given back), so one unlock gives back exactly what it won, and finds
+    /// nothing if it won nothing. A shared try's key may have other holds of
+    /// this process on the same session, which one unlock of a grant that may
+    /// not have been made could take away: the session is ended, and its locks
+    /// with it (their guards are told, through `lost`). So is any session
+    /// whose unlock fails.
+    async fn give_back(&self, won: Won) {
+        let Tried {
+            server,
+            session,
+            mode,
+            key,
+            id,
+        } = self;
+        let (mode, key) = (*mode, *key);
+        let unlock = match (won, mode) {
+            (Won::No, _) => return,
+            (Won::Yes, _) | (Won::Maybe, LockMode::Exclusive) => true,
+            (Won::Maybe, LockMode::Shared) => false,
+        };
+        if unlock {
+            match server.unlock(session, mode, key, id).await {
+                Ok(true) => {
+                    tracing::debug!(lock = %id, "lockmgr: giving back a lock won by a try that did not return it");
+                    return;
+                }
+                Ok(false) => return,
+                Err(_) => {}
             }
-            Ok(false) => return,
-            Err(_) => {}
         }
+        tracing::debug!(lock = %id, "lockmgr: a try that may have won its lock ended in doubt: its session is ended");
+        session.end();
     }
-    tracing::debug!(lock = %id, "lockmgr: a try that may have won its lock ended in doubt: its session is ended");
-    session.end();
 }
 
 /// A lock won but not yet handed out in a guard: dropped so (its acquire

@@ -99,6 +99,19 @@ pub async fn token_draw_waits(admin: &tokio_postgres::Client, label: &str, secs:
     }
 }
 
+/// Returns once a session labelled `label` waits for a lock, within the
+/// liveness bound.
+pub async fn until_waiting_on_server(admin: &tokio_postgres::Client, label: &str) {
+    let deadline = tokio::time::Instant::now() + common::LIVENESS;
+    while !waits_on_server(admin, label).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label} never waited on the server"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Whether a session labelled `label` waits for a lock.
 pub async fn waits_on_server(admin: &tokio_postgres::Client, label: &str) -> bool {
     admin
