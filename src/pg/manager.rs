@@ -788,6 +788,8 @@ impl PgLockMgr {
         // another shared waiter of this process won.
         let mut turn = None;
         let mut next: Option<Arc<Session>> = None;
+        // Whether the call said it waits (once per call).
+        let mut announced = false;
         loop {
             // Behind a transaction pooler, no shared session is needed (the
             // lock is held in a connection of its own; reads have theirs).
@@ -799,7 +801,12 @@ impl PgLockMgr {
             }
             // A session picked after the gate: the one the last holder used
             // may have ended.
-            let shared = match next.take().filter(|s| !s.is_ended()) {
+            // Only while it still holds a lock: an idle one may be another
+            // key's waiting session by now, whose wait a try would stall.
+            let shared = match next
+                .take()
+                .filter(|s| !s.is_ended() && s.held.load(Ordering::Acquire) > 0)
+            {
                 Some(session) => session,
                 None => server.shared(self.id(), deadline).await?,
             };
@@ -814,7 +821,7 @@ impl PgLockMgr {
                     deadline,
                     pass,
                     tries_left > 0,
-                    (contended, &mut turn),
+                    (contended, &mut announced, &mut turn),
                 )
                 .await
             {
@@ -870,7 +877,7 @@ impl PgLockMgr {
         deadline: Option<Instant>,
         pass: Pass,
         may_retry: bool,
-        (contended, turn): (&mut bool, &mut Option<Turn>),
+        (contended, announced, turn): (&mut bool, &mut bool, &mut Option<Turn>),
     ) -> Shared {
         let id = self.id();
         let key = self.inner.key;
@@ -916,7 +923,8 @@ impl PgLockMgr {
         // is time in which the releaser, asking again, can win the lock
         // back: the holder is only looked up for an operator who reads the
         // event.
-        if !std::mem::replace(contended, true) && tracing::enabled!(tracing::Level::INFO) {
+        *contended = true;
+        if !std::mem::replace(announced, true) && tracing::enabled!(tracing::Level::INFO) {
             let holder = self.holder_on().await.ok().flatten();
             policy.announce(id, holder.as_ref(), "");
         }
@@ -1371,10 +1379,6 @@ pub(super) fn session_holder(
     }
 }
 
-/// Whether a wait's whole budget is spent before its `attempt`: an attempt
-/// is a round trip to the server, and one shorter than that (a wait of
-/// 1 ms cut into 1,000 attempts) would otherwise make the call last
-/// attempts x round trips. The first attempt is always made.
 /// How long the server may wait in one attempt: the policy's attempt, but
 /// no longer than what is left of the call's budget (a call that waited
 /// behind another task of its process first still ends within it), and at
@@ -1389,6 +1393,10 @@ fn attempt_length(policy: Policy, deadline: Option<Instant>) -> Duration {
     }
 }
 
+/// Whether a wait's whole budget is spent before its `attempt`: an attempt
+/// is a round trip to the server, and one shorter than that (a wait of
+/// 1 ms cut into 1,000 attempts) would otherwise make the call last
+/// attempts x round trips. The first attempt is always made.
 fn spent(attempt: u32, deadline: Option<Instant>) -> bool {
     attempt > 1 && deadline.is_some_and(|d| Instant::now() >= d)
 }
