@@ -271,8 +271,8 @@ impl Contender for FileContender<'_> {
                 } else {
                     if self.mode == LockMode::Exclusive && !self.config.record_holder {
                         self.config.warn_unfenced(
-                            "holder records are turned off (record_holder(false)), and a \
-                             token is kept in its record",
+                            "holder records are turned off (record_holder(false)), and the \
+                             tokens are kept in the record",
                         );
                     } else if self.mode == LockMode::Exclusive && !self.writable {
                         self.config.warn_unfenced(
