@@ -230,8 +230,9 @@ pub enum LockError {
         /// The lock.
         lock: LockId,
         /// How many attempts were made: the builder's `max_attempts` for a
-        /// lock file; for `lockmgr::pg`, those begun before the deadline
-        /// (fewer when connecting took part of the budget).
+        /// lock file; for `lockmgr::pg`, those begun on the server before
+        /// the deadline (fewer when connecting took part of the budget, 0
+        /// when the call timed out behind other tasks of its process).
         attempts: u32,
         /// How long the call waited in all.
         waited: Duration,
