@@ -1345,11 +1345,8 @@ async fn a_holding_transaction_aborted_by_an_error_is_told_to_the_holder() {
 async fn a_try_cancelled_after_its_grant_leaves_no_lock_held() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let label = format!("cancelled-tries-{}", std::process::id());
-    let lock = PgLockMgr::builder(&url, name("cancelled-try"))
-        .label(&label)
-        .build()
-        .unwrap();
+    let (label, lock) = pg_common::labelled(&url, "cancelled-try");
+    let lock = lock.build().unwrap();
     lock.try_acquire().await.unwrap().release().await.unwrap();
     let storm = tokio::spawn({
         let admin = pg_common::admin(&url).await;
@@ -1422,12 +1419,8 @@ async fn a_try_cancelled_after_its_grant_leaves_no_lock_held() {
 async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let label = format!("granted-at-timeout-{}", std::process::id());
-    let lock = PgLockMgr::builder(&url, name("granted-at-timeout"))
-        .label(&label)
-        .max_attempts(2)
-        .build()
-        .unwrap();
+    let (label, lock) = pg_common::labelled(&url, "granted-at-timeout");
+    let lock = lock.max_attempts(2).build().unwrap();
     let key = lock.key();
     let flapper = pg_common::admin(&url).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1531,11 +1524,8 @@ impl tracing::Subscriber for Announced {
 async fn shared_waiters_of_a_process_share_one_waiting_session() {
     let Some(url) = common::pg_url() else { return };
     let admin = admin(&url).await;
-    let label = format!("shared-waiters-{}", std::process::id());
-    let lock = PgLockMgr::builder(&url, name("shared-waiters"))
-        .label(&label)
-        .build()
-        .unwrap();
+    let (label, lock) = pg_common::labelled(&url, "shared-waiters");
+    let lock = lock.build().unwrap();
     let holder = pg_common::admin(&url).await;
     holder
         .simple_query(&format!("SELECT pg_advisory_lock({})", lock.key()))
@@ -1610,12 +1600,8 @@ async fn a_call_that_waited_in_its_process_ends_within_its_budget() {
     // that it has some left once the first gives up.
     let (budget, second_budget) = (Duration::from_secs(3), Duration::from_millis(3500));
     for shared in [false, true] {
-        let label = format!("budget-{shared}-{}", std::process::id());
-        let lock = PgLockMgr::builder(&url, name(&format!("budget-{shared}")))
-            .label(&label)
-            .max_attempts(1)
-            .build()
-            .unwrap();
+        let (label, lock) = pg_common::labelled(&url, &format!("budget-{shared}"));
+        let lock = lock.max_attempts(1).build().unwrap();
         let holder = pg_common::admin(&url).await;
         holder
             .simple_query(&format!("SELECT pg_advisory_lock({})", lock.key()))

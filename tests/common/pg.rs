@@ -99,6 +99,15 @@ pub async fn token_draw_waits(admin: &tokio_postgres::Client, label: &str, secs:
     }
 }
 
+/// A builder of the lock of `test` (named as [`name`] names it), whose
+/// sessions carry a label of their own (`TEST-PID`), returned beside it:
+/// what a test finds its sessions by in `pg_stat_activity`.
+pub fn labelled(url: &str, test: &str) -> (String, lockmgr::pg::PgLockMgrBuilder) {
+    let label = format!("{test}-{}", std::process::id());
+    let builder = PgLockMgr::builder(url, name(test)).label(&label);
+    (label, builder)
+}
+
 /// Returns once a session labelled `label` waits for a lock, within the
 /// liveness bound.
 pub async fn until_waiting_on_server(admin: &tokio_postgres::Client, label: &str) {
