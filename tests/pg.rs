@@ -1810,6 +1810,39 @@ async fn a_semaphore_admits_at_most_n_holders() {
     );
 }
 
+/// A `PgSemaphore` built from a lock's builder takes its options: its
+/// sessions show the builder's label, and its count and tokens go to the
+/// builder's fence table. (Before, a semaphore could only be made with the
+/// defaults, so `lockmgr run --permits --label` showed `lockmgr`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_takes_the_options_of_a_lock_builder() {
+    let Some(url) = common::pg_url() else { return };
+    let (label, options) = pg_common::labelled(&url, "semaphore-options");
+    let table = format!("lockmgr_sem_options_{}", std::process::id());
+    let sem = lockmgr::pg::PgSemaphore::from_builder(options.fence_table(&table), 1).unwrap();
+    let permit = sem.try_acquire().await.unwrap();
+    let slot = PgLockMgr::new(&url, format!("{}/permit/0", name("semaphore-options"))).unwrap();
+    let holder = slot
+        .holder()
+        .await
+        .unwrap()
+        .expect("the permit's slot is held");
+    assert_eq!(holder.label.as_deref(), Some(label.as_str()));
+    let admin = admin(&url).await;
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The count of permits and the slot's token.
+    assert_eq!(rows, 2);
+    permit.release().await.unwrap();
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 /// The status of a `PgSemaphore`'s name tells its permits and how many are
 /// taken, by any process: before, it said free with every permit held (and
 /// `lockmgr status` exited 0, "free").

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockmgr::pg::{PgLockGuard, PgLockMgr, PgPermit, PgSemaphore};
+use lockmgr::pg::{PgLockGuard, PgLockMgr, PgLockMgrBuilder, PgPermit, PgSemaphore};
 use lockmgr::LockMode;
 
 use crate::run::{budget, label, mode, not_obtained, supervise, take, Tie};
@@ -114,14 +114,13 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     };
     let name = args.lockfile.to_string_lossy();
     let (per_attempt, attempts) = budget(args.wait, args.attempts);
-    if let Some(permits) = args.permits {
-        return run_with_permit(&args, &url, permits, (per_attempt, attempts), signals).await;
-    }
-    let lock = match PgLockMgr::builder(&url, name)
+    let options = PgLockMgr::builder(&url, name)
         .max_attempts(attempts)
-        .label(label(&args))
-        .build()
-    {
+        .label(label(&args));
+    if let Some(permits) = args.permits {
+        return run_with_permit(&args, options, permits, (per_attempt, attempts), signals).await;
+    }
+    let lock = match options.build() {
         Ok(lock) => lock,
         Err(e) => return fail(&e.to_string()),
     };
@@ -160,13 +159,13 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
 /// permit's session is lost.
 async fn run_with_permit(
     args: &RunArgs,
-    url: &str,
+    options: PgLockMgrBuilder,
     permits: u32,
     (per_attempt, attempts): (Duration, u32),
     signals: Signals,
 ) -> ExitCode {
-    let sem = match PgSemaphore::new(url, args.lockfile.to_string_lossy(), permits) {
-        Ok(sem) => sem.max_attempts(attempts),
+    let sem = match PgSemaphore::from_builder(options, permits) {
+        Ok(sem) => sem,
         Err(e) => return fail(&e.to_string()),
     };
     let acquire = |wait: bool, timeout: Duration| {

@@ -789,12 +789,26 @@ fn list_names_the_servers_locks_their_holders_and_their_queue() {
 fn permits_on_postgres() {
     let Some(url) = common::pg_url() else { return };
     let name = format!("cli-permits-{}", std::process::id());
+    let label = format!("permits-label-{}", std::process::id());
     let (mut first, said) = common::run_until_said(
-        &["--permits", "1", "--postgres", &url, &name],
+        &[
+            "--permits",
+            "1",
+            "--label",
+            &label,
+            "--postgres",
+            &url,
+            &name,
+        ],
         "echo slot=$LOCKMGR_PERMIT_SLOT token=${LOCKMGR_FENCING_TOKEN:-none}; exec cat >/dev/null",
     );
     let token = said.strip_prefix("slot=0 token=").map(str::parse::<u64>);
     assert!(matches!(token, Some(Ok(t)) if t > 0), "{said}");
+    // The permit's session carries the label (before: `lockmgr`).
+    let slot = format!("{name}/permit/0");
+    let out = lockmgr(&["status", "--postgres", &url, "--json", &slot]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["holder"]["label"], label.as_str(), "{json}");
     let out = lockmgr(&[
         "run",
         "--permits",

@@ -188,6 +188,22 @@ impl PgLockMgrBuilder {
         self
     }
 
+    /// The name of the lock this builder builds.
+    pub(super) fn lock_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The attempts set with [`max_attempts`](Self::max_attempts).
+    pub(super) fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The same options, for the lock named `name`.
+    pub(super) fn renamed(mut self, name: String) -> Self {
+        self.name = name;
+        self
+    }
+
     /// Builds the lock. Parses the connection string (completing it from
     /// the `PG*` environment and the password file, as libpq does) and
     /// reads the TLS files it names; connects to nothing.

@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 
 use super::fence;
 use super::guard::PgLockGuard;
-use super::manager::PgLockMgr;
+use super::manager::{PgLockMgr, PgLockMgrBuilder};
 use super::session::{unreadable, with_op, Session};
 use super::sql;
 use crate::error::{LockError, LockId, Operation};
@@ -66,17 +66,43 @@ pub struct PgPermit {
 
 impl PgSemaphore {
     /// A semaphore of `permits` permits named `name` on the server that
-    /// `config` (a libpq connection string) reaches. Connects to nothing.
+    /// `config` (a libpq connection string) reaches, with the default
+    /// options of a [`PgLockMgr`]. Connects to nothing.
     ///
     /// # Errors
     ///
     /// [`LockError::Invalid`] for 0 or more than 1024 permits, or a
     /// connection string that does not parse.
     pub fn new(config: &str, name: impl Into<String>, permits: u32) -> Result<Self, LockError> {
-        let name = name.into();
-        // A lock of the semaphore's own name is never taken; it parses the
-        // connection string into the semaphore's identity.
-        let id = PgLockMgr::new(config, name.clone())?.inner().id.clone();
+        Self::from_builder(PgLockMgr::builder(config, name), permits)
+    }
+
+    /// A semaphore of `permits` permits named as `builder`'s lock, with its
+    /// options: the label its sessions show as `application_name`, its
+    /// timeouts, fence table and pooling, and its
+    /// [`max_attempts`](PgLockMgrBuilder::max_attempts) as the semaphore's.
+    /// Connects to nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](PgSemaphore::new), and those of
+    /// [`PgLockMgrBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), lockmgr::LockError> {
+    /// use lockmgr::pg::{PgLockMgr, PgSemaphore};
+    /// let options = PgLockMgr::builder("host=db user=app", "exports").label("export-worker-2");
+    /// let exports = PgSemaphore::from_builder(options, 3)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_builder(builder: PgLockMgrBuilder, permits: u32) -> Result<Self, LockError> {
+        let name = builder.lock_name().to_string();
+        let max_attempts = builder.attempts();
+        // A lock of the semaphore's own name is never taken; building it
+        // checks the options and gives the semaphore its identity.
+        let id = builder.clone().build()?.inner().id.clone();
         if permits == 0 || permits > MAX_PERMITS {
             return Err(LockError::Invalid {
                 lock: id,
@@ -85,7 +111,9 @@ impl PgSemaphore {
         }
         let slots = (0..permits)
             .map(|i| {
-                PgLockMgr::builder(config, slot_name(&name, i))
+                builder
+                    .clone()
+                    .renamed(slot_name(&name, i))
                     .max_attempts(1)
                     .build()
             })
@@ -94,7 +122,7 @@ impl PgSemaphore {
             name,
             id,
             slots,
-            max_attempts: 10,
+            max_attempts,
         })
     }
 
