@@ -561,19 +561,29 @@ fn a_missing_url_variable_is_a_usage_error() {
 #[test]
 fn a_connection_string_in_the_wrong_place_is_refused_unseen() {
     let home = tempfile::tempdir().unwrap();
-    let url = "postgres://app:S3cret@db.invalid/app";
-    for args in [
-        &["status", "--postgres-url-var", url, "jobs"][..],
-        &["run", "--postgres-url-var", url, "jobs", "--", "true"][..],
-        &["status", "--postgres-env", url][..],
-        &["run", "--postgres-env", url, "--", "true"][..],
-        &["run", "--postgres-env", "--permits", "2", url, "--", "true"][..],
+    // Also passwords with a bare `@` or `?`, which make the URL unparsable
+    // (before: those two went through as the lock's name, and were shown).
+    for url in [
+        "postgres://app:S3cret@db.invalid/app",
+        "postgres://app:S3c@R3t@db.invalid/app",
+        "postgres://app:S3c?R3t@db.invalid/app",
     ] {
-        let out = output(&mut bare(home.path()), args);
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(!err.contains("S3cret"), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for args in [
+            &["status", "--postgres-url-var", url, "jobs"][..],
+            &["run", "--postgres-url-var", url, "jobs", "--", "true"][..],
+            &["status", "--postgres-env", url][..],
+            &["run", "--postgres-env", url, "--", "true"][..],
+            &["run", "--postgres-env", "--permits", "2", url, "--", "true"][..],
+        ] {
+            let out = output(&mut bare(home.path()), args);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                !err.contains("S3c") && !err.contains("R3t"),
+                "{args:?}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
     }
     // A plain name that says "password" is a name.
     let out = output(

@@ -272,7 +272,9 @@ fn split(s: &str) -> Result<(BTreeMap<String, String>, Option<Url>), Invalid> {
 /// Whether the string itself gives a non-empty password: in a URL's user
 /// information (`user:password@`, up to the first `@`, as tokio-postgres
 /// reads it) or its `password` parameter, or as a `password` key. A string
-/// that does not parse is suspected when it mentions `password` at all.
+/// that does not parse is suspected when it mentions `password` at all, or
+/// is a URL with a `:` before its last `@` (a password holding a bare `@`
+/// or `?` is what makes a URL fail to parse).
 pub(crate) fn carries_password(s: &str) -> bool {
     match split(s) {
         Ok((pairs, url)) => {
@@ -284,7 +286,13 @@ pub(crate) fn carries_password(s: &str) -> bool {
             });
             in_userinfo || pairs.get("password").is_some_and(|p| !p.is_empty())
         }
-        Err(_) => s.contains("password"),
+        Err(_) => {
+            let userinfo = s
+                .split_once("://")
+                .and_then(|(_, rest)| rest.rsplit_once('@'))
+                .map_or("", |(userinfo, _)| userinfo);
+            s.contains("password") || userinfo.contains(':')
+        }
     }
 }
 
@@ -370,11 +378,21 @@ fn join(pairs: &BTreeMap<String, String>) -> String {
 }
 
 /// libpq's environment: the `PG*` variables and the password file, read at
-/// one moment (so tests can give their own).
-#[derive(Debug, Clone, Default)]
+/// one moment (so tests can give their own). Its `Debug` form names the
+/// variables, never their values (`PGPASSWORD`).
+#[derive(Clone, Default)]
 pub(crate) struct Env {
     vars: BTreeMap<String, String>,
     home: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("home", &self.home)
+            .finish()
+    }
 }
 
 impl Env {
@@ -661,6 +679,16 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_shows_no_password() {
+        let env = Env::from_pairs(&[("PGPASSWORD", "s3cr3t"), ("PGHOST", "db")], None);
+        let shown = format!("{env:?}");
+        assert!(
+            shown.contains("PGPASSWORD") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn passwords_are_found_in_urls_and_key_value_strings() {
         for s in [
             "postgres://app:secret@db/app",
@@ -674,6 +702,10 @@ mod tests {
             "password='a b'",
             // Does not parse: suspected.
             "host=db password='unclosed",
+            // A bare `@` or `?` in the password: does not parse either.
+            "postgres://app:pa@ss@db/app",
+            "postgres://app:pa?ss@db/app",
+            "postgresql://app:p@s?s@db:5432/app?sslmode=require",
         ] {
             assert!(carries_password(s), "{s}");
         }
