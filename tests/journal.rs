@@ -327,6 +327,16 @@ async fn bad_journal_paths_are_refused_untouched() {
         matches!(err, JournalError::Open(LockError::MissingParent { .. })),
         "{err}"
     );
+    // Said of the journal, with no hint of a lock builder's option (before:
+    // "cannot create lock file ...: ... (the builder's create_dirs(true)
+    // creates it)", which a journal's builder does not have).
+    let said = err.to_string();
+    assert!(
+        said.contains("cannot create journal") && !said.contains("create_dirs"),
+        "{said}"
+    );
+    let err = Journal::open(dir.path()).await.unwrap_err().to_string();
+    assert!(err.contains("as a journal: it is a directory"), "{err}");
 }
 
 /// Writers in three processes append (one with 300 KB records, one whose

@@ -97,7 +97,21 @@ pub enum JournalError {
 impl fmt::Display for JournalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JournalError::Open(e) => write!(f, "journal: {e}"),
+            // Said of the journal: the lock file's wording, and its
+            // builder's hints, would mislead here.
+            JournalError::Open(e) => match e {
+                LockError::MissingParent { lock } => write!(
+                    f,
+                    "cannot create journal {lock}: its directory does not exist"
+                ),
+                LockError::NotAFile { lock, kind } => {
+                    write!(f, "cannot use {lock} as a journal: it is {kind}")
+                }
+                LockError::Io { lock, op, source } => {
+                    write!(f, "cannot {op} journal {lock}: {source}")
+                }
+                _ => write!(f, "journal: {e}"),
+            },
             JournalError::Lock(e) => write!(f, "journal lock: {e}"),
             JournalError::NewlineInRecord { path, index } => write!(
                 f,
