@@ -260,7 +260,9 @@ pub enum LockError {
         kind: FileKind,
     },
     /// The lock file may be read but not written by this process, and an
-    /// exclusive OFD lock needs a descriptor open for writing. (A
+    /// exclusive OFD lock needs a descriptor open for writing: an exclusive
+    /// [`LockMgr`](crate::LockMgr) lock of the default kind, or any permit
+    /// of a [`Semaphore`](crate::Semaphore). (A
     /// [`LockKind::Flock`](crate::LockKind::Flock) lock, of either mode, and
     /// a shared OFD lock need only read access.) Nothing was changed.
     ReadOnly {
@@ -388,11 +390,14 @@ impl fmt::Display for LockError {
             LockError::NotAFile { lock, kind } => {
                 write!(f, "cannot use {lock} as a lock file: it is {kind}")
             }
+            // Also a semaphore's error, whose permits are exclusive OFD
+            // locks: the hint must not suggest only a lock's options.
             LockError::ReadOnly { lock, source } => write!(
                 f,
                 "cannot lock {lock} exclusively with an OFD lock: the file may only be read \
-                 here ({source}), and an OFD write lock needs it open for writing \
-                 (LockKind::Flock needs only read access, as flock(1) does)"
+                 here ({source}), and an OFD write lock (as a lock's exclusive mode and every \
+                 semaphore permit take) needs it open for writing; a shared lock, or one of \
+                 kind LockKind::Flock, needs only read access, as flock(1) does"
             ),
             LockError::MissingParent { lock } => write!(
                 f,

@@ -200,6 +200,15 @@ fn immutable_and_append_only_lock_files_lock_like_read_only_ones() {
             matches!(refused, lockmgr::LockError::ReadOnly { .. }),
             "+{flags}: {refused}"
         );
+        // A semaphore's permit needs write access too, and its error says
+        // so (before: it offered only `LockKind::Flock`, which a semaphore
+        // has not).
+        let refused = lockmgr::Semaphore::new(&path, 2).try_acquire().unwrap_err();
+        assert!(
+            matches!(refused, lockmgr::LockError::ReadOnly { .. })
+                && refused.to_string().contains("every semaphore permit"),
+            "+{flags}: {refused}"
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 }
