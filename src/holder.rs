@@ -284,8 +284,9 @@ pub(crate) fn utc(t: SystemTime) -> String {
 /// Text another process wrote (a record's label or host, a command name),
 /// shown to a person: as it is, or quoted and escaped as `{:?}` does when it
 /// holds a control character or a bidirectional override, so that it can
-/// neither forge a line of its own nor drive the terminal. The fields keep
-/// the text as it was; only its display is guarded.
+/// neither forge a line of its own nor drive the terminal. Empty text is
+/// shown quoted too (`""`), so that a message still shows where it is. The
+/// fields keep the text as it was; only its display is guarded.
 pub(crate) struct Shown<'a>(pub(crate) &'a str);
 
 impl fmt::Display for Shown<'_> {
@@ -294,7 +295,7 @@ impl fmt::Display for Shown<'_> {
             c.is_control()
                 || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         };
-        if self.0.contains(hostile) {
+        if self.0.is_empty() || self.0.contains(hostile) {
             write!(f, "{:?}", self.0)
         } else {
             f.write_str(self.0)

@@ -241,6 +241,9 @@ async fn a_path_ending_in_a_slash_is_refused_as_naming_no_file() {
 async fn empty_path_is_refused() {
     let err = both_refuse(&LockMgr::new("")).await;
     assert!(matches!(err, LockError::Invalid { .. }), "{err:?}");
+    // The message shows the empty name (before: "invalid lock : the path
+    // is empty").
+    assert_eq!(err.to_string(), r#"invalid lock "": the path is empty"#);
 }
 
 #[tokio::test]
