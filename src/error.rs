@@ -230,9 +230,11 @@ pub enum LockError {
         /// The lock.
         lock: LockId,
         /// How many attempts were made: the builder's `max_attempts` for a
-        /// lock file; for `lockmgr::pg`, those begun on the server before
-        /// the deadline (fewer when connecting took part of the budget, 0
-        /// when the call timed out behind other tasks of its process).
+        /// lock file; for a `lockmgr::pg` lock, those begun on the server
+        /// before the deadline (fewer when connecting took part of the
+        /// budget, 0 when the call timed out behind other tasks of its
+        /// process). A semaphore, which waits in rounds of its own, says its
+        /// `max_attempts`: its budget ran out.
         attempts: u32,
         /// How long the call waited in all.
         waited: Duration,
@@ -278,8 +280,12 @@ pub enum LockError {
         /// The lock.
         lock: LockId,
     },
-    /// The lock cannot be named as given: an empty path, or a PostgreSQL
-    /// connection string that does not parse.
+    /// The lock cannot be named or used as given: an empty path or one
+    /// ending in `/`; one file (or name) twice in an `acquire_all` set; a
+    /// semaphore count out of range, or other than the one its file (or
+    /// fence table) keeps; a PostgreSQL connection string that does not
+    /// parse, a lock name too long, holding a NUL or ending in `/permits`,
+    /// or a bad fence table name. `reason` says which.
     Invalid {
         /// The lock, as far as it could be named.
         lock: LockId,

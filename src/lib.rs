@@ -30,7 +30,8 @@
 //!   `fcntl(F_SETLK)`, Python `fasteners`) but *not* with `flock(2)` locks
 //!   (Python `filelock`, util-linux `flock(1)`). Do not mix those on one file.
 //! - **The lock file** is created if missing (permissions from
-//!   [`LockMgrBuilder::mode`]), never truncated, never followed if it is a symlink,
+//!   [`LockMgrBuilder::mode`]), never truncated before its lock is won (a
+//!   holder record replaces an older one in place), never followed if it is a symlink,
 //!   and left in place on release. Paths that are not regular files are
 //!   refused with [`LockError::NotAFile`] and left untouched. The lock is
 //!   the file at the path: a waiter whose file another program renamed
@@ -76,8 +77,12 @@
 //! The crate emits `tracing` events: `debug` for every try and release,
 //! `info` (`waiting for lock on <lock>`, with a `lock` field and, when
 //! known, a `holder` field) the first time a call has to wait, and `warn`
-//! when it has to fall back to polling or when the file it waited for was
-//! renamed or replaced.
+//! where an operator should look: waiting falls back (no helper thread, no
+//! inotify, a network file system), the file waited for was renamed or
+//! replaced, a first in line is passed over, a holder record cannot be
+//! written or a release fails, fencing tokens cannot be drawn, the journal
+//! cuts a torn record, or (on PostgreSQL) a session holding locks is lost.
+//! The README's Tracing section lists them all.
 //!
 //! # Metrics
 //!

@@ -26,6 +26,20 @@ use crate::wait::Policy;
 /// `acquire` through the same (or a cloned) `LockMgr` while a guard is alive
 /// waits like any other caller.
 ///
+/// # Fairness
+///
+/// The waiting tasks of one process are served first come, first served,
+/// in one line per lock file; between processes, whoever tries first once
+/// the lock is free wins (the kernel keeps no order among OFD lock tries),
+/// and a release always goes through the kernel: a busy process cannot
+/// keep the lock to itself by handing it from task to task.
+///
+/// # Drop
+///
+/// Dropping the [`LockGuard`] (or ending the task that owns it) releases
+/// the lock; so does the death of the process, even by `kill -9`. Waiters
+/// in other processes learn of a release that closes the file at once.
+///
 /// See the [crate documentation](crate) for the semantics and an example.
 #[derive(Clone)]
 pub struct LockMgr {
@@ -107,7 +121,8 @@ impl LockMgrBuilder {
     /// A label for the holder record (e.g. the job's name), shown in
     /// contention messages. Default none. The record is one line of at
     /// most 1,024 bytes, which a reader reads whole: a label longer than
-    /// the room left (about 700 bytes as recorded, where a space, `%`, `=`,
+    /// the room left (about 850 bytes as recorded with a short host name,
+    /// less with a fencing token, where a space, `%`, `=`,
     /// a control character or any non-ASCII byte takes three) is cut, at a
     /// character, to fit.
     pub fn label(mut self, label: impl Into<String>) -> Self {
@@ -352,7 +367,8 @@ impl LockMgr {
     ///   and whichever of the two comes first hands the lock over. It polls only on network
     ///   file systems (and when neither inotify nor a helper thread can be
     ///   had). The attempts state the budget, not a schedule of tries: the
-    ///   total wait is bounded by `timeout * max_attempts`, and a product
+    ///   total wait is bounded by `timeout * max_attempts` (on a network
+    ///   file system, by at least the 1 s its first try is given), and a product
     ///   past what [`Instant`](std::time::Instant) can hold (e.g.
     ///   `Duration::MAX`) means "as long as it takes".
     ///

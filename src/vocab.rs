@@ -27,7 +27,8 @@ pub enum LockKind {
     #[default]
     Ofd,
     /// `flock(2)` locks, as used by util-linux `flock(1)`, Python `filelock`,
-    /// `zc.lockfile` and `lockmgr`, Rust's `File::lock`, `fs4` and cargo.
+    /// `zc.lockfile` and the Python `lockmgr` this crate grew from, Rust's
+    /// `File::lock`, `fs4` and cargo.
     Flock,
 }
 

@@ -48,6 +48,7 @@
 //! panicking when nobody reads them, and `sys` holds the tool's only
 //! `unsafe` (the child's set-up between fork and exec, a death by SIGPIPE).
 
+#![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -308,8 +309,8 @@ fn show_events() {
     use tracing_subscriber::filter::LevelFilter;
     let level = std::env::var("LOCKMGR_LOG")
         .ok()
-        // tracing reads an empty level as `off`; an empty variable here
-        // means unset.
+        // An empty variable means unset here (tracing would parse an
+        // empty level as `error`, hiding the default warnings).
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::WARN);

@@ -139,6 +139,21 @@ impl JournalBuilder {
     ///
     /// Cancel safe: it holds no lock, and an abandoned open leaves only
     /// (possibly) the created, empty journal file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use lockmgr::journal::{Journal, SyncPolicy};
+    /// let journal = Journal::builder(dir.path().join("jobs.journal"))
+    ///     .sync(SyncPolicy::Data)
+    ///     .open()
+    ///     .await?;
+    /// journal.append("job 17 done").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn open(mut self) -> Result<Journal, JournalError> {
         // Relative paths name the files they name now (see
         // `LockMgrBuilder::build`).

@@ -260,9 +260,29 @@ impl PgLockGuard {
     /// pooler closed or no longer serves the session on is lost too, and
     /// told by the same query.
     ///
+    /// # Errors
+    ///
+    /// None: it returns once the lock is lost, and never if it is not.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// Stop the work when the lock is lost:
+    ///
+    /// ```no_run
+    /// # async fn work() {}
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let lock = lockmgr::pg::PgLockMgr::new("host=db user=app", "nightly-report")?;
+    /// let guard = lock.acquire(true, std::time::Duration::from_secs(60)).await?;
+    /// tokio::select! {
+    ///     () = work() => guard.release().await?,
+    ///     () = guard.lost() => eprintln!("lock lost; the report stops half done"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn lost(&self) {
         let mut ended = self.ended.clone();
         // An error means the watcher task is gone, so the session is too.
@@ -283,6 +303,17 @@ impl PgLockGuard {
     /// # Cancel safety
     ///
     /// Dropping the future lets the lock go as dropping the guard does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let lock = lockmgr::pg::PgLockMgr::new("host=db user=app", "deploy")?;
+    /// let guard = lock.acquire(true, std::time::Duration::from_secs(60)).await?;
+    /// // ... the work ...
+    /// guard.release().await?; // an error here: the lock may have been lost during the work
+    /// # Ok(()) }
+    /// ```
     pub async fn release(mut self) -> Result<(), LockError> {
         let Some(hold) = self.hold.take() else {
             return Ok(());

@@ -40,6 +40,24 @@ const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// [`Holder`] is the holding session: its backend pid, its client address
 /// as `host` (`"local"` over a Unix socket), its `application_name` as
 /// `label`, and the time it won the lock.
+///
+/// # Fairness
+///
+/// Within a process, exclusive callers of one lock go to the server one at
+/// a time, first come, first served; a shared caller never waits behind
+/// an exclusive one of its own process. Between sessions the server's lock
+/// queue decides: it grants in the order requests arrived, and queues a
+/// shared request behind an exclusive one already waiting.
+///
+/// # Drop
+///
+/// Dropping the [`PgLockGuard`] releases the lock (without waiting for the
+/// server; [`PgLockGuard::release`] waits and reports errors). The locks
+/// of a process go with its session: at once when the process is killed
+/// (its connection closes), within
+/// [`dead_session_after`](PgLockMgrBuilder::dead_session_after) when its
+/// host or network is lost. A guard whose session is lost is told through
+/// [`lost`](PgLockGuard::lost).
 #[derive(Clone)]
 pub struct PgLockMgr {
     inner: Arc<Inner>,

@@ -37,6 +37,12 @@ const ROUND: Duration = Duration::from_secs(1);
 /// second. The number of permits is kept in the fence table (row
 /// `NAME/permits`); users that disagree on it get [`LockError::Invalid`].
 ///
+/// # Fairness
+///
+/// None is promised: a waiter that waits on the server for one slot moves
+/// to the next after each round, and a permit given back goes to whoever
+/// tries its slot first.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -154,6 +160,17 @@ impl PgSemaphore {
     ///
     /// Dropping the future leaves no permit taken and no wait on the
     /// server, as for [`PgLockMgr::acquire`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let uploads = lockmgr::pg::PgSemaphore::new("host=db user=app", "uploads", 4)?;
+    /// let permit = uploads.acquire(true, std::time::Duration::from_secs(30)).await?;
+    /// println!("uploading in slot {}", permit.slot());
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn acquire(&self, wait: bool, timeout: Duration) -> Result<PgPermit, LockError> {
         self.check_permits().await?;
         let started = Instant::now();
@@ -203,6 +220,23 @@ impl PgSemaphore {
     /// # Errors
     ///
     /// As [`acquire`](PgSemaphore::acquire) with `wait == false`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](PgSemaphore::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let uploads = lockmgr::pg::PgSemaphore::new("host=db user=app", "uploads", 4)?;
+    /// match uploads.try_acquire().await {
+    ///     Ok(permit) => println!("slot {}", permit.slot()),
+    ///     Err(e) if e.is_contended() => println!("all four busy; try later"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_acquire(&self) -> Result<PgPermit, LockError> {
         self.acquire(false, Duration::ZERO).await
     }
@@ -345,9 +379,27 @@ impl PgPermit {
     /// Resolves when the permit's session ends while it is held: the
     /// permit is then no longer held (see [`PgLockGuard::lost`]).
     ///
+    /// # Errors
+    ///
+    /// None: it returns once the permit is lost, and never if it is not.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn upload() {}
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let uploads = lockmgr::pg::PgSemaphore::new("host=db user=app", "uploads", 4)?;
+    /// let permit = uploads.acquire(true, std::time::Duration::from_secs(30)).await?;
+    /// tokio::select! {
+    ///     () = upload() => permit.release().await?,
+    ///     () = permit.lost() => eprintln!("permit lost; upload stopped"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn lost(&self) {
         self.guard.lost().await
     }
@@ -361,6 +413,16 @@ impl PgPermit {
     /// # Cancel safety
     ///
     /// As [`PgLockGuard::release`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), lockmgr::LockError> {
+    /// let uploads = lockmgr::pg::PgSemaphore::new("host=db user=app", "uploads", 4)?;
+    /// let permit = uploads.acquire(true, std::time::Duration::from_secs(30)).await?;
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn release(self) -> Result<(), LockError> {
         self.guard.release().await
     }
