@@ -22,6 +22,7 @@
 //! the wake-up and not the waiter's start), plus a random delay of up to
 //! 1 ms (50 ms against the 50 ms poller) so that a poller's tries do not
 //! fall in step with the releases.
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 //! with every task in line, and stops at the last acquisition of the batch.
 //! Criterion's figures are per batch of 5,000 handoffs; the ratio table
 //! printed at the end is per handoff.
+#![deny(unsafe_code)]
 
 mod support;
 

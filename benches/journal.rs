@@ -5,6 +5,7 @@
 //! measured in the same run.
 //!
 //! `cargo bench --bench journal`
+#![deny(unsafe_code)]
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! variants in turn, one call of each per round (the machine's speed drifts
 //! by up to 2x over minutes here, and criterion runs one row after the
 //! other): median and p99 of each, and the ratio of the medians.
+#![deny(unsafe_code)]
 
 use std::os::fd::AsFd;
 use std::path::Path;

@@ -279,6 +279,48 @@ fn only_the_os_layer_may_hold_unsafe_code() {
     assert_eq!(allowances, ["mod os;"]);
 }
 
+/// The tests, benches and the command's tests keep their `unsafe` code in
+/// one module each (`common/sys.rs`): every crate root denies it, and only
+/// those modules allow it.
+#[test]
+fn tests_keep_unsafe_code_in_their_sys_modules() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut allowed = Vec::new();
+    for dir in [
+        "tests",
+        "tests/common",
+        "cli/tests",
+        "cli/tests/common",
+        "benches",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let is_root = !dir.ends_with("common");
+            if is_root {
+                assert!(
+                    text.contains("#![deny(unsafe_code)]"),
+                    "{name} does not deny unsafe code"
+                );
+            }
+            let allows = |line: &str| {
+                let line = line.trim_start();
+                line.starts_with("#![allow(unsafe_code)]")
+                    || line.starts_with("#[allow(unsafe_code)]")
+            };
+            if text.lines().any(allows) {
+                allowed.push(name);
+            }
+        }
+    }
+    allowed.sort();
+    assert_eq!(allowed, ["cli/tests/common/sys.rs", "tests/common/sys.rs"]);
+}
+
 #[test]
 fn the_checker_sees_uses() {
     let named = named_modules(

@@ -1,5 +1,6 @@
 //! Paths that cannot be lock files: a typed error naming the path, no panic,
 //! and nothing created, followed or changed.
+#![deny(unsafe_code)]
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! Cancellation: dropped `acquire` futures leak nothing. Alone in its test
 //! binary, because it counts the whole process's file descriptors.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -14,6 +14,7 @@
 //! semaphore's 2 ms head start for waiting processes is a heuristic that a
 //! loaded machine defeats: beside the other semaphore tests, one process
 //! once held the permit 27 times in a row).
+#![deny(unsafe_code)]
 
 mod common;
 #[cfg(feature = "postgres")]

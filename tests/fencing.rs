@@ -1,6 +1,7 @@
 //! Fencing tokens on file locks: strictly increasing across every
 //! exclusive holder of a lock file, across processes, a holder killed
 //! with SIGKILL while holding, holders that draw none, and restarts.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -3,8 +3,11 @@
 //! the descriptor; and a program spawned while the lock is held must not
 //! keep it. Alone in its test binary: it forks, so it should have few
 //! threads.
+#![deny(unsafe_code)]
 
 mod common;
+
+use common::sys::{exit_child, fork};
 
 use std::io::BufReader;
 use std::process::{Command, Stdio};
@@ -12,7 +15,6 @@ use std::sync::mpsc;
 
 use lockmgr::LockMgr;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
 
 #[test]
 fn guard_dropped_in_forked_child_keeps_parents_lock() {
@@ -21,18 +23,13 @@ fn guard_dropped_in_forked_child_keeps_parents_lock() {
     let lock = LockMgr::new(&path);
     let guard = lock.try_acquire().unwrap();
 
-    // SAFETY: the child only drops the guard (getpid, close) and exits with
-    // `_exit`, touching no lock or allocator state another thread could hold.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            drop(guard);
-            // SAFETY: `_exit` is async-signal-safe and ends the child at once.
-            unsafe { nix::libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => {
-            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
-        }
-    }
+    // The child only drops the guard (getpid, close), touching no lock or
+    // allocator state another thread could hold.
+    let Some(child) = fork() else {
+        drop(guard);
+        exit_child(0)
+    };
+    assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
     assert!(
         LockMgr::new(&path)
             .try_acquire()
@@ -74,19 +71,15 @@ fn parents_release_frees_the_lock_while_a_forked_child_keeps_the_descriptor() {
     let guard = LockMgr::new(&path).try_acquire().unwrap();
     let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
 
-    // SAFETY: the child only reads a pipe and exits with `_exit`, touching
-    // no lock or allocator state another thread could hold.
-    let child = match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            drop(alive_w);
-            let mut byte = [0u8; 1];
-            // Keeps the inherited lock descriptor until the parent closes
-            // its end of the pipe.
-            while nix::unistd::read(&alive_r, &mut byte).is_ok_and(|n| n > 0) {}
-            // SAFETY: `_exit` is async-signal-safe and ends the child at once.
-            unsafe { nix::libc::_exit(0) };
-        }
-        ForkResult::Parent { child } => child,
+    // The child only reads a pipe, touching no lock or allocator state
+    // another thread could hold.
+    let Some(child) = fork() else {
+        drop(alive_w);
+        let mut byte = [0u8; 1];
+        // Keeps the inherited lock descriptor until the parent closes its
+        // end of the pipe.
+        while nix::unistd::read(&alive_r, &mut byte).is_ok_and(|n| n > 0) {}
+        exit_child(0)
     };
     drop(alive_r);
 
@@ -159,32 +152,26 @@ fn a_forked_child_waits_on_its_own() {
     });
     until(|| common::blocked_on(&path) == 1, "the parent's waiter");
 
-    // SAFETY: the child makes a runtime and waits for the lock: it takes no
-    // lock another thread of the parent could have held at the fork but the
+    // The child makes a runtime and waits for the lock: it takes no lock
+    // another thread of the parent could have held at the fork but the
     // allocator's, which the C library resets in the child.
-    match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let got = rt.block_on(LockMgr::new(&path).acquire(true, common::LIVENESS));
-            // SAFETY: `_exit` ends the child at once, without the parent's
-            // destructors.
-            unsafe { nix::libc::_exit(if got.is_ok() { 0 } else { 1 }) };
-        }
-        ForkResult::Parent { child } => {
-            // The child waits too before the lock is freed.
-            until(|| common::blocked_on(&path) == 2, "the child's waiter");
-            drop(held);
-            rt.block_on(parent_waiter).unwrap().unwrap();
-            assert_eq!(
-                waitpid(child, None).unwrap(),
-                WaitStatus::Exited(child, 0),
-                "the child did not get the freed lock"
-            );
-        }
-    }
+    let Some(child) = fork() else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(LockMgr::new(&path).acquire(true, common::LIVENESS));
+        exit_child(i32::from(got.is_err()))
+    };
+    // The child waits too before the lock is freed.
+    until(|| common::blocked_on(&path) == 2, "the child's waiter");
+    drop(held);
+    rt.block_on(parent_waiter).unwrap().unwrap();
+    assert_eq!(
+        waitpid(child, None).unwrap(),
+        WaitStatus::Exited(child, 0),
+        "the child did not get the freed lock"
+    );
 }
 
 /// A child made by a raw `clone(2)` system call (no `fork` handlers run)

@@ -1,4 +1,5 @@
 //! Behaviour within one process: tasks, timeouts, cancellation, many waiters.
+#![deny(unsafe_code)]
 
 mod common;
 

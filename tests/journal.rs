@@ -1,4 +1,5 @@
 //! The journal across real processes, with writers killed mid-flight.
+#![deny(unsafe_code)]
 
 mod common;
 

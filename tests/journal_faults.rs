@@ -1,6 +1,7 @@
 //! The journal loses nothing and leaves nothing half-done under faults: a
 //! journal renamed away (logrotate) or replaced, a full disk, writers that
 //! disagree on the lock, and a journal too large to hold in memory.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Leadership among replicas (`LockMgr::lead`, and `PgLockMgr::lead` with
 //! the `postgres` feature): replicas in processes of their own campaign,
 //! one leads, and `kill -9` of the leader hands leadership to another.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -13,6 +13,7 @@
 //! Tokio's real timers, so it would check a model of the code rather than
 //! the code. This runs the real thing, many interleavings per run, with the
 //! seed printed (and `LOCKMGR_TEST_SEED` replaying it).
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The `metrics` feature: what a recorder receives for file locks (and,
 //! with `postgres`, PostgreSQL locks), read back through an in-memory
 //! recorder. Each test uses a metrics label of its own.
+#![deny(unsafe_code)]
 
 mod common;
 #[cfg(feature = "postgres")]

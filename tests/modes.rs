@@ -1,5 +1,6 @@
 //! Shared locks, lock families (interop with flock(1) and POSIX locks),
 //! holder records and safe removal, across real processes.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `LockMgr::acquire_all`: several lock files as one, in one order every
 //! caller shares (so overlapping sets never deadlock), all or nothing.
+#![deny(unsafe_code)]
 
 mod common;
 

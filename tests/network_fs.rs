@@ -9,6 +9,7 @@
 //! remote changes. A stall is made for real by stopping the `bindfs`
 //! process (SIGSTOP): every call into the mount then blocks in the kernel
 //! until it is continued. Needs root (or FUSE rights) and /dev/fuse.
+#![deny(unsafe_code)]
 
 mod common;
 

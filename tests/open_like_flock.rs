@@ -9,6 +9,7 @@
 //! The tests run as root, as CI does: the unprivileged side is the helper
 //! process started as `nobody`, and `fs.protected_regular` is set for the
 //! duration of its test (and put back).
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! must reach the server: an unreachable server fails them. Without it (a
 //! bare `cargo test --all-features`), they say so and pass nothing off as
 //! tested: each returns at once after printing that it did not run.
+#![deny(unsafe_code)]
 
 mod common;
 #[path = "common/pg.rs"]

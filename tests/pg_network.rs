@@ -5,6 +5,7 @@
 //!
 //! Everything comes from `scripts/with-postgres` (see its header for the
 //! variables). Without `LOCKMGR_PG_URL` the tests say so and return.
+#![deny(unsafe_code)]
 
 mod common;
 #[path = "common/pg.rs"]

@@ -14,6 +14,7 @@
 //! lets it come due. Alone in its test binary, because it exhausts the
 //! process's file descriptors; its two tests take turns (`SERIAL`), so that
 //! one does not free or take the descriptors the other counts on.
+#![deny(unsafe_code)]
 
 mod common;
 

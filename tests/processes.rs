@@ -1,4 +1,5 @@
 //! Cross-process behaviour, with real helper processes.
+#![deny(unsafe_code)]
 
 mod common;
 

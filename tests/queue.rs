@@ -2,6 +2,7 @@
 //! and one kernel wait for the whole line, shared waiters woken together, timeouts
 //! and cancellation that leave the others alone, and no starvation of other
 //! processes. This binary lowers its own soft descriptor limit to 1024.
+#![deny(unsafe_code)]
 
 mod common;
 

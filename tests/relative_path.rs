@@ -2,6 +2,7 @@
 //! `Semaphore` or `Journal` was made, whatever the process's current
 //! directory is later (a daemon's `chdir("/")`). A binary of its own, its
 //! tests one at a time: the current directory is the whole process's.
+#![deny(unsafe_code)]
 
 use lockmgr::journal::Journal;
 use lockmgr::{LockMgr, Semaphore};

@@ -5,6 +5,7 @@
 //! while a forked child still holds the descriptor. The waiters here have no
 //! deadline at all: without a way to notice such a release they would wait
 //! for ever; the liveness bound of the test is what fails then.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! runs beside that holder either. The lock holders are foreign C programs
 //! (`tests/foreign/holder.c`), the semaphore's permit holders `lockmgr`
 //! helper processes; each in a process of its own.
+#![deny(unsafe_code)]
 
 mod common;
 

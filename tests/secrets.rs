@@ -1,6 +1,7 @@
 //! No `Debug` or `Display` of any public type prints a connection
 //! password: builders, locks, guards, lock ids, and the errors of a bad
 //! connection string, an unreachable server and a refused login.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `Semaphore`: at most N holders across processes and tasks, on one file.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The tracing events an operator relies on: one info event when a call
 //! first has to wait, naming the lock; a debug event per try; a debug event
 //! on release; a warning when fencing tokens can go no higher.
+#![deny(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

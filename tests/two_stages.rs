@@ -8,6 +8,7 @@
 //! The tests take turns (`SERIAL`): two install a thread-local log of the tries, which misses
 //! events when another thread meets the same `tracing` call sites first,
 //! at the same time.
+#![deny(unsafe_code)]
 
 mod common;
 

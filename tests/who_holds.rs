@@ -4,6 +4,7 @@
 //! lock (and its forked child), util-linux `flock(1)` and its command,
 //! Python `filelock`, and `lockmgr` in another process, with its record.
 //! Waiters are seen too.
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The `lockmgr` command, driven as a real binary.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -805,15 +806,7 @@ fn an_ignored_sigpipe_stays_ignored_for_the_command() {
     };
     let mut ignoring = Command::new(LOCKMGR);
     ignoring.args(command);
-    // SAFETY: runs between fork and exec: one `sigaction` call, which is
-    // async-signal-safe, and no allocation (the error is a bare errno).
-    unsafe {
-        ignoring.pre_exec(|| {
-            nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
+    common::sys::ignore_sigpipe(&mut ignoring);
     let out = ignoring.output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(sigpipe_ignored(&out), "{}", text(&out.stdout));

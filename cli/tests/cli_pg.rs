@@ -1,6 +1,7 @@
 //! `lockmgr run|status --postgres URL | --postgres-env | --postgres-url-var
 //! VAR NAME`, driven as a real binary against the server of
 //! `scripts/with-postgres` (see `tests/pg.rs` for how the server is found).
+#![deny(unsafe_code)]
 
 mod common;
 

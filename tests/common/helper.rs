@@ -75,6 +75,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
+use super::sys::{exit_child, raw_clone};
 use lockmgr::{LockKind, LockMgr};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
@@ -223,27 +224,6 @@ fn won_once(path: &str) -> LockMgr {
     let lock = LockMgr::new(path);
     drop(lock.try_acquire().expect("the lock"));
     lock
-}
-
-/// Makes a process with the bare `clone(2)` system call, as `fork` does but
-/// without the C library's `fork` handlers: the child's id in the parent,
-/// `None` in the child, which must end with [`exit_child`].
-fn raw_clone() -> Option<nix::unistd::Pid> {
-    use nix::libc;
-    // SAFETY: without CLONE_VM the child has a copy of this process's
-    // memory and stack (a null stack means the current one), as after
-    // `fork`. This process has no other thread that could hold a lock at
-    // the clone (the roles run before the runtime starts; the harness's
-    // main thread only waits), and the child ends with `_exit`.
-    let ret = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
-    assert!(ret >= 0, "clone: {}", std::io::Error::last_os_error());
-    (ret != 0).then(|| nix::unistd::Pid::from_raw(ret as libc::pid_t))
-}
-
-/// Ends a child at once, without the parent's destructors.
-fn exit_child(status: i32) -> ! {
-    // SAFETY: `_exit` is async-signal-safe and never returns.
-    unsafe { nix::libc::_exit(status) }
 }
 
 /// The exit status of `child` (-1 if it did not exit).
@@ -448,61 +428,57 @@ mod pg {
         let guard = runtime()
             .block_on(lock.try_acquire())
             .expect("the parent's try");
-        // SAFETY: the child makes a runtime and threads of its own, as a
+        // The child makes a runtime and threads of its own, as a
         // pre-forking server would; no lock of this process's other threads
         // is held now (the parent's runtime is idle).
-        match unsafe { nix::unistd::fork() }.expect("fork") {
-            nix::unistd::ForkResult::Child => {
-                let bound = Duration::from_secs(20);
-                let said = runtime().block_on(async {
-                    let within = |what: &str| format!("{what} did not return");
-                    match tokio::time::timeout(bound, other.try_acquire()).await {
-                        Err(_) => return within("the try"),
-                        Ok(Err(e)) => return format!("the try failed: {e}"),
-                        Ok(Ok(g)) => {
-                            if let Err(e) = g.release().await {
-                                return format!("the release failed: {e}");
-                            }
+        let Some(child) = super::super::sys::fork() else {
+            let bound = Duration::from_secs(20);
+            let said = runtime().block_on(async {
+                let within = |what: &str| format!("{what} did not return");
+                match tokio::time::timeout(bound, other.try_acquire()).await {
+                    Err(_) => return within("the try"),
+                    Ok(Err(e)) => return format!("the try failed: {e}"),
+                    Ok(Ok(g)) => {
+                        if let Err(e) = g.release().await {
+                            return format!("the release failed: {e}");
                         }
                     }
-                    let held = || async {
-                        match tokio::time::timeout(bound, lock.try_acquire()).await {
-                            Err(_) => Some(within("the try of the parent's lock")),
-                            Ok(Err(e)) if e.is_contended() => None,
-                            Ok(other) => Some(format!("the parent's lock: {other:?}")),
-                        }
-                    };
-                    if let Some(wrong) = held().await {
-                        return wrong;
-                    }
-                    match tokio::time::timeout(bound, guard.release()).await {
-                        Err(_) => return within("the inherited guard's release"),
-                        Ok(Ok(())) => return "the inherited guard's release said ok".into(),
-                        Ok(Err(_)) => {}
-                    }
-                    if let Some(wrong) = held().await {
-                        return format!("after the inherited guard's release: {wrong}");
-                    }
-                    match tokio::time::timeout(bound, lock.status()).await {
-                        Err(_) => within("the status"),
-                        Ok(Ok(lockmgr::Status::Exclusive { .. })) => "ok".into(),
-                        Ok(other) => format!("the status: {other:?}"),
-                    }
-                });
-                println!("child: {said}");
-                std::io::stdout().flush().expect("flush");
-                std::process::exit(i32::from(said != "ok"));
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
-                if runtime().block_on(guard.release()).is_err() {
-                    std::process::exit(3);
                 }
-                match status {
-                    nix::sys::wait::WaitStatus::Exited(_, code) => std::process::exit(code),
-                    other => panic!("the child: {other:?}"),
+                let held = || async {
+                    match tokio::time::timeout(bound, lock.try_acquire()).await {
+                        Err(_) => Some(within("the try of the parent's lock")),
+                        Ok(Err(e)) if e.is_contended() => None,
+                        Ok(other) => Some(format!("the parent's lock: {other:?}")),
+                    }
+                };
+                if let Some(wrong) = held().await {
+                    return wrong;
                 }
-            }
+                match tokio::time::timeout(bound, guard.release()).await {
+                    Err(_) => return within("the inherited guard's release"),
+                    Ok(Ok(())) => return "the inherited guard's release said ok".into(),
+                    Ok(Err(_)) => {}
+                }
+                if let Some(wrong) = held().await {
+                    return format!("after the inherited guard's release: {wrong}");
+                }
+                match tokio::time::timeout(bound, lock.status()).await {
+                    Err(_) => within("the status"),
+                    Ok(Ok(lockmgr::Status::Exclusive { .. })) => "ok".into(),
+                    Ok(other) => format!("the status: {other:?}"),
+                }
+            });
+            println!("child: {said}");
+            std::io::stdout().flush().expect("flush");
+            super::super::sys::exit_child(i32::from(said != "ok"))
+        };
+        let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+        if runtime().block_on(guard.release()).is_err() {
+            std::process::exit(3);
+        }
+        match status {
+            nix::sys::wait::WaitStatus::Exited(_, code) => std::process::exit(code),
+            other => panic!("the child: {other:?}"),
         }
     }
 

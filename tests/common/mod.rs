@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod helper;
+pub mod sys;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -125,30 +126,11 @@ fn inotify_descriptors(pid: &str) -> Vec<i32> {
     };
     let mut distinct: Vec<i32> = Vec::new();
     for fd in fds {
-        if !distinct.iter().any(|&d| same_description(pid, d, fd)) {
+        if !distinct.iter().any(|&d| sys::same_description(pid, d, fd)) {
             distinct.push(fd);
         }
     }
     distinct
-}
-
-/// Whether descriptors `a` and `b` of process `pid` name the same open
-/// file description (`kcmp(2)`, `KCMP_FILE`).
-fn same_description(pid: i32, a: i32, b: i32) -> bool {
-    const KCMP_FILE: nix::libc::c_long = 0;
-    // SAFETY: kcmp compares two kernel objects by their identifiers; no
-    // memory of this process is passed to it.
-    let r = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_kcmp,
-            nix::libc::c_long::from(pid),
-            nix::libc::c_long::from(pid),
-            KCMP_FILE,
-            nix::libc::c_long::from(a),
-            nix::libc::c_long::from(b),
-        )
-    };
-    r == 0
 }
 
 /// How this process waits for the file at `path`, as its descriptors and

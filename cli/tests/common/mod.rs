@@ -1,6 +1,8 @@
 //! What the command's tests share.
 #![allow(dead_code)]
 
+pub mod sys;
+
 /// The URL of the PostgreSQL server for these tests (`LOCKMGR_PG_URL`,
 /// exported by `scripts/with-postgres`). `None`, with a note on stderr, when
 /// it is not set outside CI; under CI (`CI` set) a missing URL fails the
