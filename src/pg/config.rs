@@ -116,8 +116,18 @@ impl Connection {
             (None, None) => None,
             _ => return Err(Invalid("`sslcert` and `sslkey` go together".into())),
         };
-        // libpq: with a root certificate at hand, `require` checks the
-        // chain as `verify-ca` does.
+        // libpq: with a root certificate at hand (named, or the default
+        // `~/.postgresql/root.crt` when that file exists), `require` checks
+        // the chain as `verify-ca` does.
+        let roots = match (mode, roots) {
+            (SslMode::Require, None) => env
+                .home
+                .as_ref()
+                .map(|home| home.join(".postgresql/root.crt"))
+                .filter(|default| default.is_file())
+                .map(Roots::File),
+            (_, named) => named,
+        };
         let mode = match (mode, &roots) {
             (SslMode::Require, Some(_)) => SslMode::VerifyCa,
             (m, _) => m,
@@ -607,6 +617,25 @@ mod tests {
         let c = parse("host=db sslmode=require sslrootcert=/ca.pem");
         assert_eq!(c.tls.mode, SslMode::VerifyCa);
         assert_eq!(parse("host=db").tls.mode, SslMode::Prefer);
+    }
+
+    /// libpq: `require` checks the chain as `verify-ca` does whenever a
+    /// root certificate file exists, the default `~/.postgresql/root.crt`
+    /// included (before: only one named by `sslrootcert`).
+    #[test]
+    fn require_checks_the_chain_against_the_default_root_certificate() {
+        let home = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs(&[], Some(home.path()));
+        let tls = |s: &str| Connection::parse(s, &env).unwrap().tls;
+        assert_eq!(tls("host=db sslmode=require").mode, SslMode::Require);
+        let root = home.path().join(".postgresql/root.crt");
+        std::fs::create_dir(root.parent().unwrap()).unwrap();
+        std::fs::write(&root, "PEM").unwrap();
+        let t = tls("host=db sslmode=require");
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        assert_eq!(t.roots, Some(Roots::File(root)));
+        // Other modes are left as they are.
+        assert_eq!(tls("host=db sslmode=prefer").mode, SslMode::Prefer);
     }
 
     #[test]

@@ -76,7 +76,9 @@
 //!   Statement pooling is not supported (it allows no transactions).
 //! - **TLS** with rustls, to libpq's `sslmode` meanings: `disable`; `allow`
 //!   and `prefer` (the default: TLS whenever the server offers it);
-//!   `require`; `verify-ca` and `verify-full` against `sslrootcert` (a PEM
+//!   `require` (which checks the chain as `verify-ca` does when a root
+//!   certificate is at hand: `sslrootcert`, or an existing
+//!   `~/.postgresql/root.crt`); `verify-ca` and `verify-full` against `sslrootcert` (a PEM
 //!   file, `system` for the system's roots, or `~/.postgresql/root.crt`).
 //!   A client certificate (`sslcert`, `sslkey`) is presented when given.
 //!   Over TLS, SCRAM logins bind the channel when the server offers it.
