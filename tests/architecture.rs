@@ -361,3 +361,27 @@ fn the_checker_skips_only_test_items() {
         ["a", "d", "f"]
     );
 }
+
+/// The command writes its lines through `say!` and `answer!`, which never
+/// panic when stderr or stdout cannot take them: no `println!` or
+/// `eprintln!` in its code (one in `list` made `lockmgr list DIR 2>/dev/full`
+/// panic).
+#[test]
+fn the_command_writes_only_through_its_output_module() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cli/src");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if ["println!(", "eprintln!(", "print!(", "eprint!("]
+                .iter()
+                .any(|m| code.contains(m))
+            {
+                found.push(format!("{}:{}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:?}");
+}

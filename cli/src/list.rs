@@ -33,7 +33,7 @@ pub(crate) fn list(args: ListArgs) -> ExitCode {
             ));
         }
         if cut {
-            eprintln!(
+            say!(
                 "lockmgr: only the first {MAX_FILES} files under {} were looked at",
                 crate::output::shown_path(dir)
             );

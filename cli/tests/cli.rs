@@ -1337,6 +1337,18 @@ fn list_of_a_directory_too_large_to_look_at_whole_says_so() {
         said.contains("only the first 100000 files") && said.contains(s(dir.path())),
         "{said:?}"
     );
+    // A stderr that cannot take the note (a full disk) loses the note, not
+    // the listing (before: a panic, exit status 101, nothing listed).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(LOCKMGR)
+        .args(["list", s(dir.path())])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let few = tempfile::tempdir().unwrap();
     for i in 0..100 {
         std::fs::File::create(few.path().join(format!("f{i}"))).unwrap();
