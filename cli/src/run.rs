@@ -399,10 +399,14 @@ pub(crate) async fn supervise(
         tokio::select! {
             status = child.wait() => break status,
             sig = signals.recv(), if hearing => match sig {
-                // The terminal's own signal reached the command too.
+                // The terminal's own signal reached the command too, if
+                // the command is in this process's group (the one the
+                // terminal signalled); one that left it (`setsid`, GNU
+                // `timeout`) must be passed it.
                 Ok(received)
                     if received.from_terminal
-                        && !(leads_session && received.signal == Signal::SIGHUP) => {}
+                        && !(leads_session && received.signal == Signal::SIGHUP)
+                        && same_process_group(pid) => {}
                 // The command's own, to its parent (a readiness ping):
                 // not meant for the command, which would die of its own
                 // SIGUSR1, or ping-pong with a handler that signals back.
@@ -457,6 +461,17 @@ pub(crate) async fn supervise(
             "cannot wait for {} (lock {lock}): {e}",
             command[0].to_string_lossy()
         ))),
+    }
+}
+
+/// Whether process `pid` is in this process's group. A process that can
+/// no longer be asked (it has just ended) counts as in it: there is
+/// nothing to pass a signal to.
+fn same_process_group(pid: nix::unistd::Pid) -> bool {
+    use nix::unistd::getpgid;
+    match (getpgid(Some(pid)), getpgid(None)) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
     }
 }
 
