@@ -28,8 +28,28 @@ macro_rules! answer {
 
 pub(crate) fn say_line(line: Arguments<'_>) {
     // One write, so that the line does not interleave with the command's.
-    let line = format!("{line}\n");
+    let line = format!("{}{line}\n", over_display());
     to_stderr(line.as_bytes(), PATIENCE_MS);
+}
+
+/// Whether the waiting display's line is on the terminal, unended.
+static DISPLAY_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says whether the waiting display's updating line is now on the
+/// terminal, unended (`progress` keeps it up to date).
+pub(crate) fn display_up(up: bool) {
+    DISPLAY_UP.store(up, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What a line of news starts with: over the waiting display's line, which
+/// it clears (the display draws itself again below it at its next
+/// refresh), where it would otherwise be written at that line's end.
+fn over_display() -> &'static str {
+    if DISPLAY_UP.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        "\r\x1b[K"
+    } else {
+        ""
+    }
 }
 
 /// How long, in ms, a line waits for stderr to take it before it is lost.
@@ -150,7 +170,12 @@ pub(crate) struct PatientStderr;
 
 impl Write for PatientStderr {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        to_stderr(bytes, PATIENCE_MS);
+        let clear = over_display();
+        if clear.is_empty() {
+            to_stderr(bytes, PATIENCE_MS);
+        } else {
+            to_stderr(&[clear.as_bytes(), bytes].concat(), PATIENCE_MS);
+        }
         Ok(bytes.len())
     }
 

@@ -60,21 +60,27 @@ impl Progress {
             return;
         }
         let waited = self.started.elapsed();
-        let mut line = format!(
-            "lockmgr: waiting for lock {} ({}): {:.0}s",
+        let what = format!(
+            "lockmgr: waiting for lock {} ({})",
             self.lock,
-            self.held_by(),
-            waited.as_secs_f64(),
+            self.held_by()
         );
+        let mut counts = format!(": {:.0}s", waited.as_secs_f64());
         // A wait as long as it takes is one attempt: no count to show.
         if self.per_attempt != Duration::MAX {
             let attempt = attempt_at(waited, self.per_attempt, self.attempts);
-            line.push_str(&format!(", attempt {attempt}/{}", self.attempts));
+            counts.push_str(&format!(", attempt {attempt}/{}", self.attempts));
         }
         let line = if self.tty {
-            format!("\r\x1b[K{line}")
+            // A line wider than the terminal wraps, and `\r\x1b[K` clears
+            // only its last row: each refresh would leave rows behind.
+            let what = match crate::sys::stderr_columns() {
+                Some(columns) => fitted(&what, columns.saturating_sub(1 + counts.len())),
+                None => what,
+            };
+            format!("\r\x1b[K{what}{counts}")
         } else {
-            format!("{line}\n")
+            format!("{what}{counts}\n")
         };
         // On a terminal, an update that cannot be shown at once is skipped
         // (the next comes in 500 ms); elsewhere the one line waits as any
@@ -85,14 +91,38 @@ impl Progress {
             crate::output::PATIENCE_MS
         };
         crate::output::to_stderr(line.as_bytes(), patience);
+        crate::output::display_up(self.tty);
         self.shown = true;
     }
 
     pub(crate) fn done(&self) {
         if self.shown && self.tty {
+            // Ended, not cleared: the last state of the wait stays shown.
+            crate::output::display_up(false);
             say!("");
         }
     }
+}
+
+/// `text` cut to at most `columns` columns, its end shown as `...` when it
+/// is cut. A character outside ASCII counts as two columns, as wide ones
+/// take on a terminal: a cut may be shorter than it had to be, never longer.
+fn fitted(text: &str, columns: usize) -> String {
+    let width = |c: char| if c.is_ascii() { 1 } else { 2 };
+    if text.chars().map(width).sum::<usize>() <= columns {
+        return text.to_string();
+    }
+    let dots = if columns >= 3 { "..." } else { "" };
+    let room = columns - dots.len();
+    let mut used = 0;
+    let kept: String = text
+        .chars()
+        .take_while(|&c| {
+            used += width(c);
+            used <= room
+        })
+        .collect();
+    format!("{kept}{dots}")
 }
 
 /// The attempt a wait is in after `waited`, 1 to `attempts`.
@@ -108,6 +138,17 @@ fn attempt_at(waited: Duration, per_attempt: Duration, attempts: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_fitted_to_the_columns_it_has() {
+        assert_eq!(fitted("lockmgr: waiting", 40), "lockmgr: waiting");
+        assert_eq!(fitted("lockmgr: waiting", 10), "lockmgr...");
+        // Wide characters count twice.
+        assert_eq!(fitted("ab\u{4e00}\u{4e00}cd", 7), "ab\u{4e00}...");
+        assert_eq!(fitted("ab\u{4e00}\u{4e00}cd", 6), "ab...");
+        assert_eq!(fitted("abcd", 2), "ab");
+        assert_eq!(fitted("abc", 0), "");
+    }
 
     #[test]
     fn the_attempt_shown_is_within_the_count() {

@@ -2,8 +2,8 @@
 //! compiler cannot check: preparing the child between `fork` and `exec`
 //! (its signal mask and dispositions; its death with `lockmgr`),
 //! registering the signal descriptor with the runtime, reading and
-//! resetting signal dispositions (one read before `main`), and dying of a
-//! signal.
+//! resetting signal dispositions (one read before `main`), dying of a
+//! signal, and asking a terminal its width.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,4 +146,21 @@ pub(crate) fn die_of_sigpipe() -> ! {
     let _ = pipe.thread_unblock();
     let _ = raise(Signal::SIGPIPE);
     std::process::exit(128 + Signal::SIGPIPE as i32)
+}
+
+/// The width, in columns, of the terminal on stderr, if stderr is one that
+/// knows it (a terminal emulator does; a bare serial line may say 0).
+pub(crate) fn stderr_columns() -> Option<usize> {
+    use nix::libc;
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct it is given,
+    // which outlives the call; on a descriptor that is no terminal (or not
+    // open) it fails without writing.
+    let r = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (r == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }

@@ -873,6 +873,72 @@ fn pid_of_child_of(parent: u32) -> i32 {
     }
 }
 
+/// The waiting display on a narrow terminal stays one row: a line wider
+/// than the terminal wraps, and each refresh, which clears only the last
+/// row, would leave the others behind (before: a new row every half second
+/// on an 80-column terminal, for a long path or holder).
+#[test]
+fn the_waiting_display_fits_a_narrow_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir
+        .path()
+        .join(format!("{}.lock", "a-long-name-".repeat(8)));
+    let held = lockmgr::LockMgr::builder(&lock)
+        .label("a label that is long too")
+        .build()
+        .try_acquire()
+        .unwrap();
+    let (mut term, mut out) = on_a_terminal(&format!(
+        "stty cols 60 rows 20; exec {LOCKMGR} run --wait 600 {} -- true",
+        lock.display()
+    ));
+    out.until("attempt 1/10", 3);
+    drop(held);
+    assert!(term.wait().unwrap().success());
+    let all = out.rest();
+    let refreshes: Vec<&str> = all
+        .split("\x1b[K")
+        .skip(1)
+        .map(|r| r.trim_end_matches(['\r', '\n']))
+        .filter(|r| !r.is_empty())
+        .collect();
+    assert!(refreshes.len() >= 3, "{all:?}");
+    for r in refreshes {
+        assert!(r.chars().count() < 60, "{r:?} is wider than the terminal");
+        assert!(r.starts_with("lockmgr: waiting for lock"), "{r:?}");
+        assert!(r.ends_with("attempt 1/10"), "{r:?}");
+    }
+}
+
+/// A warning while the waiting display is up starts a line of its own:
+/// it clears the display's line, which draws itself again below it.
+/// (Before: the warning was written at the end of the display's line.)
+#[test]
+fn a_warning_while_waiting_on_a_terminal_starts_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let held = lockmgr::LockMgr::new(&lock).try_acquire().unwrap();
+    let (mut term, mut out) = on_a_terminal(&format!(
+        "exec {LOCKMGR} run --wait 600 {} -- true",
+        lock.display()
+    ));
+    out.until("attempt 1/10", 1);
+    // The file waited for goes away: the waiter warns, and takes the one
+    // now at the path.
+    std::fs::rename(&lock, dir.path().join("old")).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    drop(held);
+    assert!(term.wait().unwrap().success());
+    let all = out.rest();
+    let at = all
+        .find("WARN")
+        .unwrap_or_else(|| panic!("no warning: {all:?}"));
+    assert!(
+        all[..at].trim_end_matches(' ').ends_with("\r\x1b[K"),
+        "{all:?}"
+    );
+}
+
 /// The waiting display on a terminal refreshes every half second without
 /// opening the lock file: every close of it wakes every waiter on the host.
 #[test]
