@@ -1811,6 +1811,25 @@ async fn a_semaphore_admits_at_most_n_holders() {
     );
 }
 
+/// `connect_timeout` in the connection string (or `PGCONNECT_TIMEOUT`)
+/// bounds the whole connect, as in libpq, when the builder sets none: a
+/// server that takes the TCP connection and never answers (here, a socket
+/// nobody accepts on) fails a try after about that long. Needs no server.
+/// (Before: after the builder's default, 10 s, whatever the string said.)
+#[tokio::test]
+async fn a_connect_timeout_in_the_string_bounds_the_connect() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let config =
+        format!("host=127.0.0.1 port={port} user=u dbname=d sslmode=disable connect_timeout=1");
+    let lock = PgLockMgr::new(&config, "silent").unwrap();
+    let started = Instant::now();
+    let e = lock.try_acquire().await.unwrap_err();
+    assert!(matches!(e, LockError::Connect { .. }), "{e}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}: {e}");
+}
+
 /// A `PgSemaphore` built from a lock's builder takes its options: its
 /// sessions show the builder's label, and its count and tokens go to the
 /// builder's fence table. (Before, a semaphore could only be made with the

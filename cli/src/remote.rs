@@ -101,6 +101,11 @@ fn check_name(name: &std::ffi::OsStr) -> Result<(), String> {
     Ok(())
 }
 
+/// The library's connect timeout when nothing else says, and the least it
+/// gives a waiting acquire's connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_FLOOR: Duration = Duration::from_secs(2);
+
 pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     let Some(source) = args.pg.source() else {
         return fail("no PostgreSQL server given");
@@ -114,9 +119,15 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
     };
     let name = args.lockfile.to_string_lossy();
     let (per_attempt, attempts) = budget(args.wait, args.attempts);
-    let options = PgLockMgr::builder(&url, name)
+    let mut options = PgLockMgr::builder(&url, name)
         .max_attempts(attempts)
         .label(label(&args));
+    // `--wait` bounds the whole run, the first try's connect included,
+    // which does not wait and so would take the 10 s connect timeout; a
+    // connect still gets 2 s, as a waiting one does.
+    if let Some(wait) = args.wait.filter(|w| *w < CONNECT_TIMEOUT) {
+        options = options.connect_timeout(wait.max(CONNECT_FLOOR));
+    }
     if let Some(permits) = args.permits {
         return run_with_permit(&args, options, permits, (per_attempt, attempts), signals).await;
     }

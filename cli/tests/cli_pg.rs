@@ -907,3 +907,38 @@ fn a_signal_ends_lockmgr_while_it_connects() {
         );
     }
 }
+
+/// `run --wait SECS` bounds the connect to a server too, whose first try
+/// does not wait: against a server that never answers, `--wait 2` gives up
+/// after about 2 s (exit status 2, the server named), where it took the
+/// connect timeout, 10 s. No server is needed.
+#[test]
+fn the_wait_bounds_connecting_to_a_server_that_never_answers() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://nobody@{}/db?sslmode=disable",
+        silent.local_addr().unwrap()
+    );
+    let started = std::time::Instant::now();
+    let out = Command::new(LOCKMGR)
+        .args([
+            "run",
+            "--wait",
+            "2",
+            "--postgres",
+            &url,
+            "name",
+            "--",
+            "true",
+        ])
+        .env("PGPASSWORD", "unused")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "took {took:?}: {}",
+        text(&out.stderr)
+    );
+}

@@ -151,7 +151,7 @@ impl Connection {
                     .into(),
             ));
         }
-        env.complete(&mut config);
+        env.complete(&mut config, |key| pairs.contains_key(key))?;
         config.ssl_mode(match mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Allow | SslMode::Prefer => PgSslMode::Prefer,
@@ -442,7 +442,22 @@ impl Env {
     }
 
     /// Fills what the string left out, as libpq does.
-    fn complete(&self, config: &mut Config) {
+    /// `given` says whether the string itself gave a key, which wins over
+    /// the environment where `config` cannot tell a default from a choice.
+    fn complete(&self, config: &mut Config, given: impl Fn(&str) -> bool) -> Result<(), Invalid> {
+        use tokio_postgres::config::{ChannelBinding, TargetSessionAttrs};
+        // A setting that cannot be read is refused, as libpq refuses it: a
+        // default in its place could reach another server than psql does,
+        // or log in with less care. The errors name the variable, never its
+        // value.
+        let bad = |var: &str, what: &str| Invalid(format!("{var} is not {what}"));
+        if self.var("PGSERVICE").is_some() {
+            return Err(Invalid(
+                "PGSERVICE is set: connection service files are not supported; give the \
+                 settings themselves"
+                    .into(),
+            ));
+        }
         if config.get_hosts().is_empty() {
             match self.var("PGHOST") {
                 Some(hosts) => {
@@ -464,15 +479,55 @@ impl Env {
         if config.get_hostaddrs().is_empty() {
             if let Some(addrs) = self.var("PGHOSTADDR") {
                 for a in addrs.split(',') {
-                    if let Ok(ip) = a.trim().parse() {
-                        config.hostaddr(ip);
-                    }
+                    let ip = a
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("PGHOSTADDR", "an IP address or a list of them"))?;
+                    config.hostaddr(ip);
                 }
             }
         }
         if config.get_ports().is_empty() {
-            if let Some(port) = self.var("PGPORT").and_then(|p| p.parse().ok()) {
-                config.port(port);
+            if let Some(ports) = self.var("PGPORT") {
+                for p in ports.split(',') {
+                    let port = p
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad("PGPORT", "a port number or a list of them"))?;
+                    config.port(port);
+                }
+            }
+        }
+        if let Some(binding) = self
+            .var("PGCHANNELBINDING")
+            .filter(|_| !given("channel_binding"))
+        {
+            config.channel_binding(match binding.as_str() {
+                "disable" => ChannelBinding::Disable,
+                "prefer" => ChannelBinding::Prefer,
+                "require" => ChannelBinding::Require,
+                _ => return Err(bad("PGCHANNELBINDING", "one of disable, prefer, require")),
+            });
+        }
+        if let Some(attrs) = self
+            .var("PGTARGETSESSIONATTRS")
+            .filter(|_| !given("target_session_attrs"))
+        {
+            config.target_session_attrs(match attrs.as_str() {
+                "any" => TargetSessionAttrs::Any,
+                "read-write" => TargetSessionAttrs::ReadWrite,
+                "read-only" => TargetSessionAttrs::ReadOnly,
+                _ => {
+                    return Err(bad(
+                        "PGTARGETSESSIONATTRS",
+                        "one of any, read-write, read-only (the others are not supported)",
+                    ))
+                }
+            });
+        }
+        if config.get_options().is_none() {
+            if let Some(options) = self.var("PGOPTIONS") {
+                config.options(options);
             }
         }
         if config.get_user().is_none() {
@@ -497,10 +552,11 @@ impl Env {
             }
         }
         if config.get_connect_timeout().is_none() {
-            if let Some(secs) = self
-                .var("PGCONNECT_TIMEOUT")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(secs) = self.var("PGCONNECT_TIMEOUT") {
+                let secs: u64 = secs
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("PGCONNECT_TIMEOUT", "a number of seconds"))?;
                 if secs > 0 {
                     config.connect_timeout(std::time::Duration::from_secs(secs));
                 }
@@ -514,6 +570,7 @@ impl Env {
                 config.password(p);
             }
         }
+        Ok(())
     }
 
     /// The password file's entry for this connection: `$PGPASSFILE`, or
@@ -692,6 +749,56 @@ mod tests {
         std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
         let c = Connection::parse("dbname=jobs", &env).unwrap();
         assert_eq!(c.config.get_password(), None);
+    }
+
+    /// The environment is read as libpq reads it, or refused: a setting
+    /// that cannot be read is an error, not a default in its place (before:
+    /// `PGPORT=6432,6433` became 5432, `PGSERVICE` was ignored, and so were
+    /// `PGCHANNELBINDING=require` and `PGTARGETSESSIONATTRS`: another server
+    /// than psql's, or a weaker login).
+    #[test]
+    fn the_environment_is_read_whole_or_refused() {
+        let parse = |pairs: &[(&str, &str)]| Connection::parse("", &Env::from_pairs(pairs, None));
+        let c = parse(&[("PGHOST", "a,b"), ("PGPORT", "6432,6433")]).unwrap();
+        assert_eq!(c.config.get_ports(), &[6432, 6433]);
+        let c = parse(&[("PGHOST", "a"), ("PGCHANNELBINDING", "require")]).unwrap();
+        assert_eq!(
+            c.config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+        let c = parse(&[("PGHOST", "a"), ("PGTARGETSESSIONATTRS", "read-write")]).unwrap();
+        assert_eq!(
+            c.config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        // What the string says wins.
+        let c = Connection::parse(
+            "host=a channel_binding=disable",
+            &Env::from_pairs(&[("PGCHANNELBINDING", "require")], None),
+        )
+        .unwrap();
+        assert_eq!(
+            c.config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Disable
+        );
+        let c = parse(&[("PGHOST", "a"), ("PGOPTIONS", "-c search_path=x")]).unwrap();
+        assert_eq!(c.config.get_options(), Some("-c search_path=x"));
+        for (pairs, says) in [
+            (&[("PGPORT", "54x32")][..], "PGPORT"),
+            (&[("PGHOSTADDR", "not-an-address")][..], "PGHOSTADDR"),
+            (&[("PGCONNECT_TIMEOUT", "soon")][..], "PGCONNECT_TIMEOUT"),
+            (&[("PGCHANNELBINDING", "always")][..], "PGCHANNELBINDING"),
+            (
+                &[("PGTARGETSESSIONATTRS", "standby")][..],
+                "PGTARGETSESSIONATTRS",
+            ),
+            (&[("PGSERVICE", "locks")][..], "PGSERVICE"),
+        ] {
+            let e = parse(pairs)
+                .err()
+                .unwrap_or_else(|| panic!("{pairs:?} was taken"));
+            assert!(e.0.contains(says), "{pairs:?}: {}", e.0);
+        }
     }
 
     #[test]

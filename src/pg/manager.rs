@@ -24,7 +24,6 @@ use crate::telemetry::Meter;
 use crate::vocab::{LockMode, Status};
 use crate::wait::Policy;
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
 
@@ -90,7 +89,7 @@ pub struct PgLockMgrBuilder {
     max_attempts: u32,
     label: Option<String>,
     metrics_label: Option<String>,
-    connect_timeout: Duration,
+    connect_timeout: Option<Duration>,
     request_timeout: Duration,
     dead_after: Duration,
     max_idle: usize,
@@ -125,11 +124,12 @@ impl PgLockMgrBuilder {
     }
 
     /// The longest a connection may take to be made when the caller does
-    /// not wait (or waits without a bound). Default 10 s. A waiting acquire
-    /// with a bounded wait connects within what is left of its wait, but
-    /// within no less than 2 s.
+    /// not wait (or waits without a bound). Default: the connection
+    /// string's `connect_timeout` (or `PGCONNECT_TIMEOUT`), as in libpq, or
+    /// else 10 s. A waiting acquire with a bounded wait connects within
+    /// what is left of its wait, but within no less than 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = Some(timeout);
         self
     }
 
@@ -364,7 +364,7 @@ impl PgLockMgr {
             max_attempts: 10,
             label: None,
             metrics_label: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             dead_after: DEFAULT_DEAD_AFTER,
             max_idle: 1,

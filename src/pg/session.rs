@@ -34,14 +34,18 @@ pub(super) const CONNECT_FLOOR: Duration = Duration::from_secs(2);
 /// The bounds of a server's sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Timeouts {
-    /// Making a connection, when no wait bounds it.
-    pub(super) connect: Duration,
+    /// Making a connection, when no wait bounds it; `None`: the connection
+    /// string's `connect_timeout`, or [`DEFAULT_CONNECT_TIMEOUT`].
+    pub(super) connect: Option<Duration>,
     /// Any one request that is not a lock wait.
     pub(super) request: Duration,
     /// How long a silent network may last before both ends give a session
     /// up (TCP keepalives and `tcp_user_timeout`, client and server).
     pub(super) dead_after: Duration,
 }
+
+/// How long a connection may take to be made when nothing else says.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the server is reached: straight, or through a pooler that hands a
 /// server session to a client only for a transaction at a time.
@@ -449,7 +453,11 @@ impl Server {
             Some(d) => d
                 .saturating_duration_since(Instant::now())
                 .max(CONNECT_FLOOR),
-            None => self.timeouts.connect,
+            None => self
+                .timeouts
+                .connect
+                .or(self.conn.config.get_connect_timeout().copied())
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         }
     }
 
