@@ -77,6 +77,7 @@ use lockmgr::LockKind;
 #[command(
     name = "lockmgr",
     version,
+    arg_required_else_help = true,
     about = "Run commands under inter-process locks, and see who holds them"
 )]
 struct Cli {
@@ -132,19 +133,26 @@ pub(crate) struct RunArgs {
     /// Take a shared lock instead of an exclusive one.
     #[arg(long)]
     pub(crate) shared: bool,
-    /// The lock family: must match the other users of LOCKFILE.
+    /// The lock family: must match the other users of LOCKFILE (a lock
+    /// file's; not with a PostgreSQL lock).
     #[arg(long, value_enum, default_value = "ofd")]
+    #[cfg_attr(feature = "postgres", arg(conflicts_with = "pg"))]
     pub(crate) kind: Kind,
     /// Fail at once if the lock is held.
     #[arg(long, short = 'n', conflicts_with = "wait")]
     pub(crate) nonblock: bool,
     /// Wait at most SECS seconds in all (a decimal number, 0 or more; `inf`
     /// and anything too large to count: as long as it takes, the default).
-    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_wait)]
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_wait, allow_hyphen_values = true)]
     pub(crate) wait: Option<Duration>,
     /// Split the wait into N attempts (the library's max_attempts; 0 is
     /// taken as 1).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        allow_negative_numbers = true
+    )]
     pub(crate) attempts: u32,
     /// A label for the holder record (default: the command's name).
     #[arg(long)]
@@ -173,7 +181,7 @@ pub(crate) struct RunArgs {
     /// (a script that starts others should `exec` its last one, or pass
     /// the signal on).
     #[cfg(feature = "postgres")]
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace, requires = "pg")]
     pub(crate) kill_after: Duration,
     /// Where the PostgreSQL lock is, if it is one.
     #[cfg(feature = "postgres")]
@@ -262,6 +270,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
+        // No arguments at all: the whole usage, on stderr, status 2.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
             // One line, as for every other error: clap's message, without
             // its own prefix and usage hint; what it lists on the lines

@@ -1003,7 +1003,20 @@ fn no_argument_panics() {
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
         assert!(err.starts_with("lockmgr: "), "{bad:?}: {err}");
+        // A negative number is read as one, and told so (before: "unexpected
+        // argument '-1' found").
+        assert!(!err.contains("unexpected argument"), "{bad:?}: {err}");
     }
+    // Zero written with a sign is zero: one try.
+    assert!(run(&["-w", "-0"]).status.success());
+    // No arguments at all: the usage, not a bare line.
+    let out = lockmgr(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Usage:"),
+        "{}",
+        text(&out.stderr)
+    );
     // Held: the tiny wait and the many tiny attempts give up, and soon.
     let held = lockmgr::LockMgr::new(&lock).try_acquire().unwrap();
     assert_eq!(run(&["--wait", "1e-12"]).status.code(), Some(1));

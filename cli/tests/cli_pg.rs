@@ -942,3 +942,40 @@ fn the_wait_bounds_connecting_to_a_server_that_never_answers() {
         text(&out.stderr)
     );
 }
+
+/// Options that cannot apply are refused, not silently ignored: `--kind`
+/// with a PostgreSQL lock, `--kill-after` with a lock file. No server is
+/// needed.
+#[test]
+fn options_that_cannot_apply_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("l");
+    let file = file.to_str().unwrap();
+    for (args, names) in [
+        (
+            &[
+                "run",
+                "--kind",
+                "flock",
+                "--postgres",
+                "host=db.invalid",
+                "name",
+                "--",
+                "true",
+            ][..],
+            "--kind",
+        ),
+        (
+            &["run", "--kill-after", "5", file, "--", "true"],
+            "--postgres",
+        ),
+    ] {
+        let out = Command::new(LOCKMGR).args(args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("lockmgr: ") && err.contains(names),
+            "{args:?}: {err}"
+        );
+    }
+}
