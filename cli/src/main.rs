@@ -172,7 +172,8 @@ pub(crate) struct RunArgs {
     /// Exit status when the lock is not obtained.
     #[arg(long, short = 'E', value_name = "N", default_value_t = 1)]
     pub(crate) conflict_exit_code: u8,
-    /// No waiting message.
+    /// No waiting message, and no line when the lock is held (the exit
+    /// status says so); errors are still said.
     #[arg(long, short)]
     pub(crate) quiet: bool,
     /// When a PostgreSQL lock is lost while the command runs, the command

@@ -45,6 +45,11 @@ pub(crate) fn mode(args: &RunArgs) -> LockMode {
 
 /// The exit status for a lock that was not obtained.
 pub(crate) fn not_obtained(e: LockError, args: &RunArgs) -> ExitCode {
+    // `--quiet` (a cron job's `--nonblock`): the exit status says that the
+    // lock is held; only errors are said.
+    if args.quiet && e.is_contended() {
+        return ExitCode::from(args.conflict_exit_code);
+    }
     match e {
         // A semaphore has no one holder: the library's "held by another
         // owner" would mislead.
