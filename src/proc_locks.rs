@@ -158,7 +158,10 @@ pub(crate) fn all_entries() -> io::Result<Vec<(Inode, Entry)>> {
     let mut fewest: BTreeMap<String, usize> = BTreeMap::new();
     let mut last: Option<BTreeMap<String, usize>> = None;
     for _ in 0..READS {
-        let text = fs::read_to_string("/proc/locks")?;
+        // Named in the error: the caller's names the lock file, which is
+        // not what could not be read (no `/proc` in a bare container).
+        let text = fs::read_to_string("/proc/locks")
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/locks: {e}")))?;
         let mut read: BTreeMap<String, usize> = BTreeMap::new();
         for line in text.lines().filter_map(unnumbered) {
             *read.entry(line.trim().to_owned()).or_default() += 1;

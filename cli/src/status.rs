@@ -24,6 +24,12 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
     };
     let holders = match lock.holders() {
         Ok(h) => h,
+        // No `/proc` (a bare container, a chroot): the state and the
+        // record are still the answer; only the processes go unnamed.
+        Err(e) if status != Status::Missing => {
+            say!("lockmgr: the processes holding it cannot be named: {e}");
+            return report(path, args.kind.name(), status, None, args.json);
+        }
         Err(e) => return fail(&e.to_string()),
     };
     // The library checks a record only for a living process. Here every

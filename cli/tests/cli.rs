@@ -707,6 +707,38 @@ fn a_hang_up_reaches_the_command_when_lockmgr_leads_the_session() {
     assert!(marker.exists(), "the command never got the hang-up");
 }
 
+/// `status` where `/proc` is not mounted (a minimal container, a chroot)
+/// answers what it can: the lock's state and its record, from the file and
+/// the kernel, and says on stderr that the holding processes cannot be
+/// named, naming `/proc/locks`. (Before: "cannot read lock file ...: No
+/// such file or directory", for a file that exists, and no answer.)
+#[test]
+fn status_without_proc_answers_what_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("l");
+    let held = lockmgr::LockMgr::builder(&lock)
+        .label("nightly")
+        .build()
+        .try_acquire()
+        .unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "umount -l /proc && exec {LOCKMGR} status {}",
+            lock.display()
+        ))
+        .output()
+        .unwrap();
+    drop(held);
+    let (said, err) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}{err}");
+    assert!(
+        said.contains("held exclusive") && said.contains("nightly"),
+        "{said}"
+    );
+    assert!(err.contains("/proc/locks"), "{err}");
+}
+
 /// `ARGS` run in a pid namespace of its own (`unshare --pid --fork
 /// --mount-proc`, root), as a container that shares the host's name runs
 /// it: `ARGS[0]` is pid 1 there.
