@@ -5,7 +5,7 @@
 //! system call on the waiting path; others read it through `/proc/PID/fd`.
 //! A forked child starts a board of its own.
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 
 use crate::forkable::Forkable;
 use crate::os::{self, FileId};
@@ -19,19 +19,16 @@ enum State {
     Unavailable,
 }
 
-fn state() -> MutexGuard<'static, Forkable<State>> {
-    static STATE: OnceLock<Mutex<Forkable<State>>> = OnceLock::new();
-    STATE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+fn state() -> MutexGuard<'static, State> {
+    static STATE: Forkable<State> = Forkable::new();
+    STATE.lock()
 }
 
 /// Publishes that `tasks` tasks of this process wait for `file`, the
 /// longest since `since_ms` (Unix milliseconds); 0 clears it.
 pub(crate) fn publish(file: FileId, tasks: usize, since_ms: u64) {
     let mut guard = state();
-    let state = guard.get();
+    let state = &mut *guard;
     if matches!(state, State::Untried) {
         if tasks == 0 {
             return;

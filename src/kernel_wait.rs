@@ -138,12 +138,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Waits given up on whose helper is still blocked, by file, family and
 /// mode.
-type Abandoned = Forkable<HashMap<(FileId, LockKind, LockMode), Arc<Job>>>;
+type Abandoned = HashMap<(FileId, LockKind, LockMode), Arc<Job>>;
 
 /// The waits given up on, for a new wait to revive.
 fn abandoned() -> MutexGuard<'static, Abandoned> {
-    static ABANDONED: OnceLock<Mutex<Abandoned>> = OnceLock::new();
-    lock(ABANDONED.get_or_init(Default::default))
+    static ABANDONED: Forkable<Abandoned> = Forkable::new();
+    ABANDONED.lock()
 }
 
 impl KernelWait {
@@ -191,7 +191,7 @@ impl KernelWait {
     /// A wait given up on for this file, family and mode, taken back while
     /// its helper is still blocked.
     fn revive(file: FileId, kind: LockKind, mode: LockMode) -> Option<KernelWait> {
-        let job = abandoned().get().remove(&(file, kind, mode))?;
+        let job = abandoned().remove(&(file, kind, mode))?;
         let mut state = lock(&job.state);
         if !matches!(state.phase, Phase::Abandoned) {
             return None;
@@ -370,7 +370,7 @@ impl Drop for KernelWait {
                 drop(state);
                 // Revivable until its helper is done with it.
                 let key = (self.job.file, self.job.kind, self.job.mode);
-                map.get().insert(key, self.job.clone());
+                map.insert(key, self.job.clone());
             }
             Phase::Granted(_) | Phase::Stalled => {
                 state.phase = Phase::Abandoned;
@@ -409,8 +409,7 @@ impl Job {
             state.phase = Phase::Finished;
         }
         drop(state);
-        let mut abandoned = abandoned();
-        let map = abandoned.get();
+        let mut map = abandoned();
         if map
             .get(&(self.file, self.kind, self.mode))
             .is_some_and(|j| Arc::ptr_eq(j, self))
@@ -554,7 +553,7 @@ impl Job {
 
 /// The helper threads: a few idle ones are kept for a while.
 struct Pool {
-    state: Mutex<Forkable<PoolState>>,
+    state: Forkable<PoolState>,
     ready: Condvar,
 }
 
@@ -576,7 +575,7 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| Pool {
-        state: Mutex::new(Forkable::default()),
+        state: Forkable::new(),
         ready: Condvar::new(),
     })
 }
@@ -586,8 +585,7 @@ impl Pool {
     /// a thread of its own, since a job may block for as long as the lock
     /// is held.
     fn submit(&'static self, job: Arc<Job>) -> io::Result<()> {
-        let mut guard = lock(&self.state);
-        let state = guard.get();
+        let mut state = self.state.lock();
         state.jobs.push_back(job.clone());
         if state.jobs.len() <= state.idle {
             self.ready.notify_one();
@@ -617,37 +615,32 @@ impl Pool {
     }
 
     fn linger(&self, job: &Arc<Job>) {
-        lock(&self.state).get().lingering.push(job.clone());
+        self.state.lock().lingering.push(job.clone());
     }
 
     fn unlinger(&self, job: &Arc<Job>) {
-        lock(&self.state)
-            .get()
-            .lingering
-            .retain(|j| !Arc::ptr_eq(j, job));
+        self.state.lock().lingering.retain(|j| !Arc::ptr_eq(j, job));
     }
 
     fn serve(&'static self) {
         loop {
             let job = {
-                let mut guard = lock(&self.state);
+                let mut guard = self.state.lock();
                 loop {
-                    let state = guard.get();
-                    if let Some(job) = state.jobs.pop_front() {
+                    if let Some(job) = guard.jobs.pop_front() {
                         break job;
                     }
-                    if state.idle >= MAX_IDLE {
+                    if guard.idle >= MAX_IDLE {
                         return;
                     }
-                    state.idle += 1;
+                    guard.idle += 1;
                     let (next, waited) = self
                         .ready
                         .wait_timeout(guard, IDLE_FOR)
                         .unwrap_or_else(|e| e.into_inner());
                     guard = next;
-                    let state = guard.get();
-                    state.idle -= 1;
-                    if waited.timed_out() && state.jobs.is_empty() {
+                    guard.idle -= 1;
+                    if waited.timed_out() && guard.jobs.is_empty() {
                         return;
                     }
                 }

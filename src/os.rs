@@ -816,6 +816,91 @@ pub(crate) fn pid_namespace_word() -> Option<&'static AtomicU32> {
     Some(unsafe { &*page.add(1) })
 }
 
+/// A process-wide mutex that a child made by `fork` (or a raw `clone`)
+/// gets afresh: unlocked, holding `T::default()`. A `std` mutex would come
+/// over the fork locked if another thread of the parent held it at that
+/// moment, and the child, which has no such thread, would wait for it for
+/// ever. The parent's mutex and value are left in the child as they were,
+/// never touched (never dropped: what they hold belongs to the parent's
+/// threads).
+pub(crate) struct ProcessMutex<T> {
+    /// This process's [`Slot`] (a leaked box), or the parent's, or null
+    /// before the first lock.
+    slot: AtomicPtr<Slot<T>>,
+    /// Sync and Send as a `Mutex<T>` is.
+    _holds: std::marker::PhantomData<std::sync::Mutex<T>>,
+}
+
+struct Slot<T> {
+    /// The process that made it.
+    pid: u32,
+    mutex: std::sync::Mutex<T>,
+}
+
+impl<T: Default> ProcessMutex<T> {
+    pub(crate) const fn new() -> Self {
+        ProcessMutex {
+            slot: AtomicPtr::new(std::ptr::null_mut()),
+            _holds: std::marker::PhantomData,
+        }
+    }
+
+    /// Locks this process's mutex (made on first use). A panic while it
+    /// was held can only have come from an allocation failure, which
+    /// leaves the value consistent: it is used on.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.slot().mutex.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self) -> &Slot<T> {
+        let pid = current_pid();
+        let mut seen = self.slot.load(Ordering::Acquire);
+        loop {
+            // SAFETY: a non-null pointer here was made by `Box::into_raw`
+            // below and published by the exchange; it is freed only by
+            // `drop`, which has `&mut self`, so it is valid for as long as
+            // `&self` is. Its `pid` never changes after it is made.
+            if let Some(slot) = unsafe { seen.as_ref() } {
+                if slot.pid == pid {
+                    return slot;
+                }
+            }
+            let fresh = Box::into_raw(Box::new(Slot {
+                pid,
+                mutex: std::sync::Mutex::new(T::default()),
+            }));
+            match self
+                .slot
+                .compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // The parent's slot, if any, is left to leak.
+                Ok(_) => seen = fresh,
+                Err(now) => {
+                    // SAFETY: `fresh` was made just above and never
+                    // published: this is its only owner.
+                    drop(unsafe { Box::from_raw(fresh) });
+                    seen = now;
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for ProcessMutex<T> {
+    fn drop(&mut self) {
+        let slot = *self.slot.get_mut();
+        // SAFETY: as in `slot`: null, or a box made there and valid until
+        // now; `&mut self` shows no one else uses it. Only this process's
+        // own is freed: a parent's is the parent's threads'.
+        if let Some(own) = unsafe { slot.as_ref() } {
+            if own.pid == current_pid() {
+                // SAFETY: made by `Box::into_raw`, freed only here.
+                drop(unsafe { Box::from_raw(slot) });
+            }
+        }
+    }
+}
+
 /// The word of the wipe-on-fork page that keeps [`current_pid`], once made
 /// (null before).
 static PID_WORD: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
@@ -1098,6 +1183,54 @@ impl Drop for Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child forked while another thread holds a `ProcessMutex` gets it
+    /// unlocked, with the default value; the parent's stays as it was.
+    #[test]
+    fn a_process_mutex_held_at_a_fork_is_free_in_the_child() {
+        static SHARED: ProcessMutex<u32> = ProcessMutex::new();
+        *SHARED.lock() = 7;
+        let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (held_tx, held_rx) = held;
+        let (release_tx, release_rx) = release;
+        let holder = std::thread::spawn(move || {
+            let guard = SHARED.lock();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            drop(guard);
+        });
+        held_rx.recv().unwrap();
+        // SAFETY: the child only locks the mutex (its first lock allocates,
+        // and the C library resets the allocator's locks in a child) and
+        // ends with `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let value = *SHARED.lock();
+                // SAFETY: `_exit` ends the child at once.
+                unsafe { libc::_exit(if value == 0 { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                let status = loop {
+                    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)).unwrap() {
+                        WaitStatus::StillAlive if std::time::Instant::now() < deadline => {
+                            std::thread::yield_now()
+                        }
+                        WaitStatus::StillAlive => {
+                            let _ = kill(child, nix::sys::signal::Signal::SIGKILL);
+                            break None;
+                        }
+                        status => break Some(status),
+                    }
+                };
+                release_tx.send(()).unwrap();
+                holder.join().unwrap();
+                assert_eq!(status, Some(nix::sys::wait::WaitStatus::Exited(child, 0)));
+                assert_eq!(*SHARED.lock(), 7);
+            }
+        }
+    }
 
     /// What a board publishes reads back through its descriptor, as
     /// another process reads it; a cleared entry reads as nothing, and a

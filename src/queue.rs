@@ -43,7 +43,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -172,33 +172,11 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The lines of this process. After `fork`, the child starts with none: the
 /// waiters it inherited do not run there.
-struct Lines(MutexGuard<'static, Forkable<HashMap<Key, Line>>>);
-
-impl std::ops::Deref for Lines {
-    type Target = HashMap<Key, Line>;
-    fn deref(&self) -> &Self::Target {
-        // `get` needs `&mut`: a child's first look, through `DerefMut` or
-        // here, forgets what it inherited.
-        self.0.peek()
-    }
-}
-
-impl std::ops::DerefMut for Lines {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        self.0.get()
-    }
-}
+type Lines = MutexGuard<'static, HashMap<Key, Line>>;
 
 fn lines() -> Lines {
-    static LINES: OnceLock<Mutex<Forkable<HashMap<Key, Line>>>> = OnceLock::new();
-    // A panic while holding this lock can only come from an allocation
-    // failure; the map is still consistent then, so keep using it.
-    let mut guard = LINES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    guard.get();
-    Lines(guard)
+    static LINES: Forkable<HashMap<Key, Line>> = Forkable::new();
+    LINES.lock()
 }
 
 /// Whether any task of this process is waiting in any line.
@@ -502,19 +480,19 @@ mod watch {
     /// (`u64::MAX`: when told). Only lowered by others; the watch itself
     /// resets it before each look.
     static NEXT_LOOK: AtomicU64 = AtomicU64::new(u64::MAX);
-    static THREAD: Mutex<Forkable<Option<std::thread::Thread>>> = Mutex::new(Forkable::NONE);
+    static THREAD: Forkable<Option<std::thread::Thread>> = Forkable::new();
     /// Whether the warning that the thread cannot start was given.
     static WARNED: AtomicBool = AtomicBool::new(false);
 
-    fn thread() -> MutexGuard<'static, Forkable<Option<std::thread::Thread>>> {
-        THREAD.lock().unwrap_or_else(|e| e.into_inner())
+    fn thread() -> MutexGuard<'static, Option<std::thread::Thread>> {
+        THREAD.lock()
     }
 
     /// The watch looks by `at` (nanoseconds after [`epoch`]) at the latest.
     /// Free when it means to look by then anyway: no thread is woken.
     pub(super) fn look_by(at: u64) {
         if NEXT_LOOK.fetch_min(at, Ordering::SeqCst) > at {
-            match thread().get() {
+            match &mut *thread() {
                 Some(t) => t.unpark(),
                 // It could not start before: try again.
                 none => start(none),
@@ -528,9 +506,8 @@ mod watch {
     /// first has someone behind its head.
     pub(super) fn ensure_running() {
         let mut thread = thread();
-        let thread = thread.get();
         if thread.is_none() {
-            start(thread);
+            start(&mut thread);
         }
     }
 

@@ -112,7 +112,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// This process's watcher, once made (a forked child forgets its parent's).
-static WATCHER: Mutex<Forkable<Option<&'static Watcher>>> = Mutex::new(Forkable::NONE);
+static WATCHER: Forkable<Option<&'static Watcher>> = Forkable::new();
 
 impl Watcher {
     /// The process-wide watcher, created on the first call that succeeds.
@@ -121,8 +121,7 @@ impl Watcher {
     /// remembered: a later call tries again, since the limit is shared with
     /// other programs that may have given instances back.
     pub(crate) fn global() -> io::Result<&'static Watcher> {
-        let mut slot = lock(&WATCHER);
-        let slot = slot.get();
+        let mut slot = WATCHER.lock();
         if let Some(w) = *slot {
             return Ok(w);
         }

@@ -174,6 +174,91 @@ fn a_forked_child_waits_on_its_own() {
     );
 }
 
+/// A child forked while other threads of the parent use the crate (tasks
+/// that wait for a lock and give up at random, so that the crate's
+/// process-wide mutexes are held now and then) can use locks: a 50 ms
+/// wait ends in `TimedOut`, never hangs. (Before: about one child in a
+/// hundred inherited a mutex locked by a thread it does not have, and
+/// waited for it for ever, whatever its budget.)
+#[test]
+fn a_child_forked_while_the_parents_threads_wait_can_lock() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.lock");
+    // Held for good, through a description of its own: every wait here
+    // waits, in the parent and in the children.
+    let _held = LockMgr::new(&path).try_acquire().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut seed = std::process::id() as u64 | 1;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    for _ in 0..8 {
+        let (lock, give_up) = (LockMgr::new(&path), random(5) + 1);
+        rt.spawn(async move {
+            loop {
+                let budget = Duration::from_millis(give_up);
+                let _ = tokio::time::timeout(budget, lock.acquire(true, Duration::MAX)).await;
+            }
+        });
+    }
+    let mut children = Vec::new();
+    for _ in 0..300 {
+        // Load, not synchronisation: forks fall at random moments of the
+        // waiters' churn.
+        std::thread::sleep(Duration::from_micros(random(2000)));
+        // The child makes a runtime and waits: it takes no lock of the
+        // parent's threads but the allocator's (reset by the C library)
+        // and, before the fix, the crate's.
+        let Some(child) = fork() else {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let got = rt.block_on(LockMgr::new(&path).acquire(true, Duration::from_millis(50)));
+            exit_child(if matches!(got, Err(lockmgr::LockError::TimedOut { .. })) {
+                0
+            } else {
+                3
+            })
+        };
+        children.push(child);
+    }
+    let deadline = Instant::now() + common::LIVENESS;
+    let mut hung = 0;
+    for child in children {
+        loop {
+            match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).unwrap() {
+                WaitStatus::StillAlive if Instant::now() < deadline => std::thread::yield_now(),
+                WaitStatus::StillAlive => {
+                    hung += 1;
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    break;
+                }
+                status => {
+                    assert_eq!(status, WaitStatus::Exited(child, 0));
+                    break;
+                }
+            }
+        }
+    }
+    rt.shutdown_background();
+    assert_eq!(
+        hung,
+        0,
+        "children still waiting after {:?}",
+        common::LIVENESS
+    );
+}
+
 /// A child made by a raw `clone(2)` system call (no `fork` handlers run)
 /// that drops the parent's guard must not release the parent's lock. (In a
 /// helper process with no other thread: a raw clone resets no lock that

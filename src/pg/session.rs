@@ -87,7 +87,7 @@ pub(super) struct Server {
     settings: Key,
     /// In a forked child: the child's own server for these settings, kept
     /// for the child's later calls.
-    forked: Mutex<Forkable<Option<Arc<Server>>>>,
+    forked: Forkable<Option<Arc<Server>>>,
 }
 
 struct State {
@@ -124,15 +124,15 @@ impl Server {
         transaction_pooling: Option<bool>,
     ) -> Result<Arc<Server>, String> {
         // A forked child forgets the parent's servers (see `Server::here`).
-        static SERVERS: Mutex<Forkable<Option<Servers>>> = Mutex::new(Forkable::NONE);
+        static SERVERS: Forkable<Option<Servers>> = Forkable::new();
         let key = Key {
             config: config.to_owned(),
             timeouts,
             max_idle,
             pooling: transaction_pooling,
         };
-        let mut servers = lock(&SERVERS);
-        let servers = servers.get().get_or_insert_with(HashMap::new);
+        let mut servers = SERVERS.lock();
+        let servers = servers.get_or_insert_with(HashMap::new);
         servers.retain(|_, s| s.strong_count() > 0);
         if let Some(server) = servers.get(&key).and_then(Weak::upgrade) {
             return Ok(server);
@@ -162,7 +162,7 @@ impl Server {
             gates: Arc::default(),
             pid: crate::os::current_pid(),
             settings: key.clone(),
-            forked: Mutex::new(Forkable::NONE),
+            forked: Forkable::new(),
         });
         servers.insert(key, Arc::downgrade(&server));
         Ok(server)
@@ -176,9 +176,8 @@ impl Server {
         if self.is_here() {
             return Ok(self.clone());
         }
-        let mut forked = lock(&self.forked);
-        let slot = forked.get();
-        if let Some(server) = slot {
+        let mut slot = self.forked.lock();
+        if let Some(server) = &*slot {
             return Ok(server.clone());
         }
         let k = &self.settings;
