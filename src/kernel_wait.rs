@@ -52,7 +52,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -573,11 +573,13 @@ const MAX_IDLE: usize = 4;
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
 fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool {
+    // Made at compile time: a lazy one could be mid-initialisation in
+    // another thread at a fork, and the child would wait for it for ever.
+    static POOL: Pool = Pool {
         state: Forkable::new(),
         ready: Condvar::new(),
-    })
+    };
+    &POOL
 }
 
 impl Pool {

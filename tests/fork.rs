@@ -1,8 +1,9 @@
 //! A guard dropped in a forked child must not release the parent's lock;
 //! the parent's release frees the lock although a forked child still holds
 //! the descriptor; and a program spawned while the lock is held must not
-//! keep it. Alone in its test binary: it forks, so it should have few
-//! threads.
+//! keep it; and a child forked while the parent's threads use the crate
+//! can lock. Alone in its test binary: it forks, and its children may use
+//! only what a fork leaves usable.
 #![deny(unsafe_code)]
 
 mod common;
@@ -218,15 +219,20 @@ fn a_child_forked_while_the_parents_threads_wait_can_lock() {
         // parent's threads but the allocator's (reset by the C library)
         // and, before the fix, the crate's.
         let Some(child) = fork() else {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let got = rt.block_on(LockMgr::new(&path).acquire(true, Duration::from_millis(50)));
-            exit_child(if matches!(got, Err(lockmgr::LockError::TimedOut { .. })) {
-                0
-            } else {
-                3
+            // A panic here must not return into the harness (which would
+            // end this child with status 0): it ends the child with 101.
+            let timed_out = std::panic::catch_unwind(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let got = rt.block_on(LockMgr::new(&path).acquire(true, Duration::from_millis(50)));
+                matches!(got, Err(lockmgr::LockError::TimedOut { .. }))
+            });
+            exit_child(match timed_out {
+                Ok(true) => 0,
+                Ok(false) => 3,
+                Err(_) => 101,
             })
         };
         children.push(child);

@@ -36,9 +36,9 @@ pub(crate) fn say_line(line: Arguments<'_>) {
 static DISPLAY_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Says whether the waiting display's updating line is now on the
-/// terminal, unended (`progress` keeps it up to date).
-pub(crate) fn display_up(up: bool) {
-    DISPLAY_UP.store(up, std::sync::atomic::Ordering::Relaxed);
+/// terminal, unended (`progress` keeps it up to date); whether it was.
+pub(crate) fn display_up(up: bool) -> bool {
+    DISPLAY_UP.swap(up, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a line of news starts with: over the waiting display's line, which

@@ -90,15 +90,18 @@ impl Progress {
         } else {
             crate::output::PATIENCE_MS
         };
-        crate::output::to_stderr(line.as_bytes(), patience);
+        // Up before it is written: a warning written meanwhile then clears
+        // a line that may not be there yet, which does no harm, rather than
+        // land at its end.
         crate::output::display_up(self.tty);
+        crate::output::to_stderr(line.as_bytes(), patience);
         self.shown = true;
     }
 
     pub(crate) fn done(&self) {
-        if self.shown && self.tty {
-            // Ended, not cleared: the last state of the wait stays shown.
-            crate::output::display_up(false);
+        // Ended, not cleared: the last state of the wait stays shown; a
+        // warning that cleared it already ended the line.
+        if self.shown && self.tty && crate::output::display_up(false) {
             say!("");
         }
     }

@@ -123,10 +123,11 @@ pub(crate) async fn run(args: RunArgs, signals: Signals) -> ExitCode {
         .max_attempts(attempts)
         .label(label(&args));
     // `--wait` bounds the whole run, the first try's connect included,
-    // which does not wait and so would take the 10 s connect timeout; a
+    // which does not wait and so would take the connect timeout (10 s, or
+    // the string's `connect_timeout`, which still wins when shorter); a
     // connect still gets 2 s, as a waiting one does.
-    if let Some(wait) = args.wait.filter(|w| *w < CONNECT_TIMEOUT) {
-        options = options.connect_timeout(wait.max(CONNECT_FLOOR));
+    if let Some(wait) = args.wait.filter(|w| *w != Duration::MAX) {
+        options = options.connect_timeout(wait.min(CONNECT_TIMEOUT).max(CONNECT_FLOOR));
     }
     if let Some(permits) = args.permits {
         return run_with_permit(&args, options, permits, (per_attempt, attempts), signals).await;

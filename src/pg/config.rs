@@ -286,6 +286,30 @@ fn split(s: &str) -> Result<(BTreeMap<String, String>, Option<Url>), Invalid> {
 /// is a URL with a `:` before its last `@` (a password holding a bare `@`
 /// or `?` is what makes a URL fail to parse).
 pub(crate) fn carries_password(s: &str) -> bool {
+    password_as_libpq_reads(s) || carries_password_as_parsed(s)
+}
+
+/// Whether a URL gives a password as libpq reads its user information: up
+/// to the first `@` that comes before any `/` after the scheme, whatever
+/// is between (a `?` too: `postgres://app:pa?ss=x@db/app`, which the
+/// parse below takes for a parameter).
+fn password_as_libpq_reads(s: &str) -> bool {
+    let t = s.trim();
+    let Some(rest) = t
+        .strip_prefix("postgres://")
+        .or_else(|| t.strip_prefix("postgresql://"))
+    else {
+        return false;
+    };
+    match rest.find(['@', '/']) {
+        Some(at) if rest[at..].starts_with('@') => rest[..at]
+            .split_once(':')
+            .is_some_and(|(_, password)| !password.is_empty()),
+        _ => false,
+    }
+}
+
+fn carries_password_as_parsed(s: &str) -> bool {
     match split(s) {
         Ok((pairs, url)) => {
             let in_userinfo = url.is_some_and(|u| {
@@ -458,6 +482,22 @@ impl Env {
                     .into(),
             ));
         }
+        // Settings libpq would honour and this crate cannot: ignoring them
+        // would check less than psql does.
+        for (var, what) in [
+            ("PGSSLCRL", "certificate revocation lists"),
+            ("PGSSLCRLDIR", "certificate revocation lists"),
+            ("PGREQUIREAUTH", "a required authentication method"),
+        ] {
+            if self.var(var).is_some() {
+                return Err(Invalid(format!("{var} is set: {what} are not supported")));
+            }
+        }
+        if self.var("PGGSSENCMODE").as_deref() == Some("require") {
+            return Err(Invalid(
+                "PGGSSENCMODE is require: GSSAPI encryption is not supported".into(),
+            ));
+        }
         if config.get_hosts().is_empty() {
             match self.var("PGHOST") {
                 Some(hosts) => {
@@ -490,10 +530,14 @@ impl Env {
         if config.get_ports().is_empty() {
             if let Some(ports) = self.var("PGPORT") {
                 for p in ports.split(',') {
-                    let port = p
-                        .trim()
-                        .parse()
-                        .map_err(|_| bad("PGPORT", "a port number or a list of them"))?;
+                    // As libpq: an empty item is the default port.
+                    let p = p.trim();
+                    let port = if p.is_empty() {
+                        5432
+                    } else {
+                        p.parse()
+                            .map_err(|_| bad("PGPORT", "a port number or a list of them"))?
+                    };
                     config.port(port);
                 }
             }
@@ -553,12 +597,13 @@ impl Env {
         }
         if config.get_connect_timeout().is_none() {
             if let Some(secs) = self.var("PGCONNECT_TIMEOUT") {
-                let secs: u64 = secs
+                let secs: i64 = secs
                     .trim()
                     .parse()
                     .map_err(|_| bad("PGCONNECT_TIMEOUT", "a number of seconds"))?;
+                // As libpq: 0 or less is no bound.
                 if secs > 0 {
-                    config.connect_timeout(std::time::Duration::from_secs(secs));
+                    config.connect_timeout(std::time::Duration::from_secs(secs as u64));
                 }
             }
         }
@@ -761,6 +806,12 @@ mod tests {
         let parse = |pairs: &[(&str, &str)]| Connection::parse("", &Env::from_pairs(pairs, None));
         let c = parse(&[("PGHOST", "a,b"), ("PGPORT", "6432,6433")]).unwrap();
         assert_eq!(c.config.get_ports(), &[6432, 6433]);
+        // As libpq: an empty item is the default port; a timeout of 0 or
+        // less is none.
+        let c = parse(&[("PGHOST", "a,b"), ("PGPORT", ",6433")]).unwrap();
+        assert_eq!(c.config.get_ports(), &[5432, 6433]);
+        let c = parse(&[("PGHOST", "a"), ("PGCONNECT_TIMEOUT", "-1")]).unwrap();
+        assert_eq!(c.config.get_connect_timeout(), None);
         let c = parse(&[("PGHOST", "a"), ("PGCHANNELBINDING", "require")]).unwrap();
         assert_eq!(
             c.config.get_channel_binding(),
@@ -793,6 +844,9 @@ mod tests {
                 "PGTARGETSESSIONATTRS",
             ),
             (&[("PGSERVICE", "locks")][..], "PGSERVICE"),
+            (&[("PGSSLCRL", "/etc/crl.pem")][..], "PGSSLCRL"),
+            (&[("PGREQUIREAUTH", "scram-sha-256")][..], "PGREQUIREAUTH"),
+            (&[("PGGSSENCMODE", "require")][..], "PGGSSENCMODE"),
         ] {
             let e = parse(pairs)
                 .err()
@@ -842,6 +896,9 @@ mod tests {
             "postgres://app:pa@ss@db/app",
             "postgres://app:pa?ss@db/app",
             "postgresql://app:p@s?s@db:5432/app?sslmode=require",
+            // A `?` then a `name=`: parses, with the password's end taken
+            // for a parameter.
+            "postgres://app:pa?ss=x@db/app",
         ] {
             assert!(carries_password(s), "{s}");
         }

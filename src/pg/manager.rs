@@ -124,10 +124,12 @@ impl PgLockMgrBuilder {
     }
 
     /// The longest a connection may take to be made when the caller does
-    /// not wait (or waits without a bound). Default: the connection
-    /// string's `connect_timeout` (or `PGCONNECT_TIMEOUT`), as in libpq, or
-    /// else 10 s. A waiting acquire with a bounded wait connects within
-    /// what is left of its wait, but within no less than 2 s.
+    /// not wait (or waits without a bound); the connection string's
+    /// `connect_timeout` (or `PGCONNECT_TIMEOUT`), when shorter, still
+    /// bounds it. Default: that `connect_timeout`, as libpq takes it (per
+    /// host, at least 2 s each), or else 10 s. A waiting acquire with a
+    /// bounded wait connects within what is left of its wait, but within
+    /// no less than 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self

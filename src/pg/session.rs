@@ -452,11 +452,21 @@ impl Server {
             Some(d) => d
                 .saturating_duration_since(Instant::now())
                 .max(CONNECT_FLOOR),
-            None => self
-                .timeouts
-                .connect
-                .or(self.conn.config.get_connect_timeout().copied())
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            None => {
+                // The string's bound is libpq's: per host, and no less
+                // than 2 s each (tokio-postgres applies it to each host's
+                // TCP connect; this bounds the whole, handshakes included).
+                let hosts = self.conn.config.get_hosts().len().max(1) as u32;
+                let string = self
+                    .conn
+                    .config
+                    .get_connect_timeout()
+                    .map(|t| t.max(&CONNECT_FLOOR).saturating_mul(hosts));
+                match (self.timeouts.connect, string) {
+                    (Some(set), Some(string)) => set.min(string),
+                    (set, string) => set.or(string).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                }
+            }
         }
     }
 
@@ -795,14 +805,14 @@ const PROBE_ROUNDS: usize = 8;
 /// at its first mark), the process id, and a count.
 fn new_claim() -> String {
     use std::hash::{BuildHasher, Hasher};
-    static PROCESS: Mutex<Option<(u32, u64)>> = Mutex::new(None);
+    static PROCESS: Forkable<Option<u64>> = Forkable::new();
     static COUNT: AtomicUsize = AtomicUsize::new(0);
     let pid = std::process::id();
     let drawn = {
-        let mut process = lock(&PROCESS);
+        let mut process = PROCESS.lock();
         match *process {
-            Some((of, drawn)) if of == pid => drawn,
-            _ => {
+            Some(drawn) => drawn,
+            None => {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_u32(pid);
                 if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
@@ -810,7 +820,7 @@ fn new_claim() -> String {
                     h.write_u128(now.as_nanos());
                 }
                 let drawn = h.finish();
-                *process = Some((pid, drawn));
+                *process = Some(drawn);
                 drawn
             }
         }
@@ -951,13 +961,12 @@ impl Drop for AbortOnDrop {
 /// `block_on`), every lock held on the session would go with it. A forked
 /// child, which has no such thread, starts its own.
 fn home(lock: &LockId) -> Result<tokio::runtime::Handle, LockError> {
-    static HOME: Mutex<Option<(u32, tokio::runtime::Handle)>> = Mutex::new(None);
-    let mut home = self::lock(&HOME);
-    let pid = std::process::id();
-    if let Some((made_by, handle)) = home.as_ref() {
-        if *made_by == pid {
-            return Ok(handle.clone());
-        }
+    // Held while the thread starts, so that one thread is started; a
+    // child forked meanwhile gets this mutex afresh (see `Forkable`).
+    static HOME: Forkable<Option<tokio::runtime::Handle>> = Forkable::new();
+    let mut home = HOME.lock();
+    if let Some(handle) = home.as_ref() {
+        return Ok(handle.clone());
     }
     let failed = |e: String| LockError::Connect {
         lock: lock.clone(),
@@ -989,7 +998,7 @@ fn home(lock: &LockId) -> Result<tokio::runtime::Handle, LockError> {
         .recv()
         .map_err(|e| failed(e.to_string()))?
         .map_err(failed)?;
-    *home = Some((pid, handle.clone()));
+    *home = Some(handle.clone());
     Ok(handle)
 }
 
