@@ -143,7 +143,7 @@ pub(crate) struct RunArgs {
     pub(crate) nonblock: bool,
     /// Wait at most SECS seconds in all (a decimal number, 0 or more; `inf`
     /// and anything too large to count: as long as it takes, the default).
-    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_wait, allow_hyphen_values = true)]
+    #[arg(long, short = 'w', value_name = "SECS", value_parser = parse_wait, allow_negative_numbers = true)]
     pub(crate) wait: Option<Duration>,
     /// Split the wait into N attempts (the library's max_attempts; 0 is
     /// taken as 1).

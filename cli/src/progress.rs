@@ -74,11 +74,11 @@ impl Progress {
         let line = if self.tty {
             // A line wider than the terminal wraps, and `\r\x1b[K` clears
             // only its last row: each refresh would leave rows behind.
-            let what = match crate::sys::stderr_columns() {
-                Some(columns) => fitted(&what, columns.saturating_sub(1 + counts.len())),
-                None => what,
+            let shown = match crate::sys::stderr_columns() {
+                Some(columns) => fit_line(&what, &counts, columns),
+                None => format!("{what}{counts}"),
             };
-            format!("\r\x1b[K{what}{counts}")
+            format!("\r\x1b[K{shown}")
         } else {
             format!("{what}{counts}\n")
         };
@@ -105,6 +105,19 @@ impl Progress {
             say!("");
         }
     }
+}
+
+/// The display's line for a terminal `columns` wide: `what` cut short to
+/// leave room for `counts`, and the whole cut too on a terminal narrower
+/// than `counts` (the last column is left free: writing there makes some
+/// terminals wrap).
+fn fit_line(what: &str, counts: &str, columns: usize) -> String {
+    let room = columns.saturating_sub(1);
+    let line = format!(
+        "{}{counts}",
+        fitted(what, room.saturating_sub(counts.len()))
+    );
+    fitted(&line, room)
 }
 
 /// `text` cut to at most `columns` columns, its end shown as `...` when it
@@ -141,6 +154,18 @@ fn attempt_at(waited: Duration, per_attempt: Duration, attempts: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_never_takes_the_last_column() {
+        let what = "lockmgr: waiting for lock /tmp/h.lock (held by pid 1)";
+        let counts = ": 12s, attempt 1/10";
+        for columns in [0, 1, 5, 10, 20, 30, 60, 200] {
+            let line = fit_line(what, counts, columns);
+            assert!(line.chars().count() < columns.max(1), "{columns}: {line:?}");
+        }
+        // Wide enough: the counts whole, the rest cut first.
+        assert!(fit_line(what, counts, 40).ends_with(counts));
+    }
 
     #[test]
     fn text_is_fitted_to_the_columns_it_has() {

@@ -124,7 +124,9 @@ impl Connection {
                 .home
                 .as_ref()
                 .map(|home| home.join(".postgresql/root.crt"))
-                .filter(|default| default.is_file())
+                // As libpq: one that exists but cannot be read (a
+                // directory) fails the connect rather than be skipped.
+                .filter(|default| default.exists())
                 .map(Roots::File),
             (_, named) => named,
         };
@@ -172,7 +174,11 @@ impl Connection {
         let host = match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
+            // Reached by address alone (`hostaddr`): named by it.
+            None => match self.config.get_hostaddrs().first() {
+                Some(addr) => addr.to_string(),
+                None => "localhost".into(),
+            },
         };
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         format!("{host}:{port}")
@@ -498,24 +504,6 @@ impl Env {
                 "PGGSSENCMODE is require: GSSAPI encryption is not supported".into(),
             ));
         }
-        if config.get_hosts().is_empty() {
-            match self.var("PGHOST") {
-                Some(hosts) => {
-                    for h in hosts.split(',') {
-                        config.host(h);
-                    }
-                }
-                None => {
-                    // libpq's default: the local socket directory.
-                    let socket = Path::new("/var/run/postgresql");
-                    if socket.is_dir() {
-                        config.host_path(socket);
-                    } else {
-                        config.host("localhost");
-                    }
-                }
-            }
-        }
         if config.get_hostaddrs().is_empty() {
             if let Some(addrs) = self.var("PGHOSTADDR") {
                 for a in addrs.split(',') {
@@ -524,6 +512,26 @@ impl Env {
                         .parse()
                         .map_err(|_| bad("PGHOSTADDR", "an IP address or a list of them"))?;
                     config.hostaddr(ip);
+                }
+            }
+        }
+        if config.get_hosts().is_empty() {
+            match self.var("PGHOST") {
+                Some(hosts) => {
+                    for h in hosts.split(',') {
+                        config.host(h);
+                    }
+                }
+                // libpq: addresses without names are enough.
+                None if !config.get_hostaddrs().is_empty() => {}
+                None => {
+                    // libpq's default: the local socket directory.
+                    let socket = Path::new("/var/run/postgresql");
+                    if socket.is_dir() {
+                        config.host_path(socket);
+                    } else {
+                        config.host("localhost");
+                    }
                 }
             }
         }
@@ -812,6 +820,12 @@ mod tests {
         assert_eq!(c.config.get_ports(), &[5432, 6433]);
         let c = parse(&[("PGHOST", "a"), ("PGCONNECT_TIMEOUT", "-1")]).unwrap();
         assert_eq!(c.config.get_connect_timeout(), None);
+        // As libpq: addresses without names (before: the default socket
+        // was added as a name, and the counts disagreed).
+        let c = parse(&[("PGHOSTADDR", "127.0.0.1,127.0.0.2")]).unwrap();
+        assert_eq!(c.config.get_hosts().len(), 0);
+        assert_eq!(c.config.get_hostaddrs().len(), 2);
+        assert_eq!(c.server(), "127.0.0.1:5432");
         let c = parse(&[("PGHOST", "a"), ("PGCHANNELBINDING", "require")]).unwrap();
         assert_eq!(
             c.config.get_channel_binding(),
