@@ -1478,21 +1478,15 @@ async fn a_lock_granted_as_its_wait_times_out_is_not_left_held() {
     assert!(won > 0 && timed_out > 0, "won {won}, timed out {timed_out}");
 }
 
-/// Counts, on the thread it is the default of, the crate's "waiting for
-/// lock" events: one per call that has to wait.
-#[derive(Clone, Default)]
-struct Announced(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl tracing::Subscriber for Announced {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
+/// Counts, on the thread it is the default of until the guard drops, the
+/// crate's "waiting for lock" events: one per call that has to wait.
+fn count_announced() -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let guard = common::listen(common::OnEvent(move |event: &tracing::Event<'_>| {
         struct Message(bool);
         impl tracing::field::Visit for Message {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -1504,11 +1498,10 @@ impl tracing::Subscriber for Announced {
         let mut message = Message(false);
         event.record(&mut message);
         if message.0 {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
+    }));
+    (count, guard)
 }
 
 /// Shared waiters of one process cost one waiting session, as exclusive
@@ -1532,9 +1525,7 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
         .simple_query(&format!("SELECT pg_advisory_lock({})", lock.key()))
         .await
         .unwrap();
-    let announced = Announced::default();
-    let _log = tracing::subscriber::set_default(announced.clone());
-    tracing::callsite::rebuild_interest_cache();
+    let (announced, _log) = count_announced();
     const WAITERS: usize = 30;
     let (done, mut held) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..WAITERS {
@@ -1545,7 +1536,7 @@ async fn shared_waiters_of_a_process_share_one_waiting_session() {
     }
     // Every waiter has tried, lost, and said it waits.
     let deadline = Instant::now() + LIVENESS;
-    while announced.0.load(std::sync::atomic::Ordering::SeqCst) < WAITERS {
+    while announced.load(std::sync::atomic::Ordering::SeqCst) < WAITERS {
         assert!(Instant::now() < deadline, "the waiters never all waited");
         tokio::task::yield_now().await;
     }

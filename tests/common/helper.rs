@@ -711,7 +711,8 @@ fn holders(path: &str) {
 /// `no inotify` once the instances are taken, then `failed N` (re-acquires
 /// that did not win within 2 s, all files together).
 fn revive_rounds(path: &str, rounds: u32, files: u32) {
-    tracing::subscriber::set_global_default(DebugLog).expect("the only subscriber");
+    tracing::subscriber::set_global_default(super::OnEvent(debug_line))
+        .expect("the only subscriber");
     // Room for every instance and the runtime's descriptors after them,
     // so that the instances run out before the descriptors do.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("RLIMIT_NOFILE");
@@ -744,36 +745,22 @@ fn revive_rounds(path: &str, rounds: u32, files: u32) {
     drop(taken);
 }
 
-/// Every event, on every thread, written to stderr as a line: what an
-/// operator who turned on debug logging gets (stderr is a pipe here).
-struct DebugLog;
-
-impl tracing::Subscriber for DebugLog {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Line(String);
-        impl tracing::field::Visit for Line {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={value:?}", field.name()));
-            }
+/// Writes an event to stderr as a line: what an operator who turned on
+/// debug logging gets (stderr is a pipe here).
+fn debug_line(event: &tracing::Event<'_>) {
+    struct Line(String);
+    impl tracing::field::Visit for Line {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
         }
-        let mut line = Line(format!(
-            "{:?} {}",
-            std::time::SystemTime::now(),
-            event.metadata().target()
-        ));
-        event.record(&mut line);
-        eprintln!("{}", line.0);
     }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
+    let mut line = Line(format!(
+        "{:?} {}",
+        std::time::SystemTime::now(),
+        event.metadata().target()
+    ));
+    event.record(&mut line);
+    eprintln!("{}", line.0);
 }
 
 /// `rounds` rounds of [`revive_rounds`] on the lock file `path`: how many

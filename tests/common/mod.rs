@@ -491,6 +491,38 @@ impl Drop for Foreign {
     }
 }
 
+/// A tracing subscriber that hands every event to its function: the tests'
+/// one way of listening to the crate's events (no spans are kept).
+pub struct OnEvent<F>(pub F);
+
+impl<F: Fn(&tracing::Event<'_>) + 'static> tracing::Subscriber for OnEvent<F> {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        (self.0)(event)
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Makes `subscriber` the default of the calling thread until the guard
+/// drops. Tracing caches per call site whether anyone listens; a call site
+/// first reached on another thread while this one was being installed can
+/// keep a "nobody" answer, so the cache is rebuilt once it is in place.
+pub fn listen(
+    subscriber: impl tracing::Subscriber + Send + Sync,
+) -> tracing::subscriber::DefaultGuard {
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
 /// The `lock try` debug events of the crate, as (won, what woke the try),
 /// recorded on the threads it is the default subscriber of.
 #[derive(Clone, Default)]
@@ -498,14 +530,16 @@ pub struct TryLog(std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>);
 
 impl TryLog {
     /// Makes this log the default subscriber of the calling thread until
-    /// the guard drops. Tracing caches per call site whether anyone
-    /// listens; a call site first reached on another thread while this one
-    /// was being installed can keep a "nobody" answer, so the cache is
-    /// rebuilt once the log is in place.
+    /// the guard drops (see [`listen`]).
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let guard = tracing::subscriber::set_default(self.clone());
-        tracing::callsite::rebuild_interest_cache();
-        guard
+        let tries = self.0.clone();
+        listen(OnEvent(move |event: &tracing::Event<'_>| {
+            let mut fields = TryFields::default();
+            event.record(&mut fields);
+            if fields.is_try {
+                tries.lock().unwrap().push((fields.won, fields.woke));
+            }
+        }))
     }
 
     /// The tries so far.
@@ -547,26 +581,6 @@ impl tracing::field::Visit for TryFields {
             self.is_try = format!("{value:?}") == "lock try";
         }
     }
-}
-
-impl tracing::Subscriber for TryLog {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = TryFields::default();
-        event.record(&mut fields);
-        if fields.is_try {
-            self.0.lock().unwrap().push((fields.won, fields.woke));
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Waits (within the liveness bound) until this process has `n` open
